@@ -1,0 +1,450 @@
+//! The async HTTP client.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+
+use crate::key::{normalize_prefix, validate_key, KeyError};
+use crate::path::encode_key;
+use crate::types::{header, Attrs, ErrorBody, Kind, ListResponse, Meta, TxnRequest, TxnResponse, WatchEvent};
+
+/// What can go wrong talking to a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server refused the request; `code` and `message` are its JSON
+    /// error body (DESIGN.md §4). Fix the request, or retry on 503.
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Machine-readable code.
+        code: String,
+        /// Human sentence.
+        message: String,
+    },
+    /// No endpoint could be reached; check the addresses and that kvd runs.
+    #[error("no endpoint could be reached: {0}")]
+    Unreachable(String),
+    /// The key (or prefix) is malformed; nothing was sent.
+    #[error("invalid key: {0}")]
+    InvalidKey(#[from] KeyError),
+    /// An endpoint URL could not be used.
+    #[error("invalid endpoint {0:?}: it must look like http://HOST:PORT")]
+    Endpoint(String),
+    /// The server answered something this client does not understand.
+    #[error("unexpected response: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A value read with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    /// Entry metadata.
+    pub meta: Meta,
+    /// The value bytes.
+    pub value: Bytes,
+    /// The store revision the read reflects.
+    pub revision: u64,
+}
+
+/// Options of a put.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// Attributes to set.
+    pub attrs: Attrs,
+    /// Only write when the key's mod_revision is this (`If-Match`).
+    pub if_match: Option<u64>,
+    /// Only write when the key does not exist (`If-None-Match: *`).
+    pub create_only: bool,
+}
+
+/// Options of a list.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// The whole subtree instead of direct children.
+    pub recursive: bool,
+    /// Include values.
+    pub values: bool,
+    /// At most this many entries.
+    pub limit: Option<usize>,
+    /// Start after this key (recursive) or child name.
+    pub after: Option<String>,
+    /// Let the member answer from its own state.
+    pub stale: bool,
+}
+
+/// A client of one cluster, given one or more member URLs. Requests go to the
+/// member that last answered and fail over to the others when it cannot be
+/// reached; writes carry a request id so a retried write applies once.
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    endpoints: Vec<String>,
+    current: AtomicUsize,
+    id_prefix: String,
+    id_counter: AtomicU64,
+}
+
+impl Client {
+    /// Makes a client for the given member URLs (`http://127.0.0.1:7379`).
+    pub fn new<S: AsRef<str>>(endpoints: &[S]) -> Result<Client, Error> {
+        let mut eps = Vec::new();
+        for e in endpoints {
+            let e = e.as_ref().trim().trim_end_matches('/');
+            let url = reqwest::Url::parse(e).map_err(|_| Error::Endpoint(e.to_owned()))?;
+            if url.scheme() != "http" && url.scheme() != "https" || url.host().is_none() {
+                return Err(Error::Endpoint(e.to_owned()));
+            }
+            eps.push(format!("{}://{}", url.scheme(), url.authority()));
+        }
+        if eps.is_empty() {
+            return Err(Error::Endpoint(String::new()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| Error::Protocol(format!("no randomness: {e}")))?;
+        Ok(Client {
+            http,
+            endpoints: eps,
+            current: AtomicUsize::new(0),
+            id_prefix: seed.iter().map(|b| format!("{b:02x}")).collect(),
+            id_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The member URLs this client uses.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// A fresh request id for a write.
+    pub fn new_request_id(&self) -> String {
+        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.id_prefix)
+    }
+
+    /// Sends a request built by `build` for a path, trying each endpoint in
+    /// turn (starting with the one that last answered) while they cannot be
+    /// reached. Any HTTP answer, error statuses included, is returned.
+    pub async fn send<F>(&self, method: Method, path_and_query: &str, build: F) -> Result<Response, Error>
+    where
+        F: Fn(RequestBuilder) -> RequestBuilder,
+    {
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last_err = String::new();
+        for i in 0..self.endpoints.len() {
+            let idx = (start + i) % self.endpoints.len();
+            let url = format!("{}{}", self.endpoints[idx], path_and_query);
+            let req = build(self.http.request(method.clone(), &url));
+            match req.send().await {
+                Ok(resp) => {
+                    self.current.store(idx, Ordering::Relaxed);
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    last_err = format!("{}: {}", self.endpoints[idx], error_chain(&e));
+                }
+            }
+        }
+        Err(Error::Unreachable(last_err))
+    }
+
+    /// Reads a key (linearizable). `Ok(None)` when it does not exist.
+    pub async fn get(&self, key: &str) -> Result<Option<Value>, Error> {
+        self.get_opts(key, false).await
+    }
+
+    /// Reads a key; with `stale` the member answers from its own state.
+    pub async fn get_opts(&self, key: &str, stale: bool) -> Result<Option<Value>, Error> {
+        validate_key(key)?;
+        let q = if stale { "?stale=true" } else { "" };
+        let resp = self
+            .send(Method::GET, &format!("/v1/kv/{}{q}", encode_key(key)), |r| r)
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = check(resp).await?;
+        let meta = meta_from_headers(resp.headers())?;
+        let revision = header_u64(resp.headers(), header::REVISION)?;
+        let value = resp.bytes().await.map_err(|e| Error::Protocol(error_chain(&e)))?;
+        Ok(Some(Value { meta, value, revision }))
+    }
+
+    /// Writes a key.
+    pub async fn put(&self, key: &str, value: impl Into<Bytes>, opts: &PutOptions) -> Result<TxnResponse, Error> {
+        validate_key(key)?;
+        let value: Bytes = value.into();
+        let id = self.new_request_id();
+        let resp = self
+            .send(Method::PUT, &format!("/v1/kv/{}", encode_key(key)), |mut r| {
+                r = r.header(header::REQUEST_ID, &id).body(value.clone());
+                if let Some(rev) = opts.if_match {
+                    r = r.header("if-match", format!("\"{rev}\""));
+                }
+                if opts.create_only {
+                    r = r.header("if-none-match", "*");
+                }
+                let a = &opts.attrs;
+                if let Some(k) = a.kind {
+                    r = r.header(header::KIND, k.as_str());
+                }
+                if let Some(m) = a.mode {
+                    r = r.header(header::MODE, format!("{m:o}"));
+                }
+                if let Some(u) = a.uid {
+                    r = r.header(header::UID, u.to_string());
+                }
+                if let Some(g) = a.gid {
+                    r = r.header(header::GID, g.to_string());
+                }
+                if let Some(t) = a.mtime_ns {
+                    r = r.header(header::MTIME, t.to_string());
+                }
+                r
+            })
+            .await?;
+        json(check(resp).await?).await
+    }
+
+    /// Deletes a key, or with `recursive` the key and everything below it.
+    pub async fn delete(&self, key: &str, recursive: bool, if_match: Option<u64>) -> Result<TxnResponse, Error> {
+        let key = if recursive { normalize_prefix(key)? } else { validate_key(key).map(|_| key)? };
+        let id = self.new_request_id();
+        let q = if recursive { "?recursive=true" } else { "" };
+        let resp = self
+            .send(Method::DELETE, &format!("/v1/kv/{}{q}", encode_key(key)), |mut r| {
+                r = r.header(header::REQUEST_ID, &id);
+                if let Some(rev) = if_match {
+                    r = r.header("if-match", format!("\"{rev}\""));
+                }
+                r
+            })
+            .await?;
+        json(check(resp).await?).await
+    }
+
+    /// Lists entries below a prefix (`""` for the whole keyspace).
+    pub async fn list(&self, prefix: &str, opts: &ListOptions) -> Result<ListResponse, Error> {
+        let prefix = normalize_prefix(prefix)?;
+        let mut q = vec![];
+        if opts.recursive {
+            q.push("recursive=true".to_owned());
+        }
+        if opts.values {
+            q.push("values=true".to_owned());
+        }
+        if opts.stale {
+            q.push("stale=true".to_owned());
+        }
+        if let Some(l) = opts.limit {
+            q.push(format!("limit={l}"));
+        }
+        if let Some(a) = &opts.after {
+            q.push(format!("after={}", encode_key(a).replace('/', "%2F")));
+        }
+        let qs = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
+        let resp = self
+            .send(Method::GET, &format!("/v1/list/{}{qs}", encode_key(prefix)), |r| r)
+            .await?;
+        json(check(resp).await?).await
+    }
+
+    /// Runs a transaction.
+    pub async fn txn(&self, txn: &TxnRequest) -> Result<TxnResponse, Error> {
+        let body = serde_json::to_vec(txn).map_err(|e| Error::Protocol(e.to_string()))?;
+        let id = self.new_request_id();
+        let resp = self
+            .send(Method::POST, "/v1/txn", |r| {
+                r.header(header::REQUEST_ID, &id)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            })
+            .await?;
+        json(check(resp).await?).await
+    }
+
+    /// Watches a prefix for changes after revision `after` (from now when
+    /// `None`).
+    pub async fn watch(&self, prefix: &str, after: Option<u64>) -> Result<Watch, Error> {
+        let prefix = normalize_prefix(prefix)?;
+        let q = after.map(|r| format!("?rev={r}")).unwrap_or_default();
+        let resp = self
+            .send(Method::GET, &format!("/v1/watch/{}{q}", encode_key(prefix)), |r| r)
+            .await?;
+        let resp = check(resp).await?;
+        Ok(Watch {
+            stream: Box::pin(resp.bytes_stream()),
+            buf: BytesMut::new(),
+            pending: std::collections::VecDeque::new(),
+            last_revision: after,
+        })
+    }
+
+    /// GETs a path and decodes its JSON answer (status, cluster, ...).
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, Error> {
+        let resp = self.send(Method::GET, path, |r| r).await?;
+        json(check(resp).await?).await
+    }
+}
+
+type ByteStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// A stream of watch events (server-sent events).
+pub struct Watch {
+    stream: ByteStream,
+    buf: BytesMut,
+    pending: std::collections::VecDeque<WatchEvent>,
+    last_revision: Option<u64>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").field("last_revision", &self.last_revision).finish()
+    }
+}
+
+impl Watch {
+    /// The next event; `Ok(None)` when the server closed the stream.
+    pub async fn next(&mut self) -> Result<Option<WatchEvent>, Error> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Ok(Some(ev));
+            }
+            // Parse whole SSE messages (terminated by a blank line) from the buffer.
+            if let Some(pos) = find_blank_line(&self.buf) {
+                let msg = self.buf.split_to(pos + 2);
+                self.handle_message(&msg)?;
+                continue;
+            }
+            match self.stream.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Err(Error::Unreachable(error_chain(&e))),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Revision of the last complete revision received (what `Last-Event-ID`
+    /// would resume from).
+    pub fn last_revision(&self) -> Option<u64> {
+        self.last_revision
+    }
+
+    fn handle_message(&mut self, msg: &[u8]) -> Result<(), Error> {
+        let text = std::str::from_utf8(msg).map_err(|_| Error::Protocol("watch event is not UTF-8".into()))?;
+        let (mut event, mut data, mut id) = ("message", String::new(), None);
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            } else if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse::<u64>().ok();
+            }
+        }
+        match event {
+            "put" | "delete" => {
+                let ev: WatchEvent =
+                    serde_json::from_str(&data).map_err(|e| Error::Protocol(format!("bad watch event: {e}")))?;
+                self.pending.push_back(ev);
+            }
+            "error" => {
+                let body: ErrorBody =
+                    serde_json::from_str(&data).map_err(|e| Error::Protocol(format!("bad watch error: {e}")))?;
+                return Err(Error::Api {
+                    status: if body.error == "compacted" { 410 } else { 500 },
+                    code: body.error,
+                    message: body.message,
+                });
+            }
+            _ => {}
+        }
+        if id.is_some() {
+            self.last_revision = id;
+        }
+        Ok(())
+    }
+}
+
+fn find_blank_line(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\n\n")
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// Turns an error status into [`Error::Api`].
+async fn check(resp: Response) -> Result<Response, Error> {
+    let status = resp.status();
+    if status.is_success() || status == StatusCode::NOT_MODIFIED {
+        return Ok(resp);
+    }
+    let body = resp.bytes().await.unwrap_or_default();
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(b) => (b.error, b.message),
+        Err(_) => ("http".to_owned(), String::from_utf8_lossy(&body).trim().to_owned()),
+    };
+    Err(Error::Api {
+        status: status.as_u16(),
+        code,
+        message,
+    })
+}
+
+async fn json<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T, Error> {
+    let body = resp.bytes().await.map_err(|e| Error::Protocol(error_chain(&e)))?;
+    serde_json::from_slice(&body).map_err(|e| Error::Protocol(format!("bad JSON from server: {e}")))
+}
+
+fn header_str<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> Result<&'a str, Error> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Error::Protocol(format!("missing header {name}")))
+}
+
+fn header_u64(h: &reqwest::header::HeaderMap, name: &str) -> Result<u64, Error> {
+    header_str(h, name)?
+        .parse()
+        .map_err(|_| Error::Protocol(format!("bad header {name}")))
+}
+
+fn meta_from_headers(h: &reqwest::header::HeaderMap) -> Result<Meta, Error> {
+    let bad = |n: &str| Error::Protocol(format!("bad header {n}"));
+    Ok(Meta {
+        kind: Kind::parse(header_str(h, header::KIND)?).ok_or_else(|| bad(header::KIND))?,
+        mode: u32::from_str_radix(header_str(h, header::MODE)?, 8).map_err(|_| bad(header::MODE))?,
+        uid: header_u64(h, header::UID)? as u32,
+        gid: header_u64(h, header::GID)? as u32,
+        mtime_ns: header_str(h, header::MTIME)?.parse().map_err(|_| bad(header::MTIME))?,
+        create_revision: header_u64(h, header::CREATE_REVISION)?,
+        mod_revision: header_u64(h, header::MOD_REVISION)?,
+        version: header_u64(h, header::VERSION)?,
+        size: header_u64(h, "content-length")?,
+    })
+}

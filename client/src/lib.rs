@@ -1,0 +1,19 @@
+//! kv-client: the wire types of kv's client API and an async client for it.
+//!
+//! This crate is what `kvfs`, `kvctl` and other programs link to talk to a
+//! cluster. It depends on neither openraft nor fjall; the server lives in
+//! `kvd`. Key validation lives here too, so every program refuses a bad key
+//! the same way the server does.
+
+mod client;
+mod key;
+mod path;
+mod types;
+
+pub use client::{Client, Error, ListOptions, PutOptions, Value, Watch};
+pub use key::{key_in_prefix, normalize_prefix, validate_key, KeyError, MAX_KEY_BYTES, MAX_SEGMENT_BYTES};
+pub use path::{decode_key, encode_key};
+pub use types::{
+    decode_value, header, Attrs, Compare, EntryInfo, ErrorBody, EventType, Kind, ListResponse, Meta, OpResult,
+    TxnOp, TxnRequest, TxnResponse, WatchEvent,
+};

@@ -1,0 +1,356 @@
+//! Wire types of the client API (DESIGN.md §4). Values travel as raw bytes in
+//! kv requests; everything here is JSON.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// Header names used by the client API.
+pub mod header {
+    /// The revision a response reflects.
+    pub const REVISION: &str = "x-kv-revision";
+    /// Entry kind: `file`, `dir` or `symlink`.
+    pub const KIND: &str = "x-kv-kind";
+    /// Permission bits, in octal (`0644`).
+    pub const MODE: &str = "x-kv-mode";
+    /// Owner user id.
+    pub const UID: &str = "x-kv-uid";
+    /// Owner group id.
+    pub const GID: &str = "x-kv-gid";
+    /// Modification time in nanoseconds since the Unix epoch.
+    pub const MTIME: &str = "x-kv-mtime";
+    /// Revision of the write that created the entry.
+    pub const CREATE_REVISION: &str = "x-kv-create-revision";
+    /// Revision of the last write to the entry.
+    pub const MOD_REVISION: &str = "x-kv-mod-revision";
+    /// Writes since creation.
+    pub const VERSION: &str = "x-kv-version";
+    /// Client-chosen id of a write; a retried write with the same id applies once.
+    pub const REQUEST_ID: &str = "x-kv-request-id";
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A file: the value is its content.
+    #[default]
+    File,
+    /// An explicit directory: the value is empty.
+    Dir,
+    /// A symbolic link: the value is the link target.
+    Symlink,
+}
+
+impl Kind {
+    /// The name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "file" => Some(Kind::File),
+            "dir" => Some(Kind::Dir),
+            "symlink" => Some(Kind::Symlink),
+            _ => None,
+        }
+    }
+
+    /// Permission bits a new entry of this kind gets when none are given.
+    pub fn default_mode(self) -> u32 {
+        match self {
+            Kind::File => 0o644,
+            Kind::Dir => 0o755,
+            Kind::Symlink => 0o777,
+        }
+    }
+}
+
+/// Metadata of an entry (DESIGN.md §2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// File, dir or symlink.
+    pub kind: Kind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner user id.
+    pub uid: u32,
+    /// Owner group id.
+    pub gid: u32,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Revision of the write that created the entry.
+    pub create_revision: u64,
+    /// Revision of the last write to the entry.
+    pub mod_revision: u64,
+    /// Writes since creation (1 after the first).
+    pub version: u64,
+    /// Length of the value in bytes.
+    pub size: u64,
+}
+
+/// One entry in a list or watch event, with its value when asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryInfo {
+    /// Full key.
+    pub key: String,
+    /// Metadata.
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// The value when it is UTF-8 (and values were asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value in standard base64 when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+}
+
+impl EntryInfo {
+    /// Builds an entry, carrying `value` as text or base64 when given.
+    pub fn new(key: String, meta: Meta, value: Option<&[u8]>) -> EntryInfo {
+        let (text, b64) = match value {
+            None => (None, None),
+            Some(v) => match std::str::from_utf8(v) {
+                Ok(s) => (Some(s.to_owned()), None),
+                Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(v))),
+            },
+        };
+        EntryInfo {
+            key,
+            meta,
+            value: text,
+            value_base64: b64,
+        }
+    }
+
+    /// The value bytes, if the entry carries them.
+    pub fn value_bytes(&self) -> Option<Vec<u8>> {
+        decode_value(self.value.as_deref(), self.value_base64.as_deref()).ok()?
+    }
+}
+
+/// Decodes a value given as text or base64 (at most one of them).
+pub fn decode_value(text: Option<&str>, b64: Option<&str>) -> Result<Option<Vec<u8>>, String> {
+    match (text, b64) {
+        (Some(_), Some(_)) => Err("give either value or value_base64, not both".into()),
+        (Some(t), None) => Ok(Some(t.as_bytes().to_vec())),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map(Some)
+            .map_err(|e| format!("value_base64 is not valid base64: {e}")),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `GET /v1/list/{prefix}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListResponse {
+    /// Revision the listing reflects.
+    pub revision: u64,
+    /// Entries in key order. Without `recursive`, directories that exist only
+    /// because keys lie below them appear with kind `dir` and revision 0.
+    pub entries: Vec<EntryInfo>,
+    /// True when `limit` cut the listing; pass `after=next_after` for more.
+    pub more: bool,
+    /// Where the next page starts (the `after` parameter), when `more`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+/// A condition of a transaction. Exactly one of `mod_revision` and `exists`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compare {
+    /// Key compared.
+    pub key: String,
+    /// Holds when the key's mod_revision equals this (0 = key absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mod_revision: Option<u64>,
+    /// Holds when the key exists (true) or does not (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<bool>,
+}
+
+/// Attributes a put may set; absent ones keep the existing entry's (or the
+/// defaults for a new entry).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attrs {
+    /// Entry kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Kind>,
+    /// Permission bits (at most 0o7777).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Owner user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Owner group id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Modification time, ns since the epoch (default: the time of the write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i64>,
+}
+
+/// One operation of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TxnOp {
+    /// Write a key.
+    Put {
+        /// Key written.
+        key: String,
+        /// The value as UTF-8 text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
+        /// The value as base64 (for binary values).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value_base64: Option<String>,
+        /// Entry kind.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<Kind>,
+        /// Permission bits.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+        /// Owner user id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
+        /// Owner group id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gid: Option<u32>,
+        /// Modification time, ns since the epoch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime_ns: Option<i64>,
+    },
+    /// Delete a key, or with `recursive` the key and everything below it.
+    Delete {
+        /// Key (or prefix) deleted.
+        key: String,
+        /// Delete the whole subtree.
+        #[serde(default)]
+        recursive: bool,
+    },
+}
+
+/// `POST /v1/txn` body: if every compare holds, `success` runs, else `failure`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnRequest {
+    /// Conditions, all of which must hold.
+    #[serde(default)]
+    pub compare: Vec<Compare>,
+    /// Operations run when every compare holds.
+    #[serde(default)]
+    pub success: Vec<TxnOp>,
+    /// Operations run otherwise.
+    #[serde(default)]
+    pub failure: Vec<TxnOp>,
+}
+
+/// Result of one operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpResult {
+    /// `put` or `delete`.
+    pub op: String,
+    /// Key of the operation.
+    pub key: String,
+    /// For a put, the entry's new mod_revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mod_revision: Option<u64>,
+    /// For a delete, how many entries it removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<u64>,
+}
+
+/// Answer of a transaction, and of PUT and DELETE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResponse {
+    /// Whether every compare held.
+    pub succeeded: bool,
+    /// The store's revision after the transaction.
+    pub revision: u64,
+    /// One result per operation that ran.
+    pub results: Vec<OpResult>,
+}
+
+/// Kind of a watch event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    /// The key was written.
+    Put,
+    /// The key was deleted.
+    Delete,
+}
+
+/// One change, as sent by a watch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// Put or delete.
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// Key changed.
+    pub key: String,
+    /// Revision of the change (a transaction's changes share one).
+    pub revision: u64,
+    /// The entry after a put, with its value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<EntryInfo>,
+}
+
+/// Error body of every failed request (DESIGN.md §4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code (`invalid_key`, `not_found`, ...).
+    pub error: String,
+    /// A sentence for humans.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn txn_ops_parse_and_unknown_ops_fail() {
+        let t: TxnRequest = serde_json::from_str(
+            r#"{"compare":[{"key":"a","mod_revision":0}],
+                "success":[{"op":"put","key":"a","value":"x","mode":384},
+                           {"op":"delete","key":"b","recursive":true}]}"#,
+        )
+        .expect("valid txn");
+        assert_eq!(t.success.len(), 2);
+        assert!(matches!(&t.success[0], TxnOp::Put { mode, .. } if *mode == Some(0o600)));
+        assert!(serde_json::from_str::<TxnRequest>(r#"{"success":[{"op":"frob","key":"a"}]}"#).is_err());
+        assert!(serde_json::from_str::<TxnRequest>(r#"{"success":[{"op":"put","key":"a","bogus":1}]}"#).is_err());
+        assert!(serde_json::from_str::<TxnRequest>(r#"{"compares":[]}"#).is_err());
+    }
+
+    #[test]
+    fn entry_values_round_trip_text_and_binary() {
+        let meta = Meta {
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 1,
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            size: 2,
+        };
+        let text = EntryInfo::new("k".into(), meta.clone(), Some(b"hi"));
+        assert_eq!(text.value.as_deref(), Some("hi"));
+        let bin = EntryInfo::new("k".into(), meta, Some(&[0xff, 0x00]));
+        assert!(bin.value.is_none());
+        assert_eq!(bin.value_bytes(), Some(vec![0xff, 0x00]));
+        assert!(decode_value(Some("a"), Some("YQ==")).is_err());
+        assert!(decode_value(None, Some("***")).is_err());
+    }
+}

@@ -1,0 +1,837 @@
+//! The client API (DESIGN.md §4) over HTTP/1.1.
+//!
+//! Handlers validate, turn writes into one transaction proposed to Raft, and
+//! read from the state machine after a read-index barrier (or locally with
+//! `?stale=true`). Errors become the JSON body of §4 in one place: [`ApiError`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request as HttpRequest, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::StreamExt;
+use kv_client::{
+    decode_key, decode_value, header as kvh, normalize_prefix, validate_key, EntryInfo, ErrorBody, EventType, Kind,
+    OpResult, TxnOp, TxnRequest, TxnResponse, WatchEvent,
+};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use serde::Deserialize;
+use serde_bytes::ByteBuf;
+
+use crate::metrics::{Gauges, METRICS};
+use crate::node::Node;
+use crate::types::{Cmp, Op, Outcome, PutAttrs, Request, Response, StoredEntry, Txn};
+
+/// Most operations a transaction may hold.
+const MAX_TXN_OPS: usize = 1024;
+/// Default and largest page of a list.
+const LIST_DEFAULT_LIMIT: usize = 10_000;
+const LIST_MAX_LIMIT: usize = 100_000;
+/// Events read from the history per step of a watch stream.
+const WATCH_BATCH: usize = 512;
+/// Keep-alive comment interval on idle watch streams.
+const WATCH_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// An error answer: status plus the JSON body `{"error", "message"}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    fn too_large(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+    fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+    fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> HttpResponse {
+        METRICS.request_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let body = ErrorBody {
+            error: self.code.to_owned(),
+            message: self.message,
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+type Shared = Arc<Node>;
+
+/// Builds the router of the client API.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/kv", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/kv/", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/list", get(list))
+        .route("/v1/list/", get(list))
+        .route("/v1/list/{*prefix}", get(list))
+        .route("/v1/txn", post(txn))
+        .route("/v1/watch", get(watch))
+        .route("/v1/watch/", get(watch))
+        .route("/v1/watch/{*prefix}", get(watch))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see DESIGN.md §4 for the API") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
+        })
+        .layer(axum::middleware::from_fn(observe))
+        .with_state(node)
+}
+
+/// Records request latency, reads and writes apart (watches excluded).
+async fn observe(req: HttpRequest, next: Next) -> HttpResponse {
+    let start = Instant::now();
+    let write = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let watch = req.uri().path().starts_with("/v1/watch");
+    let resp = next.run(req).await;
+    if !watch {
+        let h = if write { &METRICS.write_latency } else { &METRICS.read_latency };
+        h.observe(start.elapsed());
+    }
+    resp
+}
+
+/// The key (or prefix) in a path after `/v1/{what}/`, percent-decoded.
+fn path_key(uri: &Uri, what: &str) -> ApiResult<String> {
+    let path = uri.path();
+    let rest = path
+        .strip_prefix("/v1/")
+        .and_then(|p| p.strip_prefix(what))
+        .map(|p| p.strip_prefix('/').unwrap_or(p))
+        .unwrap_or("");
+    decode_key(rest).ok_or_else(|| ApiError::bad("invalid_key", "key is not valid percent-encoded UTF-8"))
+}
+
+fn check_key(key: &str) -> ApiResult<()> {
+    validate_key(key).map_err(|e| ApiError::bad("invalid_key", e.to_string()))
+}
+
+fn check_prefix(p: &str) -> ApiResult<String> {
+    normalize_prefix(p)
+        .map(str::to_owned)
+        .map_err(|e| ApiError::bad("invalid_key", e.to_string()))
+}
+
+fn query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> ApiResult<T> {
+    if uri.query().is_none() {
+        return Ok(T::default());
+    }
+    Query::<T>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::bad("bad_query", format!("bad query string: {}", e.body_text())))
+}
+
+fn flag(v: &Option<String>, name: &str) -> ApiResult<bool> {
+    match v.as_deref() {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::bad("bad_query", format!("{name}={other:?}: expected true or false"))),
+    }
+}
+
+/// Reads a request body of at most `limit` bytes. Refuses a larger declared
+/// Content-Length before reading anything, and stops reading a chunked body
+/// as soon as it passes the limit.
+async fn read_body(headers: &HeaderMap, body: Body, limit: u64, what: &str) -> ApiResult<Bytes> {
+    let too_large = || ApiError::too_large(format!("{what} is larger than the limit of {limit} bytes"));
+    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ApiError::bad("bad_request", "bad Content-Length"))?;
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad("bad_request", format!("reading the body failed: {e}")))?;
+        if buf.len() as u64 + chunk.len() as u64 > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Waits until this node may answer a linearizable read (read index).
+async fn read_barrier(node: &Node, stale: bool) -> ApiResult<()> {
+    if stale {
+        return Ok(());
+    }
+    match tokio::time::timeout(node.request_timeout(), node.raft.ensure_linearizable()).await {
+        Err(_) => Err(ApiError::unavailable(format!(
+            "no leader confirmed within {} ms; retry later",
+            node.cfg.request_timeout_ms
+        ))),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Err(ApiError::unavailable(format!(
+            "this node is not the leader (leader: {:?}); use ?stale=true or ask the leader",
+            f.leader_id
+        ))),
+        Ok(Err(e)) => Err(ApiError::unavailable(format!("cannot confirm leadership: {e}"))),
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Proposes a transaction and waits until it is committed and applied.
+async fn propose(node: &Node, headers: &HeaderMap, txn: Txn) -> ApiResult<Response> {
+    let id = match headers.get(kvh::REQUEST_ID) {
+        None => String::new(),
+        Some(v) => {
+            let s = v.to_str().unwrap_or("");
+            if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ApiError::bad(
+                    "bad_request",
+                    "X-Kv-Request-Id must be 1 to 128 printable ASCII characters",
+                ));
+            }
+            s.to_owned()
+        }
+    };
+    let req = Request {
+        id,
+        now_ns: now_ns(),
+        txn,
+    };
+    match tokio::time::timeout(node.request_timeout(), node.raft.client_write(req)).await {
+        Err(_) => Err(ApiError::unavailable(format!(
+            "the write was not committed within {} ms (no quorum?); it may still apply, retry with the same X-Kv-Request-Id",
+            node.cfg.request_timeout_ms
+        ))),
+        Ok(Ok(r)) => Ok(r.data),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(ApiError::unavailable(format!(
+            "this node is not the leader (leader: {:?})",
+            f.leader_id
+        ))),
+        Ok(Err(e)) => Err(ApiError::unavailable(format!("write failed: {e}"))),
+    }
+}
+
+fn wire_response(r: &Response) -> TxnResponse {
+    TxnResponse {
+        succeeded: r.succeeded,
+        revision: r.revision,
+        results: r
+            .outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Put(k, rev) => OpResult {
+                    op: "put".into(),
+                    key: k.clone(),
+                    mod_revision: Some(*rev),
+                    deleted: None,
+                },
+                Outcome::Delete(k, n) => OpResult {
+                    op: "delete".into(),
+                    key: k.clone(),
+                    mod_revision: None,
+                    deleted: Some(*n),
+                },
+            })
+            .collect(),
+    }
+}
+
+fn json_with_revision(status: StatusCode, rev: u64, body: &impl serde::Serialize) -> HttpResponse {
+    let mut resp = (status, axum::Json(body)).into_response();
+    resp.headers_mut().insert(kvh::REVISION, rev.into());
+    resp
+}
+
+/// `"N"` (or `W/"N"`) from an entity tag; `None` for `*`.
+fn parse_etag(v: &HeaderValue) -> ApiResult<Option<u64>> {
+    let s = v.to_str().unwrap_or("").trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    s.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| ApiError::bad("bad_request", format!("bad entity tag {s:?}: expected \"REVISION\"")))
+}
+
+/// Compares from `If-Match` and `If-None-Match: *` on a write.
+fn conditions(key: &str, headers: &HeaderMap) -> ApiResult<Vec<Cmp>> {
+    let mut c = Vec::new();
+    if let Some(v) = headers.get(header::IF_MATCH) {
+        c.push(match parse_etag(v)? {
+            Some(rev) => Cmp::ModRevision(key.to_owned(), rev),
+            None => Cmp::Exists(key.to_owned(), true),
+        });
+    }
+    if let Some(v) = headers.get(header::IF_NONE_MATCH) {
+        if v.to_str().map(str::trim).ok() != Some("*") {
+            return Err(ApiError::bad("bad_request", "on writes If-None-Match supports only *"));
+        }
+        c.push(Cmp::Exists(key.to_owned(), false));
+    }
+    Ok(c)
+}
+
+fn compare_failed(key: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "compare_failed",
+        format!("the condition on {key:?} does not hold; nothing was written"),
+    )
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ReadParams {
+    stale: Option<String>,
+}
+
+/// GET (and HEAD) /v1/kv/{key}
+async fn kv_get(State(node): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult<HttpResponse> {
+    let key = path_key(&uri, "kv")?;
+    check_key(&key)?;
+    let p: ReadParams = query(&uri)?;
+    read_barrier(&node, flag(&p.stale, "stale")?).await?;
+    let (entry, rev) = node.sm.get(&key).map_err(ApiError::internal)?;
+    let Some(e) = entry else {
+        let mut resp = ApiError::not_found(format!("key {key:?} not found")).into_response();
+        resp.headers_mut().insert(kvh::REVISION, rev.into());
+        return Ok(resp);
+    };
+    let etag = format!("\"{}\"", e.mod_revision);
+    let not_modified = match headers.get(header::IF_NONE_MATCH) {
+        Some(v) => v
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == etag),
+        None => false,
+    };
+    let mut resp = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let len = e.value.len();
+        let mut r = Body::from(e.value.clone().into_vec()).into_response();
+        r.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+        r
+    };
+    let h = resp.headers_mut();
+    entry_headers(h, &e);
+    h.insert(kvh::REVISION, rev.into());
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+fn entry_headers(h: &mut HeaderMap, e: &StoredEntry) {
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(kvh::KIND, HeaderValue::from_static(e.kind.as_str()));
+    if let Ok(v) = HeaderValue::from_str(&format!("{:04o}", e.mode)) {
+        h.insert(kvh::MODE, v);
+    }
+    h.insert(kvh::UID, e.uid.into());
+    h.insert(kvh::GID, e.gid.into());
+    h.insert(kvh::MTIME, e.mtime_ns.into());
+    h.insert(kvh::CREATE_REVISION, e.create_revision.into());
+    h.insert(kvh::MOD_REVISION, e.mod_revision.into());
+    h.insert(kvh::VERSION, e.version.into());
+    if let Ok(v) = HeaderValue::from_str(&http_date(e.mtime_ns)) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+}
+
+/// Parses the attribute headers of a PUT.
+fn attrs_from_headers(h: &HeaderMap) -> ApiResult<PutAttrs> {
+    fn get<'a>(h: &'a HeaderMap, name: &str) -> ApiResult<Option<&'a str>> {
+        h.get(name)
+            .map(|v| {
+                v.to_str()
+                    .map(str::trim)
+                    .map_err(|_| ApiError::bad("bad_request", format!("header {name} is not ASCII")))
+            })
+            .transpose()
+    }
+    let bad = |name: &str, want: &str| ApiError::bad("bad_request", format!("header {name}: expected {want}"));
+    let attrs = PutAttrs {
+        kind: get(h, kvh::KIND)?
+            .map(|v| Kind::parse(v).ok_or_else(|| bad(kvh::KIND, "file, dir or symlink")))
+            .transpose()?,
+        mode: get(h, kvh::MODE)?
+            .map(|v| u32::from_str_radix(v, 8).map_err(|_| bad(kvh::MODE, "octal permission bits")))
+            .transpose()?,
+        uid: get(h, kvh::UID)?
+            .map(|v| v.parse().map_err(|_| bad(kvh::UID, "a user id")))
+            .transpose()?,
+        gid: get(h, kvh::GID)?
+            .map(|v| v.parse().map_err(|_| bad(kvh::GID, "a group id")))
+            .transpose()?,
+        mtime_ns: get(h, kvh::MTIME)?
+            .map(|v| v.parse().map_err(|_| bad(kvh::MTIME, "nanoseconds since the epoch")))
+            .transpose()?,
+    };
+    Ok(attrs)
+}
+
+/// Checks a put's attributes and value against each other.
+fn check_put(key: &str, value: &[u8], attrs: &PutAttrs) -> ApiResult<()> {
+    if attrs.mode.is_some_and(|m| m > 0o7777) {
+        return Err(ApiError::bad("bad_request", "mode must be at most 07777"));
+    }
+    match attrs.kind {
+        Some(Kind::Dir) if !value.is_empty() => Err(ApiError::bad(
+            "bad_request",
+            format!("{key:?}: a dir entry has no value"),
+        )),
+        Some(Kind::Symlink) if value.is_empty() => Err(ApiError::bad(
+            "bad_request",
+            format!("{key:?}: a symlink needs a target as its value"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// PUT /v1/kv/{key}
+async fn kv_put(State(node): State<Shared>, uri: Uri, headers: HeaderMap, body: Body) -> ApiResult<HttpResponse> {
+    let key = path_key(&uri, "kv")?;
+    check_key(&key)?;
+    let attrs = attrs_from_headers(&headers)?;
+    let compare = conditions(&key, &headers)?;
+    let value = read_body(&headers, body, node.cfg.max_value_size, "the value").await?;
+    check_put(&key, &value, &attrs)?;
+    let txn = Txn {
+        compare,
+        success: vec![Op::Put {
+            key: key.clone(),
+            value: ByteBuf::from(value.to_vec()),
+            attrs,
+        }],
+        failure: vec![],
+    };
+    let r = propose(&node, &headers, txn).await?;
+    if !r.succeeded {
+        return Err(compare_failed(&key));
+    }
+    let mut resp = json_with_revision(StatusCode::OK, r.revision, &wire_response(&r));
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", r.revision)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct DeleteParams {
+    recursive: Option<String>,
+}
+
+/// DELETE /v1/kv/{key}[?recursive=true]
+async fn kv_delete(State(node): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult<HttpResponse> {
+    let raw = path_key(&uri, "kv")?;
+    let p: DeleteParams = query(&uri)?;
+    let recursive = flag(&p.recursive, "recursive")?;
+    let key = if recursive {
+        check_prefix(&raw)?
+    } else {
+        check_key(&raw)?;
+        raw
+    };
+    let compare = conditions(&key, &headers)?;
+    let txn = Txn {
+        compare,
+        success: vec![Op::Delete {
+            key: key.clone(),
+            recursive,
+        }],
+        failure: vec![],
+    };
+    let r = propose(&node, &headers, txn).await?;
+    if !r.succeeded {
+        return Err(compare_failed(&key));
+    }
+    if matches!(r.outcomes.first(), Some(Outcome::Delete(_, 0))) {
+        return Err(ApiError::not_found(format!("key {key:?} not found; nothing deleted")));
+    }
+    Ok(json_with_revision(StatusCode::OK, r.revision, &wire_response(&r)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ListParams {
+    recursive: Option<String>,
+    values: Option<String>,
+    stale: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+/// GET /v1/list/{prefix}
+async fn list(State(node): State<Shared>, uri: Uri) -> ApiResult<HttpResponse> {
+    let prefix = check_prefix(&path_key(&uri, "list")?)?;
+    let p: ListParams = query(&uri)?;
+    let limit = match p.limit.as_deref() {
+        None => LIST_DEFAULT_LIMIT,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=LIST_MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad(
+                    "bad_query",
+                    format!("limit must be a number from 1 to {LIST_MAX_LIMIT}"),
+                ))
+            }
+        },
+    };
+    let recursive = flag(&p.recursive, "recursive")?;
+    let values = flag(&p.values, "values")?;
+    read_barrier(&node, flag(&p.stale, "stale")?).await?;
+    let r = node
+        .sm
+        .list(&prefix, recursive, values, p.after.as_deref(), limit)
+        .map_err(ApiError::internal)?;
+    Ok(json_with_revision(StatusCode::OK, r.revision, &r))
+}
+
+/// Turns a wire transaction into a checked one.
+fn convert_txn(t: TxnRequest, max_value: u64) -> ApiResult<Txn> {
+    if t.compare.len() + t.success.len() + t.failure.len() > MAX_TXN_OPS {
+        return Err(ApiError::bad(
+            "bad_request",
+            format!("a transaction holds at most {MAX_TXN_OPS} compares and operations"),
+        ));
+    }
+    let mut compare = Vec::with_capacity(t.compare.len());
+    for c in t.compare {
+        check_key(&c.key)?;
+        compare.push(match (c.mod_revision, c.exists) {
+            (Some(rev), None) => Cmp::ModRevision(c.key, rev),
+            (None, Some(e)) => Cmp::Exists(c.key, e),
+            _ => {
+                return Err(ApiError::bad(
+                    "bad_request",
+                    format!("compare on {:?} needs exactly one of mod_revision and exists", c.key),
+                ))
+            }
+        });
+    }
+    let ops = |list: Vec<TxnOp>| -> ApiResult<Vec<Op>> {
+        list.into_iter()
+            .map(|op| match op {
+                TxnOp::Put {
+                    key,
+                    value,
+                    value_base64,
+                    kind,
+                    mode,
+                    uid,
+                    gid,
+                    mtime_ns,
+                } => {
+                    check_key(&key)?;
+                    let value = decode_value(value.as_deref(), value_base64.as_deref())
+                        .map_err(|m| ApiError::bad("bad_request", format!("{key:?}: {m}")))?
+                        .unwrap_or_default();
+                    if value.len() as u64 > max_value {
+                        return Err(ApiError::too_large(format!(
+                            "value of {key:?} is larger than the limit of {max_value} bytes"
+                        )));
+                    }
+                    let attrs = PutAttrs {
+                        kind,
+                        mode,
+                        uid,
+                        gid,
+                        mtime_ns,
+                    };
+                    check_put(&key, &value, &attrs)?;
+                    Ok(Op::Put {
+                        key,
+                        value: ByteBuf::from(value),
+                        attrs,
+                    })
+                }
+                TxnOp::Delete { key, recursive } => {
+                    let key = if recursive {
+                        check_prefix(&key)?
+                    } else {
+                        check_key(&key)?;
+                        key
+                    };
+                    Ok(Op::Delete { key, recursive })
+                }
+            })
+            .collect()
+    };
+    Ok(Txn {
+        compare,
+        success: ops(t.success)?,
+        failure: ops(t.failure)?,
+    })
+}
+
+/// POST /v1/txn
+async fn txn(State(node): State<Shared>, headers: HeaderMap, body: Body) -> ApiResult<HttpResponse> {
+    let raw = read_body(&headers, body, node.cfg.max_txn_size, "the transaction").await?;
+    let t: TxnRequest = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::bad("bad_json", format!("transaction is not valid: {e}")))?;
+    let txn = convert_txn(t, node.cfg.max_value_size)?;
+    let r = propose(&node, &headers, txn).await?;
+    Ok(json_with_revision(StatusCode::OK, r.revision, &wire_response(&r)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct WatchParams {
+    rev: Option<String>,
+}
+
+/// State of one watch stream.
+struct WatchState {
+    node: Shared,
+    prefix: String,
+    cursor: u64,
+    rx: tokio::sync::watch::Receiver<u64>,
+    out: VecDeque<Bytes>,
+    done: bool,
+}
+
+fn sse(event: &str, id: Option<u64>, data: &str) -> Bytes {
+    let id = id.map(|i| format!("id: {i}\n")).unwrap_or_default();
+    Bytes::from(format!("event: {event}\n{id}data: {data}\n\n"))
+}
+
+impl WatchState {
+    /// Fills `out` with the next messages; waits when there is nothing new.
+    async fn fill(&mut self) {
+        loop {
+            let batch = match self.node.sm.events_after(self.cursor, &self.prefix, WATCH_BATCH) {
+                Ok(b) => b,
+                Err(e) => {
+                    let body = serde_json::json!({"error": "internal", "message": e.to_string()});
+                    self.out.push_back(sse("error", None, &body.to_string()));
+                    self.done = true;
+                    return;
+                }
+            };
+            let Some((events, scanned)) = batch else {
+                let body = serde_json::json!({"error": "compacted",
+                    "message": format!("revision {} is compacted; list again and watch from the list's revision", self.cursor)});
+                self.out.push_back(sse("error", None, &body.to_string()));
+                self.done = true;
+                return;
+            };
+            self.cursor = self.cursor.max(scanned);
+            let n = events.len();
+            for (i, (rev, ev)) in events.iter().enumerate() {
+                let last_of_rev = i + 1 == n || events[i + 1].0 != *rev;
+                let wire = WatchEvent {
+                    kind: if ev.entry.is_some() { EventType::Put } else { EventType::Delete },
+                    key: ev.key.clone(),
+                    revision: *rev,
+                    entry: ev
+                        .entry
+                        .as_ref()
+                        .map(|e| EntryInfo::new(ev.key.clone(), e.meta(), Some(&e.value))),
+                };
+                let name = if ev.entry.is_some() { "put" } else { "delete" };
+                let data = serde_json::to_string(&wire).unwrap_or_default();
+                self.out.push_back(sse(name, last_of_rev.then_some(*rev), &data));
+            }
+            if !self.out.is_empty() {
+                return;
+            }
+            if *self.rx.borrow_and_update() > self.cursor {
+                continue;
+            }
+            match tokio::time::timeout(WATCH_KEEPALIVE, self.rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => {
+                    self.done = true;
+                    return;
+                }
+                Err(_) => {
+                    self.out.push_back(Bytes::from_static(b": keepalive\n\n"));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// GET /v1/watch/{prefix}?rev=N — events after revision N as server-sent events.
+async fn watch(State(node): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult<HttpResponse> {
+    let prefix = check_prefix(&path_key(&uri, "watch")?)?;
+    let p: WatchParams = query(&uri)?;
+    let bad_rev = |v: &str| ApiError::bad("bad_query", format!("revision {v:?} is not a number"));
+    let from = match (&p.rev, headers.get("last-event-id")) {
+        (Some(r), _) => Some(r.parse::<u64>().map_err(|_| bad_rev(r))?),
+        (None, Some(v)) => {
+            let s = v.to_str().unwrap_or("");
+            Some(s.trim().parse::<u64>().map_err(|_| bad_rev(s))?)
+        }
+        (None, None) => None,
+    };
+    let rx = node.sm.subscribe();
+    let current = *rx.borrow();
+    let cursor = from.unwrap_or(current);
+    let compact = node.sm.compact_revision().map_err(ApiError::internal)?;
+    if cursor < compact {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "compacted",
+            format!("revision {cursor} is compacted (history starts after {compact}); list again and watch from the list's revision"),
+        ));
+    }
+    let state = WatchState {
+        node,
+        prefix,
+        cursor,
+        rx,
+        out: VecDeque::new(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(b) = st.out.pop_front() {
+                return Some((Ok::<Bytes, std::io::Error>(b), st));
+            }
+            if st.done {
+                return None;
+            }
+            st.fill().await;
+        }
+    });
+    let mut resp = Body::from_stream(stream).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(kvh::REVISION, current.into());
+    Ok(resp)
+}
+
+/// GET /health/live
+async fn live() -> HttpResponse {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// GET /health/ready: a leader is known and this node has applied everything
+/// it knows to be committed.
+async fn ready(State(node): State<Shared>) -> ApiResult<HttpResponse> {
+    let (ok, detail) = node.readiness().await;
+    if ok {
+        Ok(axum::Json(serde_json::json!({"status": "ready", "detail": detail})).into_response())
+    } else {
+        Err(ApiError::unavailable(format!("not ready: {detail}")))
+    }
+}
+
+/// GET /metrics
+async fn metrics(State(node): State<Shared>) -> HttpResponse {
+    let m = node.raft.metrics().borrow().clone();
+    let g = Gauges {
+        term: m.current_term,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        is_leader: m.current_leader == Some(node.cfg.id),
+        has_leader: m.current_leader.is_some(),
+        revision: *node.sm.subscribe().borrow(),
+        db_bytes: node.db_size(),
+    };
+    let mut resp = METRICS.render(&g).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// An RFC 7231 date (`Sun, 06 Nov 1994 08:49:37 GMT`) from ns since the epoch.
+fn http_date(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MON: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        WD[days.rem_euclid(7) as usize],
+        d,
+        MON[(m - 1) as usize],
+        y,
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_are_rfc7231() {
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(784_111_777_000_000_000), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(951_782_400_000_000_000), "Tue, 29 Feb 2000 00:00:00 GMT");
+    }
+
+    #[test]
+    fn txn_conversion_checks_every_op() {
+        let t = |s: &str| serde_json::from_str::<TxnRequest>(s).expect("json");
+        assert!(convert_txn(t(r#"{"success":[{"op":"put","key":"a/../b","value":"x"}]}"#), 10).is_err());
+        let e = convert_txn(t(r#"{"success":[{"op":"put","key":"a","value":"0123456789x"}]}"#), 10)
+            .expect_err("too large");
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(convert_txn(t(r#"{"compare":[{"key":"a"}]}"#), 10).is_err());
+        assert!(convert_txn(t(r#"{"success":[{"op":"put","key":"d","kind":"dir","value":"x"}]}"#), 10).is_err());
+        assert!(convert_txn(t(r#"{"success":[{"op":"delete","key":"","recursive":true}]}"#), 10).is_ok());
+        assert!(convert_txn(t(r#"{"success":[{"op":"delete","key":""}]}"#), 10).is_err());
+    }
+}

@@ -1,0 +1,216 @@
+//! Configuration: defaults, then `--config FILE` (TOML), then `KVD_*`
+//! environment variables, then flags; later ones win.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// Settings a config file may hold; unknown keys are an error.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Node id (non-zero).
+    pub id: Option<u64>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Client API listen address.
+    pub client_addr: Option<String>,
+    /// Peer API listen address.
+    pub peer_addr: Option<String>,
+    /// Client URL other members and clients should use.
+    pub advertise_client: Option<String>,
+    /// Peer URL other members should use.
+    pub advertise_peer: Option<String>,
+    /// Make a new single-voter cluster when the data dir is empty.
+    pub bootstrap: Option<bool>,
+    /// Largest value, bytes.
+    pub max_value_size: Option<u64>,
+    /// Largest transaction body, bytes.
+    pub max_txn_size: Option<u64>,
+    /// Revisions of watch history kept.
+    pub history_revisions: Option<u64>,
+    /// Log entries between snapshots.
+    pub snapshot_logs: Option<u64>,
+    /// How long a write or linearizable read waits for the cluster, ms.
+    pub request_timeout_ms: Option<u64>,
+    /// Raft heartbeat interval, ms.
+    pub heartbeat_ms: Option<u64>,
+    /// Raft election timeout (minimum; maximum is twice), ms.
+    pub election_timeout_ms: Option<u64>,
+}
+
+/// Flags (and their `KVD_*` environment variables) of `kvd`.
+#[derive(Debug, Default, clap::Args)]
+pub struct Flags {
+    /// Node id, a non-zero integer unique in the cluster.
+    #[arg(long, env = "KVD_ID")]
+    pub id: Option<u64>,
+    /// Data directory (created if missing).
+    #[arg(long, env = "KVD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Client API listen address [default: 127.0.0.1:7379].
+    #[arg(long, env = "KVD_CLIENT_ADDR")]
+    pub client_addr: Option<String>,
+    /// Peer API listen address [default: 127.0.0.1:7380].
+    #[arg(long, env = "KVD_PEER_ADDR")]
+    pub peer_addr: Option<String>,
+    /// Client URL to advertise [default: http://CLIENT_ADDR].
+    #[arg(long, env = "KVD_ADVERTISE_CLIENT")]
+    pub advertise_client: Option<String>,
+    /// Peer URL to advertise [default: http://PEER_ADDR].
+    #[arg(long, env = "KVD_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
+    /// Make a new single-voter cluster if the data dir is empty; ignored otherwise.
+    #[arg(long, env = "KVD_BOOTSTRAP")]
+    pub bootstrap: bool,
+    /// TOML config file; flags and KVD_* variables override it.
+    #[arg(long, env = "KVD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Largest value in bytes [default: 1048576].
+    #[arg(long, env = "KVD_MAX_VALUE_SIZE")]
+    pub max_value_size: Option<u64>,
+    /// Largest transaction body in bytes [default: 4 × max value size].
+    #[arg(long, env = "KVD_MAX_TXN_SIZE")]
+    pub max_txn_size: Option<u64>,
+    /// Revisions of watch history kept for resuming watches [default: 100000].
+    #[arg(long, env = "KVD_HISTORY_REVISIONS")]
+    pub history_revisions: Option<u64>,
+    /// Log entries between snapshots [default: 20000].
+    #[arg(long, env = "KVD_SNAPSHOT_LOGS")]
+    pub snapshot_logs: Option<u64>,
+    /// How long writes and linearizable reads wait for the cluster, ms [default: 5000].
+    #[arg(long, env = "KVD_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Raft heartbeat interval, ms [default: 100].
+    #[arg(long, env = "KVD_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Raft election timeout, ms [default: 1000].
+    #[arg(long, env = "KVD_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
+}
+
+/// The resolved configuration of a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Node id.
+    pub id: u64,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Client API listen address.
+    pub client_addr: String,
+    /// Peer API listen address.
+    pub peer_addr: String,
+    /// Advertised client URL (None: derive from the bound address).
+    pub advertise_client: Option<String>,
+    /// Advertised peer URL (None: derive from the bound address).
+    pub advertise_peer: Option<String>,
+    /// Bootstrap a new cluster when empty.
+    pub bootstrap: bool,
+    /// Largest value, bytes.
+    pub max_value_size: u64,
+    /// Largest transaction body, bytes.
+    pub max_txn_size: u64,
+    /// Revisions of watch history kept.
+    pub history_revisions: u64,
+    /// Log entries between snapshots.
+    pub snapshot_logs: u64,
+    /// Request timeout, ms.
+    pub request_timeout_ms: u64,
+    /// Heartbeat, ms.
+    pub heartbeat_ms: u64,
+    /// Election timeout, ms.
+    pub election_timeout_ms: u64,
+}
+
+impl Config {
+    /// Resolves flags over the config file over defaults.
+    pub fn resolve(flags: &Flags) -> anyhow::Result<Config> {
+        let file = match &flags.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+                toml::from_str::<FileConfig>(&text).with_context(|| format!("invalid config file {}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let Some(id) = flags.id.or(file.id) else {
+            bail!("--id is required (a non-zero integer unique in the cluster)");
+        };
+        if id == 0 {
+            bail!("--id must be non-zero");
+        }
+        let Some(data_dir) = flags.data_dir.clone().or(file.data_dir) else {
+            bail!("--data-dir is required");
+        };
+        let client_addr = flags.client_addr.clone().or(file.client_addr).unwrap_or("127.0.0.1:7379".into());
+        let peer_addr = flags.peer_addr.clone().or(file.peer_addr).unwrap_or("127.0.0.1:7380".into());
+        for (name, a) in [("client", &client_addr), ("peer", &peer_addr)] {
+            a.parse::<SocketAddr>()
+                .with_context(|| format!("--{name}-addr {a:?} is not HOST:PORT with a numeric IP"))?;
+        }
+        let max_value_size = flags.max_value_size.or(file.max_value_size).unwrap_or(1 << 20);
+        if max_value_size == 0 {
+            bail!("max_value_size must be positive");
+        }
+        let cfg = Config {
+            id,
+            data_dir,
+            client_addr,
+            peer_addr,
+            advertise_client: flags.advertise_client.clone().or(file.advertise_client),
+            advertise_peer: flags.advertise_peer.clone().or(file.advertise_peer),
+            bootstrap: flags.bootstrap || file.bootstrap.unwrap_or(false),
+            max_value_size,
+            max_txn_size: flags.max_txn_size.or(file.max_txn_size).unwrap_or(4 * max_value_size),
+            history_revisions: flags.history_revisions.or(file.history_revisions).unwrap_or(100_000),
+            snapshot_logs: flags.snapshot_logs.or(file.snapshot_logs).unwrap_or(20_000),
+            request_timeout_ms: flags.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(5000),
+            heartbeat_ms: flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100),
+            election_timeout_ms: flags.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(1000),
+        };
+        if cfg.election_timeout_ms <= 2 * cfg.heartbeat_ms {
+            bail!("election timeout must be more than twice the heartbeat interval");
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_config_keys_are_refused() {
+        let err = toml::from_str::<FileConfig>("id = 1\nbogus = 2\n").expect_err("must refuse");
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("kvd.toml");
+        std::fs::write(&p, "id = 3\ndata_dir = \"/x\"\nmax_value_size = 10\n").expect("write");
+        let flags = Flags {
+            config: Some(p),
+            max_value_size: Some(20),
+            ..Flags::default()
+        };
+        let c = Config::resolve(&flags).expect("resolve");
+        assert_eq!((c.id, c.max_value_size, c.max_txn_size), (3, 20, 80));
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn missing_or_bad_settings_are_explained() {
+        let e = Config::resolve(&Flags::default()).expect_err("no id");
+        assert!(e.to_string().contains("--id"));
+        let flags = Flags {
+            id: Some(1),
+            data_dir: Some("/x".into()),
+            client_addr: Some("localhost".into()),
+            ..Flags::default()
+        };
+        assert!(Config::resolve(&flags).is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! kvd: one node of a kv cluster.
+//!
+//! Raft (openraft 0.9, storage-v2) over an fjall LSM store, serving the HTTP
+//! client API of DESIGN.md §4. The Raft log, vote and state machine share one
+//! fjall database, so one journal fsync makes all of them durable; appends
+//! from concurrent writers share fsyncs (group commit).
+//!
+//! It is not a client library: programs talk to kvd with `kv-client`, which
+//! compiles neither openraft nor fjall.
+
+mod api;
+mod config;
+mod log_store;
+mod metrics;
+mod network;
+mod node;
+mod sm;
+mod snapfile;
+mod store;
+mod types;
+
+pub use config::{Config, FileConfig, Flags};
+pub use log_store::LogStore;
+pub use node::{run, Node};
+pub use sm::StateMachine;
+pub use store::{lock_dir, OpenError, Store};
+pub use types::{Member, Request, Response, TypeConfig};
+
+#[cfg(test)]
+mod suite;

@@ -1,0 +1,197 @@
+//! Starting and running one node: storage, Raft, the client API.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::log_store::LogStore;
+use crate::network::Network;
+use crate::sm::{Shared, StateMachine};
+use crate::store::{lock_dir, DirLock, Store};
+use crate::types::{Member, Raft};
+
+/// A running node.
+pub struct Node {
+    /// The Raft handle.
+    pub raft: Raft,
+    /// Read access to the state machine.
+    pub sm: Arc<Shared>,
+    /// Resolved configuration.
+    pub cfg: Config,
+    store: Store,
+    _lock: DirLock,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.cfg.id).finish()
+    }
+}
+
+impl Node {
+    /// How long a request waits for the cluster.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.request_timeout_ms)
+    }
+
+    /// Disk space used by the database.
+    pub fn db_size(&self) -> u64 {
+        self.store.db.disk_space().unwrap_or(0)
+    }
+
+    /// Whether the node is ready, and why (not).
+    pub async fn readiness(&self) -> (bool, String) {
+        let m = self.raft.metrics().borrow().clone();
+        let Some(leader) = m.current_leader else {
+            return (false, "no leader known".into());
+        };
+        let committed = match self.raft.with_raft_state(|st| st.committed).await {
+            Ok(c) => c.map(|l| l.index),
+            Err(e) => return (false, format!("raft stopped: {e}")),
+        };
+        let applied = m.last_applied.map(|l| l.index);
+        if applied < committed {
+            return (
+                false,
+                format!("applied index {applied:?} is behind commit index {committed:?}"),
+            );
+        }
+        (true, format!("leader {leader}, applied index {}", applied.unwrap_or(0)))
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let lock = lock_dir(&cfg.data_dir)?;
+    let store = Store::open(&cfg.data_dir)?;
+    let log = LogStore::new(store.clone());
+    let sm = StateMachine::open(store.clone(), cfg.history_revisions)
+        .with_context(|| format!("cannot open the state machine in {}", cfg.data_dir.display()))?;
+    let shared = sm.shared();
+
+    let listener = TcpListener::bind(&cfg.client_addr)
+        .await
+        .with_context(|| format!("cannot listen on client address {}", cfg.client_addr))?;
+    let client_local = listener.local_addr()?;
+    let client_url = cfg.advertise_client.clone().unwrap_or(format!("http://{client_local}"));
+    let peer_url = cfg.advertise_peer.clone().unwrap_or(format!("http://{}", cfg.peer_addr));
+
+    let raft_config = openraft::Config {
+        cluster_name: "kv".into(),
+        heartbeat_interval: cfg.heartbeat_ms,
+        election_timeout_min: cfg.election_timeout_ms,
+        election_timeout_max: cfg.election_timeout_ms * 2,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    }
+    .validate()
+    .context("invalid raft settings")?;
+    let raft = Raft::new(cfg.id, Arc::new(raft_config), Network, log, sm)
+        .await
+        .context("cannot start raft")?;
+
+    if cfg.bootstrap {
+        if raft.is_initialized().await? {
+            tracing::info!("data dir already holds a cluster; --bootstrap ignored");
+        } else {
+            let members = BTreeMap::from([(
+                cfg.id,
+                Member {
+                    peer_url: peer_url.clone(),
+                    client_url: client_url.clone(),
+                },
+            )]);
+            raft.initialize(members).await.context("bootstrap failed")?;
+            tracing::info!(node_id = cfg.id, "bootstrapped a new single-voter cluster");
+        }
+    }
+
+    write_addr_file(&cfg, client_local)?;
+    let node = Arc::new(Node {
+        raft: raft.clone(),
+        sm: shared,
+        cfg: cfg.clone(),
+        store: store.clone(),
+        _lock: lock,
+    });
+    tokio::spawn(watch_leader(node.clone()));
+    tracing::info!(node_id = cfg.id, client = %client_local, data_dir = %cfg.data_dir.display(), "serving");
+
+    let app = crate::api::router(node.clone());
+    let server = axum::serve(listener, app);
+    tokio::select! {
+        r = server => r.context("client API server failed")?,
+        s = shutdown_signal() => tracing::info!(signal = s, "shutting down"),
+    }
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft did not shut down cleanly");
+    }
+    store.sync();
+    Ok(())
+}
+
+/// Writes `<data-dir>/client.addr` with the bound client address, so tools
+/// and tests that asked for port 0 learn the real one.
+fn write_addr_file(cfg: &Config, addr: SocketAddr) -> anyhow::Result<()> {
+    let tmp = cfg.data_dir.join("client.addr.tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, cfg.data_dir.join("client.addr"))?;
+    Ok(())
+}
+
+/// Counts leader changes and tells systemd once the node is ready.
+async fn watch_leader(node: Arc<Node>) {
+    let mut rx = node.raft.metrics();
+    let mut leader = None;
+    let mut notified = false;
+    loop {
+        let now = rx.borrow_and_update().current_leader;
+        if now != leader {
+            if now.is_some() {
+                crate::metrics::METRICS
+                    .leader_changes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tracing::info!(leader = ?now, "leader changed");
+            leader = now;
+        }
+        if !notified && node.readiness().await.0 {
+            notified = true;
+            sd_notify_ready();
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `READY=1` to systemd when started with `Type=notify`.
+fn sd_notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!(error = %e, "cannot notify systemd"),
+    };
+    if let Err(e) = sock.send_to(b"READY=1\n", &path) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,725 @@
+//! The state machine on fjall: entries, the revision counter, the watch
+//! history, and applied request ids; plus its snapshots.
+//!
+//! Every applied log entry is one atomic fjall batch (its changes, its events
+//! and the new applied log id together). State machine writes are not fsync'd
+//! on their own: the Raft log is, and after a crash openraft re-applies from
+//! the last applied id recorded with the data.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use fjall::Readable;
+use kv_client::{key_in_prefix, EntryInfo, Kind, ListResponse};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftLogId, StorageIOError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::snapfile::{self, Header, TAG_DATA, TAG_DEDUP};
+use crate::store::{fatal, Store};
+use crate::types::{
+    decode, encode, Cmp, Entry, LogId, Op, Outcome, Request, Response, Snapshot, SnapshotMeta, StorageError,
+    StoredEntry, StoredEvent, StoredMembership, TypeConfig,
+};
+
+const APPLIED: &[u8] = b"applied";
+const MEMBERSHIP: &[u8] = b"membership";
+const REVISION: &[u8] = b"revision";
+const COMPACT: &[u8] = b"compact";
+
+/// How many applied log entries a request id is remembered for.
+const DEDUP_WINDOW: u64 = 100_000;
+
+/// What the state machine keeps in memory between applies.
+#[derive(Debug, Clone, Default)]
+struct ApplyState {
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    revision: u64,
+    compact: u64,
+}
+
+/// A remembered response to a request id.
+#[derive(Debug, Serialize, Deserialize)]
+struct DedupRecord {
+    index: u64,
+    response: Response,
+}
+
+/// Read access to the state machine, shared by the API and openraft.
+pub struct Shared {
+    store: Store,
+    snap_dir: PathBuf,
+    rev_tx: watch::Sender<u64>,
+    history: u64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("snap_dir", &self.snap_dir).finish()
+    }
+}
+
+/// The state machine handed to openraft.
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    st: ApplyState,
+    receiving: Option<PathBuf>,
+}
+
+/// Builds snapshots from a consistent fjall snapshot.
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn sm_read_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::read_state_machine(&io_err(e)).into()
+}
+
+fn u64_of(v: Option<fjall::UserValue>) -> u64 {
+    v.and_then(|b| b.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
+}
+
+fn event_key(rev: u64, seq: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&rev.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn dedup_id_key(id: &str) -> Vec<u8> {
+    [b"i".as_slice(), id.as_bytes()].concat()
+}
+
+fn dedup_idx_key(index: u64, id: &str) -> Vec<u8> {
+    [b"x".as_slice(), &index.to_be_bytes(), id.as_bytes()].concat()
+}
+
+impl Shared {
+    /// The latest applied revision, and a way to wait for the next one.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.rev_tx.subscribe()
+    }
+
+    /// Revision up to which the watch history was dropped: a watch must start
+    /// at or after it.
+    pub fn compact_revision(&self) -> io::Result<u64> {
+        Ok(u64_of(self.store.sm_meta.get(COMPACT).map_err(io_err)?))
+    }
+
+    /// Reads one entry and the revision the read reflects.
+    pub fn get(&self, key: &str) -> io::Result<(Option<StoredEntry>, u64)> {
+        let snap = self.store.db.snapshot();
+        let rev = u64_of(snap.get(&self.store.sm_meta, REVISION).map_err(io_err)?);
+        let e = snap.get(&self.store.data, key).map_err(io_err)?;
+        Ok((e.map(|b| decode(&b)).transpose()?, rev))
+    }
+
+    /// Lists below `prefix` (already validated; "" for all). Without
+    /// `recursive`, direct children only, with implied directories; `after`
+    /// is a full key (recursive) or a child name.
+    pub fn list(
+        &self,
+        prefix: &str,
+        recursive: bool,
+        values: bool,
+        after: Option<&str>,
+        limit: usize,
+    ) -> io::Result<ListResponse> {
+        let snap = self.store.db.snapshot();
+        let revision = u64_of(snap.get(&self.store.sm_meta, REVISION).map_err(io_err)?);
+        let base = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+        let info = |key: String, e: StoredEntry| {
+            let v = values.then_some(e.value.as_slice());
+            EntryInfo::new(key, e.meta(), v)
+        };
+        let mut entries = Vec::new();
+        let mut more = false;
+        if recursive {
+            let start = match after {
+                Some(a) if a.as_bytes() > base.as_bytes() => {
+                    std::ops::Bound::Excluded(a.as_bytes().to_vec())
+                }
+                _ => std::ops::Bound::Included(base.as_bytes().to_vec()),
+            };
+            let end = prefix_end(base.as_bytes());
+            for item in snap.range(&self.store.data, (start, end)) {
+                let (k, v) = item.into_inner().map_err(io_err)?;
+                if entries.len() == limit {
+                    more = true;
+                    break;
+                }
+                let key = String::from_utf8_lossy(&k).into_owned();
+                entries.push(info(key, decode(&v)?));
+            }
+        } else {
+            // Walk direct children, jumping over each child's subtree.
+            let mut children: BTreeMap<String, EntryInfo> = BTreeMap::new();
+            let mut from: Vec<u8> = match after {
+                Some(a) => [base.as_bytes(), a.as_bytes(), b"0"].concat(),
+                None => base.as_bytes().to_vec(),
+            };
+            let end = prefix_end(base.as_bytes());
+            'outer: loop {
+                let mut jumped = false;
+                for item in snap.range(&self.store.data, (std::ops::Bound::Included(from.clone()), end.clone())) {
+                    let (k, v) = item.into_inner().map_err(io_err)?;
+                    let key = String::from_utf8_lossy(&k).into_owned();
+                    let rest = &key[base.len()..];
+                    if let Some(after) = after {
+                        if rest.split('/').next().is_some_and(|n| n <= after) {
+                            continue;
+                        }
+                    }
+                    match rest.split_once('/') {
+                        None => {
+                            children.insert(rest.to_owned(), info(key.clone(), decode(&v)?));
+                        }
+                        Some((name, _)) => {
+                            children
+                                .entry(name.to_owned())
+                                .or_insert_with(|| implied_dir(format!("{base}{name}")));
+                            // Jump past `base/name/…`: '0' follows '/'.
+                            from = format!("{base}{name}0").into_bytes();
+                            jumped = true;
+                        }
+                    }
+                    if children.len() > limit {
+                        break 'outer;
+                    }
+                    if jumped {
+                        continue 'outer;
+                    }
+                }
+                break;
+            }
+            if children.len() > limit {
+                more = true;
+            }
+            entries.extend(children.into_values().take(limit));
+        }
+        let next_after = if more {
+            entries.last().map(|e| {
+                if recursive {
+                    e.key.clone()
+                } else {
+                    e.key[base.len()..].to_owned()
+                }
+            })
+        } else {
+            None
+        };
+        Ok(ListResponse {
+            revision,
+            entries,
+            more,
+            next_after,
+        })
+    }
+
+    /// Events after revision `after` of keys in `prefix`: whole revisions
+    /// only, stopping after about `max` events scanned. Returns the events
+    /// and the last revision scanned (the cursor to continue from), or `None`
+    /// when `after` is older than the retained history.
+    pub fn events_after(
+        &self,
+        after: u64,
+        prefix: &str,
+        max: usize,
+    ) -> io::Result<Option<(Vec<(u64, StoredEvent)>, u64)>> {
+        let snap = self.store.db.snapshot();
+        let compact = u64_of(snap.get(&self.store.sm_meta, COMPACT).map_err(io_err)?);
+        if after < compact {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        let mut scanned = 0usize;
+        let mut last_rev = after;
+        for item in snap.range(&self.store.events, event_key(after.saturating_add(1), 0)..) {
+            let (k, v) = item.into_inner().map_err(io_err)?;
+            let rev = u64::from_be_bytes(k[..8].try_into().map_err(io_err)?);
+            if rev != last_rev && scanned >= max {
+                // Stop at a revision boundary so a revision is never split.
+                break;
+            }
+            last_rev = rev;
+            scanned += 1;
+            let ev: StoredEvent = decode(&v)?;
+            if key_in_prefix(&ev.key, prefix) {
+                out.push((rev, ev));
+            }
+        }
+        Ok(Some((out, last_rev)))
+    }
+
+    /// Path of the newest snapshot file.
+    pub fn current_snapshot_path(&self) -> PathBuf {
+        self.snap_dir.join("current.snap")
+    }
+
+    fn apply_state(&self) -> io::Result<ApplyState> {
+        let m = &self.store.sm_meta;
+        Ok(ApplyState {
+            applied: m.get(APPLIED).map_err(io_err)?.map(|b| decode(&b)).transpose()?.flatten(),
+            membership: m.get(MEMBERSHIP).map_err(io_err)?.map(|b| decode(&b)).transpose()?.unwrap_or_default(),
+            revision: u64_of(m.get(REVISION).map_err(io_err)?),
+            compact: u64_of(m.get(COMPACT).map_err(io_err)?),
+        })
+    }
+
+    fn current_mod_revision(&self, key: &str) -> io::Result<u64> {
+        Ok(match self.store.data.get(key).map_err(io_err)? {
+            Some(b) => decode::<StoredEntry>(&b)?.mod_revision,
+            None => 0,
+        })
+    }
+
+    /// Runs a request against the current state into `batch`; updates `st`.
+    fn exec(&self, batch: &mut fjall::OwnedWriteBatch, st: &mut ApplyState, req: &Request) -> io::Result<Response> {
+        let mut ok = true;
+        for c in &req.txn.compare {
+            let holds = match c {
+                Cmp::ModRevision(k, rev) => self.current_mod_revision(k)? == *rev,
+                Cmp::Exists(k, want) => (self.current_mod_revision(k)? != 0) == *want,
+            };
+            ok &= holds;
+        }
+        let ops = if ok { &req.txn.success } else { &req.txn.failure };
+        let new_rev = st.revision + 1;
+        let mut overlay: BTreeMap<String, Option<StoredEntry>> = BTreeMap::new();
+        let mut changes: Vec<String> = Vec::new();
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                Op::Put { key, value, attrs } => {
+                    let prev = match overlay.get(key) {
+                        Some(e) => e.clone(),
+                        None => self.store.data.get(key).map_err(io_err)?.map(|b| decode(&b)).transpose()?,
+                    };
+                    let prev = prev.as_ref();
+                    let kind = attrs.kind.or(prev.map(|p| p.kind)).unwrap_or(Kind::File);
+                    let e = StoredEntry {
+                        kind,
+                        mode: attrs.mode.or(prev.map(|p| p.mode)).unwrap_or(kind.default_mode()),
+                        uid: attrs.uid.or(prev.map(|p| p.uid)).unwrap_or(0),
+                        gid: attrs.gid.or(prev.map(|p| p.gid)).unwrap_or(0),
+                        mtime_ns: attrs.mtime_ns.unwrap_or(req.now_ns),
+                        create_revision: prev.map(|p| p.create_revision).unwrap_or(new_rev),
+                        mod_revision: new_rev,
+                        version: prev.map(|p| p.version + 1).unwrap_or(1),
+                        value: value.clone(),
+                    };
+                    overlay.insert(key.clone(), Some(e));
+                    changes.push(key.clone());
+                    outcomes.push(Outcome::Put(key.clone(), new_rev));
+                }
+                Op::Delete { key, recursive } => {
+                    let mut gone: Vec<String> = Vec::new();
+                    let exists = |k: &str| -> io::Result<bool> {
+                        Ok(match overlay.get(k) {
+                            Some(e) => e.is_some(),
+                            None => self.store.data.contains_key(k).map_err(io_err)?,
+                        })
+                    };
+                    if !key.is_empty() && exists(key)? {
+                        gone.push(key.clone());
+                    }
+                    if *recursive {
+                        let base = if key.is_empty() { String::new() } else { format!("{key}/") };
+                        let mut below: BTreeMap<String, ()> = BTreeMap::new();
+                        for item in self.store.data.prefix(base.as_bytes()) {
+                            let k = item.key().map_err(io_err)?;
+                            below.insert(String::from_utf8_lossy(&k).into_owned(), ());
+                        }
+                        for (k, v) in overlay.range(base.clone()..) {
+                            if !k.starts_with(&base) {
+                                break;
+                            }
+                            if v.is_some() {
+                                below.insert(k.clone(), ());
+                            } else {
+                                below.remove(k);
+                            }
+                        }
+                        gone.extend(below.into_keys());
+                    }
+                    outcomes.push(Outcome::Delete(key.clone(), gone.len() as u64));
+                    for k in gone {
+                        overlay.insert(k.clone(), None);
+                        changes.push(k);
+                    }
+                }
+            }
+        }
+        if changes.is_empty() {
+            return Ok(Response {
+                succeeded: ok,
+                revision: st.revision,
+                outcomes,
+            });
+        }
+        for (seq, k) in changes.iter().enumerate() {
+            let entry = overlay.get(k).cloned().flatten();
+            let ev = StoredEvent { key: k.clone(), entry };
+            batch.insert(&self.store.events, event_key(new_rev, seq as u32), encode(&ev));
+        }
+        for (k, v) in overlay {
+            match v {
+                Some(e) => batch.insert(&self.store.data, k, encode(&e)),
+                None => batch.remove(&self.store.data, k),
+            }
+        }
+        st.revision = new_rev;
+        let compact = new_rev.saturating_sub(self.history);
+        if compact > st.compact {
+            for item in self.store.events.range(event_key(st.compact + 1, 0)..event_key(compact + 1, 0)) {
+                batch.remove(&self.store.events, item.key().map_err(io_err)?);
+            }
+            st.compact = compact;
+        }
+        Ok(Response {
+            succeeded: ok,
+            revision: new_rev,
+            outcomes,
+        })
+    }
+
+    fn apply_one(&self, st: &mut ApplyState, entry: &Entry) -> io::Result<Response> {
+        let log_id = *entry.get_log_id();
+        let mut batch = self.store.db.batch();
+        let resp = match &entry.payload {
+            EntryPayload::Blank => Response {
+                succeeded: true,
+                revision: st.revision,
+                outcomes: vec![],
+            },
+            EntryPayload::Membership(m) => {
+                st.membership = StoredMembership::new(Some(log_id), m.clone());
+                batch.insert(&self.store.sm_meta, MEMBERSHIP, encode(&st.membership));
+                Response {
+                    succeeded: true,
+                    revision: st.revision,
+                    outcomes: vec![],
+                }
+            }
+            EntryPayload::Normal(req) => {
+                let seen = if req.id.is_empty() {
+                    None
+                } else {
+                    self.store.dedup.get(dedup_id_key(&req.id)).map_err(io_err)?
+                };
+                match seen {
+                    // NOTE: a retried write is answered, not applied again.
+                    Some(b) => decode::<DedupRecord>(&b)?.response,
+                    None => {
+                        let resp = self.exec(&mut batch, st, req)?;
+                        if !req.id.is_empty() {
+                            let rec = DedupRecord {
+                                index: log_id.index,
+                                response: resp.clone(),
+                            };
+                            batch.insert(&self.store.dedup, dedup_id_key(&req.id), encode(&rec));
+                            batch.insert(&self.store.dedup, dedup_idx_key(log_id.index, &req.id), []);
+                            self.prune_dedup(&mut batch, log_id.index)?;
+                        }
+                        resp
+                    }
+                }
+            }
+        };
+        st.applied = Some(log_id);
+        batch.insert(&self.store.sm_meta, APPLIED, encode(&st.applied));
+        batch.insert(&self.store.sm_meta, REVISION, st.revision.to_be_bytes());
+        batch.insert(&self.store.sm_meta, COMPACT, st.compact.to_be_bytes());
+        batch.commit().unwrap_or_else(|e| fatal("writing the state machine failed", &e));
+        Ok(resp)
+    }
+
+    fn prune_dedup(&self, batch: &mut fjall::OwnedWriteBatch, index: u64) -> io::Result<()> {
+        let Some(cutoff) = index.checked_sub(DEDUP_WINDOW) else {
+            return Ok(());
+        };
+        let end = [b"x".as_slice(), &cutoff.to_be_bytes()].concat();
+        for item in self.store.dedup.range(b"x".to_vec()..end) {
+            let k = item.key().map_err(io_err)?;
+            batch.remove(&self.store.dedup, k.clone());
+            batch.remove(&self.store.dedup, dedup_id_key(&String::from_utf8_lossy(&k[9..])));
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot of the current state to `current.snap`.
+    fn build_snapshot_file(&self) -> io::Result<Header> {
+        let snap = self.store.db.snapshot();
+        let m = &self.store.sm_meta;
+        let applied: Option<LogId> = snap.get(m, APPLIED).map_err(io_err)?.map(|b| decode(&b)).transpose()?.flatten();
+        let membership: StoredMembership =
+            snap.get(m, MEMBERSHIP).map_err(io_err)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
+        let revision = u64_of(snap.get(m, REVISION).map_err(io_err)?);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let snapshot_id = match applied {
+            Some(l) => format!("{}-{}-{}-{nanos}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => format!("0-0-0-{nanos}"),
+        };
+        let header = Header {
+            meta: SnapshotMeta {
+                last_log_id: applied,
+                last_membership: membership,
+                snapshot_id,
+            },
+            revision,
+        };
+        let tmp = self.snap_dir.join(format!("build-{nanos}.tmp"));
+        let mut w = snapfile::Writer::new(std::fs::File::create(&tmp)?, &header)?;
+        for item in snap.iter(&self.store.data) {
+            let (k, v) = item.into_inner().map_err(io_err)?;
+            w.record(TAG_DATA, &k, &v)?;
+        }
+        for item in snap.iter(&self.store.dedup) {
+            let (k, v) = item.into_inner().map_err(io_err)?;
+            w.record(TAG_DEDUP, &k, &v)?;
+        }
+        w.finish()?;
+        std::fs::rename(&tmp, self.current_snapshot_path())?;
+        snapfile::sync_dir(&self.snap_dir)?;
+        Ok(header)
+    }
+
+    /// Replaces the state with the verified snapshot file at `current.snap`.
+    fn load_current_snapshot(&self) -> io::Result<ApplyState> {
+        let path = self.current_snapshot_path();
+        let header = snapfile::verify(&path)?;
+        let s = &self.store;
+        for ks in [&s.data, &s.dedup, &s.events] {
+            ks.clear().unwrap_or_else(|e| fatal("clearing the state machine failed", &e));
+        }
+        let mut batch = s.db.batch();
+        snapfile::read(std::fs::File::open(&path)?, |tag, k, v| {
+            let ks = if tag == TAG_DATA { &s.data } else { &s.dedup };
+            batch.insert(ks, k, v);
+            if batch.len() >= 1024 {
+                std::mem::replace(&mut batch, s.db.batch())
+                    .commit()
+                    .unwrap_or_else(|e| fatal("loading a snapshot failed", &e));
+            }
+            Ok(())
+        })?;
+        let st = ApplyState {
+            applied: header.meta.last_log_id,
+            membership: header.meta.last_membership.clone(),
+            revision: header.revision,
+            compact: header.revision,
+        };
+        // IMPORTANT: the applied id is written last, so a crash part-way leaves
+        // `current.snap` ahead of it and the next start loads it again.
+        batch.insert(&s.sm_meta, MEMBERSHIP, encode(&st.membership));
+        batch.insert(&s.sm_meta, REVISION, st.revision.to_be_bytes());
+        batch.insert(&s.sm_meta, COMPACT, st.compact.to_be_bytes());
+        batch.insert(&s.sm_meta, APPLIED, encode(&st.applied));
+        batch.commit().unwrap_or_else(|e| fatal("loading a snapshot failed", &e));
+        s.sync();
+        Ok(st)
+    }
+}
+
+/// The smallest key after every key that starts with `base`.
+fn prefix_end(base: &[u8]) -> std::ops::Bound<Vec<u8>> {
+    let mut end = base.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return std::ops::Bound::Excluded(end);
+        }
+    }
+    std::ops::Bound::Unbounded
+}
+
+fn implied_dir(key: String) -> EntryInfo {
+    EntryInfo::new(
+        key,
+        kv_client::Meta {
+            kind: Kind::Dir,
+            mode: Kind::Dir.default_mode(),
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            create_revision: 0,
+            mod_revision: 0,
+            version: 0,
+            size: 0,
+        },
+        None,
+    )
+}
+
+impl StateMachine {
+    /// Opens the state machine. `history` is how many revisions of watch
+    /// history are kept. If the last snapshot is ahead of the applied state
+    /// (a crash during install, or after a snapshot of unsynced state), it is
+    /// loaded first.
+    pub fn open(store: Store, history: u64) -> io::Result<StateMachine> {
+        let snap_dir = store.dir.join("snapshots");
+        std::fs::create_dir_all(&snap_dir)?;
+        for e in std::fs::read_dir(&snap_dir)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "tmp") {
+                std::fs::remove_file(&p)?;
+            }
+        }
+        let (rev_tx, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            store,
+            snap_dir,
+            rev_tx,
+            history: history.max(1),
+        });
+        let mut st = shared.apply_state()?;
+        let cur = shared.current_snapshot_path();
+        if cur.exists() {
+            let header = snapfile::read_header(&cur)?;
+            if header.meta.last_log_id > st.applied {
+                tracing::warn!(snapshot = %header.meta.snapshot_id, "state is behind the last snapshot; loading it");
+                st = shared.load_current_snapshot()?;
+            }
+        }
+        shared.rev_tx.send_replace(st.revision);
+        Ok(StateMachine {
+            shared,
+            st,
+            receiving: None,
+        })
+    }
+
+    /// Read access for the API.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io_err)?
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let shared = self.shared.clone();
+        let header = blocking(move || shared.build_snapshot_file())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let file = tokio::fs::File::open(self.shared.current_snapshot_path())
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        tracing::info!(snapshot = %header.meta.snapshot_id, revision = header.revision, "built snapshot");
+        Ok(Snapshot {
+            meta: header.meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.st.applied, self.st.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        for entry in entries {
+            let resp = self.shared.apply_one(&mut self.st, &entry).map_err(sm_read_err)?;
+            out.push(resp);
+        }
+        self.shared.rev_tx.send_replace(self.st.revision);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = self.shared.snap_dir.join(format!("recv-{nanos}.tmp"));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        self.receiving = Some(path);
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+        let shared = self.shared.clone();
+        let want = meta.last_log_id;
+        let mut src = snapshot.into_std().await;
+        let receiving = self.receiving.take();
+        let werr = |e: io::Error| StorageIOError::write_snapshot(Some(meta.signature()), &e);
+        let st = blocking(move || {
+            use std::io::Seek;
+            src.rewind()?;
+            let tmp = shared.snap_dir.join("install.tmp");
+            let mut dst = std::fs::File::create(&tmp)?;
+            std::io::copy(&mut src, &mut dst)?;
+            dst.sync_all()?;
+            let header = snapfile::verify(&tmp)?;
+            if header.meta.last_log_id != want {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot does not match its metadata"));
+            }
+            std::fs::rename(&tmp, shared.current_snapshot_path())?;
+            snapfile::sync_dir(&shared.snap_dir)?;
+            if let Some(p) = receiving {
+                let _ = std::fs::remove_file(p);
+            }
+            shared.load_current_snapshot()
+        })
+        .await
+        .map_err(werr)?;
+        self.st = st;
+        self.shared.rev_tx.send_replace(self.st.revision);
+        tracing::info!(revision = self.st.revision, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let path = self.shared.current_snapshot_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let p = path.clone();
+        let header = blocking(move || snapfile::read_header(&p))
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot {
+            meta: header.meta,
+            snapshot: Box::new(file),
+        }))
+    }
+}
+

@@ -1,0 +1,196 @@
+//! The Raft type config, declared once, and what travels through the log.
+
+use kv_client::Kind;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+openraft::declare_raft_types!(
+    /// kv's Raft types: requests are transactions, snapshots are files.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A node id.
+pub type NodeId = u64;
+/// The Raft handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log id.
+pub type LogId = openraft::LogId<NodeId>;
+/// A log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A vote.
+pub type Vote = openraft::Vote<NodeId>;
+/// A storage error as openraft sees it.
+pub type StorageError = openraft::StorageError<NodeId>;
+/// Membership as stored by the state machine.
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+/// Metadata of a snapshot.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
+/// A snapshot with its data file.
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+
+/// How to reach a member: its peer API and its client API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// URL of the peer API.
+    pub peer_url: String,
+    /// URL of the client API.
+    pub client_url: String,
+}
+
+/// A write, as proposed to Raft. Every client write is a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Client request id; a request whose id was applied before is answered
+    /// from the recorded response instead of being applied again. Empty: none.
+    pub id: String,
+    /// Wall-clock time at the proposing node, ns; default mtime of writes, so
+    /// applying the entry is deterministic on every member.
+    pub now_ns: i64,
+    /// The transaction.
+    pub txn: Txn,
+}
+
+/// A transaction: if every compare holds, `success` runs, else `failure`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    /// Conditions.
+    pub compare: Vec<Cmp>,
+    /// Operations when all conditions hold.
+    pub success: Vec<Op>,
+    /// Operations otherwise.
+    pub failure: Vec<Op>,
+}
+
+/// A condition on one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cmp {
+    /// The key's mod_revision is this (0: absent).
+    ModRevision(String, u64),
+    /// The key exists (true) or not (false).
+    Exists(String, bool),
+}
+
+/// Attributes given with a put; `None` keeps the current (or default) value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutAttrs {
+    /// Kind.
+    pub kind: Option<Kind>,
+    /// Permission bits.
+    pub mode: Option<u32>,
+    /// Owner.
+    pub uid: Option<u32>,
+    /// Group.
+    pub gid: Option<u32>,
+    /// Modification time, ns.
+    pub mtime_ns: Option<i64>,
+}
+
+/// One write operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Write a key.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: ByteBuf,
+        /// Attributes.
+        attrs: PutAttrs,
+    },
+    /// Delete a key (and with `recursive` everything below it).
+    Delete {
+        /// The key or prefix.
+        key: String,
+        /// Whole subtree.
+        recursive: bool,
+    },
+}
+
+/// Result of one operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// A put; the entry's new mod_revision.
+    Put(String, u64),
+    /// A delete; how many entries went.
+    Delete(String, u64),
+}
+
+/// What applying a request answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether every compare held.
+    pub succeeded: bool,
+    /// Store revision after the request.
+    pub revision: u64,
+    /// One outcome per operation run.
+    pub outcomes: Vec<Outcome>,
+}
+
+/// An entry as stored in the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEntry {
+    /// Kind.
+    pub kind: Kind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, ns.
+    pub mtime_ns: i64,
+    /// Revision that created it.
+    pub create_revision: u64,
+    /// Revision of the last write.
+    pub mod_revision: u64,
+    /// Writes since creation.
+    pub version: u64,
+    /// The value.
+    pub value: ByteBuf,
+}
+
+impl StoredEntry {
+    /// The wire metadata.
+    pub fn meta(&self) -> kv_client::Meta {
+        kv_client::Meta {
+            kind: self.kind,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            mtime_ns: self.mtime_ns,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            size: self.value.len() as u64,
+        }
+    }
+}
+
+/// A change recorded for watchers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// The key.
+    pub key: String,
+    /// The entry after a put; `None` for a delete.
+    pub entry: Option<StoredEntry>,
+}
+
+/// Encodes with bincode; only fails for types serde cannot encode, which
+/// none of ours are.
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // NOTE: bincode cannot fail on these plain structs (no maps with
+    // non-string keys, no unsized sequences).
+    bincode::serialize(v).unwrap_or_default()
+}
+
+/// Decodes bincode, reporting corruption as an io error.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> std::io::Result<T> {
+    bincode::deserialize(b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
