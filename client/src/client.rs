@@ -175,9 +175,7 @@ impl Client {
     pub async fn get_opts(&self, key: &str, stale: bool) -> Result<Option<Value>, Error> {
         validate_key(key)?;
         let q = if stale { "?stale=true" } else { "" };
-        let resp = self
-            .send(Method::GET, &format!("/v1/kv/{}{q}", encode_key(key)), |r| r)
-            .await?;
+        let resp = self.send(Method::GET, &format!("/v1/kv/{}{q}", encode_key(key)), |r| r).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -261,9 +259,7 @@ impl Client {
             q.push(format!("after={}", encode_key(a).replace('/', "%2F")));
         }
         let qs = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
-        let resp = self
-            .send(Method::GET, &format!("/v1/list/{}{qs}", encode_key(prefix)), |r| r)
-            .await?;
+        let resp = self.send(Method::GET, &format!("/v1/list/{}{qs}", encode_key(prefix)), |r| r).await?;
         json(check(resp).await?).await
     }
 
@@ -273,9 +269,7 @@ impl Client {
         let id = self.new_request_id();
         let resp = self
             .send(Method::POST, "/v1/txn", |r| {
-                r.header(header::REQUEST_ID, &id)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
+                r.header(header::REQUEST_ID, &id).header("content-type", "application/json").body(body.clone())
             })
             .await?;
         json(check(resp).await?).await
@@ -286,9 +280,7 @@ impl Client {
     pub async fn watch(&self, prefix: &str, after: Option<u64>) -> Result<Watch, Error> {
         let prefix = normalize_prefix(prefix)?;
         let q = after.map(|r| format!("?rev={r}")).unwrap_or_default();
-        let resp = self
-            .send(Method::GET, &format!("/v1/watch/{}{q}", encode_key(prefix)), |r| r)
-            .await?;
+        let resp = self.send(Method::GET, &format!("/v1/watch/{}{q}", encode_key(prefix)), |r| r).await?;
         let resp = check(resp).await?;
         Ok(Watch {
             stream: Box::pin(resp.bytes_stream()),
@@ -410,11 +402,7 @@ async fn check(resp: Response) -> Result<Response, Error> {
         Ok(b) => (b.error, b.message),
         Err(_) => ("http".to_owned(), String::from_utf8_lossy(&body).trim().to_owned()),
     };
-    Err(Error::Api {
-        status: status.as_u16(),
-        code,
-        message,
-    })
+    Err(Error::Api { status: status.as_u16(), code, message })
 }
 
 async fn json<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T, Error> {
@@ -423,15 +411,11 @@ async fn json<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T, Error
 }
 
 fn header_str<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> Result<&'a str, Error> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| Error::Protocol(format!("missing header {name}")))
+    h.get(name).and_then(|v| v.to_str().ok()).ok_or_else(|| Error::Protocol(format!("missing header {name}")))
 }
 
 fn header_u64(h: &reqwest::header::HeaderMap, name: &str) -> Result<u64, Error> {
-    header_str(h, name)?
-        .parse()
-        .map_err(|_| Error::Protocol(format!("bad header {name}")))
+    header_str(h, name)?.parse().map_err(|_| Error::Protocol(format!("bad header {name}")))
 }
 
 fn meta_from_headers(h: &reqwest::header::HeaderMap) -> Result<Meta, Error> {

@@ -52,9 +52,7 @@ pub fn validate_key(key: &str) -> Result<(), KeyError> {
         match seg {
             "" => return Err(KeyError::EmptySegment(key.to_owned())),
             "." | ".." => return Err(KeyError::DotSegment(key.to_owned())),
-            s if s.len() > MAX_SEGMENT_BYTES => {
-                return Err(KeyError::SegmentTooLong(s.chars().take(32).collect()))
-            }
+            s if s.len() > MAX_SEGMENT_BYTES => return Err(KeyError::SegmentTooLong(s.chars().take(32).collect())),
             _ => {}
         }
     }
@@ -77,8 +75,7 @@ pub fn normalize_prefix(prefix: &str) -> Result<&str, KeyError> {
 /// empty prefix holds every key. `app` holds `app/x` but not `apple`.
 pub fn key_in_prefix(key: &str, prefix: &str) -> bool {
     prefix.is_empty()
-        || (key.starts_with(prefix)
-            && (key.len() == prefix.len() || key.as_bytes()[prefix.len()] == b'/'))
+        || (key.starts_with(prefix) && (key.len() == prefix.len() || key.as_bytes()[prefix.len()] == b'/'))
 }
 
 #[cfg(test)]

@@ -120,12 +120,7 @@ impl EntryInfo {
                 Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(v))),
             },
         };
-        EntryInfo {
-            key,
-            meta,
-            value: text,
-            value_base64: b64,
-        }
+        EntryInfo { key, meta, value: text, value_base64: b64 }
     }
 
     /// The value bytes, if the entry carries them.

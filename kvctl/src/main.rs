@@ -1,1 +1,106 @@
-fn main() {}
+//! kvctl: the operator's command-line client of a kv cluster.
+
+mod bench;
+mod data;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kvctl",
+    version,
+    about = "Operate a kv cluster: data, benchmarks",
+    after_help = "Examples:\n  kvctl put app/db/url postgres://db\n  kvctl get app/db/url\n  kvctl ls app -o json"
+)]
+struct Cli {
+    /// Client URLs of cluster members, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "KVCTL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7379"
+    )]
+    endpoints: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a key's value (raw bytes) to stdout.
+    Get(data::GetArgs),
+    /// Write a key.
+    Put(data::PutArgs),
+    /// Delete a key (or a whole prefix with --recursive).
+    Del(data::DelArgs),
+    /// List the entries below a prefix.
+    Ls(data::LsArgs),
+    /// Measure put or get throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// A failure, with the exit code it maps to.
+pub enum Failure {
+    /// Bad arguments: exit 2.
+    Usage(String),
+    /// Anything else: exit 1.
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::Failed(e)
+    }
+}
+
+impl From<kv_client::Error> for Failure {
+    fn from(e: kv_client::Error) -> Failure {
+        match e {
+            kv_client::Error::InvalidKey(_) | kv_client::Error::Endpoint(_) => Failure::Usage(e.to_string()),
+            other => Failure::Failed(other.into()),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kvctl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(m)) => {
+            eprintln!("kvctl: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(e)) => {
+            eprintln!("kvctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let client = kv_client::Client::new(&cli.endpoints)?;
+    match cli.command {
+        Command::Get(a) => data::get(&client, a).await,
+        Command::Put(a) => data::put(&client, a, cli.output).await,
+        Command::Del(a) => data::del(&client, a, cli.output).await,
+        Command::Ls(a) => data::ls(&client, a, cli.output).await,
+        Command::Bench(b) => bench::run(client, b, cli.output).await,
+    }
+}

@@ -20,7 +20,7 @@ use kv_client::{
     decode_key, decode_value, header as kvh, normalize_prefix, validate_key, EntryInfo, ErrorBody, EventType, Kind,
     OpResult, TxnOp, TxnRequest, TxnResponse, WatchEvent,
 };
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::Deserialize;
 use serde_bytes::ByteBuf;
 
@@ -48,11 +48,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
     fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
@@ -75,10 +71,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> HttpResponse {
         METRICS.request_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let body = ErrorBody {
-            error: self.code.to_owned(),
-            message: self.message,
-        };
+        let body = ErrorBody { error: self.code.to_owned(), message: self.message };
         let mut resp = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -143,9 +136,7 @@ fn check_key(key: &str) -> ApiResult<()> {
 }
 
 fn check_prefix(p: &str) -> ApiResult<String> {
-    normalize_prefix(p)
-        .map(str::to_owned)
-        .map_err(|e| ApiError::bad("invalid_key", e.to_string()))
+    normalize_prefix(p).map(str::to_owned).map_err(|e| ApiError::bad("invalid_key", e.to_string()))
 }
 
 fn query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> ApiResult<T> {
@@ -212,10 +203,7 @@ async fn read_barrier(node: &Node, stale: bool) -> ApiResult<()> {
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 /// Proposes a transaction and waits until it is committed and applied.
@@ -233,22 +221,14 @@ async fn propose(node: &Node, headers: &HeaderMap, txn: Txn) -> ApiResult<Respon
             s.to_owned()
         }
     };
-    let req = Request {
-        id,
-        now_ns: now_ns(),
-        txn,
-    };
-    match tokio::time::timeout(node.request_timeout(), node.raft.client_write(req)).await {
+    let req = Request { id, now_ns: now_ns(), txn };
+    match tokio::time::timeout(node.request_timeout(), node.proposer.propose(req)).await {
         Err(_) => Err(ApiError::unavailable(format!(
             "the write was not committed within {} ms (no quorum?); it may still apply, retry with the same X-Kv-Request-Id",
             node.cfg.request_timeout_ms
         ))),
-        Ok(Ok(r)) => Ok(r.data),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(ApiError::unavailable(format!(
-            "this node is not the leader (leader: {:?})",
-            f.leader_id
-        ))),
-        Ok(Err(e)) => Err(ApiError::unavailable(format!("write failed: {e}"))),
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(ApiError::unavailable(e.to_string())),
     }
 }
 
@@ -260,18 +240,12 @@ fn wire_response(r: &Response) -> TxnResponse {
             .outcomes
             .iter()
             .map(|o| match o {
-                Outcome::Put(k, rev) => OpResult {
-                    op: "put".into(),
-                    key: k.clone(),
-                    mod_revision: Some(*rev),
-                    deleted: None,
-                },
-                Outcome::Delete(k, n) => OpResult {
-                    op: "delete".into(),
-                    key: k.clone(),
-                    mod_revision: None,
-                    deleted: Some(*n),
-                },
+                Outcome::Put(k, rev) => {
+                    OpResult { op: "put".into(), key: k.clone(), mod_revision: Some(*rev), deleted: None }
+                }
+                Outcome::Delete(k, n) => {
+                    OpResult { op: "delete".into(), key: k.clone(), mod_revision: None, deleted: Some(*n) }
+                }
             })
             .collect(),
     }
@@ -341,11 +315,9 @@ async fn kv_get(State(node): State<Shared>, uri: Uri, headers: HeaderMap) -> Api
     };
     let etag = format!("\"{}\"", e.mod_revision);
     let not_modified = match headers.get(header::IF_NONE_MATCH) {
-        Some(v) => v
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == etag),
+        Some(v) => {
+            v.to_str().unwrap_or("").split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == etag)
+        }
         None => false,
     };
     let mut resp = if not_modified {
@@ -401,12 +373,8 @@ fn attrs_from_headers(h: &HeaderMap) -> ApiResult<PutAttrs> {
         mode: get(h, kvh::MODE)?
             .map(|v| u32::from_str_radix(v, 8).map_err(|_| bad(kvh::MODE, "octal permission bits")))
             .transpose()?,
-        uid: get(h, kvh::UID)?
-            .map(|v| v.parse().map_err(|_| bad(kvh::UID, "a user id")))
-            .transpose()?,
-        gid: get(h, kvh::GID)?
-            .map(|v| v.parse().map_err(|_| bad(kvh::GID, "a group id")))
-            .transpose()?,
+        uid: get(h, kvh::UID)?.map(|v| v.parse().map_err(|_| bad(kvh::UID, "a user id"))).transpose()?,
+        gid: get(h, kvh::GID)?.map(|v| v.parse().map_err(|_| bad(kvh::GID, "a group id"))).transpose()?,
         mtime_ns: get(h, kvh::MTIME)?
             .map(|v| v.parse().map_err(|_| bad(kvh::MTIME, "nanoseconds since the epoch")))
             .transpose()?,
@@ -415,19 +383,17 @@ fn attrs_from_headers(h: &HeaderMap) -> ApiResult<PutAttrs> {
 }
 
 /// Checks a put's attributes and value against each other.
-fn check_put(key: &str, value: &[u8], attrs: &PutAttrs) -> ApiResult<()> {
+fn check_put(key: &str, value: Option<&[u8]>, attrs: &PutAttrs) -> ApiResult<()> {
     if attrs.mode.is_some_and(|m| m > 0o7777) {
         return Err(ApiError::bad("bad_request", "mode must be at most 07777"));
     }
     match attrs.kind {
-        Some(Kind::Dir) if !value.is_empty() => Err(ApiError::bad(
-            "bad_request",
-            format!("{key:?}: a dir entry has no value"),
-        )),
-        Some(Kind::Symlink) if value.is_empty() => Err(ApiError::bad(
-            "bad_request",
-            format!("{key:?}: a symlink needs a target as its value"),
-        )),
+        Some(Kind::Dir) if value.is_some_and(|v| !v.is_empty()) => {
+            Err(ApiError::bad("bad_request", format!("{key:?}: a dir entry has no value")))
+        }
+        Some(Kind::Symlink) if value.is_some_and(<[u8]>::is_empty) => {
+            Err(ApiError::bad("bad_request", format!("{key:?}: a symlink needs a target as its value")))
+        }
         _ => Ok(()),
     }
 }
@@ -439,14 +405,10 @@ async fn kv_put(State(node): State<Shared>, uri: Uri, headers: HeaderMap, body: 
     let attrs = attrs_from_headers(&headers)?;
     let compare = conditions(&key, &headers)?;
     let value = read_body(&headers, body, node.cfg.max_value_size, "the value").await?;
-    check_put(&key, &value, &attrs)?;
+    check_put(&key, Some(&value), &attrs)?;
     let txn = Txn {
         compare,
-        success: vec![Op::Put {
-            key: key.clone(),
-            value: ByteBuf::from(value.to_vec()),
-            attrs,
-        }],
+        success: vec![Op::Put { key: key.clone(), value: Some(ByteBuf::from(value.to_vec())), attrs }],
         failure: vec![],
     };
     let r = propose(&node, &headers, txn).await?;
@@ -477,14 +439,7 @@ async fn kv_delete(State(node): State<Shared>, uri: Uri, headers: HeaderMap) -> 
         raw
     };
     let compare = conditions(&key, &headers)?;
-    let txn = Txn {
-        compare,
-        success: vec![Op::Delete {
-            key: key.clone(),
-            recursive,
-        }],
-        failure: vec![],
-    };
+    let txn = Txn { compare, success: vec![Op::Delete { key: key.clone(), recursive }], failure: vec![] };
     let r = propose(&node, &headers, txn).await?;
     if !r.succeeded {
         return Err(compare_failed(&key));
@@ -512,21 +467,13 @@ async fn list(State(node): State<Shared>, uri: Uri) -> ApiResult<HttpResponse> {
         None => LIST_DEFAULT_LIMIT,
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=LIST_MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad(
-                    "bad_query",
-                    format!("limit must be a number from 1 to {LIST_MAX_LIMIT}"),
-                ))
-            }
+            _ => return Err(ApiError::bad("bad_query", format!("limit must be a number from 1 to {LIST_MAX_LIMIT}"))),
         },
     };
     let recursive = flag(&p.recursive, "recursive")?;
     let values = flag(&p.values, "values")?;
     read_barrier(&node, flag(&p.stale, "stale")?).await?;
-    let r = node
-        .sm
-        .list(&prefix, recursive, values, p.after.as_deref(), limit)
-        .map_err(ApiError::internal)?;
+    let r = node.sm.list(&prefix, recursive, values, p.after.as_deref(), limit).map_err(ApiError::internal)?;
     Ok(json_with_revision(StatusCode::OK, r.revision, &r))
 }
 
@@ -555,38 +502,18 @@ fn convert_txn(t: TxnRequest, max_value: u64) -> ApiResult<Txn> {
     let ops = |list: Vec<TxnOp>| -> ApiResult<Vec<Op>> {
         list.into_iter()
             .map(|op| match op {
-                TxnOp::Put {
-                    key,
-                    value,
-                    value_base64,
-                    kind,
-                    mode,
-                    uid,
-                    gid,
-                    mtime_ns,
-                } => {
+                TxnOp::Put { key, value, value_base64, kind, mode, uid, gid, mtime_ns } => {
                     check_key(&key)?;
                     let value = decode_value(value.as_deref(), value_base64.as_deref())
-                        .map_err(|m| ApiError::bad("bad_request", format!("{key:?}: {m}")))?
-                        .unwrap_or_default();
-                    if value.len() as u64 > max_value {
+                        .map_err(|m| ApiError::bad("bad_request", format!("{key:?}: {m}")))?;
+                    if value.as_ref().is_some_and(|v| v.len() as u64 > max_value) {
                         return Err(ApiError::too_large(format!(
                             "value of {key:?} is larger than the limit of {max_value} bytes"
                         )));
                     }
-                    let attrs = PutAttrs {
-                        kind,
-                        mode,
-                        uid,
-                        gid,
-                        mtime_ns,
-                    };
-                    check_put(&key, &value, &attrs)?;
-                    Ok(Op::Put {
-                        key,
-                        value: ByteBuf::from(value),
-                        attrs,
-                    })
+                    let attrs = PutAttrs { kind, mode, uid, gid, mtime_ns };
+                    check_put(&key, value.as_deref(), &attrs)?;
+                    Ok(Op::Put { key, value: value.map(ByteBuf::from), attrs })
                 }
                 TxnOp::Delete { key, recursive } => {
                     let key = if recursive {
@@ -600,11 +527,7 @@ fn convert_txn(t: TxnRequest, max_value: u64) -> ApiResult<Txn> {
             })
             .collect()
     };
-    Ok(Txn {
-        compare,
-        success: ops(t.success)?,
-        failure: ops(t.failure)?,
-    })
+    Ok(Txn { compare, success: ops(t.success)?, failure: ops(t.failure)? })
 }
 
 /// POST /v1/txn
@@ -665,10 +588,7 @@ impl WatchState {
                     kind: if ev.entry.is_some() { EventType::Put } else { EventType::Delete },
                     key: ev.key.clone(),
                     revision: *rev,
-                    entry: ev
-                        .entry
-                        .as_ref()
-                        .map(|e| EntryInfo::new(ev.key.clone(), e.meta(), Some(&e.value))),
+                    entry: ev.entry.as_ref().map(|e| EntryInfo::new(ev.key.clone(), e.meta(), Some(&e.value))),
                 };
                 let name = if ev.entry.is_some() { "put" } else { "delete" };
                 let data = serde_json::to_string(&wire).unwrap_or_default();
@@ -719,14 +639,7 @@ async fn watch(State(node): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiR
             format!("revision {cursor} is compacted (history starts after {compact}); list again and watch from the list's revision"),
         ));
     }
-    let state = WatchState {
-        node,
-        prefix,
-        cursor,
-        rx,
-        out: VecDeque::new(),
-        done: false,
-    };
+    let state = WatchState { node, prefix, cursor, rx, out: VecDeque::new(), done: false };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
             if let Some(b) = st.out.pop_front() {
@@ -775,10 +688,8 @@ async fn metrics(State(node): State<Shared>) -> HttpResponse {
         db_bytes: node.db_size(),
     };
     let mut resp = METRICS.render(&g).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     resp
 }
 
@@ -826,8 +737,8 @@ mod tests {
     fn txn_conversion_checks_every_op() {
         let t = |s: &str| serde_json::from_str::<TxnRequest>(s).expect("json");
         assert!(convert_txn(t(r#"{"success":[{"op":"put","key":"a/../b","value":"x"}]}"#), 10).is_err());
-        let e = convert_txn(t(r#"{"success":[{"op":"put","key":"a","value":"0123456789x"}]}"#), 10)
-            .expect_err("too large");
+        let e =
+            convert_txn(t(r#"{"success":[{"op":"put","key":"a","value":"0123456789x"}]}"#), 10).expect_err("too large");
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(convert_txn(t(r#"{"compare":[{"key":"a"}]}"#), 10).is_err());
         assert!(convert_txn(t(r#"{"success":[{"op":"put","key":"d","kind":"dir","value":"x"}]}"#), 10).is_err());

@@ -65,6 +65,10 @@ pub struct Flags {
     /// Make a new single-voter cluster if the data dir is empty; ignored otherwise.
     #[arg(long, env = "KVD_BOOTSTRAP")]
     pub bootstrap: bool,
+    /// Development mode: id 1, bootstrapped, data in a fresh temp dir that is
+    /// removed on exit (unless --data-dir is given).
+    #[arg(long)]
+    pub dev: bool,
     /// TOML config file; flags and KVD_* variables override it.
     #[arg(long, env = "KVD_CONFIG")]
     pub config: Option<PathBuf>,
@@ -108,6 +112,8 @@ pub struct Config {
     pub advertise_peer: Option<String>,
     /// Bootstrap a new cluster when empty.
     pub bootstrap: bool,
+    /// Remove the data dir on exit (`--dev` without `--data-dir`).
+    pub ephemeral: bool,
     /// Largest value, bytes.
     pub max_value_size: u64,
     /// Largest transaction body, bytes.
@@ -129,18 +135,23 @@ impl Config {
     pub fn resolve(flags: &Flags) -> anyhow::Result<Config> {
         let file = match &flags.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+                let text =
+                    std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
                 toml::from_str::<FileConfig>(&text).with_context(|| format!("invalid config file {}", p.display()))?
             }
             None => FileConfig::default(),
         };
-        let Some(id) = flags.id.or(file.id) else {
+        let dev_id = flags.dev.then_some(1);
+        let Some(id) = flags.id.or(file.id).or(dev_id) else {
             bail!("--id is required (a non-zero integer unique in the cluster)");
         };
         if id == 0 {
             bail!("--id must be non-zero");
         }
-        let Some(data_dir) = flags.data_dir.clone().or(file.data_dir) else {
+        let dev_dir = flags.dev.then(|| std::env::temp_dir().join(format!("kvd-dev-{}", std::process::id())));
+        let configured_dir = flags.data_dir.clone().or(file.data_dir);
+        let ephemeral = configured_dir.is_none() && dev_dir.is_some();
+        let Some(data_dir) = configured_dir.or(dev_dir) else {
             bail!("--data-dir is required");
         };
         let client_addr = flags.client_addr.clone().or(file.client_addr).unwrap_or("127.0.0.1:7379".into());
@@ -160,7 +171,8 @@ impl Config {
             peer_addr,
             advertise_client: flags.advertise_client.clone().or(file.advertise_client),
             advertise_peer: flags.advertise_peer.clone().or(file.advertise_peer),
-            bootstrap: flags.bootstrap || file.bootstrap.unwrap_or(false),
+            bootstrap: flags.bootstrap || flags.dev || file.bootstrap.unwrap_or(false),
+            ephemeral,
             max_value_size,
             max_txn_size: flags.max_txn_size.or(file.max_txn_size).unwrap_or(4 * max_value_size),
             history_revisions: flags.history_revisions.or(file.history_revisions).unwrap_or(100_000),
@@ -191,14 +203,34 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("kvd.toml");
         std::fs::write(&p, "id = 3\ndata_dir = \"/x\"\nmax_value_size = 10\n").expect("write");
-        let flags = Flags {
-            config: Some(p),
-            max_value_size: Some(20),
-            ..Flags::default()
-        };
+        let flags = Flags { config: Some(p), max_value_size: Some(20), ..Flags::default() };
         let c = Config::resolve(&flags).expect("resolve");
         assert_eq!((c.id, c.max_value_size, c.max_txn_size), (3, 20, 80));
         assert_eq!(c.data_dir, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn the_shipped_config_names_every_setting() {
+        let text = include_str!("../../packaging/kvd.toml");
+        let all: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c: FileConfig = toml::from_str(&all).expect("every commented setting parses");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("None"), "a setting is missing from packaging/kvd.toml: {shown}");
+        assert_eq!(toml::from_str::<FileConfig>(text).expect("parses"), FileConfig::default());
+    }
+
+    #[test]
+    fn dev_mode_fills_in_a_throwaway_node() {
+        let c = Config::resolve(&Flags { dev: true, ..Flags::default() }).expect("resolve");
+        assert_eq!((c.id, c.bootstrap, c.ephemeral), (1, true, true));
+        let c =
+            Config::resolve(&Flags { dev: true, data_dir: Some("/x".into()), ..Flags::default() }).expect("resolve");
+        assert!(!c.ephemeral);
     }
 
     #[test]

@@ -8,12 +8,16 @@
 //! It is not a client library: programs talk to kvd with `kv-client`, which
 //! compiles neither openraft nor fjall.
 
+// NOTE: openraft's storage traits return its large `StorageError` by value.
+#![allow(clippy::result_large_err)]
+
 mod api;
 mod config;
 mod log_store;
 mod metrics;
 mod network;
 mod node;
+mod proposer;
 mod sm;
 mod snapfile;
 mod store;

@@ -41,9 +41,7 @@ impl LogStore {
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let v = self.store.raft.get(key).map_err(|e| read_err(ErrorSubject::Store, e))?;
-        v.map(|b| decode(&b))
-            .transpose()
-            .map_err(|e| StorageIOError::read(&e).into())
+        v.map(|b| decode(&b)).transpose().map_err(|e| StorageIOError::read(&e).into())
     }
 }
 
@@ -109,10 +107,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             None => last_purged,
         };
-        Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last,
-        })
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -132,10 +127,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // NOTE: a hint for faster restarts only; not fsync'd on its own.
-        self.store
-            .raft
-            .insert(COMMITTED, encode(&committed))
-            .unwrap_or_else(|e| write_failed(e));
+        self.store.raft.insert(COMMITTED, encode(&committed)).unwrap_or_else(|e| write_failed(e));
         Ok(())
     }
 

@@ -17,12 +17,8 @@ struct Cli {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let result = kvd::Config::resolve(&cli.flags).and_then(|cfg| {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(kvd::run(cfg))
-    });
+    let result = kvd::Config::resolve(&cli.flags)
+        .and_then(|cfg| tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(kvd::run(cfg)));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

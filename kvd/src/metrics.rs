@@ -5,9 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
+const BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 /// A Prometheus histogram with fixed buckets.
 #[derive(Debug)]
@@ -18,10 +16,7 @@ pub struct Histogram {
 
 impl Histogram {
     const fn new() -> Histogram {
-        Histogram {
-            counts: [const { AtomicU64::new(0) }; BUCKETS.len() + 1],
-            sum_ns: AtomicU64::new(0),
-        }
+        Histogram { counts: [const { AtomicU64::new(0) }; BUCKETS.len() + 1], sum_ns: AtomicU64::new(0) }
     }
 
     /// Records one duration.
@@ -82,10 +77,7 @@ pub struct Metrics {
 /// The process's metrics.
 pub static METRICS: Metrics = Metrics {
     fsync: Histogram::new(),
-    group_commit: Ratio {
-        events: AtomicU64::new(0),
-        items: AtomicU64::new(0),
-    },
+    group_commit: Ratio { events: AtomicU64::new(0), items: AtomicU64::new(0) },
     read_latency: Histogram::new(),
     write_latency: Histogram::new(),
     request_errors: AtomicU64::new(0),

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::log_store::LogStore;
 use crate::network::Network;
+use crate::proposer::Proposer;
 use crate::sm::{Shared, StateMachine};
 use crate::store::{lock_dir, DirLock, Store};
 use crate::types::{Member, Raft};
@@ -23,6 +24,8 @@ pub struct Node {
     pub sm: Arc<Shared>,
     /// Resolved configuration.
     pub cfg: Config,
+    /// Where writes go.
+    pub proposer: Proposer,
     store: Store,
     _lock: DirLock,
 }
@@ -56,10 +59,7 @@ impl Node {
         };
         let applied = m.last_applied.map(|l| l.index);
         if applied < committed {
-            return (
-                false,
-                format!("applied index {applied:?} is behind commit index {committed:?}"),
-            );
+            return (false, format!("applied index {applied:?} is behind commit index {committed:?}"));
         }
         (true, format!("leader {leader}, applied index {}", applied.unwrap_or(0)))
     }
@@ -92,21 +92,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     .validate()
     .context("invalid raft settings")?;
-    let raft = Raft::new(cfg.id, Arc::new(raft_config), Network, log, sm)
-        .await
-        .context("cannot start raft")?;
+    let raft = Raft::new(cfg.id, Arc::new(raft_config), Network, log, sm).await.context("cannot start raft")?;
 
     if cfg.bootstrap {
         if raft.is_initialized().await? {
             tracing::info!("data dir already holds a cluster; --bootstrap ignored");
         } else {
-            let members = BTreeMap::from([(
-                cfg.id,
-                Member {
-                    peer_url: peer_url.clone(),
-                    client_url: client_url.clone(),
-                },
-            )]);
+            let members =
+                BTreeMap::from([(cfg.id, Member { peer_url: peer_url.clone(), client_url: client_url.clone() })]);
             raft.initialize(members).await.context("bootstrap failed")?;
             tracing::info!(node_id = cfg.id, "bootstrapped a new single-voter cluster");
         }
@@ -117,6 +110,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         raft: raft.clone(),
         sm: shared,
         cfg: cfg.clone(),
+        proposer: Proposer::start(raft.clone()),
         store: store.clone(),
         _lock: lock,
     });
@@ -133,6 +127,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
     }
     store.sync();
+    if cfg.ephemeral {
+        // NOTE: --dev data is throwaway by design.
+        let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    }
     Ok(())
 }
 
@@ -154,9 +152,7 @@ async fn watch_leader(node: Arc<Node>) {
         let now = rx.borrow_and_update().current_leader;
         if now != leader {
             if now.is_some() {
-                crate::metrics::METRICS
-                    .leader_changes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                crate::metrics::METRICS.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             tracing::info!(leader = ?now, "leader changed");
             leader = now;

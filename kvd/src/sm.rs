@@ -16,12 +16,13 @@ use kv_client::{key_in_prefix, EntryInfo, Kind, ListResponse};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftLogId, StorageIOError};
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 use tokio::sync::watch;
 
 use crate::snapfile::{self, Header, TAG_DATA, TAG_DEDUP};
 use crate::store::{fatal, Store};
 use crate::types::{
-    decode, encode, Cmp, Entry, LogId, Op, Outcome, Request, Response, Snapshot, SnapshotMeta, StorageError,
+    decode, encode, Batch, Cmp, Entry, LogId, Op, Outcome, Request, Response, Snapshot, SnapshotMeta, StorageError,
     StoredEntry, StoredEvent, StoredMembership, TypeConfig,
 };
 
@@ -40,6 +41,17 @@ struct ApplyState {
     membership: StoredMembership,
     revision: u64,
     compact: u64,
+}
+
+/// Watch events (revision, event) and the last revision scanned.
+pub type EventPage = (Vec<(u64, StoredEvent)>, u64);
+
+/// Changes of the log entry being applied, not yet in the store.
+#[derive(Debug, Default)]
+struct Overlay {
+    data: BTreeMap<String, Option<StoredEntry>>,
+    events: Vec<([u8; 12], StoredEvent)>,
+    dedup: std::collections::HashMap<String, Response>,
 }
 
 /// A remembered response to a request id.
@@ -144,9 +156,7 @@ impl Shared {
         let mut more = false;
         if recursive {
             let start = match after {
-                Some(a) if a.as_bytes() > base.as_bytes() => {
-                    std::ops::Bound::Excluded(a.as_bytes().to_vec())
-                }
+                Some(a) if a.as_bytes() > base.as_bytes() => std::ops::Bound::Excluded(a.as_bytes().to_vec()),
                 _ => std::ops::Bound::Included(base.as_bytes().to_vec()),
             };
             let end = prefix_end(base.as_bytes());
@@ -160,41 +170,33 @@ impl Shared {
                 entries.push(info(key, decode(&v)?));
             }
         } else {
-            // Walk direct children, jumping over each child's subtree.
+            // Walk every direct child, jumping over each child's subtree.
+            // NOTE: no early stop at `limit`: a subtree can sort after a
+            // sibling with a longer name ("b.txt" < "b/c"), so the page is
+            // cut only once all names are known.
             let mut children: BTreeMap<String, EntryInfo> = BTreeMap::new();
-            let mut from: Vec<u8> = match after {
-                Some(a) => [base.as_bytes(), a.as_bytes(), b"0"].concat(),
-                None => base.as_bytes().to_vec(),
-            };
+            let mut from: Vec<u8> = [base.as_bytes(), after.unwrap_or("").as_bytes()].concat();
             let end = prefix_end(base.as_bytes());
             'outer: loop {
-                let mut jumped = false;
                 for item in snap.range(&self.store.data, (std::ops::Bound::Included(from.clone()), end.clone())) {
                     let (k, v) = item.into_inner().map_err(io_err)?;
                     let key = String::from_utf8_lossy(&k).into_owned();
                     let rest = &key[base.len()..];
-                    if let Some(after) = after {
-                        if rest.split('/').next().is_some_and(|n| n <= after) {
-                            continue;
+                    let (name, below) = match rest.split_once('/') {
+                        None => (rest, false),
+                        Some((name, _)) => (name, true),
+                    };
+                    let seen = after.is_some_and(|a| name <= a);
+                    if !seen {
+                        if below {
+                            children.entry(name.to_owned()).or_insert_with(|| implied_dir(format!("{base}{name}")));
+                        } else {
+                            children.insert(name.to_owned(), info(key.clone(), decode(&v)?));
                         }
                     }
-                    match rest.split_once('/') {
-                        None => {
-                            children.insert(rest.to_owned(), info(key.clone(), decode(&v)?));
-                        }
-                        Some((name, _)) => {
-                            children
-                                .entry(name.to_owned())
-                                .or_insert_with(|| implied_dir(format!("{base}{name}")));
-                            // Jump past `base/name/…`: '0' follows '/'.
-                            from = format!("{base}{name}0").into_bytes();
-                            jumped = true;
-                        }
-                    }
-                    if children.len() > limit {
-                        break 'outer;
-                    }
-                    if jumped {
+                    if below {
+                        // Jump past the subtree `base/name/…`: '0' follows '/'.
+                        from = format!("{base}{name}0").into_bytes();
                         continue 'outer;
                     }
                 }
@@ -206,43 +208,26 @@ impl Shared {
             entries.extend(children.into_values().take(limit));
         }
         let next_after = if more {
-            entries.last().map(|e| {
-                if recursive {
-                    e.key.clone()
-                } else {
-                    e.key[base.len()..].to_owned()
-                }
-            })
+            entries.last().map(|e| if recursive { e.key.clone() } else { e.key[base.len()..].to_owned() })
         } else {
             None
         };
-        Ok(ListResponse {
-            revision,
-            entries,
-            more,
-            next_after,
-        })
+        Ok(ListResponse { revision, entries, more, next_after })
     }
 
     /// Events after revision `after` of keys in `prefix`: whole revisions
     /// only, stopping after about `max` events scanned. Returns the events
     /// and the last revision scanned (the cursor to continue from), or `None`
     /// when `after` is older than the retained history.
-    pub fn events_after(
-        &self,
-        after: u64,
-        prefix: &str,
-        max: usize,
-    ) -> io::Result<Option<(Vec<(u64, StoredEvent)>, u64)>> {
+    pub fn events_after(&self, after: u64, prefix: &str, max: usize) -> io::Result<Option<EventPage>> {
         let snap = self.store.db.snapshot();
         let compact = u64_of(snap.get(&self.store.sm_meta, COMPACT).map_err(io_err)?);
         if after < compact {
             return Ok(None);
         }
         let mut out = Vec::new();
-        let mut scanned = 0usize;
         let mut last_rev = after;
-        for item in snap.range(&self.store.events, event_key(after.saturating_add(1), 0)..) {
+        for (scanned, item) in snap.range(&self.store.events, event_key(after.saturating_add(1), 0)..).enumerate() {
             let (k, v) = item.into_inner().map_err(io_err)?;
             let rev = u64::from_be_bytes(k[..8].try_into().map_err(io_err)?);
             if rev != last_rev && scanned >= max {
@@ -250,7 +235,6 @@ impl Shared {
                 break;
             }
             last_rev = rev;
-            scanned += 1;
             let ev: StoredEvent = decode(&v)?;
             if key_in_prefix(&ev.key, prefix) {
                 out.push((rev, ev));
@@ -274,35 +258,33 @@ impl Shared {
         })
     }
 
-    fn current_mod_revision(&self, key: &str) -> io::Result<u64> {
-        Ok(match self.store.data.get(key).map_err(io_err)? {
-            Some(b) => decode::<StoredEntry>(&b)?.mod_revision,
-            None => 0,
-        })
+    /// An entry as the entry being applied sees it: its own earlier writes
+    /// first, then the store.
+    fn lookup(&self, ov: &Overlay, key: &str) -> io::Result<Option<StoredEntry>> {
+        match ov.data.get(key) {
+            Some(e) => Ok(e.clone()),
+            None => self.store.data.get(key).map_err(io_err)?.map(|b| decode(&b)).transpose(),
+        }
     }
 
-    /// Runs a request against the current state into `batch`; updates `st`.
-    fn exec(&self, batch: &mut fjall::OwnedWriteBatch, st: &mut ApplyState, req: &Request) -> io::Result<Response> {
+    /// Runs one request against the state as `ov` sees it; updates `st`.
+    fn exec(&self, ov: &mut Overlay, st: &mut ApplyState, req: &Request) -> io::Result<Response> {
         let mut ok = true;
         for c in &req.txn.compare {
-            let holds = match c {
-                Cmp::ModRevision(k, rev) => self.current_mod_revision(k)? == *rev,
-                Cmp::Exists(k, want) => (self.current_mod_revision(k)? != 0) == *want,
+            let rev = |k: &str| -> io::Result<u64> { Ok(self.lookup(ov, k)?.map(|e| e.mod_revision).unwrap_or(0)) };
+            ok &= match c {
+                Cmp::ModRevision(k, want) => rev(k)? == *want,
+                Cmp::Exists(k, want) => (rev(k)? != 0) == *want,
             };
-            ok &= holds;
         }
         let ops = if ok { &req.txn.success } else { &req.txn.failure };
         let new_rev = st.revision + 1;
-        let mut overlay: BTreeMap<String, Option<StoredEntry>> = BTreeMap::new();
-        let mut changes: Vec<String> = Vec::new();
+        let mut changes: Vec<(String, Option<StoredEntry>)> = Vec::new();
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
             match op {
                 Op::Put { key, value, attrs } => {
-                    let prev = match overlay.get(key) {
-                        Some(e) => e.clone(),
-                        None => self.store.data.get(key).map_err(io_err)?.map(|b| decode(&b)).transpose()?,
-                    };
+                    let prev = self.lookup(ov, key)?;
                     let prev = prev.as_ref();
                     let kind = attrs.kind.or(prev.map(|p| p.kind)).unwrap_or(Kind::File);
                     let e = StoredEntry {
@@ -314,21 +296,20 @@ impl Shared {
                         create_revision: prev.map(|p| p.create_revision).unwrap_or(new_rev),
                         mod_revision: new_rev,
                         version: prev.map(|p| p.version + 1).unwrap_or(1),
-                        value: value.clone(),
+                        value: match value {
+                            Some(v) => v.clone(),
+                            // NOTE: a directory never has a value.
+                            None if kind == Kind::Dir => ByteBuf::new(),
+                            None => prev.map(|p| p.value.clone()).unwrap_or_default(),
+                        },
                     };
-                    overlay.insert(key.clone(), Some(e));
-                    changes.push(key.clone());
+                    ov.data.insert(key.clone(), Some(e.clone()));
+                    changes.push((key.clone(), Some(e)));
                     outcomes.push(Outcome::Put(key.clone(), new_rev));
                 }
                 Op::Delete { key, recursive } => {
                     let mut gone: Vec<String> = Vec::new();
-                    let exists = |k: &str| -> io::Result<bool> {
-                        Ok(match overlay.get(k) {
-                            Some(e) => e.is_some(),
-                            None => self.store.data.contains_key(k).map_err(io_err)?,
-                        })
-                    };
-                    if !key.is_empty() && exists(key)? {
+                    if !key.is_empty() && self.lookup(ov, key)?.is_some() {
                         gone.push(key.clone());
                     }
                     if *recursive {
@@ -338,7 +319,7 @@ impl Shared {
                             let k = item.key().map_err(io_err)?;
                             below.insert(String::from_utf8_lossy(&k).into_owned(), ());
                         }
-                        for (k, v) in overlay.range(base.clone()..) {
+                        for (k, v) in ov.data.range(base.clone()..) {
                             if !k.starts_with(&base) {
                                 break;
                             }
@@ -352,94 +333,95 @@ impl Shared {
                     }
                     outcomes.push(Outcome::Delete(key.clone(), gone.len() as u64));
                     for k in gone {
-                        overlay.insert(k.clone(), None);
-                        changes.push(k);
+                        ov.data.insert(k.clone(), None);
+                        changes.push((k, None));
                     }
                 }
             }
         }
-        if changes.is_empty() {
-            return Ok(Response {
-                succeeded: ok,
-                revision: st.revision,
-                outcomes,
-            });
+        if !changes.is_empty() {
+            st.revision = new_rev;
+            ov.events.extend(
+                changes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(seq, (key, entry))| (event_key(new_rev, seq as u32), StoredEvent { key, entry })),
+            );
         }
-        for (seq, k) in changes.iter().enumerate() {
-            let entry = overlay.get(k).cloned().flatten();
-            let ev = StoredEvent { key: k.clone(), entry };
-            batch.insert(&self.store.events, event_key(new_rev, seq as u32), encode(&ev));
+        Ok(Response { succeeded: ok, revision: st.revision, outcomes })
+    }
+
+    /// Applies one log entry as one atomic fjall batch.
+    fn apply_one(&self, st: &mut ApplyState, entry: &Entry) -> io::Result<Vec<Response>> {
+        let log_id = *entry.get_log_id();
+        let mut batch = self.store.db.batch();
+        let mut ov = Overlay::default();
+        let mut out = Vec::new();
+        match &entry.payload {
+            EntryPayload::Blank => {}
+            EntryPayload::Membership(m) => {
+                st.membership = StoredMembership::new(Some(log_id), m.clone());
+                batch.insert(&self.store.sm_meta, MEMBERSHIP, encode(&st.membership));
+            }
+            EntryPayload::Normal(Batch(reqs)) => {
+                for req in reqs {
+                    let seen = match ov.dedup.get(&req.id) {
+                        _ if req.id.is_empty() => None,
+                        Some(r) => Some(r.clone()),
+                        None => self
+                            .store
+                            .dedup
+                            .get(dedup_id_key(&req.id))
+                            .map_err(io_err)?
+                            .map(|b| decode::<DedupRecord>(&b).map(|r| r.response))
+                            .transpose()?,
+                    };
+                    // NOTE: a retried write is answered, not applied again.
+                    let resp = match seen {
+                        Some(r) => r,
+                        None => {
+                            let resp = self.exec(&mut ov, st, req)?;
+                            if !req.id.is_empty() {
+                                ov.dedup.insert(req.id.clone(), resp.clone());
+                            }
+                            resp
+                        }
+                    };
+                    out.push(resp);
+                }
+                for (id, response) in std::mem::take(&mut ov.dedup) {
+                    batch.insert(&self.store.dedup, dedup_idx_key(log_id.index, &id), []);
+                    let rec = DedupRecord { index: log_id.index, response };
+                    batch.insert(&self.store.dedup, dedup_id_key(&id), encode(&rec));
+                }
+                self.prune_dedup(&mut batch, log_id.index)?;
+            }
         }
-        for (k, v) in overlay {
+        for (k, v) in std::mem::take(&mut ov.data) {
             match v {
                 Some(e) => batch.insert(&self.store.data, k, encode(&e)),
                 None => batch.remove(&self.store.data, k),
             }
         }
-        st.revision = new_rev;
-        let compact = new_rev.saturating_sub(self.history);
+        let compact = st.revision.saturating_sub(self.history);
         if compact > st.compact {
             for item in self.store.events.range(event_key(st.compact + 1, 0)..event_key(compact + 1, 0)) {
                 batch.remove(&self.store.events, item.key().map_err(io_err)?);
             }
             st.compact = compact;
         }
-        Ok(Response {
-            succeeded: ok,
-            revision: new_rev,
-            outcomes,
-        })
-    }
-
-    fn apply_one(&self, st: &mut ApplyState, entry: &Entry) -> io::Result<Response> {
-        let log_id = *entry.get_log_id();
-        let mut batch = self.store.db.batch();
-        let resp = match &entry.payload {
-            EntryPayload::Blank => Response {
-                succeeded: true,
-                revision: st.revision,
-                outcomes: vec![],
-            },
-            EntryPayload::Membership(m) => {
-                st.membership = StoredMembership::new(Some(log_id), m.clone());
-                batch.insert(&self.store.sm_meta, MEMBERSHIP, encode(&st.membership));
-                Response {
-                    succeeded: true,
-                    revision: st.revision,
-                    outcomes: vec![],
-                }
+        for (k, ev) in ov.events {
+            // Events already older than the history are not kept at all.
+            if u64::from_be_bytes([k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]]) > st.compact {
+                batch.insert(&self.store.events, k, encode(&ev));
             }
-            EntryPayload::Normal(req) => {
-                let seen = if req.id.is_empty() {
-                    None
-                } else {
-                    self.store.dedup.get(dedup_id_key(&req.id)).map_err(io_err)?
-                };
-                match seen {
-                    // NOTE: a retried write is answered, not applied again.
-                    Some(b) => decode::<DedupRecord>(&b)?.response,
-                    None => {
-                        let resp = self.exec(&mut batch, st, req)?;
-                        if !req.id.is_empty() {
-                            let rec = DedupRecord {
-                                index: log_id.index,
-                                response: resp.clone(),
-                            };
-                            batch.insert(&self.store.dedup, dedup_id_key(&req.id), encode(&rec));
-                            batch.insert(&self.store.dedup, dedup_idx_key(log_id.index, &req.id), []);
-                            self.prune_dedup(&mut batch, log_id.index)?;
-                        }
-                        resp
-                    }
-                }
-            }
-        };
+        }
         st.applied = Some(log_id);
         batch.insert(&self.store.sm_meta, APPLIED, encode(&st.applied));
         batch.insert(&self.store.sm_meta, REVISION, st.revision.to_be_bytes());
         batch.insert(&self.store.sm_meta, COMPACT, st.compact.to_be_bytes());
         batch.commit().unwrap_or_else(|e| fatal("writing the state machine failed", &e));
-        Ok(resp)
+        Ok(out)
     }
 
     fn prune_dedup(&self, batch: &mut fjall::OwnedWriteBatch, index: u64) -> io::Result<()> {
@@ -463,22 +445,14 @@ impl Shared {
         let membership: StoredMembership =
             snap.get(m, MEMBERSHIP).map_err(io_err)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
         let revision = u64_of(snap.get(m, REVISION).map_err(io_err)?);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let snapshot_id = match applied {
             Some(l) => format!("{}-{}-{}-{nanos}", l.leader_id.term, l.leader_id.node_id, l.index),
             None => format!("0-0-0-{nanos}"),
         };
-        let header = Header {
-            meta: SnapshotMeta {
-                last_log_id: applied,
-                last_membership: membership,
-                snapshot_id,
-            },
-            revision,
-        };
+        let header =
+            Header { meta: SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id }, revision };
         let tmp = self.snap_dir.join(format!("build-{nanos}.tmp"));
         let mut w = snapfile::Writer::new(std::fs::File::create(&tmp)?, &header)?;
         for item in snap.iter(&self.store.data) {
@@ -577,12 +551,7 @@ impl StateMachine {
             }
         }
         let (rev_tx, _) = watch::channel(0);
-        let shared = Arc::new(Shared {
-            store,
-            snap_dir,
-            rev_tx,
-            history: history.max(1),
-        });
+        let shared = Arc::new(Shared { store, snap_dir, rev_tx, history: history.max(1) });
         let mut st = shared.apply_state()?;
         let cur = shared.current_snapshot_path();
         if cur.exists() {
@@ -593,11 +562,7 @@ impl StateMachine {
             }
         }
         shared.rev_tx.send_replace(st.revision);
-        Ok(StateMachine {
-            shared,
-            st,
-            receiving: None,
-        })
+        Ok(StateMachine { shared, st, receiving: None })
     }
 
     /// Read access for the API.
@@ -620,10 +585,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         tracing::info!(snapshot = %header.meta.snapshot_id, revision = header.revision, "built snapshot");
-        Ok(Snapshot {
-            meta: header.meta,
-            snapshot: Box::new(file),
-        })
+        Ok(Snapshot { meta: header.meta, snapshot: Box::new(file) })
     }
 }
 
@@ -634,7 +596,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.st.applied, self.st.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Response>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -649,16 +611,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder {
-            shared: self.shared.clone(),
-        }
+        SnapshotBuilder { shared: self.shared.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let path = self.shared.snap_dir.join(format!("recv-{nanos}.tmp"));
         let file = tokio::fs::OpenOptions::new()
             .read(true)
@@ -672,7 +630,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(file))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
         let shared = self.shared.clone();
         let want = meta.last_log_id;
         let mut src = snapshot.into_std().await;
@@ -710,16 +672,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         }
         let p = path.clone();
-        let header = blocking(move || snapfile::read_header(&p))
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Some(Snapshot {
-            meta: header.meta,
-            snapshot: Box::new(file),
-        }))
+        let header =
+            blocking(move || snapfile::read_header(&p)).await.map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let file = tokio::fs::File::open(&path).await.map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot { meta: header.meta, snapshot: Box::new(file) }))
     }
 }
-

@@ -46,11 +46,7 @@ pub struct Writer {
 impl Writer {
     /// Starts a file with its header.
     pub fn new(file: File, header: &Header) -> io::Result<Writer> {
-        let mut w = Writer {
-            out: BufWriter::with_capacity(1 << 16, file),
-            crc: crc32fast::Hasher::new(),
-            count: 0,
-        };
+        let mut w = Writer { out: BufWriter::with_capacity(1 << 16, file), crc: crc32fast::Hasher::new(), count: 0 };
         let h = encode(header);
         w.put(MAGIC)?;
         w.put(&(h.len() as u32).to_le_bytes())?;
@@ -122,10 +118,7 @@ impl<R: Read> CrcReader<R> {
 /// the trailer and CRC at the end. Returns the header. Callers that must not
 /// act on a bad file run it once with a no-op `f` first ([`verify`]).
 pub fn read<R: Read>(r: R, mut f: impl FnMut(u8, Vec<u8>, Vec<u8>) -> io::Result<()>) -> io::Result<Header> {
-    let mut r = CrcReader {
-        inner: BufReader::with_capacity(1 << 16, r),
-        crc: crc32fast::Hasher::new(),
-    };
+    let mut r = CrcReader { inner: BufReader::with_capacity(1 << 16, r), crc: crc32fast::Hasher::new() };
     let mut magic = [0u8; 8];
     r.exact(&mut magic)?;
     if &magic != MAGIC {
@@ -172,10 +165,7 @@ pub fn verify(path: &Path) -> io::Result<Header> {
 
 /// Reads only the header of a snapshot file (no checksum check).
 pub fn read_header(path: &Path) -> io::Result<Header> {
-    let mut r = CrcReader {
-        inner: BufReader::new(File::open(path)?),
-        crc: crc32fast::Hasher::new(),
-    };
+    let mut r = CrcReader { inner: BufReader::new(File::open(path)?), crc: crc32fast::Hasher::new() };
     let mut magic = [0u8; 8];
     r.exact(&mut magic)?;
     if &magic != MAGIC {
@@ -194,10 +184,7 @@ mod tests {
     use super::*;
 
     fn sample(path: &Path) -> Header {
-        let header = Header {
-            meta: SnapshotMeta::default(),
-            revision: 7,
-        };
+        let header = Header { meta: SnapshotMeta::default(), revision: 7 };
         let mut w = Writer::new(File::create(path).expect("create"), &header).expect("writer");
         w.record(TAG_DATA, b"a", b"1").expect("record");
         w.record(TAG_DEDUP, b"b", &[0u8; 300]).expect("record");

@@ -71,19 +71,11 @@ pub struct DirLock {
 
 /// Takes the exclusive lock on a data dir, creating the dir if needed.
 pub fn lock_dir(dir: &Path) -> Result<DirLock, OpenError> {
-    let io = |source| OpenError::Io {
-        dir: dir.to_owned(),
-        source,
-    };
+    let io = |source| OpenError::Io { dir: dir.to_owned(), source };
     std::fs::create_dir_all(dir).map_err(io)?;
     let path = dir.join("LOCK");
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io)?;
+    let mut file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -103,17 +95,11 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, OpenError> {
 impl Store {
     /// Opens (or creates) the database under `dir/db`.
     pub fn open(dir: &Path) -> Result<Store, OpenError> {
-        let db_err = |source| OpenError::Db {
-            dir: dir.to_owned(),
-            source,
-        };
+        let db_err = |source| OpenError::Db { dir: dir.to_owned(), source };
         // NOTE: journal persistence is ours to ask for: log appends, votes,
         // truncates and purges are fsync'd explicitly before openraft hears of
         // them; state machine writes ride along with the next log fsync.
-        let db = Database::builder(dir.join("db"))
-            .manual_journal_persist(true)
-            .open()
-            .map_err(db_err)?;
+        let db = Database::builder(dir.join("db")).manual_journal_persist(true).open().map_err(db_err)?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(db_err);
         Ok(Store {
             log: ks("log")?,

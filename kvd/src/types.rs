@@ -7,8 +7,8 @@ use serde_bytes::ByteBuf;
 openraft::declare_raft_types!(
     /// kv's Raft types: requests are transactions, snapshots are files.
     pub TypeConfig:
-        D = Request,
-        R = Response,
+        D = Batch,
+        R = Vec<Response>,
         NodeId = u64,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
@@ -44,7 +44,12 @@ pub struct Member {
     pub client_url: String,
 }
 
-/// A write, as proposed to Raft. Every client write is a transaction.
+/// What one log entry carries: client writes batched by the proposer, so one
+/// append and one fsync serve many concurrent clients (group commit).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Request>);
+
+/// A client write. Every client write is a transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     /// Client request id; a request whose id was applied before is answered
@@ -99,8 +104,8 @@ pub enum Op {
     Put {
         /// The key.
         key: String,
-        /// The value.
-        value: ByteBuf,
+        /// The value; `None` keeps the current one (attributes-only write).
+        value: Option<ByteBuf>,
         /// Attributes.
         attrs: PutAttrs,
     },

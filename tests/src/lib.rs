@@ -1,1 +1,166 @@
+//! Harness for tests that run the real binaries: start `kvd` on OS-assigned
+//! ports in a temp dir, wait for readiness by polling, kill it by PID on drop.
+//!
+//! NOTE: `CARGO_BIN_EXE_*` exists only for the package that owns a binary, so
+//! the binaries are found next to the test executable's `deps/` directory.
+//! `cargo test --workspace` builds them first.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary (`kvd`, `kvctl`, `kvfs`) in the target dir.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("test executable lives in target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: build the workspace binaries first (cargo build --workspace)", p.display());
+    p
+}
+
+/// How long a node may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One running `kvd`.
+pub struct Kvd {
+    child: Option<Child>,
+    /// Node id.
+    pub id: u64,
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// Client URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    extra: Vec<String>,
+    log: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Kvd {
+    /// Starts a bootstrapped single-node cluster in a fresh temp dir.
+    pub fn bootstrap(extra: &[&str]) -> Kvd {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut k = Kvd {
+            child: None,
+            id: 1,
+            log: tmp.path().join("kvd.log"),
+            data_dir,
+            url: String::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _tmp: Some(tmp),
+        };
+        k.spawn(true);
+        k.wait_ready();
+        k
+    }
+
+    /// Spawns the process and waits for its client address (not readiness).
+    fn spawn(&mut self, bootstrap: bool) {
+        let addr_file = self.data_dir.join("client.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let mut cmd = Command::new(bin("kvd"));
+        cmd.arg("--id")
+            .arg(self.id.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--client-addr", "127.0.0.1:0", "--peer-addr", "127.0.0.1:0"])
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if bootstrap {
+            cmd.arg("--bootstrap");
+        }
+        let mut child = cmd.spawn().expect("spawn kvd");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&addr_file) {
+                self.url = format!("http://{}", s.trim());
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("kvd exited early ({status}):\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "kvd did not bind in time:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+
+    /// Polls `/health/ready` until it answers 200.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let url = format!("{}/health/ready", self.url);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("kvd exited ({status}):\n{}", self.log_text());
+                }
+            }
+            if http_status(&url) == Some(200) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "kvd not ready in time:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9` the process and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM the process and wait for it to exit; returns its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        c.wait().ok().and_then(|s| s.code())
+    }
+
+    /// Starts the node again on its data dir and waits until it is ready.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn(false);
+        self.wait_ready();
+    }
+
+    /// A client for this node.
+    pub fn client(&self) -> kv_client::Client {
+        kv_client::Client::new(&[self.url.as_str()]).expect("client")
+    }
+
+    /// What the node logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Path of the node's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+}
+
+impl Drop for Kvd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Status of a GET, `None` when nothing answered. Blocking, for polling.
+fn http_status(url: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
+    let mut s = std::net::TcpStream::connect(host).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = [0u8; 32];
+    let n = s.read(&mut buf).ok()?;
+    let line = std::str::from_utf8(&buf[..n]).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

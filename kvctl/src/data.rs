@@ -1,0 +1,138 @@
+//! Data commands: get, put, del, ls.
+
+use std::io::{Read, Write};
+
+use anyhow::Context;
+use kv_client::{Client, ListOptions, PutOptions};
+
+use crate::output::{self, Format};
+use crate::Failure;
+
+/// `kvctl get KEY`
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Example:\n  kvctl get app/db/url > url.txt")]
+pub struct GetArgs {
+    /// The key.
+    key: String,
+    /// Let the member answer from its own state (may be stale).
+    #[arg(long)]
+    stale: bool,
+}
+
+/// `kvctl put KEY [VALUE|-]`
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  kvctl put app/port 8080\n  kvctl put app/cert.pem - < cert.pem")]
+pub struct PutArgs {
+    /// The key.
+    key: String,
+    /// The value; `-` or nothing reads it from stdin (binary-safe).
+    value: Option<String>,
+    /// Only write if the key's mod revision is this.
+    #[arg(long, value_name = "REV")]
+    if_revision: Option<u64>,
+    /// Only write if the key does not exist yet.
+    #[arg(long)]
+    create_only: bool,
+}
+
+/// `kvctl del KEY [--recursive]`
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  kvctl del app/old-flag\n  kvctl del app/legacy --recursive")]
+pub struct DelArgs {
+    /// The key (or prefix with --recursive).
+    key: String,
+    /// Delete the key and everything below it, atomically.
+    #[arg(short, long)]
+    recursive: bool,
+}
+
+/// `kvctl ls [PREFIX]`
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  kvctl ls app\n  kvctl ls -r -o json")]
+pub struct LsArgs {
+    /// Prefix to list (default: the whole keyspace).
+    #[arg(default_value = "")]
+    prefix: String,
+    /// Everything below the prefix, not just direct children.
+    #[arg(short, long)]
+    recursive: bool,
+    /// Let the member answer from its own state (may be stale).
+    #[arg(long)]
+    stale: bool,
+}
+
+pub async fn get(client: &Client, a: GetArgs) -> Result<(), Failure> {
+    match client.get_opts(&a.key, a.stale).await? {
+        Some(v) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&v.value).context("writing to stdout")?;
+            out.flush().context("writing to stdout")?;
+            Ok(())
+        }
+        None => Err(anyhow::anyhow!("key {:?} not found", a.key).into()),
+    }
+}
+
+pub async fn put(client: &Client, a: PutArgs, fmt: Format) -> Result<(), Failure> {
+    let value = match a.value.as_deref() {
+        None | Some("-") => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).context("reading the value from stdin")?;
+            buf
+        }
+        Some(v) => v.as_bytes().to_vec(),
+    };
+    let opts = PutOptions { if_match: a.if_revision, create_only: a.create_only, ..PutOptions::default() };
+    let r = client.put(&a.key, value, &opts).await?;
+    match fmt {
+        Format::Json => output::json(&r)?,
+        Format::Table => println!("OK revision {}", r.revision),
+    }
+    Ok(())
+}
+
+pub async fn del(client: &Client, a: DelArgs, fmt: Format) -> Result<(), Failure> {
+    let r = client.delete(&a.key, a.recursive, None).await?;
+    match fmt {
+        Format::Json => output::json(&r)?,
+        Format::Table => {
+            let n: u64 = r.results.iter().filter_map(|x| x.deleted).sum();
+            println!("deleted {n} revision {}", r.revision);
+        }
+    }
+    Ok(())
+}
+
+pub async fn ls(client: &Client, a: LsArgs, fmt: Format) -> Result<(), Failure> {
+    let mut opts = ListOptions { recursive: a.recursive, stale: a.stale, ..ListOptions::default() };
+    let mut entries = Vec::new();
+    let mut revision;
+    loop {
+        let page = client.list(&a.prefix, &opts).await?;
+        revision = page.revision;
+        entries.extend(page.entries);
+        match (page.more, page.next_after) {
+            (true, Some(next)) => opts.after = Some(next),
+            _ => break,
+        }
+    }
+    match fmt {
+        Format::Json => output::json(&serde_json::json!({"revision": revision, "entries": entries}))?,
+        Format::Table => {
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.meta.kind.as_str().to_owned(),
+                        format!("{:04o}", e.meta.mode),
+                        e.meta.size.to_string(),
+                        e.meta.mod_revision.to_string(),
+                        e.key.clone(),
+                    ]
+                })
+                .collect();
+            output::table(&["KIND", "MODE", "SIZE", "REV", "KEY"], &rows)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Batches concurrent client writes into one Raft entry.
+//!
+//! NOTE: openraft 0.9 appends and fsyncs each client write on its own before
+//! it takes the next, so group commit happens here: a few workers each take
+//! every write queued while the previous entry was being committed and
+//! propose them as one [`Batch`]. One append and one fsync then serve them
+//! all; a lone client still gets its write proposed at once.
+
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::types::{Batch, NodeId, Op, Raft, Request, Response};
+
+/// Most requests in one entry.
+const MAX_BATCH: usize = 512;
+/// Stop adding requests to an entry once it holds this many value bytes.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Entries being committed at once.
+const WORKERS: usize = 3;
+
+/// Why a write was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader; the leader is given when known.
+    #[error("this node is not the leader (leader: {0:?})")]
+    NotLeader(Option<NodeId>),
+    /// Raft failed or is shutting down.
+    #[error("{0}")]
+    Failed(String),
+}
+
+struct Pending {
+    req: Request,
+    size: usize,
+    reply: oneshot::Sender<Result<Response, ProposeError>>,
+}
+
+/// The front door for writes.
+#[derive(Debug, Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("id", &self.req.id).finish()
+    }
+}
+
+impl Proposer {
+    /// Starts the workers.
+    pub fn start(raft: Raft) -> Proposer {
+        let (tx, rx) = mpsc::channel(8192);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..WORKERS {
+            tokio::spawn(worker(raft.clone(), rx.clone()));
+        }
+        Proposer { tx }
+    }
+
+    /// Proposes a write and waits until it is committed and applied.
+    pub async fn propose(&self, req: Request) -> Result<Response, ProposeError> {
+        let size = req
+            .txn
+            .success
+            .iter()
+            .chain(&req.txn.failure)
+            .map(|op| match op {
+                Op::Put { key, value, .. } => key.len() + value.as_ref().map_or(0, |v| v.len()),
+                Op::Delete { key, .. } => key.len(),
+            })
+            .sum();
+        let (reply, rx) = oneshot::channel();
+        let stopped = || ProposeError::Failed("the node is shutting down".into());
+        self.tx.send(Pending { req, size, reply }).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+async fn worker(raft: Raft, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut bytes = first.size;
+            batch.push(first);
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        bytes += p.size;
+                        batch.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.reply)).unzip();
+        match raft.client_write(Batch(reqs)).await {
+            Ok(r) => {
+                for (reply, resp) in replies.into_iter().zip(r.data) {
+                    let _ = reply.send(Ok(resp));
+                }
+            }
+            Err(e) => {
+                let leader = match &e {
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Some(f.leader_id),
+                    _ => None,
+                };
+                for reply in replies {
+                    let err = match leader {
+                        Some(l) => ProposeError::NotLeader(l),
+                        None => ProposeError::Failed(format!("write failed: {e}")),
+                    };
+                    let _ = reply.send(Err(err));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! kvd's configuration: flags, `--config` TOML (unknown keys refused) and
+//! `KVD_*` environment variables.
+
+use kv_tests::Kvd;
+
+use crate::{http, status_and_code};
+
+#[tokio::test]
+async fn config_file_and_environment_are_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("kvd.toml");
+    std::fs::write(&cfg, "max_value_size = 100\nhistory_revisions = 1000\n").expect("write");
+    let k = Kvd::bootstrap(&["--config", cfg.to_str().expect("utf-8 path")]);
+    let r = http().put(format!("{}/v1/kv/a", k.url)).body(vec![b'x'; 101]).send().await.expect("put");
+    assert_eq!(status_and_code(r).await, (413, "too_large".into()));
+    let r = http().put(format!("{}/v1/kv/a", k.url)).body(vec![b'x'; 100]).send().await.expect("put");
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn unknown_config_keys_and_bad_settings_stop_kvd() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("kvd.toml");
+    std::fs::write(&cfg, "max_value_size = 100\nmax_vaule_size = 5\n").expect("write");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(kv_tests::bin("kvd"))
+            .args(["--id", "1", "--client-addr", "127.0.0.1:0", "--peer-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run kvd");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(&["--config", cfg.to_str().expect("utf-8")], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("max_vaule_size"), "{err}");
+    let (code, err) = run(&[], &[("KVD_ELECTION_TIMEOUT_MS", "100"), ("KVD_HEARTBEAT_MS", "100")]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("election timeout"), "{err}");
+    let (code, err) = run(&[], &[("KVD_MAX_VALUE_SIZE", "lots")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!dir.path().join("data/db").exists(), "a refused start must not create a database");
+}
