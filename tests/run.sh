@@ -7,4 +7,11 @@ cd "$(dirname "$0")/.."
 
 # The integration tests run the binaries, so build them first.
 cargo build --workspace --bins --locked
-cargo test --workspace --locked
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+# One closing line with the totals of every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"

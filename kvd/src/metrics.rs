@@ -64,6 +64,8 @@ pub struct Metrics {
     pub fsync: Histogram,
     /// Appends completed per log fsync.
     pub group_commit: Ratio,
+    /// Client writes per proposed Raft entry.
+    pub proposals: Ratio,
     /// Client API request latency, reads.
     pub read_latency: Histogram,
     /// Client API request latency, writes.
@@ -78,6 +80,7 @@ pub struct Metrics {
 pub static METRICS: Metrics = Metrics {
     fsync: Histogram::new(),
     group_commit: Ratio { events: AtomicU64::new(0), items: AtomicU64::new(0) },
+    proposals: Ratio { events: AtomicU64::new(0), items: AtomicU64::new(0) },
     read_latency: Histogram::new(),
     write_latency: Histogram::new(),
     request_errors: AtomicU64::new(0),
@@ -143,6 +146,18 @@ impl Metrics {
             "kv_log_fsynced_appends_total",
             "Appends made durable by those fsyncs (group commit).",
             self.group_commit.items.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "kv_raft_proposals_total",
+            "Raft entries proposed for client writes.",
+            self.proposals.events.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "kv_raft_proposed_writes_total",
+            "Client writes carried by those entries (batching).",
+            self.proposals.items.load(Ordering::Relaxed),
         );
         self.fsync.render(&mut out, "kv_fsync_seconds", "Journal fsync latency.", "");
         self.read_latency.render(&mut out, "kv_http_request_seconds", "Client API latency.", "kind=\"read\"");

@@ -100,6 +100,7 @@ async fn worker(raft: Raft, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
             }
         }
         let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.reply)).unzip();
+        crate::metrics::METRICS.proposals.observe_count(reqs.len() as u64);
         match raft.client_write(Batch(reqs)).await {
             Ok(r) => {
                 for (reply, resp) in replies.into_iter().zip(r.data) {

@@ -238,6 +238,7 @@ async fn health_metrics_and_unknown_endpoints() {
         "kv_fsync_seconds_bucket{le=",
         "kv_http_request_seconds_count{kind=\"write\"}",
         "kv_raft_leader_changes_total 1",
+        "kv_raft_proposed_writes_total 1",
     ] {
         assert!(text.contains(name), "metrics lack {name:?}:\n{text}");
     }
