@@ -299,6 +299,96 @@ pub struct WatchEvent {
     pub entry: Option<EntryInfo>,
 }
 
+/// One node's own view of itself (`GET /v1/status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub id: u64,
+    /// `leader`, `follower`, `learner`, `candidate` or `shutdown`.
+    pub role: String,
+    /// Current Raft term.
+    pub term: u64,
+    /// The leader this node knows of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<u64>,
+    /// Last log index on this node.
+    pub last_log_index: u64,
+    /// Highest index this node knows to be committed.
+    pub commit_index: u64,
+    /// Last applied index.
+    pub applied_index: u64,
+    /// Last log index covered by this node's snapshot.
+    pub snapshot_index: u64,
+    /// Log entries up to this index are purged from this node's log.
+    pub purged_index: u64,
+    /// Store revision.
+    pub revision: u64,
+    /// Disk space used by the data dir's database, bytes.
+    pub db_size_bytes: u64,
+    /// Peer URL.
+    pub peer_url: String,
+    /// Client URL.
+    pub client_url: String,
+}
+
+/// A member as `GET /v1/cluster` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Node id.
+    pub id: u64,
+    /// Peer URL.
+    pub peer_url: String,
+    /// Client URL.
+    pub client_url: String,
+    /// Voter (true) or learner (false).
+    pub voter: bool,
+    /// The member's own status, if it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<NodeStatus>,
+    /// Why the member did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Log entries the member's applied index is behind the leader's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+}
+
+/// `GET /v1/cluster` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The leader, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<u64>,
+    /// Term of the answering node.
+    pub term: u64,
+    /// Members by id.
+    pub members: Vec<MemberInfo>,
+}
+
+/// `POST /v1/cluster/members` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    /// Id of the new member (non-zero, unused).
+    pub id: u64,
+    /// Its peer URL.
+    pub peer_url: String,
+    /// Its client URL (default: unknown until it reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_url: Option<String>,
+    /// Keep it a learner instead of promoting it once it caught up.
+    #[serde(default)]
+    pub learner: bool,
+}
+
+/// `POST /v1/cluster/leader` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLeader {
+    /// The voter that should lead.
+    pub id: u64,
+}
+
 /// Error body of every failed request (DESIGN.md §4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -17,13 +17,13 @@ use axum::routing::{get, post};
 use axum::Router;
 use futures_util::StreamExt;
 use kv_client::{
-    decode_key, decode_value, header as kvh, normalize_prefix, validate_key, EntryInfo, ErrorBody, EventType, Kind,
-    OpResult, TxnOp, TxnRequest, TxnResponse, WatchEvent,
+    decode_key, decode_value, header as kvh, normalize_prefix, validate_key, AddMember, EntryInfo, ErrorBody,
+    EventType, Kind, OpResult, TransferLeader, TxnOp, TxnRequest, TxnResponse, WatchEvent,
 };
-use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::Deserialize;
 use serde_bytes::ByteBuf;
 
+use crate::cluster::ClusterError;
 use crate::metrics::{Gauges, METRICS};
 use crate::node::Node;
 use crate::types::{Cmp, Op, Outcome, PutAttrs, Request, Response, StoredEntry, Txn};
@@ -96,6 +96,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/watch", get(watch))
         .route("/v1/watch/", get(watch))
         .route("/v1/watch/{*prefix}", get(watch))
+        .route("/v1/status", get(status))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/members", post(add_member))
+        .route("/v1/cluster/members/{id}", axum::routing::delete(remove_member))
+        .route("/v1/cluster/members/{id}/promote", post(promote_member))
+        .route("/v1/cluster/leader", post(transfer_leader))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -183,22 +189,22 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: u64, what: &str) -> A
     Ok(Bytes::from(buf))
 }
 
-/// Waits until this node may answer a linearizable read (read index).
+/// Waits until this node may answer a linearizable read (read index,
+/// through the leader when this node is not it).
 async fn read_barrier(node: &Node, stale: bool) -> ApiResult<()> {
     if stale {
         return Ok(());
     }
-    match tokio::time::timeout(node.request_timeout(), node.raft.ensure_linearizable()).await {
-        Err(_) => Err(ApiError::unavailable(format!(
-            "no leader confirmed within {} ms; retry later",
-            node.cfg.request_timeout_ms
-        ))),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Err(ApiError::unavailable(format!(
-            "this node is not the leader (leader: {:?}); use ?stale=true or ask the leader",
-            f.leader_id
-        ))),
-        Ok(Err(e)) => Err(ApiError::unavailable(format!("cannot confirm leadership: {e}"))),
+    node.linearize().await.map_err(ApiError::from)
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> ApiError {
+        match e {
+            ClusterError::Unavailable(m) => ApiError::unavailable(m),
+            ClusterError::Invalid(m) => ApiError::bad("bad_request", m),
+            ClusterError::NotFound(m) => ApiError::not_found(m),
+        }
     }
 }
 
@@ -222,14 +228,7 @@ async fn propose(node: &Node, headers: &HeaderMap, txn: Txn) -> ApiResult<Respon
         }
     };
     let req = Request { id, now_ns: now_ns(), txn };
-    match tokio::time::timeout(node.request_timeout(), node.proposer.propose(req)).await {
-        Err(_) => Err(ApiError::unavailable(format!(
-            "the write was not committed within {} ms (no quorum?); it may still apply, retry with the same X-Kv-Request-Id",
-            node.cfg.request_timeout_ms
-        ))),
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(ApiError::unavailable(e.to_string())),
-    }
+    node.write(req).await.map_err(ApiError::from)
 }
 
 fn wire_response(r: &Response) -> TxnResponse {
@@ -657,6 +656,116 @@ async fn watch(State(node): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiR
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(kvh::REVISION, current.into());
     Ok(resp)
+}
+
+/// GET /v1/status — this member's own view.
+async fn status(State(node): State<Shared>) -> HttpResponse {
+    axum::Json(node.status().await).into_response()
+}
+
+/// GET /v1/cluster — every member with its status.
+async fn cluster(State(node): State<Shared>) -> HttpResponse {
+    axum::Json(node.cluster_info().await).into_response()
+}
+
+/// Sends a membership request on to the leader unless this node leads.
+/// `Ok(None)`: this node is the leader and handles it.
+async fn forward_to_leader(
+    node: &Node,
+    method: Method,
+    uri: &Uri,
+    body: Option<Bytes>,
+) -> ApiResult<Option<HttpResponse>> {
+    let deadline = Instant::now() + node.request_timeout();
+    let leader = node.wait_for_leader(deadline).await?;
+    if leader == node.cfg.id {
+        return Ok(None);
+    }
+    let Some(url) = node.member(leader).map(|m| m.client_url).filter(|u| !u.is_empty()) else {
+        return Err(ApiError::unavailable(format!("the leader (node {leader}) has no known client URL")));
+    };
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut req = node.net.http().request(method, format!("{}{path}", url.trim_end_matches('/')));
+    if let Some(b) = body {
+        req = req.header(header::CONTENT_TYPE, "application/json").body(b);
+    }
+    let resp =
+        req.send().await.map_err(|e| ApiError::unavailable(format!("cannot reach the leader (node {leader}): {e}")))?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| ApiError::unavailable(format!("leader answer cut short: {e}")))?;
+    let mut out = (status, bytes).into_response();
+    out.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(Some(out))
+}
+
+fn member_id(uri: &Uri) -> ApiResult<u64> {
+    uri.path()
+        .trim_start_matches("/v1/cluster/members/")
+        .split('/')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .filter(|id| *id != 0)
+        .ok_or_else(|| ApiError::bad("bad_request", "member id must be a non-zero integer"))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(raw: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(raw).map_err(|e| ApiError::bad("bad_json", format!("body is not valid: {e}")))
+}
+
+/// POST /v1/cluster/members {id, peer_url, client_url?, learner?}
+async fn add_member(State(node): State<Shared>, uri: Uri, headers: HeaderMap, body: Body) -> ApiResult<HttpResponse> {
+    let raw = read_body(&headers, body, 64 << 10, "the request").await?;
+    let req: AddMember = parse_json(&raw)?;
+    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, Some(raw)).await? {
+        return Ok(r);
+    }
+    node.add_member(req).await?;
+    Ok(axum::Json(node.cluster_info().await).into_response())
+}
+
+/// POST /v1/cluster/members/{id}/promote
+async fn promote_member(State(node): State<Shared>, uri: Uri) -> ApiResult<HttpResponse> {
+    let id = member_id(&uri)?;
+    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, None).await? {
+        return Ok(r);
+    }
+    node.promote(id).await?;
+    Ok(axum::Json(node.cluster_info().await).into_response())
+}
+
+/// DELETE /v1/cluster/members/{id}; a leader removing itself hands over
+/// leadership first, then asks the new leader to remove it.
+async fn remove_member(State(node): State<Shared>, uri: Uri) -> ApiResult<HttpResponse> {
+    let id = member_id(&uri)?;
+    if let Some(r) = forward_to_leader(&node, Method::DELETE, &uri, None).await? {
+        return Ok(r);
+    }
+    if id == node.cfg.id {
+        if let Some(next) = node.successor() {
+            node.transfer_leader(next).await?;
+            if let Some(r) = forward_to_leader(&node, Method::DELETE, &uri, None).await? {
+                return Ok(r);
+            }
+        }
+    }
+    node.remove_member(id).await?;
+    Ok(axum::Json(node.cluster_info().await).into_response())
+}
+
+/// POST /v1/cluster/leader {id}
+async fn transfer_leader(
+    State(node): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<HttpResponse> {
+    let raw = read_body(&headers, body, 64 << 10, "the request").await?;
+    let req: TransferLeader = parse_json(&raw)?;
+    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, Some(raw)).await? {
+        return Ok(r);
+    }
+    node.transfer_leader(req.id).await?;
+    Ok(axum::Json(node.cluster_info().await).into_response())
 }
 
 /// GET /health/live

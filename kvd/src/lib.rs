@@ -12,11 +12,13 @@
 #![allow(clippy::result_large_err)]
 
 mod api;
+mod cluster;
 mod config;
 mod log_store;
 mod metrics;
 mod network;
 mod node;
+mod peer;
 mod proposer;
 mod sm;
 mod snapfile;

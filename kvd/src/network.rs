@@ -1,65 +1,187 @@
-//! Raft networking. A single-node cluster never calls it; the peer API that
-//! carries Raft RPCs between members comes with clustering, so for now every
-//! RPC reports the peer unreachable and openraft keeps retrying.
+//! The client side of the peer API: Raft RPCs (and forwarded writes and
+//! read-index requests) to other members, bincode over HTTP/1.1 with pooled
+//! connections. Each RPC has its own timeout, and openraft replicates to each
+//! peer in its own task, so a slow or dead peer never holds up the others.
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-use crate::types::{Member, NodeId, TypeConfig};
+use crate::types::{decode, encode, Member, NodeId, TypeConfig};
 
-/// Creates connections to peers.
-#[derive(Debug, Clone, Default)]
-pub struct Network;
+/// Paths of the peer API.
+pub mod path {
+    /// Raft AppendEntries.
+    pub const APPEND: &str = "/peer/v1/append";
+    /// Raft RequestVote.
+    pub const VOTE: &str = "/peer/v1/vote";
+    /// One chunk of InstallSnapshot.
+    pub const SNAPSHOT: &str = "/peer/v1/snapshot";
+    /// A client write forwarded to the leader.
+    pub const PROPOSE: &str = "/peer/v1/propose";
+    /// The leader's read index, for a follower's linearizable read.
+    pub const READ_INDEX: &str = "/peer/v1/read-index";
+    /// Hold back elections for a while (leadership transfer).
+    pub const HOLD_ELECTIONS: &str = "/peer/v1/hold-elections";
+    /// Start an election now (leadership transfer).
+    pub const ELECT: &str = "/peer/v1/elect";
+}
+
+/// Why a peer call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Nothing answered at the peer's address.
+    #[error("peer {0} is unreachable: {1}")]
+    Unreachable(String, String),
+    /// The peer answered, but not in time or not in our encoding.
+    #[error("peer {0}: {1}")]
+    Failed(String, String),
+}
+
+/// Talks to peers. Cheap to clone (one shared connection pool).
+#[derive(Debug, Clone)]
+pub struct Network {
+    http: reqwest::Client,
+}
+
+impl Network {
+    /// Makes the connection pool.
+    pub fn new() -> anyhow::Result<Network> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Network { http })
+    }
+
+    /// POSTs `req` (bincode) to `base + path` and decodes the answer.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        base: &str,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(timeout)
+            .header("content-type", "application/octet-stream")
+            .body(encode(req))
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    CallError::Unreachable(base.to_owned(), e.to_string())
+                } else {
+                    CallError::Failed(base.to_owned(), e.to_string())
+                }
+            })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| CallError::Failed(base.to_owned(), e.to_string()))?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body);
+            return Err(CallError::Failed(base.to_owned(), format!("HTTP {status}: {text}")));
+        }
+        decode(&body).map_err(|e| CallError::Failed(base.to_owned(), format!("bad answer: {e}")))
+    }
+}
+
+impl Network {
+    /// The shared HTTP client (for forwarding client API requests).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// GETs JSON from another member's client API.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        base: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, CallError> {
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let resp = self.http.get(&url).timeout(timeout).send().await.map_err(|e| {
+            if e.is_connect() {
+                CallError::Unreachable(base.to_owned(), e.to_string())
+            } else {
+                CallError::Failed(base.to_owned(), e.to_string())
+            }
+        })?;
+        let body = resp.bytes().await.map_err(|e| CallError::Failed(base.to_owned(), e.to_string()))?;
+        serde_json::from_slice(&body).map_err(|e| CallError::Failed(base.to_owned(), format!("bad answer: {e}")))
+    }
+}
 
 /// A connection to one peer.
 #[derive(Debug)]
 pub struct PeerClient {
     target: NodeId,
-}
-
-fn unavailable<E: std::error::Error>(target: NodeId) -> RPCError<NodeId, Member, E> {
-    let e = std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        format!("no peer transport to node {target} in this build"),
-    );
-    RPCError::Network(NetworkError::new(&e))
+    url: String,
+    net: Network,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, _node: &Member) -> PeerClient {
-        PeerClient { target }
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        PeerClient { target, url: node.peer_url.clone(), net: self.clone() }
+    }
+}
+
+impl PeerClient {
+    async fn rpc<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        match self.net.call::<Req, Result<Resp, RaftError<NodeId, E>>>(&self.url, path, req, option.hard_ttl()).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Err(e @ CallError::Unreachable(..)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
     }
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        Err(unavailable(self.target))
+        self.rpc(path::APPEND, &rpc, &option).await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
     {
-        Err(unavailable(self.target))
+        self.rpc(path::SNAPSHOT, &rpc, &option).await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        Err(unavailable(self.target))
+        self.rpc(path::VOTE, &rpc, &option).await
     }
 }

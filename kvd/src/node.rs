@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,18 @@ pub struct Node {
     pub cfg: Config,
     /// Where writes go.
     pub proposer: Proposer,
+    /// Connections to peers.
+    pub net: Network,
+    /// Advertised peer URL.
+    pub peer_url: String,
+    /// Advertised client URL.
+    pub client_url: String,
+    /// Start time, ns: part of server-made request ids.
+    pub started_ns: u128,
+    /// Counter of server-made request ids.
+    pub seq: AtomicU64,
+    /// Generation of election holds (leadership transfer).
+    pub hold_gen: Arc<AtomicU64>,
     store: Store,
     _lock: DirLock,
 }
@@ -78,8 +91,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on client address {}", cfg.client_addr))?;
     let client_local = listener.local_addr()?;
+    let peer_listener = TcpListener::bind(&cfg.peer_addr)
+        .await
+        .with_context(|| format!("cannot listen on peer address {}", cfg.peer_addr))?;
+    let peer_local = peer_listener.local_addr()?;
     let client_url = cfg.advertise_client.clone().unwrap_or(format!("http://{client_local}"));
-    let peer_url = cfg.advertise_peer.clone().unwrap_or(format!("http://{}", cfg.peer_addr));
+    let peer_url = cfg.advertise_peer.clone().unwrap_or(format!("http://{peer_local}"));
+    let net = Network::new()?;
 
     let raft_config = openraft::Config {
         cluster_name: "kv".into(),
@@ -87,12 +105,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         election_timeout_min: cfg.election_timeout_ms,
         election_timeout_max: cfg.election_timeout_ms * 2,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
-        max_in_snapshot_log_to_keep: 1000,
+        max_in_snapshot_log_to_keep: cfg.snapshot_logs.min(1000),
+        max_payload_entries: 64,
+        snapshot_max_chunk_size: 1 << 20,
+        install_snapshot_timeout: 10_000,
         ..Default::default()
     }
     .validate()
     .context("invalid raft settings")?;
-    let raft = Raft::new(cfg.id, Arc::new(raft_config), Network, log, sm).await.context("cannot start raft")?;
+    let raft = Raft::new(cfg.id, Arc::new(raft_config), net.clone(), log, sm).await.context("cannot start raft")?;
 
     if cfg.bootstrap {
         if raft.is_initialized().await? {
@@ -105,22 +126,33 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
 
-    write_addr_file(&cfg, client_local)?;
+    write_addr_file(&cfg, "client.addr", client_local)?;
+    write_addr_file(&cfg, "peer.addr", peer_local)?;
     let node = Arc::new(Node {
         raft: raft.clone(),
         sm: shared,
         cfg: cfg.clone(),
         proposer: Proposer::start(raft.clone()),
+        net,
+        peer_url,
+        client_url,
+        started_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+        seq: AtomicU64::new(0),
+        hold_gen: Arc::default(),
         store: store.clone(),
         _lock: lock,
     });
     tokio::spawn(watch_leader(node.clone()));
-    tracing::info!(node_id = cfg.id, client = %client_local, data_dir = %cfg.data_dir.display(), "serving");
+    tracing::info!(node_id = cfg.id, client = %client_local, peer = %peer_local, data_dir = %cfg.data_dir.display(), "serving");
 
-    let app = crate::api::router(node.clone());
-    let server = axum::serve(listener, app);
+    let server = axum::serve(listener, crate::api::router(node.clone()));
+    let peer_server = axum::serve(peer_listener, crate::peer::router(node.clone()));
     tokio::select! {
         r = server => r.context("client API server failed")?,
+        r = peer_server => r.context("peer API server failed")?,
         s = shutdown_signal() => tracing::info!(signal = s, "shutting down"),
     }
     if let Err(e) = raft.shutdown().await {
@@ -134,12 +166,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `<data-dir>/client.addr` with the bound client address, so tools
-/// and tests that asked for port 0 learn the real one.
-fn write_addr_file(cfg: &Config, addr: SocketAddr) -> anyhow::Result<()> {
-    let tmp = cfg.data_dir.join("client.addr.tmp");
+/// Writes `<data-dir>/{client,peer}.addr` with a bound address, so tools and
+/// tests that asked for port 0 learn the real one.
+fn write_addr_file(cfg: &Config, name: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    let tmp = cfg.data_dir.join(format!("{name}.tmp"));
     std::fs::write(&tmp, format!("{addr}\n"))?;
-    std::fs::rename(&tmp, cfg.data_dir.join("client.addr"))?;
+    std::fs::rename(&tmp, cfg.data_dir.join(name))?;
     Ok(())
 }
 

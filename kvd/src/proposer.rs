@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex, RwLock};
 
 use crate::types::{Batch, NodeId, Op, Raft, Request, Response};
 
@@ -41,6 +41,8 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
+    /// Held for writing while proposals must wait (leadership transfer).
+    pub gate: Arc<RwLock<()>>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -54,10 +56,11 @@ impl Proposer {
     pub fn start(raft: Raft) -> Proposer {
         let (tx, rx) = mpsc::channel(8192);
         let rx = Arc::new(Mutex::new(rx));
+        let gate = Arc::new(RwLock::new(()));
         for _ in 0..WORKERS {
-            tokio::spawn(worker(raft.clone(), rx.clone()));
+            tokio::spawn(worker(raft.clone(), rx.clone(), gate.clone()));
         }
-        Proposer { tx }
+        Proposer { tx, gate }
     }
 
     /// Proposes a write and waits until it is committed and applied.
@@ -79,7 +82,7 @@ impl Proposer {
     }
 }
 
-async fn worker(raft: Raft, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+async fn worker(raft: Raft, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, gate: Arc<RwLock<()>>) {
     loop {
         let mut batch = Vec::new();
         {
@@ -101,7 +104,10 @@ async fn worker(raft: Raft, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
         }
         let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.reply)).unzip();
         crate::metrics::METRICS.proposals.observe_count(reqs.len() as u64);
-        match raft.client_write(Batch(reqs)).await {
+        let open = gate.read().await;
+        let result = raft.client_write(Batch(reqs)).await;
+        drop(open);
+        match result {
             Ok(r) => {
                 for (reply, resp) in replies.into_iter().zip(r.data) {
                     let _ = reply.send(Ok(resp));

@@ -30,41 +30,74 @@ pub struct Kvd {
     pub data_dir: PathBuf,
     /// Client URL, `http://127.0.0.1:PORT`.
     pub url: String,
+    /// Peer URL, `http://127.0.0.1:PORT`.
+    pub peer_url: String,
     extra: Vec<String>,
     log: PathBuf,
+    /// Addresses to bind on restart (kept so membership stays valid).
+    addrs: Option<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl Kvd {
     /// Starts a bootstrapped single-node cluster in a fresh temp dir.
     pub fn bootstrap(extra: &[&str]) -> Kvd {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let data_dir = tmp.path().join("data");
-        let mut k = Kvd {
-            child: None,
-            id: 1,
-            log: tmp.path().join("kvd.log"),
-            data_dir,
-            url: String::new(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            _tmp: Some(tmp),
-        };
+        let mut k = Kvd::new(1, extra);
         k.spawn(true);
         k.wait_ready();
         k
     }
 
+    /// Starts an empty node that waits to be added to a cluster (it is not
+    /// ready until it is).
+    pub fn empty(id: u64, extra: &[&str]) -> Kvd {
+        let mut k = Kvd::new(id, extra);
+        k.spawn(false);
+        k
+    }
+
+    fn new(id: u64, extra: &[&str]) -> Kvd {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        Kvd {
+            child: None,
+            id,
+            log: tmp.path().join("kvd.log"),
+            data_dir: tmp.path().join("data"),
+            url: String::new(),
+            peer_url: String::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            addrs: None,
+            _tmp: Some(tmp),
+        }
+    }
+
+    /// Throws the data dir away (the node must be stopped).
+    pub fn wipe(&mut self) {
+        assert!(self.child.is_none(), "stop the node before wiping it");
+        std::fs::remove_dir_all(&self.data_dir).expect("wipe data dir");
+    }
+
+    /// Starts a stopped node again on its data dir (and addresses), without
+    /// waiting for readiness.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "node is running");
+        self.spawn(false);
+    }
+
     /// Spawns the process and waits for its client address (not readiness).
     fn spawn(&mut self, bootstrap: bool) {
         let addr_file = self.data_dir.join("client.addr");
+        let peer_file = self.data_dir.join("peer.addr");
         let _ = std::fs::remove_file(&addr_file);
+        let _ = std::fs::remove_file(&peer_file);
+        let (client_addr, peer_addr) = self.addrs.clone().unwrap_or(("127.0.0.1:0".into(), "127.0.0.1:0".into()));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let mut cmd = Command::new(bin("kvd"));
         cmd.arg("--id")
             .arg(self.id.to_string())
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--client-addr", "127.0.0.1:0", "--peer-addr", "127.0.0.1:0"])
+            .args(["--client-addr", &client_addr, "--peer-addr", &peer_addr])
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -76,8 +109,10 @@ impl Kvd {
         let mut child = cmd.spawn().expect("spawn kvd");
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Ok(s) = std::fs::read_to_string(&addr_file) {
-                self.url = format!("http://{}", s.trim());
+            if let (Ok(c), Ok(p)) = (std::fs::read_to_string(&addr_file), std::fs::read_to_string(&peer_file)) {
+                self.url = format!("http://{}", c.trim());
+                self.peer_url = format!("http://{}", p.trim());
+                self.addrs = Some((c.trim().to_owned(), p.trim().to_owned()));
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -127,6 +162,11 @@ impl Kvd {
         self.kill9();
         self.spawn(false);
         self.wait_ready();
+    }
+
+    /// Whether the process is running.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// A client for this node.

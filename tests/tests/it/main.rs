@@ -2,6 +2,7 @@
 //! OS-assigned ports. One module per topic.
 
 mod api;
+mod cluster;
 mod config;
 mod durability;
 mod kvctl;

@@ -1,0 +1,443 @@
+//! A node as a member of a cluster: writes and linearizable reads from any
+//! member (forwarded to the leader over the peer API), membership changes,
+//! leadership transfer, and status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use kv_client::{AddMember, ClusterInfo, MemberInfo, NodeStatus};
+use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+
+use crate::network::{path, CallError};
+use crate::node::Node;
+use crate::proposer::ProposeError;
+use crate::types::{Member, NodeId, Request, Response};
+
+/// Pause between attempts while the leader changes.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How long a member status query may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a new member may take to catch up before it is promoted.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Why the leader did not take a forwarded request (peer API wire type).
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    /// The receiver is not the leader; the leader it knows is given.
+    #[error("not the leader (leader: {0:?})")]
+    NotLeader(Option<NodeId>),
+    /// The leader failed the request.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<ProposeError> for ForwardError {
+    fn from(e: ProposeError) -> ForwardError {
+        match e {
+            ProposeError::NotLeader(l) => ForwardError::NotLeader(l),
+            ProposeError::Failed(m) => ForwardError::Failed(m),
+        }
+    }
+}
+
+/// Why a cluster operation failed; the API maps each to its status.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No leader, no quorum, or not in time: retry later (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request does not make sense (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such member (404).
+    #[error("{0}")]
+    NotFound(String),
+}
+
+type Result<T> = std::result::Result<T, ClusterError>;
+
+fn unavailable(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Unavailable(e.to_string())
+}
+
+impl Node {
+    /// The leader, waiting until `deadline` for one to be known.
+    pub async fn wait_for_leader(&self, deadline: Instant) -> Result<NodeId> {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(l) = rx.borrow_and_update().current_leader {
+                return Ok(l);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, rx.changed()).await.map(|r| r.is_ok()) != Ok(true) {
+                return Err(ClusterError::Unavailable(format!(
+                    "no leader elected within {} ms; retry later",
+                    self.cfg.request_timeout_ms
+                )));
+            }
+        }
+    }
+
+    /// How to reach a member, from the current membership.
+    pub fn member(&self, id: NodeId) -> Option<Member> {
+        self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// Writes through the leader, wherever it is; waits at most the request
+    /// timeout, across leader changes.
+    pub async fn write(&self, mut req: Request) -> Result<Response> {
+        let deadline = Instant::now() + self.request_timeout();
+        if req.id.is_empty() {
+            // NOTE: an id makes resending after a lost answer or a leader
+            // change safe: the state machine applies an id once.
+            req.id = format!("kvd-{}-{}-{}", self.cfg.id, self.started_ns, self.seq.fetch_add(1, Ordering::Relaxed));
+        }
+        loop {
+            let leader = self.wait_for_leader(deadline).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = if leader == self.cfg.id {
+                match tokio::time::timeout(left, self.proposer.propose(req.clone())).await {
+                    Ok(r) => r.map_err(ForwardError::from),
+                    Err(_) => Err(ForwardError::Failed("timeout".into())),
+                }
+            } else {
+                match self.member(leader) {
+                    Some(m) => self
+                        .net
+                        .call::<_, std::result::Result<Response, ForwardError>>(&m.peer_url, path::PROPOSE, &req, left)
+                        .await
+                        .unwrap_or_else(|e| Err(ForwardError::Failed(e.to_string()))),
+                    None => Err(ForwardError::NotLeader(None)),
+                }
+            };
+            match attempt {
+                Ok(r) => return Ok(r),
+                Err(e) if Instant::now() + RETRY_PAUSE >= deadline => {
+                    return Err(ClusterError::Unavailable(format!(
+                        "the write was not committed within {} ms ({e}); it may still apply, retry with the same X-Kv-Request-Id",
+                        self.cfg.request_timeout_ms
+                    )))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, leader, "write attempt failed; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    /// Returns once this node's state machine holds everything committed
+    /// before the call (read index, confirmed by the leader with a quorum).
+    pub async fn linearize(&self) -> Result<()> {
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            let leader = self.wait_for_leader(deadline).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let index = if leader == self.cfg.id {
+                match tokio::time::timeout(left, self.raft.get_read_log_id()).await {
+                    Ok(Ok((read, _))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                        Err(ForwardError::NotLeader(f.leader_id))
+                    }
+                    Ok(Err(e)) => Err(ForwardError::Failed(e.to_string())),
+                    Err(_) => Err(ForwardError::Failed("timeout".into())),
+                }
+            } else {
+                match self.member(leader) {
+                    Some(m) => self
+                        .net
+                        .call::<_, std::result::Result<u64, ForwardError>>(&m.peer_url, path::READ_INDEX, &(), left)
+                        .await
+                        .unwrap_or_else(|e| Err(ForwardError::Failed(e.to_string()))),
+                    None => Err(ForwardError::NotLeader(None)),
+                }
+            };
+            match index {
+                Ok(index) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    return self
+                        .raft
+                        .wait(Some(left))
+                        .applied_index_at_least(Some(index), "linearizable read")
+                        .await
+                        .map(|_| ())
+                        .map_err(|_| unavailable("this member is too far behind the leader to answer in time"));
+                }
+                Err(e) if Instant::now() + RETRY_PAUSE >= deadline => {
+                    return Err(ClusterError::Unavailable(format!("cannot confirm a read index with the leader: {e}")))
+                }
+                Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
+            }
+        }
+    }
+
+    /// Stops this node from starting elections for `d` (zero: allow now).
+    pub fn hold_elections(&self, d: Duration) {
+        let generation = self.hold_gen.fetch_add(1, Ordering::SeqCst) + 1;
+        if d.is_zero() {
+            self.raft.runtime_config().elect(true);
+            return;
+        }
+        self.raft.runtime_config().elect(false);
+        let raft = self.raft.clone();
+        let gen = self.hold_gen.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            if gen.load(Ordering::SeqCst) == generation {
+                raft.runtime_config().elect(true);
+            }
+        });
+    }
+
+    /// This node's own status.
+    pub async fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let committed = self.raft.with_raft_state(|st| st.committed).await.ok().flatten();
+        let voter = m.membership_config.membership().voter_ids().any(|v| v == self.cfg.id);
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Candidate => "candidate",
+            ServerState::Follower if voter => "follower",
+            ServerState::Follower | ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        NodeStatus {
+            id: self.cfg.id,
+            role: role.into(),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            commit_index: committed.map(|l| l.index).unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            revision: *self.sm.subscribe().borrow(),
+            db_size_bytes: self.db_size(),
+            peer_url: self.peer_url.clone(),
+            client_url: self.client_url.clone(),
+        }
+    }
+
+    /// Every member with its own status (asked in parallel, briefly).
+    pub async fn cluster_info(&self) -> ClusterInfo {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let me = self.status().await;
+        let asks = membership.nodes().map(|(id, member)| {
+            let (id, member) = (*id, member.clone());
+            let me = me.clone();
+            async move {
+                let status = if id == me.id {
+                    Ok(me)
+                } else if member.client_url.is_empty() {
+                    Err("client URL unknown".to_owned())
+                } else {
+                    self.net.get_status(&member.client_url, STATUS_TIMEOUT).await.map_err(|e| e.to_string())
+                };
+                (id, member, status)
+            }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let head = answers.iter().filter_map(|(_, _, s)| s.as_ref().ok()).map(|s| s.last_log_index).max();
+        let members = answers
+            .into_iter()
+            .map(|(id, member, status)| {
+                let (status, error) = match status {
+                    Ok(s) => (Some(s), None),
+                    Err(e) => (None, Some(e)),
+                };
+                MemberInfo {
+                    id,
+                    peer_url: member.peer_url,
+                    client_url: member.client_url,
+                    voter: voters.contains(&id),
+                    lag: status.as_ref().zip(head).map(|(s, h)| h.saturating_sub(s.applied_index)),
+                    status,
+                    error,
+                }
+            })
+            .collect();
+        ClusterInfo { leader: m.current_leader, term: m.current_term, members }
+    }
+
+    /// Adds a member as a learner; unless it should stay one, waits until it
+    /// has caught up and promotes it to voter. Leader only.
+    pub async fn add_member(&self, req: AddMember) -> Result<()> {
+        if req.id == 0 {
+            return Err(ClusterError::Invalid("member id must be non-zero".into()));
+        }
+        check_url(&req.peer_url, "peer_url")?;
+        if let Some(u) = &req.client_url {
+            check_url(u, "client_url")?;
+        }
+        if self.member(req.id).is_some() {
+            return Err(ClusterError::Invalid(format!("node {} is already a member", req.id)));
+        }
+        let member = Member { peer_url: req.peer_url.clone(), client_url: req.client_url.clone().unwrap_or_default() };
+        tracing::info!(node_id = req.id, peer_url = %req.peer_url, learner = req.learner, "adding member");
+        let add = self.raft.add_learner(req.id, member, !req.learner);
+        match tokio::time::timeout(JOIN_TIMEOUT, add).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(unavailable(format!("adding node {} failed: {e}", req.id))),
+            Err(_) => {
+                return Err(unavailable(format!(
+                    "node {} was added as a learner but did not catch up within {} s; is it running at {}?",
+                    req.id,
+                    JOIN_TIMEOUT.as_secs(),
+                    req.peer_url
+                )))
+            }
+        }
+        if !req.learner {
+            self.promote(req.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes a learner a voter. Leader only.
+    pub async fn promote(&self, id: NodeId) -> Result<()> {
+        if self.member(id).is_none() {
+            return Err(ClusterError::NotFound(format!("node {id} is not a member")));
+        }
+        tracing::info!(node_id = id, "promoting member to voter");
+        self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await
+    }
+
+    /// Removes a member (voter or learner). Leader only; a leader removing
+    /// itself hands leadership to another voter first (the caller then
+    /// forwards the removal to it).
+    pub async fn remove_member(&self, id: NodeId) -> Result<()> {
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        if membership.get_node(&id).is_none() {
+            return Err(ClusterError::NotFound(format!("node {id} is not a member")));
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        tracing::info!(node_id = id, "removing member");
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(ClusterError::Invalid(format!("node {id} is the only voter; add another first")));
+            }
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await
+        } else {
+            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await
+        }
+    }
+
+    async fn change(&self, c: ChangeMembers<NodeId, Member>) -> Result<()> {
+        match tokio::time::timeout(self.request_timeout() * 4, self.raft.change_membership(c, false)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(format!("membership change failed: {e}"))),
+            Err(_) => Err(unavailable("membership change did not commit in time; it may still complete")),
+        }
+    }
+
+    /// The voter best placed to take over from this leader: the other voter
+    /// whose log matches furthest.
+    pub fn successor(&self) -> Option<NodeId> {
+        let m = self.raft.metrics().borrow().clone();
+        let repl = m.replication.clone().unwrap_or_default();
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != self.cfg.id)
+            .max_by_key(|v| repl.get(v).cloned().flatten().map(|l| l.index))
+    }
+
+    /// Hands leadership to voter `target`: once it has caught up, the other
+    /// voters hold their elections and this leader stops its heartbeats, so
+    /// the target's election wins. Leader only.
+    pub async fn transfer_leader(&self, target: NodeId) -> Result<()> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(target) {
+            return Ok(());
+        }
+        let voters: BTreeMap<NodeId, Member> =
+            m.membership_config.membership().voter_ids().filter_map(|v| self.member(v).map(|mb| (v, mb))).collect();
+        let Some(target_member) = voters.get(&target).cloned() else {
+            return Err(ClusterError::Invalid(format!("node {target} is not a voter")));
+        };
+        tracing::info!(target, "transferring leadership");
+        let deadline = Instant::now() + self.request_timeout() * 2;
+        // 1. The target must hold the whole log.
+        let last = m.last_log_index;
+        self.raft
+            .wait(Some(deadline.saturating_duration_since(Instant::now())))
+            .metrics(
+                |m| {
+                    let matched = m.replication.as_ref().and_then(|r| r.get(&target).cloned().flatten());
+                    matched.map(|l| l.index) >= last
+                },
+                "transfer target caught up",
+            )
+            .await
+            .map_err(|_| unavailable(format!("node {target} did not catch up in time")))?;
+        // 2. No new entries (they would renew the followers' leases), nobody
+        // but the target may campaign for a while, and no heartbeats.
+        let _paused = self.proposer.gate.write().await;
+        let hold = Duration::from_millis(self.cfg.election_timeout_ms * 8);
+        for (id, mb) in &voters {
+            if *id != target && *id != self.cfg.id {
+                let _ = self
+                    .net
+                    .call::<_, ()>(&mb.peer_url, path::HOLD_ELECTIONS, &(hold.as_millis() as u64), STATUS_TIMEOUT)
+                    .await;
+            }
+        }
+        self.hold_elections(hold);
+        self.raft.runtime_config().heartbeat(false);
+        // 3. Once the followers' leader leases have run out, the target campaigns.
+        let result = async {
+            // NOTE: openraft's leader lease is the maximum election timeout.
+            let lease = self.cfg.election_timeout_ms * 2 + self.cfg.heartbeat_ms * 2;
+            tokio::time::sleep(Duration::from_millis(lease)).await;
+            loop {
+                let _ = self
+                    .net
+                    .call::<_, std::result::Result<(), String>>(
+                        &target_member.peer_url,
+                        path::ELECT,
+                        &(),
+                        STATUS_TIMEOUT,
+                    )
+                    .await;
+                let wait = self.raft.wait(Some(Duration::from_millis(self.cfg.election_timeout_ms * 2)));
+                if wait.metrics(|m| m.current_leader == Some(target), "new leader").await.is_ok() {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline + hold {
+                    return Err(unavailable(format!("node {target} did not take over in time")));
+                }
+            }
+        }
+        .await;
+        self.raft.runtime_config().heartbeat(true);
+        self.hold_elections(Duration::ZERO);
+        for (id, mb) in &voters {
+            if *id != target && *id != self.cfg.id {
+                let _ = self.net.call::<_, ()>(&mb.peer_url, path::HOLD_ELECTIONS, &0u64, STATUS_TIMEOUT).await;
+            }
+        }
+        result
+    }
+}
+
+fn check_url(u: &str, what: &str) -> Result<()> {
+    let ok = (u.starts_with("http://") || u.starts_with("https://"))
+        && u.split("://").nth(1).is_some_and(|rest| rest.contains(':') && !rest.trim_end_matches('/').is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(ClusterError::Invalid(format!("{what} {u:?} must look like http://HOST:PORT")))
+    }
+}
+
+impl crate::network::Network {
+    /// GET `{client_url}/v1/status` of another member.
+    pub async fn get_status(&self, client_url: &str, timeout: Duration) -> std::result::Result<NodeStatus, CallError> {
+        self.get_json(client_url, "/v1/status", timeout).await
+    }
+}
