@@ -164,6 +164,24 @@ impl Kvd {
         self.wait_ready();
     }
 
+    /// Freezes the process (SIGSTOP): a peer that accepts connections but
+    /// never answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill").arg(sig).arg(c.id().to_string()).status().map(|s| s.success());
+            assert_eq!(ok.ok(), Some(true), "kill {sig} {}", c.id());
+        }
+    }
+
     /// Whether the process is running.
     pub fn running(&self) -> bool {
         self.child.is_some()
