@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests, openraft's storage suite, and
-# the integration tests that start real kvd processes on loopback.
-# Needs only the Rust toolchain on a fresh Debian 12 machine.
+# the integration tests that start real kvd processes and real FUSE mounts.
+# Works on a fresh Debian 12 machine with the Rust toolchain: as root it
+# installs what the mount tests drive (fuse3, vim, rsync).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+need=()
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v vim >/dev/null 2>&1 || need+=(vim-nox)
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "tests/run.sh: please install: ${need[*]}" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 
 # The integration tests run the binaries, so build them first.
 cargo build --workspace --bins --locked

@@ -1,38 +1,320 @@
 //! kvfs: mounts a key prefix of a kv cluster as a directory tree.
 //!
-//! NOTE: the FUSE filesystem itself is not in this build yet; this binary
-//! takes the command line of DESIGN.md §7 and says so, rather than pretending
-//! to mount.
+//! Reads are served from an in-memory copy of the subtree that one watch
+//! stream keeps current (with the kernel's caches invalidated on change);
+//! writes are buffered per open file and committed as one put on close.
+//! A last-known-good copy on disk lets a mount start while the cluster is
+//! down.
 
+mod fs;
+mod opts;
+mod remote;
+mod tree;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-use clap::Parser;
+use anyhow::{bail, Context};
+use fuser::{MountOption, Session, SessionACL};
 
-#[derive(Debug, Parser)]
-#[command(name = "kvfs", version, about = "Mount a kv key prefix as a filesystem (not yet available)")]
-struct Cli {
-    /// Stay in the foreground.
-    #[arg(short = 'f')]
-    foreground: bool,
-    /// Mount options, comma-separated.
-    #[arg(short = 'o', value_delimiter = ',')]
-    options: Vec<String>,
-    /// Client URL whose path is the key prefix, e.g. http://127.0.0.1:7379/app
-    source: String,
-    /// Where to mount.
-    mountpoint: std::path::PathBuf,
-}
+use crate::opts::{Invocation, Parsed};
+use crate::remote::{load_lkg, Remote, Status, Sync};
+use crate::tree::Tree;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Err(e) = kv_client::Client::new(&[cli.source.as_str()]) {
-        eprintln!("kvfs: {e}");
-        return ExitCode::from(2);
+    let mut args = std::env::args();
+    let argv0 = args.next().unwrap_or_default();
+    let args: Vec<String> = args.collect();
+    let name = argv0.rsplit('/').next().unwrap_or("");
+    let helper = name.starts_with("mount.");
+    let inv = match opts::parse(&args, helper) {
+        Ok(Parsed::Run(i)) => *i,
+        Ok(Parsed::Print(s)) => {
+            println!("{s}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("kvfs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if inv.fake {
+        return ExitCode::SUCCESS;
     }
-    eprintln!(
-        "kvfs: cannot mount {} at {}: the FUSE filesystem is not part of this build yet",
-        cli.source,
-        cli.mountpoint.display()
-    );
-    ExitCode::FAILURE
+    // NOTE: fork before any thread exists; the parent returns once the child
+    // reports the mount live (what mount(8) needs).
+    let ready = if inv.foreground {
+        None
+    } else {
+        match daemonize() {
+            Ok(Some(w)) => Some(w),
+            Ok(None) => unreachable_parent(),
+            Err(e) => {
+                eprintln!("kvfs: cannot start in the background: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    init_logging();
+    match run(inv, ready) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Never returns: the parent side of [`daemonize`] exits inside it.
+fn unreachable_parent() -> ! {
+    std::process::exit(0)
+}
+
+/// Forks. In the parent: waits for the child's word and exits with it
+/// (never returns). In the child: returns the pipe to report readiness on.
+#[allow(unsafe_code)]
+fn daemonize() -> std::io::Result<Option<std::fs::File>> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // NOTE: close-on-exec, or fusermount3 would inherit the write end and
+    // the parent would wait for its EOF forever.
+    // SAFETY: pipe2(2) fills two fds we own from here on.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the fds are fresh and owned by nobody else.
+    let (mut rd, wr) = unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) };
+    // SAFETY: single-threaded at this point (called first thing in main).
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => {
+            drop(rd);
+            // SAFETY: setsid has no memory effects; detaches from the terminal.
+            unsafe { libc::setsid() };
+            Ok(Some(wr))
+        }
+        _ => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = rd.read_to_string(&mut msg);
+            if msg == "ok" {
+                std::process::exit(0);
+            }
+            let msg = if msg.is_empty() { "kvfs exited before the mount was live".to_owned() } else { msg };
+            eprintln!("kvfs: {msg}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A stable file name for a mount's state: FNV-1a of the source.
+fn state_name(inv: &Invocation) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in inv.source.trim_start_matches("kvfs#").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+fn default_dir(system: &str, xdg: &str, fallback: &str) -> PathBuf {
+    // Root uses the system directories.
+    if nix_is_root() {
+        return PathBuf::from(system);
+    }
+    std::env::var_os(xdg)
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(fallback)))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("kvfs")
+}
+
+#[allow(unsafe_code)]
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(inv: Invocation, ready: Option<std::fs::File>) -> anyhow::Result<()> {
+    let mut ready = ready;
+    let result = mount_and_serve(&inv, &mut ready);
+    if let (Err(e), Some(mut w)) = (&result, ready) {
+        let _ = write!(w, "{e:#}");
+    }
+    result
+}
+
+fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(&inv.mountpoint)
+        .with_context(|| format!("mount point {} is not usable", inv.mountpoint.display()))?;
+    if !meta.is_dir() {
+        bail!("mount point {} is not a directory", inv.mountpoint.display());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let client = kv_client::Client::new(&inv.endpoints)?;
+    let remote = Arc::new(Remote { client, rt: rt.handle().clone(), prefix: inv.prefix.clone(), timeout: inv.timeout });
+    let name = state_name(inv);
+    let lkg_file = inv
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| default_dir("/var/cache/kvfs", "XDG_CACHE_HOME", ".cache"))
+        .join(format!("{name}.json"));
+    let status_file = inv
+        .status_dir
+        .clone()
+        .unwrap_or_else(|| default_dir("/run/kvfs", "XDG_RUNTIME_DIR", ".cache"))
+        .join(format!("{}.status", escape(&inv.mountpoint)));
+
+    // The cluster first; the last-known-good copy when it cannot be reached.
+    let (revision, entries, from) = match rt.block_on(async { tokio::time::timeout(inv.timeout, remote.load()).await })
+    {
+        Ok(Ok((rev, e))) => (rev, e, "cluster"),
+        other => {
+            let why = match other {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no answer in time".to_owned(),
+            };
+            match load_lkg(&lkg_file, &remote) {
+                Ok((rev, e)) => {
+                    tracing::warn!(reason = %why, revision = rev, "cluster unreachable; serving the last-known-good copy");
+                    (rev, e, "last-known-good")
+                }
+                Err(_) => {
+                    bail!("cannot load {}: {why} (and no last-known-good copy at {})", inv.source, lkg_file.display())
+                }
+            }
+        }
+    };
+    let (inval_tx, inval_rx) = std::sync::mpsc::channel();
+    let mut tree = Tree::new();
+    for (p, n) in entries {
+        tree.insert(p, n);
+    }
+    tree.revision = revision;
+    let sync = Arc::new(Sync {
+        tree: Arc::new(RwLock::new(tree)),
+        remote: remote.clone(),
+        status: Mutex::new(Status {
+            source: inv.source.clone(),
+            mountpoint: inv.mountpoint.display().to_string(),
+            pid: std::process::id(),
+            connected: from == "cluster",
+            revision,
+            stale_since: None,
+            loaded_from: from.into(),
+        }),
+        status_file: Some(status_file.clone()),
+        lkg_file: Some(lkg_file),
+        dirty: AtomicBool::new(from == "cluster"),
+        own: Mutex::default(),
+        inval_tx,
+    });
+    sync.save_lkg();
+    sync.write_status();
+
+    let fs = fs::KvFs::new(sync.clone(), inv.ro, inv.local.clone());
+    let mut config = fuser::Config::default();
+    let mut mo = vec![
+        MountOption::FSName(inv.source.clone()),
+        MountOption::Subtype("kvfs".into()),
+        // NOTE: a crashed kvfs leaves no dead mount: fusermount3 unmounts.
+        MountOption::AutoUnmount,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if inv.ro {
+        mo.push(MountOption::RO);
+    }
+    if inv.default_permissions {
+        mo.push(MountOption::DefaultPermissions);
+    }
+    config.mount_options = mo;
+    config.acl = if inv.allow_other { SessionACL::All } else { SessionACL::RootAndOwner };
+    config.n_threads = Some(4);
+    let session = Session::new(fs, &inv.mountpoint, &config)
+        .with_context(|| format!("cannot mount at {} (is fuse3 installed?)", inv.mountpoint.display()))?;
+    let notifier = session.notifier();
+    let mountpoint = inv.mountpoint.clone();
+    tracing::info!(source = %inv.source, mountpoint = %inv.mountpoint.display(), "mounted");
+
+    remote::spawn_invalidator(notifier, inval_rx);
+    rt.spawn(sync.clone().run());
+    let saver = sync.clone();
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let s = saver.clone();
+            let _ = tokio::task::spawn_blocking(move || s.save_lkg()).await;
+        }
+    });
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::info!("signal received; unmounting");
+        // NOTE: a lazy unmount ends the session loop (the kernel answers
+        // its next read with ENODEV), whatever still has files open.
+        let r = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(&mountpoint).status()
+        })
+        .await;
+        if !matches!(r, Ok(Ok(s)) if s.success()) {
+            tracing::warn!(result = ?r, "fusermount3 -u failed");
+        }
+    });
+    if let Some(mut w) = ready.take() {
+        let _ = w.write_all(b"ok");
+        // The daemon has no terminal any more.
+        detach_stdio();
+    }
+    // Serves until unmounted, by a signal or from outside (umount).
+    let served = session.run();
+    sync.save_lkg();
+    let _ = std::fs::remove_file(&status_file);
+    tracing::info!("unmounted");
+    rt.shutdown_timeout(Duration::from_millis(200));
+    served.context("FUSE session failed")
+}
+
+/// Points stdin/stdout at /dev/null once the daemon runs on its own.
+#[allow(unsafe_code)]
+fn detach_stdio() {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        // SAFETY: dup2 onto the standard descriptors; `null` outlives the calls.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+    }
+}
+
+/// `/etc/app` → `etc-app` (systemd-style escaping, simplified).
+fn escape(p: &std::path::Path) -> String {
+    let s = p.display().to_string();
+    let s = s.trim_matches('/');
+    if s.is_empty() {
+        return "-".into();
+    }
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' { c } else { '-' }).collect()
 }

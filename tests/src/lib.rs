@@ -222,3 +222,193 @@ fn http_status(url: &str) -> Option<u16> {
     let line = std::str::from_utf8(&buf[..n]).ok()?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// One running `kvfs -f` mount in a temp dir.
+pub struct Mount {
+    child: Option<Child>,
+    /// The mount point.
+    pub dir: PathBuf,
+    /// Directory of the status file.
+    pub status_dir: PathBuf,
+    /// The source URL.
+    pub source: String,
+    log: PathBuf,
+    tmp: tempfile::TempDir,
+}
+
+/// Hard deadline for one shell command run in a mount.
+pub const SH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether `dir` is a mount point (per /proc/self/mountinfo).
+pub fn is_mounted(dir: &Path) -> bool {
+    let want = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str())))
+        .unwrap_or(false)
+}
+
+/// Aborts the FUSE connection behind `dir` (so nothing can hang on it) and
+/// lazily unmounts it.
+pub fn force_unmount(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if !is_mounted(dir) {
+        return;
+    }
+    let conns = Path::new("/sys/fs/fuse/connections");
+    if std::fs::read_dir(conns).map(|mut d| d.next().is_none()).unwrap_or(true) {
+        let _ = Command::new("mount").args(["-t", "fusectl", "none"]).arg(conns).status();
+    }
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let dev = meta.dev();
+        let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
+        let _ = std::fs::write(conns.join(minor.to_string()).join("abort"), "1");
+    }
+    let _ = Command::new("umount").arg("-l").arg(dir).status();
+}
+
+impl Mount {
+    /// Mounts `source` with `kvfs -f` and extra `-o` options; waits until
+    /// the mount is live.
+    pub fn start(source: &str, opts: &[&str]) -> Mount {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir(&dir).expect("mount dir");
+        let mut m = Mount {
+            child: None,
+            dir,
+            status_dir: tmp.path().join("status"),
+            source: source.to_owned(),
+            log: tmp.path().join("kvfs.log"),
+            tmp,
+        };
+        m.spawn(opts);
+        m
+    }
+
+    /// Mounts again at the same place with the same cache (after `stop`).
+    pub fn restart(&mut self, opts: &[&str]) {
+        self.spawn(opts);
+    }
+
+    fn spawn(&mut self, opts: &[&str]) {
+        let mut o = vec![
+            format!("cache_dir={}", self.tmp.path().join("cache").display()),
+            format!("status_dir={}", self.status_dir.display()),
+        ];
+        o.extend(opts.iter().map(|s| s.to_string()));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let mut child = Command::new(bin("kvfs"))
+            .args(["-f", "-o", &o.join(",")])
+            .arg(&self.source)
+            .arg(&self.dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kvfs");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !is_mounted(&self.dir) {
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!("kvfs exited ({s}):\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "kvfs did not mount in time:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+
+    /// Runs `sh -c script` in the mount; a hang past [`SH_TIMEOUT`] aborts
+    /// the mount and fails the test.
+    pub fn sh(&self, script: &str) -> std::process::Output {
+        run_sh(&self.dir, script, &self.dir)
+    }
+
+    /// Like [`Mount::sh`], and asserts success.
+    pub fn sh_ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(
+            out.status.success(),
+            "{script:?} failed: {}\n{}\nkvfs log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The mount's status file, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let dir = std::fs::read_dir(&self.status_dir).expect("status dir");
+        let file = dir
+            .filter_map(Result::ok)
+            .find(|e| e.path().extension().is_some_and(|x| x == "status"))
+            .expect("status file");
+        serde_json::from_slice(&std::fs::read(file.path()).expect("read status")).expect("status JSON")
+    }
+
+    /// SIGTERMs kvfs and waits for it; returns its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                force_unmount(&self.dir);
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9` kvfs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// kvfs's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.stop();
+        force_unmount(&self.dir);
+    }
+}
+
+/// Runs `sh -c script` in `cwd`; past [`SH_TIMEOUT`] the mount at `mnt` is
+/// aborted and the test fails instead of hanging.
+pub fn run_sh(cwd: &Path, script: &str, mnt: &Path) -> std::process::Output {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sh");
+    let deadline = Instant::now() + SH_TIMEOUT;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            force_unmount(mnt);
+            let _ = child.kill();
+            panic!("{script:?} hung on the mount");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

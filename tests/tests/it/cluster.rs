@@ -66,7 +66,7 @@ async fn agreed_leader(nodes: &[&Kvd]) -> u64 {
 }
 
 /// Starts a cluster of `n` voters: node 1 bootstraps, the others are added.
-async fn start_cluster(n: u64, extra: &[&str]) -> Vec<Kvd> {
+pub(crate) async fn start_cluster(n: u64, extra: &[&str]) -> Vec<Kvd> {
     let mut nodes = vec![Kvd::bootstrap(extra)];
     for id in 2..=n {
         let mut k = Kvd::empty(id, extra);

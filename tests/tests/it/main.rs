@@ -6,6 +6,7 @@ mod cluster;
 mod config;
 mod durability;
 mod kvctl;
+mod mount;
 mod validation;
 mod watch;
 

@@ -1,0 +1,307 @@
+//! The cached subtree: entries by path (relative to the mount's prefix),
+//! local scratch files, and the inode table. Plain data, no I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use kv_client::{Kind, Meta};
+
+/// Inode number of the mount's root.
+pub const ROOT: u64 = 1;
+
+/// One cached entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Metadata as the cluster (or this mount, for its own writes) knows it.
+    pub meta: Meta,
+    /// File content or link target.
+    pub value: Arc<Vec<u8>>,
+    /// Lives only in this mount (editor scratch files); never sent.
+    pub local: bool,
+    /// Created here and not committed yet.
+    pub provisional: bool,
+}
+
+/// The tree of one mount.
+#[derive(Debug, Default)]
+pub struct Tree {
+    entries: BTreeMap<String, Node>,
+    ino_of: HashMap<String, u64>,
+    path_of: HashMap<u64, String>,
+    next_ino: u64,
+    /// Revision of the cluster state this tree reflects.
+    pub revision: u64,
+}
+
+/// Joins a directory path and a name.
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The parent directory and the name of a path.
+pub fn split(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+impl Tree {
+    /// An empty tree.
+    pub fn new() -> Tree {
+        let mut t = Tree { next_ino: ROOT + 1, ..Tree::default() };
+        t.ino_of.insert(String::new(), ROOT);
+        t.path_of.insert(ROOT, String::new());
+        t
+    }
+
+    /// The inode of a path, allocating one on first use.
+    pub fn ino(&mut self, path: &str) -> u64 {
+        if let Some(i) = self.ino_of.get(path) {
+            return *i;
+        }
+        let i = self.next_ino;
+        self.next_ino += 1;
+        self.ino_of.insert(path.to_owned(), i);
+        self.path_of.insert(i, path.to_owned());
+        i
+    }
+
+    /// The inode of a path, if one was handed out.
+    pub fn known_ino(&self, path: &str) -> Option<u64> {
+        self.ino_of.get(path).copied()
+    }
+
+    /// The path of an inode.
+    pub fn path(&self, ino: u64) -> Option<&str> {
+        self.path_of.get(&ino).map(String::as_str)
+    }
+
+    /// The entry stored at a path.
+    pub fn get(&self, path: &str) -> Option<&Node> {
+        self.entries.get(path)
+    }
+
+    /// Mutable access to the entry at a path.
+    pub fn get_mut(&mut self, path: &str) -> Option<&mut Node> {
+        self.entries.get_mut(path)
+    }
+
+    /// Stores an entry.
+    pub fn insert(&mut self, path: String, node: Node) {
+        self.entries.insert(path, node);
+    }
+
+    /// Removes an entry.
+    pub fn remove(&mut self, path: &str) -> Option<Node> {
+        self.entries.remove(path)
+    }
+
+    /// Whether anything lies below `dir`.
+    pub fn has_children(&self, dir: &str) -> bool {
+        let base = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        self.entries.range(base.clone()..).next().is_some_and(|(k, _)| k.starts_with(&base) && *k != base)
+    }
+
+    /// What a path is: an entry's kind, or a directory when keys lie below
+    /// it (or it is the root).
+    pub fn kind(&self, path: &str) -> Option<Kind> {
+        if path.is_empty() {
+            return Some(Kind::Dir);
+        }
+        match self.entries.get(path) {
+            Some(n) => Some(n.meta.kind),
+            None if self.has_children(path) => Some(Kind::Dir),
+            None => None,
+        }
+    }
+
+    /// Direct children of a directory: names and kinds, in name order.
+    pub fn children(&self, dir: &str) -> Vec<(String, Kind)> {
+        let base = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let mut out: BTreeMap<String, Kind> = BTreeMap::new();
+        for (k, n) in self.entries.range(base.clone()..) {
+            let Some(rest) = k.strip_prefix(&base) else { break };
+            match rest.split_once('/') {
+                None => {
+                    out.insert(rest.to_owned(), n.meta.kind);
+                }
+                Some((name, _)) => {
+                    out.entry(name.to_owned()).or_insert(Kind::Dir);
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// The entry at `path` and every entry below it.
+    pub fn subtree(&self, path: &str) -> Vec<(String, Node)> {
+        let base = format!("{path}/");
+        let mut out: Vec<(String, Node)> =
+            self.entries.get(path).map(|n| (path.to_owned(), n.clone())).into_iter().collect();
+        out.extend(
+            self.entries
+                .range(base.clone()..)
+                .take_while(|(k, _)| k.starts_with(&base))
+                .map(|(k, n)| (k.clone(), n.clone())),
+        );
+        out
+    }
+
+    /// Every entry that came from the cluster (for the last-known-good copy).
+    pub fn remote_entries(&self) -> impl Iterator<Item = (&String, &Node)> {
+        self.entries.iter().filter(|(_, n)| !n.local && !n.provisional)
+    }
+
+    /// Moves the inodes of `from` and everything below it to `to`, so open
+    /// files follow a rename. Inodes that `to` had are forgotten.
+    pub fn move_inodes(&mut self, from: &str, to: &str) {
+        let is_under = |p: &str, root: &str| p == root || p.starts_with(&format!("{root}/"));
+        let stale: Vec<String> = self.ino_of.keys().filter(|p| is_under(p, to)).cloned().collect();
+        for p in stale {
+            if let Some(i) = self.ino_of.remove(&p) {
+                self.path_of.remove(&i);
+            }
+        }
+        let moving: Vec<(String, u64)> =
+            self.ino_of.iter().filter(|(p, _)| is_under(p, from)).map(|(p, i)| (p.clone(), *i)).collect();
+        for (p, i) in moving {
+            self.ino_of.remove(&p);
+            let np = format!("{to}{}", &p[from.len()..]);
+            self.ino_of.insert(np.clone(), i);
+            self.path_of.insert(i, np);
+        }
+    }
+
+    /// Swaps the inodes of two subtrees (`RENAME_EXCHANGE`).
+    pub fn swap_inodes(&mut self, a: &str, b: &str) {
+        let tmp = format!("\0swap\0{a}");
+        self.move_inodes(a, &tmp);
+        self.move_inodes(b, a);
+        self.move_inodes(&tmp, b);
+    }
+
+    /// Replaces every entry that came from the cluster with `fresh`, keeping
+    /// local and provisional ones. Returns the paths that changed.
+    pub fn replace_remote(&mut self, fresh: BTreeMap<String, Node>) -> Vec<String> {
+        let mut changed = Vec::new();
+        let old: Vec<String> = self.remote_entries().map(|(k, _)| k.clone()).collect();
+        for k in old {
+            if !fresh.contains_key(&k) {
+                self.entries.remove(&k);
+                changed.push(k);
+            }
+        }
+        for (k, n) in fresh {
+            if self.entries.get(&k).is_some_and(|o| o.local || o.provisional) {
+                continue;
+            }
+            if self.entries.get(&k) != Some(&n) {
+                changed.push(k.clone());
+                self.entries.insert(k, n);
+            }
+        }
+        changed
+    }
+}
+
+/// Matches a file name against a glob with `*` and `?`.
+pub fn glob_match(glob: &str, name: &str) -> bool {
+    fn go(g: &[u8], n: &[u8]) -> bool {
+        match (g.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&g[1..], n) || (!n.is_empty() && go(g, &n[1..])),
+            (Some(b'?'), Some(_)) => go(&g[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&g[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    go(glob.as_bytes(), name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(kind: Kind, v: &str) -> Node {
+        Node {
+            meta: Meta {
+                kind,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 0,
+                create_revision: 1,
+                mod_revision: 1,
+                version: 1,
+                size: v.len() as u64,
+            },
+            value: Arc::new(v.as_bytes().to_vec()),
+            local: false,
+            provisional: false,
+        }
+    }
+
+    #[test]
+    fn directories_are_implied_by_keys_below() {
+        let mut t = Tree::new();
+        t.insert("a/b/c".into(), node(Kind::File, "x"));
+        t.insert("a.txt".into(), node(Kind::File, "y"));
+        t.insert("e".into(), node(Kind::Dir, ""));
+        assert_eq!(t.kind("a"), Some(Kind::Dir));
+        assert_eq!(t.kind("a/b"), Some(Kind::Dir));
+        assert_eq!(t.kind("a/b/c"), Some(Kind::File));
+        assert_eq!(t.kind("b"), None);
+        assert_eq!(
+            t.children(""),
+            vec![("a".into(), Kind::Dir), ("a.txt".into(), Kind::File), ("e".into(), Kind::Dir)]
+        );
+        assert!(t.has_children("a") && !t.has_children("e") && !t.has_children("a.txt"));
+        assert_eq!(t.subtree("a").len(), 1);
+    }
+
+    #[test]
+    fn inodes_are_stable_and_follow_renames() {
+        let mut t = Tree::new();
+        let d = t.ino("d");
+        let f = t.ino("d/f");
+        let other = t.ino("x");
+        assert_eq!(t.ino("d/f"), f);
+        t.move_inodes("d", "x");
+        assert_eq!(t.path(d), Some("x"));
+        assert_eq!(t.path(f), Some("x/f"));
+        assert_eq!(t.path(other), None, "the replaced target's inode is forgotten");
+        assert_eq!(t.known_ino("d"), None);
+        let a = t.ino("a");
+        t.swap_inodes("a", "x");
+        assert_eq!((t.path(a), t.path(d), t.path(f)), (Some("x"), Some("a"), Some("a/f")));
+    }
+
+    #[test]
+    fn replacing_remote_state_keeps_local_files_and_reports_changes() {
+        let mut t = Tree::new();
+        t.insert("keep".into(), node(Kind::File, "1"));
+        t.insert("gone".into(), node(Kind::File, "1"));
+        let mut local = node(Kind::File, "swap");
+        local.local = true;
+        t.insert(".f.swp".into(), local);
+        let mut fresh = BTreeMap::new();
+        fresh.insert("keep".to_owned(), node(Kind::File, "1"));
+        fresh.insert("new".to_owned(), node(Kind::File, "2"));
+        let mut changed = t.replace_remote(fresh);
+        changed.sort();
+        assert_eq!(changed, vec!["gone".to_owned(), "new".to_owned()]);
+        assert!(t.get(".f.swp").is_some());
+    }
+
+    #[test]
+    fn globs_match_editor_scratch_names() {
+        for (g, n) in [(".*.sw?", ".config.yaml.swp"), ("4913", "4913"), ("*~", "config~"), ("a*b?c", "aXXbYc")] {
+            assert!(glob_match(g, n), "{g} {n}");
+        }
+        for (g, n) in [(".*.sw?", "config.swp"), ("*~", "config"), ("4913", "49130")] {
+            assert!(!glob_match(g, n), "{g} {n}");
+        }
+    }
+}
