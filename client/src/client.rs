@@ -9,7 +9,9 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
 use crate::key::{normalize_prefix, validate_key, KeyError};
 use crate::path::encode_key;
-use crate::types::{header, Attrs, ErrorBody, Kind, ListResponse, Meta, TxnRequest, TxnResponse, WatchEvent};
+use crate::types::{
+    header, AddMember, Attrs, ClusterInfo, ErrorBody, Kind, ListResponse, Meta, TxnRequest, TxnResponse, WatchEvent,
+};
 
 /// What can go wrong talking to a cluster.
 #[derive(Debug, thiserror::Error)]
@@ -288,6 +290,50 @@ impl Client {
             pending: std::collections::VecDeque::new(),
             last_revision: after,
         })
+    }
+
+    /// The members of the cluster with their status (`GET /v1/cluster`).
+    pub async fn cluster(&self) -> Result<ClusterInfo, Error> {
+        let resp = self.send(Method::GET, "/v1/cluster", |r| r).await?;
+        json(check(resp).await?).await
+    }
+
+    /// Sends a JSON membership request and returns the cluster after it.
+    async fn membership(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<ClusterInfo, Error> {
+        let resp = self
+            .send(method, path, |r| match &body {
+                Some(b) => r.header("content-type", "application/json").body(b.to_string()),
+                None => r,
+            })
+            .await?;
+        json(check(resp).await?).await
+    }
+
+    /// Adds a member; unless `req.learner`, waits until it caught up and
+    /// promotes it.
+    pub async fn add_member(&self, req: &AddMember) -> Result<ClusterInfo, Error> {
+        let body = serde_json::to_value(req).map_err(|e| Error::Protocol(e.to_string()))?;
+        self.membership(Method::POST, "/v1/cluster/members", Some(body)).await
+    }
+
+    /// Makes a learner a voter.
+    pub async fn promote_member(&self, id: u64) -> Result<ClusterInfo, Error> {
+        self.membership(Method::POST, &format!("/v1/cluster/members/{id}/promote"), None).await
+    }
+
+    /// Removes a member (the leader too).
+    pub async fn remove_member(&self, id: u64) -> Result<ClusterInfo, Error> {
+        self.membership(Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await
+    }
+
+    /// Moves leadership to voter `id`.
+    pub async fn transfer_leader(&self, id: u64) -> Result<ClusterInfo, Error> {
+        self.membership(Method::POST, "/v1/cluster/leader", Some(serde_json::json!({ "id": id }))).await
     }
 
     /// GETs a path and decodes its JSON answer (status, cluster, ...).

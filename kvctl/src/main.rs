@@ -2,7 +2,9 @@
 
 mod bench;
 mod data;
+mod member;
 mod output;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -14,7 +16,7 @@ use crate::output::Format;
 #[command(
     name = "kvctl",
     version,
-    about = "Operate a kv cluster: data, benchmarks",
+    about = "Operate a kv cluster: members, status, health, data, watches, benchmarks",
     after_help = "Examples:\n  kvctl put app/db/url postgres://db\n  kvctl get app/db/url\n  kvctl ls app -o json"
 )]
 struct Cli {
@@ -44,6 +46,20 @@ enum Command {
     Del(data::DelArgs),
     /// List the entries below a prefix.
     Ls(data::LsArgs),
+    /// Watch a prefix for changes (optionally running a command per change).
+    Watch(watch::WatchArgs),
+    /// Members: list, add, promote, remove.
+    #[command(subcommand)]
+    Member(member::MemberCommand),
+    /// One row per member: role, term, commit/applied index, lag, data size.
+    #[command(after_help = "Example:\n  kvctl status --endpoints http://10.0.0.1:7379")]
+    Status,
+    /// Check every member; exit 1 naming the unhealthy ones.
+    #[command(after_help = "Example:\n  kvctl health || page-oncall")]
+    Health,
+    /// Leadership.
+    #[command(subcommand)]
+    Leader(member::LeaderCommand),
     /// Measure put or get throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -101,6 +117,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Put(a) => data::put(&client, a, cli.output).await,
         Command::Del(a) => data::del(&client, a, cli.output).await,
         Command::Ls(a) => data::ls(&client, a, cli.output).await,
+        Command::Watch(a) => watch::run(&client, a, cli.output).await,
+        Command::Member(m) => member::member(&client, m, cli.output).await,
+        Command::Status => member::status(&client, cli.output).await,
+        Command::Health => member::health(&client, cli.output).await,
+        Command::Leader(l) => member::leader(&client, l, cli.output).await,
         Command::Bench(b) => bench::run(client, b, cli.output).await,
     }
 }

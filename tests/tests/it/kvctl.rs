@@ -65,3 +65,96 @@ fn exit_codes_follow_the_contract() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("no endpoint could be reached"), "{err}");
 }
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "kvctl failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn roles(v: &serde_json::Value) -> Vec<(u64, String)> {
+    let mut r: Vec<(u64, String)> = v["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| (m["id"].as_u64().unwrap_or(0), m["status"]["role"].as_str().unwrap_or("unreachable").to_owned()))
+        .collect();
+    r.sort();
+    r
+}
+
+#[test]
+fn a_cluster_built_and_changed_with_kvctl_only() {
+    let one = Kvd::bootstrap(&[]);
+    let mut two = Kvd::empty(2, &[]);
+    let mut three = Kvd::empty(3, &[]);
+    for n in [&two, &three] {
+        let out = kvctl(&one, &["member", "add", &n.id.to_string(), &n.peer_url, "--client-url", &n.url], None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    two.wait_ready();
+    three.wait_ready();
+    let status = json_of(&kvctl(&one, &["status", "-o", "json"], None));
+    let r = roles(&status);
+    assert_eq!(r.iter().filter(|(_, role)| role == "leader").count(), 1, "{r:?}");
+    assert_eq!(r.iter().filter(|(_, role)| role == "follower").count(), 2, "{r:?}");
+    let table = String::from_utf8_lossy(&kvctl(&one, &["status"], None).stdout).into_owned();
+    assert!(table.starts_with("ID") && table.lines().count() == 4, "{table}");
+    // Move the leader, through any member.
+    let leader = status["leader"].as_u64().expect("leader");
+    let target = if leader == 2 { 3 } else { 2 };
+    let out = kvctl(&three, &["leader", "transfer", &target.to_string()], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json_of(&kvctl(&one, &["status", "-o", "json"], None))["leader"].as_u64(), Some(target));
+    // Remove one, then add it back (wiped).
+    let out = kvctl(&one, &["member", "remove", "3"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = json_of(&kvctl(&one, &["member", "list", "-o", "json"], None));
+    assert_eq!(list["members"].as_array().map(Vec::len), Some(2));
+    three.kill9();
+    three.wipe();
+    three.start_again();
+    let out = kvctl(&two, &["member", "add", "3", &three.peer_url, "--client-url", &three.url], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    three.wait_ready();
+    assert!(kvctl(&one, &["health"], None).status.success());
+    // A member down: health exits 1 and names it.
+    three.kill9();
+    let out = kvctl(&one, &["health"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node 3"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn watch_exec_runs_once_per_change_in_order() {
+    let k = Kvd::bootstrap(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("events");
+    let rev = crate::put_sync(&k, "other", "x");
+    let mut child = Command::new(bin("kvctl"))
+        .args(["--endpoints", &k.url, "watch", "app", "--rev", &rev.to_string(), "--exec"])
+        .arg(format!("echo \"$KV_REVISION $KV_EVENT $KV_KEY\" >> {}", file.display()))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("kvctl watch");
+    for i in 0..20 {
+        crate::put_sync(&k, &format!("app/k{i:02}"), "v");
+    }
+    let out = kvctl(&k, &["del", "app", "--recursive"], None);
+    assert!(out.status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let lines = loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= 40 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(lines.len(), 40, "{lines:?}");
+    for (i, l) in lines.iter().take(20).enumerate() {
+        assert_eq!(l, &format!("{} put app/k{i:02}", rev + 1 + i as u64));
+    }
+    assert!(lines[20..].iter().all(|l| l.starts_with(&format!("{} delete app/k", rev + 21))));
+}

@@ -41,3 +41,13 @@ pub async fn put(url: &str, key: &str, value: &str) -> u64 {
     let body: serde_json::Value = r.json().await.expect("json");
     body["revision"].as_u64().expect("revision")
 }
+
+/// Puts a value from synchronous code.
+pub fn put_sync(k: &kv_tests::Kvd, key: &str, value: &str) -> u64 {
+    let c = k.client();
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(c.put(key, value.to_owned(), &Default::default()))
+        .expect("put")
+        .revision
+}
