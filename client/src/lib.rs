@@ -13,6 +13,8 @@ mod types;
 pub use client::{Client, Error, ListOptions, PutOptions, Value, Watch};
 pub use key::{key_in_prefix, normalize_prefix, validate_key, KeyError, MAX_KEY_BYTES, MAX_SEGMENT_BYTES};
 pub use path::{decode_key, encode_key};
+/// HTTP methods, for [`Client::send`].
+pub use reqwest::Method;
 pub use types::{
     decode_value, header, AddMember, Attrs, ClusterInfo, Compare, EntryInfo, ErrorBody, EventType, Kind, ListResponse,
     MemberInfo, Meta, NodeStatus, OpResult, TransferLeader, TxnOp, TxnRequest, TxnResponse, WatchEvent,

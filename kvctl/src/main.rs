@@ -4,6 +4,7 @@ mod bench;
 mod data;
 mod member;
 mod output;
+mod snapshot;
 mod watch;
 
 use std::process::ExitCode;
@@ -60,9 +61,18 @@ enum Command {
     /// Leadership.
     #[command(subcommand)]
     Leader(member::LeaderCommand),
+    /// Snapshots for backup.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Measure put or get throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  kvctl completion bash > /etc/bash_completion.d/kvctl")]
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// A failure, with the exit code it maps to.
@@ -111,6 +121,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Completion { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "kvctl", &mut std::io::stdout());
+        return Ok(());
+    }
     let client = kv_client::Client::new(&cli.endpoints)?;
     match cli.command {
         Command::Get(a) => data::get(&client, a).await,
@@ -122,6 +137,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status => member::status(&client, cli.output).await,
         Command::Health => member::health(&client, cli.output).await,
         Command::Leader(l) => member::leader(&client, l, cli.output).await,
+        Command::Snapshot(s) => snapshot::run(&client, s, cli.output).await,
         Command::Bench(b) => bench::run(client, b, cli.output).await,
+        Command::Completion { .. } => Ok(()),
     }
 }

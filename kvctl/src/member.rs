@@ -76,7 +76,26 @@ pub async fn member(client: &Client, cmd: MemberCommand, fmt: Format) -> Result<
                 "adding node {id}; if it is not running yet, start it with:\n  kvd --id {id} --data-dir DIR --peer-addr HOST:{port_hint} --client-addr HOST:PORT\nwaiting for it to catch up{}...",
                 if learner { "" } else { " before promoting it" }
             );
-            client.add_member(&AddMember { id, peer_url, client_url, learner }).await?
+            let req = AddMember { id, peer_url, client_url, learner };
+            let add = client.add_member(&req);
+            tokio::pin!(add);
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    r = &mut add => break r?,
+                    _ = tick.tick() => {
+                        // Progress: how far the new node has applied.
+                        if let Ok(c) = client.cluster().await {
+                            let head = c.members.iter().filter_map(|m| m.status.as_ref()).map(|s| s.last_log_index).max();
+                            match c.members.iter().find(|m| m.id == id).and_then(|m| m.status.as_ref()) {
+                                Some(s) => eprintln!("node {id}: applied {} of {}", s.applied_index, head.unwrap_or(0)),
+                                None => eprintln!("node {id}: not reachable yet"),
+                            }
+                        }
+                    }
+                }
+            }
         }
         MemberCommand::Promote { id } => client.promote_member(id).await?,
         MemberCommand::Remove { id } => client.remove_member(id).await?,

@@ -97,6 +97,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/watch/", get(watch))
         .route("/v1/watch/{*prefix}", get(watch))
         .route("/v1/status", get(status))
+        .route("/v1/snapshot", get(snapshot))
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/members", post(add_member))
         .route("/v1/cluster/members/{id}", axum::routing::delete(remove_member))
@@ -655,6 +656,41 @@ async fn watch(State(node): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiR
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(kvh::REVISION, current.into());
+    Ok(resp)
+}
+
+/// GET /v1/snapshot — a consistent snapshot of everything committed before
+/// the call, streamed (the file format of `kvd restore`, CRC-checked).
+async fn snapshot(State(node): State<Shared>) -> ApiResult<HttpResponse> {
+    node.linearize().await?;
+    let sm = node.sm.clone();
+    let path = sm.temp_snapshot_path();
+    let p = path.clone();
+    let header = tokio::task::spawn_blocking(move || sm.write_snapshot(&p))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let file = tokio::fs::File::open(&path).await.map_err(ApiError::internal)?;
+    let len = file.metadata().await.map_err(ApiError::internal)?.len();
+    // NOTE: unlinked at once; the open file keeps the data until streamed.
+    let _ = tokio::fs::remove_file(&path).await;
+    let stream = futures_util::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 1 << 16];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<Bytes, std::io::Error>(Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    let mut resp = Body::from_stream(stream).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_LENGTH, len.into());
+    h.insert(kvh::REVISION, header.revision.into());
     Ok(resp)
 }
 

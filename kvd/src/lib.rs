@@ -27,7 +27,7 @@ mod types;
 
 pub use config::{Config, FileConfig, Flags};
 pub use log_store::LogStore;
-pub use node::{run, Node};
+pub use node::{restore, run, Node};
 pub use sm::StateMachine;
 pub use store::{lock_dir, OpenError, Store};
 pub use types::{Member, Request, Response, TypeConfig};

@@ -17,6 +17,38 @@ use crate::sm::{Shared, StateMachine};
 use crate::store::{lock_dir, DirLock, Store};
 use crate::types::{Member, Raft};
 
+/// File `kvd restore` leaves in a data dir it built.
+pub const RESTORED_MARKER: &str = "restored-bootstrap";
+
+/// Builds a data dir from a snapshot file (offline, like `etcdutl snapshot
+/// restore`); the node started on it forms a new one-member cluster holding
+/// the snapshot's data. Returns the snapshot's revision.
+pub fn restore(snapshot: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<u64> {
+    let fresh = !data_dir.exists();
+    if !fresh && std::fs::read_dir(data_dir)?.next().is_some() {
+        anyhow::bail!("data dir {} is not empty; restore needs a new one", data_dir.display());
+    }
+    let result = (|| -> anyhow::Result<u64> {
+        let _lock = lock_dir(data_dir)?;
+        let store = Store::open(data_dir)?;
+        let rev =
+            crate::sm::restore(&store, snapshot).with_context(|| format!("cannot restore {}", snapshot.display()))?;
+        std::fs::write(data_dir.join(RESTORED_MARKER), b"")?;
+        Ok(rev)
+    })();
+    if result.is_err() {
+        // Nothing half-built is left behind.
+        if fresh {
+            let _ = std::fs::remove_dir_all(data_dir);
+        } else if let Ok(entries) = std::fs::read_dir(data_dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+            }
+        }
+    }
+    result
+}
+
 /// A running node.
 pub struct Node {
     /// The Raft handle.
@@ -115,7 +147,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .context("invalid raft settings")?;
     let raft = Raft::new(cfg.id, Arc::new(raft_config), net.clone(), log, sm).await.context("cannot start raft")?;
 
-    if cfg.bootstrap {
+    // NOTE: `kvd restore` leaves this marker: the restored data dir starts a
+    // new one-member cluster on its first start.
+    let restored = cfg.data_dir.join(RESTORED_MARKER);
+    if cfg.bootstrap || restored.exists() {
         if raft.is_initialized().await? {
             tracing::info!("data dir already holds a cluster; --bootstrap ignored");
         } else {
@@ -124,6 +159,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             raft.initialize(members).await.context("bootstrap failed")?;
             tracing::info!(node_id = cfg.id, "bootstrapped a new single-voter cluster");
         }
+        let _ = std::fs::remove_file(&restored);
     }
 
     write_addr_file(&cfg, "client.addr", client_local)?;

@@ -439,6 +439,24 @@ impl Shared {
 
     /// Writes a snapshot of the current state to `current.snap`.
     fn build_snapshot_file(&self) -> io::Result<Header> {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let tmp = self.snap_dir.join(format!("build-{nanos}.tmp"));
+        let header = self.write_snapshot(&tmp)?;
+        std::fs::rename(&tmp, self.current_snapshot_path())?;
+        snapfile::sync_dir(&self.snap_dir)?;
+        Ok(header)
+    }
+
+    /// A fresh temp file name in the snapshot dir (removed at start if left).
+    pub fn temp_snapshot_path(&self) -> PathBuf {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        self.snap_dir.join(format!("backup-{nanos}.tmp"))
+    }
+
+    /// Writes a snapshot of one consistent view of the state to `dest`.
+    pub fn write_snapshot(&self, dest: &std::path::Path) -> io::Result<Header> {
         let snap = self.store.db.snapshot();
         let m = &self.store.sm_meta;
         let applied: Option<LogId> = snap.get(m, APPLIED).map_err(io_err)?.map(|b| decode(&b)).transpose()?.flatten();
@@ -453,8 +471,7 @@ impl Shared {
         };
         let header =
             Header { meta: SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id }, revision };
-        let tmp = self.snap_dir.join(format!("build-{nanos}.tmp"));
-        let mut w = snapfile::Writer::new(std::fs::File::create(&tmp)?, &header)?;
+        let mut w = snapfile::Writer::new(std::fs::File::create(dest)?, &header)?;
         for item in snap.iter(&self.store.data) {
             let (k, v) = item.into_inner().map_err(io_err)?;
             w.record(TAG_DATA, &k, &v)?;
@@ -464,8 +481,6 @@ impl Shared {
             w.record(TAG_DEDUP, &k, &v)?;
         }
         w.finish()?;
-        std::fs::rename(&tmp, self.current_snapshot_path())?;
-        snapfile::sync_dir(&self.snap_dir)?;
         Ok(header)
     }
 
@@ -504,6 +519,27 @@ impl Shared {
         s.sync();
         Ok(st)
     }
+}
+
+/// Offline restore: loads a verified snapshot file's data into an empty
+/// store. The node then bootstraps a new one-member cluster on first start,
+/// continuing from the snapshot's revision.
+pub fn restore(store: &Store, snapshot: &std::path::Path) -> io::Result<u64> {
+    let header = snapfile::verify(snapshot)?;
+    let mut batch = store.db.batch();
+    snapfile::read(std::fs::File::open(snapshot)?, |tag, k, v| {
+        let ks = if tag == TAG_DATA { &store.data } else { &store.dedup };
+        batch.insert(ks, k, v);
+        if batch.len() >= 1024 {
+            std::mem::replace(&mut batch, store.db.batch()).commit().map_err(io_err)?;
+        }
+        Ok(())
+    })?;
+    batch.insert(&store.sm_meta, REVISION, header.revision.to_be_bytes());
+    batch.insert(&store.sm_meta, COMPACT, header.revision.to_be_bytes());
+    batch.commit().map_err(io_err)?;
+    store.sync();
+    Ok(header.revision)
 }
 
 /// The smallest key after every key that starts with `base`.

@@ -56,6 +56,16 @@ impl Kvd {
         k
     }
 
+    /// Starts a node on an existing data dir (e.g. one `kvd restore` built)
+    /// and waits until it is ready.
+    pub fn on_dir(id: u64, data_dir: PathBuf, extra: &[&str]) -> Kvd {
+        let mut k = Kvd::new(id, extra);
+        k.data_dir = data_dir;
+        k.spawn(false);
+        k.wait_ready();
+        k
+    }
+
     fn new(id: u64, extra: &[&str]) -> Kvd {
         let tmp = tempfile::tempdir().expect("tempdir");
         Kvd {

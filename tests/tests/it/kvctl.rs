@@ -57,6 +57,26 @@ fn exit_codes_follow_the_contract() {
     let out = kvctl(&k, &["put", "a//b", "x"], None);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty segment"));
+    let out = kvctl(&k, &["completion", "bash"], None);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("_kvctl"));
+    for sub in [
+        "get",
+        "put",
+        "del",
+        "ls",
+        "watch",
+        "status",
+        "health",
+        "member add",
+        "leader transfer",
+        "snapshot save",
+        "bench put",
+    ] {
+        let mut args: Vec<&str> = sub.split(' ').collect();
+        args.push("--help");
+        let out = kvctl(&k, &args, None);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Example"), "kvctl {sub} --help has no example");
+    }
     // Nothing listens on port 1: a one-line reason and exit 1.
     let out =
         Command::new(bin("kvctl")).args(["--endpoints", "http://127.0.0.1:1", "get", "a"]).output().expect("run kvctl");
@@ -157,4 +177,73 @@ fn watch_exec_runs_once_per_change_in_order() {
         assert_eq!(l, &format!("{} put app/k{i:02}", rev + 1 + i as u64));
     }
     assert!(lines[20..].iter().all(|l| l.starts_with(&format!("{} delete app/k", rev + 21))));
+}
+
+/// Every key with its value and metadata, read through a node.
+fn dump(k: &Kvd) -> Vec<(String, Option<String>, u32)> {
+    let out = kvctl(k, &["ls", "-r", "-o", "json"], None);
+    let v = json_of(&out);
+    let c = k.client();
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            let key = e["key"].as_str().expect("key").to_owned();
+            let val = rt.block_on(c.get(&key)).expect("get").map(|v| String::from_utf8_lossy(&v.value).into_owned());
+            (key, val, e["mode"].as_u64().unwrap_or(0) as u32)
+        })
+        .collect()
+}
+
+#[test]
+fn snapshot_save_and_restore_give_an_identical_keyspace() {
+    let k = Kvd::bootstrap(&[]);
+    for i in 0..300 {
+        crate::put_sync(&k, &format!("snap/{i:03}"), &format!("value {i}"));
+    }
+    let out = kvctl(&k, &["put", "bin", "-"], Some(&[0, 159, 146, 150]));
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("backup.snap");
+    let out = kvctl(&k, &["snapshot", "save", file.to_str().expect("utf-8")], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let restore = |snap: &std::path::Path, data: &std::path::Path| {
+        Command::new(bin("kvd"))
+            .args(["restore", "--id", "1", "--client-addr", "127.0.0.1:0", "--peer-addr", "127.0.0.1:0", "--snapshot"])
+            .arg(snap)
+            .arg("--data-dir")
+            .arg(data)
+            .output()
+            .expect("kvd restore")
+    };
+    // Corrupt and truncated files are refused and leave nothing behind.
+    let bytes = std::fs::read(&file).expect("read");
+    let bad = dir.path().join("bad.snap");
+    for damaged in [bytes[..bytes.len() / 2].to_vec(), {
+        let mut b = bytes.clone();
+        let mid = b.len() / 2;
+        b[mid] ^= 1;
+        b
+    }] {
+        std::fs::write(&bad, damaged).expect("write");
+        let target = dir.path().join("refused");
+        let out = restore(&bad, &target);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("corrupt or truncated"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!target.exists(), "a refused restore left a data dir");
+    }
+    let data = dir.path().join("restored");
+    let out = restore(&file, &data);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let restored = Kvd::on_dir(1, data, &[]);
+    assert_eq!(dump(&restored), dump(&k));
+    assert_eq!(dump(&restored).len(), 301);
+    // The restored node is a working one-member cluster.
+    crate::put_sync(&restored, "after", "restore");
 }
