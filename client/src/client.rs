@@ -144,7 +144,8 @@ impl Client {
 
     /// Sends a request built by `build` for a path, trying each endpoint in
     /// turn (starting with the one that last answered) while they cannot be
-    /// reached. Any HTTP answer, error statuses included, is returned.
+    /// reached or answer 503 (no leader, removed member). Any other HTTP
+    /// answer, error statuses included, is returned.
     pub async fn send<F>(&self, method: Method, path_and_query: &str, build: F) -> Result<Response, Error>
     where
         F: Fn(RequestBuilder) -> RequestBuilder,
@@ -156,6 +157,10 @@ impl Client {
             let url = format!("{}{}", self.endpoints[idx], path_and_query);
             let req = build(self.http.request(method.clone(), &url));
             match req.send().await {
+                // NOTE: writes carry a request id, so trying another member is safe.
+                Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && i + 1 < self.endpoints.len() => {
+                    last_err = format!("{}: HTTP 503", self.endpoints[idx]);
+                }
                 Ok(resp) => {
                     self.current.store(idx, Ordering::Relaxed);
                     return Ok(resp);

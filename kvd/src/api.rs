@@ -194,7 +194,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: u64, what: &str) -> A
 /// through the leader when this node is not it).
 async fn read_barrier(node: &Node, stale: bool) -> ApiResult<()> {
     if stale {
-        return Ok(());
+        return node.check_member().map_err(ApiError::from);
     }
     node.linearize().await.map_err(ApiError::from)
 }
@@ -619,6 +619,7 @@ impl WatchState {
 async fn watch(State(node): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult<HttpResponse> {
     let prefix = check_prefix(&path_key(&uri, "watch")?)?;
     let p: WatchParams = query(&uri)?;
+    node.check_member()?;
     let bad_rev = |v: &str| ApiError::bad("bad_query", format!("revision {v:?} is not a number"));
     let from = match (&p.rev, headers.get("last-event-id")) {
         (Some(r), _) => Some(r.parse::<u64>().map_err(|_| bad_rev(r))?),

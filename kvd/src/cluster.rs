@@ -81,6 +81,20 @@ impl Node {
         }
     }
 
+    /// Refuses service on a node that was removed from its cluster: its state
+    /// no longer advances, so nothing it says can be trusted as current.
+    pub fn check_member(&self) -> Result<()> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let nodes: Vec<NodeId> = m.membership().nodes().map(|(id, _)| *id).collect();
+        if !nodes.is_empty() && !nodes.contains(&self.cfg.id) {
+            return Err(ClusterError::Unavailable(format!(
+                "node {} was removed from the cluster; use another member",
+                self.cfg.id
+            )));
+        }
+        Ok(())
+    }
+
     /// How to reach a member, from the current membership.
     pub fn member(&self, id: NodeId) -> Option<Member> {
         self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
@@ -89,6 +103,7 @@ impl Node {
     /// Writes through the leader, wherever it is; waits at most the request
     /// timeout, across leader changes.
     pub async fn write(&self, mut req: Request) -> Result<Response> {
+        self.check_member()?;
         let deadline = Instant::now() + self.request_timeout();
         if req.id.is_empty() {
             // NOTE: an id makes resending after a lost answer or a leader
@@ -132,6 +147,7 @@ impl Node {
     /// Returns once this node's state machine holds everything committed
     /// before the call (read index, confirmed by the leader with a quorum).
     pub async fn linearize(&self) -> Result<()> {
+        self.check_member()?;
         let deadline = Instant::now() + self.request_timeout();
         loop {
             let leader = self.wait_for_leader(deadline).await?;
@@ -197,7 +213,9 @@ impl Node {
         let m = self.raft.metrics().borrow().clone();
         let committed = self.raft.with_raft_state(|st| st.committed).await.ok().flatten();
         let voter = m.membership_config.membership().voter_ids().any(|v| v == self.cfg.id);
+        let removed = self.check_member().is_err();
         let role = match m.state {
+            _ if removed => "removed",
             ServerState::Leader => "leader",
             ServerState::Candidate => "candidate",
             ServerState::Follower if voter => "follower",

@@ -95,6 +95,9 @@ impl Node {
     /// Whether the node is ready, and why (not).
     pub async fn readiness(&self) -> (bool, String) {
         let m = self.raft.metrics().borrow().clone();
+        if let Err(e) = self.check_member() {
+            return (false, e.to_string());
+        }
         let Some(leader) = m.current_leader else {
             return (false, "no leader known".into());
         };

@@ -130,6 +130,17 @@ fn a_cluster_built_and_changed_with_kvctl_only() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let list = json_of(&kvctl(&one, &["member", "list", "-o", "json"], None));
     assert_eq!(list["members"].as_array().map(Vec::len), Some(2));
+    // The removed node, still running, cannot answer linearizable reads
+    // (503); a client with more endpoints moves on.
+    crate::put_sync(&one, "after/removal", "1");
+    let out = kvctl(&three, &["get", "after/removal"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 503"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin("kvctl"))
+        .args(["--endpoints", &format!("{},{}", three.url, one.url), "get", "after/removal"])
+        .output()
+        .expect("kvctl");
+    assert_eq!(out.stdout, b"1", "{}", String::from_utf8_lossy(&out.stderr));
     three.kill9();
     three.wipe();
     three.start_again();
