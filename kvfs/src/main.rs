@@ -51,8 +51,7 @@ fn main() -> ExitCode {
         None
     } else {
         match daemonize() {
-            Ok(Some(w)) => Some(w),
-            Ok(None) => unreachable_parent(),
+            Ok(w) => Some(w),
             Err(e) => {
                 eprintln!("kvfs: cannot start in the background: {e}");
                 return ExitCode::FAILURE;
@@ -69,15 +68,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Never returns: the parent side of [`daemonize`] exits inside it.
-fn unreachable_parent() -> ! {
-    std::process::exit(0)
-}
-
 /// Forks. In the parent: waits for the child's word and exits with it
 /// (never returns). In the child: returns the pipe to report readiness on.
 #[allow(unsafe_code)]
-fn daemonize() -> std::io::Result<Option<std::fs::File>> {
+fn daemonize() -> std::io::Result<std::fs::File> {
     use std::os::fd::FromRawFd;
     let mut fds = [0i32; 2];
     // NOTE: close-on-exec, or fusermount3 would inherit the write end and
@@ -95,7 +89,7 @@ fn daemonize() -> std::io::Result<Option<std::fs::File>> {
             drop(rd);
             // SAFETY: setsid has no memory effects; detaches from the terminal.
             unsafe { libc::setsid() };
-            Ok(Some(wr))
+            Ok(wr)
         }
         _ => {
             drop(wr);

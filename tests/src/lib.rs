@@ -325,6 +325,9 @@ impl Mount {
             assert!(Instant::now() < deadline, "kvfs did not mount in time:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(20));
         }
+        // NOTE: mounted is not yet serving: fusermount3 may still be handing
+        // kvfs the device. Wait for a first answer through the mount.
+        let _ = std::fs::read_dir(&self.dir);
         self.child = Some(child);
     }
 
