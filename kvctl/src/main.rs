@@ -142,3 +142,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Completion { .. } => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod man {
+    /// man/kvctl.1 is generated from the clap definitions; this fails when
+    /// they drift. `UPDATE_MAN=1 cargo test -p kvctl` rewrites it.
+    #[test]
+    fn man_page_matches_the_cli() {
+        use clap::CommandFactory;
+        let mut out = Vec::new();
+        clap_mangen::Man::new(super::Cli::command()).render(&mut out).expect("render");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/kvctl.1");
+        if std::env::var_os("UPDATE_MAN").is_some() {
+            std::fs::write(path, &out).expect("write man page");
+        }
+        let committed = std::fs::read(path).unwrap_or_default();
+        assert!(committed == out, "man/kvctl.1 is out of date: run UPDATE_MAN=1 cargo test -p kvctl");
+    }
+}

@@ -83,3 +83,21 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .init();
 }
+
+#[cfg(test)]
+mod man {
+    /// man/kvd.8 is generated from the clap definitions; this fails when
+    /// they drift. `UPDATE_MAN=1 cargo test -p kvd --bin kvd` rewrites it.
+    #[test]
+    fn man_page_matches_the_cli() {
+        use clap::CommandFactory;
+        let mut out = Vec::new();
+        clap_mangen::Man::new(super::Cli::command().name("kvd")).section("8").render(&mut out).expect("render");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/kvd.8");
+        if std::env::var_os("UPDATE_MAN").is_some() {
+            std::fs::write(path, &out).expect("write man page");
+        }
+        let committed = std::fs::read(path).unwrap_or_default();
+        assert!(committed == out, "man/kvd.8 is out of date: run UPDATE_MAN=1 cargo test -p kvd --bin kvd");
+    }
+}
