@@ -351,6 +351,21 @@ impl KvFs {
         self.attr(path)
     }
 
+    /// mkdir, mknod, symlink: a new entry owned by the caller.
+    fn new_child(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        kind: Kind,
+        mode: u32,
+        value: Vec<u8>,
+    ) -> Result<FileAttr, Errno> {
+        let path = self.child(parent, name)?;
+        let meta = new_meta(kind, mode & 0o7777, req.uid(), req.gid());
+        self.create_entry(&path, kind, value, meta)
+    }
+
     /// chmod, chown, utimens: stored in the entry.
     fn set_attrs(
         &self,
@@ -662,6 +677,20 @@ impl KvFs {
     }
 }
 
+fn reply_entry(r: Result<FileAttr, Errno>, reply: ReplyEntry) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_empty(r: Result<(), Errno>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
 impl Filesystem for KvFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // open(O_TRUNC) arrives as one OPEN with O_TRUNC, not OPEN + SETATTR.
@@ -670,10 +699,7 @@ impl Filesystem for KvFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.child(parent, name).and_then(|p| self.attr(&p)) {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        reply_entry(self.child(parent, name).and_then(|p| self.attr(&p)), reply);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -769,54 +795,29 @@ impl Filesystem for KvFs {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
-        let r = self.child(parent, name).and_then(|p| {
-            let meta = new_meta(Kind::File, mode & !umask & 0o7777, req.uid(), req.gid());
-            self.create_entry(&p, Kind::File, Vec::new(), meta)
-        });
-        match r {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        reply_entry(self.new_child(req, parent, name, Kind::File, mode & !umask, Vec::new()), reply);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let r = self.child(parent, name).and_then(|p| {
-            let meta = new_meta(Kind::Dir, mode & !umask & 0o7777, req.uid(), req.gid());
-            self.create_entry(&p, Kind::Dir, Vec::new(), meta)
-        });
-        match r {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        reply_entry(self.new_child(req, parent, name, Kind::Dir, mode & !umask, Vec::new()), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.child(parent, name).and_then(|p| self.do_unlink(&p, false)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(self.child(parent, name).and_then(|p| self.do_unlink(&p, false)), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.child(parent, name).and_then(|p| self.do_unlink(&p, true)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(self.child(parent, name).and_then(|p| self.do_unlink(&p, true)), reply);
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let r = self.child(parent, link_name).and_then(|p| {
-            let target = target.to_str().ok_or(Errno::EINVAL)?.as_bytes().to_vec();
-            if target.is_empty() {
+        let r = target.to_str().ok_or(Errno::EINVAL).and_then(|t| {
+            if t.is_empty() {
                 return Err(Errno::ENOENT);
             }
-            let meta = new_meta(Kind::Symlink, 0o777, req.uid(), req.gid());
-            self.create_entry(&p, Kind::Symlink, target, meta)
+            self.new_child(req, parent, link_name, Kind::Symlink, 0o777, t.as_bytes().to_vec())
         });
-        match r {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        reply_entry(r, reply);
     }
 
     fn rename(
@@ -911,10 +912,7 @@ impl Filesystem for KvFs {
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         // NOTE: close() reports what this returns; FLUSH may come before any
         // write and once per dup'd descriptor.
-        match self.commit(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(self.commit(fh.0), reply);
     }
 
     fn release(
@@ -945,10 +943,7 @@ impl Filesystem for KvFs {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.commit(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(self.commit(fh.0), reply);
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
