@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use kv_client::{AddMember, ClusterInfo, MemberInfo, NodeStatus};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ChangeMembers, ServerState};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::network::{path, CallError};
@@ -110,38 +111,13 @@ impl Node {
             // change safe: the state machine applies an id once.
             req.id = format!("kvd-{}-{}-{}", self.cfg.id, self.started_ns, self.seq.fetch_add(1, Ordering::Relaxed));
         }
-        loop {
-            let leader = self.wait_for_leader(deadline).await?;
-            let left = deadline.saturating_duration_since(Instant::now());
-            let attempt = if leader == self.cfg.id {
-                match tokio::time::timeout(left, self.proposer.propose(req.clone())).await {
-                    Ok(r) => r.map_err(ForwardError::from),
-                    Err(_) => Err(ForwardError::Failed("timeout".into())),
-                }
-            } else {
-                match self.member(leader) {
-                    Some(m) => self
-                        .net
-                        .call::<_, std::result::Result<Response, ForwardError>>(&m.peer_url, path::PROPOSE, &req, left)
-                        .await
-                        .unwrap_or_else(|e| Err(ForwardError::Failed(e.to_string()))),
-                    None => Err(ForwardError::NotLeader(None)),
-                }
-            };
-            match attempt {
-                Ok(r) => return Ok(r),
-                Err(e) if Instant::now() + RETRY_PAUSE >= deadline => {
-                    return Err(ClusterError::Unavailable(format!(
-                        "the write was not committed within {} ms ({e}); it may still apply, retry with the same X-Kv-Request-Id",
-                        self.cfg.request_timeout_ms
-                    )))
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, leader, "write attempt failed; retrying");
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-            }
-        }
+        let ms = self.cfg.request_timeout_ms;
+        self.on_leader(deadline, path::PROPOSE, &req, |left| self.propose_local(req.clone(), left), |e| {
+            ClusterError::Unavailable(format!(
+                "the write was not committed within {ms} ms ({e}); it may still apply, retry with the same X-Kv-Request-Id"
+            ))
+        })
+        .await
     }
 
     /// Returns once this node's state machine holds everything committed
@@ -149,43 +125,87 @@ impl Node {
     pub async fn linearize(&self) -> Result<()> {
         self.check_member()?;
         let deadline = Instant::now() + self.request_timeout();
+        let index = self
+            .on_leader(
+                deadline,
+                path::READ_INDEX,
+                &(),
+                |left| self.read_index_local(left),
+                |e| ClusterError::Unavailable(format!("cannot confirm a read index with the leader: {e}")),
+            )
+            .await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| unavailable("this member is too far behind the leader to answer in time"))
+    }
+
+    /// Proposes a write here, if this node leads (also for forwarded writes).
+    pub async fn propose_local(&self, req: Request, left: Duration) -> std::result::Result<Response, ForwardError> {
+        match self.raft.metrics().borrow().current_leader {
+            Some(l) if l == self.cfg.id => {}
+            other => return Err(ForwardError::NotLeader(other)),
+        }
+        match tokio::time::timeout(left, self.proposer.propose(req)).await {
+            Ok(r) => r.map_err(ForwardError::from),
+            Err(_) => Err(ForwardError::Failed("not committed in time".into())),
+        }
+    }
+
+    /// The read index, if this node leads (also for followers' requests).
+    pub async fn read_index_local(&self, left: Duration) -> std::result::Result<u64, ForwardError> {
+        match tokio::time::timeout(left, self.raft.get_read_log_id()).await {
+            Ok(Ok((read, _))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(ForwardError::NotLeader(f.leader_id))
+            }
+            Ok(Err(e)) => Err(ForwardError::Failed(e.to_string())),
+            Err(_) => Err(ForwardError::Failed("timeout".into())),
+        }
+    }
+
+    /// Runs `local` if this node leads, else sends `req` to the leader's
+    /// peer API at `path`; tries again across leader changes until
+    /// `deadline`, then reports the last failure through `fail`.
+    async fn on_leader<Req, T, L, Fut>(
+        &self,
+        deadline: Instant,
+        path: &str,
+        req: &Req,
+        local: L,
+        fail: impl FnOnce(ForwardError) -> ClusterError,
+    ) -> Result<T>
+    where
+        Req: Serialize,
+        T: DeserializeOwned,
+        L: Fn(Duration) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, ForwardError>>,
+    {
         loop {
             let leader = self.wait_for_leader(deadline).await?;
             let left = deadline.saturating_duration_since(Instant::now());
-            let index = if leader == self.cfg.id {
-                match tokio::time::timeout(left, self.raft.get_read_log_id()).await {
-                    Ok(Ok((read, _))) => Ok(read.map(|l| l.index).unwrap_or(0)),
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                        Err(ForwardError::NotLeader(f.leader_id))
-                    }
-                    Ok(Err(e)) => Err(ForwardError::Failed(e.to_string())),
-                    Err(_) => Err(ForwardError::Failed("timeout".into())),
-                }
+            let attempt = if leader == self.cfg.id {
+                local(left).await
             } else {
                 match self.member(leader) {
                     Some(m) => self
                         .net
-                        .call::<_, std::result::Result<u64, ForwardError>>(&m.peer_url, path::READ_INDEX, &(), left)
+                        .call::<_, std::result::Result<T, ForwardError>>(&m.peer_url, path, req, left)
                         .await
                         .unwrap_or_else(|e| Err(ForwardError::Failed(e.to_string()))),
                     None => Err(ForwardError::NotLeader(None)),
                 }
             };
-            match index {
-                Ok(index) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    return self
-                        .raft
-                        .wait(Some(left))
-                        .applied_index_at_least(Some(index), "linearizable read")
-                        .await
-                        .map(|_| ())
-                        .map_err(|_| unavailable("this member is too far behind the leader to answer in time"));
+            match attempt {
+                Ok(v) => return Ok(v),
+                Err(e) if Instant::now() + RETRY_PAUSE >= deadline => return Err(fail(e)),
+                Err(e) => {
+                    tracing::debug!(error = %e, leader, path, "attempt through the leader failed; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 }
-                Err(e) if Instant::now() + RETRY_PAUSE >= deadline => {
-                    return Err(ClusterError::Unavailable(format!("cannot confirm a read index with the leader: {e}")))
-                }
-                Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
             }
         }
     }

@@ -45,6 +45,15 @@ pub enum CallError {
     Failed(String, String),
 }
 
+/// A failed send: unreachable when nothing accepted the connection.
+fn send_error(base: &str, e: reqwest::Error) -> CallError {
+    if e.is_connect() {
+        CallError::Unreachable(base.to_owned(), e.to_string())
+    } else {
+        CallError::Failed(base.to_owned(), e.to_string())
+    }
+}
+
 /// Talks to peers. Cheap to clone (one shared connection pool).
 #[derive(Debug, Clone)]
 pub struct Network {
@@ -79,13 +88,7 @@ impl Network {
             .body(encode(req))
             .send()
             .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    CallError::Unreachable(base.to_owned(), e.to_string())
-                } else {
-                    CallError::Failed(base.to_owned(), e.to_string())
-                }
-            })?;
+            .map_err(|e| send_error(base, e))?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| CallError::Failed(base.to_owned(), e.to_string()))?;
         if !status.is_success() {
@@ -110,13 +113,7 @@ impl Network {
         timeout: Duration,
     ) -> Result<T, CallError> {
         let url = format!("{}{path}", base.trim_end_matches('/'));
-        let resp = self.http.get(&url).timeout(timeout).send().await.map_err(|e| {
-            if e.is_connect() {
-                CallError::Unreachable(base.to_owned(), e.to_string())
-            } else {
-                CallError::Failed(base.to_owned(), e.to_string())
-            }
-        })?;
+        let resp = self.http.get(&url).timeout(timeout).send().await.map_err(|e| send_error(base, e))?;
         let body = resp.bytes().await.map_err(|e| CallError::Failed(base.to_owned(), e.to_string()))?;
         serde_json::from_slice(&body).map_err(|e| CallError::Failed(base.to_owned(), format!("bad answer: {e}")))
     }

@@ -11,11 +11,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::post;
 use axum::Router;
-use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::cluster::ForwardError;
 use crate::network::path;
 use crate::node::Node;
 use crate::types::{decode, encode, Request};
@@ -72,28 +70,12 @@ async fn propose(State(node): State<Arc<Node>>, body: Bytes) -> HttpResponse {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let res = match node.raft.metrics().borrow().current_leader {
-        Some(l) if l == node.cfg.id => None,
-        other => Some(Err(ForwardError::NotLeader(other))),
-    };
-    let res = match res {
-        Some(r) => r,
-        None => match tokio::time::timeout(node.request_timeout(), node.proposer.propose(req)).await {
-            Ok(r) => r.map_err(ForwardError::from),
-            Err(_) => Err(ForwardError::Failed("not committed in time".into())),
-        },
-    };
-    reply(&res)
+    reply(&node.propose_local(req, node.request_timeout()).await)
 }
 
 /// The read index a follower must apply up to before a linearizable read.
 async fn read_index(State(node): State<Arc<Node>>) -> HttpResponse {
-    let res = match node.raft.get_read_log_id().await {
-        Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(ForwardError::NotLeader(f.leader_id)),
-        Err(e) => Err(ForwardError::Failed(e.to_string())),
-    };
-    reply(&res)
+    reply(&node.read_index_local(node.request_timeout()).await)
 }
 
 /// Stops this node from starting elections for a while (0 ms: allow again).

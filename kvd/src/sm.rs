@@ -492,17 +492,7 @@ impl Shared {
         for ks in [&s.data, &s.dedup, &s.events] {
             ks.clear().unwrap_or_else(|e| fatal("clearing the state machine failed", &e));
         }
-        let mut batch = s.db.batch();
-        snapfile::read(std::fs::File::open(&path)?, |tag, k, v| {
-            let ks = if tag == TAG_DATA { &s.data } else { &s.dedup };
-            batch.insert(ks, k, v);
-            if batch.len() >= 1024 {
-                std::mem::replace(&mut batch, s.db.batch())
-                    .commit()
-                    .unwrap_or_else(|e| fatal("loading a snapshot failed", &e));
-            }
-            Ok(())
-        })?;
+        let mut batch = load_records(s, &path).unwrap_or_else(|e| fatal("loading a snapshot failed", &e));
         let st = ApplyState {
             applied: header.meta.last_log_id,
             membership: header.meta.last_membership.clone(),
@@ -526,8 +516,19 @@ impl Shared {
 /// continuing from the snapshot's revision.
 pub fn restore(store: &Store, snapshot: &std::path::Path) -> io::Result<u64> {
     let header = snapfile::verify(snapshot)?;
+    let mut batch = load_records(store, snapshot)?;
+    batch.insert(&store.sm_meta, REVISION, header.revision.to_be_bytes());
+    batch.insert(&store.sm_meta, COMPACT, header.revision.to_be_bytes());
+    batch.commit().map_err(io_err)?;
+    store.sync();
+    Ok(header.revision)
+}
+
+/// Writes a (verified) snapshot file's records into the store in batches;
+/// returns the last batch, still open, for the caller's metadata.
+fn load_records(store: &Store, path: &std::path::Path) -> io::Result<fjall::OwnedWriteBatch> {
     let mut batch = store.db.batch();
-    snapfile::read(std::fs::File::open(snapshot)?, |tag, k, v| {
+    snapfile::read(std::fs::File::open(path)?, |tag, k, v| {
         let ks = if tag == TAG_DATA { &store.data } else { &store.dedup };
         batch.insert(ks, k, v);
         if batch.len() >= 1024 {
@@ -535,11 +536,7 @@ pub fn restore(store: &Store, snapshot: &std::path::Path) -> io::Result<u64> {
         }
         Ok(())
     })?;
-    batch.insert(&store.sm_meta, REVISION, header.revision.to_be_bytes());
-    batch.insert(&store.sm_meta, COMPACT, header.revision.to_be_bytes());
-    batch.commit().map_err(io_err)?;
-    store.sync();
-    Ok(header.revision)
+    Ok(batch)
 }
 
 /// The smallest key after every key that starts with `base`.

@@ -211,17 +211,26 @@ impl KvFs {
 
     /// Attributes of `path` (inode allocated if new).
     fn attr(&self, path: &str) -> Result<FileAttr, Errno> {
-        let (ino, meta, size) = {
-            let mut t = self.tree_mut()?;
-            let kind = t.kind(path).ok_or(Errno::ENOENT)?;
-            let ino = t.ino(path);
+        // NOTE: getattr runs on every stat; only a first lookup needs the
+        // write lock, to allocate the inode.
+        let known = {
+            let t = self.tree()?;
+            t.kind(path).ok_or(Errno::ENOENT)?;
+            t.known_ino(path)
+        };
+        let ino = match known {
+            Some(i) => i,
+            None => self.tree_mut()?.ino(path),
+        };
+        let (meta, size) = {
+            let t = self.tree()?;
+            t.kind(path).ok_or(Errno::ENOENT)?;
             match t.get(path) {
-                Some(n) => (ino, n.meta.clone(), n.value.len() as u64),
+                Some(n) => (n.meta.clone(), n.value.len() as u64),
                 None => {
-                    let _ = kind;
                     let mut m = new_meta(Kind::Dir, 0o755, 0, 0);
                     m.mtime_ns = self.started_ns;
-                    (ino, m, 0)
+                    (m, 0)
                 }
             }
         };
@@ -264,14 +273,9 @@ impl KvFs {
         };
         let key = self.remote.key(&path);
         let _own = self.sync.own_write(&path);
-        let res = self.remote.call("write", self.remote.client.put(&key, data.clone(), &opts));
-        let resp = match res {
-            Ok(r) => r,
-            Err(e) => {
-                // A compare failure surfaces as EIO, or EEXIST for O_EXCL.
-                return Err(if opts.create_only && e == Errno::EIO { Errno::EEXIST } else { e });
-            }
-        };
+        // A failed compare is EIO for an in-place edit, EEXIST for O_EXCL.
+        let conflict = if opts.create_only { Errno::EEXIST } else { Errno::EIO };
+        let resp = self.remote.call_as("write", conflict, self.remote.client.put(&key, data.clone(), &opts))?;
         {
             let mut t = self.tree_mut()?;
             let mut meta = node.meta.clone();
@@ -332,13 +336,7 @@ impl KvFs {
         };
         let key = self.remote.key(path);
         let _own = self.sync.own_write(path);
-        let resp = self.remote.call("create", self.remote.client.put(&key, value.clone(), &opts)).map_err(|e| {
-            if e == Errno::EIO {
-                Errno::EEXIST
-            } else {
-                e
-            }
-        })?;
+        let resp = self.remote.call_as("create", Errno::EEXIST, self.remote.client.put(&key, value.clone(), &opts))?;
         let mut m = meta;
         m.kind = kind;
         m.size = value.len() as u64;

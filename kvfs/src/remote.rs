@@ -26,9 +26,11 @@ pub struct Remote {
     pub timeout: Duration,
 }
 
-/// Maps a client error to what the filesystem reports.
-pub fn errno(e: &kv_client::Error) -> Errno {
+/// Maps a client error to what the filesystem reports; `conflict` is what a
+/// failed compare (412) means to the caller.
+pub fn errno(e: &kv_client::Error, conflict: Errno) -> Errno {
     match e {
+        kv_client::Error::Api { status: 412, .. } => conflict,
         kv_client::Error::Api { status: 413, .. } => Errno::EFBIG,
         kv_client::Error::Api { status: 404, .. } => Errno::ENOENT,
         kv_client::Error::Api { status: 401 | 403, .. } => Errno::EACCES,
@@ -58,8 +60,17 @@ impl Remote {
         key.strip_prefix(&self.prefix)?.strip_prefix('/').map(str::to_owned)
     }
 
-    /// Runs a client call, waiting at most the bound; errors become errnos.
+    /// Runs a client call, waiting at most the bound; errors become errnos
+    /// (a failed compare: EIO).
     pub fn call<T, F>(&self, what: &str, f: F) -> Result<T, Errno>
+    where
+        F: std::future::Future<Output = Result<T, kv_client::Error>>,
+    {
+        self.call_as(what, Errno::EIO, f)
+    }
+
+    /// [`Remote::call`], with a failed compare reported as `conflict`.
+    pub fn call_as<T, F>(&self, what: &str, conflict: Errno, f: F) -> Result<T, Errno>
     where
         F: std::future::Future<Output = Result<T, kv_client::Error>>,
     {
@@ -67,7 +78,7 @@ impl Remote {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, op = what, "cluster request failed");
-                Err(errno(&e))
+                Err(errno(&e, conflict))
             }
             Err(_) => {
                 tracing::warn!(

@@ -12,8 +12,7 @@ fn get(k: &Kvd, key: &str) -> Option<kv_client::Value> {
 }
 
 fn put(k: &Kvd, key: &str, v: &str) {
-    let c = k.client();
-    tokio::runtime::Runtime::new().expect("rt").block_on(c.put(key, v.to_owned(), &Default::default())).expect("put");
+    crate::put_sync(k, key, v);
 }
 
 fn text(k: &Kvd, key: &str) -> String {
