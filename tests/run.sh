@@ -2,7 +2,7 @@
 # Runs every test of the workspace: unit tests, openraft's storage suite, and
 # the integration tests that start real kvd processes and real FUSE mounts.
 # Works on a fresh Debian 12 machine with the Rust toolchain: as root it
-# installs what the mount tests drive (fuse3, vim, rsync).
+# installs what the mount tests drive (fuse3, vim, rsync) and openssl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,8 @@ need=()
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v vim >/dev/null 2>&1 || need+=(vim-nox)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
+# The TLS tests make their certificates with openssl.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: please install: ${need[*]}" >&2

@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
+use crate::auth::{NewToken, TokenInfo, TokenSpec, WhoAmI};
 use crate::key::{normalize_prefix, validate_key, KeyError};
 use crate::path::encode_key;
 use crate::types::{
@@ -36,6 +37,9 @@ pub enum Error {
     /// An endpoint URL could not be used.
     #[error("invalid endpoint {0:?}: it must look like http://HOST:PORT")]
     Endpoint(String),
+    /// The client could not be set up (token, CA file).
+    #[error("{0}")]
+    Config(String),
     /// The server answered something this client does not understand.
     #[error("unexpected response: {0}")]
     Protocol(String),
@@ -88,6 +92,19 @@ pub struct ListOptions {
     pub stale: bool,
 }
 
+/// How a client authenticates itself and checks the server.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Bearer token (or JWT) sent with every request.
+    pub token: Option<String>,
+    /// PEM CA certificates that sign the servers' certificates (`https://`
+    /// endpoints). Without it the system's CA bundle is used.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// Where Debian keeps the system's CA bundle.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// A client of one cluster, given one or more member URLs. Requests go to the
 /// member that last answered and fail over to the others when it cannot be
 /// reached; writes carry a request id so a retried write applies once.
@@ -98,11 +115,17 @@ pub struct Client {
     current: AtomicUsize,
     id_prefix: String,
     id_counter: AtomicU64,
+    opts: ClientOptions,
 }
 
 impl Client {
     /// Makes a client for the given member URLs (`http://127.0.0.1:7379`).
     pub fn new<S: AsRef<str>>(endpoints: &[S]) -> Result<Client, Error> {
+        Client::with_options(endpoints, &ClientOptions::default())
+    }
+
+    /// Makes a client with a token and/or a CA for `https://` endpoints.
+    pub fn with_options<S: AsRef<str>>(endpoints: &[S], opts: &ClientOptions) -> Result<Client, Error> {
         let mut eps = Vec::new();
         for e in endpoints {
             let e = e.as_ref().trim().trim_end_matches('/');
@@ -115,11 +138,31 @@ impl Client {
         if eps.is_empty() {
             return Err(Error::Endpoint(String::new()));
         }
-        let http = reqwest::Client::builder()
+        let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| Error::Protocol(e.to_string()))?;
+            .use_rustls_tls();
+        if let Some(token) = &opts.token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                .map_err(|_| Error::Config("the token holds characters a header cannot carry".into()))?;
+            v.set_sensitive(true);
+            b = b.default_headers(reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, v)]));
+        }
+        if eps.iter().any(|e| e.starts_with("https://")) {
+            let pem = match &opts.ca_pem {
+                Some(p) => p.clone(),
+                None => std::fs::read(SYSTEM_CA_BUNDLE).unwrap_or_default(),
+            };
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Config(format!("the CA file holds no usable PEM certificate: {e}")))?;
+            if certs.is_empty() {
+                return Err(Error::Config("no CA certificate to check the server with; pass a CA file".into()));
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let http = b.build().map_err(|e| Error::Config(error_chain(&e)))?;
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| Error::Protocol(format!("no randomness: {e}")))?;
         Ok(Client {
@@ -128,7 +171,13 @@ impl Client {
             current: AtomicUsize::new(0),
             id_prefix: seed.iter().map(|b| format!("{b:02x}")).collect(),
             id_counter: AtomicU64::new(0),
+            opts: opts.clone(),
         })
+    }
+
+    /// A client of other member URLs with this one's token and CA.
+    pub fn with_endpoints<S: AsRef<str>>(&self, endpoints: &[S]) -> Result<Client, Error> {
+        Client::with_options(endpoints, &self.opts)
     }
 
     /// The member URLs this client uses.
@@ -166,7 +215,7 @@ impl Client {
                     return Ok(resp);
                 }
                 Err(e) => {
-                    last_err = format!("{}: {}", self.endpoints[idx], error_chain(&e));
+                    last_err = format!("{}: {}{}", self.endpoints[idx], error_chain(&e), tls_hint(&e));
                 }
             }
         }
@@ -341,6 +390,44 @@ impl Client {
         self.membership(Method::POST, "/v1/cluster/leader", Some(serde_json::json!({ "id": id }))).await
     }
 
+    /// Who the server takes this client for, and what it may do.
+    pub async fn whoami(&self) -> Result<WhoAmI, Error> {
+        self.get_typed("/v1/auth/whoami").await
+    }
+
+    /// Creates a token; the answer holds its secret, shown only here.
+    pub async fn create_token(&self, spec: &TokenSpec) -> Result<NewToken, Error> {
+        let body = serde_json::to_vec(spec).map_err(|e| Error::Protocol(e.to_string()))?;
+        let id = self.new_request_id();
+        let resp = self
+            .send(Method::POST, "/v1/auth/tokens", |r| {
+                r.header(header::REQUEST_ID, &id).header("content-type", "application/json").body(body.clone())
+            })
+            .await?;
+        json(check(resp).await?).await
+    }
+
+    /// Every token (names and rights, never secrets).
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, Error> {
+        self.get_typed("/v1/auth/tokens").await
+    }
+
+    /// Revokes a token by name, on every member at once.
+    pub async fn revoke_token(&self, name: &str) -> Result<(), Error> {
+        let id = self.new_request_id();
+        let resp = self
+            .send(Method::DELETE, &format!("/v1/auth/tokens/{}", encode_key(name)), |r| {
+                r.header(header::REQUEST_ID, &id)
+            })
+            .await?;
+        check(resp).await.map(|_| ())
+    }
+
+    async fn get_typed<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        let resp = self.send(Method::GET, path, |r| r).await?;
+        json(check(resp).await?).await
+    }
+
     /// GETs a path and decodes its JSON answer (status, cluster, ...).
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, Error> {
         let resp = self.send(Method::GET, path, |r| r).await?;
@@ -412,11 +499,12 @@ impl Watch {
             "error" => {
                 let body: ErrorBody =
                     serde_json::from_str(&data).map_err(|e| Error::Protocol(format!("bad watch error: {e}")))?;
-                return Err(Error::Api {
-                    status: if body.error == "compacted" { 410 } else { 500 },
-                    code: body.error,
-                    message: body.message,
-                });
+                let status = match body.error.as_str() {
+                    "compacted" => 410,
+                    "unauthorized" => 401,
+                    _ => 500,
+                };
+                return Err(Error::Api { status, code: body.error, message: body.message });
             }
             _ => {}
         }
@@ -429,6 +517,18 @@ impl Watch {
 
 fn find_blank_line(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\n\n")
+}
+
+/// A hint for the usual TLS mistakes, from the error's text.
+fn tls_hint(e: &dyn std::error::Error) -> &'static str {
+    let text = error_chain(e);
+    if text.contains("InvalidContentType") || text.contains("corrupt message") || text.contains("wrong version") {
+        " (the server does not speak TLS here: use http://)"
+    } else if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
+        " (the server's certificate is not signed by the given CA: check --ca)"
+    } else {
+        ""
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -5,16 +5,20 @@
 //! `kvd`. Key validation lives here too, so every program refuses a bad key
 //! the same way the server does.
 
+mod auth;
 mod client;
 mod key;
 mod path;
+mod time;
 mod types;
 
-pub use client::{Client, Error, ListOptions, PutOptions, Value, Watch};
+pub use auth::{validate_token_name, Access, Grants, NewToken, TokenInfo, TokenSpec, WhoAmI};
+pub use client::{Client, ClientOptions, Error, ListOptions, PutOptions, Value, Watch};
 pub use key::{key_in_prefix, normalize_prefix, validate_key, KeyError, MAX_KEY_BYTES, MAX_SEGMENT_BYTES};
 pub use path::{decode_key, encode_key};
 /// HTTP methods, for [`Client::send`].
 pub use reqwest::Method;
+pub use time::Utc;
 pub use types::{
     decode_value, header, AddMember, Attrs, ClusterInfo, Compare, EntryInfo, ErrorBody, EventType, Kind, ListResponse,
     MemberInfo, Meta, NodeStatus, OpResult, TransferLeader, TxnOp, TxnRequest, TxnResponse, WatchEvent,

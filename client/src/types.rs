@@ -233,6 +233,22 @@ pub enum TxnOp {
     },
 }
 
+impl TxnOp {
+    /// A put of a text value with every attribute left as it is.
+    pub fn put(key: impl Into<String>, value: impl Into<String>) -> TxnOp {
+        TxnOp::Put {
+            key: key.into(),
+            value: Some(value.into()),
+            value_base64: None,
+            kind: None,
+            mode: None,
+            uid: None,
+            gid: None,
+            mtime_ns: None,
+        }
+    }
+}
+
 /// `POST /v1/txn` body: if every compare holds, `success` runs, else `failure`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,6 +5,7 @@ mod data;
 mod member;
 mod output;
 mod snapshot;
+mod token;
 mod watch;
 
 use std::process::ExitCode;
@@ -33,6 +34,17 @@ struct Cli {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
+    /// Bearer token (or JWT) for clusters that need one. Prefer
+    /// --token-file: arguments show up in `ps`.
+    #[arg(long, global = true, env = "KVCTL_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// File holding the token (e.g. the data dir's admin-token).
+    #[arg(long, global = true, env = "KVCTL_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// CA certificate(s) (PEM) that sign the members' certificates, for
+    /// https:// endpoints [default: the system's CA bundle].
+    #[arg(long, global = true, env = "KVCTL_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +76,9 @@ enum Command {
     /// Snapshots for backup.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
+    /// Bearer tokens: create, list, revoke (admin).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Measure put or get throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -92,7 +107,9 @@ impl From<anyhow::Error> for Failure {
 impl From<kv_client::Error> for Failure {
     fn from(e: kv_client::Error) -> Failure {
         match e {
-            kv_client::Error::InvalidKey(_) | kv_client::Error::Endpoint(_) => Failure::Usage(e.to_string()),
+            kv_client::Error::InvalidKey(_) | kv_client::Error::Endpoint(_) | kv_client::Error::Config(_) => {
+                Failure::Usage(e.to_string())
+            }
             other => Failure::Failed(other.into()),
         }
     }
@@ -120,13 +137,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// The client, with the token and CA the flags name.
+fn client(cli: &Cli) -> Result<kv_client::Client, Failure> {
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read(p).map_err(|e| Failure::Usage(format!("cannot read the {what} file {}: {e}", p.display())))
+    };
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) => Some(t.trim().to_owned()),
+        (None, Some(p)) => Some(String::from_utf8_lossy(&read(p, "token")?).trim().to_owned()),
+        (None, None) => None,
+    };
+    if token.as_deref() == Some("") {
+        return Err(Failure::Usage("the token is empty".into()));
+    }
+    let ca_pem = cli.ca.as_deref().map(|p| read(p, "CA")).transpose()?;
+    Ok(kv_client::Client::with_options(&cli.endpoints, &kv_client::ClientOptions { token, ca_pem })?)
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Completion { shell } = cli.command {
         use clap::CommandFactory;
         clap_complete::generate(shell, &mut Cli::command(), "kvctl", &mut std::io::stdout());
         return Ok(());
     }
-    let client = kv_client::Client::new(&cli.endpoints)?;
+    let client = client(&cli)?;
     match cli.command {
         Command::Get(a) => data::get(&client, a).await,
         Command::Put(a) => data::put(&client, a, cli.output).await,
@@ -138,6 +172,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Health => member::health(&client, cli.output).await,
         Command::Leader(l) => member::leader(&client, l, cli.output).await,
         Command::Snapshot(s) => snapshot::run(&client, s, cli.output).await,
+        Command::Token(t) => token::run(&client, t, cli.output).await,
         Command::Bench(b) => bench::run(client, b, cli.output).await,
         Command::Completion { .. } => Ok(()),
     }

@@ -178,7 +178,7 @@ pub async fn health(client: &Client, fmt: Format) -> Result<(), Failure> {
         let verdict = if m.client_url.is_empty() {
             Err("its client URL is unknown".to_owned())
         } else {
-            match Client::new(&[m.client_url.as_str()]) {
+            match client.with_endpoints(&[m.client_url.as_str()]) {
                 Ok(c) => c.get_json("/health/ready").await.map(|_| ()).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             }

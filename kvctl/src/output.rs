@@ -45,3 +45,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A time in ns since the epoch as RFC 3339 UTC.
+pub fn time_ns(ns: i64) -> String {
+    kv_client::Utc::from_ns(ns).rfc3339()
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, Request as HttpRequest, State};
+use axum::extract::{Extension, Query, Request as HttpRequest, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -17,16 +17,18 @@ use axum::routing::{get, post};
 use axum::Router;
 use futures_util::StreamExt;
 use kv_client::{
-    decode_key, decode_value, header as kvh, normalize_prefix, validate_key, AddMember, EntryInfo, ErrorBody,
-    EventType, Kind, OpResult, TransferLeader, TxnOp, TxnRequest, TxnResponse, WatchEvent,
+    decode_key, decode_value, header as kvh, normalize_prefix, validate_key, Access, AddMember, EntryInfo, ErrorBody,
+    EventType, Grants, Kind, NewToken, OpResult, TokenInfo, TokenSpec, TransferLeader, TxnOp, TxnRequest, TxnResponse,
+    WatchEvent, WhoAmI,
 };
 use serde::Deserialize;
 use serde_bytes::ByteBuf;
 
+use crate::auth::{Caller, Denied, Validity};
 use crate::cluster::ClusterError;
 use crate::metrics::{Gauges, METRICS};
 use crate::node::Node;
-use crate::types::{Cmp, Op, Outcome, PutAttrs, Request, Response, StoredEntry, Txn};
+use crate::types::{Cmp, Op, Outcome, PutAttrs, Request, Response, StoredEntry, TokenRecord, Txn};
 
 /// Most operations a transaction may hold.
 const MAX_TXN_OPS: usize = 1024;
@@ -76,7 +78,20 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"kv\""));
+        }
         resp
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(d: Denied) -> ApiError {
+        if d.status == 401 {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", d.message)
+        } else {
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", d.message)
+        }
     }
 }
 
@@ -103,6 +118,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/cluster/members/{id}", axum::routing::delete(remove_member))
         .route("/v1/cluster/members/{id}/promote", post(promote_member))
         .route("/v1/cluster/leader", post(transfer_leader))
+        .route("/v1/auth/whoami", get(whoami))
+        .route("/v1/auth/tokens", get(list_tokens).post(create_token))
+        .route("/v1/auth/tokens/{name}", axum::routing::delete(revoke_token))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -110,8 +128,24 @@ pub fn router(node: Arc<Node>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
         })
+        .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::middleware::from_fn(observe))
         .with_state(node)
+}
+
+/// Works out who is calling (DESIGN.md §10) and hands it to the handler as
+/// an `Extension<Caller>`; a bad credential is refused here with 401.
+async fn authenticate(State(node): State<Shared>, mut req: HttpRequest, next: Next) -> HttpResponse {
+    if req.uri().path().starts_with("/health/") {
+        return next.run(req).await;
+    }
+    match node.auth.caller(req.headers(), &node.sm.tokens()) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(d) => ApiError::from(d).into_response(),
+    }
 }
 
 /// Records request latency, reads and writes apart (watches excluded).
@@ -246,6 +280,9 @@ fn wire_response(r: &Response) -> TxnResponse {
                 Outcome::Delete(k, n) => {
                     OpResult { op: "delete".into(), key: k.clone(), mod_revision: None, deleted: Some(*n) }
                 }
+                Outcome::Token(name, _) => {
+                    OpResult { op: "token".into(), key: name.clone(), mod_revision: None, deleted: None }
+                }
             })
             .collect(),
     }
@@ -302,9 +339,15 @@ struct ReadParams {
 }
 
 /// GET (and HEAD) /v1/kv/{key}
-async fn kv_get(State(node): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult<HttpResponse> {
+async fn kv_get(
+    State(node): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<HttpResponse> {
     let key = path_key(&uri, "kv")?;
     check_key(&key)?;
+    caller.need_read(&key)?;
     let p: ReadParams = query(&uri)?;
     read_barrier(&node, flag(&p.stale, "stale")?).await?;
     let (entry, rev) = node.sm.get(&key).map_err(ApiError::internal)?;
@@ -399,9 +442,16 @@ fn check_put(key: &str, value: Option<&[u8]>, attrs: &PutAttrs) -> ApiResult<()>
 }
 
 /// PUT /v1/kv/{key}
-async fn kv_put(State(node): State<Shared>, uri: Uri, headers: HeaderMap, body: Body) -> ApiResult<HttpResponse> {
+async fn kv_put(
+    State(node): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<HttpResponse> {
     let key = path_key(&uri, "kv")?;
     check_key(&key)?;
+    caller.need_write(&key)?;
     let attrs = attrs_from_headers(&headers)?;
     let compare = conditions(&key, &headers)?;
     let value = read_body(&headers, body, node.cfg.max_value_size, "the value").await?;
@@ -428,7 +478,12 @@ struct DeleteParams {
 }
 
 /// DELETE /v1/kv/{key}[?recursive=true]
-async fn kv_delete(State(node): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult<HttpResponse> {
+async fn kv_delete(
+    State(node): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<HttpResponse> {
     let raw = path_key(&uri, "kv")?;
     let p: DeleteParams = query(&uri)?;
     let recursive = flag(&p.recursive, "recursive")?;
@@ -438,6 +493,7 @@ async fn kv_delete(State(node): State<Shared>, uri: Uri, headers: HeaderMap) -> 
         check_key(&raw)?;
         raw
     };
+    caller.need_write(&key)?;
     let compare = conditions(&key, &headers)?;
     let txn = Txn { compare, success: vec![Op::Delete { key: key.clone(), recursive }], failure: vec![] };
     let r = propose(&node, &headers, txn).await?;
@@ -460,8 +516,9 @@ struct ListParams {
 }
 
 /// GET /v1/list/{prefix}
-async fn list(State(node): State<Shared>, uri: Uri) -> ApiResult<HttpResponse> {
+async fn list(State(node): State<Shared>, Extension(caller): Extension<Caller>, uri: Uri) -> ApiResult<HttpResponse> {
     let prefix = check_prefix(&path_key(&uri, "list")?)?;
+    let access = caller.need_some_read(&prefix)?;
     let p: ListParams = query(&uri)?;
     let limit = match p.limit.as_deref() {
         None => LIST_DEFAULT_LIMIT,
@@ -473,7 +530,18 @@ async fn list(State(node): State<Shared>, uri: Uri) -> ApiResult<HttpResponse> {
     let recursive = flag(&p.recursive, "recursive")?;
     let values = flag(&p.values, "values")?;
     read_barrier(&node, flag(&p.stale, "stale")?).await?;
-    let r = node.sm.list(&prefix, recursive, values, p.after.as_deref(), limit).map_err(ApiError::internal)?;
+    let mut r = node.sm.list(&prefix, recursive, values, p.after.as_deref(), limit).map_err(ApiError::internal)?;
+    if access == Access::Partial {
+        // NOTE: only what the caller may read, and the directories leading
+        // to it; paging still works because `next_after` is unchanged.
+        r.entries.retain(|e| caller.grants.can_see(&e.key));
+        for e in &mut r.entries {
+            if !caller.grants.can_read(&e.key) {
+                e.value = None;
+                e.value_base64 = None;
+            }
+        }
+    }
     Ok(json_with_revision(StatusCode::OK, r.revision, &r))
 }
 
@@ -531,11 +599,29 @@ fn convert_txn(t: TxnRequest, max_value: u64) -> ApiResult<Txn> {
 }
 
 /// POST /v1/txn
-async fn txn(State(node): State<Shared>, headers: HeaderMap, body: Body) -> ApiResult<HttpResponse> {
+async fn txn(
+    State(node): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<HttpResponse> {
     let raw = read_body(&headers, body, node.cfg.max_txn_size, "the transaction").await?;
     let t: TxnRequest = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::bad("bad_json", format!("transaction is not valid: {e}")))?;
     let txn = convert_txn(t, node.cfg.max_value_size)?;
+    // A transaction touching anything the caller may not touch is refused whole.
+    for c in &txn.compare {
+        let (Cmp::ModRevision(k, _) | Cmp::Exists(k, _)) = c;
+        caller.need_read(k)?;
+    }
+    for op in txn.success.iter().chain(&txn.failure) {
+        match op {
+            Op::Put { key, .. } | Op::Delete { key, .. } => caller.need_write(key)?,
+            Op::CreateToken(_) | Op::RevokeToken(_) => {
+                return Err(ApiError::bad("bad_request", "tokens are managed through /v1/auth/tokens"))
+            }
+        }
+    }
     let r = propose(&node, &headers, txn).await?;
     Ok(json_with_revision(StatusCode::OK, r.revision, &wire_response(&r)))
 }
@@ -549,6 +635,10 @@ struct WatchParams {
 struct WatchState {
     node: Shared,
     prefix: String,
+    /// Rights of a caller who may read only parts of the prefix.
+    partial: Option<Grants>,
+    /// The stream ends when the caller's credential stops holding.
+    valid_while: Validity,
     cursor: u64,
     rx: tokio::sync::watch::Receiver<u64>,
     out: VecDeque<Bytes>,
@@ -564,6 +654,13 @@ impl WatchState {
     /// Fills `out` with the next messages; waits when there is nothing new.
     async fn fill(&mut self) {
         loop {
+            if !self.valid_while.holds(&self.node.sm.tokens()) {
+                let body = serde_json::json!({"error": "unauthorized",
+                    "message": "the token was revoked or has expired"});
+                self.out.push_back(sse("error", None, &body.to_string()));
+                self.done = true;
+                return;
+            }
             let batch = match self.node.sm.events_after(self.cursor, &self.prefix, WATCH_BATCH) {
                 Ok(b) => b,
                 Err(e) => {
@@ -581,6 +678,12 @@ impl WatchState {
                 return;
             };
             self.cursor = self.cursor.max(scanned);
+            let mut events = events;
+            if let Some(g) = &self.partial {
+                // NOTE: filtered before ids are placed, so the last visible
+                // event of a revision still carries the resume id.
+                events.retain(|(_, ev)| g.can_read(&ev.key));
+            }
             let n = events.len();
             for (i, (rev, ev)) in events.iter().enumerate() {
                 let last_of_rev = i + 1 == n || events[i + 1].0 != *rev;
@@ -616,8 +719,14 @@ impl WatchState {
 }
 
 /// GET /v1/watch/{prefix}?rev=N — events after revision N as server-sent events.
-async fn watch(State(node): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult<HttpResponse> {
+async fn watch(
+    State(node): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<HttpResponse> {
     let prefix = check_prefix(&path_key(&uri, "watch")?)?;
+    let partial = (caller.need_some_read(&prefix)? == Access::Partial).then(|| caller.grants.clone());
     let p: WatchParams = query(&uri)?;
     node.check_member()?;
     let bad_rev = |v: &str| ApiError::bad("bad_query", format!("revision {v:?} is not a number"));
@@ -640,7 +749,8 @@ async fn watch(State(node): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiR
             format!("revision {cursor} is compacted (history starts after {compact}); list again and watch from the list's revision"),
         ));
     }
-    let state = WatchState { node, prefix, cursor, rx, out: VecDeque::new(), done: false };
+    let valid_while = caller.valid_while.clone();
+    let state = WatchState { node, prefix, partial, valid_while, cursor, rx, out: VecDeque::new(), done: false };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
             if let Some(b) = st.out.pop_front() {
@@ -662,7 +772,9 @@ async fn watch(State(node): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiR
 
 /// GET /v1/snapshot — a consistent snapshot of everything committed before
 /// the call, streamed (the file format of `kvd restore`, CRC-checked).
-async fn snapshot(State(node): State<Shared>) -> ApiResult<HttpResponse> {
+async fn snapshot(State(node): State<Shared>, Extension(caller): Extension<Caller>) -> ApiResult<HttpResponse> {
+    caller.need_admin("take a snapshot of")?;
+    tracing::info!(who = caller.who(), "snapshot requested");
     node.linearize().await?;
     let sm = node.sm.clone();
     let path = sm.temp_snapshot_path();
@@ -696,13 +808,15 @@ async fn snapshot(State(node): State<Shared>) -> ApiResult<HttpResponse> {
 }
 
 /// GET /v1/status — this member's own view.
-async fn status(State(node): State<Shared>) -> HttpResponse {
-    axum::Json(node.status().await).into_response()
+async fn status(State(node): State<Shared>, Extension(caller): Extension<Caller>) -> ApiResult<HttpResponse> {
+    caller.need_known("see the status of")?;
+    Ok(axum::Json(node.status().await).into_response())
 }
 
 /// GET /v1/cluster — every member with its status.
-async fn cluster(State(node): State<Shared>) -> HttpResponse {
-    axum::Json(node.cluster_info().await).into_response()
+async fn cluster(State(node): State<Shared>, Extension(caller): Extension<Caller>) -> ApiResult<HttpResponse> {
+    caller.need_known("see the members of")?;
+    Ok(axum::Json(node.cluster_info().await).into_response())
 }
 
 /// Sends a membership request on to the leader unless this node leads.
@@ -711,6 +825,7 @@ async fn forward_to_leader(
     node: &Node,
     method: Method,
     uri: &Uri,
+    headers: &HeaderMap,
     body: Option<Bytes>,
 ) -> ApiResult<Option<HttpResponse>> {
     let deadline = Instant::now() + node.request_timeout();
@@ -723,6 +838,9 @@ async fn forward_to_leader(
     };
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut req = node.net.http().request(method, format!("{}{path}", url.trim_end_matches('/')));
+    if let Some(a) = headers.get(header::AUTHORIZATION) {
+        req = req.header(header::AUTHORIZATION, a.clone());
+    }
     if let Some(b) = body {
         req = req.header(header::CONTENT_TYPE, "application/json").body(b);
     }
@@ -750,58 +868,84 @@ fn parse_json<T: serde::de::DeserializeOwned>(raw: &[u8]) -> ApiResult<T> {
 }
 
 /// POST /v1/cluster/members {id, peer_url, client_url?, learner?}
-async fn add_member(State(node): State<Shared>, uri: Uri, headers: HeaderMap, body: Body) -> ApiResult<HttpResponse> {
+async fn add_member(
+    State(node): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<HttpResponse> {
+    caller.need_admin("add a member to")?;
     let raw = read_body(&headers, body, 64 << 10, "the request").await?;
     let req: AddMember = parse_json(&raw)?;
-    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, Some(raw)).await? {
+    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, &headers, Some(raw)).await? {
         return Ok(r);
     }
+    let (id, peer_url) = (req.id, req.peer_url.clone());
     node.add_member(req).await?;
+    tracing::info!(who = caller.who(), id, peer_url, "member added");
     Ok(axum::Json(node.cluster_info().await).into_response())
 }
 
 /// POST /v1/cluster/members/{id}/promote
-async fn promote_member(State(node): State<Shared>, uri: Uri) -> ApiResult<HttpResponse> {
+async fn promote_member(
+    State(node): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<HttpResponse> {
+    caller.need_admin("promote a member of")?;
     let id = member_id(&uri)?;
-    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, None).await? {
+    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, &headers, None).await? {
         return Ok(r);
     }
     node.promote(id).await?;
+    tracing::info!(who = caller.who(), id, "member promoted");
     Ok(axum::Json(node.cluster_info().await).into_response())
 }
 
 /// DELETE /v1/cluster/members/{id}; a leader removing itself hands over
 /// leadership first, then asks the new leader to remove it.
-async fn remove_member(State(node): State<Shared>, uri: Uri) -> ApiResult<HttpResponse> {
+async fn remove_member(
+    State(node): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<HttpResponse> {
+    caller.need_admin("remove a member of")?;
     let id = member_id(&uri)?;
-    if let Some(r) = forward_to_leader(&node, Method::DELETE, &uri, None).await? {
+    if let Some(r) = forward_to_leader(&node, Method::DELETE, &uri, &headers, None).await? {
         return Ok(r);
     }
     if id == node.cfg.id {
         if let Some(next) = node.successor() {
             node.transfer_leader(next).await?;
-            if let Some(r) = forward_to_leader(&node, Method::DELETE, &uri, None).await? {
+            if let Some(r) = forward_to_leader(&node, Method::DELETE, &uri, &headers, None).await? {
                 return Ok(r);
             }
         }
     }
     node.remove_member(id).await?;
+    tracing::info!(who = caller.who(), id, "member removed");
     Ok(axum::Json(node.cluster_info().await).into_response())
 }
 
 /// POST /v1/cluster/leader {id}
 async fn transfer_leader(
     State(node): State<Shared>,
+    Extension(caller): Extension<Caller>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<HttpResponse> {
+    caller.need_admin("move the leader of")?;
     let raw = read_body(&headers, body, 64 << 10, "the request").await?;
     let req: TransferLeader = parse_json(&raw)?;
-    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, Some(raw)).await? {
+    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, &headers, Some(raw)).await? {
         return Ok(r);
     }
     node.transfer_leader(req.id).await?;
+    tracing::info!(who = caller.who(), id = req.id, "leadership moved");
     Ok(axum::Json(node.cluster_info().await).into_response())
 }
 
@@ -822,7 +966,10 @@ async fn ready(State(node): State<Shared>) -> ApiResult<HttpResponse> {
 }
 
 /// GET /metrics
-async fn metrics(State(node): State<Shared>) -> HttpResponse {
+async fn metrics(State(node): State<Shared>, Extension(caller): Extension<Caller>) -> ApiResult<HttpResponse> {
+    if !node.auth.open_metrics {
+        caller.need_known("read the metrics of")?;
+    }
     let m = node.raft.metrics().borrow().clone();
     let g = Gauges {
         term: m.current_term,
@@ -836,35 +983,109 @@ async fn metrics(State(node): State<Shared>) -> HttpResponse {
     let mut resp = METRICS.render(&g).into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
-    resp
+    Ok(resp)
+}
+
+/// GET /v1/auth/whoami
+async fn whoami(State(node): State<Shared>, Extension(caller): Extension<Caller>) -> HttpResponse {
+    axum::Json(WhoAmI { mode: node.auth.mode.as_str().into(), name: caller.name, grants: caller.grants })
+        .into_response()
+}
+
+fn token_info(r: &TokenRecord) -> TokenInfo {
+    TokenInfo {
+        name: r.name.clone(),
+        grants: Grants { read: r.read.clone(), write: r.write.clone(), admin: r.admin },
+        created_ns: r.created_ns,
+    }
+}
+
+/// GET /v1/auth/tokens (linearizable)
+async fn list_tokens(State(node): State<Shared>, Extension(caller): Extension<Caller>) -> ApiResult<HttpResponse> {
+    caller.need_admin("list the tokens of")?;
+    read_barrier(&node, false).await?;
+    let mut list: Vec<TokenInfo> = node.sm.tokens().values().map(token_info).collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(axum::Json(list).into_response())
+}
+
+/// POST /v1/auth/tokens {name, read, write, admin}: the secret is in this
+/// answer only; the cluster keeps its hash.
+async fn create_token(
+    State(node): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<HttpResponse> {
+    caller.need_admin("create a token in")?;
+    let raw = read_body(&headers, body, 64 << 10, "the request").await?;
+    let spec: TokenSpec = parse_json(&raw)?;
+    kv_client::validate_token_name(&spec.name).map_err(|m| ApiError::bad("bad_request", m))?;
+    let grants = spec.grants().normalized().map_err(|e| ApiError::bad("invalid_key", format!("bad prefix: {e}")))?;
+    if grants == Grants::default() {
+        return Err(ApiError::bad("bad_request", "a token needs at least one right: read, write or admin"));
+    }
+    let (rec, token) = new_token_record(&spec.name, grants).map_err(ApiError::internal)?;
+    let txn = Txn { compare: vec![], success: vec![Op::CreateToken(rec.clone())], failure: vec![] };
+    let r = propose(&node, &headers, txn).await?;
+    if !matches!(r.outcomes.first(), Some(Outcome::Token(_, true))) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "exists",
+            format!("a token named {:?} exists; revoke it first or pick another name", spec.name),
+        ));
+    }
+    tracing::info!(who = caller.who(), token = rec.name, "token created");
+    Ok(axum::Json(NewToken { info: token_info(&rec), token }).into_response())
+}
+
+/// A token record with a fresh secret; the secret is returned, not stored.
+pub fn new_token_record(name: &str, grants: Grants) -> anyhow::Result<(TokenRecord, String)> {
+    let token = crate::auth::new_token()?;
+    let rec = TokenRecord {
+        name: name.to_owned(),
+        hash: crate::auth::hash_token(&token),
+        read: grants.read,
+        write: grants.write,
+        admin: grants.admin,
+        created_ns: now_ns(),
+    };
+    Ok((rec, token))
+}
+
+/// DELETE /v1/auth/tokens/{name}
+async fn revoke_token(
+    State(node): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<HttpResponse> {
+    caller.need_admin("revoke a token in")?;
+    let name = decode_key(uri.path().trim_start_matches("/v1/auth/tokens/")).unwrap_or_default();
+    kv_client::validate_token_name(&name).map_err(|m| ApiError::bad("bad_request", m))?;
+    let txn = Txn { compare: vec![], success: vec![Op::RevokeToken(name.clone())], failure: vec![] };
+    let r = propose(&node, &headers, txn).await?;
+    if !matches!(r.outcomes.first(), Some(Outcome::Token(_, true))) {
+        return Err(ApiError::not_found(format!("no token named {name:?}")));
+    }
+    tracing::info!(who = caller.who(), token = name, "token revoked");
+    Ok(axum::Json(serde_json::json!({"revoked": name})).into_response())
 }
 
 /// An RFC 7231 date (`Sun, 06 Nov 1994 08:49:37 GMT`) from ns since the epoch.
 fn http_date(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const WD: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
     const MON: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let t = kv_client::Utc::from_ns(ns);
     format!(
         "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
-        WD[days.rem_euclid(7) as usize],
-        d,
-        MON[(m - 1) as usize],
-        y,
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
+        WD[t.weekday as usize],
+        t.day,
+        MON[(t.month - 1) as usize],
+        t.year,
+        t.hour,
+        t.minute,
+        t.second
     )
 }
 

@@ -271,10 +271,8 @@ impl Node {
             async move {
                 let status = if id == me.id {
                     Ok(me)
-                } else if member.client_url.is_empty() {
-                    Err("client URL unknown".to_owned())
                 } else {
-                    self.net.get_status(&member.client_url, STATUS_TIMEOUT).await.map_err(|e| e.to_string())
+                    self.net.get_status(&member.peer_url, STATUS_TIMEOUT).await.map_err(|e| e.to_string())
                 };
                 (id, member, status)
             }
@@ -474,8 +472,9 @@ fn check_url(u: &str, what: &str) -> Result<()> {
 }
 
 impl crate::network::Network {
-    /// GET `{client_url}/v1/status` of another member.
-    pub async fn get_status(&self, client_url: &str, timeout: Duration) -> std::result::Result<NodeStatus, CallError> {
-        self.get_json(client_url, "/v1/status", timeout).await
+    /// Another member's own status, over the peer API (mutually
+    /// authenticated with TLS, and needing no client token).
+    pub async fn get_status(&self, peer_url: &str, timeout: Duration) -> std::result::Result<NodeStatus, CallError> {
+        self.get_json(peer_url, crate::network::path::STATUS, timeout).await
     }
 }

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::auth::Mode;
+use crate::jwt::JwtConfig;
+
 /// Settings a config file may hold; unknown keys are an error.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +42,18 @@ pub struct FileConfig {
     pub heartbeat_ms: Option<u64>,
     /// Raft election timeout (minimum; maximum is twice), ms.
     pub election_timeout_ms: Option<u64>,
+    /// This node's certificate chain (PEM), signed by the cluster CA.
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM).
+    pub tls_ca: Option<PathBuf>,
+    /// Auth mode: none, writes or all.
+    pub auth: Option<Mode>,
+    /// `/metrics` answers without a token in mode all.
+    pub open_metrics: Option<bool>,
+    /// JWT verification.
+    pub jwt: Option<JwtConfig>,
 }
 
 /// Flags (and their `KVD_*` environment variables) of `kvd`.
@@ -93,6 +108,23 @@ pub struct Flags {
     /// Raft election timeout, ms [default: 1000].
     #[arg(long, env = "KVD_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
+    /// Certificate chain (PEM) of this node, signed by the cluster CA; with
+    /// --tls-key and --tls-ca both listeners speak TLS and peers must show a
+    /// certificate from the CA.
+    #[arg(long, env = "KVD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "KVD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM) of the cluster.
+    #[arg(long, env = "KVD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Who needs a token: none, writes (reads stay open) or all [default: none].
+    #[arg(long, env = "KVD_AUTH", value_enum)]
+    pub auth: Option<Mode>,
+    /// Serve /metrics without a token even with --auth all.
+    #[arg(long, env = "KVD_OPEN_METRICS")]
+    pub open_metrics: bool,
 }
 
 /// The resolved configuration of a node.
@@ -128,6 +160,25 @@ pub struct Config {
     pub heartbeat_ms: u64,
     /// Election timeout, ms.
     pub election_timeout_ms: u64,
+    /// Certificate, key and CA files, when TLS is on.
+    pub tls: Option<TlsFiles>,
+    /// Auth mode.
+    pub auth: Mode,
+    /// `/metrics` without a token.
+    pub open_metrics: bool,
+    /// JWT verification.
+    pub jwt: Option<JwtConfig>,
+}
+
+/// Where the TLS material is.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// Cluster CA.
+    pub ca: PathBuf,
 }
 
 impl Config {
@@ -164,6 +215,15 @@ impl Config {
         if max_value_size == 0 {
             bail!("max_value_size must be positive");
         }
+        let tls = match (
+            flags.tls_cert.clone().or(file.tls_cert),
+            flags.tls_key.clone().or(file.tls_key),
+            flags.tls_ca.clone().or(file.tls_ca),
+        ) {
+            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
+            (None, None, None) => None,
+            _ => bail!("TLS needs all three of --tls-cert, --tls-key and --tls-ca"),
+        };
         let cfg = Config {
             id,
             data_dir,
@@ -180,6 +240,10 @@ impl Config {
             request_timeout_ms: flags.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(5000),
             heartbeat_ms: flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100),
             election_timeout_ms: flags.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(1000),
+            tls,
+            auth: flags.auth.or(file.auth).unwrap_or_default(),
+            open_metrics: flags.open_metrics || file.open_metrics.unwrap_or(false),
+            jwt: file.jwt,
         };
         if cfg.election_timeout_ms <= 2 * cfg.heartbeat_ms {
             bail!("election timeout must be more than twice the heartbeat interval");
@@ -215,12 +279,12 @@ mod tests {
         let all: String = text
             .lines()
             .filter_map(|l| l.strip_prefix("# "))
-            .filter(|l| l.contains(" = "))
+            .filter(|l| l.contains(" = ") || l.starts_with('['))
             .map(|l| format!("{l}\n"))
             .collect();
         let c: FileConfig = toml::from_str(&all).expect("every commented setting parses");
         let shown = format!("{c:?}");
-        assert!(!shown.contains("None"), "a setting is missing from packaging/kvd.toml: {shown}");
+        assert!(!shown.contains(": None"), "a setting is missing from packaging/kvd.toml: {shown}");
         assert_eq!(toml::from_str::<FileConfig>(text).expect("parses"), FileConfig::default());
     }
 

@@ -12,8 +12,10 @@
 #![allow(clippy::result_large_err)]
 
 mod api;
+mod auth;
 mod cluster;
 mod config;
+mod jwt;
 mod log_store;
 mod metrics;
 mod network;
@@ -23,6 +25,7 @@ mod proposer;
 mod sm;
 mod snapfile;
 mod store;
+mod tls;
 mod types;
 
 pub use config::{Config, FileConfig, Flags};

@@ -32,6 +32,8 @@ pub mod path {
     pub const HOLD_ELECTIONS: &str = "/peer/v1/hold-elections";
     /// Start an election now (leadership transfer).
     pub const ELECT: &str = "/peer/v1/elect";
+    /// The member's own status (JSON).
+    pub const STATUS: &str = "/peer/v1/status";
 }
 
 /// Why a peer call failed.
@@ -62,12 +64,17 @@ pub struct Network {
 
 impl Network {
     /// Makes the connection pool.
-    pub fn new() -> anyhow::Result<Network> {
-        let http = reqwest::Client::builder()
+    /// A client for peers; with `tls` it checks their certificates against
+    /// the cluster CA and shows this node's own.
+    pub fn new(tls: Option<rustls::ClientConfig>) -> anyhow::Result<Network> {
+        let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()?;
+            .tcp_nodelay(true);
+        if let Some(cfg) = tls {
+            b = b.use_preconfigured_tls(cfg);
+        }
+        let http = b.build()?;
         Ok(Network { http })
     }
 
@@ -105,7 +112,7 @@ impl Network {
         &self.http
     }
 
-    /// GETs JSON from another member's client API.
+    /// GETs JSON from another member.
     pub async fn get_json<T: DeserializeOwned>(
         &self,
         base: &str,

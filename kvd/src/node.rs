@@ -15,10 +15,15 @@ use crate::network::Network;
 use crate::proposer::Proposer;
 use crate::sm::{Shared, StateMachine};
 use crate::store::{lock_dir, DirLock, Store};
+use crate::tls::{serve, Tls};
 use crate::types::{Member, Raft};
 
 /// File `kvd restore` leaves in a data dir it built.
 pub const RESTORED_MARKER: &str = "restored-bootstrap";
+/// The first admin token, written at bootstrap (mode 0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// Present until the admin token's hash is committed; holds its name.
+const ADMIN_TOKEN_PENDING: &str = "admin-token.pending";
 
 /// Builds a data dir from a snapshot file (offline, like `etcdutl snapshot
 /// restore`); the node started on it forms a new one-member cluster holding
@@ -71,6 +76,8 @@ pub struct Node {
     pub seq: AtomicU64,
     /// Generation of election holds (leadership transfer).
     pub hold_gen: Arc<AtomicU64>,
+    /// Auth mode, JWT verification.
+    pub auth: crate::auth::Auth,
     store: Store,
     _lock: DirLock,
 }
@@ -115,6 +122,16 @@ impl Node {
 
 /// Runs a node until SIGINT or SIGTERM.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // Bad certificates or JWT settings stop the node before it touches its data dir.
+    let tls = match &cfg.tls {
+        Some(f) => Some(Tls::load(&f.cert, &f.key, &f.ca)?),
+        None => None,
+    };
+    let auth = crate::auth::Auth {
+        mode: cfg.auth,
+        jwt: cfg.jwt.clone().map(crate::jwt::Verifier::load).transpose()?,
+        open_metrics: cfg.open_metrics,
+    };
     let lock = lock_dir(&cfg.data_dir)?;
     let store = Store::open(&cfg.data_dir)?;
     let log = LogStore::new(store.clone());
@@ -130,9 +147,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on peer address {}", cfg.peer_addr))?;
     let peer_local = peer_listener.local_addr()?;
-    let client_url = cfg.advertise_client.clone().unwrap_or(format!("http://{client_local}"));
-    let peer_url = cfg.advertise_peer.clone().unwrap_or(format!("http://{peer_local}"));
-    let net = Network::new()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let client_url = cfg.advertise_client.clone().unwrap_or(format!("{scheme}://{client_local}"));
+    let peer_url = cfg.advertise_peer.clone().unwrap_or(format!("{scheme}://{peer_local}"));
+    if tls.is_none() && !(client_local.ip().is_loopback() && peer_local.ip().is_loopback()) {
+        tracing::warn!("listening beyond loopback without TLS: anyone who can reach the peer port can join the cluster and tokens travel in clear text; see --tls-cert");
+    }
+    let net = Network::new(tls.as_ref().map(|t| t.peer_client.clone()))?;
 
     let raft_config = openraft::Config {
         cluster_name: "kv".into(),
@@ -157,6 +178,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         if raft.is_initialized().await? {
             tracing::info!("data dir already holds a cluster; --bootstrap ignored");
         } else {
+            let name = if restored.exists() { format!("admin-restored-{}", now_s()) } else { "admin".to_owned() };
+            write_admin_token(&cfg.data_dir, &name)?;
             let members =
                 BTreeMap::from([(cfg.id, Member { peer_url: peer_url.clone(), client_url: client_url.clone() })]);
             raft.initialize(members).await.context("bootstrap failed")?;
@@ -181,17 +204,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .unwrap_or(0),
         seq: AtomicU64::new(0),
         hold_gen: Arc::default(),
+        auth,
         store: store.clone(),
         _lock: lock,
     });
     tokio::spawn(watch_leader(node.clone()));
+    if cfg.data_dir.join(ADMIN_TOKEN_PENDING).exists() {
+        tokio::spawn(store_admin_token(node.clone()));
+    }
     tracing::info!(node_id = cfg.id, client = %client_local, peer = %peer_local, data_dir = %cfg.data_dir.display(), "serving");
 
-    let server = axum::serve(listener, crate::api::router(node.clone()));
-    let peer_server = axum::serve(peer_listener, crate::peer::router(node.clone()));
+    let server = serve(
+        listener,
+        crate::api::router(node.clone()),
+        tls.as_ref().map(|t| t.client_listener.clone()),
+        "client API",
+    );
+    let peer_server = serve(
+        peer_listener,
+        crate::peer::router(node.clone()),
+        tls.as_ref().map(|t| t.peer_listener.clone()),
+        "peer API",
+    );
     tokio::select! {
-        r = server => r.context("client API server failed")?,
-        r = peer_server => r.context("peer API server failed")?,
+        () = server => anyhow::bail!("the client API server stopped"),
+        () = peer_server => anyhow::bail!("the peer API server stopped"),
         s = shutdown_signal() => tracing::info!(signal = s, "shutting down"),
     }
     if let Err(e) = raft.shutdown().await {
@@ -203,6 +240,67 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&cfg.data_dir);
     }
     Ok(())
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Writes a new admin token to `<data-dir>/admin-token` (0600, fsync'd)
+/// and marks it pending until its hash is committed.
+fn write_admin_token(dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let token = crate::auth::new_token()?;
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    writeln!(f, "{token}")?;
+    f.sync_all()?;
+    std::fs::write(dir.join(ADMIN_TOKEN_PENDING), name)?;
+    tracing::info!(path = %path.display(), name, "wrote the first admin token");
+    Ok(())
+}
+
+/// Commits the bootstrap admin token's hash (retrying until there is a
+/// leader), then drops the pending marker.
+async fn store_admin_token(node: Arc<Node>) {
+    let dir = &node.cfg.data_dir;
+    let (Ok(token), Ok(name)) =
+        (std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE)), std::fs::read_to_string(dir.join(ADMIN_TOKEN_PENDING)))
+    else {
+        return tracing::error!("cannot read the bootstrap admin token; create one with kvctl token create");
+    };
+    let hash = crate::auth::hash_token(token.trim());
+    let rec = crate::types::TokenRecord {
+        name: name.trim().to_owned(),
+        hash: hash.clone(),
+        read: vec![],
+        write: vec![],
+        admin: true,
+        created_ns: (now_s() * 1_000_000_000) as i64,
+    };
+    let req = crate::types::Request {
+        id: format!("bootstrap-admin-{}", &hash[..16]),
+        now_ns: rec.created_ns,
+        txn: crate::types::Txn { compare: vec![], success: vec![crate::types::Op::CreateToken(rec)], failure: vec![] },
+    };
+    loop {
+        match node.write(req.clone()).await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::info!(error = %e, "waiting to store the admin token");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(dir.join(ADMIN_TOKEN_PENDING));
 }
 
 /// Writes `<data-dir>/{client,peer}.addr` with a bound address, so tools and

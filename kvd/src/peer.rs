@@ -31,6 +31,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(path::READ_INDEX, post(read_index))
         .route(path::HOLD_ELECTIONS, post(hold_elections))
         .route(path::ELECT, post(elect))
+        .route(path::STATUS, axum::routing::get(status))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .with_state(node)
 }
@@ -86,6 +87,11 @@ async fn hold_elections(State(node): State<Arc<Node>>, body: Bytes) -> HttpRespo
     };
     node.hold_elections(Duration::from_millis(ms));
     reply(&())
+}
+
+/// This member's own status.
+async fn status(State(node): State<Arc<Node>>) -> HttpResponse {
+    axum::Json(node.status().await).into_response()
 }
 
 /// Starts an election on this node now.

@@ -73,6 +73,8 @@ impl Proposer {
             .map(|op| match op {
                 Op::Put { key, value, .. } => key.len() + value.as_ref().map_or(0, |v| v.len()),
                 Op::Delete { key, .. } => key.len(),
+                Op::CreateToken(t) => t.name.len() + t.hash.len() + 64,
+                Op::RevokeToken(name) => name.len(),
             })
             .sum();
         let (reply, rx) = oneshot::channel();

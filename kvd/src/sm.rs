@@ -19,11 +19,11 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::sync::watch;
 
-use crate::snapfile::{self, Header, TAG_DATA, TAG_DEDUP};
+use crate::snapfile::{self, Header, TAG_DATA, TAG_DEDUP, TAG_SYS};
 use crate::store::{fatal, Store};
 use crate::types::{
     decode, encode, Batch, Cmp, Entry, LogId, Op, Outcome, Request, Response, Snapshot, SnapshotMeta, StorageError,
-    StoredEntry, StoredEvent, StoredMembership, TypeConfig,
+    StoredEntry, StoredEvent, StoredMembership, TokenRecord, TypeConfig,
 };
 
 const APPLIED: &[u8] = b"applied";
@@ -52,6 +52,7 @@ struct Overlay {
     data: BTreeMap<String, Option<StoredEntry>>,
     events: Vec<([u8; 12], StoredEvent)>,
     dedup: std::collections::HashMap<String, Response>,
+    sys: BTreeMap<Vec<u8>, Option<TokenRecord>>,
 }
 
 /// A remembered response to a request id.
@@ -61,9 +62,17 @@ struct DedupRecord {
     response: Response,
 }
 
+/// Tokens by the hash of their secret.
+pub type TokenTable = std::collections::HashMap<String, TokenRecord>;
+
+fn token_key(name: &str) -> Vec<u8> {
+    [b"token/".as_slice(), name.as_bytes()].concat()
+}
+
 /// Read access to the state machine, shared by the API and openraft.
 pub struct Shared {
     store: Store,
+    tokens: std::sync::RwLock<Arc<TokenTable>>,
     snap_dir: PathBuf,
     rev_tx: watch::Sender<u64>,
     history: u64,
@@ -124,6 +133,25 @@ impl Shared {
     /// at or after it.
     pub fn compact_revision(&self) -> io::Result<u64> {
         Ok(u64_of(self.store.sm_meta.get(COMPACT).map_err(io_err)?))
+    }
+
+    /// Every token, by the hash of its secret (as applied on this member).
+    pub fn tokens(&self) -> Arc<TokenTable> {
+        self.tokens.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Reloads the token table from the system area.
+    fn reload_tokens(&self) -> io::Result<()> {
+        let mut t = TokenTable::new();
+        for item in self.store.sys.prefix(b"token/") {
+            let (_, v) = item.into_inner().map_err(io_err)?;
+            let rec: TokenRecord = decode(&v)?;
+            t.insert(rec.hash.clone(), rec);
+        }
+        if let Ok(mut g) = self.tokens.write() {
+            *g = Arc::new(t);
+        }
+        Ok(())
     }
 
     /// Reads one entry and the revision the read reflects.
@@ -267,6 +295,13 @@ impl Shared {
         }
     }
 
+    fn sys_exists(&self, ov: &Overlay, k: &[u8]) -> io::Result<bool> {
+        match ov.sys.get(k) {
+            Some(v) => Ok(v.is_some()),
+            None => Ok(self.store.sys.get(k).map_err(io_err)?.is_some()),
+        }
+    }
+
     /// Runs one request against the state as `ov` sees it; updates `st`.
     fn exec(&self, ov: &mut Overlay, st: &mut ApplyState, req: &Request) -> io::Result<Response> {
         let mut ok = true;
@@ -337,6 +372,22 @@ impl Shared {
                         changes.push((k, None));
                     }
                 }
+                Op::CreateToken(rec) => {
+                    let k = token_key(&rec.name);
+                    let exists = self.sys_exists(ov, &k)?;
+                    if !exists {
+                        ov.sys.insert(k, Some(rec.clone()));
+                    }
+                    outcomes.push(Outcome::Token(rec.name.clone(), !exists));
+                }
+                Op::RevokeToken(name) => {
+                    let k = token_key(name);
+                    let exists = self.sys_exists(ov, &k)?;
+                    if exists {
+                        ov.sys.insert(k, None);
+                    }
+                    outcomes.push(Outcome::Token(name.clone(), exists));
+                }
             }
         }
         if !changes.is_empty() {
@@ -397,6 +448,13 @@ impl Shared {
                 self.prune_dedup(&mut batch, log_id.index)?;
             }
         }
+        let tokens_changed = !ov.sys.is_empty();
+        for (k, v) in std::mem::take(&mut ov.sys) {
+            match v {
+                Some(rec) => batch.insert(&self.store.sys, k, encode(&rec)),
+                None => batch.remove(&self.store.sys, k),
+            }
+        }
         for (k, v) in std::mem::take(&mut ov.data) {
             match v {
                 Some(e) => batch.insert(&self.store.data, k, encode(&e)),
@@ -421,6 +479,9 @@ impl Shared {
         batch.insert(&self.store.sm_meta, REVISION, st.revision.to_be_bytes());
         batch.insert(&self.store.sm_meta, COMPACT, st.compact.to_be_bytes());
         batch.commit().unwrap_or_else(|e| fatal("writing the state machine failed", &e));
+        if tokens_changed {
+            self.reload_tokens()?;
+        }
         Ok(out)
     }
 
@@ -480,6 +541,10 @@ impl Shared {
             let (k, v) = item.into_inner().map_err(io_err)?;
             w.record(TAG_DEDUP, &k, &v)?;
         }
+        for item in snap.iter(&self.store.sys) {
+            let (k, v) = item.into_inner().map_err(io_err)?;
+            w.record(TAG_SYS, &k, &v)?;
+        }
         w.finish()?;
         Ok(header)
     }
@@ -489,7 +554,7 @@ impl Shared {
         let path = self.current_snapshot_path();
         let header = snapfile::verify(&path)?;
         let s = &self.store;
-        for ks in [&s.data, &s.dedup, &s.events] {
+        for ks in [&s.data, &s.dedup, &s.events, &s.sys] {
             ks.clear().unwrap_or_else(|e| fatal("clearing the state machine failed", &e));
         }
         let mut batch = load_records(s, &path).unwrap_or_else(|e| fatal("loading a snapshot failed", &e));
@@ -507,6 +572,7 @@ impl Shared {
         batch.insert(&s.sm_meta, APPLIED, encode(&st.applied));
         batch.commit().unwrap_or_else(|e| fatal("loading a snapshot failed", &e));
         s.sync();
+        self.reload_tokens()?;
         Ok(st)
     }
 }
@@ -529,7 +595,11 @@ pub fn restore(store: &Store, snapshot: &std::path::Path) -> io::Result<u64> {
 fn load_records(store: &Store, path: &std::path::Path) -> io::Result<fjall::OwnedWriteBatch> {
     let mut batch = store.db.batch();
     snapfile::read(std::fs::File::open(path)?, |tag, k, v| {
-        let ks = if tag == TAG_DATA { &store.data } else { &store.dedup };
+        let ks = match tag {
+            TAG_DATA => &store.data,
+            TAG_SYS => &store.sys,
+            _ => &store.dedup,
+        };
         batch.insert(ks, k, v);
         if batch.len() >= 1024 {
             std::mem::replace(&mut batch, store.db.batch()).commit().map_err(io_err)?;
@@ -584,7 +654,7 @@ impl StateMachine {
             }
         }
         let (rev_tx, _) = watch::channel(0);
-        let shared = Arc::new(Shared { store, snap_dir, rev_tx, history: history.max(1) });
+        let shared = Arc::new(Shared { store, tokens: Default::default(), snap_dir, rev_tx, history: history.max(1) });
         let mut st = shared.apply_state()?;
         let cur = shared.current_snapshot_path();
         if cur.exists() {
@@ -594,6 +664,7 @@ impl StateMachine {
                 st = shared.load_current_snapshot()?;
             }
         }
+        shared.reload_tokens()?;
         shared.rev_tx.send_replace(st.revision);
         Ok(StateMachine { shared, st, receiving: None })
     }

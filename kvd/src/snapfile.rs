@@ -21,6 +21,8 @@ const MAGIC: &[u8; 8] = b"KVSNAP01";
 pub const TAG_DATA: u8 = 1;
 /// Record tag of a deduplication record.
 pub const TAG_DEDUP: u8 = 2;
+/// Record tag of a system area record (tokens).
+pub const TAG_SYS: u8 = 3;
 const TAG_END: u8 = 0;
 
 /// What a snapshot file starts with.
@@ -131,7 +133,7 @@ pub fn read<R: Read>(r: R, mut f: impl FnMut(u8, Vec<u8>, Vec<u8>) -> io::Result
         r.exact(&mut tag)?;
         match tag[0] {
             TAG_END => break,
-            TAG_DATA | TAG_DEDUP => {
+            TAG_DATA | TAG_DEDUP | TAG_SYS => {
                 let k = r.bytes(1 << 16)?;
                 let v = r.bytes(u32::MAX)?;
                 f(tag[0], k, v)?;

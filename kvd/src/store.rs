@@ -53,6 +53,8 @@ pub struct Store {
     pub dedup: Keyspace,
     /// State machine metadata: last applied, membership, revision.
     pub sm_meta: Keyspace,
+    /// The replicated system area: `token/NAME` → token record.
+    pub sys: Keyspace,
     /// The data dir.
     pub dir: PathBuf,
 }
@@ -108,6 +110,7 @@ impl Store {
             events: ks("events")?,
             dedup: ks("dedup")?,
             sm_meta: ks("sm_meta")?,
+            sys: ks("sys")?,
             db,
             dir: dir.to_owned(),
         })

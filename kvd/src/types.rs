@@ -116,6 +116,28 @@ pub enum Op {
         /// Whole subtree.
         recursive: bool,
     },
+    /// Create a token unless one of that name exists (system area; does not
+    /// raise the revision).
+    CreateToken(TokenRecord),
+    /// Remove a token by name (system area).
+    RevokeToken(String),
+}
+
+/// A token as the system area stores it: a hash, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Unique name.
+    pub name: String,
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    /// Rights.
+    pub read: Vec<String>,
+    /// Read-write prefixes.
+    pub write: Vec<String>,
+    /// Admin.
+    pub admin: bool,
+    /// Creation time, ns.
+    pub created_ns: i64,
 }
 
 /// Result of one operation.
@@ -125,6 +147,8 @@ pub enum Outcome {
     Put(String, u64),
     /// A delete; how many entries went.
     Delete(String, u64),
+    /// A token operation on a name; whether it took effect.
+    Token(String, bool),
 }
 
 /// What applying a request answered.

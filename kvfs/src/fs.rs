@@ -655,6 +655,9 @@ impl KvFs {
         }
         if writable && !node.local {
             self.writable()?;
+            if !self.remote.can_write(&path) {
+                return Err(Errno::EACCES);
+            }
             self.check_reachable()?;
         }
         let trunc = flags & libc::O_TRUNC != 0;
@@ -697,7 +700,11 @@ impl Filesystem for KvFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(self.child(parent, name).and_then(|p| self.attr(&p)), reply);
+        let r = self.child(parent, name).and_then(|p| match self.attr(&p) {
+            Err(Errno::ENOENT) if !self.remote.can_see(&p) => Err(Errno::EACCES),
+            other => other,
+        });
+        reply_entry(r, reply);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

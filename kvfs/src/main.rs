@@ -160,8 +160,25 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         bail!("mount point {} is not a directory", inv.mountpoint.display());
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let client = kv_client::Client::new(&inv.endpoints)?;
-    let remote = Arc::new(Remote { client, rt: rt.handle().clone(), prefix: inv.prefix.clone(), timeout: inv.timeout });
+    let token = match &inv.token_file {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).with_context(|| format!("cannot read token_file {}", p.display()))?;
+            Some(t.trim().to_owned()).filter(|t| !t.is_empty())
+        }
+        None => None,
+    };
+    let ca_pem = match &inv.ca_file {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read ca_file {}", p.display()))?),
+        None => None,
+    };
+    let client = kv_client::Client::with_options(&inv.endpoints, &kv_client::ClientOptions { token, ca_pem })?;
+    let remote = Arc::new(Remote {
+        client,
+        rt: rt.handle().clone(),
+        prefix: inv.prefix.clone(),
+        timeout: inv.timeout,
+        grants: RwLock::new(None),
+    });
     let name = state_name(inv);
     let lkg_file = inv
         .cache_dir
@@ -178,6 +195,9 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     let (revision, entries, from) = match rt.block_on(async { tokio::time::timeout(inv.timeout, remote.load()).await })
     {
         Ok(Ok((rev, e))) => (rev, e, "cluster"),
+        // NOTE: a cluster that refuses the token is no reason to serve the
+        // last-known-good copy: that would outlive a revocation.
+        Ok(Err(e)) if matches!(e.status(), Some(401 | 403)) => bail!("cannot mount {}: {e}", inv.source),
         other => {
             let why = match other {
                 Ok(Err(e)) => e.to_string(),
@@ -194,6 +214,13 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
             }
         }
     };
+    if from == "cluster" {
+        if let Ok(Ok(me)) = rt.block_on(async { tokio::time::timeout(inv.timeout, remote.client.whoami()).await }) {
+            if let Ok(mut g) = remote.grants.write() {
+                *g = Some(me.grants);
+            }
+        }
+    }
     let (inval_tx, inval_rx) = std::sync::mpsc::channel();
     let mut tree = Tree::new();
     for (p, n) in entries {

@@ -23,6 +23,8 @@ SOURCE is a client URL whose path is the key prefix, e.g. http://127.0.0.1:7379/
   -o timeout=SECS     how long a write may wait for the cluster (default 5)
   -o cache_dir=DIR    where the last-known-good copy lives
   -o status_dir=DIR   where the status file lives (default /run/kvfs)
+  -o token_file=PATH  file holding the bearer token for the cluster
+  -o ca_file=PATH     CA certificate(s) (PEM) for https:// sources
 
 Mount options kvfs does not use (_netdev, nofail, x-systemd.*, auto, ...)
 are ignored when called as mount.kvfs or mount.fuse.kvfs.
@@ -59,6 +61,10 @@ pub struct Invocation {
     pub cache_dir: Option<PathBuf>,
     /// Status file directory.
     pub status_dir: Option<PathBuf>,
+    /// File holding the bearer token.
+    pub token_file: Option<PathBuf>,
+    /// CA certificates for https:// endpoints.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// What parsing decided.
@@ -106,6 +112,8 @@ pub fn parse(args: &[String], helper: bool) -> Result<Parsed, String> {
         timeout: Duration::from_secs(5),
         cache_dir: None,
         status_dir: None,
+        token_file: None,
+        ca_file: None,
     };
     for o in opts.iter().filter(|o| !o.is_empty()) {
         let (k, v) = o.split_once('=').map_or((o.as_str(), None), |(k, v)| (k, Some(v)));
@@ -129,6 +137,8 @@ pub fn parse(args: &[String], helper: bool) -> Result<Parsed, String> {
             }
             ("cache_dir", Some(v)) => inv.cache_dir = Some(v.into()),
             ("status_dir", Some(v)) => inv.status_dir = Some(v.into()),
+            ("token_file", Some(v)) => inv.token_file = Some(v.into()),
+            ("ca_file", Some(v)) => inv.ca_file = Some(v.into()),
             // Generic mount options with no meaning here.
             (
                 "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev" | "nofail" | "dev" | "nodev"
@@ -185,6 +195,8 @@ mod tests {
         assert_eq!((i.endpoints[0].as_str(), i.prefix.as_str()), ("http://h:1", "app/x"));
         assert_eq!(i.timeout, Duration::from_millis(2500));
         assert_eq!(i.local, vec!["*.tmp".to_owned()]);
+        let i = run(parse(&args("-o token_file=/t,ca_file=/c https://h:1/a /m"), false).expect("ok"));
+        assert_eq!((i.token_file, i.ca_file), (Some("/t".into()), Some("/c".into())));
         assert!(parse(&args("-o bogus http://h:1 /mnt"), false).is_err());
         assert!(parse(&args("http://h:1"), false).is_err());
         assert!(parse(&args("-o timeout=0 http://h:1 /m"), false).is_err());

@@ -24,6 +24,8 @@ pub struct Remote {
     pub prefix: String,
     /// Bound on one call.
     pub timeout: Duration,
+    /// What the mount's token may read (`None`: not known, assume all).
+    pub grants: RwLock<Option<kv_client::Grants>>,
 }
 
 /// Maps a client error to what the filesystem reports; `conflict` is what a
@@ -48,6 +50,25 @@ impl Remote {
             (true, _) => path.to_owned(),
             (false, true) => self.prefix.clone(),
             (false, false) => format!("{}/{path}", self.prefix),
+        }
+    }
+
+    /// Whether the token may see `path` (or a directory on the way to
+    /// something it may read); a name it may not see is `EACCES`, not
+    /// `ENOENT`.
+    pub fn can_see(&self, path: &str) -> bool {
+        match self.grants.read() {
+            Ok(g) => g.as_ref().is_none_or(|g| g.can_see(&self.key(path))),
+            Err(_) => true,
+        }
+    }
+
+    /// Whether the token may write `path` (checked at open, so a shell
+    /// redirection fails visibly instead of at an unchecked close).
+    pub fn can_write(&self, path: &str) -> bool {
+        match self.grants.read() {
+            Ok(g) => g.as_ref().is_none_or(|g| g.can_write(&self.key(path))),
+            Err(_) => true,
         }
     }
 
@@ -309,6 +330,10 @@ impl Sync {
                                 self.relist().await;
                                 break;
                             }
+                            Err(e) if matches!(e.status(), Some(401 | 403)) => {
+                                self.locked_out(&e);
+                                break;
+                            }
                             Err(e) => {
                                 tracing::debug!(error = %e, "watch ended");
                                 break;
@@ -317,12 +342,31 @@ impl Sync {
                     }
                 }
                 Err(e) if e.status() == Some(410) => self.relist().await,
+                Err(e) if matches!(e.status(), Some(401 | 403)) => self.locked_out(&e),
                 Err(e) => tracing::debug!(error = %e, "cannot watch"),
             }
             let rev = self.tree.read().map(|t| t.revision).unwrap_or(0);
             self.set_connected(false, rev);
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
+    }
+
+    /// The cluster refused the token (revoked, expired): forget everything
+    /// it showed, so the mount answers `EACCES` instead of serving what the
+    /// token may no longer read, here or from the last-known-good copy.
+    fn locked_out(&self, e: &kv_client::Error) {
+        let first = self.remote.grants.write().map(|mut g| g.replace(kv_client::Grants::default())).ok().flatten();
+        if first != Some(kv_client::Grants::default()) {
+            tracing::error!(error = %e, "the cluster refuses this mount's token; hiding the cached keys");
+        }
+        let mut inval = Vec::new();
+        if let Ok(mut t) = self.tree.write() {
+            for p in t.replace_remote(BTreeMap::new()) {
+                inval.extend(invalidations(&t, &p));
+            }
+        }
+        self.dirty.store(true, Ordering::Relaxed);
+        let _ = self.inval_tx.send(inval);
     }
 
     async fn relist(&self) {

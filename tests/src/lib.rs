@@ -33,6 +33,8 @@ pub struct Kvd {
     /// Peer URL, `http://127.0.0.1:PORT`.
     pub peer_url: String,
     extra: Vec<String>,
+    /// CA that signs the node's certificate, when it speaks TLS.
+    pub ca: Option<PathBuf>,
     log: PathBuf,
     /// Addresses to bind on restart (kept so membership stays valid).
     addrs: Option<(String, String)>,
@@ -76,6 +78,7 @@ impl Kvd {
             url: String::new(),
             peer_url: String::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            ca: extra.iter().position(|a| *a == "--tls-ca").and_then(|i| extra.get(i + 1)).map(PathBuf::from),
             addrs: None,
             _tmp: Some(tmp),
         }
@@ -120,8 +123,9 @@ impl Kvd {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let (Ok(c), Ok(p)) = (std::fs::read_to_string(&addr_file), std::fs::read_to_string(&peer_file)) {
-                self.url = format!("http://{}", c.trim());
-                self.peer_url = format!("http://{}", p.trim());
+                let scheme = if self.ca.is_some() { "https" } else { "http" };
+                self.url = format!("{scheme}://{}", c.trim());
+                self.peer_url = format!("{scheme}://{}", p.trim());
                 self.addrs = Some((c.trim().to_owned(), p.trim().to_owned()));
                 break;
             }
@@ -144,7 +148,7 @@ impl Kvd {
                     panic!("kvd exited ({status}):\n{}", self.log_text());
                 }
             }
-            if http_status(&url) == Some(200) {
+            if http_status(&url, self.ca.as_deref()) == Some(200) {
                 return;
             }
             assert!(Instant::now() < deadline, "kvd not ready in time:\n{}", self.log_text());
@@ -199,7 +203,21 @@ impl Kvd {
 
     /// A client for this node.
     pub fn client(&self) -> kv_client::Client {
-        kv_client::Client::new(&[self.url.as_str()]).expect("client")
+        self.client_with(None)
+    }
+
+    /// A client for this node sending `token`.
+    pub fn client_with(&self, token: Option<&str>) -> kv_client::Client {
+        let opts = kv_client::ClientOptions {
+            token: token.map(str::to_owned),
+            ca_pem: self.ca.as_ref().map(|p| std::fs::read(p).expect("CA file")),
+        };
+        kv_client::Client::with_options(&[self.url.as_str()], &opts).expect("client")
+    }
+
+    /// The admin token written at bootstrap.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin-token")).expect("admin-token file").trim().to_owned()
     }
 
     /// What the node logged so far.
@@ -219,18 +237,152 @@ impl Drop for Kvd {
     }
 }
 
-/// Status of a GET, `None` when nothing answered. Blocking, for polling.
-fn http_status(url: &str) -> Option<u16> {
+/// Status of a GET, `None` when nothing answered. Blocking, for polling
+/// (from async tests too); `https://` URLs are checked against `ca`.
+fn http_status(url: &str, ca: Option<&Path>) -> Option<u16> {
     use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://")?;
+    let (tls, rest) = match url.strip_prefix("https://") {
+        Some(r) => (true, r),
+        None => (false, url.strip_prefix("http://")?),
+    };
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
     let mut s = std::net::TcpStream::connect(host).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     let mut buf = [0u8; 32];
-    let n = s.read(&mut buf).ok()?;
+    let n = if tls {
+        let mut conn = tls_client(ca?, host)?;
+        let mut stream = rustls::Stream::new(&mut conn, &mut s);
+        stream.write_all(req.as_bytes()).ok()?;
+        stream.read(&mut buf).ok()?
+    } else {
+        s.write_all(req.as_bytes()).ok()?;
+        s.read(&mut buf).ok()?
+    };
     let line = std::str::from_utf8(&buf[..n]).ok()?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A blocking TLS client connection to `host` (HOST:PORT) trusting `ca`.
+fn tls_client(ca: &Path, host: &str) -> Option<rustls::ClientConnection> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).ok()? {
+        roots.add(c.ok()?).ok()?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(host.rsplit_once(':')?.0.to_owned()).ok()?;
+    rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).ok()
+}
+
+/// A test certificate authority made with the `openssl` command: a CA and
+/// node certificates for 127.0.0.1 / localhost usable as server and client.
+pub struct Pki {
+    dir: tempfile::TempDir,
+    /// The CA certificate (PEM).
+    pub ca: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Pki {
+    /// Makes a new CA.
+    pub fn new(name: &str) -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        openssl(
+            dir.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        let ca = dir.path().join("ca.crt");
+        Pki { dir, ca }
+    }
+
+    /// A certificate and key for a node, signed by this CA.
+    pub fn node(&self, name: &str) -> (PathBuf, PathBuf) {
+        let d = self.dir.path();
+        let (key, csr, crt, ext) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+        std::fs::write(
+            d.join(&ext),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n\
+             basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n",
+        )
+        .expect("ext file");
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
+        (d.join(crt), d.join(key))
+    }
+
+    /// kvd flags for a node with a certificate from this CA.
+    pub fn kvd_args(&self, name: &str) -> Vec<String> {
+        let (crt, key) = self.node(name);
+        let s = |p: &Path| p.display().to_string();
+        vec!["--tls-cert".into(), s(&crt), "--tls-key".into(), s(&key), "--tls-ca".into(), s(&self.ca)]
+    }
 }
 
 /// One running `kvfs -f` mount in a temp dir.

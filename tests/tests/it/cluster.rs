@@ -226,16 +226,7 @@ async fn a_new_member_catches_up_by_snapshot() {
     let c = nodes[0].client();
     for batch in 0..100 {
         let puts: Vec<kv_client::TxnOp> = (0..500)
-            .map(|i| kv_client::TxnOp::Put {
-                key: format!("big/{batch:03}/{i:03}"),
-                value: Some(format!("v{batch}-{i}")),
-                value_base64: None,
-                kind: None,
-                mode: None,
-                uid: None,
-                gid: None,
-                mtime_ns: None,
-            })
+            .map(|i| kv_client::TxnOp::put(format!("big/{batch:03}/{i:03}"), format!("v{batch}-{i}")))
             .collect();
         c.txn(&kv_client::TxnRequest { success: puts, ..Default::default() }).await.expect("txn");
     }

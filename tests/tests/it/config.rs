@@ -41,4 +41,27 @@ fn unknown_config_keys_and_bad_settings_stop_kvd() {
     let (code, err) = run(&[], &[("KVD_MAX_VALUE_SIZE", "lots")]);
     assert_eq!(code, Some(2), "{err}");
     assert!(!dir.path().join("data/db").exists(), "a refused start must not create a database");
+
+    // Security settings: incomplete or unreadable TLS files, a broken JWKS,
+    // an unknown auth mode.
+    let (code, err) = run(&["--tls-cert", "/nonexistent.crt"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("all three"), "{err}");
+    let missing = ["--tls-cert", "/nonexistent.crt", "--tls-key", "/nonexistent.key", "--tls-ca", "/nonexistent.ca"];
+    let (code, err) = run(&missing, &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot read certificates from /nonexistent.crt"), "{err}");
+    let (code, err) = run(&["--auth", "some"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#).expect("write");
+    std::fs::write(&cfg, format!("[jwt]\njwks_file = {jwks:?}\nissuer = \"i\"\naudience = \"a\"\n")).expect("write");
+    let (code, err) = run(&["--config", cfg.to_str().expect("utf-8")], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unsupported key type oct"), "{err}");
+    std::fs::write(&jwks, "not json").expect("write");
+    let (code, err) = run(&["--config", cfg.to_str().expect("utf-8")], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is not a JWKS document"), "{err}");
+    assert!(!dir.path().join("data/db").exists(), "a refused start must not create a database");
 }

@@ -7,6 +7,7 @@ mod config;
 mod durability;
 mod kvctl;
 mod mount;
+mod security;
 mod validation;
 mod watch;
 

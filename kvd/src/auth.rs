@@ -1,0 +1,262 @@
+//! Who is asking, and may they (DESIGN.md §10): the auth mode, bearer
+//! tokens kept hashed in the replicated system area, and JWTs.
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use kv_client::{Access, Grants};
+use serde::Deserialize;
+
+use crate::jwt::{looks_like_jwt, Verifier};
+use crate::sm::TokenTable;
+
+/// Which requests need a credential.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// No authentication (development, loopback only).
+    #[default]
+    None,
+    /// Reads are open; writes and admin requests need a token.
+    Writes,
+    /// Every request needs a token.
+    All,
+}
+
+impl Mode {
+    /// The name of the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Writes => "writes",
+            Mode::All => "all",
+        }
+    }
+}
+
+/// The node's auth settings.
+#[derive(Debug, Default)]
+pub struct Auth {
+    /// Mode.
+    pub mode: Mode,
+    /// JWT verification, when configured.
+    pub jwt: Option<Verifier>,
+    /// `/metrics` answers without a token even in mode `all`.
+    pub open_metrics: bool,
+}
+
+/// The caller of one request and what they may do.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Token name or `jwt:SUBJECT`; `None` without a credential.
+    pub name: Option<String>,
+    /// Rights, the mode's open access included.
+    pub grants: Grants,
+    /// The mode.
+    pub mode: Mode,
+    /// What the credential stays valid on: a token's hash (until revoked)
+    /// or a JWT's expiry. Long requests (watches) check it as they go.
+    pub valid_while: Validity,
+}
+
+/// How long a credential holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Validity {
+    /// No credential, or none needed.
+    #[default]
+    Always,
+    /// Until the token with this hash is revoked.
+    Token(String),
+    /// Until this time (seconds since the epoch), a JWT's `exp` plus leeway.
+    Until(u64),
+}
+
+impl Validity {
+    /// Whether the credential still holds.
+    pub fn holds(&self, tokens: &TokenTable) -> bool {
+        match self {
+            Validity::Always => true,
+            Validity::Token(h) => tokens.contains_key(h),
+            Validity::Until(t) => now_s() <= *t,
+        }
+    }
+}
+
+/// A refused request: 401 without a usable credential, 403 without the right.
+#[derive(Debug)]
+pub struct Denied {
+    /// 401 or 403.
+    pub status: u16,
+    /// Why, for the caller.
+    pub message: String,
+}
+
+impl Caller {
+    /// Who, for logs: the token's name, never the token.
+    pub fn who(&self) -> &str {
+        self.name.as_deref().unwrap_or("anonymous")
+    }
+
+    fn deny(&self, action: &str, target: &str) -> Denied {
+        tracing::warn!(who = self.who(), action, target, "request denied");
+        if self.name.is_none() {
+            Denied { status: 401, message: format!("{action} {target:?} needs a token (Authorization: Bearer ...)") }
+        } else {
+            Denied { status: 403, message: format!("{} may not {action} {target:?}", self.who()) }
+        }
+    }
+
+    /// Read access to a key.
+    pub fn need_read(&self, key: &str) -> Result<(), Denied> {
+        if self.grants.can_read(key) {
+            Ok(())
+        } else {
+            Err(self.deny("read", key))
+        }
+    }
+
+    /// Write access to a key (or a whole prefix).
+    pub fn need_write(&self, key: &str) -> Result<(), Denied> {
+        if self.grants.can_write(key) {
+            Ok(())
+        } else {
+            Err(self.deny("write", key))
+        }
+    }
+
+    /// Some read access to a prefix; the answer says how much.
+    pub fn need_some_read(&self, prefix: &str) -> Result<Access, Denied> {
+        match self.grants.read_access(prefix) {
+            Access::None => Err(self.deny("read", prefix)),
+            a => Ok(a),
+        }
+    }
+
+    /// The admin right.
+    pub fn need_admin(&self, action: &str) -> Result<(), Denied> {
+        if self.grants.admin {
+            Ok(())
+        } else {
+            Err(self.deny(action, "cluster"))
+        }
+    }
+
+    /// Any valid credential in mode `all` (cluster status and the like).
+    pub fn need_known(&self, action: &str) -> Result<(), Denied> {
+        if self.mode != Mode::All || self.name.is_some() {
+            Ok(())
+        } else {
+            Err(self.deny(action, "cluster"))
+        }
+    }
+}
+
+/// SHA-256 of a token, hex: what the system area stores.
+pub fn hash_token(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new random token: `kv_` and 256 bits in base64url.
+pub fn new_token() -> anyhow::Result<String> {
+    let mut b = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| anyhow::anyhow!("no randomness for a token"))?;
+    Ok(format!("kv_{}", URL_SAFE_NO_PAD.encode(b)))
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Auth {
+    /// Works out the caller of a request from its `Authorization` header.
+    pub fn caller(&self, headers: &HeaderMap, tokens: &Arc<TokenTable>) -> Result<Caller, Denied> {
+        let open = match self.mode {
+            Mode::None => {
+                return Ok(Caller { name: None, grants: Grants::all(), mode: self.mode, valid_while: Validity::Always })
+            }
+            Mode::Writes => Grants::read_all(),
+            Mode::All => Grants::default(),
+        };
+        let Some(v) = headers.get(header::AUTHORIZATION) else {
+            return Ok(Caller { name: None, grants: open, mode: self.mode, valid_while: Validity::Always });
+        };
+        let unauthorized = |m: &str| Denied { status: 401, message: m.to_owned() };
+        let token = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or_else(|| unauthorized("Authorization must be \"Bearer TOKEN\""))?;
+        let (name, mut grants, valid_while) = if looks_like_jwt(token) {
+            let Some(jwt) = &self.jwt else {
+                return Err(unauthorized("this cluster accepts no JWTs (no [jwt] section in its config)"));
+            };
+            let v = jwt.verify(token, now_s()).map_err(|reason| {
+                tracing::warn!(reason, "JWT refused");
+                unauthorized(&format!("JWT refused: {reason}"))
+            })?;
+            (v.name, v.grants, Validity::Until(v.valid_until))
+        } else {
+            let hash = hash_token(token);
+            let Some(rec) = tokens.get(&hash) else {
+                tracing::warn!("unknown or revoked token refused");
+                return Err(unauthorized("unknown or revoked token"));
+            };
+            let g = Grants { read: rec.read.clone(), write: rec.write.clone(), admin: rec.admin };
+            (rec.name.clone(), g, Validity::Token(hash))
+        };
+        grants.merge(&open);
+        Ok(Caller { name: Some(name), grants, mode: self.mode, valid_while })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::TokenRecord;
+
+    fn table(token: &str) -> Arc<TokenTable> {
+        let rec = TokenRecord {
+            name: "reader".into(),
+            hash: hash_token(token),
+            read: vec!["app".into()],
+            write: vec![],
+            admin: false,
+            created_ns: 0,
+        };
+        Arc::new(TokenTable::from([(rec.hash.clone(), rec)]))
+    }
+
+    fn bearer(t: &str) -> HeaderMap {
+        HeaderMap::from_iter([(header::AUTHORIZATION, format!("Bearer {t}").parse().expect("header"))])
+    }
+
+    #[test]
+    fn modes_decide_what_is_open() {
+        let t = new_token().expect("token");
+        assert!(t.starts_with("kv_") && t.len() > 40);
+        let tokens = table(&t);
+        let none = Auth { mode: Mode::None, ..Auth::default() };
+        assert!(none.caller(&HeaderMap::new(), &tokens).expect("open").need_write("x").is_ok());
+        let writes = Auth { mode: Mode::Writes, ..Auth::default() };
+        let anon = writes.caller(&HeaderMap::new(), &tokens).expect("anonymous");
+        assert!(anon.need_read("db/x").is_ok());
+        assert_eq!(anon.need_write("db/x").expect_err("no token").status, 401);
+        let all = Auth { mode: Mode::All, ..Auth::default() };
+        let anon = all.caller(&HeaderMap::new(), &tokens).expect("anonymous");
+        assert_eq!(anon.need_read("app/x").expect_err("no token").status, 401);
+        assert!(anon.need_known("status").is_err());
+        let reader = all.caller(&bearer(&t), &tokens).expect("known token");
+        assert!(reader.need_read("app/x").is_ok());
+        assert_eq!(reader.need_read("db/x").expect_err("outside").status, 403);
+        assert_eq!(reader.need_write("app/x").expect_err("read-only").status, 403);
+        assert_eq!(reader.need_some_read("").expect("partial"), Access::Partial);
+        assert_eq!(all.caller(&bearer("kv_nope"), &tokens).expect_err("unknown").status, 401);
+        let bad = HeaderMap::from_iter([(header::AUTHORIZATION, "Basic eA==".parse().expect("header"))]);
+        assert_eq!(all.caller(&bad, &tokens).expect_err("not bearer").status, 401);
+        assert!(all.caller(&bearer("eyJ.a.b"), &tokens).expect_err("no jwt").message.contains("JWT"));
+    }
+}

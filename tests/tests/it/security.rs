@@ -1,0 +1,519 @@
+//! DESIGN.md §10: tokens with per-prefix rights, revocation, JWTs, TLS with
+//! mutual authentication on the peer port.
+
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use kv_client::{AddMember, Client, Compare, Error, TokenSpec, TxnOp, TxnRequest};
+use kv_tests::{bin, Kvd, Mount, Pki};
+
+use crate::http;
+
+fn spec(name: &str, read: &[&str], write: &[&str]) -> TokenSpec {
+    TokenSpec {
+        name: name.into(),
+        read: read.iter().map(|s| s.to_string()).collect(),
+        write: write.iter().map(|s| s.to_string()).collect(),
+        admin: false,
+    }
+}
+
+fn status<T: std::fmt::Debug>(r: Result<T, Error>) -> u16 {
+    r.expect_err("must be refused").status().expect("an HTTP refusal")
+}
+
+/// Runs kvctl; returns (exit code, stdout, stderr).
+fn kvctl(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin("kvctl"))
+        .args(args)
+        .env_remove("KVCTL_TOKEN")
+        .env_remove("KVCTL_ENDPOINTS")
+        .output()
+        .expect("run kvctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn tokens_grant_reads_and_writes_by_prefix() {
+    let k = Kvd::bootstrap(&["--auth", "all"]);
+    let admin_token = k.admin_token();
+    let meta = std::fs::metadata(k.data_dir.join("admin-token")).expect("admin-token");
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+    let admin = k.client_with(Some(&admin_token));
+    admin.put("app/x", "1", &Default::default()).await.expect("admin writes");
+    admin.put("db/x", "secret", &Default::default()).await.expect("admin writes");
+
+    // No token, or a wrong one: 401 everywhere but health.
+    let anon = k.client();
+    assert_eq!(status(anon.get("app/x").await), 401);
+    assert_eq!(status(k.client_with(Some("kv_wrong")).get("app/x").await), 401);
+    assert_eq!(status(anon.cluster().await), 401);
+    assert_eq!(http().get(format!("{}/metrics", k.url)).send().await.expect("metrics").status(), 401);
+    assert_eq!(http().get(format!("{}/health/ready", k.url)).send().await.expect("ready").status(), 200);
+
+    let reader_secret = admin.create_token(&spec("reader", &["app"], &[])).await.expect("create").token;
+    let writer_secret = admin.create_token(&spec("app-writer", &[], &["app"])).await.expect("create").token;
+    assert_eq!(status(admin.create_token(&spec("reader", &["x"], &[])).await), 409, "names are unique");
+    assert_eq!(status(admin.create_token(&spec("bad name", &["x"], &[])).await), 400);
+    assert_eq!(status(admin.create_token(&spec("nothing", &[], &[])).await), 400);
+    assert_eq!(status(admin.create_token(&spec("dots", &["a/../b"], &[])).await), 400);
+    let reader = k.client_with(Some(&reader_secret));
+    let writer = k.client_with(Some(&writer_secret));
+
+    // The reader reads app/ and nothing else, and writes nothing.
+    assert_eq!(reader.get("app/x").await.expect("read").expect("exists").value, "1");
+    assert_eq!(status(reader.get("db/x").await), 403);
+    assert_eq!(status(reader.put("app/x", "2", &Default::default()).await), 403);
+    assert_eq!(status(reader.delete("app/x", false, None).await), 403);
+    let all = kv_client::ListOptions { recursive: true, values: true, ..Default::default() };
+    let root = reader.list("", &all).await.expect("filtered list");
+    let keys: Vec<String> = root.entries.into_iter().map(|e| e.key).collect();
+    assert_eq!(keys, vec!["app/x".to_owned()], "db/ stays hidden");
+    let top = reader.list("", &Default::default()).await.expect("filtered list");
+    assert_eq!(top.entries.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), vec!["app"]);
+    assert_eq!(status(reader.list("db", &Default::default()).await), 403);
+    assert_eq!(status(reader.watch("db", None).await), 403);
+    reader.cluster().await.expect("any valid token sees the members");
+    assert_eq!(status(reader.snapshot_probe().await), 403);
+    admin.snapshot_probe().await.expect("admin takes snapshots");
+
+    // A transaction touching a forbidden key is refused whole.
+    let txn = TxnRequest {
+        compare: vec![Compare { key: "db/x".into(), mod_revision: None, exists: Some(true) }],
+        success: vec![TxnOp::put("app/y", "from-txn")],
+        failure: vec![],
+    };
+    assert_eq!(status(writer.txn(&txn).await), 403);
+    let txn = TxnRequest {
+        compare: vec![],
+        success: vec![TxnOp::put("app/y", "y"), TxnOp::put("db/y", "y")],
+        failure: vec![],
+    };
+    assert_eq!(status(writer.txn(&txn).await), 403);
+    assert!(admin.get("app/y").await.expect("get").is_none(), "nothing of a refused txn is written");
+    assert!(admin.get("db/y").await.expect("get").is_none());
+    writer.put("app/y", "ok", &Default::default()).await.expect("writer writes app/");
+    assert_eq!(status(writer.put("db/y", "no", &Default::default()).await), 403);
+    assert_eq!(status(writer.delete("", true, None).await), 403, "a recursive delete beyond the grant");
+
+    // A watch on the whole keyspace never carries what the token cannot read.
+    let mut w = reader.watch("", None).await.expect("partial watch");
+    admin.put("db/z", "hidden", &Default::default()).await.expect("put");
+    admin.put("app/w", "shown", &Default::default()).await.expect("put");
+    let ev = tokio::time::timeout(Duration::from_secs(10), w.next()).await.expect("event").expect("ok").expect("some");
+    assert_eq!(ev.key, "app/w");
+
+    // Admin-only: membership, snapshots, tokens.
+    let add = AddMember { id: 9, peer_url: "http://127.0.0.1:1".into(), client_url: None, learner: true };
+    assert_eq!(status(writer.add_member(&add).await), 403);
+    assert_eq!(status(writer.list_tokens().await), 403);
+    assert_eq!(status(writer.create_token(&spec("mine", &[""], &[])).await), 403);
+    let me = writer.whoami().await.expect("whoami");
+    assert_eq!((me.mode.as_str(), me.name.as_deref()), ("all", Some("app-writer")));
+
+    // Denials are logged with the token's name; secrets never are.
+    let log = k.log_text();
+    let denied = |who: &str| log.lines().any(|l| l.contains("request denied") && l.contains(&format!("who=\"{who}\"")));
+    assert!(denied("reader") && denied("app-writer") && denied("anonymous"), "{log}");
+    assert!(log.lines().any(|l| l.contains("token created") && l.contains("token=\"reader\"")), "{log}");
+    for secret in [&admin_token, &reader_secret, &writer_secret] {
+        assert!(!log.contains(secret.as_str()), "a token leaked into the log");
+    }
+}
+
+trait SnapshotProbe {
+    async fn snapshot_probe(&self) -> Result<(), Error>;
+}
+
+impl SnapshotProbe for Client {
+    /// Status of `GET /v1/snapshot` as an error (admin only).
+    async fn snapshot_probe(&self) -> Result<(), Error> {
+        let r = self.send(kv_client::Method::GET, "/v1/snapshot", |r| r).await?;
+        match r.status().as_u16() {
+            200 => Ok(()),
+            s => Err(Error::Api { status: s, code: String::new(), message: String::new() }),
+        }
+    }
+}
+
+#[tokio::test]
+async fn writes_mode_keeps_reads_open() {
+    let k = Kvd::bootstrap(&["--auth", "writes"]);
+    let admin = k.client_with(Some(&k.admin_token()));
+    admin.put("app/x", "1", &Default::default()).await.expect("admin writes");
+    let anon = k.client();
+    assert_eq!(anon.get("app/x").await.expect("open read").expect("exists").value, "1");
+    anon.cluster().await.expect("open status");
+    assert_eq!(status(anon.put("app/x", "2", &Default::default()).await), 401);
+    assert_eq!(status(anon.snapshot_probe().await), 401);
+    let reader = admin.create_token(&spec("r", &["app"], &[])).await.expect("create").token;
+    let reader = k.client_with(Some(&reader));
+    assert_eq!(reader.get("db/none").await.expect("reads stay open"), None);
+    assert_eq!(status(reader.put("app/x", "2", &Default::default()).await), 403);
+    assert_eq!(admin.get("app/x").await.expect("get").expect("exists").value, "1", "nothing was written");
+}
+
+#[tokio::test]
+async fn kvctl_manages_tokens_and_sends_them() {
+    let k = Kvd::bootstrap(&["--auth", "all"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin_file = k.data_dir.join("admin-token");
+    let admin_file = admin_file.to_str().expect("utf-8");
+    let ep = ["--endpoints", k.url.as_str()];
+    let (code, _, err) = kvctl(&[&ep[..], &["put", "app/x", "1"]].concat());
+    assert_eq!(code, 1, "no token: refused");
+    assert!(err.contains("needs a token"), "{err}");
+    let (code, out, err) =
+        kvctl(&[&ep[..], &["--token-file", admin_file, "token", "create", "deploy", "--write", "app"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let secret = out.lines().last().expect("the secret on the last line").trim().to_owned();
+    assert!(secret.starts_with("kv_") && !secret.contains(' '), "{out:?}");
+    let token_file = dir.path().join("deploy.token");
+    std::fs::write(&token_file, format!("{secret}\n")).expect("write token file");
+    let tf = token_file.to_str().expect("utf-8");
+    let (code, _, err) = kvctl(&[&ep[..], &["--token-file", tf, "put", "app/x", "1"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = kvctl(&[&ep[..], &["--token", &secret, "put", "db/x", "1"]].concat());
+    assert_eq!(code, 1);
+    assert!(err.contains("may not write"), "{err}");
+    let (code, out, err) = kvctl(&[&ep[..], &["--token-file", admin_file, "token", "list"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deploy") && out.contains("admin") && !out.contains(&secret), "{out}");
+    let (code, _, err) = kvctl(&[&ep[..], &["--token-file", admin_file, "token", "create", "x"]].concat());
+    assert_eq!(code, 2, "a token without rights is a usage error: {err}");
+    let (code, _, err) = kvctl(&[&ep[..], &["--token-file", admin_file, "token", "revoke", "deploy"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = kvctl(&[&ep[..], &["--token-file", tf, "get", "app/x"]].concat());
+    assert_eq!(code, 1);
+    assert!(err.contains("revoked"), "{err}");
+    let (code, _, _) = kvctl(&[&ep[..], &["--token-file", admin_file, "token", "revoke", "deploy"]].concat());
+    assert_eq!(code, 1, "revoking an unknown token fails");
+}
+
+/// A three-member cluster with `extra` flags, formed with the admin token.
+async fn cluster_of_three(extra: &[&str]) -> Vec<Kvd> {
+    let first = Kvd::bootstrap(extra);
+    let admin = first.client_with(Some(&first.admin_token()));
+    let mut nodes = vec![first];
+    for id in [2, 3] {
+        let mut n = Kvd::empty(id, extra);
+        let add = AddMember { id, peer_url: n.peer_url.clone(), client_url: Some(n.url.clone()), learner: false };
+        admin.add_member(&add).await.expect("add member");
+        n.wait_ready();
+        nodes.push(n);
+    }
+    nodes
+}
+
+#[tokio::test]
+async fn a_revoked_token_fails_on_every_member_within_a_second() {
+    let nodes = cluster_of_three(&["--auth", "all"]).await;
+    let admin = nodes[0].client_with(Some(&nodes[0].admin_token()));
+    let secret = admin.create_token(&spec("app", &["app"], &["app"])).await.expect("create").token;
+    admin.put("app/x", "1", &Default::default()).await.expect("put");
+    let clients: Vec<Client> = nodes.iter().map(|n| n.client_with(Some(&secret))).collect();
+    for c in &clients {
+        // Linearizable: every member has applied the token.
+        assert_eq!(c.get("app/x").await.expect("token works").expect("exists").value, "1");
+    }
+    let mut watch = clients[2].watch("app", None).await.expect("watch with the token");
+    admin.revoke_token("app").await.expect("revoke");
+    let revoked = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(1), watch.next()).await.expect("the watch ends at once");
+    assert_eq!(end.expect_err("ended by revocation").status(), Some(401));
+    for (i, c) in clients.iter().enumerate() {
+        loop {
+            match c.get_opts("app/x", true).await {
+                Err(e) if e.status() == Some(401) => break,
+                _ => {
+                    assert!(revoked.elapsed() < Duration::from_secs(1), "member {} still takes the token", i + 1);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A JWT signed with `sign`, for the claims given.
+fn jwt(alg: &str, claims: serde_json::Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+    let enc = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let msg = format!("{}.{}", enc(serde_json::json!({"alg": alg, "kid": "k1", "typ": "JWT"})), enc(claims));
+    format!("{msg}.{}", URL_SAFE_NO_PAD.encode(sign(msg.as_bytes())))
+}
+
+#[tokio::test]
+async fn jwts_from_the_configured_issuer_map_to_grants() {
+    use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let ed = Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).expect("key").as_ref()).expect("key");
+    let ec_pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
+    let ec = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, ec_pkcs8.as_ref(), &rng).expect("key");
+    let point = ec.public_key().as_ref();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwks = serde_json::json!({"keys": [
+        {"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": URL_SAFE_NO_PAD.encode(ed.public_key().as_ref())},
+        {"kty": "EC", "crv": "P-256", "kid": "k1", "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+         "y": URL_SAFE_NO_PAD.encode(&point[33..])},
+    ]});
+    std::fs::write(dir.path().join("jwks.json"), jwks.to_string()).expect("jwks");
+    let config = dir.path().join("kvd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[jwt]\njwks_file = {:?}\nissuer = \"https://idp.test\"\naudience = \"kv\"\nclaim = \"groups\"\n\
+             [jwt.roles.app-readers]\nread = [\"app\"]\n[jwt.roles.app-writers]\nwrite = [\"app\"]\n",
+            dir.path().join("jwks.json")
+        ),
+    )
+    .expect("config");
+    let k = Kvd::bootstrap(&["--auth", "all", "--config", config.to_str().expect("utf-8")]);
+    let admin = k.client_with(Some(&k.admin_token()));
+    admin.put("app/x", "1", &Default::default()).await.expect("put");
+    admin.put("db/x", "1", &Default::default()).await.expect("put");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let claims = |groups: &[&str], exp: u64, aud: &str| {
+        serde_json::json!({"iss": "https://idp.test", "aud": aud, "sub": "ann", "iat": now - 10, "exp": exp,
+            "groups": groups})
+    };
+    let ed_sign = |m: &[u8]| ed.sign(m).as_ref().to_vec();
+    let ec_sign = |m: &[u8]| ec.sign(&rng, m).expect("sign").as_ref().to_vec();
+
+    let reader = k.client_with(Some(&jwt("EdDSA", claims(&["app-readers"], now + 300, "kv"), ed_sign)));
+    assert_eq!(reader.get("app/x").await.expect("valid JWT reads").expect("exists").value, "1");
+    assert_eq!(status(reader.get("db/x").await), 403);
+    assert_eq!(status(reader.put("app/x", "2", &Default::default()).await), 403);
+    assert_eq!(reader.whoami().await.expect("whoami").name.as_deref(), Some("jwt:ann"));
+    let writer = k.client_with(Some(&jwt("ES256", claims(&["app-writers"], now + 300, "kv"), ec_sign)));
+    writer.put("app/x", "2", &Default::default()).await.expect("ES256 JWT writes");
+
+    let refused = [
+        ("expired", jwt("EdDSA", claims(&["app-readers"], now - 120, "kv"), ed_sign)),
+        ("wrong audience", jwt("EdDSA", claims(&["app-readers"], now + 300, "other"), ed_sign)),
+        ("wrong key", {
+            let other =
+                Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).expect("key").as_ref()).expect("key");
+            jwt("EdDSA", claims(&["app-readers"], now + 300, "kv"), |m| other.sign(m).as_ref().to_vec())
+        }),
+        ("alg none", jwt("none", claims(&["app-readers"], now + 300, "kv"), |_| vec![])),
+    ];
+    for (why, t) in refused {
+        let r = k.client_with(Some(&t)).get("app/x").await;
+        assert_eq!(status(r), 401, "{why}");
+    }
+    let log = k.log_text();
+    assert!(log.contains("JWT expired") && log.contains("bad JWT signature"), "{log}");
+}
+
+#[test]
+fn a_mount_shows_eacces_outside_its_token() {
+    let k = Kvd::bootstrap(&["--auth", "all"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let admin = k.client_with(Some(&k.admin_token()));
+    let tokens = tempfile::tempdir().expect("tempdir");
+    let (app_file, ro_file) = (tokens.path().join("app"), tokens.path().join("ro"));
+    rt.block_on(async {
+        admin.put("app/x", "app-value", &Default::default()).await.expect("put");
+        admin.put("db/x", "secret", &Default::default()).await.expect("put");
+        let t = admin.create_token(&spec("app-rw", &[], &["app"])).await.expect("create").token;
+        std::fs::write(&app_file, t).expect("token file");
+        let t = admin.create_token(&spec("app-ro", &["app"], &[])).await.expect("create").token;
+        std::fs::write(&ro_file, t).expect("token file");
+    });
+    let opt = |f: &std::path::Path| format!("token_file={}", f.display());
+
+    let m = Mount::start(&k.url, &[&opt(&app_file)]);
+    assert_eq!(m.sh_ok("cat app/x"), "app-value");
+    assert_eq!(m.sh_ok("ls"), "app\n", "db is not listed");
+    let out = m.sh("cat db/x");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "never a partial value");
+    let out = m.sh("mkdir -p db && echo x > db/new");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
+    m.sh_ok("echo written > app/new");
+    // Revoked while mounted: the mount stops showing what it showed.
+    rt.block_on(admin.revoke_token("app-rw")).expect("revoke");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = m.sh("cat app/x");
+        if String::from_utf8_lossy(&out.stderr).contains("Permission denied") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a revoked mount still serves: {out:?}\n{}", m.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(m);
+
+    let m = Mount::start(&format!("{}/app", k.url), &[&opt(&ro_file)]);
+    assert_eq!(m.sh_ok("cat x"), "app-value");
+    let out = m.sh("echo changed > x");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
+    drop(m);
+    rt.block_on(async {
+        assert_eq!(admin.get("app/new").await.expect("get").expect("exists").value, "written\n");
+        assert_eq!(admin.get("app/x").await.expect("get").expect("exists").value, "app-value");
+        assert!(admin.get("db/new").await.expect("get").is_none());
+    });
+
+    // A mount of a prefix the token cannot read at all is refused, loudly.
+    let mnt = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new("timeout")
+        .args(["-s", "KILL", "30"])
+        .arg(bin("kvfs"))
+        .args(["-f", "-o", &opt(&ro_file), &format!("{}/db", k.url)])
+        .arg(mnt.path())
+        .output()
+        .expect("run kvfs");
+    assert!(!out.status.success() && out.status.code().is_some(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may not read"), "{out:?}");
+}
+
+/// A raw peer client trusting `ca`, showing `identity` (cert, key) if given.
+fn peer_client(ca: &std::path::Path, identity: Option<(std::path::PathBuf, std::path::PathBuf)>) -> reqwest::Client {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("CA") {
+        roots.add(c.expect("CA cert")).expect("add CA");
+    }
+    let b = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots);
+    let cfg = match identity {
+        Some((crt, key)) => {
+            let certs: Vec<_> = CertificateDer::pem_file_iter(&crt).expect("cert").map(|c| c.expect("cert")).collect();
+            b.with_client_auth_cert(certs, PrivateKeyDer::from_pem_file(&key).expect("key")).expect("identity")
+        }
+        None => b.with_no_client_auth(),
+    };
+    reqwest::Client::builder().use_preconfigured_tls(cfg).build().expect("client")
+}
+
+/// A bincode AppendEntries from a "leader" 99 at `term` (committed vote, no
+/// previous log id, no entries, no commit): what a rogue process would send
+/// to depose the leader.
+fn forged_append(term: u64) -> Vec<u8> {
+    [term.to_le_bytes().as_slice(), &99u64.to_le_bytes(), &[1u8, 0u8], &0u64.to_le_bytes(), &[0u8]].concat()
+}
+
+async fn own_status(k: &Kvd, token: Option<&str>) -> kv_client::NodeStatus {
+    let v = k.client_with(token).get_json("/v1/status").await.expect("status");
+    serde_json::from_value(v).expect("status JSON")
+}
+
+#[tokio::test]
+async fn a_tls_cluster_refuses_peers_without_a_ca_certificate() {
+    // Control: the same forged message does depose a node without TLS, so
+    // the refusal below is the certificates' doing.
+    let plain = Kvd::bootstrap(&[]);
+    let r = http().post(format!("{}/peer/v1/append", plain.peer_url)).body(forged_append(1000)).send().await;
+    assert_eq!(r.expect("append").status(), 200);
+    assert_eq!(own_status(&plain, None).await.term, 1000, "the forged append reached a plain node");
+    drop(plain);
+
+    let pki = Pki::new("kv-test-ca");
+    let args = pki.kvd_args("node");
+    let mut flags: Vec<&str> = args.iter().map(String::as_str).collect();
+    flags.extend(["--auth", "all"]);
+    let nodes = cluster_of_three(&flags).await;
+    assert!(nodes[0].url.starts_with("https://"));
+    let token = nodes[0].admin_token();
+    let admin = nodes[0].client_with(Some(&token));
+    admin.put("app/x", "kept", &Default::default()).await.expect("put over TLS");
+    let before = admin.cluster().await.expect("cluster");
+    let leader = before.leader.expect("leader");
+
+    // Forged appends: without a certificate, with one from another CA, in plain HTTP.
+    let rogue = Pki::new("rogue-ca");
+    for n in &nodes {
+        let url = format!("{}/peer/v1/append", n.peer_url);
+        for (who, c) in
+            [("no certificate", peer_client(&pki.ca, None)), ("rogue", peer_client(&pki.ca, Some(rogue.node("rogue"))))]
+        {
+            let r = c.post(&url).body(forged_append(1000)).send().await;
+            assert!(r.is_err(), "{who}: the peer port answered {r:?}");
+        }
+        let r = http().post(url.replace("https://", "http://")).body(forged_append(1000)).send().await.expect("plain");
+        assert_eq!(crate::status_and_code(r).await, (400, "tls_required".to_owned()));
+    }
+
+    // A node with a rogue certificate added by mistake never receives anything.
+    let rogue_args = rogue.kvd_args("rogue");
+    let rogue_node = Kvd::empty(4, &rogue_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let add = AddMember {
+        id: 4,
+        peer_url: rogue_node.peer_url.clone(),
+        client_url: Some(rogue_node.url.clone()),
+        learner: true,
+    };
+    admin.add_member(&add).await.expect("an admin may add a learner");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = admin.cluster().await.expect("cluster");
+        let m = info.members.iter().find(|m| m.id == 4).expect("member 4 listed");
+        if m.error.is_some() && rogue_node.log_text().contains("TLS handshake refused") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no TLS refusal seen: {m:?}\n{}", rogue_node.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = own_status(&rogue_node, None).await;
+    assert_eq!((s.applied_index, s.revision), (0, 0), "the rogue node got data");
+
+    // The cluster kept its leader, term and data, and still takes writes.
+    let after = admin.cluster().await.expect("cluster");
+    assert_eq!((after.leader, after.term), (Some(leader), before.term));
+    for n in &nodes {
+        let v = n.client_with(Some(&token)).get("app/x").await.expect("get").expect("kept");
+        assert_eq!(v.value, "kept");
+    }
+    admin.put("app/y", "still writable", &Default::default()).await.expect("put");
+}
+
+#[tokio::test]
+async fn plain_http_and_unknown_certificates_get_clear_errors() {
+    let pki = Pki::new("kv-test-ca");
+    let args = pki.kvd_args("node");
+    let k = Kvd::bootstrap(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let plain_url = k.url.replace("https://", "http://");
+    let ca = pki.ca.to_str().expect("utf-8");
+
+    // Raw plain HTTP on the TLS port: a 400 that says what to do, at once.
+    let addr = k.url.trim_start_matches("https://").to_owned();
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(b"GET /v1/kv/x HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    })
+    .await
+    .expect("an answer, not a hang");
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("https://"), "{answer}");
+
+    let (code, _, err) = kvctl(&["--endpoints", &plain_url, "get", "x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("tls_required") && err.contains("https://"), "{err}");
+    let (code, _, err) = kvctl(&["--endpoints", &k.url, "get", "x"]);
+    assert_eq!(code, 1, "the system CAs do not know the test CA");
+    assert!(err.contains("--ca"), "{err}");
+    let (code, _, err) = kvctl(&["--endpoints", &k.url, "--ca", ca, "put", "app/x", "over-tls"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = kvctl(&["--endpoints", &k.url, "--ca", ca, "health"]);
+    assert_eq!(code, 0, "every member is checked over TLS too: {out}{err}");
+    let plain = Kvd::bootstrap(&[]);
+    let (code, _, err) = kvctl(&["--endpoints", &plain.url.replace("http://", "https://"), "--ca", ca, "get", "x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("does not speak TLS"), "{err}");
+
+    // kvfs checks the server against ca_file too.
+    let m = Mount::start(&format!("{}/app", k.url), &[&format!("ca_file={ca}")]);
+    assert_eq!(m.sh_ok("cat x"), "over-tls");
+}
