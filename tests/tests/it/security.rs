@@ -517,3 +517,33 @@ async fn plain_http_and_unknown_certificates_get_clear_errors() {
     let m = Mount::start(&format!("{}/app", k.url), &[&format!("ca_file={ca}")]);
     assert_eq!(m.sh_ok("cat x"), "over-tls");
 }
+
+#[tokio::test]
+async fn tokens_travel_in_snapshots() {
+    let extra = ["--auth", "all", "--snapshot-logs", "20"];
+    let first = Kvd::bootstrap(&extra);
+    let admin = first.client_with(Some(&first.admin_token()));
+    let secret = admin.create_token(&spec("app", &["app"], &[])).await.expect("create").token;
+    admin.create_token(&spec("gone", &["app"], &[])).await.expect("create");
+    admin.revoke_token("gone").await.expect("revoke");
+    for i in 0..100 {
+        admin.put(&format!("app/{i}"), "v", &Default::default()).await.expect("put");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while own_status(&first, Some(&secret)).await.purged_index == 0 {
+        assert!(Instant::now() < deadline, "log never purged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut second = Kvd::empty(2, &extra);
+    let add =
+        AddMember { id: 2, peer_url: second.peer_url.clone(), client_url: Some(second.url.clone()), learner: false };
+    admin.add_member(&add).await.expect("add");
+    second.wait_ready();
+    let s = own_status(&second, Some(&secret)).await;
+    assert!(s.snapshot_index > 0, "the new member did not get a snapshot: {s:?}");
+    let tokens = second.client_with(Some(&first.admin_token())).list_tokens().await.expect("list");
+    let names: Vec<&str> = tokens.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, vec!["admin", "app"]);
+    let v = second.client_with(Some(&secret)).get_opts("app/1", true).await.expect("token works there");
+    assert_eq!(v.expect("exists").value, "v");
+}
