@@ -2,7 +2,9 @@
 # Runs every test of the workspace: unit tests, openraft's storage suite, and
 # the integration tests that start real kvd processes and real FUSE mounts.
 # Works on a fresh Debian 12 machine with the Rust toolchain: as root it
-# installs what the mount tests drive (fuse3, vim, rsync) and openssl.
+# installs what the mount tests drive (fuse3, vim, rsync) and openssl; the
+# package test (tests/packages.sh) installs debootstrap, systemd-container,
+# lintian and mandoc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +30,15 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
-# One closing line with the totals of every test binary.
-awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+
+# The Debian packages, installed and booted in a container (needs root).
+pk_pass=0 pk_fail=0
+if [ "$(id -u)" -eq 0 ]; then
+    if tests/packages.sh; then pk_pass=1; else pk_fail=1; status=1; fi
+else
+    echo "tests/run.sh: skipping tests/packages.sh (it needs root)" >&2
+fi
+# One closing line with the totals of every test binary and the package test.
+awk -v pp="$pk_pass" -v pf="$pk_fail" \
+    '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p + pp, f + pf }' "$log"
 exit "$status"

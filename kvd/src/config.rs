@@ -273,19 +273,40 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/x"));
     }
 
-    #[test]
-    fn the_shipped_config_names_every_setting() {
-        let text = include_str!("../../packaging/kvd.toml");
-        let all: String = text
+    /// Every setting of packaging/kvd.toml, commented out or not.
+    fn shipped_settings() -> FileConfig {
+        let all: String = include_str!("../../packaging/kvd.toml")
             .lines()
-            .filter_map(|l| l.strip_prefix("# "))
+            .filter_map(|l| l.strip_prefix("# ").or(Some(l).filter(|l| !l.starts_with('#'))))
             .filter(|l| l.contains(" = ") || l.starts_with('['))
             .map(|l| format!("{l}\n"))
             .collect();
-        let c: FileConfig = toml::from_str(&all).expect("every commented setting parses");
-        let shown = format!("{c:?}");
+        toml::from_str(&all).expect("every commented setting parses")
+    }
+
+    #[test]
+    fn the_shipped_config_names_every_setting() {
+        let text = include_str!("../../packaging/kvd.toml");
+        let shown = format!("{:?}", shipped_settings());
         assert!(!shown.contains(": None"), "a setting is missing from packaging/kvd.toml: {shown}");
-        assert_eq!(toml::from_str::<FileConfig>(text).expect("parses"), FileConfig::default());
+        let active = FileConfig {
+            id: Some(1),
+            data_dir: Some("/var/lib/kvd".into()),
+            bootstrap: Some(true),
+            auth: Some(Mode::Writes),
+            ..FileConfig::default()
+        };
+        assert_eq!(toml::from_str::<FileConfig>(text).expect("parses"), active, "only these are set as shipped");
+    }
+
+    #[test]
+    fn the_man_page_names_every_setting() {
+        let man = include_str!("../../man/kvd.toml.5");
+        let shown = format!("{:?}", shipped_settings());
+        let names = shown.split([' ', '{', '(']).filter_map(|w| w.strip_suffix(':'));
+        for name in names.filter(|n| n.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_')) {
+            assert!(man.contains(name), "man/kvd.toml.5 does not describe {name}");
+        }
     }
 
     #[test]

@@ -221,4 +221,17 @@ mod tests {
         let i = run(parse(&args("-o endpoints=http://h:2+http://h:3 http://h:1/a /m"), false).expect("ok"));
         assert_eq!(i.endpoints, vec!["http://h:1", "http://h:2", "http://h:3"]);
     }
+
+    #[test]
+    fn the_man_page_names_every_option() {
+        let man = include_str!("../../man/kvfs.8");
+        for line in USAGE.lines() {
+            let Some(rest) = line.trim_start().strip_prefix("-o ") else { continue };
+            let name = rest.split(['=', ' ']).next().unwrap_or_default();
+            assert!(
+                man.contains(&format!("B {name}")) || man.contains(&format!("BI {name}=")),
+                "man/kvfs.8 lacks {name}"
+            );
+        }
+    }
 }

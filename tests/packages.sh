@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# End-to-end test of the Debian packages: builds them, boots a minimal
+# Debian 12 root (debootstrap, cached between runs) with systemd-nspawn, and
+# inside it installs the packages and checks that kvd.service runs, kvctl
+# health passes, the /etc/fstab mount at /etc/app is live, a unit ordered
+# after it reads a value written with kvctl, an upgrade keeps the data and a
+# purge leaves no running unit. Also: lintian, mandoc/man lint, and
+# systemd-analyze verify/security. Needs root. Usage: tests/packages.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+[ "$(id -u)" -eq 0 ] || { echo "tests/packages.sh: needs root (debootstrap, nspawn)" >&2; exit 1; }
+
+need=()
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+command -v lintian >/dev/null || need+=(lintian)
+command -v mandoc >/dev/null || need+=(mandoc)
+command -v man >/dev/null || need+=(man-db)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+step() { printf '\n== %s\n' "$*"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+step "man pages: mandoc -T lint and man --warnings"
+for m in man/*.[0-9]; do
+    grep -q '^\.so ' "$m" && continue
+    out=$(mandoc -T lint -W warning "$m" 2>&1 || true)
+    [ -z "$out" ] || fail "mandoc: $out"
+    out=$(MANWIDTH=80 man --warnings -l "$m" 2>&1 >/dev/null || true)
+    [ -z "$out" ] || fail "man --warnings $m: $out"
+done
+echo ok
+
+step "build the packages (revision 1)"
+packaging/build-debs.sh 1
+tdir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+work=$(mktemp -d /var/tmp/kv-packages.XXXXXX)
+nspawn_pid=
+cleanup() {
+    if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+        kill -TERM "$nspawn_pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$nspawn_pid" 2>/dev/null || true
+    fi
+    [ -d "$work/root" ] && umount -R "$work/root" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$work/v1" "$work/v2"
+cp "$tdir"/debian/*.deb "$work/v1/"
+
+step "lintian"
+# NOTE: initial-upload-closes-no-bugs is expected: these packages are not
+# uploaded to Debian, so there is no ITP bug to close.
+lintian --fail-on error,warning --suppress-tags initial-upload-closes-no-bugs "$work"/v1/*.deb
+
+step "revision 2, for the upgrade"
+packaging/build-debs.sh 2 >/dev/null
+cp "$tdir"/debian/*.deb "$work/v2/"
+
+step "a Debian 12 root (cached)"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/kv-ci/bookworm-root"
+if [ ! -x "$cache/usr/bin/systemctl" ]; then
+    # The mirror this machine's apt already uses.
+    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null ||
+        awk '/^deb / {print $2; exit}' /etc/apt/sources.list)
+    rm -rf "$cache.tmp"
+    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,fuse3,ca-certificates,man-db \
+        bookworm "$cache.tmp" "$mirror" >/dev/null
+    mv "$cache.tmp" "$cache"
+fi
+cp -a "$cache" "$work/root"
+root=$work/root
+echo kvtest > "$root/etc/hostname"
+mkdir -p "$root/opt/debs" && cp -r "$work/v1" "$work/v2" "$root/opt/debs/"
+mkdir -p "$root/etc/app"
+# The mount of the README: /etc/fstab, after the local node.
+echo 'http://127.0.0.1:7379/app /etc/app fuse.kvfs _netdev,x-systemd.requires=kvd.service 0 0' >> "$root/etc/fstab"
+cat > "$root/etc/systemd/system/kv-app.service" <<'EOF'
+[Unit]
+Description=An application that reads its config from /etc/app
+RequiresMountsFor=/etc/app
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+StateDirectory=kv-app
+ExecStart=/bin/sh -c 'cat /etc/app/greeting > /var/lib/kv-app/seen'
+EOF
+
+step "boot it"
+systemd-nspawn --quiet --register=no --keep-unit --private-network --bind=/dev/fuse \
+    --property=DeviceAllow='/dev/fuse rwm' -D "$root" -b > "$work/console.log" 2>&1 &
+nspawn_pid=$!
+leader=
+for _ in $(seq 1 300); do
+    leader=$(pgrep -P "$nspawn_pid" -x systemd || true)
+    [ -n "$leader" ] && break
+    kill -0 "$nspawn_pid" 2>/dev/null || { cat "$work/console.log"; fail "nspawn exited"; }
+    sleep 0.1
+done
+[ -n "$leader" ] || fail "no init in the container"
+# inside CMD...: runs a shell command inside the container.
+inside() { timeout -s KILL 120 nsenter --target "$leader" --mount --uts --ipc --net --pid -- /bin/sh -c "$*"; }
+for _ in $(seq 1 300); do
+    state=$(inside 'systemctl is-system-running 2>/dev/null' || true)
+    case "$state" in running | degraded) break ;; esac
+    sleep 0.2
+done
+echo "system: $state"
+
+step "install"
+inside 'DEBIAN_FRONTEND=noninteractive dpkg -i /opt/debs/v1/*.deb' >/dev/null
+waitfor() { # waitfor WHAT CMD: polls CMD in the container for 60 s.
+    local what=$1; shift
+    for _ in $(seq 1 300); do inside "$*" >/dev/null 2>&1 && return 0; sleep 0.2; done
+    inside 'journalctl --no-pager -n 50' || true
+    fail "$what"
+}
+waitfor "kvd.service is not active" 'systemctl is-active --quiet kvd.service'
+inside 'systemctl show -p Type,User,ActiveState kvd.service'
+waitfor "kvctl health fails" 'kvctl health'
+inside 'kvctl health'
+inside 'stat -c "%a %U %n" /var/lib/kvd/admin-token'
+out=$(inside 'kvctl put app/greeting hello' 2>&1 || true)
+grep -q 'needs a token' <<<"$out" || fail "an anonymous write was not refused (auth = writes): $out"
+inside 'kvctl --token-file /var/lib/kvd/admin-token put app/greeting hello'
+
+step "the fstab mount and an application ordered after it"
+inside 'systemctl daemon-reload'
+inside 'systemctl start kv-app.service'
+inside 'findmnt -t fuse.kvfs /etc/app' || fail "/etc/app is not a kvfs mount"
+inside 'systemctl show -p After kv-app.service' | grep -q 'etc-app.mount' || fail "kv-app is not ordered after etc-app.mount"
+[ "$(inside 'cat /var/lib/kv-app/seen')" = hello ] || fail "the application did not read the value"
+[ "$(inside 'cat /etc/app/greeting')" = hello ] || fail "cat through the mount"
+# The old fstab form, through mount.fuse: kvfs#SOURCE with type fuse.
+inside 'mkdir -p /mnt/app && mount -t fuse "kvfs#http://127.0.0.1:7379/app" /mnt/app -o _netdev'
+[ "$(inside 'cat /mnt/app/greeting')" = hello ] || fail "the kvfs# form"
+inside 'umount /mnt/app'
+
+step "systemd-analyze verify and security"
+inside 'systemd-analyze verify /usr/lib/systemd/system/kvd.service /usr/lib/systemd/system/kvd@.service'
+inside 'systemd-analyze security --no-pager kvd.service' | tail -1
+
+step "upgrade keeps the data and restarts the service"
+before=$(inside 'systemctl show -p MainPID --value kvd.service')
+inside 'DEBIAN_FRONTEND=noninteractive dpkg -i /opt/debs/v2/*.deb' >/dev/null
+waitfor "kvd.service is not active after the upgrade" 'systemctl is-active --quiet kvd.service'
+after=$(inside 'systemctl show -p MainPID --value kvd.service')
+[ "$before" != "$after" ] || fail "the upgrade did not restart kvd ($before)"
+inside 'dpkg-query -W -f "\${Version}\n" kvd' | grep -q -- '-2$' || fail "not upgraded"
+waitfor "kvctl health after the upgrade" 'kvctl health'
+[ "$(inside 'kvctl get app/greeting')" = hello ] || fail "the upgrade lost data"
+
+step "purge leaves no running unit (and the data unless asked)"
+inside 'umount /etc/app'
+inside 'dpkg --purge kvfs kvctl kvd' >/dev/null 2>&1
+inside 'systemctl is-active --quiet kvd.service' && fail "kvd.service still active after purge"
+# (minbase has no pgrep)
+inside 'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = kvd ] && exit 0; done; exit 1' &&
+    fail "a kvd process survived the purge"
+inside 'test -d /var/lib/kvd && getent passwd kvd' >/dev/null || fail "a plain purge removed the data"
+inside 'DEBIAN_FRONTEND=noninteractive dpkg -i /opt/debs/v2/kvd_*.deb' >/dev/null
+waitfor "kvd.service after reinstall" 'systemctl is-active --quiet kvd.service'
+inside 'KVD_PURGE_DATA=yes dpkg --purge kvd' >/dev/null 2>&1
+inside 'test -e /var/lib/kvd || getent passwd kvd' && fail "KVD_PURGE_DATA=yes left data or the user"
+inside 'systemctl is-active --quiet kvd.service' && fail "kvd.service still active"
+
+echo
+echo "packages: all checks passed"
