@@ -5,6 +5,8 @@
 //! the binaries are found next to the test executable's `deps/` directory.
 //! `cargo test --workspace` builds them first.
 
+pub mod linearizability;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

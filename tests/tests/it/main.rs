@@ -5,6 +5,7 @@ mod api;
 mod cluster;
 mod config;
 mod durability;
+mod faults;
 mod kvctl;
 mod mount;
 mod security;
