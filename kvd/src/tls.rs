@@ -81,17 +81,15 @@ impl Tls {
     }
 }
 
+/// How long a client may take to send a request's headers: a stalled or
+/// trickling client (slowloris) loses its connection instead of holding it.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `app` on `listener`, over TLS when `tls` is given. A client that
 /// speaks plain HTTP to a TLS port gets a 400 saying so, not a hang or a
 /// reset.
 pub async fn serve(listener: TcpListener, app: Router, tls: Option<Arc<ServerConfig>>, what: &'static str) {
-    let Some(cfg) = tls else {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, what, "server failed");
-        }
-        return;
-    };
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(s) => s,
@@ -106,25 +104,37 @@ pub async fn serve(listener: TcpListener, app: Router, tls: Option<Arc<ServerCon
         let app = app.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
+            let Some(acceptor) = acceptor else {
+                return serve_connection(stream, app, from, what).await;
+            };
             let mut first = [0u8; 1];
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
                 Ok(Ok(1)) if first[0] == 0x16 => {}
                 Ok(Ok(1)) => return refuse_plain(stream).await,
                 _ => return,
             }
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return tracing::warn!(%from, error = %e, what, "TLS handshake refused"),
-                Err(_) => return tracing::info!(%from, what, "TLS handshake timed out"),
-            };
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(%from, error = %e, what, "connection ended");
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => serve_connection(s, app, from, what).await,
+                Ok(Err(e)) => tracing::warn!(%from, error = %e, what, "TLS handshake refused"),
+                Err(_) => tracing::info!(%from, what, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// HTTP/1.1 on one connection, with a bound on reading each request's headers.
+async fn serve_connection<I>(io: I, app: Router, from: std::net::SocketAddr, what: &'static str)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%from, error = %e, what, "connection ended");
     }
 }
 

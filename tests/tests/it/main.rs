@@ -6,6 +6,7 @@ mod cluster;
 mod config;
 mod durability;
 mod faults;
+mod hostile;
 mod kvctl;
 mod mount;
 mod security;
