@@ -87,38 +87,11 @@ fn init_logging() {
 #[cfg(test)]
 mod man {
     /// man/kvd.8 is generated from the clap definitions; this fails when
-    /// they drift. `UPDATE_MAN=1 cargo test -p kvd --bin kvd` rewrites it.
+    /// they drift. `UPDATE_MAN=1 cargo test -p kvd man` rewrites it.
     #[test]
     fn man_page_matches_the_cli() {
         use clap::CommandFactory;
-        let mut out = Vec::new();
-        clap_mangen::Man::new(super::Cli::command().name("kvd"))
-            .section("8")
-            .date(MAN_DATE)
-            .render(&mut out)
-            .expect("render");
-        let out = lint_clean(&out);
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/kvd.8");
-        if std::env::var_os("UPDATE_MAN").is_some() {
-            std::fs::write(path, &out).expect("write man page");
-        }
-        let committed = std::fs::read(path).unwrap_or_default();
-        assert!(committed == out, "man/kvd.8 is out of date: run UPDATE_MAN=1 cargo test -p kvd --bin kvd");
-    }
-
-    /// Date shown in the page's footer (the release's).
-    const MAN_DATE: &str = "2026-11-22";
-
-    /// clap_mangen writes a blank line (a paragraph break) between `.br`
-    /// requests in long help; mandoc -T lint warns about it.
-    fn lint_clean(out: &[u8]) -> Vec<u8> {
-        let text = String::from_utf8_lossy(out);
-        let mut lines: Vec<&str> = Vec::new();
-        for l in text.lines().filter(|l| !l.is_empty()) {
-            if !(l == ".br" && lines.last() == Some(&".br")) {
-                lines.push(l);
-            }
-        }
-        (lines.join("\n") + "\n").into_bytes()
+        kv_tests::man::check_man_page(super::Cli::command().name("kvd"), "8", path);
     }
 }

@@ -6,6 +6,7 @@
 //! `cargo test --workspace` builds them first.
 
 pub mod linearizability;
+pub mod man;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
