@@ -215,7 +215,8 @@ impl Client {
                     return Ok(resp);
                 }
                 Err(e) => {
-                    last_err = format!("{}: {}{}", self.endpoints[idx], error_chain(&e), tls_hint(&e));
+                    let why = error_chain(&e);
+                    last_err = format!("{}: {why}{}", self.endpoints[idx], tls_hint(&why));
                 }
             }
         }
@@ -520,8 +521,7 @@ fn find_blank_line(buf: &[u8]) -> Option<usize> {
 }
 
 /// A hint for the usual TLS mistakes, from the error's text.
-fn tls_hint(e: &dyn std::error::Error) -> &'static str {
-    let text = error_chain(e);
+fn tls_hint(text: &str) -> &'static str {
     if text.contains("InvalidContentType") || text.contains("corrupt message") || text.contains("wrong version") {
         " (the server does not speak TLS here: use http://)"
     } else if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {

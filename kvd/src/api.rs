@@ -993,11 +993,7 @@ async fn whoami(State(node): State<Shared>, Extension(caller): Extension<Caller>
 }
 
 fn token_info(r: &TokenRecord) -> TokenInfo {
-    TokenInfo {
-        name: r.name.clone(),
-        grants: Grants { read: r.read.clone(), write: r.write.clone(), admin: r.admin },
-        created_ns: r.created_ns,
-    }
+    TokenInfo { name: r.name.clone(), grants: r.grants.clone(), created_ns: r.created_ns }
 }
 
 /// GET /v1/auth/tokens (linearizable)
@@ -1042,15 +1038,7 @@ async fn create_token(
 /// A token record with a fresh secret; the secret is returned, not stored.
 pub fn new_token_record(name: &str, grants: Grants) -> anyhow::Result<(TokenRecord, String)> {
     let token = crate::auth::new_token()?;
-    let rec = TokenRecord {
-        name: name.to_owned(),
-        hash: crate::auth::hash_token(&token),
-        read: grants.read,
-        write: grants.write,
-        admin: grants.admin,
-        created_ns: now_ns(),
-    };
-    Ok((rec, token))
+    Ok((TokenRecord::new(name, grants, &token, now_ns()), token))
 }
 
 /// DELETE /v1/auth/tokens/{name}

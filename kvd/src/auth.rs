@@ -205,8 +205,7 @@ impl Auth {
                 tracing::warn!("unknown or revoked token refused");
                 return Err(unauthorized("unknown or revoked token"));
             };
-            let g = Grants { read: rec.read.clone(), write: rec.write.clone(), admin: rec.admin };
-            (rec.name.clone(), g, Validity::Token(hash))
+            (rec.name.clone(), rec.grants.clone(), Validity::Token(hash))
         };
         grants.merge(&open);
         Ok(Caller { name: Some(name), grants, mode: self.mode, valid_while })
@@ -219,14 +218,7 @@ mod tests {
     use crate::types::TokenRecord;
 
     fn table(token: &str) -> Arc<TokenTable> {
-        let rec = TokenRecord {
-            name: "reader".into(),
-            hash: hash_token(token),
-            read: vec!["app".into()],
-            write: vec![],
-            admin: false,
-            created_ns: 0,
-        };
+        let rec = TokenRecord::new("reader", Grants { read: vec!["app".into()], ..Grants::default() }, token, 0);
         Arc::new(TokenTable::from([(rec.hash.clone(), rec)]))
     }
 

@@ -277,17 +277,10 @@ async fn store_admin_token(node: Arc<Node>) {
     else {
         return tracing::error!("cannot read the bootstrap admin token; create one with kvctl token create");
     };
-    let hash = crate::auth::hash_token(token.trim());
-    let rec = crate::types::TokenRecord {
-        name: name.trim().to_owned(),
-        hash: hash.clone(),
-        read: vec![],
-        write: vec![],
-        admin: true,
-        created_ns: (now_s() * 1_000_000_000) as i64,
-    };
+    let now_ns = (now_s() * 1_000_000_000) as i64;
+    let rec = crate::types::TokenRecord::new(name.trim(), kv_client::Grants::all(), token.trim(), now_ns);
     let req = crate::types::Request {
-        id: format!("bootstrap-admin-{}", &hash[..16]),
+        id: format!("bootstrap-admin-{}", &rec.hash[..16]),
         now_ns: rec.created_ns,
         txn: crate::types::Txn { compare: vec![], success: vec![crate::types::Op::CreateToken(rec)], failure: vec![] },
     };

@@ -131,13 +131,16 @@ pub struct TokenRecord {
     /// SHA-256 of the secret, hex.
     pub hash: String,
     /// Rights.
-    pub read: Vec<String>,
-    /// Read-write prefixes.
-    pub write: Vec<String>,
-    /// Admin.
-    pub admin: bool,
+    pub grants: kv_client::Grants,
     /// Creation time, ns.
     pub created_ns: i64,
+}
+
+impl TokenRecord {
+    /// The record of a token: its hash, never the secret itself.
+    pub fn new(name: &str, grants: kv_client::Grants, secret: &str, created_ns: i64) -> TokenRecord {
+        TokenRecord { name: name.to_owned(), hash: crate::auth::hash_token(secret), grants, created_ns }
+    }
 }
 
 /// Result of one operation.

@@ -57,17 +57,20 @@ impl Remote {
     /// something it may read); a name it may not see is `EACCES`, not
     /// `ENOENT`.
     pub fn can_see(&self, path: &str) -> bool {
-        match self.grants.read() {
-            Ok(g) => g.as_ref().is_none_or(|g| g.can_see(&self.key(path))),
-            Err(_) => true,
-        }
+        self.granted(|g, key| g.can_see(key), path)
     }
 
     /// Whether the token may write `path` (checked at open, so a shell
     /// redirection fails visibly instead of at an unchecked close).
     pub fn can_write(&self, path: &str) -> bool {
+        self.granted(|g, key| g.can_write(key), path)
+    }
+
+    /// `test` on the mount's grants and the key of `path`; true while the
+    /// grants are unknown.
+    fn granted(&self, test: impl Fn(&kv_client::Grants, &str) -> bool, path: &str) -> bool {
         match self.grants.read() {
-            Ok(g) => g.as_ref().is_none_or(|g| g.can_write(&self.key(path))),
+            Ok(g) => g.as_ref().is_none_or(|g| test(g, &self.key(path))),
             Err(_) => true,
         }
     }

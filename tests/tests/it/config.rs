@@ -65,3 +65,28 @@ fn unknown_config_keys_and_bad_settings_stop_kvd() {
     assert!(err.contains("is not a JWKS document"), "{err}");
     assert!(!dir.path().join("data/db").exists(), "a refused start must not create a database");
 }
+
+#[test]
+fn listening_beyond_loopback_without_tls_is_warned_about() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(kv_tests::bin("kvd"))
+        .args(["--id", "1", "--bootstrap", "--client-addr", "0.0.0.0:0", "--peer-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kvd");
+    let stderr = child.stderr.take().expect("stderr");
+    // NOTE: the process is killed below whatever the outcome; lines are read
+    // until the node says it is serving (the warning comes before that).
+    let mut warned = false;
+    for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        warned |= line.contains("without TLS");
+        if line.contains("serving") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "no warning about a non-loopback listener without TLS");
+}
