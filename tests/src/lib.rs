@@ -7,6 +7,7 @@
 
 pub mod linearizability;
 pub mod man;
+pub mod net;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,6 +42,8 @@ pub struct Kvd {
     log: PathBuf,
     /// Addresses to bind on restart (kept so membership stays valid).
     addrs: Option<(String, String)>,
+    /// Network namespace and address to run in (see [`net::Net`]).
+    netns: Option<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -71,6 +74,23 @@ impl Kvd {
         k
     }
 
+    /// Starts a bootstrapped single-node cluster on host `i` of `net`.
+    pub fn bootstrap_in(net: &net::Net, i: usize, extra: &[&str]) -> Kvd {
+        let mut k = Kvd::new(1, extra);
+        k.netns = Some((net.ns(i), net.addr(i)));
+        k.spawn(true);
+        k.wait_ready();
+        k
+    }
+
+    /// Starts an empty node on host `i` of `net` (see [`Kvd::empty`]).
+    pub fn empty_in(net: &net::Net, i: usize, id: u64, extra: &[&str]) -> Kvd {
+        let mut k = Kvd::new(id, extra);
+        k.netns = Some((net.ns(i), net.addr(i)));
+        k.spawn(false);
+        k
+    }
+
     fn new(id: u64, extra: &[&str]) -> Kvd {
         let tmp = tempfile::tempdir().expect("tempdir");
         Kvd {
@@ -83,6 +103,7 @@ impl Kvd {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             ca: extra.iter().position(|a| *a == "--tls-ca").and_then(|i| extra.get(i + 1)).map(PathBuf::from),
             addrs: None,
+            netns: None,
             _tmp: Some(tmp),
         }
     }
@@ -106,9 +127,18 @@ impl Kvd {
         let peer_file = self.data_dir.join("peer.addr");
         let _ = std::fs::remove_file(&addr_file);
         let _ = std::fs::remove_file(&peer_file);
-        let (client_addr, peer_addr) = self.addrs.clone().unwrap_or(("127.0.0.1:0".into(), "127.0.0.1:0".into()));
+        let host = self.netns.as_ref().map_or("127.0.0.1", |(_, a)| a.as_str());
+        let (client_addr, peer_addr) = self.addrs.clone().unwrap_or((format!("{host}:0"), format!("{host}:0")));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let mut cmd = Command::new(bin("kvd"));
+        // NOTE: `ip netns exec` execs kvd in place, so the child's pid is kvd's.
+        let mut cmd = match &self.netns {
+            Some((ns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("kvd"));
+                c
+            }
+            None => Command::new(bin("kvd")),
+        };
         cmd.arg("--id")
             .arg(self.id.to_string())
             .arg("--data-dir")

@@ -1,16 +1,20 @@
 //! DESIGN.md §3 under faults: concurrent clients doing get / put / CAS /
-//! delete on a few keys of a three-member cluster while the leader is killed
-//! with `kill -9` and restarted and a follower is frozen past the election
-//! timeout; then every key's history must be linearizable.
+//! delete on a few keys of a 3- and a 5-member cluster, each member in a
+//! network namespace of its own, while members are killed with `kill -9` and
+//! restarted, frozen past the election timeout, cut off by network
+//! partitions, and removed and added back. Then every key's history must be
+//! linearizable and every acknowledged write of a unique key present on
+//! every member.
 //!
-//! The seed is printed; `KV_FAULT_SEED=N` replays the same choices and
-//! `KV_FAULT_SECS` makes the run longer (a soak).
+//! The seed is printed; `KV_FAULT_SEED=N` replays the same fault choices and
+//! `KV_FAULT_SECS` makes the run longer (the soak in the README).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kv_client::{Client, PutOptions};
 use kv_tests::linearizability::{check, Event, Op};
+use kv_tests::net::Net;
 use kv_tests::Kvd;
 
 const KEYS: [&str; 3] = ["lin/a", "lin/b", "lin/c"];
@@ -31,10 +35,20 @@ impl Rng {
 }
 
 type History = Arc<Mutex<Vec<(usize, Event)>>>;
+/// Unique keys whose put was acknowledged.
+type Acked = Arc<Mutex<Vec<String>>>;
 
 /// One client: operations one at a time until `stop`, each recorded with
 /// its invocation and completion (none when the outcome is unknown).
-async fn client_loop(id: usize, client: Client, seed: u64, start: Instant, stop: Instant, history: History) {
+async fn client_loop(
+    id: usize,
+    client: Client,
+    seed: u64,
+    start: Instant,
+    stop: Instant,
+    history: History,
+    acked: Acked,
+) {
     let mut rng = Rng(seed | 1);
     let now = || start.elapsed().as_nanos() as u64;
     let mut n = 0u64;
@@ -43,6 +57,15 @@ async fn client_loop(id: usize, client: Client, seed: u64, start: Instant, stop:
         let k = rng.below(KEYS.len() as u64) as usize;
         let key = KEYS[k];
         let invoked = now();
+        if rng.below(8) == 0 {
+            // A put of a key of its own: it must survive whatever comes.
+            let key = format!("ack/c{id}-{n}");
+            let r = tokio::time::timeout(Duration::from_secs(5), client.put(&key, "x", &PutOptions::default())).await;
+            if matches!(r, Ok(Ok(_))) {
+                acked.lock().expect("acked").push(key);
+            }
+            continue;
+        }
         let (op, completed) = match rng.below(10) {
             0..=3 => match tokio::time::timeout(Duration::from_secs(5), client.get(key)).await {
                 Ok(Ok(v)) => (Op::Read(v.map(|v| String::from_utf8_lossy(&v.value).into_owned())), Some(now())),
@@ -111,26 +134,124 @@ async fn leader_of(nodes: &[Kvd]) -> Option<usize> {
     None
 }
 
-#[tokio::test]
-async fn histories_under_kills_and_pauses_are_linearizable() {
-    let seed: u64 = std::env::var("KV_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+fn add_request(n: &Kvd) -> kv_client::AddMember {
+    kv_client::AddMember { id: n.id, peer_url: n.peer_url.clone(), client_url: Some(n.url.clone()), learner: false }
+}
+
+/// A client for every member.
+fn client_of(nodes: &[Kvd]) -> Client {
+    let urls: Vec<&str> = nodes.iter().map(|n| n.url.as_str()).collect();
+    Client::new(&urls).expect("client")
+}
+
+/// Seed from the environment, or from the clock (printed either way).
+fn seed() -> u64 {
+    std::env::var("KV_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7)
-    });
-    let secs: u64 = std::env::var("KV_FAULT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
-    println!("fault injection seed {seed} ({secs} s); replay with KV_FAULT_SEED={seed}");
-    let extra = ["--election-timeout-ms", "300", "--heartbeat-ms", "50", "--request-timeout-ms", "3000"];
-    let first = Kvd::bootstrap(&extra);
-    let mut nodes = vec![first];
-    for id in [2, 3] {
-        let mut n = Kvd::empty(id, &extra);
-        let add =
-            kv_client::AddMember { id, peer_url: n.peer_url.clone(), client_url: Some(n.url.clone()), learner: false };
-        nodes[0].client().add_member(&add).await.expect("add member");
+    })
+}
+
+fn secs(default: u64) -> u64 {
+    std::env::var("KV_FAULT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+const EXTRA: [&str; 6] = ["--election-timeout-ms", "300", "--heartbeat-ms", "50", "--request-timeout-ms", "3000"];
+
+/// Starts `size` members, one per namespace of `net`.
+async fn cluster(net: &Net, size: usize) -> Vec<Kvd> {
+    let mut nodes = vec![Kvd::bootstrap_in(net, 0, &EXTRA)];
+    for i in 1..size {
+        let mut n = Kvd::empty_in(net, i, i as u64 + 1, &EXTRA);
+        nodes[0].client().add_member(&add_request(&n)).await.expect("add member");
         n.wait_ready();
         nodes.push(n);
     }
+    nodes
+}
+
+/// One fault, chosen by `rng`, injected and undone; returns what it was.
+async fn inject(rng: &mut Rng, net: &mut Net, nodes: &mut [Kvd], removed: &mut Option<usize>) -> Option<String> {
+    let size = nodes.len();
+    let l = leader_of(nodes).await?;
+    let pause = |rng: &mut Rng| Duration::from_millis(700 + rng.below(800));
+    // A member taken out earlier comes back first.
+    if let Some(r) = removed.take() {
+        let add = add_request(&nodes[r]);
+        let res = tokio::time::timeout(Duration::from_secs(20), client_of(nodes).add_member(&add)).await;
+        return Some(match res {
+            Ok(Ok(_)) => format!("add node {} back", nodes[r].id),
+            other => {
+                *removed = Some(r);
+                format!("adding node {} back failed: {other:?}", nodes[r].id)
+            }
+        });
+    }
+    let other = (l + 1 + rng.below(size as u64 - 1) as usize) % size;
+    let victim = if rng.below(2) == 0 { l } else { other };
+    Some(match rng.below(5) {
+        0 => {
+            nodes[victim].kill9();
+            tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
+            nodes[victim].start_again();
+            format!("kill -9 node {} (leader: {})", nodes[victim].id, victim == l)
+        }
+        1 => {
+            nodes[victim].pause();
+            tokio::time::sleep(pause(rng)).await;
+            nodes[victim].resume();
+            format!("pause node {} (leader: {})", nodes[victim].id, victim == l)
+        }
+        2 => {
+            // The leader alone on one side, or with a minority.
+            let mut side = vec![l];
+            while side.len() < (size - 1) / 2 && rng.below(2) == 0 {
+                let o = (l + 1 + rng.below(size as u64 - 1) as usize) % size;
+                if !side.contains(&o) {
+                    side.push(o);
+                }
+            }
+            net.partition(&side);
+            tokio::time::sleep(pause(rng)).await;
+            net.heal();
+            let ids: Vec<u64> = side.iter().map(|&i| nodes[i].id).collect();
+            format!("partition {ids:?} (with the leader) from the rest")
+        }
+        3 => {
+            // Messages from the leader to one member are lost, not the replies.
+            net.cut_one_way(l, other);
+            tokio::time::sleep(pause(rng)).await;
+            net.heal();
+            format!("drop leader {} -> node {}", nodes[l].id, nodes[other].id)
+        }
+        _ => {
+            // Membership: a follower is removed, wiped, and (next turn) added back.
+            let res =
+                tokio::time::timeout(Duration::from_secs(10), client_of(nodes).remove_member(nodes[other].id)).await;
+            match res {
+                Ok(Ok(_)) => {
+                    nodes[other].kill9();
+                    nodes[other].wipe();
+                    nodes[other].start_again();
+                    *removed = Some(other);
+                    format!("remove node {} and wipe it", nodes[other].id)
+                }
+                r => format!("removing node {} failed: {r:?}", nodes[other].id),
+            }
+        }
+    })
+}
+
+/// Runs clients against a `size`-member cluster under faults, then checks
+/// the histories and the acknowledged writes.
+async fn run(size: usize, default_secs: u64) {
+    let seed = seed();
+    let secs = secs(default_secs);
+    println!("fault injection, {size} members, seed {seed} ({secs} s); replay with KV_FAULT_SEED={seed}");
+    let mut net = Net::new(size);
+    let mut nodes = cluster(&net, size).await;
     let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
     let history: History = Arc::default();
+    let acked: Acked = Arc::default();
     let start = Instant::now();
     let stop = start + Duration::from_secs(secs);
     let mut rng = Rng(seed | 1);
@@ -139,38 +260,57 @@ async fn histories_under_kills_and_pauses_are_linearizable() {
             let mut order = urls.clone();
             order.rotate_left(i % urls.len());
             let c = Client::new(&order).expect("client");
-            tokio::spawn(client_loop(i, c, rng.next(), start, stop, history.clone()))
+            tokio::spawn(client_loop(i, c, rng.next(), start, stop, history.clone(), acked.clone()))
         })
         .collect();
 
     // Faults, one after another, until the clients stop.
     let mut faults = Vec::new();
+    let mut removed = None;
     while Instant::now() + Duration::from_secs(2) < stop {
-        tokio::time::sleep(Duration::from_millis(500 + rng.below(500))).await;
-        let Some(l) = leader_of(&nodes).await else { continue };
-        if rng.below(2) == 0 {
-            faults.push(format!("kill -9 leader {}", nodes[l].id));
-            nodes[l].kill9();
-            tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
-            nodes[l].start_again();
-        } else {
-            let f = (l + 1 + rng.below(2) as usize) % nodes.len();
-            faults.push(format!("pause node {} for >election timeout", nodes[f].id));
-            nodes[f].pause();
-            tokio::time::sleep(Duration::from_millis(700 + rng.below(500))).await;
-            nodes[f].resume();
-        }
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(500))).await;
+        faults.extend(inject(&mut rng, &mut net, &mut nodes, &mut removed).await);
     }
     for c in clients {
         c.await.expect("client task");
     }
+    if let Some(r) = removed {
+        client_of(&nodes).add_member(&add_request(&nodes[r])).await.expect("add the removed member back");
+    }
+    for n in nodes.iter_mut() {
+        n.wait_ready();
+    }
     let h = history.lock().expect("history").clone();
     let known = h.iter().filter(|(_, e)| e.completed.is_some()).count();
-    println!("faults: {faults:?}; {} operations, {known} with a known outcome", h.len());
+    println!("faults: {faults:#?}\n{} operations, {known} with a known outcome", h.len());
     assert!(known > 50, "too few operations completed: {known}");
     for (k, key) in KEYS.iter().enumerate() {
         let mut events: Vec<Event> = h.iter().filter(|(i, _)| *i == k).map(|(_, e)| e.clone()).collect();
         events.sort_by_key(|e| e.invoked);
         assert!(check(None, &events), "history of {key} is not linearizable (seed {seed}): {events:#?}");
     }
+
+    // Every acknowledged unique write, on every member, by a linearizable
+    // list through that member.
+    let acked = acked.lock().expect("acked").clone();
+    assert!(!acked.is_empty(), "no unique write was acknowledged");
+    let opts = kv_client::ListOptions { recursive: true, ..Default::default() };
+    for n in &nodes {
+        let listed = n.client().list("ack", &opts).await.expect("list ack/");
+        assert!(!listed.more, "more acknowledged keys than one page holds");
+        let have: std::collections::HashSet<&str> = listed.entries.iter().map(|e| e.key.as_str()).collect();
+        let lost: Vec<&String> = acked.iter().filter(|k| !have.contains(k.as_str())).collect();
+        assert!(lost.is_empty(), "node {} lost acknowledged writes (seed {seed}): {lost:?}", n.id);
+    }
+    println!("{} acknowledged unique writes present on all {size} members", acked.len());
+}
+
+#[tokio::test]
+async fn three_members_under_kills_pauses_partitions_and_membership_changes() {
+    run(3, 10).await;
+}
+
+#[tokio::test]
+async fn five_members_under_kills_pauses_partitions_and_membership_changes() {
+    run(5, 10).await;
 }
