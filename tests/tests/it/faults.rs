@@ -12,10 +12,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use kv_client::{Client, PutOptions};
 use kv_tests::linearizability::{check, Event, Op};
 use kv_tests::net::Net;
-use kv_tests::Kvd;
+use kv_tests::{Kvd, Mount};
 
 const KEYS: [&str; 3] = ["lin/a", "lin/b", "lin/c"];
 
@@ -157,11 +161,18 @@ fn secs(default: u64) -> u64 {
 
 const EXTRA: [&str; 6] = ["--election-timeout-ms", "300", "--heartbeat-ms", "50", "--request-timeout-ms", "3000"];
 
-/// Starts `size` members, one per namespace of `net`.
-async fn cluster(net: &Net, size: usize) -> Vec<Kvd> {
-    let mut nodes = vec![Kvd::bootstrap_in(net, 0, &EXTRA)];
+/// Starts `size` members, one per namespace of `net` (or on loopback).
+async fn cluster(net: Option<&Net>, size: usize) -> Vec<Kvd> {
+    let mut nodes = vec![match net {
+        Some(net) => Kvd::bootstrap_in(net, 0, &EXTRA),
+        None => Kvd::bootstrap(&EXTRA),
+    }];
     for i in 1..size {
-        let mut n = Kvd::empty_in(net, i, i as u64 + 1, &EXTRA);
+        let id = i as u64 + 1;
+        let mut n = match net {
+            Some(net) => Kvd::empty_in(net, i, id, &EXTRA),
+            None => Kvd::empty(id, &EXTRA),
+        };
         nodes[0].client().add_member(&add_request(&n)).await.expect("add member");
         n.wait_ready();
         nodes.push(n);
@@ -191,7 +202,7 @@ async fn inject(rng: &mut Rng, net: &mut Net, nodes: &mut [Kvd], removed: &mut O
     Some(match rng.below(5) {
         0 => {
             nodes[victim].kill9();
-            tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
+            tokio::time::sleep(Duration::from_millis(300 + rng.below(1200))).await;
             nodes[victim].start_again();
             format!("kill -9 node {} (leader: {})", nodes[victim].id, victim == l)
         }
@@ -248,7 +259,7 @@ async fn run(size: usize, default_secs: u64) {
     let secs = secs(default_secs);
     println!("fault injection, {size} members, seed {seed} ({secs} s); replay with KV_FAULT_SEED={seed}");
     let mut net = Net::new(size);
-    let mut nodes = cluster(&net, size).await;
+    let mut nodes = cluster(Some(&net), size).await;
     let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
     let history: History = Arc::default();
     let acked: Acked = Arc::default();
@@ -313,4 +324,128 @@ async fn three_members_under_kills_pauses_partitions_and_membership_changes() {
 #[tokio::test]
 async fn five_members_under_kills_pauses_partitions_and_membership_changes() {
     run(5, 10).await;
+}
+
+/// Creates `path` with `data` the way a program does (open, write, close)
+/// and reports what `close()` said, which std's `drop` would swallow.
+#[allow(unsafe_code)]
+fn write_and_close(path: &Path, data: &str) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data.as_bytes())?;
+    let fd = f.into_raw_fd();
+    // SAFETY: `fd` came from `into_raw_fd` and is closed exactly once.
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What one writer saw: file number → whether its `close()` returned 0.
+type Closes = Vec<(u64, bool)>;
+
+/// Writes `w{m}/f{n}` files and rewrites `w{m}/counter` with `n`, one after
+/// another, until `stop`.
+fn mount_writer(dir: &Path, m: usize, stop: &AtomicBool) -> Closes {
+    let mut closes = Vec::new();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let ok = write_and_close(&dir.join(format!("w{m}/f{n}")), &format!("{m}-{n}\n")).is_ok();
+        closes.push((n, ok));
+        let _ = write_and_close(&dir.join(format!("w{m}/counter")), &n.to_string());
+    }
+    closes
+}
+
+/// Reads the other writer's counter through this mount until `stop`; the
+/// value must never go back. Returns how many reads were made.
+///
+/// NOTE: the writer rewrites its counter one value after another and the
+/// only fault is `kill -9`, so a write whose `close()` failed is either
+/// lost with its leader or committed before the next one: a smaller value
+/// after a larger one can only be a stale view.
+fn counter_reader(dir: &Path, other: usize, stop: &AtomicBool) -> usize {
+    let path = dir.join(format!("w{other}/counter"));
+    let (mut seen, mut reads) = (0u64, 0);
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let v: u64 = text.trim().parse().unwrap_or_else(|_| panic!("counter holds {text:?}"));
+            assert!(v >= seen, "{} showed counter {v} after {seen}", dir.display());
+            seen = v;
+            reads += 1;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    reads
+}
+
+#[test]
+fn mounts_keep_what_close_acknowledged_while_the_leader_is_killed() {
+    let seed = seed();
+    let secs = secs(10);
+    println!("mount faults, seed {seed} ({secs} s); replay with KV_FAULT_SEED={seed}");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut nodes = rt.block_on(cluster(None, 3));
+    let url = |i: usize| nodes[i].url.clone();
+    let mounts = [
+        Mount::start(&format!("{}/mt", url(0)), &[&format!("endpoints={}+{}", url(1), url(2))]),
+        Mount::start(&format!("{}/mt", url(1)), &[&format!("endpoints={}+{}", url(2), url(0))]),
+    ];
+    for (m, mount) in mounts.iter().enumerate() {
+        mount.sh_ok(&format!("mkdir w{m} && echo 0 > w{m}/counter"));
+    }
+    let stop = &AtomicBool::new(false);
+    let mut rng = Rng(seed | 1);
+    let mut kills = Vec::new();
+    let (closes, reads) = std::thread::scope(|s| {
+        let writers: Vec<_> =
+            mounts.iter().enumerate().map(|(m, mt)| s.spawn(move || mount_writer(&mt.dir, m, stop))).collect();
+        let readers: Vec<_> =
+            mounts.iter().enumerate().map(|(m, mt)| s.spawn(move || counter_reader(&mt.dir, 1 - m, stop))).collect();
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() + Duration::from_secs(2) < end {
+            std::thread::sleep(Duration::from_millis(800 + rng.below(700)));
+            let Some(l) = rt.block_on(leader_of(&nodes)) else { continue };
+            nodes[l].kill9();
+            kills.push(nodes[l].id);
+            std::thread::sleep(Duration::from_millis(400 + rng.below(1000)));
+            nodes[l].start_again();
+        }
+        std::thread::sleep(end.saturating_duration_since(Instant::now()));
+        stop.store(true, Ordering::Relaxed);
+        let closes: Vec<Closes> = writers.into_iter().map(|w| w.join().expect("writer")).collect();
+        let reads: Vec<usize> = readers.into_iter().map(|r| r.join().expect("reader")).collect();
+        (closes, reads)
+    });
+    for n in nodes.iter_mut() {
+        n.wait_ready();
+    }
+    println!("leaders killed: {kills:?}; counter reads per mount: {reads:?}");
+
+    let opts = kv_client::ListOptions { recursive: true, values: true, ..Default::default() };
+    let listed = rt.block_on(client_of(&nodes).list("mt", &opts)).expect("list");
+    let stored: std::collections::HashMap<&str, &str> =
+        listed.entries.iter().map(|e| (e.key.as_str(), e.value.as_deref().unwrap_or(""))).collect();
+    for (m, closes) in closes.iter().enumerate() {
+        let failed = closes.iter().filter(|(_, ok)| !ok).count();
+        println!("mount {m}: {} files, {failed} close() or open() failures", closes.len());
+        assert!(closes.len() > 20, "mount {m} wrote too little: {}", closes.len());
+        for &(n, ok) in closes {
+            let key = format!("mt/w{m}/f{n}");
+            let want = format!("{m}-{n}\n");
+            match stored.get(key.as_str()) {
+                Some(v) => assert!(
+                    *v == want || (!ok && v.is_empty()),
+                    "{key} holds {v:?}, not {want:?} (close returned 0: {ok})"
+                ),
+                None => assert!(!ok, "{key}: close() returned 0 but the file is gone (seed {seed})"),
+            }
+        }
+        let attempted = closes.len() as u64;
+        for k in stored.keys().filter(|k| k.starts_with(&format!("mt/w{m}/f"))) {
+            let n: u64 = k.rsplit('f').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            assert!((1..=attempted).contains(&n), "{k} was never written");
+        }
+    }
 }
