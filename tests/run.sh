@@ -23,8 +23,8 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# The integration tests run the binaries, so build them first.
-cargo build --workspace --bins --locked
+# The integration tests run the binaries (and the fsync-fault library), so build them first.
+cargo build --workspace --locked
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -239,6 +239,7 @@ impl From<ClusterError> for ApiError {
             ClusterError::Unavailable(m) => ApiError::unavailable(m),
             ClusterError::Invalid(m) => ApiError::bad("bad_request", m),
             ClusterError::NotFound(m) => ApiError::not_found(m),
+            ClusterError::NoSpace(m) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", m),
         }
     }
 }
@@ -979,6 +980,9 @@ async fn metrics(State(node): State<Shared>, Extension(caller): Extension<Caller
         has_leader: m.current_leader.is_some(),
         revision: *node.sm.subscribe().borrow(),
         db_bytes: node.db_size(),
+        disk_free: node.disk.free(),
+        disk_full: node.disk.is_low(),
+        no_space_refusals: node.disk.refused.load(std::sync::atomic::Ordering::Relaxed),
     };
     let mut resp = METRICS.render(&g).into_response();
     resp.headers_mut()

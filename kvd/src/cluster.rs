@@ -33,6 +33,9 @@ pub enum ForwardError {
     /// The leader failed the request.
     #[error("{0}")]
     Failed(String),
+    /// The leader's disk is nearly full: writes are refused.
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 impl From<ProposeError> for ForwardError {
@@ -56,6 +59,9 @@ pub enum ClusterError {
     /// No such member (404).
     #[error("{0}")]
     NotFound(String),
+    /// A disk is nearly full; writes are refused until space is freed (507).
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 type Result<T> = std::result::Result<T, ClusterError>;
@@ -105,6 +111,7 @@ impl Node {
     /// timeout, across leader changes.
     pub async fn write(&self, mut req: Request) -> Result<Response> {
         self.check_member()?;
+        self.disk.check(self.cfg.id).map_err(ClusterError::NoSpace)?;
         let deadline = Instant::now() + self.request_timeout();
         if req.id.is_empty() {
             // NOTE: an id makes resending after a lost answer or a leader
@@ -149,6 +156,7 @@ impl Node {
             Some(l) if l == self.cfg.id => {}
             other => return Err(ForwardError::NotLeader(other)),
         }
+        self.disk.check(self.cfg.id).map_err(ForwardError::NoSpace)?;
         match tokio::time::timeout(left, self.proposer.propose(req)).await {
             Ok(r) => r.map_err(ForwardError::from),
             Err(_) => Err(ForwardError::Failed("not committed in time".into())),
@@ -201,6 +209,7 @@ impl Node {
             };
             match attempt {
                 Ok(v) => return Ok(v),
+                Err(ForwardError::NoSpace(m)) => return Err(ClusterError::NoSpace(m)),
                 Err(e) if Instant::now() + RETRY_PAUSE >= deadline => return Err(fail(e)),
                 Err(e) => {
                     tracing::debug!(error = %e, leader, path, "attempt through the leader failed; retrying");

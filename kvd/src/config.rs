@@ -36,6 +36,8 @@ pub struct FileConfig {
     pub history_revisions: Option<u64>,
     /// Log entries between snapshots.
     pub snapshot_logs: Option<u64>,
+    /// Writes are refused while the data dir's filesystem has less free, bytes.
+    pub min_free_space: Option<u64>,
     /// How long a write or linearizable read waits for the cluster, ms.
     pub request_timeout_ms: Option<u64>,
     /// Raft heartbeat interval, ms.
@@ -99,6 +101,10 @@ pub struct Flags {
     /// Log entries between snapshots [default: 20000].
     #[arg(long, env = "KVD_SNAPSHOT_LOGS")]
     pub snapshot_logs: Option<u64>,
+    /// Refuse writes (reads go on) while the data dir's filesystem has fewer
+    /// free bytes than this [default: 67108864].
+    #[arg(long, env = "KVD_MIN_FREE_SPACE")]
+    pub min_free_space: Option<u64>,
     /// How long writes and linearizable reads wait for the cluster, ms [default: 5000].
     #[arg(long, env = "KVD_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
@@ -154,6 +160,8 @@ pub struct Config {
     pub history_revisions: u64,
     /// Log entries between snapshots.
     pub snapshot_logs: u64,
+    /// Writes are refused below this many free bytes on the data dir's filesystem.
+    pub min_free_space: u64,
     /// Request timeout, ms.
     pub request_timeout_ms: u64,
     /// Heartbeat, ms.
@@ -237,6 +245,7 @@ impl Config {
             max_txn_size: flags.max_txn_size.or(file.max_txn_size).unwrap_or(4 * max_value_size),
             history_revisions: flags.history_revisions.or(file.history_revisions).unwrap_or(100_000),
             snapshot_logs: flags.snapshot_logs.or(file.snapshot_logs).unwrap_or(20_000),
+            min_free_space: flags.min_free_space.or(file.min_free_space).unwrap_or(64 << 20),
             request_timeout_ms: flags.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(5000),
             heartbeat_ms: flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100),
             election_timeout_ms: flags.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(1000),

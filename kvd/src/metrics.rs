@@ -104,6 +104,12 @@ pub struct Gauges {
     pub revision: u64,
     /// Disk space used by the database, bytes.
     pub db_bytes: u64,
+    /// Bytes free on the data dir's filesystem.
+    pub disk_free: u64,
+    /// 1 while writes are refused for lack of space.
+    pub disk_full: bool,
+    /// Writes refused for lack of space.
+    pub no_space_refusals: u64,
 }
 
 impl Metrics {
@@ -120,9 +126,17 @@ impl Metrics {
         gauge(&mut out, "kv_raft_has_leader", "1 when a leader is known.", g.has_leader as u64);
         gauge(&mut out, "kv_revision", "Current store revision.", g.revision);
         gauge(&mut out, "kv_db_size_bytes", "Disk space used by the database.", g.db_bytes);
+        gauge(&mut out, "kv_disk_free_bytes", "Bytes free on the data dir's filesystem.", g.disk_free);
+        gauge(&mut out, "kv_disk_full", "1 while writes are refused for lack of disk space.", g.disk_full as u64);
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
+        counter(
+            &mut out,
+            "kv_writes_refused_no_space_total",
+            "Writes refused because the disk was nearly full.",
+            g.no_space_refusals,
+        );
         counter(
             &mut out,
             "kv_raft_leader_changes_total",

@@ -78,6 +78,8 @@ pub struct Node {
     pub hold_gen: Arc<AtomicU64>,
     /// Auth mode, JWT verification.
     pub auth: crate::auth::Auth,
+    /// Free space of the data dir's filesystem.
+    pub disk: Arc<crate::disk::Disk>,
     store: Store,
     _lock: DirLock,
 }
@@ -205,9 +207,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         seq: AtomicU64::new(0),
         hold_gen: Arc::default(),
         auth,
+        disk: Arc::new(crate::disk::Disk::new(&cfg.data_dir, cfg.min_free_space)),
         store: store.clone(),
         _lock: lock,
     });
+    node.disk.watch();
     tokio::spawn(watch_leader(node.clone()));
     if cfg.data_dir.join(ADMIN_TOKEN_PENDING).exists() {
         tokio::spawn(store_admin_token(node.clone()));

@@ -16,7 +16,8 @@ use serde::Serialize;
 
 use crate::network::path;
 use crate::node::Node;
-use crate::types::{decode, encode, Request};
+use crate::types::{decode, encode, Request, TypeConfig};
+use openraft::raft::AppendEntriesRequest;
 
 /// Largest peer request: a batch of log entries or one snapshot chunk.
 const MAX_PEER_BODY: usize = 512 << 20;
@@ -45,10 +46,18 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, HttpResponse> {
 }
 
 async fn append(State(node): State<Arc<Node>>, body: Bytes) -> HttpResponse {
-    match parse(&body) {
-        Ok(req) => reply(&node.raft.append_entries(req).await),
-        Err(r) => r,
+    let req: AppendEntriesRequest<TypeConfig> = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    // A follower out of disk space takes heartbeats but no entries; the
+    // leader retries them once space is freed (see crate::disk).
+    if !req.entries.is_empty() {
+        if let Err(m) = node.disk.check(node.cfg.id) {
+            return (StatusCode::INSUFFICIENT_STORAGE, m).into_response();
+        }
     }
+    reply(&node.raft.append_entries(req).await)
 }
 
 async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> HttpResponse {

@@ -27,7 +27,12 @@ pub enum OpenError {
         source: std::io::Error,
     },
     /// fjall refused to open the database: it is corrupt or from another version.
-    #[error("cannot open the database in {dir}: {source}")]
+    #[error(
+        "cannot open the database in {dir}: {source}\n\
+         The data dir is damaged (or from another version); kvd will not serve it. \
+         Restore it from a snapshot with `kvd restore`, or, on a member of a cluster, \
+         move it aside and add the node back with an empty data dir so it copies the data from the leader."
+    )]
     Db {
         /// The data dir.
         dir: PathBuf,

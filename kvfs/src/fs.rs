@@ -940,6 +940,9 @@ impl Filesystem for KvFs {
                 if let Some(p) = t.path(h.ino).map(str::to_owned) {
                     if t.get(&p).is_some_and(|n| n.provisional) {
                         t.remove(&p);
+                        // The kernel cached the name at create: drop it, on
+                        // the invalidator's thread (not inside this callback).
+                        let _ = self.sync.inval_tx.send(crate::remote::invalidations(&t, &p));
                     }
                 }
             }

@@ -34,6 +34,7 @@ pub fn errno(e: &kv_client::Error, conflict: Errno) -> Errno {
     match e {
         kv_client::Error::Api { status: 412, .. } => conflict,
         kv_client::Error::Api { status: 413, .. } => Errno::EFBIG,
+        kv_client::Error::Api { status: 507, .. } => Errno::ENOSPC,
         kv_client::Error::Api { status: 404, .. } => Errno::ENOENT,
         kv_client::Error::Api { status: 401 | 403, .. } => Errno::EACCES,
         kv_client::Error::Api { status: 400, .. } => Errno::EINVAL,

@@ -44,6 +44,8 @@ pub struct Kvd {
     addrs: Option<(String, String)>,
     /// Network namespace and address to run in (see [`net::Net`]).
     netns: Option<(String, String)>,
+    /// Extra environment of the process.
+    env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -70,6 +72,17 @@ impl Kvd {
         let mut k = Kvd::new(id, extra);
         k.data_dir = data_dir;
         k.spawn(false);
+        k.wait_ready();
+        k
+    }
+
+    /// Starts a bootstrapped single-node cluster on `data_dir` (e.g. on a
+    /// filesystem the test made) with extra environment variables.
+    pub fn bootstrap_on(data_dir: PathBuf, env: &[(&str, &str)], extra: &[&str]) -> Kvd {
+        let mut k = Kvd::new(1, extra);
+        k.data_dir = data_dir;
+        k.env = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        k.spawn(true);
         k.wait_ready();
         k
     }
@@ -104,6 +117,7 @@ impl Kvd {
             ca: extra.iter().position(|a| *a == "--tls-ca").and_then(|i| extra.get(i + 1)).map(PathBuf::from),
             addrs: None,
             netns: None,
+            env: Vec::new(),
             _tmp: Some(tmp),
         }
     }
@@ -146,6 +160,7 @@ impl Kvd {
             .args(["--client-addr", &client_addr, "--peer-addr", &peer_addr])
             .args(&self.extra)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(a, b)| (a, b)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -202,6 +217,20 @@ impl Kvd {
         let mut c = self.child.take()?;
         let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
         c.wait().ok().and_then(|s| s.code())
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; its exit
+    /// code, `None` if it is still running (or died by a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Starts the node again on its data dir and waits until it is ready.
@@ -272,7 +301,7 @@ impl Drop for Kvd {
 
 /// Status of a GET, `None` when nothing answered. Blocking, for polling
 /// (from async tests too); `https://` URLs are checked against `ca`.
-fn http_status(url: &str, ca: Option<&Path>) -> Option<u16> {
+pub fn http_status(url: &str, ca: Option<&Path>) -> Option<u16> {
     use std::io::{Read, Write};
     let (tls, rest) = match url.strip_prefix("https://") {
         Some(r) => (true, r),

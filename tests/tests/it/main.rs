@@ -4,6 +4,7 @@
 mod api;
 mod cluster;
 mod config;
+mod disk;
 mod durability;
 mod faults;
 mod hostile;

@@ -1,0 +1,242 @@
+//! Disk faults (DESIGN.md §3): a data dir on a small filesystem that fills
+//! up, an fsync that fails, and a data dir whose journal was torn or
+//! damaged by a crash.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kv_client::PutOptions;
+use kv_tests::{bin, Kvd, Mount};
+
+/// A tmpfs of `mib` MiB mounted for the life of the value.
+struct SmallFs {
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn new(mib: u64) -> SmallFs {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("fs");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "kvtest"])
+            .arg(&dir)
+            .status()
+            .expect("mount");
+        assert!(ok.success(), "mounting a tmpfs needs root");
+        SmallFs { dir, _tmp: tmp }
+    }
+
+    /// Bytes available, per `stat -f`.
+    fn available(&self) -> u64 {
+        let out = Command::new("stat").args(["-f", "-c", "%a %S"]).arg(&self.dir).output().expect("stat -f");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut it = text.split_whitespace().map(|n| n.parse::<u64>().expect("number"));
+        it.next().expect("blocks") * it.next().expect("block size")
+    }
+
+    /// Fills the filesystem with `path` until fewer than `left` bytes are free.
+    fn fill(&self, path: &Path, left: u64) {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(path).expect("filler");
+        let chunk = vec![0x5a_u8; 1 << 20];
+        while self.available() > left {
+            f.write_all(&chunk[..chunk.len().min((self.available() - left) as usize).max(4096)]).expect("fill");
+        }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// Polls `f` until it returns `Some`, for at most 10 s.
+fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing"))
+}
+
+#[test]
+fn a_full_disk_refuses_writes_keeps_serving_reads_and_recovers() {
+    let fs = SmallFs::new(96);
+    let reserve = 24u64 << 20;
+    let k = Kvd::bootstrap_on(fs.dir.join("data"), &[], &["--min-free-space", &reserve.to_string()]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let c = k.client();
+    let put = |key: &str| rt.block_on(c.put(key, "v", &PutOptions::default()));
+    put("before").expect("put with space");
+    let m = Mount::start(&k.url, &[]);
+
+    let metrics =
+        || rt.block_on(async { reqwest::get(format!("{}/metrics", k.url)).await?.text().await }).expect("metrics");
+    fs.fill(&fs.dir.join("filler"), reserve / 2);
+    poll("the node to see the disk full", || (metric(&metrics(), "kv_disk_full") == 1).then_some(()));
+    let err = put("during").expect_err("a write on a full disk");
+    assert_eq!(err.status(), Some(507), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("no_space") || text.contains("out of disk space"), "{text}");
+    assert_eq!(rt.block_on(c.get("during")).expect("get"), None, "a refused write wrote something");
+    // Reads go on, through the API and the mount.
+    assert_eq!(rt.block_on(c.get("before")).expect("get").map(|v| v.value), Some("v".into()));
+    assert_eq!(m.sh_ok("cat before"), "v");
+    // Writes through kvctl and the mount say why.
+    let out = Command::new(bin("kvctl")).args(["--endpoints", &k.url, "put", "cli", "x"]).output().expect("kvctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("out of disk space"), "kvctl put: {stderr}");
+    // NOTE: the shell ignores what close() says; cp reports it.
+    let src = fs._tmp.path().join("src");
+    std::fs::write(&src, "x\n").expect("src");
+    let out = m.sh(&format!("cp {} fromfs", src.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("No space left on device"), "cp: {stderr}");
+    assert_eq!(rt.block_on(c.get("fromfs")).expect("get"), None, "a refused copy wrote something");
+    let text = metrics();
+    assert_eq!(metric(&text, "kv_disk_full"), 1);
+    assert!(metric(&text, "kv_writes_refused_no_space_total") >= 3);
+    assert!(metric(&text, "kv_disk_free_bytes") < reserve);
+    assert!(k.log_text().contains("disk nearly full"), "no log line");
+
+    // Space freed: writes come back without a restart.
+    std::fs::remove_file(fs.dir.join("filler")).expect("rm filler");
+    poll("writes after space was freed", || put("after").ok());
+    assert_eq!(metric(&metrics(), "kv_disk_full"), 0);
+    m.sh_ok("echo y > fromfs");
+    assert_eq!(rt.block_on(c.get("fromfs")).expect("get").map(|v| v.value), Some("y\n".into()));
+}
+
+#[test]
+fn a_failed_fsync_stops_the_node_before_it_acknowledges() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let trigger = tmp.path().join("fail-fsync");
+    let lib = bin("libkv_failsync.so");
+    let env =
+        [("LD_PRELOAD", lib.to_str().expect("utf-8 path")), ("KV_FAIL_FSYNC_FILE", trigger.to_str().expect("path"))];
+    let mut k = Kvd::bootstrap_on(tmp.path().join("data"), &env, &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let c = k.client();
+    rt.block_on(c.put("before", "v", &PutOptions::default())).expect("put while fsync works");
+
+    std::fs::write(&trigger, "").expect("trigger");
+    let r = rt.block_on(c.put("during", "v", &PutOptions::default()));
+    assert!(r.is_err(), "a write was acknowledged although its fsync failed: {r:?}");
+    let code = k.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(70), "kvd must stop on a failed fsync:\n{}", k.log_text());
+    assert!(k.log_text().contains("fsync of the journal failed"), "{}", k.log_text());
+
+    // The disk works again: the node starts with what it acknowledged.
+    std::fs::remove_file(&trigger).expect("rm trigger");
+    k.start_again();
+    k.wait_ready();
+    assert_eq!(rt.block_on(k.client().get("before")).expect("get").map(|v| v.value), Some("v".into()));
+}
+
+/// Runs `kvd` on `data` until it is ready or exits: `Ok(client URL, child)`
+/// or `Err(exit code, stderr)`.
+fn start_on(data: &Path) -> Result<(String, std::process::Child), (Option<i32>, String)> {
+    let log = data.with_extension("log");
+    let addr = data.join("client.addr");
+    let _ = std::fs::remove_file(&addr);
+    let mut child = Command::new(bin("kvd"))
+        .args(["--id", "1", "--client-addr", "127.0.0.1:0", "--peer-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("kvd");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Err((s.code(), std::fs::read_to_string(&log).unwrap_or_default()));
+        }
+        if let Ok(a) = std::fs::read_to_string(&addr) {
+            let url = format!("http://{}", a.trim());
+            let ready = kv_tests::http_status(&format!("{url}/health/ready"), None);
+            if ready == Some(200) {
+                return Ok((url, child));
+            }
+        }
+        assert!(Instant::now() < deadline, "kvd neither ready nor stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Where the journal's written bytes end (the rest of the file is zeros).
+fn journal(data: &Path) -> (PathBuf, usize) {
+    let path = data.join("db/0.jnl");
+    let bytes = std::fs::read(&path).expect("journal");
+    let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+    (path, end)
+}
+
+#[test]
+fn a_torn_journal_tail_is_recovered_and_a_damaged_journal_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut k = Kvd::bootstrap_on(tmp.path().join("data"), &[], &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let c = k.client();
+    const N: usize = 30;
+    for i in 1..=N {
+        rt.block_on(c.put(&format!("k/{i:02}"), format!("v{i}"), &PutOptions::default())).expect("put");
+    }
+    k.kill9();
+    let (_, end) = journal(&k.data_dir);
+    assert!(end > 1000, "journal too small: {end}");
+
+    // Cut the tail anywhere (mid-record included): the node starts with a
+    // prefix of the acknowledged writes, each value whole.
+    for cut in [1, 7, 40, 150, 600] {
+        let copy = tmp.path().join(format!("cut{cut}"));
+        copy_dir(&k.data_dir, &copy);
+        let (path, end) = journal(&copy);
+        std::fs::OpenOptions::new().write(true).open(&path).expect("open").set_len((end - cut) as u64).expect("cut");
+        let (url, mut child) = start_on(&copy).unwrap_or_else(|e| panic!("cut {cut}: refused: {e:?}"));
+        let list = rt
+            .block_on(
+                kv_client::Client::new(&[url])
+                    .expect("client")
+                    .list("k", &kv_client::ListOptions { recursive: true, values: true, ..Default::default() }),
+            )
+            .expect("list");
+        let _ = child.kill();
+        let _ = child.wait();
+        let keys: Vec<String> = list.entries.iter().map(|e| e.key.clone()).collect();
+        let prefix: Vec<String> = (1..=keys.len()).map(|i| format!("k/{i:02}")).collect();
+        assert_eq!(keys, prefix, "cut {cut}: not a prefix of the writes");
+        for (i, e) in list.entries.iter().enumerate() {
+            assert_eq!(e.value.as_deref(), Some(format!("v{}", i + 1).as_str()), "cut {cut}: {} torn", e.key);
+        }
+        assert!(keys.len() + 10 >= N, "cut {cut} lost more than its tail: {} of {N}", keys.len());
+    }
+
+    // Damage before the tail is refused, loudly, with what to do.
+    let copy = tmp.path().join("flipped");
+    copy_dir(&k.data_dir, &copy);
+    let (path, end) = journal(&copy);
+    let mut bytes = std::fs::read(&path).expect("journal");
+    bytes[end / 2] ^= 0xff;
+    std::fs::write(&path, bytes).expect("write");
+    let (code, stderr) = start_on(&copy).expect_err("a damaged journal must be refused");
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("damaged") && stderr.contains("kvd restore"), "{stderr}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let ok = Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp");
+    assert!(ok.success());
+}
