@@ -7,6 +7,8 @@
 
 mod auth;
 mod client;
+#[doc(hidden)]
+pub mod fuzz;
 mod key;
 mod path;
 mod time;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Query, Request as HttpRequest, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
@@ -339,6 +339,14 @@ struct ReadParams {
     stale: Option<String>,
 }
 
+/// The key and `stale` flag of a get.
+fn parse_get(uri: &Uri) -> ApiResult<(String, bool)> {
+    let key = path_key(uri, "kv")?;
+    check_key(&key)?;
+    let p: ReadParams = query(uri)?;
+    Ok((key, flag(&p.stale, "stale")?))
+}
+
 /// GET (and HEAD) /v1/kv/{key}
 async fn kv_get(
     State(node): State<Shared>,
@@ -346,11 +354,9 @@ async fn kv_get(
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<HttpResponse> {
-    let key = path_key(&uri, "kv")?;
-    check_key(&key)?;
+    let (key, stale) = parse_get(&uri)?;
     caller.need_read(&key)?;
-    let p: ReadParams = query(&uri)?;
-    read_barrier(&node, flag(&p.stale, "stale")?).await?;
+    read_barrier(&node, stale).await?;
     let (entry, rev) = node.sm.get(&key).map_err(ApiError::internal)?;
     let Some(e) = entry else {
         let mut resp = ApiError::not_found(format!("key {key:?} not found")).into_response();
@@ -442,6 +448,16 @@ fn check_put(key: &str, value: Option<&[u8]>, attrs: &PutAttrs) -> ApiResult<()>
     }
 }
 
+/// The key, attributes and conditions of a put (the value is checked with
+/// [`check_put`] once read).
+fn parse_put(uri: &Uri, headers: &HeaderMap) -> ApiResult<(String, PutAttrs, Vec<Cmp>)> {
+    let key = path_key(uri, "kv")?;
+    check_key(&key)?;
+    let attrs = attrs_from_headers(headers)?;
+    let compare = conditions(&key, headers)?;
+    Ok((key, attrs, compare))
+}
+
 /// PUT /v1/kv/{key}
 async fn kv_put(
     State(node): State<Shared>,
@@ -450,11 +466,8 @@ async fn kv_put(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<HttpResponse> {
-    let key = path_key(&uri, "kv")?;
-    check_key(&key)?;
+    let (key, attrs, compare) = parse_put(&uri, &headers)?;
     caller.need_write(&key)?;
-    let attrs = attrs_from_headers(&headers)?;
-    let compare = conditions(&key, &headers)?;
     let value = read_body(&headers, body, node.cfg.max_value_size, "the value").await?;
     check_put(&key, Some(&value), &attrs)?;
     let txn = Txn {
@@ -478,15 +491,10 @@ struct DeleteParams {
     recursive: Option<String>,
 }
 
-/// DELETE /v1/kv/{key}[?recursive=true]
-async fn kv_delete(
-    State(node): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> ApiResult<HttpResponse> {
-    let raw = path_key(&uri, "kv")?;
-    let p: DeleteParams = query(&uri)?;
+/// The key (or prefix), `recursive` flag and conditions of a delete.
+fn parse_delete(uri: &Uri, headers: &HeaderMap) -> ApiResult<(String, bool, Vec<Cmp>)> {
+    let raw = path_key(uri, "kv")?;
+    let p: DeleteParams = query(uri)?;
     let recursive = flag(&p.recursive, "recursive")?;
     let key = if recursive {
         check_prefix(&raw)?
@@ -494,8 +502,19 @@ async fn kv_delete(
         check_key(&raw)?;
         raw
     };
+    let compare = conditions(&key, headers)?;
+    Ok((key, recursive, compare))
+}
+
+/// DELETE /v1/kv/{key}[?recursive=true]
+async fn kv_delete(
+    State(node): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<HttpResponse> {
+    let (key, recursive, compare) = parse_delete(&uri, &headers)?;
     caller.need_write(&key)?;
-    let compare = conditions(&key, &headers)?;
     let txn = Txn { compare, success: vec![Op::Delete { key: key.clone(), recursive }], failure: vec![] };
     let r = propose(&node, &headers, txn).await?;
     if !r.succeeded {
@@ -516,11 +535,20 @@ struct ListParams {
     after: Option<String>,
 }
 
-/// GET /v1/list/{prefix}
-async fn list(State(node): State<Shared>, Extension(caller): Extension<Caller>, uri: Uri) -> ApiResult<HttpResponse> {
-    let prefix = check_prefix(&path_key(&uri, "list")?)?;
-    let access = caller.need_some_read(&prefix)?;
-    let p: ListParams = query(&uri)?;
+/// A checked list request.
+#[derive(Debug)]
+struct ListRequest {
+    prefix: String,
+    recursive: bool,
+    values: bool,
+    stale: bool,
+    limit: usize,
+    after: Option<String>,
+}
+
+fn parse_list(uri: &Uri) -> ApiResult<ListRequest> {
+    let prefix = check_prefix(&path_key(uri, "list")?)?;
+    let p: ListParams = query(uri)?;
     let limit = match p.limit.as_deref() {
         None => LIST_DEFAULT_LIMIT,
         Some(l) => match l.parse::<usize>() {
@@ -528,10 +556,23 @@ async fn list(State(node): State<Shared>, Extension(caller): Extension<Caller>, 
             _ => return Err(ApiError::bad("bad_query", format!("limit must be a number from 1 to {LIST_MAX_LIMIT}"))),
         },
     };
-    let recursive = flag(&p.recursive, "recursive")?;
-    let values = flag(&p.values, "values")?;
-    read_barrier(&node, flag(&p.stale, "stale")?).await?;
-    let mut r = node.sm.list(&prefix, recursive, values, p.after.as_deref(), limit).map_err(ApiError::internal)?;
+    Ok(ListRequest {
+        prefix,
+        recursive: flag(&p.recursive, "recursive")?,
+        values: flag(&p.values, "values")?,
+        stale: flag(&p.stale, "stale")?,
+        limit,
+        after: p.after,
+    })
+}
+
+/// GET /v1/list/{prefix}
+async fn list(State(node): State<Shared>, Extension(caller): Extension<Caller>, uri: Uri) -> ApiResult<HttpResponse> {
+    let q = parse_list(&uri)?;
+    let access = caller.need_some_read(&q.prefix)?;
+    read_barrier(&node, q.stale).await?;
+    let mut r =
+        node.sm.list(&q.prefix, q.recursive, q.values, q.after.as_deref(), q.limit).map_err(ApiError::internal)?;
     if access == Access::Partial {
         // NOTE: only what the caller may read, and the directories leading
         // to it; paging still works because `next_after` is unchanged.
@@ -599,6 +640,13 @@ fn convert_txn(t: TxnRequest, max_value: u64) -> ApiResult<Txn> {
     Ok(Txn { compare, success: ops(t.success)?, failure: ops(t.failure)? })
 }
 
+/// A transaction body, parsed and checked.
+fn parse_txn(raw: &[u8], max_value: u64) -> ApiResult<Txn> {
+    let t: TxnRequest =
+        serde_json::from_slice(raw).map_err(|e| ApiError::bad("bad_json", format!("transaction is not valid: {e}")))?;
+    convert_txn(t, max_value)
+}
+
 /// POST /v1/txn
 async fn txn(
     State(node): State<Shared>,
@@ -607,9 +655,7 @@ async fn txn(
     body: Body,
 ) -> ApiResult<HttpResponse> {
     let raw = read_body(&headers, body, node.cfg.max_txn_size, "the transaction").await?;
-    let t: TxnRequest = serde_json::from_slice(&raw)
-        .map_err(|e| ApiError::bad("bad_json", format!("transaction is not valid: {e}")))?;
-    let txn = convert_txn(t, node.cfg.max_value_size)?;
+    let txn = parse_txn(&raw, node.cfg.max_value_size)?;
     // A transaction touching anything the caller may not touch is refused whole.
     for c in &txn.compare {
         let (Cmp::ModRevision(k, _) | Cmp::Exists(k, _)) = c;
@@ -719,17 +765,11 @@ impl WatchState {
     }
 }
 
-/// GET /v1/watch/{prefix}?rev=N — events after revision N as server-sent events.
-async fn watch(
-    State(node): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> ApiResult<HttpResponse> {
-    let prefix = check_prefix(&path_key(&uri, "watch")?)?;
-    let partial = (caller.need_some_read(&prefix)? == Access::Partial).then(|| caller.grants.clone());
-    let p: WatchParams = query(&uri)?;
-    node.check_member()?;
+/// The prefix of a watch and the revision it resumes after (`rev=` or
+/// `Last-Event-ID`).
+fn parse_watch(uri: &Uri, headers: &HeaderMap) -> ApiResult<(String, Option<u64>)> {
+    let prefix = check_prefix(&path_key(uri, "watch")?)?;
+    let p: WatchParams = query(uri)?;
     let bad_rev = |v: &str| ApiError::bad("bad_query", format!("revision {v:?} is not a number"));
     let from = match (&p.rev, headers.get("last-event-id")) {
         (Some(r), _) => Some(r.parse::<u64>().map_err(|_| bad_rev(r))?),
@@ -739,6 +779,19 @@ async fn watch(
         }
         (None, None) => None,
     };
+    Ok((prefix, from))
+}
+
+/// GET /v1/watch/{prefix}?rev=N — events after revision N as server-sent events.
+async fn watch(
+    State(node): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<HttpResponse> {
+    let (prefix, from) = parse_watch(&uri, &headers)?;
+    let partial = (caller.need_some_read(&prefix)? == Access::Partial).then(|| caller.grants.clone());
+    node.check_member()?;
     let rx = node.sm.subscribe();
     let current = *rx.borrow();
     let cursor = from.unwrap_or(current);
@@ -1079,6 +1132,60 @@ fn http_date(ns: i64) -> String {
         t.minute,
         t.second
     )
+}
+
+/// Fuzzing entry: everything the client API checks in a request before it
+/// touches the node, on a request made of arbitrary bytes (`TARGET\n`,
+/// `NAME: VALUE` lines, an empty line, the body). Panics when a check panics
+/// or lets through what it must not.
+pub fn fuzz_request(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let Ok(uri) = lines.next().unwrap_or("").parse::<Uri>() else { return };
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let Some((n, v)) = line.split_once(':') else { continue };
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n.trim().as_bytes()), HeaderValue::from_str(v.trim())) {
+            headers.append(n, v);
+        }
+    }
+    let valid = |k: &str| assert!(validate_key(k).is_ok(), "{k:?} passed the checks but is not a valid key");
+    let prefix_ok = |p: &str| assert!(p.is_empty() || validate_key(p).is_ok(), "{p:?} is not a valid prefix");
+    if let Ok((key, _)) = parse_get(&uri) {
+        valid(&key);
+    }
+    if let Ok((key, attrs, _)) = parse_put(&uri, &headers) {
+        valid(&key);
+        let _ = check_put(&key, Some(body.as_bytes()), &attrs);
+    }
+    if let Ok((key, recursive, _)) = parse_delete(&uri, &headers) {
+        if recursive {
+            prefix_ok(&key);
+        } else {
+            valid(&key);
+        }
+    }
+    if let Ok(q) = parse_list(&uri) {
+        prefix_ok(&q.prefix);
+        assert!((1..=LIST_MAX_LIMIT).contains(&q.limit));
+    }
+    if let Ok((prefix, _)) = parse_watch(&uri, &headers) {
+        prefix_ok(&prefix);
+    }
+    if let Ok(t) = parse_txn(body.as_bytes(), 1 << 20) {
+        for op in t.success.iter().chain(&t.failure) {
+            match op {
+                Op::Put { key, value, .. } => {
+                    valid(key);
+                    assert!(value.as_ref().is_none_or(|v| v.len() <= 1 << 20));
+                }
+                Op::Delete { key, recursive: true } => prefix_ok(key),
+                Op::Delete { key, .. } => valid(key),
+                _ => panic!("a client transaction produced a system operation"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

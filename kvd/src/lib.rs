@@ -36,5 +36,45 @@ pub use sm::StateMachine;
 pub use store::{lock_dir, OpenError, Store};
 pub use types::{Member, Request, Response, TypeConfig};
 
+/// Entry points for the fuzz targets under `fuzz/` (not an API).
+#[doc(hidden)]
+pub mod fuzz {
+    pub use crate::api::fuzz_request as request;
+    pub use crate::peer::fuzz_peer as peer;
+    pub use crate::sm::fuzz_snapshot as snapshot;
+
+    #[cfg(test)]
+    mod tests {
+        /// Every seed of the fuzz targets, and every input that once made
+        /// one fail (`fuzz/regressions/TARGET/`), replayed without libFuzzer.
+        #[test]
+        fn fuzz_seeds_and_regressions_replay_clean() {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+            type Target = (&'static str, fn(&[u8]));
+            let targets: [Target; 4] = [
+                ("key", kv_client::fuzz::key),
+                ("request", super::request),
+                ("peer", super::peer),
+                ("snapshot", super::snapshot),
+            ];
+            for (target, run) in targets {
+                let mut replayed = 0;
+                for kind in ["seeds", "regressions"] {
+                    let Ok(dir) = std::fs::read_dir(root.join(kind).join(target)) else { continue };
+                    for entry in dir.filter_map(Result::ok) {
+                        let name = entry.file_name();
+                        if name.to_string_lossy().starts_with('.') || name == "README.md" {
+                            continue;
+                        }
+                        run(&std::fs::read(entry.path()).expect("read input"));
+                        replayed += 1;
+                    }
+                }
+                assert!(replayed > 0, "no seeds for fuzz target {target} under {}", root.display());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod suite;

@@ -122,8 +122,27 @@ impl Node {
     }
 }
 
+/// Every client connection holds a file descriptor: take the hard limit
+/// instead of the soft one (1024 under systemd), so thousands of clients fit.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    // NOTE: "unlimited" is not a valid descriptor count; the kernel caps it at nr_open.
+    let want = lim.maximum.unwrap_or(1 << 20).min(1 << 20);
+    match lim.current {
+        Some(cur) if cur < want => {
+            match setrlimit(Resource::Nofile, Rlimit { current: Some(want), maximum: lim.maximum }) {
+                Ok(()) => tracing::info!(from = cur, to = want, "raised the open-file limit"),
+                Err(e) => tracing::warn!(error = %e, limit = cur, "cannot raise the open-file limit"),
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Runs a node until SIGINT or SIGTERM.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
     // Bad certificates or JWT settings stop the node before it touches its data dir.
     let tls = match &cfg.tls {
         Some(f) => Some(Tls::load(&f.cert, &f.key, &f.ca)?),

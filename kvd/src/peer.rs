@@ -108,3 +108,28 @@ async fn elect(State(node): State<Arc<Node>>) -> HttpResponse {
     let res = node.raft.trigger().elect().await.map_err(|e| e.to_string());
     reply(&res)
 }
+
+/// Fuzzing entry: every peer message kvd decodes (requests here, answers in
+/// the network client), from arbitrary bytes: an error, never a panic or an
+/// allocation beyond the input's size.
+pub fn fuzz_peer(data: &[u8]) {
+    use openraft::error::{InstallSnapshotError, RaftError};
+    use openraft::raft::{
+        AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
+    };
+
+    use crate::cluster::ForwardError;
+    use crate::types::{Entry, NodeId, Response};
+
+    let _ = decode::<AppendEntriesRequest<TypeConfig>>(data);
+    let _ = decode::<VoteRequest<NodeId>>(data);
+    let _ = decode::<InstallSnapshotRequest<TypeConfig>>(data);
+    let _ = decode::<Request>(data);
+    let _ = decode::<u64>(data);
+    let _ = decode::<Entry>(data);
+    let _ = decode::<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>(data);
+    let _ = decode::<Result<VoteResponse<NodeId>, RaftError<NodeId>>>(data);
+    let _ = decode::<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>>(data);
+    let _ = decode::<Result<Response, ForwardError>>(data);
+    let _ = decode::<Result<u64, ForwardError>>(data);
+}

@@ -110,8 +110,14 @@ impl<R: Read> CrcReader<R> {
         if n > limit {
             return Err(corrupt("record longer than allowed"));
         }
-        let mut v = vec![0u8; n as usize];
-        self.exact(&mut v)?;
+        // NOTE: grow with the bytes that are there, not with what a
+        // (possibly damaged) length claims.
+        let mut v = Vec::with_capacity((n as usize).min(1 << 16));
+        (&mut self.inner).take(u64::from(n)).read_to_end(&mut v)?;
+        if v.len() != n as usize {
+            return Err(corrupt("unexpected end of file"));
+        }
+        self.crc.update(&v);
         Ok(v)
     }
 }

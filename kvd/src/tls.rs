@@ -90,16 +90,22 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// reset.
 pub async fn serve(listener: TcpListener, app: Router, tls: Option<Arc<ServerConfig>>, what: &'static str) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let mut failures = 0u64;
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                // NOTE: out of file descriptors and the like; keep serving.
-                tracing::warn!(error = %e, what, "accept failed");
+                // NOTE: out of file descriptors and the like; keep serving
+                // the connections we have, and log once a second at most.
+                if failures.is_multiple_of(20) {
+                    tracing::warn!(error = %e, what, failures = failures + 1, "accept failed");
+                }
+                failures += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        failures = 0;
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {

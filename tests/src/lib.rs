@@ -42,10 +42,13 @@ pub struct Kvd {
     log: PathBuf,
     /// Addresses to bind on restart (kept so membership stays valid).
     addrs: Option<(String, String)>,
-    /// Network namespace and address to run in (see [`net::Net`]).
+    /// Network namespace and address to listen on (see [`net::Net`]).
     netns: Option<(String, String)>,
     /// Extra environment of the process.
     env: Vec<(String, String)>,
+    /// A command kvd runs under (`ip netns exec NS`, `prlimit ...`); it must
+    /// exec kvd in place, so the child's pid is kvd's.
+    wrap: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -87,9 +90,20 @@ impl Kvd {
         k
     }
 
+    /// Starts a bootstrapped single-node cluster run under the command
+    /// `wrap` (e.g. `prlimit --nofile=...`), which must exec its arguments.
+    pub fn bootstrap_under(wrap: &[&str], extra: &[&str]) -> Kvd {
+        let mut k = Kvd::new(1, extra);
+        k.wrap = wrap.iter().map(|s| s.to_string()).collect();
+        k.spawn(true);
+        k.wait_ready();
+        k
+    }
+
     /// Starts a bootstrapped single-node cluster on host `i` of `net`.
     pub fn bootstrap_in(net: &net::Net, i: usize, extra: &[&str]) -> Kvd {
         let mut k = Kvd::new(1, extra);
+        k.wrap = vec!["ip".into(), "netns".into(), "exec".into(), net.ns(i)];
         k.netns = Some((net.ns(i), net.addr(i)));
         k.spawn(true);
         k.wait_ready();
@@ -99,6 +113,7 @@ impl Kvd {
     /// Starts an empty node on host `i` of `net` (see [`Kvd::empty`]).
     pub fn empty_in(net: &net::Net, i: usize, id: u64, extra: &[&str]) -> Kvd {
         let mut k = Kvd::new(id, extra);
+        k.wrap = vec!["ip".into(), "netns".into(), "exec".into(), net.ns(i)];
         k.netns = Some((net.ns(i), net.addr(i)));
         k.spawn(false);
         k
@@ -118,6 +133,7 @@ impl Kvd {
             addrs: None,
             netns: None,
             env: Vec::new(),
+            wrap: Vec::new(),
             _tmp: Some(tmp),
         }
     }
@@ -144,11 +160,10 @@ impl Kvd {
         let host = self.netns.as_ref().map_or("127.0.0.1", |(_, a)| a.as_str());
         let (client_addr, peer_addr) = self.addrs.clone().unwrap_or((format!("{host}:0"), format!("{host}:0")));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        // NOTE: `ip netns exec` execs kvd in place, so the child's pid is kvd's.
-        let mut cmd = match &self.netns {
-            Some((ns, _)) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin("kvd"));
+        let mut cmd = match self.wrap.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(bin("kvd"));
                 c
             }
             None => Command::new(bin("kvd")),
@@ -256,6 +271,11 @@ impl Kvd {
             let ok = Command::new("kill").arg(sig).arg(c.id().to_string()).status().map(|s| s.success());
             assert_eq!(ok.ok(), Some(true), "kill {sig} {}", c.id());
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether the process is running.
