@@ -240,6 +240,7 @@ impl From<ClusterError> for ApiError {
             ClusterError::Invalid(m) => ApiError::bad("bad_request", m),
             ClusterError::NotFound(m) => ApiError::not_found(m),
             ClusterError::NoSpace(m) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", m),
+            ClusterError::UnknownOutcome(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "unknown_outcome", m),
         }
     }
 }

@@ -36,6 +36,10 @@ pub enum ForwardError {
     /// The leader's disk is nearly full: writes are refused.
     #[error("{0}")]
     NoSpace(String),
+    /// The leader has not heard from a quorum for an election timeout: it
+    /// refused the write without taking it.
+    #[error("{0}")]
+    NoQuorum(String),
 }
 
 impl From<ProposeError> for ForwardError {
@@ -62,6 +66,11 @@ pub enum ClusterError {
     /// A disk is nearly full; writes are refused until space is freed (507).
     #[error("{0}")]
     NoSpace(String),
+    /// A write was not confirmed in time but may still apply (504): the
+    /// caller must treat its outcome as unknown, or resend it with the same
+    /// request id, which answers with the outcome once it is known.
+    #[error("{0}")]
+    UnknownOutcome(String),
 }
 
 type Result<T> = std::result::Result<T, ClusterError>;
@@ -119,11 +128,24 @@ impl Node {
             req.id = format!("kvd-{}-{}-{}", self.cfg.id, self.started_ns, self.seq.fetch_add(1, Ordering::Relaxed));
         }
         let ms = self.cfg.request_timeout_ms;
-        self.on_leader(deadline, path::PROPOSE, &req, |left| self.propose_local(req.clone(), left), |e| {
-            ClusterError::Unavailable(format!(
-                "the write was not committed within {ms} ms ({e}); it may still apply, retry with the same X-Kv-Request-Id"
-            ))
-        })
+        self.on_leader(
+            deadline,
+            path::PROPOSE,
+            &req,
+            |left| self.propose_local(req.clone(), left),
+            |e, maybe| {
+                if maybe {
+                    ClusterError::UnknownOutcome(format!(
+                        "the write was not committed within {ms} ms ({e}); it may still apply: \
+                     retry with the same X-Kv-Request-Id to learn its outcome"
+                    ))
+                } else {
+                    ClusterError::Unavailable(format!(
+                        "the write was not taken within {ms} ms ({e}); nothing was written"
+                    ))
+                }
+            },
+        )
         .await
     }
 
@@ -138,7 +160,7 @@ impl Node {
                 path::READ_INDEX,
                 &(),
                 |left| self.read_index_local(left),
-                |e| ClusterError::Unavailable(format!("cannot confirm a read index with the leader: {e}")),
+                |e, _| ClusterError::Unavailable(format!("cannot confirm a read index with the leader: {e}")),
             )
             .await?;
         let left = deadline.saturating_duration_since(Instant::now());
@@ -152,9 +174,23 @@ impl Node {
 
     /// Proposes a write here, if this node leads (also for forwarded writes).
     pub async fn propose_local(&self, req: Request, left: Duration) -> std::result::Result<Response, ForwardError> {
-        match self.raft.metrics().borrow().current_leader {
-            Some(l) if l == self.cfg.id => {}
-            other => return Err(ForwardError::NotLeader(other)),
+        {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            match m.current_leader {
+                Some(l) if l == self.cfg.id => {}
+                other => return Err(ForwardError::NotLeader(other)),
+            }
+            // NOTE: a leader cut off from its quorum would append the write
+            // and might commit it after the client gave up. Refusing it here
+            // makes the error definite: nothing was written.
+            let voters = m.membership_config.membership().voter_ids().count();
+            if let Some(ms) = m.millis_since_quorum_ack.filter(|ms| voters > 1 && *ms > self.cfg.election_timeout_ms) {
+                return Err(ForwardError::NoQuorum(format!(
+                    "the leader (node {}) has not heard from a quorum for {ms} ms; nothing was written",
+                    self.cfg.id
+                )));
+            }
         }
         self.disk.check(self.cfg.id).map_err(ForwardError::NoSpace)?;
         match tokio::time::timeout(left, self.proposer.propose(req)).await {
@@ -177,14 +213,16 @@ impl Node {
 
     /// Runs `local` if this node leads, else sends `req` to the leader's
     /// peer API at `path`; tries again across leader changes until
-    /// `deadline`, then reports the last failure through `fail`.
+    /// `deadline`, then reports the last failure through `fail`, with
+    /// whether a leader may have taken the request (an attempt failed other
+    /// than by "not the leader").
     async fn on_leader<Req, T, L, Fut>(
         &self,
         deadline: Instant,
         path: &str,
         req: &Req,
         local: L,
-        fail: impl FnOnce(ForwardError) -> ClusterError,
+        fail: impl FnOnce(ForwardError, bool) -> ClusterError,
     ) -> Result<T>
     where
         Req: Serialize,
@@ -192,8 +230,13 @@ impl Node {
         L: Fn(Duration) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, ForwardError>>,
     {
+        let mut maybe_taken = false;
         loop {
-            let leader = self.wait_for_leader(deadline).await?;
+            let leader = match self.wait_for_leader(deadline).await {
+                Ok(l) => l,
+                Err(e) if maybe_taken => return Err(fail(ForwardError::Failed(e.to_string()), true)),
+                Err(e) => return Err(e),
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             let attempt = if leader == self.cfg.id {
                 local(left).await
@@ -210,8 +253,11 @@ impl Node {
             match attempt {
                 Ok(v) => return Ok(v),
                 Err(ForwardError::NoSpace(m)) => return Err(ClusterError::NoSpace(m)),
-                Err(e) if Instant::now() + RETRY_PAUSE >= deadline => return Err(fail(e)),
                 Err(e) => {
+                    maybe_taken |= !matches!(e, ForwardError::NotLeader(_) | ForwardError::NoQuorum(_));
+                    if Instant::now() + RETRY_PAUSE >= deadline {
+                        return Err(fail(e, maybe_taken));
+                    }
                     tracing::debug!(error = %e, leader, path, "attempt through the leader failed; retrying");
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
