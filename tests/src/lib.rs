@@ -69,6 +69,14 @@ impl Kvd {
         k
     }
 
+    /// Starts an empty node (see [`Kvd::empty`]) with its data dir at `data_dir`.
+    pub fn empty_on(id: u64, data_dir: PathBuf, extra: &[&str]) -> Kvd {
+        let mut k = Kvd::new(id, extra);
+        k.data_dir = data_dir;
+        k.spawn(false);
+        k
+    }
+
     /// Starts a node on an existing data dir (e.g. one `kvd restore` built)
     /// and waits until it is ready.
     pub fn on_dir(id: u64, data_dir: PathBuf, extra: &[&str]) -> Kvd {

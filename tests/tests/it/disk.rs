@@ -122,6 +122,47 @@ fn a_full_disk_refuses_writes_keeps_serving_reads_and_recovers() {
 }
 
 #[test]
+fn a_follower_out_of_space_falls_behind_and_catches_up() {
+    let fs = SmallFs::new(96);
+    let reserve = 24u64 << 20;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let a = Kvd::bootstrap(&[]);
+    let mut b = Kvd::empty(2, &[]);
+    let mut c = Kvd::empty_on(3, fs.dir.join("data"), &["--min-free-space", &reserve.to_string()]);
+    for n in [&mut b, &mut c] {
+        let add = kv_client::AddMember {
+            id: n.id,
+            peer_url: n.peer_url.clone(),
+            client_url: Some(n.url.clone()),
+            learner: false,
+        };
+        rt.block_on(a.client().add_member(&add)).expect("add member");
+        n.wait_ready();
+    }
+    let metrics = |k: &Kvd| {
+        rt.block_on(async { reqwest::get(format!("{}/metrics", k.url)).await?.text().await }).expect("metrics")
+    };
+    fs.fill(&fs.dir.join("filler"), reserve / 2);
+    poll("node 3 to see its disk full", || (metric(&metrics(&c), "kv_disk_full") == 1).then_some(()));
+
+    // The other two are a quorum: writes go on, node 3 refuses the ones sent to it.
+    for i in 0..20 {
+        rt.block_on(a.client().put(&format!("f/{i}"), "v", &PutOptions::default()))
+            .expect("write with a full follower");
+    }
+    let err = rt.block_on(c.client().put("f/direct", "v", &PutOptions::default())).expect_err("refused");
+    assert_eq!(err.status(), Some(507), "{err}");
+    // It still answers from what it has.
+    let stale = rt.block_on(c.client().get_opts("f/0", true)).expect("stale read");
+    assert!(stale.is_none(), "node 3 took an entry on a full disk");
+    assert!(metric(&metrics(&c), "kv_writes_refused_no_space_total") >= 1);
+
+    std::fs::remove_file(fs.dir.join("filler")).expect("rm filler");
+    poll("node 3 to catch up", || rt.block_on(c.client().get_opts("f/19", true)).ok().flatten());
+    assert!(c.running());
+}
+
+#[test]
 fn a_failed_fsync_stops_the_node_before_it_acknowledges() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let trigger = tmp.path().join("fail-fsync");
