@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# Benchmarks of DESIGN.md §8, kv side by side with etcd 3.4 (Debian's
+# etcd-server) in one invocation: the same workloads, the same layouts
+# (1 node, 3 nodes on loopback), the same durability (both fsync on commit).
+# It prints figures and a table with the kv / etcd (or kv / reference)
+# ratio; it asserts nothing. Run as root (it mounts a tmpfs and kvfs):
+#   tests/bench.sh            everything (about 10 minutes here)
+#   tests/bench.sh --quick    smaller counts, no scale section
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+puts=10000 gets=20000 scale_keys=1000000 watchers=1000
+if [ "$quick" = 1 ]; then puts=2000 gets=4000 scale_keys=100000 watchers=200; fi
+
+need=()
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq
+    # NOTE: the etcd-server package would start its own etcd on 2379; ours
+    # run on free ports and in their own dirs, so leave it be.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo build --release --locked -p kvd -p kvctl -p kvfs
+cargo build --release --manifest-path tests/bench/Cargo.toml
+target=${CARGO_TARGET_DIR:-$root/target}
+kvd=$target/release/kvd kvctl=$target/release/kvctl kvfs=$target/release/kvfs
+B=$root/tests/bench/target/release/kv-bench
+
+T=$(mktemp -d /var/tmp/kvbench.XXXXXX)
+results=$T/results.jsonl
+pids=()
+mounts=()
+cleanup() {
+    for m in "${mounts[@]}"; do umount -l "$m" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+field() { "$B" field "$1" "$2"; }
+# record ROW TARGET UNIT VALUE
+record() { printf '{"row":"%s","target":"%s","unit":"%s","value":%s}\n' "$1" "$2" "$3" "$4" >>"$results"; }
+say() { printf '\n== %s\n' "$*"; }
+
+wait_file() {
+    for _ in $(seq 300); do [ -s "$1" ] && return 0; sleep 0.1; done
+    echo "bench: $1 never appeared" >&2
+    exit 1
+}
+
+# wait_ready URL: seconds until the node's /health/ready answered 200.
+wait_ready() { "$B" ready "$1/health/ready"; }
+
+# start_kv N: kv_urls holds the client URLs of an N-member cluster.
+start_kv() {
+    kv_urls=() kv_pids=()
+    local n=$1 d
+    for i in $(seq 1 "$n"); do
+        d=$T/kv-$n-$i
+        mkdir -p "$d"
+        local boot=()
+        [ "$i" = 1 ] && boot=(--bootstrap)
+        RUST_LOG=warn "$kvd" --id "$i" --data-dir "$d/data" --client-addr 127.0.0.1:0 --peer-addr 127.0.0.1:0 \
+            "${boot[@]}" 2>"$d/log" &
+        kv_pids+=($!) pids+=($!)
+        wait_file "$d/data/client.addr"
+        kv_urls+=("http://$(cat "$d/data/client.addr")")
+        if [ "$i" = 1 ]; then
+            wait_ready "${kv_urls[0]}" >/dev/null
+        else
+            "$kvctl" --endpoints "${kv_urls[0]}" member add "$i" "http://$(cat "$d/data/peer.addr")" \
+                --client-url "${kv_urls[$((i - 1))]}" >/dev/null
+        fi
+    done
+}
+
+stop_all() {
+    for p in "${kv_pids[@]}" "${etcd_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${kv_pids[@]}" "${etcd_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    kv_pids=() etcd_pids=()
+}
+
+# start_etcd N: etcd_urls holds the client URLs of an N-member etcd cluster.
+start_etcd() {
+    etcd_urls=() etcd_pids=()
+    local n=$1 ports cluster="" d
+    ports=$("$B" ports $((2 * n)) | tr -d '[]' | tr ',' ' ')
+    read -ra p <<<"$ports"
+    for i in $(seq 1 "$n"); do
+        cluster+="${cluster:+,}e$i=http://127.0.0.1:${p[$((2 * i - 1))]}"
+    done
+    for i in $(seq 1 "$n"); do
+        d=$T/etcd-$n-$i
+        mkdir -p "$d"
+        local c=${p[$((2 * i - 2))]} pp=${p[$((2 * i - 1))]}
+        etcd --name "e$i" --data-dir "$d/data" \
+            --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
+            --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
+            --initial-cluster "$cluster" --initial-cluster-state new --log-level error 2>"$d/log" &
+        etcd_pids+=($!) pids+=($!)
+        etcd_urls+=("http://127.0.0.1:$c")
+    done
+    for u in "${etcd_urls[@]}"; do "$B" ready "$u/health" >/dev/null; done
+}
+
+join() { local IFS=,; echo "$*"; }
+
+# bench_store LAYOUT TARGET URLS...
+bench_store() {
+    local layout=$1 tgt=$2 eps r
+    shift 2
+    eps=$(join "$@")
+    say "$tgt, $layout: put, 1 client ($puts)"
+    r=$("$B" put --target "$tgt" --endpoints "$eps" --clients 1 --count "$puts")
+    echo "$r"
+    record "put/s, 1 client, $layout" "$tgt" "/s" "$(field "$r" ops_per_sec)"
+    record "put p50, 1 client, $layout" "$tgt" ms "$(field "$r" p50_ms)"
+    record "put p99, 1 client, $layout" "$tgt" ms "$(field "$r" p99_ms)"
+    [ "$layout" = "1 node" ] && [ "$tgt" = kv ] && kv_put_p50=$(field "$r" p50_ms)
+    say "$tgt, $layout: put, 64 clients ($puts)"
+    r=$("$B" put --target "$tgt" --endpoints "$eps" --clients 64 --count "$puts")
+    echo "$r"
+    record "put/s, 64 clients, $layout" "$tgt" "/s" "$(field "$r" ops_per_sec)"
+    record "put p50, 64 clients, $layout" "$tgt" ms "$(field "$r" p50_ms)"
+    record "put p99, 64 clients, $layout" "$tgt" ms "$(field "$r" p99_ms)"
+    say "$tgt, $layout: linearizable get, 64 clients ($gets)"
+    r=$("$B" get --target "$tgt" --endpoints "$eps" --clients 64 --count "$gets")
+    echo "$r"
+    record "get/s, 64 clients, $layout" "$tgt" "/s" "$(field "$r" ops_per_sec)"
+}
+
+kv_pids=() etcd_pids=()
+say "machine: $(nproc) cores, $(uname -r), data under $T"
+r=$("$B" fsync "$T")
+echo "fdatasync of 4 KiB: $r"
+fsync_p50=$(field "$r" p50_ms)
+record "fdatasync p50 (disk)" reference ms "$fsync_p50"
+
+for n in 1 3; do
+    layout="1 node"
+    [ "$n" = 3 ] && layout="3 nodes"
+    start_kv "$n"
+    bench_store "$layout" kv "${kv_urls[@]}"
+    stop_all
+    start_etcd "$n"
+    bench_store "$layout" etcd "${etcd_urls[@]}"
+    stop_all
+done
+record "put p50, 1 client, 1 node / fdatasync p50" kv x "$(awk -v a="$kv_put_p50" -v b="$fsync_p50" 'BEGIN { print a / b }')"
+
+# The mount against tmpfs, and propagation between members.
+start_kv 3
+mkdir -p "$T/tmpfs" "$T/mnt-a" "$T/mnt-b"
+mount -t tmpfs -o size=256m kvbench "$T/tmpfs"
+mounts+=("$T/tmpfs")
+"$kvfs" -f "${kv_urls[0]}" "$T/mnt-a" 2>"$T/kvfs-a.log" &
+pids+=($!)
+mounts+=("$T/mnt-a")
+"$kvfs" -f "${kv_urls[1]}" "$T/mnt-b" 2>"$T/kvfs-b.log" &
+pids+=($!)
+mounts+=("$T/mnt-b")
+for m in "$T/mnt-a" "$T/mnt-b"; do
+    for _ in $(seq 300); do mountpoint -q "$m" && break; sleep 0.1; done
+done
+say "filesystem loops: tmpfs"
+tm=$("$B" fs "$T/tmpfs")
+echo "$tm"
+say "filesystem loops: kvfs"
+km=$("$B" fs "$T/mnt-a")
+echo "$km"
+record "open+read+close, cached 100 B file" kv µs "$(field "$km" open_read_close_us)"
+record "open+read+close, cached 100 B file" reference µs "$(field "$tm" open_read_close_us)"
+record "stat of 1,000 entries" kv µs "$(field "$km" stat_1000_us)"
+record "stat of 1,000 entries" reference µs "$(field "$tm" stat_1000_us)"
+record "ls -l of 1,000 entries" kv µs "$(field "$km" ls_l_1000_us)"
+record "ls -l of 1,000 entries" reference µs "$(field "$tm" ls_l_1000_us)"
+record "create+write+close p50 (ref: API put p50)" kv ms "$(field "$km" create_write_close.p50_ms)"
+record "create+write+close p50 (ref: API put p50)" reference ms "$kv_put_p50"
+say "propagation: write through member 1, cat on a mount of member 2"
+r=$("$B" propagate --endpoint "${kv_urls[0]}" "$T/mnt-b")
+echo "$r"
+record "propagation p50, member to mount" kv ms "$(field "$r" p50_ms)"
+record "propagation p99, member to mount" kv ms "$(field "$r" p99_ms)"
+for m in "$T/mnt-a" "$T/mnt-b"; do umount "$m"; done
+stop_all
+
+if [ "$quick" = 0 ]; then
+    say "watch fan-out: $watchers watchers, 100 writes/s for 10 s"
+    start_kv 1
+    r=$("$B" watchers --endpoints "${kv_urls[0]}" --watchers "$watchers" --rate 100 --secs 10)
+    echo "$r"
+    record "watch fan-out p99, $watchers watchers" kv ms "$(field "$r" p99_ms)"
+    record "watch events missing" kv "" "$(field "$r" missing_events)"
+    stop_all
+
+    say "scale: $scale_keys keys of 100 bytes"
+    start_kv 1
+    r=$("$B" load --endpoints "${kv_urls[0]}" --keys "$scale_keys")
+    echo "$r"
+    raw=$(field "$r" raw_bytes)
+    rss=$(awk '/VmRSS/ { print $2 * 1024 }' "/proc/${kv_pids[0]}/status")
+    echo "kvd resident memory: $rss bytes for $raw raw bytes"
+    record "kvd RSS / raw key+value bytes, $scale_keys keys" kv x "$(awk -v a="$rss" -v b="$raw" 'BEGIN { print a / b }')"
+    t0=$(date +%s.%N)
+    "$kvctl" --endpoints "${kv_urls[0]}" snapshot save "$T/scale.snap" >/dev/null
+    t1=$(date +%s.%N)
+    record "snapshot save, $scale_keys keys" kv s "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
+    record "snapshot size / raw bytes" kv x "$(awk -v a="$(stat -c %s "$T/scale.snap")" -v b="$raw" 'BEGIN { print a / b }')"
+    # Restart to ready: SIGTERM, then start again on the same data dir.
+    d=$T/kv-1-1
+    kill "${kv_pids[0]}"
+    wait "${kv_pids[0]}" 2>/dev/null || true
+    RUST_LOG=warn "$kvd" --id 1 --data-dir "$d/data" --client-addr "${kv_urls[0]#http://}" \
+        --peer-addr "$(cat "$d/data/peer.addr")" 2>>"$d/log" &
+    kv_pids=($!) pids+=($!)
+    record "restart to ready, $scale_keys keys" kv s "$(wait_ready "${kv_urls[0]}")"
+    # Catch-up of a new member: it joins by snapshot, then is promoted.
+    d=$T/kv-join
+    mkdir -p "$d"
+    RUST_LOG=warn "$kvd" --id 2 --data-dir "$d/data" --client-addr 127.0.0.1:0 --peer-addr 127.0.0.1:0 2>"$d/log" &
+    kv_pids+=($!) pids+=($!)
+    wait_file "$d/data/client.addr"
+    t0=$(date +%s.%N)
+    "$kvctl" --endpoints "${kv_urls[0]}" member add 2 "http://$(cat "$d/data/peer.addr")" \
+        --client-url "http://$(cat "$d/data/client.addr")" >/dev/null
+    wait_ready "http://$(cat "$d/data/client.addr")" >/dev/null
+    t1=$(date +%s.%N)
+    record "new member caught up, $scale_keys keys" kv s "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
+    stop_all
+fi
+
+say "results (kv / etcd: higher is better for /s, lower for ms)"
+"$B" table "$results"

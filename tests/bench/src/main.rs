@@ -1,0 +1,466 @@
+//! Load generator of `tests/bench.sh`. Every subcommand prints one JSON
+//! object with its figures on stdout; the script makes the tables.
+//!
+//! - `put` / `get`: durable puts of distinct keys and linearizable gets
+//!   from concurrent clients, against kv (its own client, HTTP/1.1) or etcd
+//!   (its gRPC API, the way etcd's own benchmark talks to it).
+//! - `fs`: the filesystem loops of DESIGN.md §8 in a directory (a mount or
+//!   a tmpfs, for the ratio).
+//! - `propagate`: a write through one member until a file on a mount served
+//!   by another shows it.
+//! - `watchers`: many watch streams while writes arrive at a fixed rate.
+//! - `load`: many small keys in large transactions (for the scale figures).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Target {
+    Kv,
+    Etcd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Load {
+    /// What the endpoints are.
+    #[arg(long, value_enum)]
+    target: Target,
+    /// Client URLs, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    #[arg(long, default_value_t = 10_000)]
+    count: usize,
+    #[arg(long, default_value_t = 16)]
+    key_size: usize,
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Distinct keys read by `get` (written first).
+    #[arg(long, default_value_t = 1000)]
+    keys: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Durable puts of distinct keys.
+    Put(Load),
+    /// Linearizable gets.
+    Get(Load),
+    /// Filesystem loops in DIR.
+    Fs {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+    },
+    /// Write through ENDPOINT, wait until DIR/KEY (a mount of the keyspace
+    /// root on another member) shows it.
+    Propagate {
+        #[arg(long)]
+        endpoint: String,
+        dir: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        count: usize,
+    },
+    /// WATCHERS watch streams on one prefix, RATE writes a second for SECS.
+    Watchers {
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<String>,
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
+    /// N free loopback ports (for etcd, which cannot report the port it bound).
+    Ports { n: usize },
+    /// fdatasync latency of the disk under DIR (4 KiB appends).
+    Fsync {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+    },
+    /// Polls GET URL until it answers 200 (60 s at most); prints the seconds.
+    Ready { url: String },
+    /// Prints the number at PATH (dotted) in JSON.
+    Field { json: String, path: String },
+    /// The side-by-side table from the JSON lines in FILE.
+    Table { file: PathBuf },
+    /// KEYS keys of VALUE_SIZE bytes under `scale/`, in transactions.
+    Load {
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<String>,
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+    },
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn key(i: usize, size: usize) -> String {
+    format!("b/{i:0w$}", w = size.saturating_sub(2).max(1))
+}
+
+/// Percentile of sorted latencies, in ms.
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)].as_secs_f64() * 1e3
+}
+
+fn summary(mut lat: Vec<Duration>, secs: f64, errors: usize) -> serde_json::Value {
+    lat.sort();
+    let mean = lat.iter().map(Duration::as_secs_f64).sum::<f64>() / lat.len().max(1) as f64 * 1e3;
+    json!({
+        "count": lat.len(), "errors": errors, "seconds": secs,
+        "ops_per_sec": lat.len() as f64 / secs,
+        "mean_ms": mean, "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99),
+    })
+}
+
+/// One connection's worth of requests, for either store.
+#[derive(Clone)]
+enum Conn {
+    Kv(Arc<kv_client::Client>),
+    Etcd(etcd_client::KvClient),
+}
+
+impl Conn {
+    async fn new(l: &Load, i: usize) -> Result<Conn, Error> {
+        let mut eps = l.endpoints.clone();
+        eps.rotate_left(i % eps.len());
+        Ok(match l.target {
+            Target::Kv => Conn::Kv(Arc::new(kv_client::Client::new(&eps)?)),
+            Target::Etcd => {
+                let hosts: Vec<String> = eps.iter().map(|e| e.trim_start_matches("http://").to_owned()).collect();
+                Conn::Etcd(etcd_client::Client::connect(hosts, None).await?.kv_client())
+            }
+        })
+    }
+
+    async fn put(&mut self, k: String, v: Vec<u8>) -> Result<(), Error> {
+        match self {
+            Conn::Kv(c) => c.put(&k, v, &kv_client::PutOptions::default()).await.map(drop).map_err(Into::into),
+            Conn::Etcd(c) => c.put(k, v, None).await.map(drop).map_err(Into::into),
+        }
+    }
+
+    async fn get(&mut self, k: String) -> Result<bool, Error> {
+        match self {
+            Conn::Kv(c) => Ok(c.get(&k).await?.is_some()),
+            // NOTE: etcd's range is linearizable unless serializable is asked for.
+            Conn::Etcd(c) => Ok(!c.get(k, None).await?.kvs().is_empty()),
+        }
+    }
+}
+
+async fn load_test(l: Load, put: bool) -> Result<serde_json::Value, Error> {
+    let value = vec![b'x'; l.value_size];
+    if !put {
+        let mut c = Conn::new(&l, 0).await?;
+        for i in 0..l.keys {
+            c.put(key(i, l.key_size), value.clone()).await?;
+        }
+    }
+    let mut conns = Vec::new();
+    for i in 0..l.clients {
+        conns.push(Conn::new(&l, i).await?);
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut conn)| {
+            let (l, value) = (l.clone(), value.clone());
+            tokio::spawn(async move {
+                let (mut lat, mut errors) = (Vec::new(), 0);
+                let mut i = c;
+                while i < l.count {
+                    let t = Instant::now();
+                    let ok = if put {
+                        conn.put(key(i, l.key_size), value.clone()).await.is_ok()
+                    } else {
+                        matches!(conn.get(key(i % l.keys, l.key_size)).await, Ok(true))
+                    };
+                    lat.push(t.elapsed());
+                    errors += usize::from(!ok);
+                    i += l.clients;
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    Ok(summary(lat, start.elapsed().as_secs_f64(), errors))
+}
+
+/// Mean time of `n` runs of `f`, in µs.
+fn mean_us(n: usize, mut f: impl FnMut(usize) -> std::io::Result<()>) -> Result<f64, Error> {
+    let t = Instant::now();
+    for i in 0..n {
+        f(i)?;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
+}
+
+fn fs_test(dir: PathBuf, count: usize) -> Result<serde_json::Value, Error> {
+    let base = dir.join(format!("fsbench-{}", std::process::id()));
+    std::fs::create_dir_all(base.join("many"))?;
+    let data = [b'x'; 100];
+    // create + write + close of small files
+    let mut lat = Vec::with_capacity(count);
+    for i in 0..count {
+        let t = Instant::now();
+        let mut f = std::fs::File::create(base.join(format!("new-{i}")))?;
+        f.write_all(&data)?;
+        drop(f);
+        lat.push(t.elapsed());
+    }
+    let create = summary(lat, 1.0, 0);
+    // open + read + close of one cached file
+    let one = base.join("one");
+    std::fs::write(&one, data)?;
+    let mut buf = Vec::with_capacity(128);
+    let _ = std::fs::read(&one)?;
+    let read_us = mean_us(count * 10, |_| {
+        buf.clear();
+        std::fs::File::open(&one)?.read_to_end(&mut buf).map(drop)
+    })?;
+    // a 1,000-entry directory: stat of every entry, and ls -l (readdir + lstat)
+    for i in 0..1000 {
+        std::fs::write(base.join("many").join(format!("f{i:04}")), data)?;
+    }
+    let names: Vec<PathBuf> = (0..1000).map(|i| base.join("many").join(format!("f{i:04}"))).collect();
+    let _ = std::fs::read_dir(base.join("many"))?.count();
+    let stat_us = mean_us(20, |_| names.iter().try_for_each(|p| std::fs::metadata(p).map(drop)))?;
+    let ls_us = mean_us(20, |_| {
+        for e in std::fs::read_dir(base.join("many"))? {
+            std::fs::symlink_metadata(e?.path())?;
+        }
+        Ok(())
+    })?;
+    std::fs::remove_dir_all(&base)?;
+    Ok(json!({
+        "create_write_close": create,
+        "open_read_close_us": read_us,
+        "stat_1000_us": stat_us,
+        "ls_l_1000_us": ls_us,
+    }))
+}
+
+async fn propagate(endpoint: String, dir: PathBuf, count: usize) -> Result<serde_json::Value, Error> {
+    let c = kv_client::Client::new(&[endpoint])?;
+    let path = dir.join("prop").join("x");
+    c.put("prop/x", "0", &kv_client::PutOptions::default()).await?;
+    let mut lat = Vec::with_capacity(count);
+    for i in 1..=count {
+        let want = i.to_string();
+        c.put("prop/x", want.clone(), &kv_client::PutOptions::default()).await?;
+        // NOTE: the clock starts once the write is acknowledged.
+        let t = Instant::now();
+        loop {
+            if std::fs::read_to_string(&path).is_ok_and(|s| s == want) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                return Err(format!("change {i} never showed on the mount").into());
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        lat.push(t.elapsed());
+    }
+    Ok(summary(lat, 1.0, 0))
+}
+
+async fn watchers(endpoints: Vec<String>, n: usize, rate: u64, secs: u64) -> Result<serde_json::Value, Error> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let total = (rate * secs) as usize;
+    for i in 0..n {
+        let mut eps = endpoints.clone();
+        eps.rotate_left(i % eps.len());
+        let c = kv_client::Client::new(&eps)?;
+        let mut w = c.watch("fan", None).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while lat.len() < total {
+                match tokio::time::timeout(Duration::from_secs(10), w.next()).await {
+                    Ok(Ok(Some(ev))) => {
+                        let sent: u64 = ev.entry.and_then(|e| e.value).and_then(|v| v.parse().ok()).unwrap_or(0);
+                        lat.push(start.elapsed().saturating_sub(Duration::from_micros(sent)));
+                    }
+                    _ => break,
+                }
+            }
+            lat
+        }));
+    }
+    let writer = kv_client::Client::new(&endpoints)?;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    for i in 0..total {
+        tick.tick().await;
+        let sent = start.elapsed().as_micros().to_string();
+        writer.put(&format!("fan/{}", i % 100), sent, &kv_client::PutOptions::default()).await?;
+    }
+    let mut lat = Vec::new();
+    let mut short = 0;
+    for t in tasks {
+        let l = t.await?;
+        short += total - l.len();
+        lat.extend(l);
+    }
+    let mut s = summary(lat, secs as f64, short);
+    s["expected_events"] = json!(total * n);
+    s["missing_events"] = json!(short);
+    Ok(s)
+}
+
+async fn load(endpoints: Vec<String>, keys: usize, value_size: usize) -> Result<serde_json::Value, Error> {
+    const PER_TXN: usize = 1000;
+    let value = "v".repeat(value_size);
+    let start = Instant::now();
+    let clients = 16;
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (endpoints, value) = (endpoints.clone(), value.clone());
+            tokio::spawn(async move {
+                let client = kv_client::Client::new(&endpoints)?;
+                let mut b = c * PER_TXN;
+                while b < keys {
+                    let success = (b..(b + PER_TXN).min(keys))
+                        .map(|i| kv_client::TxnOp::put(format!("scale/{i:08}"), value.clone()))
+                        .collect();
+                    let txn = kv_client::TxnRequest { compare: vec![], success, failure: vec![] };
+                    client.txn(&txn).await?;
+                    b += clients * PER_TXN;
+                }
+                Ok::<(), Error>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(json!({ "keys": keys, "raw_bytes": keys * (14 + value_size), "seconds": start.elapsed().as_secs_f64() }))
+}
+
+/// Status of a plain GET (HTTP/1.0 by hand: no client library needed).
+async fn kv_http_get(url: &str) -> Result<u16, Error> {
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)?;
+    Ok(std::str::from_utf8(&head[9..12])?.parse()?)
+}
+
+fn ports(n: usize) -> Result<serde_json::Value, Error> {
+    let socks: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    let ports: Vec<u16> = socks.iter().map(|s| s.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?;
+    Ok(json!(ports))
+}
+
+fn fsync(dir: PathBuf, count: usize) -> Result<serde_json::Value, Error> {
+    let path = dir.join(format!("fsync-{}", std::process::id()));
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0u8; 4096];
+    let mut lat = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        lat.push(t.elapsed());
+    }
+    std::fs::remove_file(&path)?;
+    Ok(summary(lat, 1.0, 0))
+}
+
+/// Prints `| measure | kv | etcd | kv / etcd |` rows for every pair of
+/// results with the same `row`, and `| measure | kv | reference | ratio |`
+/// rows for kv-only measures that carry their reference.
+fn table(file: PathBuf) -> Result<serde_json::Value, Error> {
+    let text = std::fs::read_to_string(file)?;
+    let rows: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    println!("| measure | kv | etcd / reference | ratio |\n| --- | ---: | ---: | ---: |");
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &rows {
+        let name = r["row"].as_str().unwrap_or("").to_owned();
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let unit = r["unit"].as_str().unwrap_or("");
+        let of = |target: &str| rows.iter().find(|x| x["row"] == name && x["target"] == target).and_then(|x| x["value"].as_f64());
+        let (kv, other) = (of("kv"), of("etcd").or_else(|| of("reference")));
+        let fmt = |v: Option<f64>| v.map_or("-".to_owned(), |v| if v >= 100.0 { format!("{v:.0} {unit}") } else { format!("{v:.2} {unit}") });
+        let ratio = match (kv, other) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        println!("| {name} | {} | {} | {ratio} |", fmt(kv), fmt(other));
+    }
+    Ok(json!({"rows": seen.len()}))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let out = match Cli::parse().cmd {
+        Cmd::Put(l) => load_test(l, true).await?,
+        Cmd::Get(l) => load_test(l, false).await?,
+        Cmd::Fs { dir, count } => fs_test(dir, count)?,
+        Cmd::Propagate { endpoint, dir, count } => propagate(endpoint, dir, count).await?,
+        Cmd::Watchers { endpoints, watchers: n, rate, secs } => watchers(endpoints, n, rate, secs).await?,
+        Cmd::Load { endpoints, keys, value_size } => load(endpoints, keys, value_size).await?,
+        Cmd::Ports { n } => ports(n)?,
+        Cmd::Fsync { dir, count } => fsync(dir, count)?,
+        Cmd::Ready { url } => {
+            let t = Instant::now();
+            loop {
+                let ok = async { Ok::<_, Error>(kv_http_get(&url).await? == 200) };
+                if ok.await.unwrap_or(false) {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(60) {
+                    return Err(format!("{url} did not answer 200 within 60 s").into());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            println!("{}", t.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        Cmd::Field { json, path } => {
+            let v: serde_json::Value = serde_json::from_str(&json)?;
+            let f = path.split('.').fold(&v, |v, k| &v[k]);
+            println!("{}", f.as_f64().ok_or_else(|| format!("no number at {path} in {json}"))?);
+            return Ok(());
+        }
+        Cmd::Table { file } => {
+            table(file)?;
+            return Ok(());
+        }
+    };
+    println!("{out}");
+    Ok(())
+}
