@@ -60,11 +60,13 @@ wait_ready() { "$B" ready "$1/health/ready"; }
 
 # start_kv N: kv_urls holds the client URLs of an N-member cluster.
 start_kv() {
-    kv_urls=() kv_pids=()
+    kv_urls=() kv_pids=() kv_dirs=()
+    runs=$((runs + 1))
     local n=$1 d
     for i in $(seq 1 "$n"); do
-        d=$T/kv-$n-$i
+        d=$T/kv-$runs-$i
         mkdir -p "$d"
+        kv_dirs+=("$d")
         local boot=()
         [ "$i" = 1 ] && boot=(--bootstrap)
         RUST_LOG=warn "$kvd" --id "$i" --data-dir "$d/data" --client-addr 127.0.0.1:0 --peer-addr 127.0.0.1:0 \
@@ -76,7 +78,7 @@ start_kv() {
             wait_ready "${kv_urls[0]}" >/dev/null
         else
             "$kvctl" --endpoints "${kv_urls[0]}" member add "$i" "http://$(cat "$d/data/peer.addr")" \
-                --client-url "${kv_urls[$((i - 1))]}" >/dev/null
+                --client-url "${kv_urls[$((i - 1))]}" >"$d/add.log" 2>&1
         fi
     done
 }
@@ -90,6 +92,7 @@ stop_all() {
 # start_etcd N: etcd_urls holds the client URLs of an N-member etcd cluster.
 start_etcd() {
     etcd_urls=() etcd_pids=()
+    runs=$((runs + 1))
     local n=$1 ports cluster="" d
     ports=$("$B" ports $((2 * n)) | tr -d '[]' | tr ',' ' ')
     read -ra p <<<"$ports"
@@ -97,7 +100,7 @@ start_etcd() {
         cluster+="${cluster:+,}e$i=http://127.0.0.1:${p[$((2 * i - 1))]}"
     done
     for i in $(seq 1 "$n"); do
-        d=$T/etcd-$n-$i
+        d=$T/etcd-$runs-$i
         mkdir -p "$d"
         local c=${p[$((2 * i - 2))]} pp=${p[$((2 * i - 1))]}
         etcd --name "e$i" --data-dir "$d/data" \
@@ -136,7 +139,7 @@ bench_store() {
     record "get/s, 64 clients, $layout" "$tgt" "/s" "$(field "$r" ops_per_sec)"
 }
 
-kv_pids=() etcd_pids=()
+kv_pids=() etcd_pids=() runs=0
 say "machine: $(nproc) cores, $(uname -r), data under $T"
 r=$("$B" fsync "$T")
 echo "fdatasync of 4 KiB: $r"
@@ -214,7 +217,7 @@ if [ "$quick" = 0 ]; then
     record "snapshot save, $scale_keys keys" kv s "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
     record "snapshot size / raw bytes" kv x "$(awk -v a="$(stat -c %s "$T/scale.snap")" -v b="$raw" 'BEGIN { print a / b }')"
     # Restart to ready: SIGTERM, then start again on the same data dir.
-    d=$T/kv-1-1
+    d=${kv_dirs[0]}
     kill "${kv_pids[0]}"
     wait "${kv_pids[0]}" 2>/dev/null || true
     RUST_LOG=warn "$kvd" --id 1 --data-dir "$d/data" --client-addr "${kv_urls[0]#http://}" \
@@ -229,7 +232,7 @@ if [ "$quick" = 0 ]; then
     wait_file "$d/data/client.addr"
     t0=$(date +%s.%N)
     "$kvctl" --endpoints "${kv_urls[0]}" member add 2 "http://$(cat "$d/data/peer.addr")" \
-        --client-url "http://$(cat "$d/data/client.addr")" >/dev/null
+        --client-url "http://$(cat "$d/data/client.addr")" >"$d/add.log" 2>&1
     wait_ready "http://$(cat "$d/data/client.addr")" >/dev/null
     t1=$(date +%s.%N)
     record "new member caught up, $scale_keys keys" kv s "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"

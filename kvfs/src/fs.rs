@@ -48,12 +48,19 @@ struct Handle {
     attrs: Attrs,
 }
 
+/// One entry of a directory listing: inode, type, name.
+type DirEntry = (u64, FileType, String);
+
 /// The filesystem.
 pub struct KvFs {
     tree: Arc<RwLock<Tree>>,
     sync: Arc<Sync>,
     remote: Arc<Remote>,
     handles: Mutex<HashMap<u64, Handle>>,
+    /// The listing each open directory reads from: offsets index into it, so
+    /// entries removed while a program walks the directory (`rm -r`, Rust's
+    /// `remove_dir_all`) do not make it skip others.
+    listings: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
     ro: bool,
     local: Vec<String>,
@@ -137,6 +144,7 @@ impl KvFs {
             remote: sync.remote.clone(),
             sync,
             handles: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             ro,
             local,
@@ -292,6 +300,23 @@ impl KvFs {
         }
         self.changed();
         self.mark_clean(fh, resp.revision)
+    }
+
+    /// A directory's entries, `.` and `..` first.
+    fn list_dir(&self, ino: INodeNo) -> Result<Vec<DirEntry>, Errno> {
+        let path = self.path(ino)?;
+        let mut t = self.tree_mut()?;
+        if t.kind(&path) != Some(Kind::Dir) {
+            return Err(Errno::ENOTDIR);
+        }
+        let parent = if path.is_empty() { ROOT } else { t.ino(split(&path).0) };
+        let mut out =
+            vec![(ino.0, FileType::Directory, ".".to_owned()), (parent, FileType::Directory, "..".to_owned())];
+        for (name, kind) in t.children(&path) {
+            let i = t.ino(&join(&path, &name));
+            out.push((i, file_type(kind), name));
+        }
+        Ok(out)
     }
 
     fn mark_clean(&self, fh: u64, rev: u64) -> Result<(), Errno> {
@@ -495,10 +520,12 @@ impl KvFs {
             self.writable()?;
             let key = self.remote.key(path);
             let _own = self.sync.own_write(path);
-            match self.remote.call("delete", self.remote.client.delete(&key, false, None)) {
-                Ok(_) | Err(Errno::ENOENT) => {}
+            let rev = match self.remote.call("delete", self.remote.client.delete(&key, false, None)) {
+                Ok(r) => r.revision,
+                Err(Errno::ENOENT) => self.tree()?.revision,
                 Err(e) => return Err(e),
-            }
+            };
+            self.tree_mut()?.remove_at(path, rev);
         }
         self.tree_mut()?.remove(path);
         self.changed();
@@ -593,7 +620,7 @@ impl KvFs {
         }
         let mut t = self.tree_mut()?;
         for (p, _) in src_sub.iter().chain(dst_sub.iter()) {
-            t.remove(p);
+            t.remove_at(p, resp.revision);
         }
         for (p, mut n) in arrive {
             n.meta.create_revision = resp.revision;
@@ -632,10 +659,12 @@ impl KvFs {
         } else if !src_local {
             self.writable()?;
             let _own = self.sync.own_write(src);
-            match self.remote.call("rename", self.remote.client.delete(&self.remote.key(src), false, None)) {
-                Ok(_) | Err(Errno::ENOENT) => {}
+            let rev = match self.remote.call("rename", self.remote.client.delete(&self.remote.key(src), false, None)) {
+                Ok(r) => r.revision,
+                Err(Errno::ENOENT) => self.tree()?.revision,
                 Err(e) => return Err(e),
-            }
+            };
+            self.tree_mut()?.remove_at(src, rev);
             n.local = true;
         }
         let mut t = self.tree_mut()?;
@@ -954,26 +983,30 @@ impl Filesystem for KvFs {
         reply_empty(self.commit(fh.0), reply);
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = (|| -> Result<Vec<(u64, FileType, String)>, Errno> {
-            let path = self.path(ino)?;
-            let mut t = self.tree_mut()?;
-            if t.kind(&path) != Some(Kind::Dir) {
-                return Err(Errno::ENOTDIR);
-            }
-            let parent = if path.is_empty() { ROOT } else { t.ino(split(&path).0) };
-            let mut out =
-                vec![(ino.0, FileType::Directory, ".".to_owned()), (parent, FileType::Directory, "..".to_owned())];
-            for (name, kind) in t.children(&path) {
-                let i = t.ino(&join(&path, &name));
-                out.push((i, file_type(kind), name));
-            }
-            Ok(out)
-        })();
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        if let Ok(mut l) = self.listings.lock() {
+            l.remove(&fh.0);
+        }
+        reply.ok();
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        // NOTE: offset 0 (a new walk, or rewinddir) takes a fresh listing;
+        // later calls continue in the one taken then.
+        let kept = (offset > 0).then(|| self.listings.lock().ok().and_then(|l| l.get(&fh.0).cloned())).flatten();
+        let entries = kept.map(Ok).unwrap_or_else(|| self.list_dir(ino).map(Arc::new));
         match entries {
             Ok(list) => {
-                for (i, (ino, kind, name)) in list.into_iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(ino), (i + 1) as u64, kind, &name) {
+                if let Ok(mut l) = self.listings.lock() {
+                    l.insert(fh.0, list.clone());
+                }
+                for (i, (ino, kind, name)) in list.iter().enumerate().skip(offset as usize) {
+                    if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
                         break;
                     }
                 }

@@ -382,6 +382,7 @@ impl Sync {
                 inval.extend(invalidations(&t, &p));
             }
             t.revision = rev;
+            t.prune_gone(rev);
         }
         self.dirty.store(true, Ordering::Relaxed);
         let _ = self.inval_tx.send(inval);
@@ -394,7 +395,11 @@ impl Sync {
         if let Some(c) = complete {
             t.revision = t.revision.max(c);
         }
-        if t.get(&path).is_some_and(|n| n.local) {
+        let stale = t.deleted_after(&path, ev.revision);
+        if let Some(c) = complete {
+            t.prune_gone(c);
+        }
+        if stale || t.get(&path).is_some_and(|n| n.local) {
             return vec![];
         }
         let changed = match (ev.kind, &ev.entry) {

@@ -31,6 +31,10 @@ pub struct Tree {
     next_ino: u64,
     /// Revision of the cluster state this tree reflects.
     pub revision: u64,
+    /// Paths this mount deleted, with the revision of the delete: a put
+    /// event at or before it, still on its way through the watch, must not
+    /// bring the entry back.
+    gone: HashMap<String, u64>,
 }
 
 /// Joins a directory path and a name.
@@ -96,6 +100,26 @@ impl Tree {
     /// Removes an entry.
     pub fn remove(&mut self, path: &str) -> Option<Node> {
         self.entries.remove(path)
+    }
+
+    /// Removes an entry this mount deleted in the cluster at `revision`.
+    pub fn remove_at(&mut self, path: &str, revision: u64) -> Option<Node> {
+        let r = self.gone.entry(path.to_owned()).or_insert(0);
+        *r = (*r).max(revision);
+        self.entries.remove(path)
+    }
+
+    /// Whether an event of `revision` on `path` predates this mount's own
+    /// delete of it.
+    pub fn deleted_after(&self, path: &str, revision: u64) -> bool {
+        self.gone.get(path).is_some_and(|r| revision <= *r)
+    }
+
+    /// Forgets deletes that every event up to `revision` has been seen past.
+    pub fn prune_gone(&mut self, revision: u64) {
+        if !self.gone.is_empty() {
+            self.gone.retain(|_, r| *r > revision);
+        }
     }
 
     /// Whether anything lies below `dir`.

@@ -143,7 +143,8 @@ enum Conn {
 impl Conn {
     async fn new(l: &Load, i: usize) -> Result<Conn, Error> {
         let mut eps = l.endpoints.clone();
-        eps.rotate_left(i % eps.len());
+        let n = eps.len();
+        eps.rotate_left(i % n);
         Ok(match l.target {
             Target::Kv => Conn::Kv(Arc::new(kv_client::Client::new(&eps)?)),
             Target::Etcd => {
@@ -298,7 +299,8 @@ async fn watchers(endpoints: Vec<String>, n: usize, rate: u64, secs: u64) -> Res
     let total = (rate * secs) as usize;
     for i in 0..n {
         let mut eps = endpoints.clone();
-        eps.rotate_left(i % eps.len());
+        let n = eps.len();
+        eps.rotate_left(i % n);
         let c = kv_client::Client::new(&eps)?;
         let mut w = c.watch("fan", None).await?;
         tasks.push(tokio::spawn(async move {

@@ -303,3 +303,29 @@ fn renames_are_atomic_and_honour_noreplace_and_exchange() {
     let out = m.sh("mkdir f && echo 1 > f/y && mkdir g && echo 2 > g/z && mv -T f g");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"), "{out:?}");
 }
+
+#[test]
+fn a_tree_written_and_removed_at_once_stays_removed() {
+    // Rust's remove_dir_all unlinks while it reads the directory (unlike
+    // rm -r, which reads it whole first): offsets must not skip entries.
+    // And the watch delivers this mount's own puts after it has deleted the
+    // files again: they must not bring the names back.
+    let k = Kvd::bootstrap(&[]);
+    let m = Mount::start(&k.url, &[]);
+    // NOTE: enough names that a directory read takes several getdents calls.
+    for round in 0..1 {
+        let dir = m.dir.join(format!("t{round}"));
+        std::fs::create_dir(&dir).expect("mkdir");
+        for i in 0..1500 {
+            std::fs::write(dir.join(format!("f{i:04}")), "x").expect("write");
+        }
+        std::fs::remove_dir_all(&dir).expect("remove_dir_all through the mount");
+        assert!(!dir.exists(), "t{round} came back");
+    }
+    let rest = k.client();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let left =
+        rt.block_on(rest.list("", &kv_client::ListOptions { recursive: true, ..Default::default() })).expect("list");
+    assert!(left.entries.is_empty(), "keys left behind: {:?}", left.entries.iter().map(|e| &e.key).collect::<Vec<_>>());
+    assert_eq!(m.sh_ok("ls | wc -l").trim(), "0");
+}
