@@ -37,6 +37,10 @@ results=$T/results.jsonl
 pids=()
 mounts=()
 cleanup() {
+    if [ -s "$results" ]; then
+        say "results (kv / etcd: higher is better for /s, lower for ms)"
+        "$B" table "$results" || true
+    fi
     for m in "${mounts[@]}"; do umount -l "$m" 2>/dev/null || true; done
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
@@ -158,40 +162,53 @@ for n in 1 3; do
 done
 record "put p50, 1 client, 1 node / fdatasync p50" kv x "$(awk -v a="$kv_put_p50" -v b="$fsync_p50" 'BEGIN { print a / b }')"
 
-# The mount against tmpfs, and propagation between members.
-start_kv 3
-mkdir -p "$T/tmpfs" "$T/mnt-a" "$T/mnt-b"
+# The mount against tmpfs (1 node, like the API put it is compared with).
+start_kv 1
+mkdir -p "$T/tmpfs" "$T/mnt-rw" "$T/mnt-ro" "$T/mnt-a" "$T/mnt-b"
 mount -t tmpfs -o size=256m kvbench "$T/tmpfs"
 mounts+=("$T/tmpfs")
-"$kvfs" -f "${kv_urls[0]}" "$T/mnt-a" 2>"$T/kvfs-a.log" &
-pids+=($!)
-mounts+=("$T/mnt-a")
-"$kvfs" -f "${kv_urls[1]}" "$T/mnt-b" 2>"$T/kvfs-b.log" &
-pids+=($!)
-mounts+=("$T/mnt-b")
-for m in "$T/mnt-a" "$T/mnt-b"; do
-    for _ in $(seq 300); do mountpoint -q "$m" && break; sleep 0.1; done
-done
+# mount_kvfs URL DIR [OPTIONS]: a kvfs mount in the background, once live.
+mount_kvfs() {
+    "$kvfs" -f ${3:+-o "$3"} "$1" "$2" 2>"$2.log" &
+    pids+=($!)
+    mounts+=("$2")
+    for _ in $(seq 300); do mountpoint -q "$2" && return 0; sleep 0.1; done
+    echo "bench: $2 did not mount" >&2
+    exit 1
+}
+mount_kvfs "${kv_urls[0]}" "$T/mnt-rw"
+mount_kvfs "${kv_urls[0]}" "$T/mnt-ro" ro
 say "filesystem loops: tmpfs"
 tm=$("$B" fs "$T/tmpfs")
 echo "$tm"
 say "filesystem loops: kvfs"
-km=$("$B" fs "$T/mnt-a")
+km=$("$B" fs --keep "$T/mnt-rw")
 echo "$km"
+say "filesystem loops: kvfs -o ro (the files written above)"
+ro=$("$B" fs --read-only "$T/mnt-ro")
+echo "$ro"
 record "open+read+close, cached 100 B file" kv µs "$(field "$km" open_read_close_us)"
 record "open+read+close, cached 100 B file" reference µs "$(field "$tm" open_read_close_us)"
+record "open+read+close, cached 100 B file, -o ro" kv µs "$(field "$ro" open_read_close_us)"
+record "open+read+close, cached 100 B file, -o ro" reference µs "$(field "$tm" open_read_close_us)"
 record "stat of 1,000 entries" kv µs "$(field "$km" stat_1000_us)"
 record "stat of 1,000 entries" reference µs "$(field "$tm" stat_1000_us)"
 record "ls -l of 1,000 entries" kv µs "$(field "$km" ls_l_1000_us)"
 record "ls -l of 1,000 entries" reference µs "$(field "$tm" ls_l_1000_us)"
 record "create+write+close p50 (ref: API put p50)" kv ms "$(field "$km" create_write_close.p50_ms)"
 record "create+write+close p50 (ref: API put p50)" reference ms "$kv_put_p50"
+for m in "$T/mnt-rw" "$T/mnt-ro"; do umount "$m"; done
+stop_all
+
+# Propagation between members of a 3-node cluster.
+start_kv 3
+mount_kvfs "${kv_urls[1]}" "$T/mnt-b"
 say "propagation: write through member 1, cat on a mount of member 2"
 r=$("$B" propagate --endpoint "${kv_urls[0]}" "$T/mnt-b")
 echo "$r"
 record "propagation p50, member to mount" kv ms "$(field "$r" p50_ms)"
 record "propagation p99, member to mount" kv ms "$(field "$r" p99_ms)"
-for m in "$T/mnt-a" "$T/mnt-b"; do umount "$m"; done
+umount "$T/mnt-b"
 stop_all
 
 if [ "$quick" = 0 ]; then
@@ -212,10 +229,13 @@ if [ "$quick" = 0 ]; then
     echo "kvd resident memory: $rss bytes for $raw raw bytes"
     record "kvd RSS / raw key+value bytes, $scale_keys keys" kv x "$(awk -v a="$rss" -v b="$raw" 'BEGIN { print a / b }')"
     t0=$(date +%s.%N)
-    "$kvctl" --endpoints "${kv_urls[0]}" snapshot save "$T/scale.snap" >/dev/null
-    t1=$(date +%s.%N)
-    record "snapshot save, $scale_keys keys" kv s "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
-    record "snapshot size / raw bytes" kv x "$(awk -v a="$(stat -c %s "$T/scale.snap")" -v b="$raw" 'BEGIN { print a / b }')"
+    if "$kvctl" --endpoints "${kv_urls[0]}" snapshot save "$T/scale.snap" >"$T/snap.out" 2>&1; then
+        t1=$(date +%s.%N)
+        record "snapshot save, $scale_keys keys" kv s "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
+        record "snapshot size / raw bytes" kv x "$(awk -v a="$(stat -c %s "$T/scale.snap")" -v b="$raw" 'BEGIN { print a / b }')"
+    else
+        echo "bench: snapshot save failed: $(cat "$T/snap.out")" >&2
+    fi
     # Restart to ready: SIGTERM, then start again on the same data dir.
     d=${kv_dirs[0]}
     kill "${kv_pids[0]}"
@@ -239,5 +259,3 @@ if [ "$quick" = 0 ]; then
     stop_all
 fi
 
-say "results (kv / etcd: higher is better for /s, lower for ms)"
-"$B" table "$results"

@@ -258,6 +258,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
     }
     store.sync();
+    store.flush_memtables();
     if cfg.ephemeral {
         // NOTE: --dev data is throwaway by design.
         let _ = std::fs::remove_dir_all(&cfg.data_dir);

@@ -12,10 +12,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use kv_client::{Attrs, Compare, EntryInfo, Kind, Meta, PutOptions, TxnOp, TxnRequest};
 
@@ -879,12 +878,20 @@ impl Filesystem for KvFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writable = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        if self.ro && !writable {
+            // NOTE: FUSE's no-open mode: the kernel takes ENOSYS as success
+            // and stops sending OPEN and RELEASE for this mount; reads come
+            // with no handle and are served from the cache by inode.
+            return reply.error(Errno::ENOSYS);
+        }
         match self.open_handle(ino.0, flags.0, writable) {
-            // Read-only opens keep the kernel's page cache: every change is
-            // pushed to the kernel as an invalidation.
-            Ok(fh) => {
-                reply.opened(FileHandle(fh), if writable { FopenFlags::empty() } else { FopenFlags::FOPEN_KEEP_CACHE })
+            // Read-only opens keep the kernel's page cache (every change is
+            // pushed to the kernel as an invalidation) and skip FLUSH on
+            // close: there is nothing to commit.
+            Ok(fh) if !writable => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH)
             }
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }
@@ -892,7 +899,7 @@ impl Filesystem for KvFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -900,15 +907,28 @@ impl Filesystem for KvFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let slice = |data: &[u8]| {
+            let start = (offset as usize).min(data.len());
+            let end = start.saturating_add(size as usize).min(data.len());
+            data[start..end].to_vec()
+        };
+        if fh.0 == 0 && self.ro {
+            // No-open mode (see `open`): the current value, by inode.
+            let value = self.path(ino).and_then(|p| {
+                let t = self.tree()?;
+                t.get(&p).map(|n| slice(&n.value)).ok_or(Errno::ENOENT)
+            });
+            return match value {
+                Ok(v) => reply.data(&v),
+                Err(e) => reply.error(e),
+            };
+        }
         let hs = match self.handles() {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
         let Some(h) = hs.get(&fh.0) else { return reply.error(Errno::EBADF) };
-        let data: &[u8] = h.buf.as_deref().unwrap_or(&h.snap);
-        let start = (offset as usize).min(data.len());
-        let end = start.saturating_add(size as usize).min(data.len());
-        reply.data(&data[start..end]);
+        reply.data(&slice(h.buf.as_deref().unwrap_or(&h.snap)));
     }
 
     fn write(
@@ -945,7 +965,11 @@ impl Filesystem for KvFs {
 
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         // NOTE: close() reports what this returns; FLUSH may come before any
-        // write and once per dup'd descriptor.
+        // write and once per dup'd descriptor. A read-only mount has nothing
+        // to commit: ENOSYS tells the kernel to stop sending FLUSH at all.
+        if self.ro {
+            return reply.error(Errno::ENOSYS);
+        }
         reply_empty(self.commit(fh.0), reply);
     }
 
@@ -985,7 +1009,9 @@ impl Filesystem for KvFs {
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        // The kernel keeps the listing in its page cache until this mount
+        // or an invalidation (a change seen in the cluster) says otherwise.
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
@@ -1039,7 +1065,9 @@ impl Filesystem for KvFs {
     }
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENODATA);
+        // NOTE: no xattrs are stored; "not supported" also tells the kernel
+        // to stop asking (ls -l asks for the ACL of every file).
+        reply.error(Errno::ENOTSUP);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -1052,10 +1080,6 @@ impl Filesystem for KvFs {
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
         reply.error(Errno::ENODATA);
-    }
-
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        reply.ok();
     }
 
     fn create(

@@ -63,6 +63,13 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long, default_value_t = 2000)]
         count: usize,
+        /// Only the reads, in DIR/fsbench-ro (left there by a run with
+        /// --keep through a writable view of the same keyspace).
+        #[arg(long)]
+        read_only: bool,
+        /// Leave the files in DIR/fsbench-ro for a --read-only run.
+        #[arg(long)]
+        keep: bool,
     },
     /// Write through ENDPOINT, wait until DIR/KEY (a mount of the keyspace
     /// root on another member) shows it.
@@ -224,23 +231,30 @@ fn mean_us(n: usize, mut f: impl FnMut(usize) -> std::io::Result<()>) -> Result<
     Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
 }
 
-fn fs_test(dir: PathBuf, count: usize) -> Result<serde_json::Value, Error> {
-    let base = dir.join(format!("fsbench-{}", std::process::id()));
-    std::fs::create_dir_all(base.join("many"))?;
+fn fs_test(dir: PathBuf, count: usize, read_only: bool, keep: bool) -> Result<serde_json::Value, Error> {
+    let base = dir.join("fsbench-ro");
     let data = [b'x'; 100];
-    // create + write + close of small files
-    let mut lat = Vec::with_capacity(count);
-    for i in 0..count {
-        let t = Instant::now();
-        let mut f = std::fs::File::create(base.join(format!("new-{i}")))?;
-        f.write_all(&data)?;
-        drop(f);
-        lat.push(t.elapsed());
+    let names: Vec<PathBuf> = (0..1000).map(|i| base.join("many").join(format!("f{i:04}"))).collect();
+    let mut create = json!(null);
+    if !read_only {
+        std::fs::create_dir_all(base.join("many"))?;
+        // create + write + close of small files
+        let mut lat = Vec::with_capacity(count);
+        for i in 0..count {
+            let t = Instant::now();
+            let mut f = std::fs::File::create(base.join(format!("new-{i}")))?;
+            f.write_all(&data)?;
+            drop(f);
+            lat.push(t.elapsed());
+        }
+        create = summary(lat, 1.0, 0);
+        std::fs::write(base.join("one"), data)?;
+        for p in &names {
+            std::fs::write(p, data)?;
+        }
     }
-    let create = summary(lat, 1.0, 0);
     // open + read + close of one cached file
     let one = base.join("one");
-    std::fs::write(&one, data)?;
     let mut buf = Vec::with_capacity(128);
     let _ = std::fs::read(&one)?;
     let read_us = mean_us(count * 10, |_| {
@@ -248,10 +262,6 @@ fn fs_test(dir: PathBuf, count: usize) -> Result<serde_json::Value, Error> {
         std::fs::File::open(&one)?.read_to_end(&mut buf).map(drop)
     })?;
     // a 1,000-entry directory: stat of every entry, and ls -l (readdir + lstat)
-    for i in 0..1000 {
-        std::fs::write(base.join("many").join(format!("f{i:04}")), data)?;
-    }
-    let names: Vec<PathBuf> = (0..1000).map(|i| base.join("many").join(format!("f{i:04}"))).collect();
     let _ = std::fs::read_dir(base.join("many"))?.count();
     let stat_us = mean_us(20, |_| names.iter().try_for_each(|p| std::fs::metadata(p).map(drop)))?;
     let ls_us = mean_us(20, |_| {
@@ -260,7 +270,9 @@ fn fs_test(dir: PathBuf, count: usize) -> Result<serde_json::Value, Error> {
         }
         Ok(())
     })?;
-    std::fs::remove_dir_all(&base)?;
+    if !read_only && !keep {
+        std::fs::remove_dir_all(&base)?;
+    }
     Ok(json!({
         "create_write_close": create,
         "open_read_close_us": read_us,
@@ -431,7 +443,7 @@ async fn main() -> Result<(), Error> {
     let out = match Cli::parse().cmd {
         Cmd::Put(l) => load_test(l, true).await?,
         Cmd::Get(l) => load_test(l, false).await?,
-        Cmd::Fs { dir, count } => fs_test(dir, count)?,
+        Cmd::Fs { dir, count, read_only, keep } => fs_test(dir, count, read_only, keep)?,
         Cmd::Propagate { endpoint, dir, count } => propagate(endpoint, dir, count).await?,
         Cmd::Watchers { endpoints, watchers: n, rate, secs } => watchers(endpoints, n, rate, secs).await?,
         Cmd::Load { endpoints, keys, value_size } => load(endpoints, keys, value_size).await?,

@@ -329,3 +329,28 @@ fn a_tree_written_and_removed_at_once_stays_removed() {
     assert!(left.entries.is_empty(), "keys left behind: {:?}", left.entries.iter().map(|e| &e.key).collect::<Vec<_>>());
     assert_eq!(m.sh_ok("ls | wc -l").trim(), "0");
 }
+
+#[test]
+fn a_read_only_mount_reads_without_opens_and_follows_every_change() {
+    // `-o ro` mounts run in FUSE's no-open mode: reads come without a file
+    // handle and must still see each new value, whatever its length.
+    let k = Kvd::bootstrap(&[]);
+    put(&k, "app/conf", "first");
+    let m = Mount::start(&format!("{}/app", k.url), &["ro"]);
+    assert_eq!(m.sh_ok("cat conf"), "first");
+    for (i, v) in ["a much longer second value", "3", "", "fourth\nwith lines\n"].iter().enumerate() {
+        put(&k, "app/conf", v);
+        eventually(&format!("change {i} in the ro mount"), || {
+            std::fs::read_to_string(m.dir.join("conf")).ok().as_deref() == Some(*v)
+        });
+        assert_eq!(m.sh_ok("wc -c < conf").trim(), v.len().to_string());
+    }
+    assert_eq!(m.sh_ok("dd if=conf bs=1 skip=7 count=4 2>/dev/null"), "with");
+    crate::put_sync(&k, "app/other", "x");
+    eventually("a new file in the ro mount", || m.dir.join("other").exists());
+    let c = k.client();
+    tokio::runtime::Runtime::new().expect("rt").block_on(c.delete("app/conf", false, None)).expect("delete");
+    eventually("a deleted file gone from the ro mount", || !m.dir.join("conf").exists());
+    let out = m.sh("cat conf");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"), "{out:?}");
+}
