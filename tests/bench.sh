@@ -182,11 +182,19 @@ say "filesystem loops: tmpfs"
 tm=$("$B" fs "$T/tmpfs")
 echo "$tm"
 say "filesystem loops: kvfs"
-km=$("$B" fs --keep "$T/mnt-rw")
+kw=$("$B" fs --keep "$T/mnt-rw")
+echo "$kw"
+# NOTE: right after thousands of writes the mount is still busy with
+# their echoes from the watch; the read loops measure it settled, as a
+# program reading its config finds it.
+sleep 5
+say "filesystem loops, reads only: kvfs (the files written above)"
+km=$("$B" fs --read-only "$T/mnt-rw")
 echo "$km"
-say "filesystem loops: kvfs -o ro (the files written above)"
+say "filesystem loops, reads only: kvfs -o ro"
 ro=$("$B" fs --read-only "$T/mnt-ro")
 echo "$ro"
+record "create+write+close p50 (ref: API put p50)" kv ms "$(field "$kw" create_write_close.p50_ms)"
 record "open+read+close, cached 100 B file" kv µs "$(field "$km" open_read_close_us)"
 record "open+read+close, cached 100 B file" reference µs "$(field "$tm" open_read_close_us)"
 record "open+read+close, cached 100 B file, -o ro" kv µs "$(field "$ro" open_read_close_us)"
@@ -195,7 +203,6 @@ record "stat of 1,000 entries" kv µs "$(field "$km" stat_1000_us)"
 record "stat of 1,000 entries" reference µs "$(field "$tm" stat_1000_us)"
 record "ls -l of 1,000 entries" kv µs "$(field "$km" ls_l_1000_us)"
 record "ls -l of 1,000 entries" reference µs "$(field "$tm" ls_l_1000_us)"
-record "create+write+close p50 (ref: API put p50)" kv ms "$(field "$km" create_write_close.p50_ms)"
 record "create+write+close p50 (ref: API put p50)" reference ms "$kv_put_p50"
 for m in "$T/mnt-rw" "$T/mnt-ro"; do umount "$m"; done
 stop_all
