@@ -27,7 +27,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo build --release --locked -p kvd -p kvctl -p kvfs
-cargo build --release --manifest-path tests/bench/Cargo.toml
+cargo build --release --locked --manifest-path tests/bench/Cargo.toml
 target=${CARGO_TARGET_DIR:-$root/target}
 kvd=$target/release/kvd kvctl=$target/release/kvctl kvfs=$target/release/kvfs
 B=$root/tests/bench/target/release/kv-bench
