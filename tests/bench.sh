@@ -124,19 +124,17 @@ bench_store() {
     local layout=$1 tgt=$2 eps r
     shift 2
     eps=$(join "$@")
-    say "$tgt, $layout: put, 1 client ($puts)"
-    r=$("$B" put --target "$tgt" --endpoints "$eps" --clients 1 --count "$puts")
-    echo "$r"
-    record "put/s, 1 client, $layout" "$tgt" "/s" "$(field "$r" ops_per_sec)"
-    record "put p50, 1 client, $layout" "$tgt" ms "$(field "$r" p50_ms)"
-    record "put p99, 1 client, $layout" "$tgt" ms "$(field "$r" p99_ms)"
-    [ "$layout" = "1 node" ] && [ "$tgt" = kv ] && kv_put_p50=$(field "$r" p50_ms)
-    say "$tgt, $layout: put, 64 clients ($puts)"
-    r=$("$B" put --target "$tgt" --endpoints "$eps" --clients 64 --count "$puts")
-    echo "$r"
-    record "put/s, 64 clients, $layout" "$tgt" "/s" "$(field "$r" ops_per_sec)"
-    record "put p50, 64 clients, $layout" "$tgt" ms "$(field "$r" p50_ms)"
-    record "put p99, 64 clients, $layout" "$tgt" ms "$(field "$r" p99_ms)"
+    for c in "1 client" "64 clients"; do
+        say "$tgt, $layout: put, $c ($puts)"
+        r=$("$B" put --target "$tgt" --endpoints "$eps" --clients "${c%% *}" --count "$puts")
+        echo "$r"
+        record "put/s, $c, $layout" "$tgt" "/s" "$(field "$r" ops_per_sec)"
+        record "put p50, $c, $layout" "$tgt" ms "$(field "$r" p50_ms)"
+        record "put p99, $c, $layout" "$tgt" ms "$(field "$r" p99_ms)"
+        if [ "$c" = "1 client" ] && [ "$layout" = "1 node" ] && [ "$tgt" = kv ]; then
+            kv_put_p50=$(field "$r" p50_ms)
+        fi
+    done
     say "$tgt, $layout: linearizable get, 64 clients ($gets)"
     r=$("$B" get --target "$tgt" --endpoints "$eps" --clients 64 --count "$gets")
     echo "$r"

@@ -25,7 +25,7 @@ for t in "${targets[@]}"; do
         2>&1 | tail -n 25; then
         status=1
     fi
-    # NOTE: libFuzzer's exit status is lost in the pipe; artifacts are not.
+    # NOTE: pipefail keeps libFuzzer's status; artifacts show what failed.
     if compgen -G "artifacts/$t/*" >/dev/null; then
         echo "fuzz: $t found crashing inputs:" >&2
         ls "artifacts/$t" >&2

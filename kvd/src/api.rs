@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Query, Request as HttpRequest, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
@@ -174,6 +174,15 @@ fn path_key(uri: &Uri, what: &str) -> ApiResult<String> {
 
 fn check_key(key: &str) -> ApiResult<()> {
     validate_key(key).map_err(|e| ApiError::bad("invalid_key", e.to_string()))
+}
+
+/// What a delete removes: a key, or with `recursive` a prefix (normalized).
+fn delete_target(raw: String, recursive: bool) -> ApiResult<String> {
+    if recursive {
+        return check_prefix(&raw);
+    }
+    check_key(&raw)?;
+    Ok(raw)
 }
 
 fn check_prefix(p: &str) -> ApiResult<String> {
@@ -497,12 +506,7 @@ fn parse_delete(uri: &Uri, headers: &HeaderMap) -> ApiResult<(String, bool, Vec<
     let raw = path_key(uri, "kv")?;
     let p: DeleteParams = query(uri)?;
     let recursive = flag(&p.recursive, "recursive")?;
-    let key = if recursive {
-        check_prefix(&raw)?
-    } else {
-        check_key(&raw)?;
-        raw
-    };
+    let key = delete_target(raw, recursive)?;
     let compare = conditions(&key, headers)?;
     Ok((key, recursive, compare))
 }
@@ -626,15 +630,7 @@ fn convert_txn(t: TxnRequest, max_value: u64) -> ApiResult<Txn> {
                     check_put(&key, value.as_deref(), &attrs)?;
                     Ok(Op::Put { key, value: value.map(ByteBuf::from), attrs })
                 }
-                TxnOp::Delete { key, recursive } => {
-                    let key = if recursive {
-                        check_prefix(&key)?
-                    } else {
-                        check_key(&key)?;
-                        key
-                    };
-                    Ok(Op::Delete { key, recursive })
-                }
+                TxnOp::Delete { key, recursive } => Ok(Op::Delete { key: delete_target(key, recursive)?, recursive }),
             })
             .collect()
     };
@@ -1135,6 +1131,7 @@ fn http_date(ns: i64) -> String {
     )
 }
 
+#[cfg(any(test, fuzzing))]
 /// Fuzzing entry: everything the client API checks in a request before it
 /// touches the node, on a request made of arbitrary bytes (`TARGET\n`,
 /// `NAME: VALUE` lines, an empty line, the body). Panics when a check panics
@@ -1147,7 +1144,9 @@ pub fn fuzz_request(data: &[u8]) {
     let mut headers = HeaderMap::new();
     for line in lines {
         let Some((n, v)) = line.split_once(':') else { continue };
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n.trim().as_bytes()), HeaderValue::from_str(v.trim())) {
+        if let (Ok(n), Ok(v)) =
+            (axum::http::HeaderName::from_bytes(n.trim().as_bytes()), HeaderValue::from_str(v.trim()))
+        {
             headers.append(n, v);
         }
     }

@@ -36,7 +36,9 @@ pub use sm::StateMachine;
 pub use store::{lock_dir, OpenError, Store};
 pub use types::{Member, Request, Response, TypeConfig};
 
-/// Entry points for the fuzz targets under `fuzz/` (not an API).
+/// Entry points for the fuzz targets under `fuzz/` (not an API); built only
+/// for tests and for cargo-fuzz, which sets `--cfg fuzzing`.
+#[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzz {
     pub use crate::api::fuzz_request as request;

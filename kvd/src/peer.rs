@@ -109,6 +109,7 @@ async fn elect(State(node): State<Arc<Node>>) -> HttpResponse {
     reply(&res)
 }
 
+#[cfg(any(test, fuzzing))]
 /// Fuzzing entry: every peer message kvd decodes (requests here, answers in
 /// the network client), from arbitrary bytes: an error, never a panic or an
 /// allocation beyond the input's size.

@@ -139,9 +139,7 @@ impl Store {
         }
         crate::metrics::METRICS.fsync.observe(t.elapsed());
     }
-}
 
-impl Store {
     /// Writes every memtable out to tables, so the next start has no journal
     /// to replay (a clean stop of a node with a million keys otherwise costs
     /// seconds at the next start). Best effort: the journal still has it all.

@@ -515,18 +515,13 @@ impl KvFs {
             _ => {}
         }
         let Some(node) = node else { return Err(Errno::ENOENT) };
-        if !node.local && !node.provisional {
-            self.writable()?;
-            let key = self.remote.key(path);
-            let _own = self.sync.own_write(path);
-            let rev = match self.remote.call("delete", self.remote.client.delete(&key, false, None)) {
-                Ok(r) => r.revision,
-                Err(Errno::ENOENT) => self.tree()?.revision,
-                Err(e) => return Err(e),
-            };
-            self.tree_mut()?.remove_at(path, rev);
-        }
-        self.tree_mut()?.remove(path);
+        let deleted = if !node.local && !node.provisional { Some(self.delete_key(path, "delete")?) } else { None };
+        let mut t = self.tree_mut()?;
+        match deleted {
+            Some(rev) => t.remove_at(path, rev),
+            None => t.remove(path),
+        };
+        drop(t);
         self.changed();
         Ok(())
     }
@@ -655,24 +650,35 @@ impl KvFs {
             n.meta.mod_revision = resp.revision;
             n.meta.create_revision = resp.revision;
             n.meta.version = 1;
-        } else if !src_local {
-            self.writable()?;
-            let _own = self.sync.own_write(src);
-            let rev = match self.remote.call("rename", self.remote.client.delete(&self.remote.key(src), false, None)) {
-                Ok(r) => r.revision,
-                Err(Errno::ENOENT) => self.tree()?.revision,
-                Err(e) => return Err(e),
-            };
-            self.tree_mut()?.remove_at(src, rev);
-            n.local = true;
         }
+        let deleted = if !src_local {
+            n.local = true;
+            Some(self.delete_key(src, "rename")?)
+        } else {
+            None
+        };
         let mut t = self.tree_mut()?;
-        t.remove(src);
+        match deleted {
+            Some(rev) => t.remove_at(src, rev),
+            None => t.remove(src),
+        };
         t.insert(dst.to_owned(), n);
         t.move_inodes(src, dst);
         drop(t);
         self.changed();
         Ok(())
+    }
+
+    /// Deletes the key of `path` in the cluster; the revision of the delete
+    /// (the tree's when the key was already gone), for [`Tree::remove_at`].
+    fn delete_key(&self, path: &str, op: &'static str) -> Result<u64, Errno> {
+        self.writable()?;
+        let _own = self.sync.own_write(path);
+        match self.remote.call(op, self.remote.client.delete(&self.remote.key(path), false, None)) {
+            Ok(r) => Ok(r.revision),
+            Err(Errno::ENOENT) => Ok(self.tree()?.revision),
+            Err(e) => Err(e),
+        }
     }
 
     fn open_handle(&self, ino: u64, flags: i32, writable: bool) -> Result<u64, Errno> {
@@ -1025,12 +1031,15 @@ impl Filesystem for KvFs {
         // NOTE: offset 0 (a new walk, or rewinddir) takes a fresh listing;
         // later calls continue in the one taken then.
         let kept = (offset > 0).then(|| self.listings.lock().ok().and_then(|l| l.get(&fh.0).cloned())).flatten();
-        let entries = kept.map(Ok).unwrap_or_else(|| self.list_dir(ino).map(Arc::new));
+        let entries = kept.map(Ok).unwrap_or_else(|| {
+            let list = Arc::new(self.list_dir(ino)?);
+            if let Ok(mut l) = self.listings.lock() {
+                l.insert(fh.0, list.clone());
+            }
+            Ok(list)
+        });
         match entries {
             Ok(list) => {
-                if let Ok(mut l) = self.listings.lock() {
-                    l.insert(fh.0, list.clone());
-                }
                 for (i, (ino, kind, name)) in list.iter().enumerate().skip(offset as usize) {
                     if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
                         break;

@@ -55,34 +55,24 @@ pub struct Kvd {
 impl Kvd {
     /// Starts a bootstrapped single-node cluster in a fresh temp dir.
     pub fn bootstrap(extra: &[&str]) -> Kvd {
-        let mut k = Kvd::new(1, extra);
-        k.spawn(true);
-        k.wait_ready();
-        k
+        Kvd::new(1, extra).boot()
     }
 
     /// Starts an empty node that waits to be added to a cluster (it is not
     /// ready until it is).
     pub fn empty(id: u64, extra: &[&str]) -> Kvd {
-        let mut k = Kvd::new(id, extra);
-        k.spawn(false);
-        k
+        Kvd::new(id, extra).waiting()
     }
 
     /// Starts an empty node (see [`Kvd::empty`]) with its data dir at `data_dir`.
     pub fn empty_on(id: u64, data_dir: PathBuf, extra: &[&str]) -> Kvd {
-        let mut k = Kvd::new(id, extra);
-        k.data_dir = data_dir;
-        k.spawn(false);
-        k
+        Kvd::new(id, extra).at(data_dir).waiting()
     }
 
     /// Starts a node on an existing data dir (e.g. one `kvd restore` built)
     /// and waits until it is ready.
     pub fn on_dir(id: u64, data_dir: PathBuf, extra: &[&str]) -> Kvd {
-        let mut k = Kvd::new(id, extra);
-        k.data_dir = data_dir;
-        k.spawn(false);
+        let mut k = Kvd::new(id, extra).at(data_dir).waiting();
         k.wait_ready();
         k
     }
@@ -90,12 +80,9 @@ impl Kvd {
     /// Starts a bootstrapped single-node cluster on `data_dir` (e.g. on a
     /// filesystem the test made) with extra environment variables.
     pub fn bootstrap_on(data_dir: PathBuf, env: &[(&str, &str)], extra: &[&str]) -> Kvd {
-        let mut k = Kvd::new(1, extra);
-        k.data_dir = data_dir;
+        let mut k = Kvd::new(1, extra).at(data_dir);
         k.env = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
-        k.spawn(true);
-        k.wait_ready();
-        k
+        k.boot()
     }
 
     /// Starts a bootstrapped single-node cluster run under the command
@@ -103,28 +90,42 @@ impl Kvd {
     pub fn bootstrap_under(wrap: &[&str], extra: &[&str]) -> Kvd {
         let mut k = Kvd::new(1, extra);
         k.wrap = wrap.iter().map(|s| s.to_string()).collect();
-        k.spawn(true);
-        k.wait_ready();
-        k
+        k.boot()
     }
 
     /// Starts a bootstrapped single-node cluster on host `i` of `net`.
     pub fn bootstrap_in(net: &net::Net, i: usize, extra: &[&str]) -> Kvd {
-        let mut k = Kvd::new(1, extra);
-        k.wrap = vec!["ip".into(), "netns".into(), "exec".into(), net.ns(i)];
-        k.netns = Some((net.ns(i), net.addr(i)));
-        k.spawn(true);
-        k.wait_ready();
-        k
+        Kvd::new(1, extra).on_host(net, i).boot()
     }
 
     /// Starts an empty node on host `i` of `net` (see [`Kvd::empty`]).
     pub fn empty_in(net: &net::Net, i: usize, id: u64, extra: &[&str]) -> Kvd {
-        let mut k = Kvd::new(id, extra);
-        k.wrap = vec!["ip".into(), "netns".into(), "exec".into(), net.ns(i)];
-        k.netns = Some((net.ns(i), net.addr(i)));
-        k.spawn(false);
-        k
+        Kvd::new(id, extra).on_host(net, i).waiting()
+    }
+
+    /// Bootstraps and waits until ready.
+    fn boot(mut self) -> Kvd {
+        self.spawn(true);
+        self.wait_ready();
+        self
+    }
+
+    /// Starts without bootstrapping, not waiting for readiness.
+    fn waiting(mut self) -> Kvd {
+        self.spawn(false);
+        self
+    }
+
+    fn at(mut self, data_dir: PathBuf) -> Kvd {
+        self.data_dir = data_dir;
+        self
+    }
+
+    /// Runs in host `i`'s namespace, listening on its address.
+    fn on_host(mut self, net: &net::Net, i: usize) -> Kvd {
+        self.wrap = vec!["ip".into(), "netns".into(), "exec".into(), net.ns(i)];
+        self.netns = Some((net.ns(i), net.addr(i)));
+        self
     }
 
     fn new(id: u64, extra: &[&str]) -> Kvd {
