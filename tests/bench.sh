@@ -6,12 +6,35 @@
 # ratio; it asserts nothing. Run as root (it mounts a tmpfs and kvfs):
 #   tests/bench.sh            everything (about 10 minutes here)
 #   tests/bench.sh --quick    smaller counts, no scale section
+#   tests/bench.sh --only api|fs|scale [--quick]
+#                             one section: the client API against etcd, the
+#                             mount against tmpfs, or scale and fan-out
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-quick=0
-[ "${1:-}" = "--quick" ] && quick=1
+quick=0 only=""
+while [ $# -gt 0 ]; do
+    case $1 in
+    --quick) quick=1 ;;
+    --only)
+        only=${2:-}
+        shift
+        ;;
+    *)
+        echo "usage: tests/bench.sh [--quick] [--only api|fs|scale]" >&2
+        exit 2
+        ;;
+    esac
+    shift
+done
+case $only in "" | api | fs | scale) ;; *)
+    echo "bench: --only takes api, fs or scale" >&2
+    exit 2
+    ;;
+esac
+# section NAME: whether to run it.
+section() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 puts=10000 gets=20000 scale_keys=1000000 watchers=1000
 if [ "$quick" = 1 ]; then puts=2000 gets=4000 scale_keys=100000 watchers=200; fi
 
@@ -149,6 +172,7 @@ fsync_p50=$(field "$r" p50_ms)
 record "fdatasync p50 (disk)" reference ms "$fsync_p50"
 
 for n in 1 3; do
+    section api || break
     layout="1 node"
     [ "$n" = 3 ] && layout="3 nodes"
     start_kv "$n"
@@ -158,65 +182,72 @@ for n in 1 3; do
     bench_store "$layout" etcd "${etcd_urls[@]}"
     stop_all
 done
-record "put p50, 1 client, 1 node / fdatasync p50" kv x "$(awk -v a="$kv_put_p50" -v b="$fsync_p50" 'BEGIN { print a / b }')"
+if section api; then
+    record "put p50, 1 client, 1 node / fdatasync p50" kv x "$(awk -v a="$kv_put_p50" -v b="$fsync_p50" 'BEGIN { print a / b }')"
+fi
 
 # The mount against tmpfs (1 node, like the API put it is compared with).
-start_kv 1
-mkdir -p "$T/tmpfs" "$T/mnt-rw" "$T/mnt-ro" "$T/mnt-a" "$T/mnt-b"
-mount -t tmpfs -o size=256m kvbench "$T/tmpfs"
-mounts+=("$T/tmpfs")
-# mount_kvfs URL DIR [OPTIONS]: a kvfs mount in the background, once live.
-mount_kvfs() {
-    "$kvfs" -f ${3:+-o "$3"} "$1" "$2" 2>"$2.log" &
-    pids+=($!)
-    mounts+=("$2")
-    for _ in $(seq 300); do mountpoint -q "$2" && return 0; sleep 0.1; done
-    echo "bench: $2 did not mount" >&2
-    exit 1
-}
-mount_kvfs "${kv_urls[0]}" "$T/mnt-rw"
-mount_kvfs "${kv_urls[0]}" "$T/mnt-ro" ro
-say "filesystem loops: tmpfs"
-tm=$("$B" fs "$T/tmpfs")
-echo "$tm"
-say "filesystem loops: kvfs"
-kw=$("$B" fs --keep "$T/mnt-rw")
-echo "$kw"
-# NOTE: right after thousands of writes the mount is still busy with
-# their echoes from the watch; the read loops measure it settled, as a
-# program reading its config finds it.
-sleep 5
-say "filesystem loops, reads only: kvfs (the files written above)"
-km=$("$B" fs --read-only "$T/mnt-rw")
-echo "$km"
-say "filesystem loops, reads only: kvfs -o ro"
-ro=$("$B" fs --read-only "$T/mnt-ro")
-echo "$ro"
-record "create+write+close p50 (ref: API put p50)" kv ms "$(field "$kw" create_write_close.p50_ms)"
-record "open+read+close, cached 100 B file" kv µs "$(field "$km" open_read_close_us)"
-record "open+read+close, cached 100 B file" reference µs "$(field "$tm" open_read_close_us)"
-record "open+read+close, cached 100 B file, -o ro" kv µs "$(field "$ro" open_read_close_us)"
-record "open+read+close, cached 100 B file, -o ro" reference µs "$(field "$tm" open_read_close_us)"
-record "stat of 1,000 entries" kv µs "$(field "$km" stat_1000_us)"
-record "stat of 1,000 entries" reference µs "$(field "$tm" stat_1000_us)"
-record "ls -l of 1,000 entries" kv µs "$(field "$km" ls_l_1000_us)"
-record "ls -l of 1,000 entries" reference µs "$(field "$tm" ls_l_1000_us)"
-record "create+write+close p50 (ref: API put p50)" reference ms "$kv_put_p50"
-for m in "$T/mnt-rw" "$T/mnt-ro"; do umount "$m"; done
-stop_all
+if section fs; then
+    start_kv 1
+    mkdir -p "$T/tmpfs" "$T/mnt-rw" "$T/mnt-ro" "$T/mnt-a" "$T/mnt-b"
+    mount -t tmpfs -o size=256m kvbench "$T/tmpfs"
+    mounts+=("$T/tmpfs")
+    # mount_kvfs URL DIR [OPTIONS]: a kvfs mount in the background, once live.
+    mount_kvfs() {
+        "$kvfs" -f ${3:+-o "$3"} "$1" "$2" 2>"$2.log" &
+        pids+=($!)
+        mounts+=("$2")
+        for _ in $(seq 300); do mountpoint -q "$2" && return 0; sleep 0.1; done
+        echo "bench: $2 did not mount" >&2
+        exit 1
+    }
+    mount_kvfs "${kv_urls[0]}" "$T/mnt-rw"
+    mount_kvfs "${kv_urls[0]}" "$T/mnt-ro" ro
+    say "filesystem loops: tmpfs"
+    tm=$("$B" fs "$T/tmpfs")
+    echo "$tm"
+    say "API put, 1 client, to the member the mount uses (the reference of create+write+close)"
+    ap=$("$B" put --target kv --endpoints "${kv_urls[0]}" --clients 1 --count 2000)
+    echo "$ap"
+    say "filesystem loops: kvfs"
+    kw=$("$B" fs --keep "$T/mnt-rw")
+    echo "$kw"
+    # NOTE: right after thousands of writes the mount is still busy with
+    # their echoes from the watch; the read loops measure it settled, as a
+    # program reading its config finds it.
+    sleep 5
+    say "filesystem loops, reads only: kvfs (the files written above)"
+    km=$("$B" fs --read-only "$T/mnt-rw")
+    echo "$km"
+    say "filesystem loops, reads only: kvfs -o ro"
+    ro=$("$B" fs --read-only "$T/mnt-ro")
+    echo "$ro"
+    record "create+write+close p50 (ref: API put p50)" kv ms "$(field "$kw" create_write_close.p50_ms)"
+    record "open+read+close, cached 100 B file" kv µs "$(field "$km" open_read_close_us)"
+    record "open+read+close, cached 100 B file" reference µs "$(field "$tm" open_read_close_us)"
+    record "open+read+close, cached 100 B file, -o ro" kv µs "$(field "$ro" open_read_close_us)"
+    record "open+read+close, cached 100 B file, -o ro" reference µs "$(field "$tm" open_read_close_us)"
+    record "stat of 1,000 entries" kv µs "$(field "$km" stat_1000_us)"
+    record "stat of 1,000 entries" reference µs "$(field "$tm" stat_1000_us)"
+    record "ls -l of 1,000 entries" kv µs "$(field "$km" ls_l_1000_us)"
+    record "ls -l of 1,000 entries" reference µs "$(field "$tm" ls_l_1000_us)"
+    record "create+write+close p50 (ref: API put p50)" reference ms "$(field "$ap" p50_ms)"
+    for m in "$T/mnt-rw" "$T/mnt-ro"; do umount "$m"; done
+    stop_all
 
-# Propagation between members of a 3-node cluster.
-start_kv 3
-mount_kvfs "${kv_urls[1]}" "$T/mnt-b"
-say "propagation: write through member 1, cat on a mount of member 2"
-r=$("$B" propagate --endpoint "${kv_urls[0]}" "$T/mnt-b")
-echo "$r"
-record "propagation p50, member to mount" kv ms "$(field "$r" p50_ms)"
-record "propagation p99, member to mount" kv ms "$(field "$r" p99_ms)"
-umount "$T/mnt-b"
-stop_all
+    # Propagation between members of a 3-node cluster.
+    start_kv 3
+    mount_kvfs "${kv_urls[1]}" "$T/mnt-b"
+    say "propagation: write through member 1, cat on a mount of member 2"
+    r=$("$B" propagate --endpoint "${kv_urls[0]}" "$T/mnt-b")
+    echo "$r"
+    record "propagation p50, member to mount" kv ms "$(field "$r" p50_ms)"
+    record "propagation p99, member to mount" kv ms "$(field "$r" p99_ms)"
+    umount "$T/mnt-b"
+    stop_all
+fi
 
-if [ "$quick" = 0 ]; then
+if [ "$quick" = 0 ] && section scale; then
     say "watch fan-out: $watchers watchers, 100 writes/s for 10 s"
     start_kv 1
     r=$("$B" watchers --endpoints "${kv_urls[0]}" --watchers "$watchers" --rate 100 --secs 10)

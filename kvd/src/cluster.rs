@@ -52,7 +52,7 @@ impl From<ProposeError> for ForwardError {
 }
 
 /// Why a cluster operation failed; the API maps each to its status.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClusterError {
     /// No leader, no quorum, or not in time: retry later (503).
     #[error("{0}")]
@@ -153,16 +153,24 @@ impl Node {
     /// before the call (read index, confirmed by the leader with a quorum).
     pub async fn linearize(&self) -> Result<()> {
         self.check_member()?;
-        let deadline = Instant::now() + self.request_timeout();
-        let index = self
-            .on_leader(
-                deadline,
+        let timeout = self.request_timeout();
+        let deadline = Instant::now() + timeout;
+        // NOTE: concurrent reads share one read index fetched after all of
+        // them began, as etcd does: one round trip to the leader, and one
+        // quorum check there, for a burst of reads instead of one each.
+        let fetch = || async move {
+            self.on_leader(
+                Instant::now() + timeout,
                 path::READ_INDEX,
                 &(),
                 |left| self.read_index_local(left),
                 |e, _| ClusterError::Unavailable(format!("cannot confirm a read index with the leader: {e}")),
             )
-            .await?;
+            .await
+        };
+        let index = tokio::time::timeout(timeout, self.linearize_rounds.run(fetch))
+            .await
+            .map_err(|_| unavailable(format!("no read index confirmed within {} ms", self.cfg.request_timeout_ms)))??;
         let left = deadline.saturating_duration_since(Instant::now());
         self.raft
             .wait(Some(left))
@@ -200,15 +208,22 @@ impl Node {
     }
 
     /// The read index, if this node leads (also for followers' requests).
+    /// Requests that arrive together share one quorum check.
     pub async fn read_index_local(&self, left: Duration) -> std::result::Result<u64, ForwardError> {
-        match tokio::time::timeout(left, self.raft.get_read_log_id()).await {
-            Ok(Ok((read, _))) => Ok(read.map(|l| l.index).unwrap_or(0)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(ForwardError::NotLeader(f.leader_id))
+        let timeout = self.request_timeout();
+        let check = || async move {
+            match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
+                Ok(Ok((read, _))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    Err(ForwardError::NotLeader(f.leader_id))
+                }
+                Ok(Err(e)) => Err(ForwardError::Failed(e.to_string())),
+                Err(_) => Err(ForwardError::Failed("timeout".into())),
             }
-            Ok(Err(e)) => Err(ForwardError::Failed(e.to_string())),
-            Err(_) => Err(ForwardError::Failed("timeout".into())),
-        }
+        };
+        tokio::time::timeout(left, self.read_index_rounds.run(check))
+            .await
+            .unwrap_or_else(|_| Err(ForwardError::Failed("timeout".into())))
     }
 
     /// Runs `local` if this node leads, else sends `req` to the leader's

@@ -23,6 +23,7 @@ mod network;
 mod node;
 mod peer;
 mod proposer;
+mod rounds;
 mod sm;
 mod snapfile;
 mod store;

@@ -80,6 +80,10 @@ pub struct Node {
     pub auth: crate::auth::Auth,
     /// Free space of the data dir's filesystem.
     pub disk: Arc<crate::disk::Disk>,
+    /// Leader side: one quorum check answers every read index asked meanwhile.
+    pub read_index_rounds: crate::rounds::Rounds<Result<u64, crate::cluster::ForwardError>>,
+    /// One read index fetched for every linearizable read waiting meanwhile.
+    pub linearize_rounds: crate::rounds::Rounds<Result<u64, crate::cluster::ClusterError>>,
     store: Store,
     _lock: DirLock,
 }
@@ -227,6 +231,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         hold_gen: Arc::default(),
         auth,
         disk: Arc::new(crate::disk::Disk::new(&cfg.data_dir, cfg.min_free_space)),
+        read_index_rounds: Default::default(),
+        linearize_rounds: Default::default(),
         store: store.clone(),
         _lock: lock,
     });

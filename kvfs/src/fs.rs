@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use kv_client::{Attrs, Compare, EntryInfo, Kind, Meta, PutOptions, TxnOp, TxnRequest};
 
@@ -316,6 +317,20 @@ impl KvFs {
             out.push((i, file_type(kind), name));
         }
         Ok(out)
+    }
+
+    /// The listing a readdir of handle `fh` at `offset` reads: offset 0 (a
+    /// new walk, or rewinddir) takes a fresh one, later offsets continue in
+    /// the one taken then.
+    fn walk(&self, ino: INodeNo, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        if offset > 0 {
+            if let Some(list) = self.listings.lock().map_err(|_| Errno::EIO)?.get(&fh) {
+                return Ok(list.clone());
+            }
+        }
+        let list = Arc::new(self.list_dir(ino)?);
+        self.listings.lock().map_err(|_| Errno::EIO)?.insert(fh, list.clone());
+        Ok(list)
     }
 
     fn mark_clean(&self, fh: u64, rev: u64) -> Result<(), Errno> {
@@ -730,6 +745,8 @@ impl Filesystem for KvFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // open(O_TRUNC) arrives as one OPEN with O_TRUNC, not OPEN + SETATTR.
         let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // Listings carry attributes (READDIRPLUS).
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         Ok(())
     }
 
@@ -1014,6 +1031,9 @@ impl Filesystem for KvFs {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // NOTE: FUSE's no-opendir mode would save two round trips per `ls`,
+        // but fusermount3 then cannot tell a crashed kvfs (it opens the
+        // mountpoint and unmounts only on ENOTCONN), and leaves a dead mount.
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         // The kernel keeps the listing in its page cache until this mount
         // or an invalidation (a change seen in the cluster) says otherwise.
@@ -1028,17 +1048,7 @@ impl Filesystem for KvFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        // NOTE: offset 0 (a new walk, or rewinddir) takes a fresh listing;
-        // later calls continue in the one taken then.
-        let kept = (offset > 0).then(|| self.listings.lock().ok().and_then(|l| l.get(&fh.0).cloned())).flatten();
-        let entries = kept.map(Ok).unwrap_or_else(|| {
-            let list = Arc::new(self.list_dir(ino)?);
-            if let Ok(mut l) = self.listings.lock() {
-                l.insert(fh.0, list.clone());
-            }
-            Ok(list)
-        });
-        match entries {
+        match self.walk(ino, fh.0, offset) {
             Ok(list) => {
                 for (i, (ino, kind, name)) in list.iter().enumerate().skip(offset as usize) {
                     if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
@@ -1049,6 +1059,29 @@ impl Filesystem for KvFs {
             }
             Err(e) => reply.error(e),
         }
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        // The listing carries each entry's attributes: `ls -l` of a directory
+        // needs no LOOKUP per name.
+        let list = match self.walk(ino, fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
+        };
+        let Ok(dir) = self.path(ino) else { return reply.error(Errno::ENOENT) };
+        for (i, (_, _, name)) in list.iter().enumerate().skip(offset as usize) {
+            let path = match name.as_str() {
+                "." => dir.clone(),
+                ".." => split(&dir).0.to_owned(),
+                _ => join(&dir, name),
+            };
+            // An entry removed since the listing was taken is left out.
+            let Ok(attr) = self.attr(&path) else { continue };
+            if reply.add(attr.ino, (i + 1) as u64, name, &TTL, &attr, Generation(0)) {
+                break;
+            }
+        }
+        reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {

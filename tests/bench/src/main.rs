@@ -223,12 +223,19 @@ async fn load_test(l: Load, put: bool) -> Result<serde_json::Value, Error> {
 }
 
 /// Mean time of `n` runs of `f`, in µs.
-fn mean_us(n: usize, mut f: impl FnMut(usize) -> std::io::Result<()>) -> Result<f64, Error> {
-    let t = Instant::now();
-    for i in 0..n {
-        f(i)?;
+/// The median over `rounds` rounds of the mean time of `n` calls of `f`, µs:
+/// a burst of noise from the shared machine spoils a round, not the figure.
+fn median_us(rounds: usize, n: usize, mut f: impl FnMut() -> std::io::Result<()>) -> Result<f64, Error> {
+    let mut means = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for _ in 0..n {
+            f()?;
+        }
+        means.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
     }
-    Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
+    means.sort_by(f64::total_cmp);
+    Ok(means[means.len() / 2])
 }
 
 fn fs_test(dir: PathBuf, count: usize, read_only: bool, keep: bool) -> Result<serde_json::Value, Error> {
@@ -257,14 +264,14 @@ fn fs_test(dir: PathBuf, count: usize, read_only: bool, keep: bool) -> Result<se
     let one = base.join("one");
     let mut buf = Vec::with_capacity(128);
     let _ = std::fs::read(&one)?;
-    let read_us = mean_us(count * 10, |_| {
+    let read_us = median_us(20, count / 2, || {
         buf.clear();
         std::fs::File::open(&one)?.read_to_end(&mut buf).map(drop)
     })?;
     // a 1,000-entry directory: stat of every entry, and ls -l (readdir + lstat)
     let _ = std::fs::read_dir(base.join("many"))?.count();
-    let stat_us = mean_us(20, |_| names.iter().try_for_each(|p| std::fs::metadata(p).map(drop)))?;
-    let ls_us = mean_us(20, |_| {
+    let stat_us = median_us(21, 1, || names.iter().try_for_each(|p| std::fs::metadata(p).map(drop)))?;
+    let ls_us = median_us(21, 1, || {
         for e in std::fs::read_dir(base.join("many"))? {
             std::fs::symlink_metadata(e?.path())?;
         }
@@ -426,9 +433,13 @@ fn table(file: PathBuf) -> Result<serde_json::Value, Error> {
             continue;
         }
         let unit = r["unit"].as_str().unwrap_or("");
-        let of = |target: &str| rows.iter().find(|x| x["row"] == name && x["target"] == target).and_then(|x| x["value"].as_f64());
+        let of = |target: &str| {
+            rows.iter().find(|x| x["row"] == name && x["target"] == target).and_then(|x| x["value"].as_f64())
+        };
         let (kv, other) = (of("kv"), of("etcd").or_else(|| of("reference")));
-        let fmt = |v: Option<f64>| v.map_or("-".to_owned(), |v| if v >= 100.0 { format!("{v:.0} {unit}") } else { format!("{v:.2} {unit}") });
+        let fmt = |v: Option<f64>| {
+            v.map_or("-".to_owned(), |v| if v >= 100.0 { format!("{v:.0} {unit}") } else { format!("{v:.2} {unit}") })
+        };
         let ratio = match (kv, other) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
             _ => "-".into(),

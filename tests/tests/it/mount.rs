@@ -354,3 +354,24 @@ fn a_read_only_mount_reads_without_opens_and_follows_every_change() {
     let out = m.sh("cat conf");
     assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"), "{out:?}");
 }
+
+#[test]
+fn long_listings_carry_each_entrys_current_attributes() {
+    // `ls -l` of a directory not looked at before gets its attributes from
+    // the listing itself (READDIRPLUS): sizes, types and modes must be right,
+    // and stay right after remote changes.
+    let k = Kvd::bootstrap(&[]);
+    put(&k, "app/d/a", "1");
+    put(&k, "app/d/bb", "22");
+    put(&k, "app/d/sub/c", "333");
+    let m = Mount::start(&format!("{}/app", k.url), &[]);
+    let ls = |m: &Mount| m.sh_ok("ls -l d | awk 'NR > 1 { print $1, $5, $9 }'");
+    assert_eq!(ls(&m), "-rw-r--r-- 1 a\n-rw-r--r-- 2 bb\ndrwxr-xr-x 4096 sub\n");
+    put(&k, "app/d/bb", "4444");
+    eventually("the new size in a long listing", || ls(&m).contains("-rw-r--r-- 4 bb"));
+    m.sh_ok("chmod 600 d/a && echo 55555 > d/e");
+    assert_eq!(ls(&m), "-rw------- 1 a\n-rw-r--r-- 4 bb\n-rw-r--r-- 6 e\ndrwxr-xr-x 4096 sub\n");
+    let c = k.client();
+    tokio::runtime::Runtime::new().expect("rt").block_on(c.delete("app/d/a", false, None)).expect("delete");
+    eventually("a deleted entry leaves the long listing", || !m.sh_ok("ls -l d").contains(" a\n"));
+}
