@@ -689,6 +689,78 @@ struct WatchState {
     done: bool,
 }
 
+/// Pages of watch events kept for other streams (see [`WatchPages`]).
+const KEPT_WATCH_PAGES: usize = 8;
+/// A page holding more value bytes than this is not kept.
+const MAX_KEPT_PAGE_BYTES: usize = 1 << 20;
+
+/// One event of a [`WatchPage`], already encoded.
+struct PageEvent {
+    revision: u64,
+    key: String,
+    put: bool,
+    /// The event as JSON, the `data:` of its SSE message.
+    data: String,
+}
+
+/// The events of every key after a revision, encoded, and the last
+/// revision scanned.
+struct WatchPage {
+    events: Vec<PageEvent>,
+    scanned: u64,
+}
+
+/// Recent pages of watch events, shared by the watch streams of this node.
+///
+/// NOTE: streams that keep up all ask for the events after the same
+/// revision at about the same time; one scan of the history and one JSON
+/// encoding then serve a thousand of them, each filtering by its prefix
+/// and rights. A kept page may be older than the history: its events are
+/// still a whole-revision prefix of what follows the revision, and the
+/// stream asks again from where the page ends. Empty pages are never kept,
+/// so a stream always moves on.
+#[derive(Default)]
+pub struct WatchPages {
+    pages: std::sync::Mutex<VecDeque<(u64, Arc<WatchPage>)>>,
+}
+
+impl WatchPages {
+    /// The page after revision `after`, or `None` if that is compacted.
+    fn after(&self, node: &Node, after: u64) -> std::io::Result<Option<Arc<WatchPage>>> {
+        if let Some(p) =
+            self.pages.lock().ok().and_then(|p| p.iter().find(|(a, _)| *a == after).map(|(_, p)| p.clone()))
+        {
+            return Ok(Some(p));
+        }
+        let Some((events, scanned)) = node.sm.events_after(after, "", WATCH_BATCH)? else { return Ok(None) };
+        let mut bytes = 0;
+        let events: Vec<PageEvent> = events
+            .into_iter()
+            .map(|(revision, ev)| {
+                bytes += ev.entry.as_ref().map_or(0, |e| e.value.len());
+                let wire = WatchEvent {
+                    kind: if ev.entry.is_some() { EventType::Put } else { EventType::Delete },
+                    key: ev.key.clone(),
+                    revision,
+                    entry: ev.entry.as_ref().map(|e| EntryInfo::new(ev.key.clone(), e.meta(), Some(&e.value))),
+                };
+                let data = serde_json::to_string(&wire).unwrap_or_default();
+                PageEvent { revision, key: ev.key, put: ev.entry.is_some(), data }
+            })
+            .collect();
+        let page = Arc::new(WatchPage { events, scanned });
+        if !page.events.is_empty() && bytes <= MAX_KEPT_PAGE_BYTES {
+            if let Ok(mut pages) = self.pages.lock() {
+                pages.push_back((after, page.clone()));
+                if pages.len() > KEPT_WATCH_PAGES {
+                    pages.pop_front();
+                }
+            }
+        }
+        Ok(Some(page))
+    }
+}
+
 fn sse(event: &str, id: Option<u64>, data: &str) -> Bytes {
     let id = id.map(|i| format!("id: {i}\n")).unwrap_or_default();
     Bytes::from(format!("event: {event}\n{id}data: {data}\n\n"))
@@ -705,8 +777,8 @@ impl WatchState {
                 self.done = true;
                 return;
             }
-            let batch = match self.node.sm.events_after(self.cursor, &self.prefix, WATCH_BATCH) {
-                Ok(b) => b,
+            let page = match self.node.watch_pages.after(&self.node, self.cursor) {
+                Ok(p) => p,
                 Err(e) => {
                     let body = serde_json::json!({"error": "internal", "message": e.to_string()});
                     self.out.push_back(sse("error", None, &body.to_string()));
@@ -714,32 +786,27 @@ impl WatchState {
                     return;
                 }
             };
-            let Some((events, scanned)) = batch else {
+            let Some(page) = page else {
                 let body = serde_json::json!({"error": "compacted",
                     "message": format!("revision {} is compacted; list again and watch from the list's revision", self.cursor)});
                 self.out.push_back(sse("error", None, &body.to_string()));
                 self.done = true;
                 return;
             };
-            self.cursor = self.cursor.max(scanned);
-            let mut events = events;
-            if let Some(g) = &self.partial {
-                // NOTE: filtered before ids are placed, so the last visible
-                // event of a revision still carries the resume id.
-                events.retain(|(_, ev)| g.can_read(&ev.key));
-            }
+            self.cursor = self.cursor.max(page.scanned);
+            // NOTE: filtered before ids are placed, so the last visible
+            // event of a revision still carries the resume id.
+            let events: Vec<&PageEvent> = page
+                .events
+                .iter()
+                .filter(|e| kv_client::key_in_prefix(&e.key, &self.prefix))
+                .filter(|e| self.partial.as_ref().is_none_or(|g| g.can_read(&e.key)))
+                .collect();
             let n = events.len();
-            for (i, (rev, ev)) in events.iter().enumerate() {
-                let last_of_rev = i + 1 == n || events[i + 1].0 != *rev;
-                let wire = WatchEvent {
-                    kind: if ev.entry.is_some() { EventType::Put } else { EventType::Delete },
-                    key: ev.key.clone(),
-                    revision: *rev,
-                    entry: ev.entry.as_ref().map(|e| EntryInfo::new(ev.key.clone(), e.meta(), Some(&e.value))),
-                };
-                let name = if ev.entry.is_some() { "put" } else { "delete" };
-                let data = serde_json::to_string(&wire).unwrap_or_default();
-                self.out.push_back(sse(name, last_of_rev.then_some(*rev), &data));
+            for (i, ev) in events.iter().enumerate() {
+                let last_of_rev = i + 1 == n || events[i + 1].revision != ev.revision;
+                let name = if ev.put { "put" } else { "delete" };
+                self.out.push_back(sse(name, last_of_rev.then_some(ev.revision), &ev.data));
             }
             if !self.out.is_empty() {
                 return;

@@ -84,6 +84,8 @@ pub struct Node {
     pub read_index_rounds: crate::rounds::Rounds<Result<u64, crate::cluster::ForwardError>>,
     /// One read index fetched for every linearizable read waiting meanwhile.
     pub linearize_rounds: crate::rounds::Rounds<Result<u64, crate::cluster::ClusterError>>,
+    /// Watch events encoded once for every stream.
+    pub watch_pages: crate::api::WatchPages,
     store: Store,
     _lock: DirLock,
 }
@@ -233,6 +235,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         disk: Arc::new(crate::disk::Disk::new(&cfg.data_dir, cfg.min_free_space)),
         read_index_rounds: Default::default(),
         linearize_rounds: Default::default(),
+        watch_pages: Default::default(),
         store: store.clone(),
         _lock: lock,
     });
