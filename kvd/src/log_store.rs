@@ -1,16 +1,13 @@
 //! The Raft log and vote on fjall.
 //!
 //! IMPORTANT: nothing is reported to openraft as done before it is on disk.
-//! Votes, truncates and purges fsync before returning. An append is written
-//! at once; when no earlier append awaits its fsync, the append fsyncs on the
-//! spot (a lone writer pays no thread hop). Otherwise it goes to the flusher
-//! thread, which fsyncs once for every append queued meanwhile (group commit)
-//! and then completes their callbacks in order.
+//! Votes, truncates, purges and appends fsync before reporting done. An
+//! append fsyncs in place, on openraft's core, with no thread hop; group
+//! commit happens one level up, where the proposer puts every write queued
+//! meanwhile into one entry.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, StorageIOError};
@@ -26,42 +23,17 @@ const COMMITTED: &[u8] = b"committed";
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
-    flush_tx: mpsc::Sender<LogFlushed<TypeConfig>>,
-    /// Appends handed to the flusher and not yet completed.
-    queued: Arc<AtomicUsize>,
 }
 
 impl LogStore {
-    /// Opens the log store and starts its flusher thread.
+    /// Opens the log store.
     pub fn new(store: Store) -> LogStore {
-        let (flush_tx, flush_rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let (s, q) = (store.clone(), queued.clone());
-        std::thread::Builder::new()
-            .name("kvd-log-flush".into())
-            .spawn(move || flusher(s, flush_rx, q))
-            .unwrap_or_else(|e| fatal("cannot start the log flusher thread", &e));
-        LogStore { store, flush_tx, queued }
+        LogStore { store }
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let v = self.store.raft.get(key).map_err(|e| read_err(ErrorSubject::Store, e))?;
         v.map(|b| decode(&b)).transpose().map_err(|e| StorageIOError::read(&e).into())
-    }
-}
-
-/// Group commit: one fsync for every append queued since the last one.
-fn flusher(store: Store, rx: mpsc::Receiver<LogFlushed<TypeConfig>>, queued: Arc<AtomicUsize>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
-        store.sync();
-        crate::metrics::METRICS.group_commit.observe_count(batch.len() as u64);
-        let n = batch.len();
-        for cb in batch {
-            cb.log_io_completed(Ok(()));
-        }
-        queued.fetch_sub(n, Ordering::Release);
     }
 }
 
@@ -152,22 +124,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&self.store.log, idx_key(e.get_log_id().index), encode(&e));
         }
         batch.commit().unwrap_or_else(|e| write_failed(e));
-        // IMPORTANT: the callback fires only after an fsync that covers the
-        // entries. Only openraft's core calls append, one at a time, so with
-        // nothing queued no earlier callback can complete after this one.
-        if self.queued.load(Ordering::Acquire) == 0 {
-            self.store.sync();
-            crate::metrics::METRICS.group_commit.observe_count(1);
-            callback.log_io_completed(Ok(()));
-            return Ok(());
-        }
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        if let Err(mpsc::SendError(cb)) = self.flush_tx.send(callback) {
-            // The flusher is gone only if the process is going down.
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            self.store.sync();
-            cb.log_io_completed(Ok(()));
-        }
+        // IMPORTANT: the callback fires only after the fsync.
+        self.store.sync();
+        crate::metrics::METRICS.group_commit.observe_count(1);
+        callback.log_io_completed(Ok(()));
         Ok(())
     }
 
