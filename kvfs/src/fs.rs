@@ -179,7 +179,7 @@ impl KvFs {
         if self.sync.status.lock().map(|s| s.connected).unwrap_or(false) {
             return Ok(());
         }
-        self.remote.call("probe", self.remote.client.get_json("/health/ready")).map(|_| ())
+        self.remote.call("probe", async |c| c.get_json("/health/ready").await).map(|_| ())
     }
 
     fn is_local(&self, name: &str) -> bool {
@@ -283,7 +283,7 @@ impl KvFs {
         let _own = self.sync.own_write(&path);
         // A failed compare is EIO for an in-place edit, EEXIST for O_EXCL.
         let conflict = if opts.create_only { Errno::EEXIST } else { Errno::EIO };
-        let resp = self.remote.call_as("write", conflict, self.remote.client.put(&key, data.clone(), &opts))?;
+        let resp = self.remote.call_as("write", conflict, async |c| c.put(&key, data.clone(), &opts).await)?;
         {
             let mut t = self.tree_mut()?;
             let mut meta = node.meta.clone();
@@ -375,7 +375,7 @@ impl KvFs {
         };
         let key = self.remote.key(path);
         let _own = self.sync.own_write(path);
-        let resp = self.remote.call_as("create", Errno::EEXIST, self.remote.client.put(&key, value.clone(), &opts))?;
+        let resp = self.remote.call_as("create", Errno::EEXIST, async |c| c.put(&key, value.clone(), &opts).await)?;
         let mut m = meta;
         m.kind = kind;
         m.size = value.len() as u64;
@@ -462,7 +462,7 @@ impl KvFs {
             failure: vec![],
         };
         let _own = self.sync.own_write(path);
-        let resp = self.remote.call("setattr", self.remote.client.txn(&txn))?;
+        let resp = self.remote.call("setattr", async |c| c.txn(&txn).await)?;
         if !resp.succeeded {
             return Err(Errno::EIO);
         }
@@ -506,7 +506,7 @@ impl KvFs {
         self.writable()?;
         let opts = PutOptions { if_match: Some(node.meta.mod_revision), ..Default::default() };
         let _own = self.sync.own_write(path);
-        let resp = self.remote.call("truncate", self.remote.client.put(&self.remote.key(path), v.clone(), &opts))?;
+        let resp = self.remote.call("truncate", async |c| c.put(&self.remote.key(path), v.clone(), &opts).await)?;
         let mut n = node;
         n.meta.size = size;
         n.meta.mod_revision = resp.revision;
@@ -618,7 +618,7 @@ impl KvFs {
             .chain(arrive.iter().map(|(p, _)| p.clone()))
             .collect();
         let _own: Vec<_> = _own.iter().map(|p| self.sync.own_write(p)).collect();
-        let resp = match self.remote.call("rename", self.remote.client.txn(&txn)) {
+        let resp = match self.remote.call("rename", async |c| c.txn(&txn).await) {
             // Too big for one transaction: let mv copy and delete instead.
             Err(Errno::EFBIG) => return Err(Errno::EXDEV),
             other => other?,
@@ -660,7 +660,7 @@ impl KvFs {
             let _own = self.sync.own_write(dst);
             let resp = self
                 .remote
-                .call("rename", self.remote.client.txn(&TxnRequest { success: vec![op], ..Default::default() }))?;
+                .call("rename", async |c| c.txn(&TxnRequest { success: vec![op], ..Default::default() }).await)?;
             n.local = false;
             n.meta.mod_revision = resp.revision;
             n.meta.create_revision = resp.revision;
@@ -689,7 +689,7 @@ impl KvFs {
     fn delete_key(&self, path: &str, op: &'static str) -> Result<u64, Errno> {
         self.writable()?;
         let _own = self.sync.own_write(path);
-        match self.remote.call(op, self.remote.client.delete(&self.remote.key(path), false, None)) {
+        match self.remote.call(op, async |c| c.delete(&self.remote.key(path), false, None).await) {
             Ok(r) => Ok(r.revision),
             Err(Errno::ENOENT) => Ok(self.tree()?.revision),
             Err(e) => Err(e),

@@ -172,13 +172,8 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         None => None,
     };
     let client = kv_client::Client::with_options(&inv.endpoints, &kv_client::ClientOptions { token, ca_pem })?;
-    let remote = Arc::new(Remote {
-        client,
-        rt: rt.handle().clone(),
-        prefix: inv.prefix.clone(),
-        timeout: inv.timeout,
-        grants: RwLock::new(None),
-    });
+    let remote =
+        Arc::new(Remote { client, prefix: inv.prefix.clone(), timeout: inv.timeout, grants: RwLock::new(None) });
     let name = state_name(inv);
     let lkg_file = inv
         .cache_dir

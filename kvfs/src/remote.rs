@@ -14,12 +14,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::tree::{split, Node, Tree};
 
+thread_local! {
+    /// The runtime and client of a FUSE thread's cluster calls.
+    static THREAD_CLIENT: std::cell::RefCell<Option<(tokio::runtime::Runtime, Client)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Talks to the cluster on behalf of FUSE callbacks (which are not async).
 pub struct Remote {
     /// The client (fails over between endpoints).
     pub client: Client,
-    /// Runtime the calls run on.
-    pub rt: tokio::runtime::Handle,
     /// Key prefix of the mount.
     pub prefix: String,
     /// Bound on one call.
@@ -87,19 +91,39 @@ impl Remote {
 
     /// Runs a client call, waiting at most the bound; errors become errnos
     /// (a failed compare: EIO).
-    pub fn call<T, F>(&self, what: &str, f: F) -> Result<T, Errno>
-    where
-        F: std::future::Future<Output = Result<T, kv_client::Error>>,
-    {
+    pub fn call<T>(&self, what: &str, f: impl AsyncFnOnce(&Client) -> Result<T, kv_client::Error>) -> Result<T, Errno> {
         self.call_as(what, Errno::EIO, f)
     }
 
     /// [`Remote::call`], with a failed compare reported as `conflict`.
-    pub fn call_as<T, F>(&self, what: &str, conflict: Errno, f: F) -> Result<T, Errno>
-    where
-        F: std::future::Future<Output = Result<T, kv_client::Error>>,
-    {
-        match self.rt.block_on(async { tokio::time::timeout(self.timeout, f).await }) {
+    ///
+    /// NOTE: the call runs on the calling FUSE thread, on a runtime and a
+    /// client of that thread's own: its socket is read and written right
+    /// here. On the shared runtime, the connection's task ran on a worker
+    /// thread and two thread wake-ups were added to every write.
+    pub fn call_as<T>(
+        &self,
+        what: &str,
+        conflict: Errno,
+        f: impl AsyncFnOnce(&Client) -> Result<T, kv_client::Error>,
+    ) -> Result<T, Errno> {
+        let result = THREAD_CLIENT.with(|cell| -> Result<_, Errno> {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+                    tracing::error!(error = %e, "cannot start a runtime for cluster calls");
+                    Errno::EIO
+                })?;
+                let client = self.client.with_endpoints(self.client.endpoints()).map_err(|e| {
+                    tracing::error!(error = %e, "cannot set up a client for cluster calls");
+                    Errno::EIO
+                })?;
+                *slot = Some((rt, client));
+            }
+            let (rt, client) = slot.as_ref().ok_or(Errno::EIO)?;
+            Ok(rt.block_on(async { tokio::time::timeout(self.timeout, f(client)).await }))
+        })?;
+        match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, op = what, "cluster request failed");
