@@ -185,10 +185,26 @@ impl Client {
         &self.endpoints
     }
 
+    /// The member URL the next request goes to first.
+    pub fn current_endpoint(&self) -> &str {
+        &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()]
+    }
+
     /// A fresh request id for a write.
     pub fn new_request_id(&self) -> String {
         let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n}", self.id_prefix)
+    }
+
+    /// After a write a follower forwarded: go on with the leader, if it is
+    /// one of this client's endpoints (a client never strays from its list).
+    fn follow_leader(&self, resp: &Response) {
+        let Some(url) = resp.headers().get(header::LEADER).and_then(|v| v.to_str().ok()) else { return };
+        let Ok(url) = reqwest::Url::parse(url) else { return };
+        let url = format!("{}://{}", url.scheme(), url.authority());
+        if let Some(i) = self.endpoints.iter().position(|e| *e == url) {
+            self.current.store(i, Ordering::Relaxed);
+        }
     }
 
     /// Sends a request built by `build` for a path, trying each endpoint in
@@ -276,6 +292,7 @@ impl Client {
                 r
             })
             .await?;
+        self.follow_leader(&resp);
         json(check(resp).await?).await
     }
 
@@ -293,6 +310,7 @@ impl Client {
                 r
             })
             .await?;
+        self.follow_leader(&resp);
         json(check(resp).await?).await
     }
 
@@ -329,6 +347,7 @@ impl Client {
                 r.header(header::REQUEST_ID, &id).header("content-type", "application/json").body(body.clone())
             })
             .await?;
+        self.follow_leader(&resp);
         json(check(resp).await?).await
     }
 
@@ -405,6 +424,7 @@ impl Client {
                 r.header(header::REQUEST_ID, &id).header("content-type", "application/json").body(body.clone())
             })
             .await?;
+        self.follow_leader(&resp);
         json(check(resp).await?).await
     }
 

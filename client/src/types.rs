@@ -26,6 +26,9 @@ pub mod header {
     pub const VERSION: &str = "x-kv-version";
     /// Client-chosen id of a write; a retried write with the same id applies once.
     pub const REQUEST_ID: &str = "x-kv-request-id";
+    /// On a write a follower forwarded: the leader's client URL, where the
+    /// next writes are cheaper (no hop through the follower).
+    pub const LEADER: &str = "x-kv-leader";
 }
 
 /// What an entry is.

@@ -129,6 +129,7 @@ pub fn router(node: Arc<Node>) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
         })
         .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), leader_hint))
         .layer(axum::middleware::from_fn(observe))
         .with_state(node)
 }
@@ -146,6 +147,22 @@ async fn authenticate(State(node): State<Shared>, mut req: HttpRequest, next: Ne
         }
         Err(d) => ApiError::from(d).into_response(),
     }
+}
+
+/// A write that a follower forwarded to the leader is answered with the
+/// leader's client URL: a client that knows it sends its next writes there,
+/// which saves the follower a request and the leader a peer call per write.
+async fn leader_hint(State(node): State<Shared>, req: HttpRequest, next: Next) -> HttpResponse {
+    let write = matches!(*req.method(), Method::PUT | Method::DELETE | Method::POST)
+        && (req.uri().path().starts_with("/v1/kv/") || req.uri().path() == "/v1/txn");
+    let mut resp = next.run(req).await;
+    if write && (resp.status().is_success() || resp.status() == StatusCode::PRECONDITION_FAILED) {
+        let leader = node.raft.metrics().borrow().current_leader.filter(|l| *l != node.cfg.id);
+        if let Some(url) = leader.and_then(|l| node.member(l)).and_then(|m| HeaderValue::from_str(&m.client_url).ok()) {
+            resp.headers_mut().insert(kvh::LEADER, url);
+        }
+    }
+    resp
 }
 
 /// Records request latency, reads and writes apart (watches excluded).

@@ -11,7 +11,7 @@
 //! - `watchers`: many watch streams while writes arrive at a fixed rate.
 //! - `load`: many small keys in large transactions (for the scale figures).
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,6 +101,13 @@ enum Cmd {
     },
     /// Polls GET URL until it answers 200 (60 s at most); prints the seconds.
     Ready { url: String },
+    /// Round trips of GET URL on one kept-alive connection: the floor under
+    /// any request's latency (client, loopback, HTTP, server wake-ups).
+    Rtt {
+        url: String,
+        #[arg(long, default_value_t = 5000)]
+        count: usize,
+    },
     /// Prints the number at PATH (dotted) in JSON.
     Field { json: String, path: String },
     /// The side-by-side table from the JSON lines in FILE.
@@ -397,6 +404,42 @@ async fn kv_http_get(url: &str) -> Result<u16, Error> {
     Ok(std::str::from_utf8(&head[9..12])?.parse()?)
 }
 
+/// `count` GETs of `url` on one HTTP/1.1 connection, each timed from the
+/// request's first byte to the response's last.
+fn rtt(url: &str, count: usize) -> Result<serde_json::Value, Error> {
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut s = std::io::BufReader::new(std::net::TcpStream::connect(host)?);
+    s.get_ref().set_nodelay(true)?;
+    s.get_ref().set_read_timeout(Some(Duration::from_secs(5)))?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let mut lat = Vec::with_capacity(count);
+    let start = Instant::now();
+    for _ in 0..count {
+        let t = Instant::now();
+        s.get_mut().write_all(req.as_bytes())?;
+        let (mut line, mut len) = (String::new(), 0usize);
+        loop {
+            line.clear();
+            if s.read_line(&mut line)? == 0 {
+                return Err("the server closed the connection".into());
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse()?;
+                }
+            }
+        }
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body)?;
+        lat.push(t.elapsed());
+    }
+    Ok(summary(lat, start.elapsed().as_secs_f64(), 0))
+}
+
 fn ports(n: usize) -> Result<serde_json::Value, Error> {
     let socks: Vec<std::net::TcpListener> =
         (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
@@ -460,6 +503,7 @@ async fn main() -> Result<(), Error> {
         Cmd::Load { endpoints, keys, value_size } => load(endpoints, keys, value_size).await?,
         Cmd::Ports { n } => ports(n)?,
         Cmd::Fsync { dir, count } => fsync(dir, count)?,
+        Cmd::Rtt { url, count } => rtt(&url, count)?,
         Cmd::Ready { url } => {
             let t = Instant::now();
             loop {

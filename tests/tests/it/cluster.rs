@@ -398,6 +398,53 @@ async fn learners_serve_stale_reads_that_never_go_back_and_watches() {
 }
 
 #[tokio::test]
+async fn writes_through_a_follower_point_clients_at_the_leader() {
+    let mut nodes = start_cluster(3, FAST).await;
+    let leader = agreed_leader(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let at = |id: u64| nodes.iter().position(|n| n.id == id).expect("member");
+    let (l, f) = (at(leader), at(if leader == 1 { 2 } else { 1 }));
+    let hint = |r: &reqwest::Response| r.headers().get("x-kv-leader").map(|v| v.to_str().unwrap_or("").to_owned());
+    // A write a follower forwarded names the leader; one the leader took does not.
+    let r = http().put(format!("{}/v1/kv/hint/a", nodes[f].url)).body("1").send().await.expect("put");
+    assert_eq!(r.status(), 200);
+    assert_eq!(hint(&r), Some(nodes[l].url.clone()));
+    let r = http().put(format!("{}/v1/kv/hint/b", nodes[l].url)).body("1").send().await.expect("put");
+    assert_eq!(r.status(), 200);
+    assert_eq!(hint(&r), None);
+    // A refused write names nobody and writes nothing.
+    let r = http().put(format!("{}/v1/kv/hint//bad", nodes[f].url)).body("1").send().await.expect("put");
+    assert_eq!(status_and_code(r).await.0, 400);
+    // A client that lists the leader moves there after its first write; reads follow.
+    let c = kv_client::Client::new(&[nodes[f].url.as_str(), nodes[l].url.as_str()]).expect("client");
+    assert_eq!(c.current_endpoint(), nodes[f].url);
+    c.put("hint/c", "1", &Default::default()).await.expect("put");
+    assert_eq!(c.current_endpoint(), nodes[l].url);
+    assert_eq!(c.get("hint/a").await.expect("get").expect("exists").value.as_ref(), b"1");
+    // A client that does not list the leader stays where it was told to go.
+    let only = kv_client::Client::new(&[nodes[f].url.as_str()]).expect("client");
+    only.put("hint/d", "1", &Default::default()).await.expect("put");
+    assert_eq!(only.current_endpoint(), nodes[f].url);
+    let keys: Vec<String> = nodes[f]
+        .client()
+        .list("hint", &ListOptions { recursive: true, ..Default::default() })
+        .await
+        .expect("list")
+        .entries
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(keys, ["hint/a", "hint/b", "hint/c", "hint/d"]);
+    // The leader dies: the client fails over to the member it has left,
+    // which is the new leader or forwards to it.
+    nodes[l].kill9();
+    let rest: Vec<&Kvd> = nodes.iter().filter(|n| n.id != leader).collect();
+    agreed_leader(&rest).await;
+    c.put("hint/e", "1", &Default::default()).await.expect("put after the leader died");
+    assert_eq!(c.current_endpoint(), nodes[f].url);
+    assert_eq!(c.get("hint/e").await.expect("get").expect("exists").value.as_ref(), b"1");
+}
+
+#[tokio::test]
 async fn removed_and_wiped_members_can_rejoin_and_leadership_moves() {
     let mut nodes = start_cluster(3, FAST).await;
     crate::put(&nodes[0].url, "keep", "1").await;
