@@ -233,6 +233,9 @@ if section fs; then
     ro=$("$B" fs --read-only "$T/mnt-ro")
     echo "$ro"
     record "create+write+close p50 (ref: API put p50)" kv ms "$(field "$kw" create_write_close.p50_ms)"
+    # FUSE's own share: names the mount keeps local (no put), against tmpfs.
+    record "create+write+close p50, a name kept local (no put)" kv ms "$(field "$kw" create_write_close_local.p50_ms)"
+    record "create+write+close p50, a name kept local (no put)" reference ms "$(field "$tm" create_write_close.p50_ms)"
     record "open+read+close, cached 100 B file" kv µs "$(field "$km" open_read_close_us)"
     record "open+read+close, cached 100 B file" reference µs "$(field "$tm" open_read_close_us)"
     record "open+read+close, cached 100 B file, -o ro" kv µs "$(field "$ro" open_read_close_us)"
