@@ -356,6 +356,15 @@ async fn watch_leader(node: Arc<Node>) {
             notified = true;
             sd_notify_ready();
         }
+        // NOTE: openraft publishes its metrics after every write, and a
+        // wake-up here for each cost every write a thread wake-up (perf
+        // stat: 8.1 context switches per put instead of 6.2). While the node
+        // is ready and has a leader, look at most every 50 ms: leader
+        // changes are an election timeout apart at least, so none is
+        // missed, and each shows here within 50 ms.
+        if notified && leader.is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         if rx.changed().await.is_err() {
             return;
         }
