@@ -252,27 +252,22 @@ fn fs_test(dir: PathBuf, count: usize, read_only: bool, keep: bool) -> Result<se
     let (mut create, mut create_local) = (json!(null), json!(null));
     if !read_only {
         std::fs::create_dir_all(base.join("many"))?;
-        // create + write + close of small files
-        let mut lat = Vec::with_capacity(count);
-        for i in 0..count {
-            let t = Instant::now();
-            let mut f = std::fs::File::create(base.join(format!("new-{i}")))?;
-            f.write_all(&data)?;
-            drop(f);
-            lat.push(t.elapsed());
-        }
-        create = summary(lat, 1.0, 0);
+        // create + write + close of small files named `new-N{suffix}`
+        let creates = |suffix: &str| -> std::io::Result<serde_json::Value> {
+            let mut lat = Vec::with_capacity(count);
+            for i in 0..count {
+                let t = Instant::now();
+                let mut f = std::fs::File::create(base.join(format!("new-{i}{suffix}")))?;
+                f.write_all(&data)?;
+                drop(f);
+                lat.push(t.elapsed());
+            }
+            Ok(summary(lat, 1.0, 0))
+        };
+        create = creates("")?;
         // The same with names a mount keeps to itself (`*~`, see kvfs(8)):
         // FUSE's own share, no put. On other filesystems, just the same loop.
-        let mut lat = Vec::with_capacity(count);
-        for i in 0..count {
-            let t = Instant::now();
-            let mut f = std::fs::File::create(base.join(format!("new-{i}~")))?;
-            f.write_all(&data)?;
-            drop(f);
-            lat.push(t.elapsed());
-        }
-        create_local = summary(lat, 1.0, 0);
+        create_local = creates("~")?;
         std::fs::write(base.join("one"), data)?;
         for p in &names {
             std::fs::write(p, data)?;
