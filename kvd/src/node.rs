@@ -107,24 +107,32 @@ impl Node {
         self.store.db.disk_space().unwrap_or(0)
     }
 
-    /// Whether the node is ready, and why (not).
+    /// Whether the node is ready, and why (not): it has a leader, and it
+    /// has applied everything the leader had committed when asked.
     pub async fn readiness(&self) -> (bool, String) {
-        let m = self.raft.metrics().borrow().clone();
         if let Err(e) = self.check_member() {
             return (false, e.to_string());
         }
-        let Some(leader) = m.current_leader else {
+        let Some(leader) = self.raft.metrics().borrow().current_leader else {
             return (false, "no leader known".into());
         };
-        let committed = match self.raft.with_raft_state(|st| st.committed).await {
-            Ok(c) => c.map(|l| l.index),
-            Err(e) => return (false, format!("raft stopped: {e}")),
-        };
-        let applied = m.last_applied.map(|l| l.index);
-        if applied < committed {
-            return (false, format!("applied index {applied:?} is behind commit index {committed:?}"));
+        // NOTE: what the leader has committed, not what this node has heard
+        // of: a member that is catching up (new, or re-added after a wipe)
+        // has applied all it has heard of long before it holds the latest
+        // membership and data, and would answer 503 a moment later.
+        let wait = Duration::from_millis(self.cfg.election_timeout_ms);
+        match tokio::time::timeout(wait, self.linearize()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return (false, format!("not caught up with the leader: {e}")),
+            Err(_) => {
+                return (false, format!("not caught up with the leader's commit index within {} ms", wait.as_millis()))
+            }
         }
-        (true, format!("leader {leader}, applied index {}", applied.unwrap_or(0)))
+        if let Err(e) = self.check_member() {
+            return (false, e.to_string());
+        }
+        let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
+        (true, format!("leader {leader}, applied index {applied}"))
     }
 }
 

@@ -46,6 +46,13 @@ struct Handle {
     base_rev: u64,
     /// Attributes to write with the first commit (created files).
     attrs: Attrs,
+    /// Bumped by every change to the buffer or its attributes: a commit
+    /// leaves the handle clean only if nothing changed while it ran.
+    gen: u64,
+    /// Held across a commit: commits of one handle (a FLUSH per dup'd
+    /// descriptor, fsync, RELEASE) run one after another, so the last one
+    /// to land carries the newest buffer.
+    commit_lock: Arc<Mutex<()>>,
 }
 
 /// One entry of a directory listing: inode, type, name.
@@ -248,14 +255,19 @@ impl KvFs {
 
     /// Commits a handle's buffer as one put, if it holds unsaved data.
     fn commit(&self, fh: u64) -> Result<(), Errno> {
-        let (ino, data, replace, create_only, base_rev, attrs) = {
+        let lock = self.handles()?.get(&fh).ok_or(Errno::EBADF)?.commit_lock.clone();
+        // NOTE: a FLUSH from a forked child's copy of the descriptor can
+        // commit an empty new file while the parent goes on writing; the
+        // parent's own close must then wait for it and commit after it.
+        let _serial = lock.lock().map_err(|_| Errno::EIO)?;
+        let (ino, data, replace, create_only, base_rev, attrs, gen) = {
             let hs = self.handles()?;
             let h = hs.get(&fh).ok_or(Errno::EBADF)?;
             if !h.dirty {
                 return Ok(());
             }
             let data = h.buf.clone().ok_or(Errno::EBADF)?;
-            (h.ino, data, h.replace, h.create_only, h.base_rev, h.attrs.clone())
+            (h.ino, data, h.replace, h.create_only, h.base_rev, h.attrs.clone(), h.gen)
         };
         let path = self.tree()?.path(ino).map(str::to_owned);
         // Unlinked while open: the data goes nowhere, as on any filesystem.
@@ -271,7 +283,7 @@ impl KvFs {
                 n.meta.mtime_ns = now_ns();
             }
             drop(t);
-            self.mark_clean(fh, 0)?;
+            self.mark_clean(fh, 0, gen)?;
             return Ok(());
         }
         let opts = PutOptions {
@@ -299,7 +311,7 @@ impl KvFs {
             t.revision = t.revision.max(resp.revision);
         }
         self.changed();
-        self.mark_clean(fh, resp.revision)
+        self.mark_clean(fh, resp.revision, gen)
     }
 
     /// A directory's entries, `.` and `..` first.
@@ -333,15 +345,19 @@ impl KvFs {
         Ok(list)
     }
 
-    fn mark_clean(&self, fh: u64, rev: u64) -> Result<(), Errno> {
+    /// After a commit of the buffer as it was at `gen`: the value now exists
+    /// at `rev`. The handle stays dirty if it changed meanwhile.
+    fn mark_clean(&self, fh: u64, rev: u64, gen: u64) -> Result<(), Errno> {
         let mut hs = self.handles()?;
         if let Some(h) = hs.get_mut(&fh) {
-            h.dirty = false;
             h.replace = false;
             h.create_only = false;
-            h.attrs = Attrs::default();
             if rev > 0 {
                 h.base_rev = rev;
+            }
+            if h.gen == gen {
+                h.dirty = false;
+                h.attrs = Attrs::default();
             }
         }
         Ok(())
@@ -433,6 +449,7 @@ impl KvFs {
             }
             let mut hs = self.handles()?;
             for h in hs.values_mut().filter(|h| Some(h.ino) == ino && h.dirty) {
+                h.gen += 1;
                 h.attrs.mode = mode.or(h.attrs.mode);
                 h.attrs.uid = uid.or(h.attrs.uid);
                 h.attrs.gid = gid.or(h.attrs.gid);
@@ -720,6 +737,8 @@ impl KvFs {
             append: flags & libc::O_APPEND != 0,
             base_rev: node.meta.mod_revision,
             attrs: Attrs::default(),
+            gen: 0,
+            commit_lock: Arc::default(),
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles()?.insert(fh, h);
@@ -800,6 +819,7 @@ impl Filesystem for KvFs {
                                     b.resize(size as usize, 0);
                                 }
                                 h.dirty = true;
+                                h.gen += 1;
                                 h.replace |= size == 0;
                                 true
                             }
@@ -983,6 +1003,7 @@ impl Filesystem for KvFs {
         }
         buf[off..end].copy_from_slice(data);
         h.dirty = true;
+        h.gen += 1;
         reply.written(data.len() as u32);
     }
 
@@ -1169,6 +1190,8 @@ impl Filesystem for KvFs {
                 append: flags & libc::O_APPEND != 0,
                 base_rev: 0,
                 attrs,
+                gen: 0,
+                commit_lock: Arc::default(),
             };
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
             self.handles()?.insert(fh, h);
