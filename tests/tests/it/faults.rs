@@ -375,9 +375,12 @@ fn mount_writer(dir: &Path, m: usize, stop: &AtomicBool) -> Closes {
 /// value must never go back. Returns how many reads were made, and how many
 /// came back empty.
 ///
-/// NOTE: an empty read was seen once, in a CI run under full load, and not
-/// reproduced since; it is counted and printed, not yet failed on, until its
-/// cause is found (see the issue note).
+/// NOTE: an empty read is counted and printed, not failed on. Other tests
+/// of this process fork children all the time, and a child holds copies of
+/// the writer's descriptors until it execs. Closing the copy of a counter
+/// just opened with O_TRUNC sends a FLUSH of the still empty buffer, and
+/// readers see the file empty until the writer's own close, as a reader of
+/// a local file can between the O_TRUNC and the write.
 ///
 /// NOTE: the writer rewrites its counter one value after another and the
 /// only fault is `kill -9`, so a write whose `close()` failed is either
