@@ -63,10 +63,22 @@ fn step(state: &Option<String>, op: &Op) -> Option<Option<String>> {
 /// Whether the history of one key, starting from `initial`, is
 /// linearizable. Unknown outcomes may be left out; known ones may not.
 pub fn check(initial: Option<String>, history: &[Event]) -> bool {
-    let n = history.len();
-    let mut done = vec![false; n];
-    let mut seen: HashSet<(Vec<bool>, Option<String>)> = HashSet::new();
-    search(history, &mut done, initial, &mut seen)
+    // NOTE: the search recurses once per operation taken: a soak's history
+    // of thousands needs more stack than a test thread has.
+    let stack = (16 << 20) + history.len() * (16 << 10);
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("linearizability".into())
+            .stack_size(stack)
+            .spawn_scoped(s, || {
+                let mut done = vec![false; history.len()];
+                let mut seen: HashSet<(Vec<bool>, Option<String>)> = HashSet::new();
+                search(history, &mut done, initial, &mut seen)
+            })
+            .expect("checker thread")
+            .join()
+            .expect("checker")
+    })
 }
 
 fn search(
