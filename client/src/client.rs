@@ -196,8 +196,9 @@ impl Client {
         format!("{}-{n}", self.id_prefix)
     }
 
-    /// After a write a follower forwarded: go on with the leader, if it is
-    /// one of this client's endpoints (a client never strays from its list).
+    /// After a write a follower forwarded (the server names the leader only
+    /// then): go on with the leader, if it is one of this client's
+    /// endpoints (a client never strays from its list).
     fn follow_leader(&self, resp: &Response) {
         let Some(url) = resp.headers().get(header::LEADER).and_then(|v| v.to_str().ok()) else { return };
         let Ok(url) = reqwest::Url::parse(url) else { return };
@@ -210,7 +211,8 @@ impl Client {
     /// Sends a request built by `build` for a path, trying each endpoint in
     /// turn (starting with the one that last answered) while they cannot be
     /// reached or answer 503 (no leader, removed member). Any other HTTP
-    /// answer, error statuses included, is returned.
+    /// answer, error statuses included, is returned; one that names the
+    /// leader moves the next requests there.
     pub async fn send<F>(&self, method: Method, path_and_query: &str, build: F) -> Result<Response, Error>
     where
         F: Fn(RequestBuilder) -> RequestBuilder,
@@ -228,6 +230,7 @@ impl Client {
                 }
                 Ok(resp) => {
                     self.current.store(idx, Ordering::Relaxed);
+                    self.follow_leader(&resp);
                     return Ok(resp);
                 }
                 Err(e) => {
@@ -292,7 +295,6 @@ impl Client {
                 r
             })
             .await?;
-        self.follow_leader(&resp);
         json(check(resp).await?).await
     }
 
@@ -310,7 +312,6 @@ impl Client {
                 r
             })
             .await?;
-        self.follow_leader(&resp);
         json(check(resp).await?).await
     }
 
@@ -347,7 +348,6 @@ impl Client {
                 r.header(header::REQUEST_ID, &id).header("content-type", "application/json").body(body.clone())
             })
             .await?;
-        self.follow_leader(&resp);
         json(check(resp).await?).await
     }
 
@@ -424,7 +424,6 @@ impl Client {
                 r.header(header::REQUEST_ID, &id).header("content-type", "application/json").body(body.clone())
             })
             .await?;
-        self.follow_leader(&resp);
         json(check(resp).await?).await
     }
 

@@ -267,18 +267,21 @@ impl Kvd {
     /// Freezes the process (SIGSTOP): a peer that accepts connections but
     /// never answers.
     pub fn pause(&self) {
-        self.signal("-STOP");
+        self.signal(rustix::process::Signal::STOP);
     }
 
     /// Thaws a paused process (SIGCONT).
     pub fn resume(&self) {
-        self.signal("-CONT");
+        self.signal(rustix::process::Signal::CONT);
     }
 
-    fn signal(&self, sig: &str) {
+    // NOTE: kill(2) itself, not kill(1): a forked child would hold copies of
+    // this process's descriptors (files open in mounts among them) for a
+    // moment, and closing them sends FLUSHes of their own.
+    fn signal(&self, sig: rustix::process::Signal) {
         if let Some(c) = &self.child {
-            let ok = Command::new("kill").arg(sig).arg(c.id().to_string()).status().map(|s| s.success());
-            assert_eq!(ok.ok(), Some(true), "kill {sig} {}", c.id());
+            let pid = rustix::process::Pid::from_raw(c.id() as i32).expect("a child's pid is positive");
+            rustix::process::kill_process(pid, sig).unwrap_or_else(|e| panic!("kill {sig:?} {}: {e}", c.id()));
         }
     }
 
@@ -667,4 +670,17 @@ pub fn run_sh(cwd: &Path, script: &str, mnt: &Path) -> std::process::Output {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Closes `f` the way a program does and reports what close(2) said, which
+/// std's `drop` swallows (a kvfs mount reports a failed commit there).
+#[allow(unsafe_code)]
+pub fn close_checked(f: std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = f.into_raw_fd();
+    // SAFETY: `fd` came from `into_raw_fd` and is closed exactly once.
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -341,17 +341,10 @@ async fn five_members_under_kills_pauses_partitions_and_membership_changes() {
 
 /// Creates `path` with `data` the way a program does (open, write, close)
 /// and reports what `close()` said, which std's `drop` would swallow.
-#[allow(unsafe_code)]
 fn write_and_close(path: &Path, data: &str) -> std::io::Result<()> {
-    use std::os::fd::IntoRawFd;
     let mut f = std::fs::File::create(path)?;
     f.write_all(data.as_bytes())?;
-    let fd = f.into_raw_fd();
-    // SAFETY: `fd` came from `into_raw_fd` and is closed exactly once.
-    if unsafe { libc::close(fd) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    kv_tests::close_checked(f)
 }
 
 /// What one writer saw: file number → whether its `close()` returned 0.

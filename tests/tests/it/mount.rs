@@ -376,7 +376,7 @@ fn long_listings_carry_each_entrys_current_attributes() {
     eventually("a deleted entry leaves the long listing", || !m.sh_ok("ls -l d").contains(" a\n"));
 }
 
-/// Polls until thread `tid` of this process sits in syscall `nr`.
+/// Whether thread `tid` of this process sits in syscall `nr` now.
 fn in_syscall(tid: i32, nr: i64) -> bool {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
         .ok()
@@ -385,38 +385,28 @@ fn in_syscall(tid: i32, nr: i64) -> bool {
 }
 
 #[test]
-#[allow(unsafe_code)]
 fn a_close_commits_what_was_written_while_an_earlier_flush_was_in_flight() {
     use std::io::Write;
-    use std::os::fd::IntoRawFd;
     let k = Kvd::bootstrap(&[]);
     let m = Mount::start(&format!("{}/app", k.url), &["timeout=30"]);
     let mut f = std::fs::File::create(m.dir.join("f")).expect("create");
     // A copy of the descriptor, as a forked child holds until it execs: its
     // close sends a FLUSH of the new, still empty file.
-    let copy = f.try_clone().expect("dup").into_raw_fd();
-    // NOTE: signals sent without forking: a child would hold copies too.
-    let pid = k.pid().expect("kvd runs") as libc::pid_t;
-    // SAFETY: kill(2) on the kvd this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
+    let copy = f.try_clone().expect("dup");
+    k.pause();
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let flusher = std::thread::spawn(move || {
-        // SAFETY: gettid(2) has no preconditions.
-        tid_tx.send(unsafe { libc::gettid() }).expect("tid");
-        // SAFETY: closes the copy made above, exactly once.
-        unsafe { libc::close(copy) }
+        tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get()).expect("tid");
+        kv_tests::close_checked(copy)
     });
     let tid = tid_rx.recv().expect("tid");
     eventually("the copy's close waits for the stopped cluster", || in_syscall(tid, libc::SYS_close));
     // Written while that commit of the empty file is in flight.
     f.write_all(b"data").expect("write");
     assert!(!flusher.is_finished(), "the copy's close did not wait for the cluster");
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0, "SIGCONT");
-    assert_eq!(flusher.join().expect("flusher"), 0, "the copy's close failed");
-    let fd = f.into_raw_fd();
-    // SAFETY: `fd` came from `into_raw_fd` and is closed exactly once.
-    assert_eq!(unsafe { libc::close(fd) }, 0, "close failed: {}", std::io::Error::last_os_error());
+    k.resume();
+    flusher.join().expect("flusher").expect("the copy's close failed");
+    kv_tests::close_checked(f).expect("close failed");
     assert_eq!(text(&k, "app/f"), "data", "the last close committed an older buffer");
     assert_eq!(m.sh_ok("cat f"), "data");
 }
