@@ -1,19 +1,28 @@
 //! The Raft log and vote on fjall.
 //!
-//! IMPORTANT: nothing is reported to openraft as done before it is on disk.
-//! Votes, truncates, purges and appends fsync before reporting done. An
-//! append fsyncs in place, on openraft's core, with no thread hop; group
-//! commit happens one level up, where the proposer puts every write queued
-//! meanwhile into one entry.
+//! IMPORTANT: votes, truncates, purges and appends fsync before they are
+//! reported done, with one exception. On a leader with followers, an append
+//! of the leader's own entries is reported done at once and fsyncs on a
+//! blocking thread meanwhile: openraft 0.9 replicates an entry only after
+//! the leader's append of it is done, so otherwise every write would wait
+//! for the leader's fsync and then for a follower's, one after the other.
+//! Why that is safe, and the two rules it needs, is in
+//! [`crate::store::Durability`].
+//!
+//! Every other append (a follower's, a single voter's, or one carrying a
+//! membership change) fsyncs in place, on openraft's core, with no thread
+//! hop; group commit happens one level up, where the proposer puts every
+//! write queued meanwhile into one entry.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::Ordering;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, StorageIOError};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, StorageIOError};
 
 use crate::store::{fatal, Store};
-use crate::types::{decode, encode, Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{decode, encode, Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
 const VOTE: &[u8] = b"vote";
 const PURGED: &[u8] = b"purged";
@@ -23,17 +32,83 @@ const COMMITTED: &[u8] = b"committed";
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
+    /// This node.
+    id: NodeId,
+    /// The vote last saved.
+    vote: Option<Vote>,
 }
 
 impl LogStore {
-    /// Opens the log store.
-    pub fn new(store: Store) -> LogStore {
-        LogStore { store }
+    /// Opens the log store of node `id`. Whatever the journal holds is made
+    /// durable first: a crash of the process (not of the machine) can leave
+    /// entries in the page cache that were never fsynced.
+    pub fn new(store: Store, id: NodeId) -> Result<LogStore, StorageError> {
+        let mut s = LogStore { store, id, vote: None };
+        s.vote = s.get_meta(VOTE)?;
+        let last = s.last_log_id()?;
+        s.store.durable.wrote(last);
+        s.store.sync();
+        Ok(s)
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        Ok(match self.store.log.last_key_value() {
+            Some(g) => {
+                let v = g.value().map_err(|e| read_err(ErrorSubject::Logs, e))?;
+                Some(*decode::<Entry>(&v).map_err(|e| read_err(ErrorSubject::Logs, e))?.get_log_id())
+            }
+            None => self.get_meta(PURGED)?,
+        })
+    }
+
+    /// Whether `entries` may be reported appended before they are on disk:
+    /// this node leads with followers, and they are its own entries of its
+    /// term, with no membership change among them.
+    ///
+    /// NOTE: only the leader of a term makes entries with its term and id, so
+    /// a follower's append (even of this node's entries of an older term,
+    /// copied back by a later leader) never qualifies.
+    fn may_sync_later(&self, entries: &[Entry]) -> bool {
+        let Some(vote) = self.vote.as_ref().filter(|v| v.is_committed() && v.leader_id().node_id == self.id) else {
+            return false;
+        };
+        self.store.durable.replicated()
+            && entries
+                .iter()
+                .all(|e| e.log_id.leader_id == *vote.leader_id() && !matches!(e.payload, EntryPayload::Membership(_)))
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let v = self.store.raft.get(key).map_err(|e| read_err(ErrorSubject::Store, e))?;
         v.map(|b| decode(&b)).transpose().map_err(|e| StorageIOError::read(&e).into())
+    }
+
+    /// Writes `entries` to the log. On return they are on disk, or, if
+    /// [`Self::may_sync_later`], an fsync of them is under way.
+    fn write(&mut self, entries: Vec<Entry>) {
+        let Some(last) = entries.last().map(|e| *e.get_log_id()) else {
+            return;
+        };
+        let mut batch = self.store.db.batch();
+        for e in &entries {
+            batch.insert(&self.store.log, idx_key(e.get_log_id().index), encode(e));
+        }
+        batch.commit().unwrap_or_else(|e| write_failed(e));
+        self.store.durable.wrote(Some(last));
+        let m = &crate::metrics::METRICS;
+        if self.may_sync_later(&entries) {
+            m.early_appends.fetch_add(1, Ordering::Relaxed);
+            m.group_commit.observe_items(1);
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || {
+                if store.sync_upto(last) {
+                    m.group_commit.observe_event();
+                }
+            });
+        } else {
+            self.store.sync();
+            m.group_commit.observe_count(1);
+        }
     }
 }
 
@@ -78,15 +153,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.get_meta(PURGED)?;
-        let last = match self.store.log.last_key_value() {
-            Some(g) => {
-                let v = g.value().map_err(|e| read_err(ErrorSubject::Logs, e))?;
-                Some(*decode::<Entry>(&v).map_err(|e| read_err(ErrorSubject::Logs, e))?.get_log_id())
-            }
-            None => last_purged,
-        };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState { last_purged_log_id: self.get_meta(PURGED)?, last_log_id: self.last_log_id()? })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -96,7 +163,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.store.raft.insert(VOTE, encode(vote)).unwrap_or_else(|e| write_failed(e));
         // IMPORTANT: the vote must be on disk before we answer anyone with it.
+        // This also puts on disk every entry appended before it, so a leader
+        // that steps down answers as a follower only for what is on disk.
         self.store.sync();
+        self.vote = Some(*vote);
         Ok(())
     }
 
@@ -119,14 +189,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = self.store.db.batch();
-        for e in entries {
-            batch.insert(&self.store.log, idx_key(e.get_log_id().index), encode(&e));
-        }
-        batch.commit().unwrap_or_else(|e| write_failed(e));
-        // IMPORTANT: the callback fires only after the fsync.
-        self.store.sync();
-        crate::metrics::METRICS.group_commit.observe_count(1);
+        self.write(entries.into_iter().collect());
+        // IMPORTANT: on disk by now, except where Durability says otherwise.
         callback.log_io_completed(Ok(()));
         Ok(())
     }
@@ -140,6 +204,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.commit().unwrap_or_else(|e| write_failed(e));
         // IMPORTANT: truncated entries must not come back after a crash.
         self.store.sync();
+        self.store.durable.truncated(self.last_log_id()?);
         Ok(())
     }
 
@@ -156,5 +221,96 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // entries are never needed to rebuild it.
         self.store.sync();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+
+    fn entry(term: u64, leader: NodeId, index: u64, membership: bool) -> Entry {
+        let payload = if membership {
+            EntryPayload::Membership(Membership::new(vec![[1, 2, 3].into()], None))
+        } else {
+            EntryPayload::Blank
+        };
+        Entry { log_id: LogId::new(CommittedLeaderId::new(term, leader), index), payload }
+    }
+
+    fn open(id: NodeId) -> (tempfile::TempDir, LogStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open store");
+        let log = LogStore::new(store, id).expect("log store");
+        (dir, log)
+    }
+
+    #[tokio::test]
+    async fn only_a_leaders_own_entries_of_its_term_may_reach_disk_after_the_append() {
+        let (_dir, mut log) = open(1);
+        let leader_of = |term, node| {
+            let mut v = Vote::new(term, node);
+            v.commit();
+            v
+        };
+        let mine = [entry(5, 1, 10, false), entry(5, 1, 11, false)];
+        log.store.durable.set_replicated(true);
+
+        // Not leading: a candidate's vote, or another node's leadership.
+        log.save_vote(&Vote::new(5, 1)).await.expect("vote");
+        assert!(!log.may_sync_later(&mine));
+        log.save_vote(&leader_of(5, 2)).await.expect("vote");
+        assert!(!log.may_sync_later(&mine));
+        assert!(!log.may_sync_later(&[entry(5, 2, 10, false)]));
+
+        log.save_vote(&leader_of(5, 1)).await.expect("vote");
+        assert!(log.may_sync_later(&mine));
+        // This node's entries of an older term, sent back by a later leader.
+        assert!(!log.may_sync_later(&[entry(4, 1, 9, false), entry(5, 1, 10, false)]));
+        // A membership change is on disk before anyone counts it.
+        assert!(!log.may_sync_later(&[entry(5, 1, 10, false), entry(5, 1, 11, true)]));
+        // A single voter has nobody to overlap its fsync with.
+        log.store.durable.set_replicated(false);
+        assert!(!log.may_sync_later(&mine));
+    }
+
+    #[tokio::test]
+    async fn an_append_reported_early_is_on_disk_before_wait_returns() {
+        let (_dir, mut log) = open(1);
+        let mut vote = Vote::new(7, 1);
+        vote.commit();
+        log.save_vote(&vote).await.expect("vote");
+        log.store.durable.set_replicated(true);
+        let durable = log.store.durable.clone();
+
+        // Another leader's entries (this node follows): on disk when done.
+        log.write(vec![entry(6, 2, 1, false), entry(6, 2, 2, false)]);
+        assert_eq!(durable.synced().map(|l| l.index), Some(2));
+
+        log.write(vec![entry(7, 1, 3, false)]);
+        durable.wait(3).await;
+        assert_eq!(durable.synced().map(|l| l.index), Some(3));
+        // An entry past the log's end (never written) has nothing to wait for.
+        durable.wait(99).await;
+    }
+
+    #[tokio::test]
+    async fn a_truncation_leaves_the_remaining_log_on_disk() {
+        let (_dir, mut log) = open(2);
+        log.write((1..=5).map(|i| entry(3, 1, i, false)).collect());
+        let durable = log.store.durable.clone();
+        assert_eq!(durable.synced().map(|l| l.index), Some(5));
+
+        log.truncate(*entry(3, 1, 4, false).get_log_id()).await.expect("truncate");
+        assert_eq!(durable.synced().map(|l| l.index), Some(3));
+        // What comes after is waited for again.
+        log.store.durable.set_replicated(true);
+        let mut vote = Vote::new(4, 2);
+        vote.commit();
+        log.save_vote(&vote).await.expect("vote");
+        log.write(vec![entry(4, 2, 4, false)]);
+        durable.wait(4).await;
+        assert_eq!(durable.synced().map(|l| l.index), Some(4));
     }
 }

@@ -55,6 +55,16 @@ impl Ratio {
         self.events.fetch_add(1, Ordering::Relaxed);
         self.items.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// Records items whose event is counted apart ([`Ratio::observe_event`]).
+    pub fn observe_items(&self, n: u64) {
+        self.items.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records an event whose items were counted apart.
+    pub fn observe_event(&self) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Every metric of the process.
@@ -74,6 +84,8 @@ pub struct Metrics {
     pub request_errors: AtomicU64,
     /// Leader changes seen.
     pub leader_changes: AtomicU64,
+    /// A leader's own appends reported done before their fsync.
+    pub early_appends: AtomicU64,
 }
 
 /// The process's metrics.
@@ -85,6 +97,7 @@ pub static METRICS: Metrics = Metrics {
     write_latency: Histogram::new(),
     request_errors: AtomicU64::new(0),
     leader_changes: AtomicU64::new(0),
+    early_appends: AtomicU64::new(0),
 };
 
 /// Raft and store figures sampled when rendering.
@@ -160,6 +173,12 @@ impl Metrics {
             "kv_log_fsynced_appends_total",
             "Appends made durable by those fsyncs (group commit).",
             self.group_commit.items.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "kv_log_appends_before_fsync_total",
+            "A leader's own appends passed on to followers while their fsync ran (they are applied after it).",
+            self.early_appends.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

@@ -3,6 +3,7 @@
 //! connections. Each RPC has its own timeout, and openraft replicates to each
 //! peer in its own task, so a slow or dead peer never holds up the others.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -14,6 +15,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::store::Durability;
 use crate::types::{decode, encode, Member, NodeId, TypeConfig};
 
 /// Paths of the peer API.
@@ -35,6 +37,10 @@ pub mod path {
     /// The member's own status (JSON).
     pub const STATUS: &str = "/peer/v1/status";
 }
+
+/// Longest a heartbeat or a commit notice waits for this node's fsync under
+/// way before it goes with the commit index held back.
+const COMMIT_WAIT: Duration = Duration::from_millis(50);
 
 /// Why a peer call failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,13 +66,15 @@ fn send_error(base: &str, e: reqwest::Error) -> CallError {
 #[derive(Debug, Clone)]
 pub struct Network {
     http: reqwest::Client,
+    /// How much of this node's log is on disk (see `append_entries`).
+    durable: Arc<Durability>,
 }
 
 impl Network {
-    /// Makes the connection pool.
     /// A client for peers; with `tls` it checks their certificates against
-    /// the cluster CA and shows this node's own.
-    pub fn new(tls: Option<rustls::ClientConfig>) -> anyhow::Result<Network> {
+    /// the cluster CA and shows this node's own. `durable` is this node's
+    /// log's.
+    pub fn new(tls: Option<rustls::ClientConfig>, durable: Arc<Durability>) -> anyhow::Result<Network> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -75,7 +83,7 @@ impl Network {
             b = b.use_preconfigured_tls(cfg);
         }
         let http = b.build()?;
-        Ok(Network { http })
+        Ok(Network { http, durable })
     }
 
     /// POSTs `req` (bincode) to `base + path` and decodes the answer.
@@ -107,6 +115,11 @@ impl Network {
 }
 
 impl Network {
+    /// How much of this node's log is on disk.
+    pub fn durable(&self) -> &Durability {
+        &self.durable
+    }
+
     /// The shared HTTP client (for forwarding client API requests).
     pub fn http(&self) -> &reqwest::Client {
         &self.http
@@ -166,9 +179,22 @@ impl PeerClient {
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        // IMPORTANT: a follower must not apply an entry before it is on this
+        // leader's disk (see crate::store::Durability): the commit index sent
+        // goes no further than that. A message without entries (a heartbeat,
+        // or news of a commit) first waits a little for the fsync under way,
+        // so that followers hear of the commit without waiting for the next
+        // heartbeat; one with entries goes at once.
+        let durable = &self.net.durable;
+        if let Some(commit) = rpc.leader_commit {
+            if durable.synced() < Some(commit) && rpc.entries.is_empty() {
+                let _ = tokio::time::timeout(COMMIT_WAIT, durable.wait(commit.index)).await;
+            }
+            rpc.leader_commit = rpc.leader_commit.min(durable.synced());
+        }
         self.rpc(path::APPEND, &rpc, &option).await
     }
 

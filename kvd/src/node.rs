@@ -169,7 +169,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let lock = lock_dir(&cfg.data_dir)?;
     let store = Store::open(&cfg.data_dir)?;
-    let log = LogStore::new(store.clone());
+    let log = LogStore::new(store.clone(), cfg.id)?;
     let sm = StateMachine::open(store.clone(), cfg.history_revisions)
         .with_context(|| format!("cannot open the state machine in {}", cfg.data_dir.display()))?;
     let shared = sm.shared();
@@ -188,7 +188,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if tls.is_none() && !(client_local.ip().is_loopback() && peer_local.ip().is_loopback()) {
         tracing::warn!("listening beyond loopback without TLS: anyone who can reach the peer port can join the cluster and tokens travel in clear text; see --tls-cert");
     }
-    let net = Network::new(tls.as_ref().map(|t| t.peer_client.clone()))?;
+    let net = Network::new(tls.as_ref().map(|t| t.peer_client.clone()), store.durable.clone())?;
 
     let raft_config = openraft::Config {
         cluster_name: "kv".into(),
@@ -352,7 +352,11 @@ async fn watch_leader(node: Arc<Node>) {
     let mut leader = None;
     let mut notified = false;
     loop {
-        let now = rx.borrow_and_update().current_leader;
+        let (now, voters) = {
+            let m = rx.borrow_and_update();
+            (m.current_leader, m.membership_config.membership().voter_ids().count())
+        };
+        node.net.durable().set_replicated(voters > 1);
         if now != leader {
             if now.is_some() {
                 crate::metrics::METRICS.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -756,6 +756,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut out = Vec::new();
         for entry in entries {
+            // IMPORTANT: a leader may count its own entry committed before it
+            // is on its disk (see crate::store::Durability); nothing of it
+            // shows, to a client or a watcher, before it is.
+            self.shared.store.durable.wait(entry.log_id.index).await;
             let resp = self.shared.apply_one(&mut self.st, &entry).map_err(sm_read_err)?;
             out.push(resp);
         }

@@ -4,8 +4,13 @@
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use tokio::sync::watch;
+
+use crate::types::LogId;
 
 /// Largest memtable of a keyspace before it is written out to a table.
 const MEMTABLE_BYTES: u64 = 8 << 20;
@@ -65,11 +70,111 @@ pub struct Store {
     pub sys: Keyspace,
     /// The data dir.
     pub dir: PathBuf,
+    /// How much of the Raft log is on disk.
+    pub durable: Arc<Durability>,
 }
 
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.dir).finish()
+/// How much of the Raft log is written, and how much of that is on disk.
+///
+/// IMPORTANT: on a leader with followers, an append of the leader's own
+/// entries is reported done before its fsync (see crate::log_store), so
+/// that the entries go to the followers while the leader's disk syncs:
+/// openraft 0.9 sends nothing before the append is reported done. openraft
+/// then counts the leader in a quorum for entries that may not be on its
+/// disk yet. Two rules keep that safe, and both go by [`Durability`]:
+/// - the state machine applies an entry only once it is on this node's
+///   disk (crate::sm), so no client hears of it before it is on a quorum;
+/// - followers hear of a commit index no further than this node's disk
+///   (crate::network), so no other member applies it before that either.
+///
+/// Until both hold, an entry counted as committed may be lost in a crash,
+/// but nobody has seen it, which is what Raft allows for an entry that is
+/// not committed. A vote change syncs the journal, so a leader that steps
+/// down has all its entries on disk before it answers as a follower.
+#[derive(Debug)]
+pub struct Durability {
+    marks: watch::Sender<Marks>,
+    /// One coalescing fsync at a time (see [`Store::sync_upto`]).
+    syncing: Mutex<()>,
+    /// This node's membership has other voters (set from Raft's metrics).
+    replicated: AtomicBool,
+}
+
+/// The journal's progress, under one lock.
+#[derive(Debug, Clone, Copy, Default)]
+struct Marks {
+    /// The last entry written to the journal.
+    written: Option<LogId>,
+    /// The last entry on disk.
+    synced: Option<LogId>,
+    /// Bumped when the log is cut back, so that an fsync that began before
+    /// does not report entries that are gone.
+    epoch: u64,
+}
+
+fn index(l: Option<LogId>) -> u64 {
+    l.map_or(0, |l| l.index)
+}
+
+impl Durability {
+    fn new() -> Durability {
+        Durability {
+            marks: watch::channel(Marks::default()).0,
+            syncing: Mutex::new(()),
+            replicated: AtomicBool::new(false),
+        }
+    }
+
+    /// Entries up to `last` are in the journal (not necessarily on disk).
+    pub fn wrote(&self, last: Option<LogId>) {
+        // NOTE: nobody waits for this to change; see `wait`.
+        self.marks.send_if_modified(|m| {
+            m.written = last;
+            false
+        });
+    }
+
+    /// The log was cut back to `last`, and that is on disk.
+    pub fn truncated(&self, last: Option<LogId>) {
+        self.marks.send_modify(|m| *m = Marks { written: last, synced: last, epoch: m.epoch + 1 });
+    }
+
+    /// An fsync that began at `at` is done.
+    fn synced_from(&self, at: Marks) {
+        self.marks.send_if_modified(|m| {
+            let newer = m.epoch == at.epoch && at.written > m.synced;
+            if newer {
+                m.synced = at.written;
+            }
+            newer
+        });
+    }
+
+    /// The last entry on disk.
+    pub fn synced(&self) -> Option<LogId> {
+        self.marks.borrow().synced
+    }
+
+    /// Waits until the entry at `index` is on disk. An entry this log never
+    /// wrote has nothing to wait for (openraft's storage tests apply such
+    /// entries; a running node applies only what its log holds).
+    pub async fn wait(&self, index: u64) {
+        let on_disk = |m: &Marks| self::index(m.synced) >= index.min(self::index(m.written));
+        if on_disk(&self.marks.borrow()) {
+            return;
+        }
+        // NOTE: the sender lives as long as self, which the caller holds.
+        let _ = self.marks.subscribe().wait_for(on_disk).await;
+    }
+
+    /// Whether this node's membership has other voters.
+    pub fn replicated(&self) -> bool {
+        self.replicated.load(Ordering::Relaxed)
+    }
+
+    /// Records whether this node's membership has other voters.
+    pub fn set_replicated(&self, yes: bool) {
+        self.replicated.store(yes, Ordering::Relaxed);
     }
 }
 
@@ -126,6 +231,7 @@ impl Store {
             sys: ks("sys")?,
             db,
             dir: dir.to_owned(),
+            durable: Arc::new(Durability::new()),
         })
     }
 
@@ -133,11 +239,24 @@ impl Store {
     /// A failure stops the process: fjall is poisoned and the state on disk
     /// can no longer be trusted.
     pub fn sync(&self) {
+        let at = *self.durable.marks.borrow();
         let t = std::time::Instant::now();
         if let Err(e) = self.db.persist(PersistMode::SyncData) {
             fatal("fsync of the journal failed", &e);
         }
         crate::metrics::METRICS.fsync.observe(t.elapsed());
+        self.durable.synced_from(at);
+    }
+
+    /// Makes the log durable up to at least `last`, unless it already is:
+    /// concurrent callers share one fsync. Whether this call made one.
+    pub fn sync_upto(&self, last: LogId) -> bool {
+        let _one = self.durable.syncing.lock().unwrap_or_else(|e| e.into_inner());
+        let behind = self.durable.synced() < Some(last);
+        if behind {
+            self.sync();
+        }
+        behind
     }
 
     /// Writes every memtable out to tables, so the next start has no journal
@@ -162,4 +281,30 @@ pub fn fatal(what: &str, err: &dyn std::fmt::Display) -> ! {
     tracing::error!(error = %err, "{what}; stopping the node");
     eprintln!("kvd: fatal: {what}: {err}");
     std::process::exit(70)
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    fn id(index: u64) -> Option<LogId> {
+        Some(LogId::new(CommittedLeaderId::new(1, 1), index))
+    }
+
+    #[test]
+    fn an_fsync_begun_before_a_truncation_does_not_report_the_cut_entries() {
+        let d = Durability::new();
+        d.wrote(id(7));
+        let before = *d.marks.borrow();
+        d.truncated(id(3));
+        d.synced_from(before);
+        assert_eq!(d.synced(), id(3), "a stale fsync reported entries that are gone");
+        // An fsync begun after the cut counts.
+        d.wrote(id(5));
+        let now = *d.marks.borrow();
+        d.synced_from(now);
+        assert_eq!(d.synced(), id(5));
+    }
 }

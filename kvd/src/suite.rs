@@ -14,7 +14,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Fja
         let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
         let store = Store::open(dir.path()).map_err(|e| openraft::StorageIOError::write(&std::io::Error::other(e)))?;
         let sm = StateMachine::open(store.clone(), 1000).map_err(|e| openraft::StorageIOError::write(&e))?;
-        Ok((dir, LogStore::new(store), sm))
+        Ok((dir, LogStore::new(store, 0)?, sm))
     }
 }
 

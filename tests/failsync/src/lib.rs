@@ -1,18 +1,27 @@
 //! Loaded into `kvd` with `LD_PRELOAD` by the disk-fault tests: while the
 //! file named by `KV_FAIL_FSYNC_FILE` exists, `fsync` and `fdatasync` return
-//! `EIO` without syncing, the way a dying disk answers; otherwise they make
-//! the real system call. It takes the place of a device-mapper error target,
-//! which this machine's kernel does not have.
+//! `EIO` without syncing, the way a dying disk answers; while the file named
+//! by `KV_STALL_FSYNC_FILE` exists, they wait, the way a stuck disk does;
+//! otherwise they make the real system call. It takes the place of
+//! device-mapper error and delay targets, which this machine's kernel does
+//! not have.
 
 #![allow(unsafe_code)]
 
 use std::ffi::c_int;
 
+fn exists(var: &str) -> bool {
+    std::env::var_os(var).is_some_and(|p| std::path::Path::new(&p).exists())
+}
+
 fn failing() -> bool {
-    std::env::var_os("KV_FAIL_FSYNC_FILE").is_some_and(|p| std::path::Path::new(&p).exists())
+    exists("KV_FAIL_FSYNC_FILE")
 }
 
 fn sync(nr: libc::c_long, fd: c_int) -> c_int {
+    while exists("KV_STALL_FSYNC_FILE") {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     if failing() {
         // SAFETY: errno is thread-local and always valid to write.
         unsafe { *libc::__errno_location() = libc::EIO };

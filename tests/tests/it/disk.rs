@@ -278,3 +278,79 @@ fn copy_dir(from: &Path, to: &Path) {
     let ok = Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp");
     assert!(ok.success());
 }
+
+#[test]
+fn a_write_the_followers_hold_waits_for_the_leaders_own_fsync() {
+    // A leader passes its own entries on to the followers while its fsync
+    // runs (Durability in kvd/src/store.rs). Here the leader's disk stalls:
+    // both followers hold the write, which makes a quorum in openraft's
+    // count, yet nobody answers it or shows it until the leader's fsync
+    // returns. Long election timeouts keep the followers from electing a
+    // leader of their own meanwhile (that leader could rightly commit it).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let stall = tmp.path().join("stall-fsync");
+    let lib = bin("libkv_failsync.so");
+    let env =
+        [("LD_PRELOAD", lib.to_str().expect("utf-8 path")), ("KV_STALL_FSYNC_FILE", stall.to_str().expect("path"))];
+    let slow = ["--election-timeout-ms", "20000"];
+    let a = Kvd::bootstrap_on(tmp.path().join("data"), &env, &slow);
+    let mut followers = [Kvd::empty(2, &slow), Kvd::empty(3, &slow)];
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for n in &mut followers {
+        let add = kv_client::AddMember {
+            id: n.id,
+            peer_url: n.peer_url.clone(),
+            client_url: Some(n.url.clone()),
+            learner: false,
+        };
+        rt.block_on(a.client().add_member(&add)).expect("add member");
+        n.wait_ready();
+    }
+    let metrics = || rt.block_on(async { reqwest::get(format!("{}/metrics", a.url)).await?.text().await });
+    // The leader takes this path once it sees its followers in its membership.
+    poll("the leader to pass appends on before their fsync", || {
+        rt.block_on(a.client().put("warm", "v", &PutOptions::default())).expect("put");
+        (metric(&metrics().expect("metrics"), "kv_log_appends_before_fsync_total") > 0).then_some(())
+    });
+    let status = |k: &Kvd| -> (u64, u64) {
+        let s: serde_json::Value = rt
+            .block_on(async { reqwest::get(format!("{}/peer/v1/status", k.peer_url)).await?.json().await })
+            .expect("status");
+        (s["last_log_index"].as_u64().expect("last_log_index"), s["applied_index"].as_u64().expect("applied_index"))
+    };
+    let before: Vec<_> = followers.iter().map(status).collect();
+
+    std::fs::write(&stall, "").expect("stall the leader's disk");
+    let client = a.client();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let _ = tx.send(rt.block_on(client.put("stalled", "v", &PutOptions::default())));
+    });
+    for (n, b) in followers.iter().zip(&before) {
+        poll("the write to reach a follower", || (status(n).0 > b.0).then_some(()));
+    }
+    // NOTE: what must not happen would happen within milliseconds (the
+    // followers' acknowledgements are in); a second of looking is plenty.
+    // The followers are held back by the commit index the leader sends
+    // them; the leader's own answer by its state machine waiting for the
+    // fsync (and here also by the journal's lock, which the stalled fsync
+    // holds).
+    let end = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < end {
+        assert!(rx.try_recv().is_err(), "the leader answered a write before its own fsync");
+        for (n, b) in followers.iter().zip(&before) {
+            assert_eq!(status(n).1, b.1, "follower {} applied an entry not yet on the leader's disk", n.id);
+            let seen = rt.block_on(n.client().get_opts("stalled", true)).expect("stale read");
+            assert_eq!(seen, None, "follower {} shows a write not yet on the leader's disk", n.id);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    std::fs::remove_file(&stall).expect("unstall");
+    rx.recv_timeout(Duration::from_secs(10)).expect("answer").expect("the write, once on the leader's disk");
+    writer.join().expect("writer");
+    for n in &followers {
+        poll("a follower to apply the write", || rt.block_on(n.client().get_opts("stalled", true)).ok().flatten());
+    }
+}
