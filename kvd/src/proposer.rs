@@ -1,7 +1,8 @@
 //! Batches concurrent client writes into one Raft entry.
 //!
-//! NOTE: openraft 0.9 appends and fsyncs each client write on its own before
-//! it takes the next, so group commit happens here: a few workers each take
+//! NOTE: openraft 0.9 appends each client write on its own before it takes
+//! the next, and on a single voter the append includes the fsync (see
+//! crate::log_store), so group commit happens here: a few workers each take
 //! every write queued while the previous entry was being committed and
 //! propose them as one [`Batch`]. One append and one fsync then serve them
 //! all; a lone client still gets its write proposed at once.

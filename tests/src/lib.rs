@@ -295,6 +295,16 @@ impl Kvd {
         self.child.is_some()
     }
 
+    /// The request that adds this node to a cluster as a voter.
+    pub fn add_request(&self) -> kv_client::AddMember {
+        kv_client::AddMember {
+            id: self.id,
+            peer_url: self.peer_url.clone(),
+            client_url: Some(self.url.clone()),
+            learner: false,
+        }
+    }
+
     /// A client for this node.
     pub fn client(&self) -> kv_client::Client {
         self.client_with(None)

@@ -63,6 +63,14 @@ fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// A bootstrapped kvd in `dir` with the fsync-fault library loaded, whose
+/// trigger file (`var`: see tests/failsync) is `trigger`.
+fn bootstrap_with_failsync(dir: &Path, var: &str, trigger: &Path, extra: &[&str]) -> Kvd {
+    let lib = bin("libkv_failsync.so");
+    let env = [("LD_PRELOAD", lib.to_str().expect("utf-8 path")), (var, trigger.to_str().expect("utf-8 path"))];
+    Kvd::bootstrap_on(dir.join("data"), &env, extra)
+}
+
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
@@ -127,13 +135,7 @@ fn a_follower_out_of_space_falls_behind_and_catches_up() {
     let mut b = Kvd::empty(2, &[]);
     let mut c = Kvd::empty_on(3, fs.dir.join("data"), &["--min-free-space", &reserve.to_string()]);
     for n in [&mut b, &mut c] {
-        let add = kv_client::AddMember {
-            id: n.id,
-            peer_url: n.peer_url.clone(),
-            client_url: Some(n.url.clone()),
-            learner: false,
-        };
-        rt.block_on(a.client().add_member(&add)).expect("add member");
+        rt.block_on(a.client().add_member(&n.add_request())).expect("add member");
         n.wait_ready();
     }
     let metrics = |k: &Kvd| {
@@ -163,10 +165,7 @@ fn a_follower_out_of_space_falls_behind_and_catches_up() {
 fn a_failed_fsync_stops_the_node_before_it_acknowledges() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let trigger = tmp.path().join("fail-fsync");
-    let lib = bin("libkv_failsync.so");
-    let env =
-        [("LD_PRELOAD", lib.to_str().expect("utf-8 path")), ("KV_FAIL_FSYNC_FILE", trigger.to_str().expect("path"))];
-    let mut k = Kvd::bootstrap_on(tmp.path().join("data"), &env, &[]);
+    let mut k = bootstrap_with_failsync(tmp.path(), "KV_FAIL_FSYNC_FILE", &trigger, &[]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let c = k.client();
     rt.block_on(c.put("before", "v", &PutOptions::default())).expect("put while fsync works");
@@ -289,21 +288,12 @@ fn a_write_the_followers_hold_waits_for_the_leaders_own_fsync() {
     // leader of their own meanwhile (that leader could rightly commit it).
     let tmp = tempfile::tempdir().expect("tempdir");
     let stall = tmp.path().join("stall-fsync");
-    let lib = bin("libkv_failsync.so");
-    let env =
-        [("LD_PRELOAD", lib.to_str().expect("utf-8 path")), ("KV_STALL_FSYNC_FILE", stall.to_str().expect("path"))];
     let slow = ["--election-timeout-ms", "20000"];
-    let a = Kvd::bootstrap_on(tmp.path().join("data"), &env, &slow);
+    let a = bootstrap_with_failsync(tmp.path(), "KV_STALL_FSYNC_FILE", &stall, &slow);
     let mut followers = [Kvd::empty(2, &slow), Kvd::empty(3, &slow)];
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     for n in &mut followers {
-        let add = kv_client::AddMember {
-            id: n.id,
-            peer_url: n.peer_url.clone(),
-            client_url: Some(n.url.clone()),
-            learner: false,
-        };
-        rt.block_on(a.client().add_member(&add)).expect("add member");
+        rt.block_on(a.client().add_member(&n.add_request())).expect("add member");
         n.wait_ready();
     }
     let metrics = || rt.block_on(async { reqwest::get(format!("{}/metrics", a.url)).await?.text().await });

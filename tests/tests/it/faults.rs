@@ -149,10 +149,6 @@ async fn is_member(nodes: &[Kvd], id: u64) -> bool {
     true
 }
 
-fn add_request(n: &Kvd) -> kv_client::AddMember {
-    kv_client::AddMember { id: n.id, peer_url: n.peer_url.clone(), client_url: Some(n.url.clone()), learner: false }
-}
-
 /// A client for every member.
 fn client_of(nodes: &[Kvd]) -> Client {
     let urls: Vec<&str> = nodes.iter().map(|n| n.url.as_str()).collect();
@@ -184,7 +180,7 @@ async fn cluster(net: Option<&Net>, size: usize) -> Vec<Kvd> {
             Some(net) => Kvd::empty_in(net, i, id, &EXTRA),
             None => Kvd::empty(id, &EXTRA),
         };
-        nodes[0].client().add_member(&add_request(&n)).await.expect("add member");
+        nodes[0].client().add_member(&n.add_request()).await.expect("add member");
         n.wait_ready();
         nodes.push(n);
     }
@@ -198,7 +194,7 @@ async fn inject(rng: &mut Rng, net: &mut Net, nodes: &mut [Kvd], removed: &mut O
     let pause = |rng: &mut Rng| Duration::from_millis(700 + rng.below(800));
     // A member taken out earlier comes back first.
     if let Some(r) = removed.take() {
-        let add = add_request(&nodes[r]);
+        let add = nodes[r].add_request();
         let res = tokio::time::timeout(Duration::from_secs(20), client_of(nodes).add_member(&add)).await;
         return Some(match res {
             Ok(Ok(_)) => format!("add node {} back", nodes[r].id),
@@ -299,7 +295,7 @@ async fn run(size: usize, default_secs: u64) {
         c.await.expect("client task");
     }
     if let Some(r) = removed {
-        client_of(&nodes).add_member(&add_request(&nodes[r])).await.expect("add the removed member back");
+        client_of(&nodes).add_member(&nodes[r].add_request()).await.expect("add the removed member back");
     }
     for n in nodes.iter_mut() {
         n.wait_ready();
