@@ -74,6 +74,12 @@ pub struct Store {
     pub durable: Arc<Durability>,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
 /// How much of the Raft log is written, and how much of that is on disk.
 ///
 /// IMPORTANT: on a leader with followers, an append of the leader's own
