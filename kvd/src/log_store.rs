@@ -288,8 +288,12 @@ mod tests {
         log.write(vec![entry(6, 2, 1, false), entry(6, 2, 2, false)]);
         assert_eq!(durable.synced().map(|l| l.index), Some(2));
 
-        log.write(vec![entry(7, 1, 3, false)]);
-        durable.wait(3).await;
+        let mine = vec![entry(7, 1, 3, false)];
+        assert!(log.may_sync_later(&mine), "the test must take the early path");
+        log.write(mine);
+        tokio::time::timeout(std::time::Duration::from_secs(10), durable.wait(3))
+            .await
+            .expect("an early append never reached the disk");
         assert_eq!(durable.synced().map(|l| l.index), Some(3));
         // An entry past the log's end (never written) has nothing to wait for.
         durable.wait(99).await;
@@ -310,7 +314,9 @@ mod tests {
         vote.commit();
         log.save_vote(&vote).await.expect("vote");
         log.write(vec![entry(4, 2, 4, false)]);
-        durable.wait(4).await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), durable.wait(4))
+            .await
+            .expect("an append after the truncation never reached the disk");
         assert_eq!(durable.synced().map(|l| l.index), Some(4));
     }
 }

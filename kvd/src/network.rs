@@ -115,11 +115,6 @@ impl Network {
 }
 
 impl Network {
-    /// How much of this node's log is on disk.
-    pub fn durable(&self) -> &Durability {
-        &self.durable
-    }
-
     /// The shared HTTP client (for forwarding client API requests).
     pub fn http(&self) -> &reqwest::Client {
         &self.http

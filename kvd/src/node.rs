@@ -356,7 +356,7 @@ async fn watch_leader(node: Arc<Node>) {
             let m = rx.borrow_and_update();
             (m.current_leader, m.membership_config.membership().voter_ids().count())
         };
-        node.net.durable().set_replicated(voters > 1);
+        node.store.durable.set_replicated(voters > 1);
         if now != leader {
             if now.is_some() {
                 crate::metrics::METRICS.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

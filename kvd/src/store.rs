@@ -118,7 +118,7 @@ struct Marks {
     epoch: u64,
 }
 
-fn index(l: Option<LogId>) -> u64 {
+fn index_of(l: Option<LogId>) -> u64 {
     l.map_or(0, |l| l.index)
 }
 
@@ -165,7 +165,7 @@ impl Durability {
     /// wrote has nothing to wait for (openraft's storage tests apply such
     /// entries; a running node applies only what its log holds).
     pub async fn wait(&self, index: u64) {
-        let on_disk = |m: &Marks| self::index(m.synced) >= index.min(self::index(m.written));
+        let on_disk = |m: &Marks| index_of(m.synced) >= index.min(index_of(m.written));
         if on_disk(&self.marks.borrow()) {
             return;
         }
