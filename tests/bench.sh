@@ -35,7 +35,7 @@ case $only in "" | api | fs | scale) ;; *)
 esac
 # section NAME: whether to run it.
 section() { [ -z "$only" ] || [ "$only" = "$1" ]; }
-puts=10000 gets=20000 scale_keys=1000000 watchers=1000
+puts=10000 gets=20000 scale_keys=1000000 watchers=1000 rounds=3
 if [ "$quick" = 1 ]; then puts=2000 gets=4000 scale_keys=100000 watchers=200; fi
 
 need=()
@@ -142,33 +142,51 @@ start_etcd() {
 
 join() { local IFS=,; echo "$*"; }
 
-# bench_store LAYOUT TARGET URLS...
-bench_store() {
-    local layout=$1 tgt=$2 eps r
-    shift 2
-    eps=$(join "$@")
-    for c in "1 client" "64 clients"; do
-        say "$tgt, $layout: put, $c ($puts)"
-        r=$("$B" put --target "$tgt" --endpoints "$eps" --clients "${c%% *}" --count "$puts")
-        echo "$r"
-        record "put/s, $c, $layout" "$tgt" "/s" "$(field "$r" ops_per_sec)"
-        record "put p50, $c, $layout" "$tgt" ms "$(field "$r" p50_ms)"
-        record "put p99, $c, $layout" "$tgt" ms "$(field "$r" p99_ms)"
-        if [ "$c" = "1 client" ] && [ "$layout" = "1 node" ] && [ "$tgt" = kv ]; then
-            kv_put_p50=$(field "$r" p50_ms)
-            # The floor under every request: one kept-alive connection asking
-            # for nothing (no Raft, no disk).
-            say "kv, $layout: HTTP round trip of an empty request"
-            r=$("$B" rtt "$1/health/live")
-            echo "$r"
-            kv_rtt_p50=$(field "$r" p50_ms)
-            record "HTTP round trip p50, empty request, 1 node" kv ms "$kv_rtt_p50"
+# median FILE FIELD: the median of FIELD over the JSON lines of FILE.
+median() {
+    local l
+    while read -r l; do field "$l" "$2"; done <"$1" |
+        sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# bench_layout LAYOUT: the API workloads against the running kv and etcd
+# clusters (kv_urls, etcd_urls). Each workload runs $rounds times per store,
+# the stores taking turns (kv first in odd rounds, etcd in even ones), and
+# each figure is the median over the rounds. This machine's CPU speed drifts
+# by up to 1.8 x over seconds (other guests on the host); back-to-back
+# rounds see the same drift, one store's block after the other's does not.
+bench_layout() {
+    local layout=$1 w op c count cl r order tgt eps out f
+    for w in "put 1 $puts" "put 64 $puts" "get 64 $gets"; do
+        read -r op c count <<<"$w"
+        cl="$c client"
+        [ "$c" = 1 ] || cl+=s
+        for tgt in kv etcd; do : >"$T/$tgt.jsonl"; done
+        for r in $(seq 1 "$rounds"); do
+            order="kv etcd"
+            [ $((r % 2)) = 0 ] && order="etcd kv"
+            for tgt in $order; do
+                eps=$(join "${kv_urls[@]}")
+                [ "$tgt" = etcd ] && eps=$(join "${etcd_urls[@]}")
+                say "$tgt, $layout: $op, $cl ($count), round $r of $rounds"
+                out=$("$B" "$op" --target "$tgt" --endpoints "$eps" --clients "$c" --count "$count")
+                echo "$out"
+                echo "$out" >>"$T/$tgt.jsonl"
+            done
+        done
+        for tgt in kv etcd; do
+            f=$T/$tgt.jsonl
+            echo "$tgt, $layout, $op, $cl: /s over the rounds: $(while read -r l; do printf '%.0f ' "$(field "$l" ops_per_sec)"; done <"$f")"
+            record "$op/s, $cl, $layout" "$tgt" "/s" "$(median "$f" ops_per_sec)"
+            if [ "$op" = put ]; then
+                record "put p50, $cl, $layout" "$tgt" ms "$(median "$f" p50_ms)"
+                record "put p99, $cl, $layout" "$tgt" ms "$(median "$f" p99_ms)"
+            fi
+        done
+        if [ "$w" = "put 1 $puts" ] && [ "$layout" = "1 node" ]; then
+            kv_put_p50=$(median "$T/kv.jsonl" p50_ms)
         fi
     done
-    say "$tgt, $layout: linearizable get, 64 clients ($gets)"
-    r=$("$B" get --target "$tgt" --endpoints "$eps" --clients 64 --count "$gets")
-    echo "$r"
-    record "get/s, 64 clients, $layout" "$tgt" "/s" "$(field "$r" ops_per_sec)"
 }
 
 kv_pids=() etcd_pids=() runs=0
@@ -182,11 +200,19 @@ for n in 1 3; do
     section api || break
     layout="1 node"
     [ "$n" = 3 ] && layout="3 nodes"
+    # Both clusters stay up for the whole layout: the one not measured idles.
     start_kv "$n"
-    bench_store "$layout" kv "${kv_urls[@]}"
-    stop_all
     start_etcd "$n"
-    bench_store "$layout" etcd "${etcd_urls[@]}"
+    if [ "$n" = 1 ]; then
+        # The floor under every request: one kept-alive connection asking
+        # for nothing (no Raft, no disk).
+        say "kv, $layout: HTTP round trip of an empty request"
+        r=$("$B" rtt "${kv_urls[0]}/health/live")
+        echo "$r"
+        kv_rtt_p50=$(field "$r" p50_ms)
+        record "HTTP round trip p50, empty request, 1 node" kv ms "$kv_rtt_p50"
+    fi
+    bench_layout "$layout"
     stop_all
 done
 if section api; then

@@ -94,10 +94,22 @@ impl Network {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let url = format!("{}{path}", base.trim_end_matches('/'));
+        self.post(base, peer_url(base, path), req, timeout).await
+    }
+
+    /// POSTs `req` (bincode) to `url`, a URL of the peer at `base`, and
+    /// decodes the answer.
+    async fn post<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        base: &str,
+        url: Result<reqwest::Url, String>,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let url = url.map_err(|e| CallError::Failed(base.to_owned(), e))?;
         let resp = self
             .http
-            .post(&url)
+            .post(url)
             .timeout(timeout)
             .header("content-type", "application/octet-stream")
             .body(encode(req))
@@ -112,6 +124,12 @@ impl Network {
         }
         decode(&body).map_err(|e| CallError::Failed(base.to_owned(), format!("bad answer: {e}")))
     }
+}
+
+/// `base + path` as a URL, or why it is not one.
+fn peer_url(base: &str, path: &str) -> Result<reqwest::Url, String> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    reqwest::Url::parse(&url).map_err(|e| format!("bad peer URL {url}: {e}"))
 }
 
 impl Network {
@@ -139,21 +157,33 @@ impl Network {
 pub struct PeerClient {
     target: NodeId,
     url: String,
+    /// The URL of each [`Rpc`], parsed once.
+    rpc_urls: [Result<reqwest::Url, String>; 3],
     net: Network,
+}
+
+/// The Raft RPCs, in the order of `PeerClient::rpc_urls`.
+#[derive(Debug, Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
-        PeerClient { target, url: node.peer_url.clone(), net: self.clone() }
+        let url = node.peer_url.clone();
+        let rpc_urls = [path::APPEND, path::VOTE, path::SNAPSHOT].map(|p| peer_url(&url, p));
+        PeerClient { target, url, rpc_urls, net: self.clone() }
     }
 }
 
 impl PeerClient {
     async fn rpc<Req, Resp, E>(
         &self,
-        path: &str,
+        which: Rpc,
         req: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
@@ -162,7 +192,8 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        match self.net.call::<Req, Result<Resp, RaftError<NodeId, E>>>(&self.url, path, req, option.hard_ttl()).await {
+        let url = self.rpc_urls[which as usize].clone();
+        match self.net.post::<Req, Result<Resp, RaftError<NodeId, E>>>(&self.url, url, req, option.hard_ttl()).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             Err(e @ CallError::Unreachable(..)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
@@ -190,7 +221,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
             rpc.leader_commit = rpc.leader_commit.min(durable.synced());
         }
-        self.rpc(path::APPEND, &rpc, &option).await
+        self.rpc(Rpc::Append, &rpc, &option).await
     }
 
     async fn install_snapshot(
@@ -199,7 +230,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
     {
-        self.rpc(path::SNAPSHOT, &rpc, &option).await
+        self.rpc(Rpc::Snapshot, &rpc, &option).await
     }
 
     async fn vote(
@@ -207,6 +238,19 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.rpc(path::VOTE, &rpc, &option).await
+        self.rpc(Rpc::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_urls_join_base_and_path_and_say_what_is_wrong() {
+        let u = peer_url("http://127.0.0.1:7380/", path::APPEND).expect("a good URL");
+        assert_eq!(u.as_str(), "http://127.0.0.1:7380/peer/v1/append");
+        let e = peer_url("127.0.0.1:7380", path::VOTE).expect_err("no scheme");
+        assert!(e.contains("bad peer URL 127.0.0.1:7380/peer/v1/vote"), "{e}");
     }
 }
