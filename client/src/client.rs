@@ -104,6 +104,9 @@ pub struct ClientOptions {
 
 /// Where Debian keeps the system's CA bundle.
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// How long an idle connection is kept for the next request: well under the
+/// 10 s after which kvd closes it.
+const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// A client of one cluster, given one or more member URLs. Requests go to the
 /// member that last answered and fail over to the others when it cannot be
@@ -140,7 +143,9 @@ impl Client {
         }
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
-            .pool_idle_timeout(Duration::from_secs(60))
+            // NOTE: kvd closes a connection idle for 10 s; one reused at
+            // that moment fails. Idle ones are dropped well before.
+            .pool_idle_timeout(POOL_IDLE)
             .use_rustls_tls();
         if let Some(token) = &opts.token {
             let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
@@ -222,21 +227,33 @@ impl Client {
         for i in 0..self.endpoints.len() {
             let idx = (start + i) % self.endpoints.len();
             let url = format!("{}{}", self.endpoints[idx], path_and_query);
-            let req = build(self.http.request(method.clone(), &url));
-            match req.send().await {
-                // NOTE: writes carry a request id, so trying another member is safe.
-                Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && i + 1 < self.endpoints.len() => {
-                    last_err = format!("{}: HTTP 503", self.endpoints[idx]);
+            for attempt in 0..2 {
+                let req = build(self.http.request(method.clone(), &url));
+                match req.send().await {
+                    // NOTE: writes carry a request id, so trying another member
+                    // (or the same one again) is safe: a repeat is answered,
+                    // not applied twice.
+                    Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && i + 1 < self.endpoints.len() => {
+                        last_err = format!("{}: HTTP 503", self.endpoints[idx]);
+                    }
+                    Ok(resp) => {
+                        self.current.store(idx, Ordering::Relaxed);
+                        self.follow_leader(&resp);
+                        return Ok(resp);
+                    }
+                    // A connection that broke after it was made (the member
+                    // closed a kept-alive one as it was reused, or restarted)
+                    // is tried once more, on a new connection.
+                    Err(e) if attempt == 0 && !e.is_connect() && !e.is_timeout() => {
+                        last_err = format!("{}: {}", self.endpoints[idx], error_chain(&e));
+                        continue;
+                    }
+                    Err(e) => {
+                        let why = error_chain(&e);
+                        last_err = format!("{}: {why}{}", self.endpoints[idx], tls_hint(&why));
+                    }
                 }
-                Ok(resp) => {
-                    self.current.store(idx, Ordering::Relaxed);
-                    self.follow_leader(&resp);
-                    return Ok(resp);
-                }
-                Err(e) => {
-                    let why = error_chain(&e);
-                    last_err = format!("{}: {why}{}", self.endpoints[idx], tls_hint(&why));
-                }
+                break;
             }
         }
         Err(Error::Unreachable(last_err))
@@ -601,4 +618,79 @@ fn meta_from_headers(h: &reqwest::header::HeaderMap) -> Result<Meta, Error> {
         version: header_u64(h, header::VERSION)?,
         size: header_u64(h, "content-length")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// Reads one request (head and Content-Length body); returns its request id.
+    async fn read_request(s: &mut TcpStream) -> String {
+        let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+        loop {
+            let n = s.read(&mut chunk).await.expect("read a request");
+            assert!(n > 0, "the client closed the connection mid-request");
+            buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let field = |name: &str| head.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned());
+            let len: usize = field("content-length:").map_or(0, |v| v.parse().expect("a length"));
+            if buf.len() >= end + 4 + len {
+                return field("x-kv-request-id:").unwrap_or_default();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_connection_breaks_is_sent_again_with_the_same_request_id() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            // The first connection takes the request and closes unanswered,
+            // as a member does with a kept-alive connection it times out.
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let first = read_request(&mut s).await;
+            drop(s);
+            let (mut s, _) = listener.accept().await.expect("accept the retry");
+            let second = read_request(&mut s).await;
+            let body = r#"{"succeeded":true,"revision":7,"results":[]}"#;
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(resp.as_bytes()).await.expect("answer");
+            (first, second)
+        });
+        let c = Client::new(&[format!("http://{addr}")]).expect("client");
+        let r = c.put("a/b", "v", &PutOptions::default()).await.expect("the put goes through on a new connection");
+        assert_eq!(r.revision, 7);
+        let (first, second) = server.await.expect("server");
+        assert!(!first.is_empty(), "a write carries a request id");
+        assert_eq!(first, second, "the repeat carries the same request id, so it cannot apply twice");
+    }
+
+    #[tokio::test]
+    async fn a_member_that_breaks_every_connection_is_tried_twice_then_reported() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let seen = Arc::new(AtomicUsize::new(0));
+        let n = seen.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.expect("accept");
+                read_request(&mut s).await;
+                n.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let c = Client::new(&[format!("http://{addr}")]).expect("client");
+        let err = c.get("a/b").await.expect_err("no answer ever comes");
+        server.abort();
+        assert!(matches!(err, Error::Unreachable(_)), "{err:?}");
+        assert_eq!(seen.load(Ordering::SeqCst), 2, "one request, one repeat");
+    }
 }

@@ -77,7 +77,9 @@ impl Network {
     pub fn new(tls: Option<rustls::ClientConfig>, durable: Arc<Durability>) -> anyhow::Result<Network> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
-            .pool_idle_timeout(Duration::from_secs(90))
+            // NOTE: a member closes a connection idle for 10 s
+            // (crate::tls); one reused at that moment would fail.
+            .pool_idle_timeout(Duration::from_secs(4))
             .tcp_nodelay(true);
         if let Some(cfg) = tls {
             b = b.use_preconfigured_tls(cfg);

@@ -83,6 +83,8 @@ impl Tls {
 
 /// How long a client may take to send a request's headers: a stalled or
 /// trickling client (slowloris) loses its connection instead of holding it.
+/// NOTE: it also closes a kept-alive connection idle this long, so clients
+/// (kv-client, the peer network) drop idle connections well before.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener`, over TLS when `tls` is given. A client that
