@@ -70,6 +70,10 @@ enum Cmd {
         /// Leave the files in DIR/fsbench-ro for a --read-only run.
         #[arg(long)]
         keep: bool,
+        /// Also time API puts (1 client) to this kv endpoint, in blocks
+        /// taking turns with the blocks of create+write+close (its reference).
+        #[arg(long)]
+        put_endpoint: Option<String>,
     },
     /// Write through ENDPOINT, wait until DIR/KEY (a mount of the keyspace
     /// root on another member) shows it.
@@ -245,29 +249,48 @@ fn median_us(rounds: usize, n: usize, mut f: impl FnMut() -> std::io::Result<()>
     Ok(means[means.len() / 2])
 }
 
-fn fs_test(dir: PathBuf, count: usize, read_only: bool, keep: bool) -> Result<serde_json::Value, Error> {
+async fn fs_test(
+    dir: PathBuf,
+    count: usize,
+    read_only: bool,
+    keep: bool,
+    put_endpoint: Option<String>,
+) -> Result<serde_json::Value, Error> {
     let base = dir.join("fsbench-ro");
     let data = [b'x'; 100];
     let names: Vec<PathBuf> = (0..1000).map(|i| base.join("many").join(format!("f{i:04}"))).collect();
-    let (mut create, mut create_local) = (json!(null), json!(null));
+    let (mut create, mut create_local, mut api_put) = (json!(null), json!(null), json!(null));
     if !read_only {
         std::fs::create_dir_all(base.join("many"))?;
-        // create + write + close of small files named `new-N{suffix}`
-        let creates = |suffix: &str| -> std::io::Result<serde_json::Value> {
-            let mut lat = Vec::with_capacity(count);
+        // create + write + close of small files named `new-N{suffix}`, in
+        // blocks of `count / BLOCKS`; with a put endpoint, each block follows
+        // as many API puts, so both see the same drift of a shared machine.
+        const BLOCKS: usize = 5;
+        let put_client = put_endpoint.map(|e| kv_client::Client::new(&[e])).transpose()?;
+        let creates = async |suffix: &str, with_puts: bool| -> Result<(serde_json::Value, serde_json::Value), Error> {
+            let (mut lat, mut put_lat) = (Vec::with_capacity(count), Vec::with_capacity(count));
             for i in 0..count {
+                if let (true, 0, Some(c)) = (with_puts, i % count.div_ceil(BLOCKS), &put_client) {
+                    for j in i..(i + count.div_ceil(BLOCKS)).min(count) {
+                        let t = Instant::now();
+                        c.put(&format!("fsbench-api/{j:010}"), data.to_vec(), &kv_client::PutOptions::default())
+                            .await?;
+                        put_lat.push(t.elapsed());
+                    }
+                }
                 let t = Instant::now();
                 let mut f = std::fs::File::create(base.join(format!("new-{i}{suffix}")))?;
                 f.write_all(&data)?;
                 drop(f);
                 lat.push(t.elapsed());
             }
-            Ok(summary(lat, 1.0, 0))
+            let puts = if put_lat.is_empty() { json!(null) } else { summary(put_lat, 1.0, 0) };
+            Ok((summary(lat, 1.0, 0), puts))
         };
-        create = creates("")?;
+        (create, api_put) = creates("", true).await?;
         // The same with names a mount keeps to itself (`*~`, see kvfs(8)):
         // FUSE's own share, no put. On other filesystems, just the same loop.
-        create_local = creates("~")?;
+        create_local = creates("~", false).await?.0;
         std::fs::write(base.join("one"), data)?;
         for p in &names {
             std::fs::write(p, data)?;
@@ -296,6 +319,7 @@ fn fs_test(dir: PathBuf, count: usize, read_only: bool, keep: bool) -> Result<se
     Ok(json!({
         "create_write_close": create,
         "create_write_close_local": create_local,
+        "api_put": api_put,
         "open_read_close_us": read_us,
         "stat_1000_us": stat_us,
         "ls_l_1000_us": ls_us,
@@ -504,7 +528,9 @@ async fn main() -> Result<(), Error> {
     let out = match Cli::parse().cmd {
         Cmd::Put(l) => load_test(l, true).await?,
         Cmd::Get(l) => load_test(l, false).await?,
-        Cmd::Fs { dir, count, read_only, keep } => fs_test(dir, count, read_only, keep)?,
+        Cmd::Fs { dir, count, read_only, keep, put_endpoint } => {
+            fs_test(dir, count, read_only, keep, put_endpoint).await?
+        }
         Cmd::Propagate { endpoint, dir, count } => propagate(endpoint, dir, count).await?,
         Cmd::Watchers { endpoints, watchers: n, rate, secs } => watchers(endpoints, n, rate, secs).await?,
         Cmd::Load { endpoints, keys, value_size } => load(endpoints, keys, value_size).await?,
