@@ -12,7 +12,7 @@
 //! - `load`: many small keys in large transactions (for the scale figures).
 
 use std::io::{BufRead, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,10 @@ enum Cmd {
         /// taking turns with the blocks of create+write+close (its reference).
         #[arg(long)]
         put_endpoint: Option<String>,
+        /// Run the read loops on REFERENCE/fsbench-ro too (left there by a
+        /// run with --keep), the two taking turns round by round.
+        #[arg(long)]
+        reference: Option<PathBuf>,
     },
     /// Write through ENDPOINT, wait until DIR/KEY (a mount of the keyspace
     /// root on another member) shows it.
@@ -233,20 +237,33 @@ async fn load_test(l: Load, put: bool) -> Result<serde_json::Value, Error> {
     Ok(summary(lat, start.elapsed().as_secs_f64(), errors))
 }
 
-/// Mean time of `n` runs of `f`, in µs.
-/// The median over `rounds` rounds of the mean time of `n` calls of `f`, µs:
-/// a burst of noise from the shared machine spoils a round, not the figure.
-fn median_us(rounds: usize, n: usize, mut f: impl FnMut() -> std::io::Result<()>) -> Result<f64, Error> {
-    let mut means = Vec::with_capacity(rounds);
+/// For each of `dirs`, the median over `rounds` rounds of the mean time of
+/// `n` calls of `f(dir)`, µs. The dirs take turns round by round, so that
+/// each sees the same drift of a shared machine; a burst of noise spoils a
+/// round, not the figure.
+fn medians_us(
+    rounds: usize,
+    n: usize,
+    dirs: &[&Path],
+    mut f: impl FnMut(&Path) -> std::io::Result<()>,
+) -> Result<Vec<f64>, Error> {
+    let mut means = vec![Vec::with_capacity(rounds); dirs.len()];
     for _ in 0..rounds {
-        let t = Instant::now();
-        for _ in 0..n {
-            f()?;
+        for (d, m) in dirs.iter().zip(&mut means) {
+            let t = Instant::now();
+            for _ in 0..n {
+                f(d)?;
+            }
+            m.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
         }
-        means.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
     }
-    means.sort_by(f64::total_cmp);
-    Ok(means[means.len() / 2])
+    Ok(means
+        .into_iter()
+        .map(|mut m| {
+            m.sort_by(f64::total_cmp);
+            m[m.len() / 2]
+        })
+        .collect())
 }
 
 async fn fs_test(
@@ -255,6 +272,7 @@ async fn fs_test(
     read_only: bool,
     keep: bool,
     put_endpoint: Option<String>,
+    reference: Option<PathBuf>,
 ) -> Result<serde_json::Value, Error> {
     let base = dir.join("fsbench-ro");
     let data = [b'x'; 100];
@@ -296,19 +314,27 @@ async fn fs_test(
             std::fs::write(p, data)?;
         }
     }
+    // The read loops, on DIR and on the reference taking turns.
+    let reference = reference.map(|r| r.join("fsbench-ro"));
+    let dirs: Vec<&Path> = std::iter::once(base.as_path()).chain(reference.as_deref()).collect();
+    let many = |d: &Path| -> Vec<PathBuf> { (0..1000).map(|i| d.join("many").join(format!("f{i:04}"))).collect() };
+    let names: Vec<Vec<PathBuf>> = dirs.iter().map(|d| many(d)).collect();
+    let which = |d: &Path| usize::from(d != base.as_path());
     // open + read + close of one cached file
-    let one = base.join("one");
     let mut buf = Vec::with_capacity(128);
-    let _ = std::fs::read(&one)?;
-    let read_us = median_us(20, count / 2, || {
+    for d in &dirs {
+        let _ = std::fs::read(d.join("one"))?;
+        let _ = std::fs::read_dir(d.join("many"))?.count();
+    }
+    let read_us = medians_us(20, count / 2, &dirs, |d| {
         buf.clear();
-        std::fs::File::open(&one)?.read_to_end(&mut buf).map(drop)
+        std::fs::File::open(d.join("one"))?.read_to_end(&mut buf).map(drop)
     })?;
     // a 1,000-entry directory: stat of every entry, and ls -l (readdir + lstat)
-    let _ = std::fs::read_dir(base.join("many"))?.count();
-    let stat_us = median_us(21, 1, || names.iter().try_for_each(|p| std::fs::metadata(p).map(drop)))?;
-    let ls_us = median_us(21, 1, || {
-        for e in std::fs::read_dir(base.join("many"))? {
+    let stat_us =
+        medians_us(21, 1, &dirs, |d| names[which(d)].iter().try_for_each(|p| std::fs::metadata(p).map(drop)))?;
+    let ls_us = medians_us(21, 1, &dirs, |d| {
+        for e in std::fs::read_dir(d.join("many"))? {
             std::fs::symlink_metadata(e?.path())?;
         }
         Ok(())
@@ -320,9 +346,12 @@ async fn fs_test(
         "create_write_close": create,
         "create_write_close_local": create_local,
         "api_put": api_put,
-        "open_read_close_us": read_us,
-        "stat_1000_us": stat_us,
-        "ls_l_1000_us": ls_us,
+        "open_read_close_us": read_us[0],
+        "stat_1000_us": stat_us[0],
+        "ls_l_1000_us": ls_us[0],
+        "reference": read_us.get(1).map(|r| json!({
+            "open_read_close_us": r, "stat_1000_us": stat_us[1], "ls_l_1000_us": ls_us[1],
+        })),
     }))
 }
 
@@ -528,8 +557,8 @@ async fn main() -> Result<(), Error> {
     let out = match Cli::parse().cmd {
         Cmd::Put(l) => load_test(l, true).await?,
         Cmd::Get(l) => load_test(l, false).await?,
-        Cmd::Fs { dir, count, read_only, keep, put_endpoint } => {
-            fs_test(dir, count, read_only, keep, put_endpoint).await?
+        Cmd::Fs { dir, count, read_only, keep, put_endpoint, reference } => {
+            fs_test(dir, count, read_only, keep, put_endpoint, reference).await?
         }
         Cmd::Propagate { endpoint, dir, count } => propagate(endpoint, dir, count).await?,
         Cmd::Watchers { endpoints, watchers: n, rate, secs } => watchers(endpoints, n, rate, secs).await?,
