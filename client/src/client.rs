@@ -215,9 +215,10 @@ impl Client {
 
     /// Sends a request built by `build` for a path, trying each endpoint in
     /// turn (starting with the one that last answered) while they cannot be
-    /// reached or answer 503 (no leader, removed member). Any other HTTP
-    /// answer, error statuses included, is returned; one that names the
-    /// leader moves the next requests there.
+    /// reached or answer 503 (no leader, removed member). A connection that
+    /// breaks after it was made is tried once more on a new one before the
+    /// next endpoint. Any other HTTP answer, error statuses included, is
+    /// returned; one that names the leader moves the next requests there.
     pub async fn send<F>(&self, method: Method, path_and_query: &str, build: F) -> Result<Response, Error>
     where
         F: Fn(RequestBuilder) -> RequestBuilder,
