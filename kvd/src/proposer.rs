@@ -2,15 +2,19 @@
 //!
 //! NOTE: openraft 0.9 appends each client write on its own before it takes
 //! the next, and on a single voter the append includes the fsync (see
-//! crate::log_store), so group commit happens here: a few workers each take
-//! every write queued while the previous entry was being committed and
-//! propose them as one [`Batch`]. One append and one fsync then serve them
-//! all; a lone client still gets its write proposed at once.
+//! crate::log_store), so group commit happens here: one worker takes every
+//! write queued while the previous entry was being committed and proposes
+//! them as one [`Batch`]. One append and one fsync then serve them all; a
+//! lone client still gets its write proposed at once.
+//!
+//! One entry in flight, not several: with 64 writers, 3 workers made
+//! entries of about 10 writes; one worker makes fewer, larger entries, and
+//! kvd spent about a sixth less CPU per write (BENCHMARKS.md).
 
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Mutex, RwLock};
+use tokio::sync::{mpsc, oneshot, RwLock};
 
 use crate::types::{Batch, NodeId, Op, Raft, Request, Response};
 
@@ -18,8 +22,6 @@ use crate::types::{Batch, NodeId, Op, Raft, Request, Response};
 const MAX_BATCH: usize = 512;
 /// Stop adding requests to an entry once it holds this many value bytes.
 const MAX_BATCH_BYTES: usize = 4 << 20;
-/// Entries being committed at once.
-const WORKERS: usize = 3;
 
 /// Why a write was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -53,14 +55,11 @@ impl std::fmt::Debug for Pending {
 }
 
 impl Proposer {
-    /// Starts the workers.
+    /// Starts the worker.
     pub fn start(raft: Raft) -> Proposer {
         let (tx, rx) = mpsc::channel(8192);
-        let rx = Arc::new(Mutex::new(rx));
         let gate = Arc::new(RwLock::new(()));
-        for _ in 0..WORKERS {
-            tokio::spawn(worker(raft.clone(), rx.clone(), gate.clone()));
-        }
+        tokio::spawn(worker(raft, rx, gate.clone()));
         Proposer { tx, gate }
     }
 
@@ -85,24 +84,20 @@ impl Proposer {
     }
 }
 
-async fn worker(raft: Raft, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, gate: Arc<RwLock<()>>) {
+async fn worker(raft: Raft, mut rx: mpsc::Receiver<Pending>, gate: Arc<RwLock<()>>) {
     loop {
-        let mut batch = Vec::new();
-        {
-            let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else {
-                return;
-            };
-            let mut bytes = first.size;
-            batch.push(first);
-            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(p) => {
-                        bytes += p.size;
-                        batch.push(p);
-                    }
-                    Err(_) => break,
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut bytes = first.size;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.size;
+                    batch.push(p);
                 }
+                Err(_) => break,
             }
         }
         let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.reply)).unzip();
