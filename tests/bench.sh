@@ -82,6 +82,12 @@ wait_file() {
     exit 1
 }
 
+# add_failed LOG: a member add failed; say why (LOG is gone with $T).
+add_failed() {
+    echo "bench: member add failed: $(cat "$1")" >&2
+    exit 1
+}
+
 # wait_ready URL: seconds until the node's /health/ready answered 200.
 wait_ready() { "$B" ready "$1/health/ready"; }
 
@@ -105,7 +111,7 @@ start_kv() {
             wait_ready "${kv_urls[0]}" >/dev/null
         else
             "$kvctl" --endpoints "${kv_urls[0]}" member add "$i" "http://$(cat "$d/data/peer.addr")" \
-                --client-url "${kv_urls[$((i - 1))]}" >"$d/add.log" 2>&1
+                --client-url "${kv_urls[$((i - 1))]}" >"$d/add.log" 2>&1 || add_failed "$d/add.log"
         fi
     done
 }
@@ -327,7 +333,7 @@ if [ "$quick" = 0 ] && section scale; then
     wait_file "$d/data/client.addr"
     t0=$(date +%s.%N)
     "$kvctl" --endpoints "${kv_urls[0]}" member add 2 "http://$(cat "$d/data/peer.addr")" \
-        --client-url "http://$(cat "$d/data/client.addr")" >"$d/add.log" 2>&1
+        --client-url "http://$(cat "$d/data/client.addr")" >"$d/add.log" 2>&1 || add_failed "$d/add.log"
     wait_ready "http://$(cat "$d/data/client.addr")" >/dev/null
     t1=$(date +%s.%N)
     record "new member caught up, $scale_keys keys" kv s "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
