@@ -215,10 +215,11 @@ impl Client {
 
     /// Sends a request built by `build` for a path, trying each endpoint in
     /// turn (starting with the one that last answered) while they cannot be
-    /// reached or answer 503 (no leader, removed member). A connection that
-    /// breaks after it was made is tried once more on a new one before the
-    /// next endpoint. Any other HTTP answer, error statuses included, is
-    /// returned; one that names the leader moves the next requests there.
+    /// reached or answer 503 (no leader, removed member). A read, or a write
+    /// with a request id, whose connection breaks after it was made is sent
+    /// once more on a new one before the next endpoint. Any other HTTP
+    /// answer, error statuses included, is returned; one that names the
+    /// leader moves the next requests there.
     pub async fn send<F>(&self, method: Method, path_and_query: &str, build: F) -> Result<Response, Error>
     where
         F: Fn(RequestBuilder) -> RequestBuilder,
@@ -229,8 +230,16 @@ impl Client {
             let idx = (start + i) % self.endpoints.len();
             let url = format!("{}{}", self.endpoints[idx], path_and_query);
             for attempt in 0..2 {
-                let req = build(self.http.request(method.clone(), &url));
-                match req.send().await {
+                let req = build(self.http.request(method.clone(), &url)).build();
+                // Only a read or a write with a request id may be sent twice.
+                let repeatable = req
+                    .as_ref()
+                    .is_ok_and(|r| r.method() == Method::GET || r.headers().contains_key(header::REQUEST_ID));
+                let sent = match req {
+                    Ok(r) => self.http.execute(r).await,
+                    Err(e) => Err(e),
+                };
+                match sent {
                     // NOTE: writes carry a request id, so trying another member
                     // (or the same one again) is safe: a repeat is answered,
                     // not applied twice.
@@ -245,7 +254,7 @@ impl Client {
                     // A connection that broke after it was made (the member
                     // closed a kept-alive one as it was reused, or restarted)
                     // is tried once more, on a new connection.
-                    Err(e) if attempt == 0 && !e.is_connect() && !e.is_timeout() => {
+                    Err(e) if attempt == 0 && repeatable && !e.is_connect() && !e.is_timeout() && !e.is_builder() => {
                         last_err = format!("{}: {}", self.endpoints[idx], error_chain(&e));
                         continue;
                     }
@@ -675,8 +684,9 @@ mod tests {
         assert_eq!(first, second, "the repeat carries the same request id, so it cannot apply twice");
     }
 
-    #[tokio::test]
-    async fn a_member_that_breaks_every_connection_is_tried_twice_then_reported() {
+    /// A member that takes every request and closes the connection
+    /// unanswered; counts the requests.
+    async fn dropping_member() -> (Client, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let seen = Arc::new(AtomicUsize::new(0));
@@ -688,10 +698,26 @@ mod tests {
                 n.fetch_add(1, Ordering::SeqCst);
             }
         });
-        let c = Client::new(&[format!("http://{addr}")]).expect("client");
+        (Client::new(&[format!("http://{addr}")]).expect("client"), seen, server)
+    }
+
+    #[tokio::test]
+    async fn a_member_that_breaks_every_connection_is_tried_twice_then_reported() {
+        let (c, seen, server) = dropping_member().await;
         let err = c.get("a/b").await.expect_err("no answer ever comes");
         server.abort();
         assert!(matches!(err, Error::Unreachable(_)), "{err:?}");
         assert_eq!(seen.load(Ordering::SeqCst), 2, "one request, one repeat");
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_request_id_is_never_sent_twice() {
+        // A membership change has no request id: a repeat of one that took
+        // effect would fail ("already a member") or act twice.
+        let (c, seen, server) = dropping_member().await;
+        let err = c.promote_member(2).await.expect_err("no answer ever comes");
+        server.abort();
+        assert!(matches!(err, Error::Unreachable(_)), "{err:?}");
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "sent once");
     }
 }
