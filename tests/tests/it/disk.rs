@@ -308,7 +308,13 @@ fn a_write_the_followers_hold_waits_for_the_leaders_own_fsync() {
             .expect("status");
         (s["last_log_index"].as_u64().expect("last_log_index"), s["applied_index"].as_u64().expect("applied_index"))
     };
-    let before: Vec<_> = followers.iter().map(status).collect();
+    // NOTE: a follower learns that the last warm-up write is committed with
+    // the leader's next message; until it has applied all it holds, a change
+    // of its applied index would not be the stalled write's.
+    let before: Vec<_> = followers
+        .iter()
+        .map(|n| poll("a follower to apply all it holds", || Some(status(n)).filter(|(last, applied)| last == applied)))
+        .collect();
 
     std::fs::write(&stall, "").expect("stall the leader's disk");
     let client = a.client();
