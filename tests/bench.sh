@@ -4,7 +4,7 @@
 # (1 node, 3 nodes on loopback), the same durability (both fsync on commit).
 # It prints figures and a table with the kv / etcd (or kv / reference)
 # ratio; it asserts nothing. Run as root (it mounts a tmpfs and kvfs):
-#   tests/bench.sh            everything (about 10 minutes here)
+#   tests/bench.sh            everything (about 5 minutes here)
 #   tests/bench.sh --quick    smaller counts, no scale section
 #   tests/bench.sh --only api|fs|scale [--quick]
 #                             one section: the client API against etcd, the
