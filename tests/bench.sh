@@ -148,11 +148,15 @@ start_etcd() {
 
 join() { local IFS=,; echo "$*"; }
 
+# fields FILE FIELD: FIELD of each JSON line of FILE, one per line.
+fields() {
+    local l
+    while read -r l; do field "$l" "$2"; done <"$1"
+}
+
 # median FILE FIELD: the median of FIELD over the JSON lines of FILE.
 median() {
-    local l
-    while read -r l; do field "$l" "$2"; done <"$1" |
-        sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    fields "$1" "$2" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 # bench_layout LAYOUT: the API workloads against the running kv and etcd
@@ -182,7 +186,7 @@ bench_layout() {
         done
         for tgt in kv etcd; do
             f=$T/$tgt.jsonl
-            echo "$tgt, $layout, $op, $cl: /s over the rounds: $(while read -r l; do printf '%.0f ' "$(field "$l" ops_per_sec)"; done <"$f")"
+            echo "$tgt, $layout, $op, $cl: /s over the rounds: $(fields "$f" ops_per_sec | xargs printf '%.0f ')"
             record "$op/s, $cl, $layout" "$tgt" "/s" "$(median "$f" ops_per_sec)"
             if [ "$op" = put ]; then
                 record "put p50, $cl, $layout" "$tgt" ms "$(median "$f" p50_ms)"

@@ -229,44 +229,47 @@ impl Client {
         for i in 0..self.endpoints.len() {
             let idx = (start + i) % self.endpoints.len();
             let url = format!("{}{}", self.endpoints[idx], path_and_query);
-            for attempt in 0..2 {
-                let req = build(self.http.request(method.clone(), &url)).build();
-                // Only a read or a write with a request id may be sent twice.
-                let repeatable = req
-                    .as_ref()
-                    .is_ok_and(|r| r.method() == Method::GET || r.headers().contains_key(header::REQUEST_ID));
-                let sent = match req {
-                    Ok(r) => self.http.execute(r).await,
-                    Err(e) => Err(e),
-                };
-                match sent {
-                    // NOTE: writes carry a request id, so trying another member
-                    // (or the same one again) is safe: a repeat is answered,
-                    // not applied twice.
-                    Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && i + 1 < self.endpoints.len() => {
-                        last_err = format!("{}: HTTP 503", self.endpoints[idx]);
-                    }
-                    Ok(resp) => {
-                        self.current.store(idx, Ordering::Relaxed);
-                        self.follow_leader(&resp);
-                        return Ok(resp);
-                    }
-                    // A connection that broke after it was made (the member
-                    // closed a kept-alive one as it was reused, or restarted)
-                    // is tried once more, on a new connection.
-                    Err(e) if attempt == 0 && repeatable && !e.is_connect() && !e.is_timeout() && !e.is_builder() => {
-                        last_err = format!("{}: {}", self.endpoints[idx], error_chain(&e));
-                        continue;
-                    }
-                    Err(e) => {
-                        let why = error_chain(&e);
-                        last_err = format!("{}: {why}{}", self.endpoints[idx], tls_hint(&why));
-                    }
+            // A connection that broke after it was made (the member closed a
+            // kept-alive one as it was reused, or restarted) is tried once
+            // more, on a new connection, if the request may be sent twice.
+            let (mut sent, repeatable) = self.send_once(&method, &url, &build).await;
+            if repeatable && sent.as_ref().is_err_and(broke_after_connect) {
+                sent = self.send_once(&method, &url, &build).await.0;
+            }
+            match sent {
+                // NOTE: writes carry a request id, so trying another member
+                // (or the same one again) is safe: a repeat is answered, not
+                // applied twice.
+                Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && i + 1 < self.endpoints.len() => {
+                    last_err = format!("{}: HTTP 503", self.endpoints[idx]);
                 }
-                break;
+                Ok(resp) => {
+                    self.current.store(idx, Ordering::Relaxed);
+                    self.follow_leader(&resp);
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    let why = error_chain(&e);
+                    last_err = format!("{}: {why}{}", self.endpoints[idx], tls_hint(&why));
+                }
             }
         }
         Err(Error::Unreachable(last_err))
+    }
+
+    /// Sends one request to `url`; also whether it may be sent twice: only a
+    /// read, or a write with a request id.
+    async fn send_once<F>(&self, method: &Method, url: &str, build: &F) -> (reqwest::Result<Response>, bool)
+    where
+        F: Fn(RequestBuilder) -> RequestBuilder,
+    {
+        match build(self.http.request(method.clone(), url)).build() {
+            Ok(r) => {
+                let repeatable = r.method() == Method::GET || r.headers().contains_key(header::REQUEST_ID);
+                (self.http.execute(r).await, repeatable)
+            }
+            Err(e) => (Err(e), false),
+        }
     }
 
     /// Reads a key (linearizable). `Ok(None)` when it does not exist.
@@ -575,6 +578,12 @@ fn tls_hint(text: &str) -> &'static str {
     } else {
         ""
     }
+}
+
+/// Whether a request failed on a connection that was made, rather than
+/// by not reaching the member, timing out or being malformed.
+fn broke_after_connect(e: &reqwest::Error) -> bool {
+    !e.is_connect() && !e.is_timeout() && !e.is_builder()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -239,6 +239,11 @@ mod tests {
         Entry { log_id: LogId::new(CommittedLeaderId::new(term, leader), index), payload }
     }
 
+    /// `durable.wait(index)`, failing with `why` after 10 s instead of hanging.
+    async fn wait_on_disk(durable: &crate::store::Durability, index: u64, why: &str) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), durable.wait(index)).await.expect(why);
+    }
+
     fn open(id: NodeId) -> (tempfile::TempDir, LogStore) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open store");
@@ -291,12 +296,10 @@ mod tests {
         let mine = vec![entry(7, 1, 3, false)];
         assert!(log.may_sync_later(&mine), "the test must take the early path");
         log.write(mine);
-        tokio::time::timeout(std::time::Duration::from_secs(10), durable.wait(3))
-            .await
-            .expect("an early append never reached the disk");
+        wait_on_disk(&durable, 3, "an early append never reached the disk").await;
         assert_eq!(durable.synced().map(|l| l.index), Some(3));
         // An entry past the log's end (never written) has nothing to wait for.
-        durable.wait(99).await;
+        wait_on_disk(&durable, 99, "waited for an entry the log never wrote").await;
     }
 
     #[tokio::test]
@@ -314,9 +317,7 @@ mod tests {
         vote.commit();
         log.save_vote(&vote).await.expect("vote");
         log.write(vec![entry(4, 2, 4, false)]);
-        tokio::time::timeout(std::time::Duration::from_secs(10), durable.wait(4))
-            .await
-            .expect("an append after the truncation never reached the disk");
+        wait_on_disk(&durable, 4, "an append after the truncation never reached the disk").await;
         assert_eq!(durable.synced().map(|l| l.index), Some(4));
     }
 }

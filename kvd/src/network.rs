@@ -77,9 +77,9 @@ impl Network {
     pub fn new(tls: Option<rustls::ClientConfig>, durable: Arc<Durability>) -> anyhow::Result<Network> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
-            // NOTE: a member closes a connection idle for 10 s
-            // (crate::tls); one reused at that moment would fail.
-            .pool_idle_timeout(Duration::from_secs(4))
+            // NOTE: a member closes a connection idle for HEADER_TIMEOUT;
+            // one reused at that moment would fail.
+            .pool_idle_timeout(crate::tls::HEADER_TIMEOUT / 2)
             .tcp_nodelay(true);
         if let Some(cfg) = tls {
             b = b.use_preconfigured_tls(cfg);

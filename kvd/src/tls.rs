@@ -85,7 +85,7 @@ impl Tls {
 /// trickling client (slowloris) loses its connection instead of holding it.
 /// NOTE: it also closes a kept-alive connection idle this long, so clients
 /// (kv-client, the peer network) drop idle connections well before.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener`, over TLS when `tls` is given. A client that
 /// speaks plain HTTP to a TLS port gets a 400 saying so, not a hang or a

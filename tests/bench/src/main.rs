@@ -237,22 +237,22 @@ async fn load_test(l: Load, put: bool) -> Result<serde_json::Value, Error> {
     Ok(summary(lat, start.elapsed().as_secs_f64(), errors))
 }
 
-/// For each of `dirs`, the median over `rounds` rounds of the mean time of
-/// `n` calls of `f(dir)`, µs. The dirs take turns round by round, so that
-/// each sees the same drift of a shared machine; a burst of noise spoils a
-/// round, not the figure.
+/// For each of `ways` subjects, the median over `rounds` rounds of the mean
+/// time of `n` calls of `f(subject)`, µs. The subjects take turns round by
+/// round, so that each sees the same drift of a shared machine; a burst of
+/// noise spoils a round, not the figure.
 fn medians_us(
     rounds: usize,
     n: usize,
-    dirs: &[&Path],
-    mut f: impl FnMut(&Path) -> std::io::Result<()>,
+    ways: usize,
+    mut f: impl FnMut(usize) -> std::io::Result<()>,
 ) -> Result<Vec<f64>, Error> {
-    let mut means = vec![Vec::with_capacity(rounds); dirs.len()];
+    let mut means = vec![Vec::with_capacity(rounds); ways];
     for _ in 0..rounds {
-        for (d, m) in dirs.iter().zip(&mut means) {
+        for (k, m) in means.iter_mut().enumerate() {
             let t = Instant::now();
             for _ in 0..n {
-                f(d)?;
+                f(k)?;
             }
             m.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
         }
@@ -276,7 +276,8 @@ async fn fs_test(
 ) -> Result<serde_json::Value, Error> {
     let base = dir.join("fsbench-ro");
     let data = [b'x'; 100];
-    let names: Vec<PathBuf> = (0..1000).map(|i| base.join("many").join(format!("f{i:04}"))).collect();
+    // The 1,000 entries of a directory `many`.
+    let many = |d: &Path| -> Vec<PathBuf> { (0..1000).map(|i| d.join("many").join(format!("f{i:04}"))).collect() };
     let (mut create, mut create_local, mut api_put) = (json!(null), json!(null), json!(null));
     if !read_only {
         std::fs::create_dir_all(base.join("many"))?;
@@ -284,12 +285,15 @@ async fn fs_test(
         // blocks of `count / BLOCKS`; with a put endpoint, each block follows
         // as many API puts, so both see the same drift of a shared machine.
         const BLOCKS: usize = 5;
+        let block = count.div_ceil(BLOCKS);
         let put_client = put_endpoint.map(|e| kv_client::Client::new(&[e])).transpose()?;
-        let creates = async |suffix: &str, with_puts: bool| -> Result<(serde_json::Value, serde_json::Value), Error> {
+        let creates = async |suffix: &str,
+                             puts: Option<&kv_client::Client>|
+               -> Result<(serde_json::Value, serde_json::Value), Error> {
             let (mut lat, mut put_lat) = (Vec::with_capacity(count), Vec::with_capacity(count));
             for i in 0..count {
-                if let (true, 0, Some(c)) = (with_puts, i % count.div_ceil(BLOCKS), &put_client) {
-                    for j in i..(i + count.div_ceil(BLOCKS)).min(count) {
+                if let (0, Some(c)) = (i % block, puts) {
+                    for j in i..(i + block).min(count) {
                         let t = Instant::now();
                         c.put(&format!("fsbench-api/{j:010}"), data.to_vec(), &kv_client::PutOptions::default())
                             .await?;
@@ -305,36 +309,34 @@ async fn fs_test(
             let puts = if put_lat.is_empty() { json!(null) } else { summary(put_lat, 1.0, 0) };
             Ok((summary(lat, 1.0, 0), puts))
         };
-        (create, api_put) = creates("", true).await?;
+        (create, api_put) = creates("", put_client.as_ref()).await?;
         // The same with names a mount keeps to itself (`*~`, see kvfs(8)):
         // FUSE's own share, no put. On other filesystems, just the same loop.
-        create_local = creates("~", false).await?.0;
+        create_local = creates("~", None).await?.0;
         std::fs::write(base.join("one"), data)?;
-        for p in &names {
+        for p in many(&base) {
             std::fs::write(p, data)?;
         }
     }
     // The read loops, on DIR and on the reference taking turns.
     let reference = reference.map(|r| r.join("fsbench-ro"));
     let dirs: Vec<&Path> = std::iter::once(base.as_path()).chain(reference.as_deref()).collect();
-    let many = |d: &Path| -> Vec<PathBuf> { (0..1000).map(|i| d.join("many").join(format!("f{i:04}"))).collect() };
     let names: Vec<Vec<PathBuf>> = dirs.iter().map(|d| many(d)).collect();
-    let which = |d: &Path| usize::from(d != base.as_path());
     // open + read + close of one cached file
+    let ones: Vec<PathBuf> = dirs.iter().map(|d| d.join("one")).collect();
     let mut buf = Vec::with_capacity(128);
-    for d in &dirs {
-        let _ = std::fs::read(d.join("one"))?;
+    for (d, one) in dirs.iter().zip(&ones) {
+        let _ = std::fs::read(one)?;
         let _ = std::fs::read_dir(d.join("many"))?.count();
     }
-    let read_us = medians_us(20, count / 2, &dirs, |d| {
+    let read_us = medians_us(20, count / 2, dirs.len(), |k| {
         buf.clear();
-        std::fs::File::open(d.join("one"))?.read_to_end(&mut buf).map(drop)
+        std::fs::File::open(&ones[k])?.read_to_end(&mut buf).map(drop)
     })?;
     // a 1,000-entry directory: stat of every entry, and ls -l (readdir + lstat)
-    let stat_us =
-        medians_us(21, 1, &dirs, |d| names[which(d)].iter().try_for_each(|p| std::fs::metadata(p).map(drop)))?;
-    let ls_us = medians_us(21, 1, &dirs, |d| {
-        for e in std::fs::read_dir(d.join("many"))? {
+    let stat_us = medians_us(21, 1, dirs.len(), |k| names[k].iter().try_for_each(|p| std::fs::metadata(p).map(drop)))?;
+    let ls_us = medians_us(21, 1, dirs.len(), |k| {
+        for e in std::fs::read_dir(dirs[k].join("many"))? {
             std::fs::symlink_metadata(e?.path())?;
         }
         Ok(())
