@@ -107,6 +107,17 @@ enum Cmd {
         #[arg(long, default_value_t = 500)]
         count: usize,
     },
+    /// The least a durable write over the network can take here: a bare TCP
+    /// server thread that appends each request's 4 KiB block to a file and
+    /// fdatasyncs before it answers, taking turns with the same appends and
+    /// fdatasyncs made in-process (the `fsync` subcommand's loop).
+    Floor {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Polls GET URL until it answers 200 (60 s at most); prints the seconds.
     Ready { url: String },
     /// Round trips of GET URL on one kept-alive connection: the floor under
@@ -516,12 +527,75 @@ fn fsync(dir: PathBuf, count: usize) -> Result<serde_json::Value, Error> {
     let mut lat = Vec::with_capacity(count);
     for _ in 0..count {
         let t = Instant::now();
-        f.write_all(&block)?;
-        f.sync_data()?;
+        append_synced(&mut f, &block)?;
         lat.push(t.elapsed());
     }
     std::fs::remove_file(&path)?;
     Ok(summary(lat, 1.0, 0))
+}
+
+fn append_synced(f: &mut std::fs::File, block: &[u8]) -> std::io::Result<()> {
+    f.write_all(block)?;
+    f.sync_data()
+}
+
+/// Size of a request to the floor's server: about a kv put's (headers and
+/// a 100-byte value).
+const FLOOR_REQUEST: usize = 256;
+
+/// [`Cmd::Floor`]: `rounds` rounds of `count` durable requests to a bare
+/// server, each after a round of `count` fdatasyncs; the medians of the
+/// rounds' p50s, and their ratio.
+fn floor(dir: &Path, count: usize, rounds: usize) -> Result<serde_json::Value, Error> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server_path = dir.join(format!("floor-server-{}", std::process::id()));
+    let mut log = std::fs::File::create(&server_path)?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut req = [0u8; FLOOR_REQUEST];
+        let mut block = [0u8; 4096];
+        loop {
+            match s.read_exact(&mut req) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            block[..FLOOR_REQUEST].copy_from_slice(&req);
+            append_synced(&mut log, &block)?;
+            s.write_all(b"ok")?;
+        }
+    });
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let (mut fsync_p50, mut server_p50) = (Vec::new(), Vec::new());
+    let mut answer = [0u8; 2];
+    for round in 0..rounds.max(1) {
+        fsync_p50.push(fsync(dir.to_owned(), count)?["p50_ms"].as_f64().unwrap_or(f64::NAN));
+        let mut lat = Vec::with_capacity(count);
+        for i in 0..count {
+            let req = [(round * count + i) as u8; FLOOR_REQUEST];
+            let t = Instant::now();
+            s.write_all(&req)?;
+            s.read_exact(&mut answer)?;
+            lat.push(t.elapsed());
+        }
+        server_p50.push(summary(lat, 1.0, 0)["p50_ms"].as_f64().unwrap_or(f64::NAN));
+    }
+    drop(s);
+    server.join().map_err(|_| "the floor's server panicked")??;
+    std::fs::remove_file(&server_path)?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (f, d) = (median(fsync_p50.clone()), median(server_p50.clone()));
+    Ok(json!({
+        "fsync_p50_ms": f, "server_p50_ms": d, "ratio": d / f,
+        "rounds": { "fsync_p50_ms": fsync_p50, "server_p50_ms": server_p50 },
+    }))
 }
 
 /// Prints `| measure | kv | etcd | kv / etcd |` rows for every pair of
@@ -568,6 +642,7 @@ async fn main() -> Result<(), Error> {
         Cmd::Ports { n } => ports(n)?,
         Cmd::Fsync { dir, count } => fsync(dir, count)?,
         Cmd::Rtt { url, count } => rtt(&url, count)?,
+        Cmd::Floor { dir, count, rounds } => floor(&dir, count, rounds)?,
         Cmd::Ready { url } => {
             let t = Instant::now();
             loop {
