@@ -10,6 +10,9 @@
 //!   by another shows it.
 //! - `watchers`: many watch streams while writes arrive at a fixed rate.
 //! - `load`: many small keys in large transactions (for the scale figures).
+//! - `fsync`, `floor`, `rtt`: the floors under the put latency (the disk's
+//!   fdatasync, a bare server that fdatasyncs each request, and an empty
+//!   HTTP request).
 
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
