@@ -233,6 +233,8 @@ if section api; then
     record "put p50, 1 client, 1 node / fdatasync p50" kv x "$(awk -v a="$kv_put_p50" -v b="$fsync_p50" 'BEGIN { print a / b }')"
     # What a server doing no work at all beyond the append and fsync scores.
     record "bare durable TCP server p50 / fdatasync p50" kv x "$(field "$floor" ratio)"
+    record "put p50, 1 client, 1 node / bare server p50" kv x \
+        "$(awk -v a="$kv_put_p50" -v b="$(field "$floor" server_p50_ms)" 'BEGIN { print a / b }')"
 fi
 
 # The mount against tmpfs (1 node, like the API put it is compared with).
