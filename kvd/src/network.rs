@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::store::Durability;
-use crate::types::{decode, encode, Member, NodeId, TypeConfig};
+use crate::types::{decode, encode, Entry, Member, NodeId, TypeConfig};
 
 /// Paths of the peer API.
 pub mod path {
@@ -41,6 +41,18 @@ pub mod path {
 /// Longest a heartbeat or a commit notice waits for this node's fsync under
 /// way before it goes with the commit index held back.
 const COMMIT_WAIT: Duration = Duration::from_millis(50);
+
+/// Most entries openraft puts in one AppendEntries (its
+/// `max_payload_entries`), and most this module sends in one.
+pub const MAX_APPEND_ENTRIES: usize = 64;
+
+/// Most bytes of entries (encoded) sent in one AppendEntries; one entry goes
+/// whole whatever its size.
+///
+/// NOTE: openraft 0.9 gives an AppendEntries one heartbeat interval. 64
+/// entries of a bulk load (1,000 puts each) took longer to append on a new
+/// member than that, and openraft sent the same 64 again, forever.
+const APPEND_MAX_BYTES: u64 = 1 << 20;
 
 /// Why a peer call failed.
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +174,39 @@ pub struct PeerClient {
     /// The URL of each [`Rpc`], parsed once.
     rpc_urls: [Result<reqwest::Url, String>; 3],
     net: Network,
+    /// How many entries the next AppendEntries may carry.
+    append_cap: AppendCap,
+}
+
+/// How many entries an AppendEntries to one peer may carry: half as many as
+/// the last one after it failed or was dropped unfinished (openraft's
+/// timeout), twice as many after it succeeded, at most
+/// [`MAX_APPEND_ENTRIES`].
+#[derive(Debug)]
+struct AppendCap {
+    entries: usize,
+    /// An AppendEntries is under way, or was dropped before it finished.
+    unfinished: bool,
+}
+
+impl AppendCap {
+    fn new() -> AppendCap {
+        AppendCap { entries: MAX_APPEND_ENTRIES, unfinished: false }
+    }
+
+    /// An AppendEntries starts: how many entries it may carry.
+    fn start(&mut self) -> usize {
+        if std::mem::replace(&mut self.unfinished, true) {
+            self.entries = (self.entries / 2).max(1);
+        }
+        self.entries
+    }
+
+    /// It finished, successfully or not.
+    fn finish(&mut self, ok: bool) {
+        self.unfinished = false;
+        self.entries = if ok { (self.entries * 2).min(MAX_APPEND_ENTRIES) } else { (self.entries / 2).max(1) };
+    }
 }
 
 /// The Raft RPCs, in the order of `PeerClient::rpc_urls`.
@@ -178,7 +223,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
         let url = node.peer_url.clone();
         let rpc_urls = [path::APPEND, path::VOTE, path::SNAPSHOT].map(|p| peer_url(&url, p));
-        PeerClient { target, url, rpc_urls, net: self.clone() }
+        PeerClient { target, url, rpc_urls, net: self.clone(), append_cap: AppendCap::new() }
     }
 }
 
@@ -223,7 +268,21 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
             rpc.leader_commit = rpc.leader_commit.min(durable.synced());
         }
-        self.rpc(Rpc::Append, &rpc, &option).await
+        if rpc.entries.is_empty() {
+            return self.rpc(Rpc::Append, &rpc, &option).await;
+        }
+        // Entries go in parts that fit the RPC's time (see AppendCap and
+        // APPEND_MAX_BYTES). openraft hears of a part as a partial success
+        // and sends the rest next.
+        let keep = fitting(&rpc.entries, self.append_cap.start(), APPEND_MAX_BYTES);
+        let part = (keep < rpc.entries.len()).then(|| rpc.entries[keep - 1].log_id);
+        rpc.entries.truncate(keep);
+        let sent = self.rpc(Rpc::Append, &rpc, &option).await;
+        self.append_cap.finish(sent.is_ok());
+        match (sent, part) {
+            (Ok(AppendEntriesResponse::Success), Some(last)) => Ok(AppendEntriesResponse::PartialSuccess(Some(last))),
+            (sent, _) => sent,
+        }
     }
 
     async fn install_snapshot(
@@ -244,9 +303,69 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
+/// How many of `entries`, from the first, fit in `max_entries` and
+/// `max_bytes` (encoded); at least one.
+fn fitting(entries: &[Entry], max_entries: usize, max_bytes: u64) -> usize {
+    let most = entries.len().min(max_entries);
+    if most <= 1 {
+        return most;
+    }
+    let mut bytes = 0u64;
+    let over = entries[..most].iter().position(|e| {
+        bytes += bincode::serialized_size(e).unwrap_or(0);
+        bytes > max_bytes
+    });
+    over.map_or(most, |i| i.max(1))
+}
+
 #[cfg(test)]
 mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
     use super::*;
+    use crate::types::{Batch, Request};
+
+    /// An entry of about `size` bytes, encoded.
+    fn entry(index: u64, size: usize) -> Entry {
+        let req = Request { id: "x".repeat(size), now_ns: 0, txn: Default::default() };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch(vec![req])),
+        }
+    }
+
+    #[test]
+    fn an_append_carries_what_fits_in_its_bytes_and_entries_and_at_least_one() {
+        let small: Vec<Entry> = (1..=10).map(|i| entry(i, 100)).collect();
+        assert_eq!(fitting(&small, 64, 1 << 20), 10);
+        assert_eq!(fitting(&small, 4, 1 << 20), 4, "the entry cap");
+        let one = bincode::serialized_size(&small[0]).expect("size");
+        assert_eq!(fitting(&small, 64, 3 * one), 3, "the byte cap");
+        assert_eq!(fitting(&small, 64, 4 * one - 1), 3, "the byte cap");
+        let big: Vec<Entry> = (1..=3).map(|i| entry(i, 2 << 20)).collect();
+        assert_eq!(fitting(&big, 64, 1 << 20), 1, "one entry goes whole whatever its size");
+        assert_eq!(fitting(&[], 64, 1 << 20), 0);
+    }
+
+    #[test]
+    fn an_append_cap_halves_after_a_failed_or_dropped_append_and_grows_back() {
+        let mut cap = AppendCap::new();
+        assert_eq!(cap.start(), MAX_APPEND_ENTRIES);
+        cap.finish(true);
+        assert_eq!(cap.start(), MAX_APPEND_ENTRIES, "never above the most");
+        // Dropped unfinished twice (no finish), then failed.
+        assert_eq!(cap.start(), MAX_APPEND_ENTRIES / 2);
+        assert_eq!(cap.start(), MAX_APPEND_ENTRIES / 4);
+        cap.finish(false);
+        assert_eq!(cap.start(), MAX_APPEND_ENTRIES / 8);
+        for _ in 0..10 {
+            cap.finish(false);
+            cap.start();
+        }
+        assert_eq!(cap.start(), 1, "never below one");
+        cap.finish(true);
+        assert_eq!(cap.start(), 2);
+    }
 
     #[test]
     fn peer_urls_join_base_and_path_and_say_what_is_wrong() {

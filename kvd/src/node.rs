@@ -197,7 +197,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         election_timeout_max: cfg.election_timeout_ms * 2,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
         max_in_snapshot_log_to_keep: cfg.snapshot_logs.min(1000),
-        max_payload_entries: 64,
+        max_payload_entries: crate::network::MAX_APPEND_ENTRIES as u64,
         snapshot_max_chunk_size: 1 << 20,
         install_snapshot_timeout: 10_000,
         ..Default::default()

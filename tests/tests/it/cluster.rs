@@ -253,6 +253,34 @@ async fn a_new_member_catches_up_by_snapshot() {
     assert_eq!(h0, h1, "the new member's data differs");
 }
 
+/// openraft 0.9 gives each AppendEntries one heartbeat interval and puts up
+/// to 64 entries in it. A new member replaying a log of large entries must
+/// still catch up: without a cap on an RPC's bytes, the same 64 entries
+/// timed out again and again.
+#[tokio::test]
+async fn a_new_member_catches_up_on_a_log_of_large_entries() {
+    let mut nodes = vec![Kvd::bootstrap(&[])];
+    let c = nodes[0].client();
+    // 64 entries of 1,000 small puts each (about 8 MB): what a bulk load makes.
+    for batch in 0..64 {
+        let puts: Vec<kv_client::TxnOp> =
+            (0..1000).map(|i| kv_client::TxnOp::put(format!("big/{batch:03}/{i:03}"), "v".repeat(100))).collect();
+        c.txn(&kv_client::TxnRequest { success: puts, ..Default::default() }).await.expect("txn");
+    }
+    let mut k = Kvd::empty(2, &[]);
+    tokio::time::timeout(Duration::from_secs(90), add_ok(&nodes[0], &mut k, false))
+        .await
+        .expect("the new member did not catch up within 90 s");
+    nodes.push(k);
+    let s: kv_client::NodeStatus =
+        http().get(format!("{}/v1/status", nodes[1].url)).send().await.expect("status").json().await.expect("json");
+    assert_eq!(s.snapshot_index, 0, "the new member got a snapshot, not the log: {s:?}");
+    let h0 = keyspace_hash(&nodes[0]).await;
+    let h1 = keyspace_hash(&nodes[1]).await;
+    assert_eq!(h0.1, 64_000);
+    assert_eq!(h0, h1, "the new member's data differs");
+}
+
 /// (hash, count) of every key and value, read from the member's own state.
 async fn keyspace_hash(node: &Kvd) -> (u64, usize) {
     use std::hash::{Hash, Hasher};
