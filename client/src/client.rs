@@ -104,9 +104,12 @@ pub struct ClientOptions {
 
 /// Where Debian keeps the system's CA bundle.
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-/// How long an idle connection is kept for the next request: well under the
-/// 10 s after which kvd closes it.
-const POOL_IDLE: Duration = Duration::from_secs(4);
+/// How long a member keeps a kept-alive connection idle before it closes it.
+/// A client must drop its idle connections well before: one reused just as
+/// the member closes it fails.
+pub const MEMBER_IDLE_CLOSE: Duration = Duration::from_secs(10);
+/// How long an idle connection is kept for the next request.
+const POOL_IDLE: Duration = Duration::from_millis(MEMBER_IDLE_CLOSE.as_millis() as u64 * 2 / 5);
 
 /// A client of one cluster, given one or more member URLs. Requests go to the
 /// member that last answered and fail over to the others when it cannot be
@@ -143,8 +146,6 @@ impl Client {
         }
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
-            // NOTE: kvd closes a connection idle for 10 s; one reused at
-            // that moment fails. Idle ones are dropped well before.
             .pool_idle_timeout(POOL_IDLE)
             .use_rustls_tls();
         if let Some(token) = &opts.token {

@@ -89,9 +89,9 @@ impl Network {
     pub fn new(tls: Option<rustls::ClientConfig>, durable: Arc<Durability>) -> anyhow::Result<Network> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
-            // NOTE: a member closes a connection idle for HEADER_TIMEOUT;
-            // one reused at that moment would fail.
-            .pool_idle_timeout(crate::tls::HEADER_TIMEOUT / 2)
+            // NOTE: a member closes a connection idle this long; one reused
+            // at that moment would fail.
+            .pool_idle_timeout(kv_client::MEMBER_IDLE_CLOSE / 2)
             .tcp_nodelay(true);
         if let Some(cfg) = tls {
             b = b.use_preconfigured_tls(cfg);

@@ -83,9 +83,9 @@ impl Tls {
 
 /// How long a client may take to send a request's headers: a stalled or
 /// trickling client (slowloris) loses its connection instead of holding it.
-/// NOTE: it also closes a kept-alive connection idle this long, so clients
-/// (kv-client, the peer network) drop idle connections well before.
-pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// NOTE: it also closes a kept-alive connection idle this long, which is what
+/// clients (kv-client, the peer network) count on to drop theirs before.
+const HEADER_TIMEOUT: Duration = kv_client::MEMBER_IDLE_CLOSE;
 
 /// Serves `app` on `listener`, over TLS when `tls` is given. A client that
 /// speaks plain HTTP to a TLS port gets a 400 saying so, not a hang or a

@@ -271,13 +271,13 @@ fn medians_us(
             m.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
         }
     }
-    Ok(means
-        .into_iter()
-        .map(|mut m| {
-            m.sort_by(f64::total_cmp);
-            m[m.len() / 2]
-        })
-        .collect())
+    Ok(means.iter_mut().map(|m| median(m)).collect())
+}
+
+/// The median of `v` (sorts it).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 async fn fs_test(
@@ -523,7 +523,12 @@ fn ports(n: usize) -> Result<serde_json::Value, Error> {
     Ok(json!(ports))
 }
 
-fn fsync(dir: PathBuf, count: usize) -> Result<serde_json::Value, Error> {
+fn fsync(dir: &Path, count: usize) -> Result<serde_json::Value, Error> {
+    Ok(summary(fsync_latencies(dir, count)?, 1.0, 0))
+}
+
+/// Times `count` appends of 4 KiB, each fdatasync'd, to a new file in `dir`.
+fn fsync_latencies(dir: &Path, count: usize) -> std::io::Result<Vec<Duration>> {
     let path = dir.join(format!("fsync-{}", std::process::id()));
     let mut f = std::fs::File::create(&path)?;
     let block = [0u8; 4096];
@@ -534,7 +539,13 @@ fn fsync(dir: PathBuf, count: usize) -> Result<serde_json::Value, Error> {
         lat.push(t.elapsed());
     }
     std::fs::remove_file(&path)?;
-    Ok(summary(lat, 1.0, 0))
+    Ok(lat)
+}
+
+/// The median of `lat`, in ms (sorts it).
+fn p50_ms(lat: &mut [Duration]) -> f64 {
+    lat.sort();
+    pct(lat, 0.5)
 }
 
 fn append_synced(f: &mut std::fs::File, block: &[u8]) -> std::io::Result<()> {
@@ -576,7 +587,7 @@ fn floor(dir: &Path, count: usize, rounds: usize) -> Result<serde_json::Value, E
     let (mut fsync_p50, mut server_p50) = (Vec::new(), Vec::new());
     let mut answer = [0u8; 2];
     for round in 0..rounds.max(1) {
-        fsync_p50.push(fsync(dir.to_owned(), count)?["p50_ms"].as_f64().unwrap_or(f64::NAN));
+        fsync_p50.push(p50_ms(&mut fsync_latencies(dir, count)?));
         let mut lat = Vec::with_capacity(count);
         for i in 0..count {
             let req = [(round * count + i) as u8; FLOOR_REQUEST];
@@ -585,20 +596,14 @@ fn floor(dir: &Path, count: usize, rounds: usize) -> Result<serde_json::Value, E
             s.read_exact(&mut answer)?;
             lat.push(t.elapsed());
         }
-        server_p50.push(summary(lat, 1.0, 0)["p50_ms"].as_f64().unwrap_or(f64::NAN));
+        server_p50.push(p50_ms(&mut lat));
     }
     drop(s);
     server.join().map_err(|_| "the floor's server panicked")??;
     std::fs::remove_file(&server_path)?;
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (f, d) = (median(fsync_p50.clone()), median(server_p50.clone()));
-    Ok(json!({
-        "fsync_p50_ms": f, "server_p50_ms": d, "ratio": d / f,
-        "rounds": { "fsync_p50_ms": fsync_p50, "server_p50_ms": server_p50 },
-    }))
+    let rounds = json!({ "fsync_p50_ms": fsync_p50, "server_p50_ms": server_p50 });
+    let (f, d) = (median(&mut fsync_p50), median(&mut server_p50));
+    Ok(json!({ "fsync_p50_ms": f, "server_p50_ms": d, "ratio": d / f, "rounds": rounds }))
 }
 
 /// Prints `| measure | kv | etcd | kv / etcd |` rows for every pair of
@@ -643,7 +648,7 @@ async fn main() -> Result<(), Error> {
         Cmd::Watchers { endpoints, watchers: n, rate, secs } => watchers(endpoints, n, rate, secs).await?,
         Cmd::Load { endpoints, keys, value_size } => load(endpoints, keys, value_size).await?,
         Cmd::Ports { n } => ports(n)?,
-        Cmd::Fsync { dir, count } => fsync(dir, count)?,
+        Cmd::Fsync { dir, count } => fsync(&dir, count)?,
         Cmd::Rtt { url, count } => rtt(&url, count)?,
         Cmd::Floor { dir, count, rounds } => floor(&dir, count, rounds)?,
         Cmd::Ready { url } => {
