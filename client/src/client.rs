@@ -75,6 +75,11 @@ pub struct PutOptions {
     pub if_match: Option<u64>,
     /// Only write when the key does not exist (`If-None-Match: *`).
     pub create_only: bool,
+    /// The request id to send (`X-Kv-Request-Id`); a fresh one when `None`.
+    /// Resending a write whose outcome is unknown (a timeout, a 504) with
+    /// the id it was first sent with is answered with its first outcome,
+    /// never applied twice.
+    pub request_id: Option<String>,
 }
 
 /// Options of a list.
@@ -297,7 +302,7 @@ impl Client {
     pub async fn put(&self, key: &str, value: impl Into<Bytes>, opts: &PutOptions) -> Result<TxnResponse, Error> {
         validate_key(key)?;
         let value: Bytes = value.into();
-        let id = self.new_request_id();
+        let id = opts.request_id.clone().unwrap_or_else(|| self.new_request_id());
         let resp = self
             .send(Method::PUT, &format!("/v1/kv/{}", encode_key(key)), |mut r| {
                 r = r.header(header::REQUEST_ID, &id).body(value.clone());

@@ -48,7 +48,41 @@ impl LogStore {
         let last = s.last_log_id()?;
         s.store.durable.wrote(last);
         s.store.sync();
+        s.step_down_at_start();
         Ok(s)
+    }
+
+    /// Comes back from a restart as a follower, never as the leader it was.
+    ///
+    /// IMPORTANT: no log id is ever reused with other content. A log id is
+    /// (term, leader, index), and only the leader of a term makes log ids
+    /// of that term, one index after another, so within one life of the
+    /// process it never makes the same one twice. Across a restart it could:
+    /// openraft 0.9 restores a node whose saved vote is its own committed
+    /// one as leader of that same term at once, and that leader appends at
+    /// the end of its log as it finds it. A leader's own appends may reach
+    /// the followers before its disk (the early append, see
+    /// [`crate::store::Durability`]), and a power cut (or an fsync that never
+    /// completed) loses them from its log while the followers keep them. It
+    /// would then append other entries under the log ids the followers
+    /// already hold; followers compare log ids only, keep theirs, and the
+    /// replicas diverge for good. So the saved vote is turned back into an
+    /// uncommitted one for the same leader id before openraft reads it: the
+    /// node starts as a follower, still bound by its vote in that term (it
+    /// grants no other candidate of the term), and can lead again only after
+    /// winning an election in a later term, whose log ids are new. Any
+    /// follower's log then is compared by the normal rules, so what a quorum
+    /// holds wins (etcd and TiKV likewise restart every node as a follower).
+    /// The rewritten vote is on disk before openraft starts.
+    fn step_down_at_start(&mut self) {
+        let Some(vote) = self.vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(self.id)) else {
+            return;
+        };
+        let demoted = Vote { committed: false, ..vote };
+        self.store.raft.insert(VOTE, encode(&demoted)).unwrap_or_else(|e| write_failed(e));
+        self.store.sync();
+        self.vote = Some(demoted);
+        tracing::info!(term = vote.leader_id().term, "was the leader before the restart; starting as a follower");
     }
 
     fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {

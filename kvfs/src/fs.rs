@@ -290,6 +290,7 @@ impl KvFs {
             attrs,
             if_match: (!replace && base_rev > 0).then_some(base_rev),
             create_only: create_only && node.provisional,
+            request_id: None,
         };
         let key = self.remote.key(&path);
         let _own = self.sync.own_write(&path);
@@ -388,6 +389,7 @@ impl KvFs {
             },
             if_match: None,
             create_only: true,
+            request_id: None,
         };
         let key = self.remote.key(path);
         let _own = self.sync.own_write(path);

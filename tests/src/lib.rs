@@ -8,6 +8,7 @@
 pub mod linearizability;
 pub mod man;
 pub mod net;
+pub mod powercut;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,6 +41,8 @@ pub struct Kvd {
     /// CA that signs the node's certificate, when it speaks TLS.
     pub ca: Option<PathBuf>,
     log: PathBuf,
+    /// The power-cut recorder's log of the running process (tests/failsync).
+    powercut_log: PathBuf,
     /// Addresses to bind on restart (kept so membership stays valid).
     addrs: Option<(String, String)>,
     /// Network namespace and address to listen on (see [`net::Net`]).
@@ -134,6 +137,7 @@ impl Kvd {
             child: None,
             id,
             log: tmp.path().join("kvd.log"),
+            powercut_log: tmp.path().join("powercut.log"),
             data_dir: tmp.path().join("data"),
             url: String::new(),
             peer_url: String::new(),
@@ -184,6 +188,7 @@ impl Kvd {
             .args(["--client-addr", &client_addr, "--peer-addr", &peer_addr])
             .args(&self.extra)
             .env("RUST_LOG", "info")
+            .env("KV_STALL_FSYNC_FILE", self.stall_file())
             .envs(self.env.iter().map(|(a, b)| (a, b)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -191,6 +196,18 @@ impl Kvd {
         if bootstrap {
             cmd.arg("--bootstrap");
         }
+        // IMPORTANT: every kvd runs with the power-cut recorder, so any test
+        // can cut its power (see `power_cut`). NOTE: what a previous run left
+        // unsynced counts as durable from here on (the page cache keeps it
+        // across a `kill -9`; only a power cut in between would lose it).
+        let _ = std::fs::remove_file(&self.powercut_log);
+        let recorder = bin("libkv_failsync.so");
+        let preload = match self.env.iter().find(|(k, _)| k == "LD_PRELOAD") {
+            Some((_, v)) if v.split(':').any(|p| Path::new(p) == recorder) => v.clone(),
+            Some((_, v)) => format!("{}:{v}", recorder.display()),
+            None => recorder.display().to_string(),
+        };
+        cmd.env("LD_PRELOAD", preload).env("KV_POWERCUT_LOG", &self.powercut_log);
         let mut child = cmd.spawn().expect("spawn kvd");
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -234,6 +251,33 @@ impl Kvd {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The trigger file that stalls the process's fsyncs (tests/failsync),
+    /// unless the test gave one of its own.
+    fn stall_file(&self) -> PathBuf {
+        self.powercut_log.with_file_name("stall-fsync")
+    }
+
+    /// Stalls every fsync of the process from now on, as a stuck disk does,
+    /// or lets them go on again.
+    pub fn stall_fsync(&self, stalled: bool) {
+        if stalled {
+            std::fs::write(self.stall_file(), "").expect("create the stall trigger");
+        } else if let Err(e) = std::fs::remove_file(self.stall_file()) {
+            assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "remove the stall trigger: {e}");
+        }
+    }
+
+    /// A power cut: `kill -9`, then every byte the process wrote to its data
+    /// dir after that file's last completed fsync is zeroed (tests/failsync).
+    /// Returns what was taken back.
+    pub fn power_cut(&mut self) -> powercut::Cut {
+        self.kill9();
+        self.stall_fsync(false);
+        let cut = powercut::apply(&self.powercut_log, &self.data_dir).expect("apply the power cut");
+        let _ = std::fs::remove_file(&self.powercut_log);
+        cut
     }
 
     /// SIGTERM the process and wait for it to exit; returns its exit code.

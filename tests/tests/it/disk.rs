@@ -52,7 +52,7 @@ impl Drop for SmallFs {
 }
 
 /// Polls `f` until it returns `Some`, for at most 10 s.
-fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(v) = f() {
@@ -65,13 +65,13 @@ fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 /// A bootstrapped kvd in `dir` with the fsync-fault library loaded, whose
 /// trigger file (`var`: see tests/failsync) is `trigger`.
-fn bootstrap_with_failsync(dir: &Path, var: &str, trigger: &Path, extra: &[&str]) -> Kvd {
+pub(crate) fn bootstrap_with_failsync(dir: &Path, var: &str, trigger: &Path, extra: &[&str]) -> Kvd {
     let lib = bin("libkv_failsync.so");
     let env = [("LD_PRELOAD", lib.to_str().expect("utf-8 path")), (var, trigger.to_str().expect("utf-8 path"))];
     Kvd::bootstrap_on(dir.join("data"), &env, extra)
 }
 
-fn metric(text: &str, name: &str) -> u64 {
+pub(crate) fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
         .and_then(|v| v.parse().ok())

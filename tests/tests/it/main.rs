@@ -10,6 +10,7 @@ mod faults;
 mod hostile;
 mod kvctl;
 mod mount;
+mod powercut;
 mod security;
 mod validation;
 mod watch;
