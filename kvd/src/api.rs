@@ -954,14 +954,16 @@ async fn cluster(State(node): State<Shared>, Extension(caller): Extension<Caller
     Ok(axum::Json(node.cluster_info().await).into_response())
 }
 
-/// Sends a membership request on to the leader unless this node leads.
-/// `Ok(None)`: this node is the leader and handles it.
+/// Sends a membership request on to the leader unless this node leads,
+/// and waits at most `wait` for its answer. `Ok(None)`: this node is the
+/// leader and handles it.
 async fn forward_to_leader(
     node: &Node,
     method: Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: Option<Bytes>,
+    wait: Duration,
 ) -> ApiResult<Option<HttpResponse>> {
     let deadline = Instant::now() + node.request_timeout();
     let leader = node.wait_for_leader(deadline).await?;
@@ -972,7 +974,7 @@ async fn forward_to_leader(
         return Err(ApiError::unavailable(format!("the leader (node {leader}) has no known client URL")));
     };
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut req = node.net.http().request(method, format!("{}{path}", url.trim_end_matches('/')));
+    let mut req = node.net.http().request(method, format!("{}{path}", url.trim_end_matches('/'))).timeout(wait);
     if let Some(a) = headers.get(header::AUTHORIZATION) {
         req = req.header(header::AUTHORIZATION, a.clone());
     }
@@ -1013,7 +1015,8 @@ async fn add_member(
     caller.need_admin("add a member to")?;
     let raw = read_body(&headers, body, 64 << 10, "the request").await?;
     let req: AddMember = parse_json(&raw)?;
-    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, &headers, Some(raw)).await? {
+    let wait = crate::cluster::JOIN_TIMEOUT + node.change_timeout() + node.request_timeout();
+    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, &headers, Some(raw), wait).await? {
         return Ok(r);
     }
     let (id, peer_url) = (req.id, req.peer_url.clone());
@@ -1031,7 +1034,8 @@ async fn promote_member(
 ) -> ApiResult<HttpResponse> {
     caller.need_admin("promote a member of")?;
     let id = member_id(&uri)?;
-    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, &headers, None).await? {
+    let wait = node.change_timeout() + node.request_timeout();
+    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, &headers, None, wait).await? {
         return Ok(r);
     }
     node.promote(id).await?;
@@ -1049,13 +1053,15 @@ async fn remove_member(
 ) -> ApiResult<HttpResponse> {
     caller.need_admin("remove a member of")?;
     let id = member_id(&uri)?;
-    if let Some(r) = forward_to_leader(&node, Method::DELETE, &uri, &headers, None).await? {
+    // NOTE: the leader removing itself transfers leadership first.
+    let wait = node.transfer_timeout() + node.change_timeout() + node.request_timeout() * 2;
+    if let Some(r) = forward_to_leader(&node, Method::DELETE, &uri, &headers, None, wait).await? {
         return Ok(r);
     }
     if id == node.cfg.id {
         if let Some(next) = node.successor() {
             node.transfer_leader(next).await?;
-            if let Some(r) = forward_to_leader(&node, Method::DELETE, &uri, &headers, None).await? {
+            if let Some(r) = forward_to_leader(&node, Method::DELETE, &uri, &headers, None, wait).await? {
                 return Ok(r);
             }
         }
@@ -1076,7 +1082,8 @@ async fn transfer_leader(
     caller.need_admin("move the leader of")?;
     let raw = read_body(&headers, body, 64 << 10, "the request").await?;
     let req: TransferLeader = parse_json(&raw)?;
-    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, &headers, Some(raw)).await? {
+    let wait = node.transfer_timeout() + node.request_timeout();
+    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, &headers, Some(raw), wait).await? {
         return Ok(r);
     }
     node.transfer_leader(req.id).await?;
@@ -1117,6 +1124,9 @@ async fn metrics(State(node): State<Shared>, Extension(caller): Extension<Caller
         disk_free: node.disk.free(),
         disk_full: node.disk.is_low(),
         no_space_refusals: node.disk.refused.load(std::sync::atomic::Ordering::Relaxed),
+        heartbeats_paused: node.heartbeats.held(),
+        elections_held: node.elections.held(),
+        proposals_held: node.proposer.held(),
     };
     let mut resp = METRICS.render(&g).into_response();
     resp.headers_mut()

@@ -2,7 +2,7 @@
 //! member (forwarded to the leader over the peer API), membership changes,
 //! leadership transfer, and status.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,9 @@ use crate::types::{Member, NodeId, Request, Response};
 /// Pause between attempts while the leader changes.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How long a member status query may take.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a new member may take to catch up before it is promoted.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why the leader did not take a forwarded request (peer API wire type).
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
@@ -280,24 +280,6 @@ impl Node {
         }
     }
 
-    /// Stops this node from starting elections for `d` (zero: allow now).
-    pub fn hold_elections(&self, d: Duration) {
-        let generation = self.hold_gen.fetch_add(1, Ordering::SeqCst) + 1;
-        if d.is_zero() {
-            self.raft.runtime_config().elect(true);
-            return;
-        }
-        self.raft.runtime_config().elect(false);
-        let raft = self.raft.clone();
-        let gen = self.hold_gen.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(d).await;
-            if gen.load(Ordering::SeqCst) == generation {
-                raft.runtime_config().elect(true);
-            }
-        });
-    }
-
     /// This node's own status.
     pub async fn status(&self) -> NodeStatus {
         let m = self.raft.metrics().borrow().clone();
@@ -433,101 +415,17 @@ impl Node {
         }
     }
 
+    /// How long a membership change may take to commit.
+    pub fn change_timeout(&self) -> Duration {
+        self.request_timeout() * 4
+    }
+
     async fn change(&self, c: ChangeMembers<NodeId, Member>) -> Result<()> {
-        match tokio::time::timeout(self.request_timeout() * 4, self.raft.change_membership(c, false)).await {
+        match tokio::time::timeout(self.change_timeout(), self.raft.change_membership(c, false)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(unavailable(format!("membership change failed: {e}"))),
             Err(_) => Err(unavailable("membership change did not commit in time; it may still complete")),
         }
-    }
-
-    /// The voter best placed to take over from this leader: the other voter
-    /// whose log matches furthest.
-    pub fn successor(&self) -> Option<NodeId> {
-        let m = self.raft.metrics().borrow().clone();
-        let repl = m.replication.clone().unwrap_or_default();
-        m.membership_config
-            .membership()
-            .voter_ids()
-            .filter(|v| *v != self.cfg.id)
-            .max_by_key(|v| repl.get(v).cloned().flatten().map(|l| l.index))
-    }
-
-    /// Hands leadership to voter `target`: once it has caught up, the other
-    /// voters hold their elections and this leader stops its heartbeats, so
-    /// the target's election wins. Leader only.
-    pub async fn transfer_leader(&self, target: NodeId) -> Result<()> {
-        let m = self.raft.metrics().borrow().clone();
-        if m.current_leader == Some(target) {
-            return Ok(());
-        }
-        let voters: BTreeMap<NodeId, Member> =
-            m.membership_config.membership().voter_ids().filter_map(|v| self.member(v).map(|mb| (v, mb))).collect();
-        let Some(target_member) = voters.get(&target).cloned() else {
-            return Err(ClusterError::Invalid(format!("node {target} is not a voter")));
-        };
-        tracing::info!(target, "transferring leadership");
-        let deadline = Instant::now() + self.request_timeout() * 2;
-        // 1. The target must hold the whole log.
-        let last = m.last_log_index;
-        self.raft
-            .wait(Some(deadline.saturating_duration_since(Instant::now())))
-            .metrics(
-                |m| {
-                    let matched = m.replication.as_ref().and_then(|r| r.get(&target).cloned().flatten());
-                    matched.map(|l| l.index) >= last
-                },
-                "transfer target caught up",
-            )
-            .await
-            .map_err(|_| unavailable(format!("node {target} did not catch up in time")))?;
-        // 2. No new entries (they would renew the followers' leases), nobody
-        // but the target may campaign for a while, and no heartbeats.
-        let _paused = self.proposer.gate.write().await;
-        let hold = Duration::from_millis(self.cfg.election_timeout_ms * 8);
-        for (id, mb) in &voters {
-            if *id != target && *id != self.cfg.id {
-                let _ = self
-                    .net
-                    .call::<_, ()>(&mb.peer_url, path::HOLD_ELECTIONS, &(hold.as_millis() as u64), STATUS_TIMEOUT)
-                    .await;
-            }
-        }
-        self.hold_elections(hold);
-        self.raft.runtime_config().heartbeat(false);
-        // 3. Once the followers' leader leases have run out, the target campaigns.
-        let result = async {
-            // NOTE: openraft's leader lease is the maximum election timeout.
-            let lease = self.cfg.election_timeout_ms * 2 + self.cfg.heartbeat_ms * 2;
-            tokio::time::sleep(Duration::from_millis(lease)).await;
-            loop {
-                let _ = self
-                    .net
-                    .call::<_, std::result::Result<(), String>>(
-                        &target_member.peer_url,
-                        path::ELECT,
-                        &(),
-                        STATUS_TIMEOUT,
-                    )
-                    .await;
-                let wait = self.raft.wait(Some(Duration::from_millis(self.cfg.election_timeout_ms * 2)));
-                if wait.metrics(|m| m.current_leader == Some(target), "new leader").await.is_ok() {
-                    return Ok(());
-                }
-                if Instant::now() >= deadline + hold {
-                    return Err(unavailable(format!("node {target} did not take over in time")));
-                }
-            }
-        }
-        .await;
-        self.raft.runtime_config().heartbeat(true);
-        self.hold_elections(Duration::ZERO);
-        for (id, mb) in &voters {
-            if *id != target && *id != self.cfg.id {
-                let _ = self.net.call::<_, ()>(&mb.peer_url, path::HOLD_ELECTIONS, &0u64, STATUS_TIMEOUT).await;
-            }
-        }
-        result
     }
 }
 

@@ -28,6 +28,7 @@ mod sm;
 mod snapfile;
 mod store;
 mod tls;
+mod transfer;
 mod types;
 
 pub use config::{Config, FileConfig, Flags};

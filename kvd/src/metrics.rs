@@ -123,6 +123,12 @@ pub struct Gauges {
     pub disk_full: bool,
     /// Writes refused for lack of space.
     pub no_space_refusals: u64,
+    /// 1 while a leadership transfer pauses this leader's heartbeats.
+    pub heartbeats_paused: bool,
+    /// 1 while this node holds back its elections (leadership transfer).
+    pub elections_held: bool,
+    /// 1 while a leadership transfer holds proposals.
+    pub proposals_held: bool,
 }
 
 impl Metrics {
@@ -141,6 +147,19 @@ impl Metrics {
         gauge(&mut out, "kv_db_size_bytes", "Disk space used by the database.", g.db_bytes);
         gauge(&mut out, "kv_disk_free_bytes", "Bytes free on the data dir's filesystem.", g.disk_free);
         gauge(&mut out, "kv_disk_full", "1 while writes are refused for lack of disk space.", g.disk_full as u64);
+        gauge(
+            &mut out,
+            "kv_raft_heartbeats_paused",
+            "1 while a leadership transfer pauses this leader's heartbeats.",
+            g.heartbeats_paused as u64,
+        );
+        gauge(
+            &mut out,
+            "kv_raft_elections_held",
+            "1 while this node holds back its elections for a leadership transfer.",
+            g.elections_held as u64,
+        );
+        gauge(&mut out, "kv_proposals_held", "1 while a leadership transfer holds proposals.", g.proposals_held as u64);
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };

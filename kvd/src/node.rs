@@ -16,6 +16,7 @@ use crate::proposer::Proposer;
 use crate::sm::{Shared, StateMachine};
 use crate::store::{lock_dir, DirLock, Store};
 use crate::tls::{serve, Tls};
+use crate::transfer::Holds;
 use crate::types::{Member, Raft};
 
 /// File `kvd restore` leaves in a data dir it built.
@@ -74,8 +75,11 @@ pub struct Node {
     pub started_ns: u128,
     /// Counter of server-made request ids.
     pub seq: AtomicU64,
-    /// Generation of election holds (leadership transfer).
-    pub hold_gen: Arc<AtomicU64>,
+    /// This node's heartbeats as leader, paused by a leadership transfer.
+    pub heartbeats: Arc<Holds>,
+    /// This node's elections, held by a leadership transfer (its own, or a
+    /// peer's for a while).
+    pub elections: Arc<Holds>,
     /// Auth mode, JWT verification.
     pub auth: crate::auth::Auth,
     /// Free space of the data dir's filesystem.
@@ -238,7 +242,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .map(|d| d.as_nanos())
             .unwrap_or(0),
         seq: AtomicU64::new(0),
-        hold_gen: Arc::default(),
+        heartbeats: {
+            let raft = raft.clone();
+            Holds::new(move |on| raft.runtime_config().heartbeat(on))
+        },
+        elections: {
+            let raft = raft.clone();
+            Holds::new(move |on| raft.runtime_config().elect(on))
+        },
         auth,
         disk: Arc::new(crate::disk::Disk::new(&cfg.data_dir, cfg.min_free_space)),
         read_index_rounds: Default::default(),

@@ -94,7 +94,7 @@ async fn hold_elections(State(node): State<Arc<Node>>, body: Bytes) -> HttpRespo
         Ok(ms) => ms,
         Err(r) => return r,
     };
-    node.hold_elections(Duration::from_millis(ms));
+    node.elections.hold_for(Duration::from_millis(ms));
     reply(&())
 }
 

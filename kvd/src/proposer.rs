@@ -63,6 +63,12 @@ impl Proposer {
         Proposer { tx, gate }
     }
 
+    /// Whether proposals are held (or about to be) by a leadership transfer.
+    pub fn held(&self) -> bool {
+        // NOTE: the lock is fair: readers wait behind a writer that waits.
+        self.gate.try_read().is_err()
+    }
+
     /// Proposes a write and waits until it is committed and applied.
     pub async fn propose(&self, req: Request) -> Result<Response, ProposeError> {
         let size = req

@@ -44,7 +44,7 @@ fn voters(c: &ClusterInfo) -> Vec<u64> {
 }
 
 /// Polls the given nodes until they agree on a leader among them.
-async fn agreed_leader(nodes: &[&Kvd]) -> u64 {
+pub(crate) async fn agreed_leader(nodes: &[&Kvd]) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut seen = Vec::new();
