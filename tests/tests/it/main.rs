@@ -11,6 +11,7 @@ mod hostile;
 mod kvctl;
 mod mount;
 mod security;
+mod stale;
 mod validation;
 mod watch;
 
