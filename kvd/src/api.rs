@@ -28,6 +28,7 @@ use crate::auth::{Caller, Denied, Validity};
 use crate::cluster::ClusterError;
 use crate::metrics::{Gauges, METRICS};
 use crate::node::Node;
+use crate::sm::ReadError;
 use crate::types::{Cmp, Op, Outcome, PutAttrs, Request, Response, StoredEntry, TokenRecord, Txn};
 
 /// Most operations a transaction may hold.
@@ -254,7 +255,8 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: u64, what: &str) -> A
 /// through the leader when this node is not it).
 async fn read_barrier(node: &Node, stale: bool) -> ApiResult<()> {
     if stale {
-        return node.check_member().map_err(ApiError::from);
+        node.check_member()?;
+        return node.check_stale().map_err(ApiError::from);
     }
     node.linearize().await.map_err(ApiError::from)
 }
@@ -267,6 +269,15 @@ impl From<ClusterError> for ApiError {
             ClusterError::NotFound(m) => ApiError::not_found(m),
             ClusterError::NoSpace(m) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", m),
             ClusterError::UnknownOutcome(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "unknown_outcome", m),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> ApiError {
+        match e {
+            ReadError::Loading => ApiError::unavailable(e.to_string()),
+            ReadError::Io(e) => ApiError::internal(e),
         }
     }
 }
@@ -384,7 +395,7 @@ async fn kv_get(
     let (key, stale) = parse_get(&uri)?;
     caller.need_read(&key)?;
     read_barrier(&node, stale).await?;
-    let (entry, rev) = node.sm.get(&key).map_err(ApiError::internal)?;
+    let (entry, rev) = node.sm.get(&key)?;
     let Some(e) = entry else {
         let mut resp = ApiError::not_found(format!("key {key:?} not found")).into_response();
         resp.headers_mut().insert(kvh::REVISION, rev.into());
@@ -593,8 +604,7 @@ async fn list(State(node): State<Shared>, Extension(caller): Extension<Caller>, 
     let q = parse_list(&uri)?;
     let access = caller.need_some_read(&q.prefix)?;
     read_barrier(&node, q.stale).await?;
-    let mut r =
-        node.sm.list(&q.prefix, q.recursive, q.values, q.after.as_deref(), q.limit).map_err(ApiError::internal)?;
+    let mut r = node.sm.list(&q.prefix, q.recursive, q.values, q.after.as_deref(), q.limit)?;
     if access == Access::Partial {
         // NOTE: only what the caller may read, and the directories leading
         // to it; paging still works because `next_after` is unchanged.
@@ -743,7 +753,7 @@ pub struct WatchPages {
 
 impl WatchPages {
     /// The page after revision `after`, or `None` if that is compacted.
-    fn after(&self, node: &Node, after: u64) -> std::io::Result<Option<Arc<WatchPage>>> {
+    fn after(&self, node: &Node, after: u64) -> Result<Option<Arc<WatchPage>>, ReadError> {
         if let Some(p) =
             self.pages.lock().ok().and_then(|p| p.iter().find(|(a, _)| *a == after).map(|(_, p)| p.clone()))
         {
@@ -796,6 +806,19 @@ impl WatchState {
             }
             let page = match self.node.watch_pages.after(&self.node, self.cursor) {
                 Ok(p) => p,
+                // NOTE: a snapshot is loading; the install announces its
+                // revision once done, and the stream goes on from there.
+                Err(ReadError::Loading) => match tokio::time::timeout(WATCH_KEEPALIVE, self.rx.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => {
+                        self.done = true;
+                        return;
+                    }
+                    Err(_) => {
+                        self.out.push_back(Bytes::from_static(b": keepalive\n\n"));
+                        return;
+                    }
+                },
                 Err(e) => {
                     let body = serde_json::json!({"error": "internal", "message": e.to_string()});
                     self.out.push_back(sse("error", None, &body.to_string()));

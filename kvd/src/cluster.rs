@@ -111,6 +111,35 @@ impl Node {
         Ok(())
     }
 
+    /// Whether this member may answer a stale read from its own state.
+    ///
+    /// IMPORTANT: a stale read never goes back in revision on a member, not
+    /// even across its crash. The state machine's writes are not fsync'd on
+    /// their own (they ride along with the next log fsync, crate::sm), so
+    /// after a crash the state may be behind what was served, and openraft
+    /// re-applies only up to the commit index it last saved, which is not
+    /// fsync'd either. What is durable is the log: everything ever applied
+    /// here was on disk in it first. So until the state machine reaches the
+    /// last log index found on disk at start (`stale_from`), or a read index
+    /// from the leader (which covers everything ever committed) has been
+    /// applied, stale reads get 503. Once open, the gate costs one atomic
+    /// load per read, and no read ever waits for an fsync.
+    pub fn check_stale(&self) -> Result<()> {
+        if self.stale_open.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let applied = self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        if applied >= self.stale_from {
+            self.stale_open.store(true, Ordering::Release);
+            return Ok(());
+        }
+        Err(ClusterError::Unavailable(format!(
+            "node {} restarted and has applied index {applied} of the {} it had before; \
+             it answers stale reads once caught up (retry, or read from another member)",
+            self.cfg.id, self.stale_from
+        )))
+    }
+
     /// How to reach a member, from the current membership.
     pub fn member(&self, id: NodeId) -> Option<Member> {
         self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
@@ -176,8 +205,10 @@ impl Node {
             .wait(Some(left))
             .applied_index_at_least(Some(index), "linearizable read")
             .await
-            .map(|_| ())
-            .map_err(|_| unavailable("this member is too far behind the leader to answer in time"))
+            .map_err(|_| unavailable("this member is too far behind the leader to answer in time"))?;
+        // NOTE: caught up with everything ever committed (see `check_stale`).
+        self.stale_open.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Proposes a write here, if this node leads (also for forwarded writes).

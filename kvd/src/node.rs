@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +90,11 @@ pub struct Node {
     pub linearize_rounds: crate::rounds::Rounds<Result<u64, crate::cluster::ClusterError>>,
     /// Watch events encoded once for every stream.
     pub watch_pages: crate::api::WatchPages,
+    /// The last log index on disk at start: stale reads wait until the
+    /// state machine reaches it (see [`Node::check_stale`]).
+    pub stale_from: u64,
+    /// Set once stale reads may be answered.
+    pub stale_open: AtomicBool,
     store: Store,
     _lock: DirLock,
 }
@@ -174,6 +179,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let lock = lock_dir(&cfg.data_dir)?;
     let store = Store::open(&cfg.data_dir)?;
     let log = LogStore::new(store.clone(), cfg.id)?;
+    // NOTE: `LogStore::new` has made the whole log durable.
+    let stale_from = store.durable.synced().map_or(0, |l| l.index);
     let sm = StateMachine::open(store.clone(), cfg.history_revisions)
         .with_context(|| format!("cannot open the state machine in {}", cfg.data_dir.display()))?;
     let shared = sm.shared();
@@ -255,6 +262,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         read_index_rounds: Default::default(),
         linearize_rounds: Default::default(),
         watch_pages: Default::default(),
+        stale_from,
+        stale_open: AtomicBool::new(false),
         store: store.clone(),
         _lock: lock,
     });

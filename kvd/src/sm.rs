@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fjall::Readable;
@@ -41,6 +42,27 @@ struct ApplyState {
     membership: StoredMembership,
     revision: u64,
     compact: u64,
+}
+
+/// Why the state machine cannot answer a read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// A snapshot from the leader is being loaded: the state is neither the
+    /// old one nor the new one yet. Retry shortly, or read from another member.
+    #[error("this member is loading a snapshot from the leader; retry shortly or read from another member")]
+    Loading,
+    /// The store failed to read.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Ends a load (see [`Shared::view`]) when dropped, whatever happened.
+struct LoadDone<'a>(&'a AtomicU64);
+
+impl Drop for LoadDone<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// Watch events (revision, event) and the last revision scanned.
@@ -76,7 +98,27 @@ pub struct Shared {
     snap_dir: PathBuf,
     rev_tx: watch::Sender<u64>,
     history: u64,
+    /// Held to put a snapshot in place and load it, and to take the view a
+    /// snapshot is written from (see [`Shared::lock_snapshots`]).
+    snapshots: std::sync::Mutex<()>,
+    /// Odd while a snapshot is being loaded (see [`Shared::view`]).
+    loads: AtomicU64,
+    /// Called at each [`Step`], so that a test can force an interleaving.
+    #[cfg(test)]
+    hook: std::sync::Mutex<Option<Hook>>,
 }
+
+/// Points where a test may stop a snapshot build or load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A build has written its file and is about to put it in place.
+    Built,
+    /// A load has cleared the state and is about to write the snapshot's.
+    Cleared,
+}
+
+#[cfg(test)]
+type Hook = Arc<dyn Fn(Step) + Send + Sync>;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,6 +166,56 @@ fn dedup_idx_key(index: u64, id: &str) -> Vec<u8> {
 }
 
 impl Shared {
+    #[cfg(test)]
+    fn at(&self, step: Step) {
+        let hook = self.hook.lock().ok().and_then(|h| h.clone());
+        if let Some(h) = hook {
+            h(step);
+        }
+    }
+
+    #[cfg(not(test))]
+    fn at(&self, _step: Step) {}
+
+    /// A consistent view of the state for a read, unless a snapshot is
+    /// being loaded.
+    ///
+    /// IMPORTANT: a load clears the state and writes the snapshot's in many
+    /// batches, with the old revision and applied id in place until its last
+    /// one; a view taken in between shows keys missing under a revision they
+    /// were written before, a state that never existed. `loads` is odd while
+    /// a load runs (a sequence lock): a view is used only if no load began or
+    /// ran while it was taken. Two atomic loads per read; readers never wait.
+    fn view(&self) -> Result<fjall::Snapshot, ReadError> {
+        let before = self.loads.load(Ordering::SeqCst);
+        let snap = self.store.db.snapshot();
+        if before % 2 == 1 || self.loads.load(Ordering::SeqCst) != before {
+            return Err(ReadError::Loading);
+        }
+        Ok(snap)
+    }
+
+    /// The lock around putting a snapshot in place and loading it.
+    ///
+    /// IMPORTANT: openraft builds snapshots on a task of their own, which may
+    /// finish while a newer snapshot is being installed. Under this lock a
+    /// snapshot goes in place only if it is newer than the one there, an
+    /// install renames and loads as one step, and a build takes its view of
+    /// the state between loads, never during one.
+    fn lock_snapshots(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.snapshots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a snapshot with `header` is newer than the one in place (or
+    /// there is none, or it is unreadable). Call under [`Self::lock_snapshots`].
+    fn newer_than_current(&self, header: &Header) -> io::Result<bool> {
+        match snapfile::read_header(&self.current_snapshot_path()) {
+            Ok(cur) => Ok(header.meta.last_log_id > cur.meta.last_log_id),
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::InvalidData) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The latest applied revision, and a way to wait for the next one.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.rev_tx.subscribe()
@@ -155,8 +247,8 @@ impl Shared {
     }
 
     /// Reads one entry and the revision the read reflects.
-    pub fn get(&self, key: &str) -> io::Result<(Option<StoredEntry>, u64)> {
-        let snap = self.store.db.snapshot();
+    pub fn get(&self, key: &str) -> Result<(Option<StoredEntry>, u64), ReadError> {
+        let snap = self.view()?;
         let rev = u64_of(snap.get(&self.store.sm_meta, REVISION).map_err(io_err)?);
         let e = snap.get(&self.store.data, key).map_err(io_err)?;
         Ok((e.map(|b| decode(&b)).transpose()?, rev))
@@ -172,8 +264,8 @@ impl Shared {
         values: bool,
         after: Option<&str>,
         limit: usize,
-    ) -> io::Result<ListResponse> {
-        let snap = self.store.db.snapshot();
+    ) -> Result<ListResponse, ReadError> {
+        let snap = self.view()?;
         let revision = u64_of(snap.get(&self.store.sm_meta, REVISION).map_err(io_err)?);
         let base = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
         let info = |key: String, e: StoredEntry| {
@@ -247,8 +339,8 @@ impl Shared {
     /// only, stopping after about `max` events scanned. Returns the events
     /// and the last revision scanned (the cursor to continue from), or `None`
     /// when `after` is older than the retained history.
-    pub fn events_after(&self, after: u64, prefix: &str, max: usize) -> io::Result<Option<EventPage>> {
-        let snap = self.store.db.snapshot();
+    pub fn events_after(&self, after: u64, prefix: &str, max: usize) -> Result<Option<EventPage>, ReadError> {
+        let snap = self.view()?;
         let compact = u64_of(snap.get(&self.store.sm_meta, COMPACT).map_err(io_err)?);
         if after < compact {
             return Ok(None);
@@ -498,15 +590,25 @@ impl Shared {
         Ok(())
     }
 
-    /// Writes a snapshot of the current state to `current.snap`.
-    fn build_snapshot_file(&self) -> io::Result<Header> {
+    /// Writes a snapshot of the current state and puts it in place as
+    /// `current.snap`, unless a newer one got there meanwhile. Returns it
+    /// open (the file written, whatever the path holds by then).
+    fn build_snapshot_file(&self) -> io::Result<(Header, std::fs::File)> {
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let tmp = self.snap_dir.join(format!("build-{nanos}.tmp"));
         let header = self.write_snapshot(&tmp)?;
+        let file = std::fs::File::open(&tmp)?;
+        self.at(Step::Built);
+        let _one = self.lock_snapshots();
+        if !self.newer_than_current(&header)? {
+            tracing::info!(snapshot = %header.meta.snapshot_id, "a newer snapshot was put in place meanwhile; keeping it");
+            std::fs::remove_file(&tmp)?;
+            return Ok((header, file));
+        }
         std::fs::rename(&tmp, self.current_snapshot_path())?;
         snapfile::sync_dir(&self.snap_dir)?;
-        Ok(header)
+        Ok((header, file))
     }
 
     /// A fresh temp file name in the snapshot dir (removed at start if left).
@@ -518,7 +620,10 @@ impl Shared {
 
     /// Writes a snapshot of one consistent view of the state to `dest`.
     pub fn write_snapshot(&self, dest: &std::path::Path) -> io::Result<Header> {
-        let snap = self.store.db.snapshot();
+        let snap = {
+            let _one = self.lock_snapshots();
+            self.store.db.snapshot()
+        };
         let m = &self.store.sm_meta;
         let applied: Option<LogId> = snap.get(m, APPLIED).map_err(io_err)?.map(|b| decode(&b)).transpose()?.flatten();
         let membership: StoredMembership =
@@ -549,18 +654,27 @@ impl Shared {
         Ok(header)
     }
 
-    /// Replaces the state with the verified snapshot file at `current.snap`.
-    fn load_current_snapshot(&self) -> io::Result<ApplyState> {
-        let path = self.current_snapshot_path();
-        // NOTE: its records were checked before it became `current.snap`
-        // (install, or the snapshot this node built); the CRC pass here only
-        // keeps a damaged file from being half loaded.
-        let header = snapfile::verify(&path)?;
+    /// Replaces the state with the snapshot in `file` (the one in place as
+    /// `current.snap`). Call under [`Self::lock_snapshots`].
+    ///
+    /// IMPORTANT: read from the open file that was checked, never again by
+    /// path: a rename in between could put another file there.
+    fn load_snapshot(&self, file: &mut std::fs::File) -> io::Result<ApplyState> {
+        use std::io::Seek;
+        // NOTE: its records were checked before it went in place (install,
+        // or the snapshot this node built); the CRC pass here only keeps a
+        // damaged file from being half loaded.
+        file.rewind()?;
+        let header = snapfile::read(&mut *file, |_, _, _| Ok(()))?;
+        file.rewind()?;
         let s = &self.store;
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        let _done = LoadDone(&self.loads);
         for ks in [&s.data, &s.dedup, &s.events, &s.sys] {
             ks.clear().unwrap_or_else(|e| fatal("clearing the state machine failed", &e));
         }
-        let mut batch = load_records(s, &path).unwrap_or_else(|e| fatal("loading a snapshot failed", &e));
+        self.at(Step::Cleared);
+        let mut batch = load_records(s, file).unwrap_or_else(|e| fatal("loading a snapshot failed", &e));
         let st = ApplyState {
             applied: header.meta.last_log_id,
             membership: header.meta.last_membership.clone(),
@@ -584,8 +698,10 @@ impl Shared {
 /// store. The node then bootstraps a new one-member cluster on first start,
 /// continuing from the snapshot's revision.
 pub fn restore(store: &Store, snapshot: &std::path::Path) -> io::Result<u64> {
-    let header = verify_snapshot(snapshot)?;
-    let mut batch = load_records(store, snapshot)?;
+    let mut file = std::fs::File::open(snapshot)?;
+    let header = verify_snapshot(&mut file)?;
+    std::io::Seek::rewind(&mut file)?;
+    let mut batch = load_records(store, file)?;
     batch.insert(&store.sm_meta, REVISION, header.revision.to_be_bytes());
     batch.insert(&store.sm_meta, COMPACT, header.revision.to_be_bytes());
     batch.commit().map_err(io_err)?;
@@ -619,8 +735,8 @@ pub(crate) fn check_record(tag: u8, k: &[u8], v: &[u8]) -> io::Result<()> {
 }
 
 /// Checks a whole snapshot file (CRC and every record) and returns its header.
-pub(crate) fn verify_snapshot(path: &std::path::Path) -> io::Result<Header> {
-    snapfile::read(std::fs::File::open(path)?, |tag, k, v| check_record(tag, &k, &v))
+pub(crate) fn verify_snapshot(file: impl io::Read) -> io::Result<Header> {
+    snapfile::read(file, |tag, k, v| check_record(tag, &k, &v))
 }
 
 #[cfg(any(test, fuzzing))]
@@ -641,9 +757,9 @@ pub fn fuzz_snapshot(data: &[u8]) {
 
 /// Writes a (verified) snapshot file's records into the store in batches;
 /// returns the last batch, still open, for the caller's metadata.
-fn load_records(store: &Store, path: &std::path::Path) -> io::Result<fjall::OwnedWriteBatch> {
+fn load_records(store: &Store, file: impl io::Read) -> io::Result<fjall::OwnedWriteBatch> {
     let mut batch = store.db.batch();
-    snapfile::read(std::fs::File::open(path)?, |tag, k, v| {
+    snapfile::read(file, |tag, k, v| {
         let ks = match tag {
             TAG_DATA => &store.data,
             TAG_SYS => &store.sys,
@@ -703,15 +819,29 @@ impl StateMachine {
             }
         }
         let (rev_tx, _) = watch::channel(0);
-        let shared = Arc::new(Shared { store, tokens: Default::default(), snap_dir, rev_tx, history: history.max(1) });
+        let shared = Arc::new(Shared {
+            store,
+            tokens: Default::default(),
+            snap_dir,
+            rev_tx,
+            history: history.max(1),
+            snapshots: Default::default(),
+            loads: AtomicU64::new(0),
+            #[cfg(test)]
+            hook: Default::default(),
+        });
         let mut st = shared.apply_state()?;
-        let cur = shared.current_snapshot_path();
-        if cur.exists() {
-            let header = snapfile::read_header(&cur)?;
-            if header.meta.last_log_id > st.applied {
-                tracing::warn!(snapshot = %header.meta.snapshot_id, "state is behind the last snapshot; loading it");
-                st = shared.load_current_snapshot()?;
+        match std::fs::File::open(shared.current_snapshot_path()) {
+            Ok(mut file) => {
+                let header = snapfile::read_header_from(&mut file)?;
+                if header.meta.last_log_id > st.applied {
+                    tracing::warn!(snapshot = %header.meta.snapshot_id, "state is behind the last snapshot; loading it");
+                    let _one = shared.lock_snapshots();
+                    st = shared.load_snapshot(&mut file)?;
+                }
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         shared.reload_tokens()?;
         shared.rev_tx.send_replace(st.revision);
@@ -731,14 +861,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let shared = self.shared.clone();
-        let header = blocking(move || shared.build_snapshot_file())
+        let (header, file) = blocking(move || shared.build_snapshot_file())
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let file = tokio::fs::File::open(self.shared.current_snapshot_path())
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         tracing::info!(snapshot = %header.meta.snapshot_id, revision = header.revision, "built snapshot");
-        Ok(Snapshot { meta: header.meta, snapshot: Box::new(file) })
+        Ok(Snapshot { meta: header.meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })
     }
 }
 
@@ -800,21 +927,39 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let st = blocking(move || {
             use std::io::Seek;
             src.rewind()?;
-            let tmp = shared.snap_dir.join("install.tmp");
-            let mut dst = std::fs::File::create(&tmp)?;
+            let nanos =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let tmp = shared.snap_dir.join(format!("install-{nanos}.tmp"));
+            let mut dst = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&tmp)?;
             std::io::copy(&mut src, &mut dst)?;
             dst.sync_all()?;
-            // Checked whole at the door; loading it below reads it again.
-            let header = verify_snapshot(&tmp)?;
-            if header.meta.last_log_id != want {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot does not match its metadata"));
-            }
-            std::fs::rename(&tmp, shared.current_snapshot_path())?;
-            snapfile::sync_dir(&shared.snap_dir)?;
+            dst.rewind()?;
+            // Checked whole at the door, from the open file that is loaded below.
+            let checked = verify_snapshot(&mut dst);
+            let header = match checked {
+                Ok(h) if h.meta.last_log_id == want => h,
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot does not match its metadata"));
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            };
             if let Some(p) = receiving {
                 let _ = std::fs::remove_file(p);
             }
-            shared.load_current_snapshot()
+            let _one = shared.lock_snapshots();
+            // NOTE: openraft installs only snapshots past what is committed
+            // here, and a snapshot in place never is; refuse rather than go back.
+            if !shared.newer_than_current(&header)? {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io::Error::other("a newer snapshot is already in place"));
+            }
+            std::fs::rename(&tmp, shared.current_snapshot_path())?;
+            snapfile::sync_dir(&shared.snap_dir)?;
+            shared.load_snapshot(&mut dst)
         })
         .await
         .map_err(werr)?;
@@ -826,13 +971,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let path = self.shared.current_snapshot_path();
-        if !path.exists() {
-            return Ok(None);
-        }
-        let p = path.clone();
-        let header =
-            blocking(move || snapfile::read_header(&p)).await.map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let file = tokio::fs::File::open(&path).await.map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Some(Snapshot { meta: header.meta, snapshot: Box::new(file) }))
+        // NOTE: the header is read from the file opened, so the two match
+        // even if a build puts another file in place meanwhile.
+        let found = blocking(move || match std::fs::File::open(&path) {
+            Ok(mut file) => {
+                let header = snapfile::read_header_from(&mut file)?;
+                std::io::Seek::rewind(&mut file)?;
+                Ok(Some((header, file)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(found
+            .map(|(header, file)| Snapshot { meta: header.meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }))
     }
 }
+
+#[cfg(test)]
+#[path = "sm_tests.rs"]
+mod tests;

@@ -166,14 +166,14 @@ pub fn read<R: Read>(r: R, mut f: impl FnMut(u8, Vec<u8>, Vec<u8>) -> io::Result
     Ok(header)
 }
 
-/// Checks a whole snapshot file and returns its header.
-pub fn verify(path: &Path) -> io::Result<Header> {
-    read(File::open(path)?, |_, _, _| Ok(()))
-}
-
 /// Reads only the header of a snapshot file (no checksum check).
 pub fn read_header(path: &Path) -> io::Result<Header> {
-    let mut r = CrcReader { inner: BufReader::new(File::open(path)?), crc: crc32fast::Hasher::new() };
+    read_header_from(File::open(path)?)
+}
+
+/// Reads only the header from `r` (no checksum check); it may read past it.
+pub fn read_header_from<R: Read>(r: R) -> io::Result<Header> {
+    let mut r = CrcReader { inner: BufReader::new(r), crc: crc32fast::Hasher::new() };
     let mut magic = [0u8; 8];
     r.exact(&mut magic)?;
     if &magic != MAGIC {
@@ -190,6 +190,10 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn verify(path: &Path) -> io::Result<Header> {
+        read(File::open(path)?, |_, _, _| Ok(()))
+    }
 
     fn sample(path: &Path) -> Header {
         let header = Header { meta: SnapshotMeta::default(), revision: 7 };

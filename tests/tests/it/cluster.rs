@@ -24,7 +24,7 @@ async fn add(via: &Kvd, node: &Kvd, learner: bool) -> reqwest::Response {
         .expect("add member")
 }
 
-async fn add_ok(via: &Kvd, node: &mut Kvd, learner: bool) {
+pub(crate) async fn add_ok(via: &Kvd, node: &mut Kvd, learner: bool) {
     let r = add(via, node, learner).await;
     let status = r.status();
     assert_eq!(status, 200, "adding node {}: {}", node.id, r.text().await.unwrap_or_default());

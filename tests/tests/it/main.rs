@@ -12,6 +12,7 @@ mod kvctl;
 mod mount;
 mod powercut;
 mod security;
+mod stale;
 mod transfer;
 mod validation;
 mod watch;
