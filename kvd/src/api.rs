@@ -24,7 +24,7 @@ use kv_client::{
 use serde::Deserialize;
 use serde_bytes::ByteBuf;
 
-use crate::auth::{Caller, Denied, Validity};
+use crate::auth::{Authority, Caller, Denied, Validity};
 use crate::cluster::ClusterError;
 use crate::metrics::{Gauges, METRICS};
 use crate::node::Node;
@@ -252,13 +252,21 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: u64, what: &str) -> A
 }
 
 /// Waits until this node may answer a linearizable read (read index,
-/// through the leader when this node is not it).
-async fn read_barrier(node: &Node, stale: bool) -> ApiResult<()> {
+/// through the leader when this node is not it), then checks the caller's
+/// credential again.
+///
+/// IMPORTANT: the check before the wait used this node's token table as it
+/// was; after the wait the table holds everything committed before the read
+/// began, a revocation on the leader included, so a revoked token reads
+/// nothing even through a member that was behind. A stale read is answered
+/// from this node's state as it is, its token table included.
+async fn read_barrier(node: &Node, caller: &Caller, stale: bool) -> ApiResult<()> {
     if stale {
         node.check_member()?;
         return node.check_stale().map_err(ApiError::from);
     }
-    node.linearize().await.map_err(ApiError::from)
+    node.linearize().await?;
+    Ok(caller.need_valid(&node.sm.tokens())?)
 }
 
 impl From<ClusterError> for ApiError {
@@ -269,6 +277,7 @@ impl From<ClusterError> for ApiError {
             ClusterError::NotFound(m) => ApiError::not_found(m),
             ClusterError::NoSpace(m) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", m),
             ClusterError::UnknownOutcome(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "unknown_outcome", m),
+            ClusterError::Denied(d) => ApiError::from(d),
         }
     }
 }
@@ -286,7 +295,8 @@ fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
-/// Proposes a transaction and waits until it is committed and applied.
+/// Proposes a transaction and waits until it is committed and applied; the
+/// leader authorizes it again with the caller's credential from `headers`.
 async fn propose(node: &Node, headers: &HeaderMap, txn: Txn) -> ApiResult<Response> {
     let id = match headers.get(kvh::REQUEST_ID) {
         None => String::new(),
@@ -302,7 +312,7 @@ async fn propose(node: &Node, headers: &HeaderMap, txn: Txn) -> ApiResult<Respon
         }
     };
     let req = Request { id, now_ns: now_ns(), txn };
-    node.write(req).await.map_err(ApiError::from)
+    node.write(req, Authority::of_request(headers)).await.map_err(ApiError::from)
 }
 
 fn wire_response(r: &Response) -> TxnResponse {
@@ -394,7 +404,7 @@ async fn kv_get(
 ) -> ApiResult<HttpResponse> {
     let (key, stale) = parse_get(&uri)?;
     caller.need_read(&key)?;
-    read_barrier(&node, stale).await?;
+    read_barrier(&node, &caller, stale).await?;
     let (entry, rev) = node.sm.get(&key)?;
     let Some(e) = entry else {
         let mut resp = ApiError::not_found(format!("key {key:?} not found")).into_response();
@@ -603,7 +613,7 @@ fn parse_list(uri: &Uri) -> ApiResult<ListRequest> {
 async fn list(State(node): State<Shared>, Extension(caller): Extension<Caller>, uri: Uri) -> ApiResult<HttpResponse> {
     let q = parse_list(&uri)?;
     let access = caller.need_some_read(&q.prefix)?;
-    read_barrier(&node, q.stale).await?;
+    read_barrier(&node, &caller, q.stale).await?;
     let mut r = node.sm.list(&q.prefix, q.recursive, q.values, q.after.as_deref(), q.limit)?;
     if access == Access::Partial {
         // NOTE: only what the caller may read, and the directories leading
@@ -680,19 +690,11 @@ async fn txn(
 ) -> ApiResult<HttpResponse> {
     let raw = read_body(&headers, body, node.cfg.max_txn_size, "the transaction").await?;
     let txn = parse_txn(&raw, node.cfg.max_value_size)?;
+    if txn.success.iter().chain(&txn.failure).any(|op| matches!(op, Op::CreateToken(_) | Op::RevokeToken(_))) {
+        return Err(ApiError::bad("bad_request", "tokens are managed through /v1/auth/tokens"));
+    }
     // A transaction touching anything the caller may not touch is refused whole.
-    for c in &txn.compare {
-        let (Cmp::ModRevision(k, _) | Cmp::Exists(k, _)) = c;
-        caller.need_read(k)?;
-    }
-    for op in txn.success.iter().chain(&txn.failure) {
-        match op {
-            Op::Put { key, .. } | Op::Delete { key, .. } => caller.need_write(key)?,
-            Op::CreateToken(_) | Op::RevokeToken(_) => {
-                return Err(ApiError::bad("bad_request", "tokens are managed through /v1/auth/tokens"))
-            }
-        }
-    }
+    caller.need_txn(&txn)?;
     let r = propose(&node, &headers, txn).await?;
     Ok(json_with_revision(StatusCode::OK, r.revision, &wire_response(&r)))
 }
@@ -933,7 +935,7 @@ async fn watch(
 async fn snapshot(State(node): State<Shared>, Extension(caller): Extension<Caller>) -> ApiResult<HttpResponse> {
     caller.need_admin("take a snapshot of")?;
     tracing::info!(who = caller.who(), "snapshot requested");
-    node.linearize().await?;
+    read_barrier(&node, &caller, false).await?;
     let sm = node.sm.clone();
     let path = sm.temp_snapshot_path();
     let p = path.clone();
@@ -977,11 +979,14 @@ async fn cluster(State(node): State<Shared>, Extension(caller): Extension<Caller
     Ok(axum::Json(node.cluster_info().await).into_response())
 }
 
-/// Sends a membership request on to the leader unless this node leads,
-/// and waits at most `wait` for its answer. `Ok(None)`: this node is the
-/// leader and handles it.
+/// Sends a membership request on to the leader unless this node leads, with
+/// the caller's `Authorization` header: the leader checks it on its own.
+/// `Ok(None)`: this node is the leader, and the caller (checked again here,
+/// on a token table holding everything committed before this leader's term)
+/// may `action`.
 async fn forward_to_leader(
     node: &Node,
+    action: &str,
     method: Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -991,6 +996,9 @@ async fn forward_to_leader(
     let deadline = Instant::now() + node.request_timeout();
     let leader = node.wait_for_leader(deadline).await?;
     if leader == node.cfg.id {
+        // IMPORTANT: the member that decides the change authorizes it.
+        node.await_own_term_applied(deadline.saturating_duration_since(Instant::now())).await?;
+        node.auth.caller(headers, &node.sm.tokens())?.need_admin(action)?;
         return Ok(None);
     }
     let Some(url) = node.member(leader).map(|m| m.client_url).filter(|u| !u.is_empty()) else {
@@ -1039,7 +1047,7 @@ async fn add_member(
     let raw = read_body(&headers, body, 64 << 10, "the request").await?;
     let req: AddMember = parse_json(&raw)?;
     let wait = crate::cluster::JOIN_TIMEOUT + node.change_timeout() + node.request_timeout();
-    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, &headers, Some(raw), wait).await? {
+    if let Some(r) = forward_to_leader(&node, "add a member to", Method::POST, &uri, &headers, Some(raw), wait).await? {
         return Ok(r);
     }
     let (id, peer_url) = (req.id, req.peer_url.clone());
@@ -1058,7 +1066,7 @@ async fn promote_member(
     caller.need_admin("promote a member of")?;
     let id = member_id(&uri)?;
     let wait = node.change_timeout() + node.request_timeout();
-    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, &headers, None, wait).await? {
+    if let Some(r) = forward_to_leader(&node, "promote a member of", Method::POST, &uri, &headers, None, wait).await? {
         return Ok(r);
     }
     node.promote(id).await?;
@@ -1078,13 +1086,15 @@ async fn remove_member(
     let id = member_id(&uri)?;
     // NOTE: the leader removing itself transfers leadership first.
     let wait = node.transfer_timeout() + node.change_timeout() + node.request_timeout() * 2;
-    if let Some(r) = forward_to_leader(&node, Method::DELETE, &uri, &headers, None, wait).await? {
+    if let Some(r) = forward_to_leader(&node, "remove a member of", Method::DELETE, &uri, &headers, None, wait).await? {
         return Ok(r);
     }
     if id == node.cfg.id {
         if let Some(next) = node.successor() {
             node.transfer_leader(next).await?;
-            if let Some(r) = forward_to_leader(&node, Method::DELETE, &uri, &headers, None, wait).await? {
+            if let Some(r) =
+                forward_to_leader(&node, "remove a member of", Method::DELETE, &uri, &headers, None, wait).await?
+            {
                 return Ok(r);
             }
         }
@@ -1106,7 +1116,9 @@ async fn transfer_leader(
     let raw = read_body(&headers, body, 64 << 10, "the request").await?;
     let req: TransferLeader = parse_json(&raw)?;
     let wait = node.transfer_timeout() + node.request_timeout();
-    if let Some(r) = forward_to_leader(&node, Method::POST, &uri, &headers, Some(raw), wait).await? {
+    if let Some(r) =
+        forward_to_leader(&node, "move the leader of", Method::POST, &uri, &headers, Some(raw), wait).await?
+    {
         return Ok(r);
     }
     node.transfer_leader(req.id).await?;
@@ -1170,7 +1182,7 @@ fn token_info(r: &TokenRecord) -> TokenInfo {
 /// GET /v1/auth/tokens (linearizable)
 async fn list_tokens(State(node): State<Shared>, Extension(caller): Extension<Caller>) -> ApiResult<HttpResponse> {
     caller.need_admin("list the tokens of")?;
-    read_barrier(&node, false).await?;
+    read_barrier(&node, &caller, false).await?;
     let mut list: Vec<TokenInfo> = node.sm.tokens().values().map(token_info).collect();
     list.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(axum::Json(list).into_response())

@@ -1,16 +1,15 @@
 //! Who is asking, and may they (DESIGN.md §10): the auth mode, bearer
 //! tokens kept hashed in the replicated system area, and JWTs.
 
-use std::sync::Arc;
-
 use axum::http::{header, HeaderMap};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use kv_client::{Access, Grants};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::jwt::{looks_like_jwt, Verifier};
 use crate::sm::TokenTable;
+use crate::types::{Cmp, Op, Txn};
 
 /// Which requests need a credential.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -84,8 +83,40 @@ impl Validity {
     }
 }
 
+/// On whose behalf a write is made. The member that decides a write (the
+/// leader) works out the caller again from this, against its own token
+/// table: a member's own check may rest on a table that has not applied a
+/// revocation yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authority {
+    /// The node itself (the bootstrap admin token, before any token
+    /// exists). Never sent to another member: a forwarded write always
+    /// carries a client's credential, or none.
+    Node,
+    /// A client, by the value of the `Authorization` header it sent
+    /// (`None`: it sent none).
+    Client(Option<String>),
+}
+
+impl Authority {
+    /// The credential of a client request.
+    pub fn of_request(headers: &HeaderMap) -> Authority {
+        Authority::Client(headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("").to_owned()))
+    }
+
+    /// What a member sends along with a write it forwards.
+    pub fn forwarded(&self) -> Option<String> {
+        match self {
+            Authority::Node => None,
+            Authority::Client(a) => a.clone(),
+        }
+    }
+}
+
 /// A refused request: 401 without a usable credential, 403 without the right.
-#[derive(Debug)]
+/// Travels from the leader back to a member that forwarded a write.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
 pub struct Denied {
     /// 401 or 403.
     pub status: u16,
@@ -143,6 +174,34 @@ impl Caller {
         }
     }
 
+    /// Every right a transaction needs: read on what it compares, write on
+    /// what it puts or deletes, admin to create or revoke a token. Refused
+    /// whole when one is missing.
+    pub fn need_txn(&self, txn: &Txn) -> Result<(), Denied> {
+        for c in &txn.compare {
+            let (Cmp::ModRevision(k, _) | Cmp::Exists(k, _)) = c;
+            self.need_read(k)?;
+        }
+        for op in txn.success.iter().chain(&txn.failure) {
+            match op {
+                Op::Put { key, .. } | Op::Delete { key, .. } => self.need_write(key)?,
+                Op::CreateToken(_) | Op::RevokeToken(_) => self.need_admin("manage the tokens of")?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a caller whose credential stopped holding: a token revoked
+    /// in `tokens`, or a JWT past its expiry.
+    pub fn need_valid(&self, tokens: &TokenTable) -> Result<(), Denied> {
+        if self.valid_while.holds(tokens) {
+            Ok(())
+        } else {
+            tracing::warn!(who = self.who(), "revoked or expired credential refused");
+            Err(Denied { status: 401, message: "the token was revoked or has expired".into() })
+        }
+    }
+
     /// Any valid credential in mode `all` (cluster status and the like).
     pub fn need_known(&self, action: &str) -> Result<(), Denied> {
         if self.mode != Mode::All || self.name.is_some() {
@@ -172,7 +231,15 @@ fn now_s() -> u64 {
 
 impl Auth {
     /// Works out the caller of a request from its `Authorization` header.
-    pub fn caller(&self, headers: &HeaderMap, tokens: &Arc<TokenTable>) -> Result<Caller, Denied> {
+    pub fn caller(&self, headers: &HeaderMap, tokens: &TokenTable) -> Result<Caller, Denied> {
+        // NOTE: a header that is not text is refused below like any other
+        // that is not "Bearer TOKEN".
+        self.caller_from(headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("")), tokens)
+    }
+
+    /// Works out the caller from the value of an `Authorization` header
+    /// (`None`: the request had none), against `tokens`.
+    pub fn caller_from(&self, authorization: Option<&str>, tokens: &TokenTable) -> Result<Caller, Denied> {
         let open = match self.mode {
             Mode::None => {
                 return Ok(Caller { name: None, grants: Grants::all(), mode: self.mode, valid_while: Validity::Always })
@@ -180,14 +247,13 @@ impl Auth {
             Mode::Writes => Grants::read_all(),
             Mode::All => Grants::default(),
         };
-        let Some(v) = headers.get(header::AUTHORIZATION) else {
+        let Some(v) = authorization else {
             return Ok(Caller { name: None, grants: open, mode: self.mode, valid_while: Validity::Always });
         };
         let unauthorized = |m: &str| Denied { status: 401, message: m.to_owned() };
         let token = v
-            .to_str()
-            .ok()
-            .and_then(|s| s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer ")))
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
             .map(str::trim)
             .ok_or_else(|| unauthorized("Authorization must be \"Bearer TOKEN\""))?;
         let (name, mut grants, valid_while) = if looks_like_jwt(token) {
@@ -214,6 +280,8 @@ impl Auth {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::types::TokenRecord;
 
@@ -250,5 +318,34 @@ mod tests {
         let bad = HeaderMap::from_iter([(header::AUTHORIZATION, "Basic eA==".parse().expect("header"))]);
         assert_eq!(all.caller(&bad, &tokens).expect_err("not bearer").status, 401);
         assert!(all.caller(&bearer("eyJ.a.b"), &tokens).expect_err("no jwt").message.contains("JWT"));
+    }
+
+    #[test]
+    fn a_transaction_needs_every_right_it_uses_and_a_live_credential() {
+        let t = new_token().expect("token");
+        let rec = TokenRecord::new(
+            "app",
+            Grants { read: vec!["app".into()], write: vec!["app".into()], admin: false },
+            &t,
+            0,
+        );
+        let tokens = TokenTable::from([(rec.hash.clone(), rec)]);
+        let auth = Auth { mode: Mode::All, ..Auth::default() };
+        let app = auth.caller_from(Some(&format!("Bearer {t}")), &tokens).expect("known token");
+        let put = |k: &str| Op::Put { key: k.into(), value: None, attrs: Default::default() };
+        let txn = |compare, success: Vec<Op>| Txn { compare, success, failure: vec![] };
+        assert!(app.need_txn(&txn(vec![Cmp::Exists("app/a".into(), true)], vec![put("app/b")])).is_ok());
+        assert_eq!(
+            app.need_txn(&txn(vec![Cmp::Exists("db/a".into(), true)], vec![])).expect_err("compare").status,
+            403
+        );
+        assert_eq!(app.need_txn(&txn(vec![], vec![put("app/b"), put("db/b")])).expect_err("one op").status, 403);
+        let revoke = txn(vec![], vec![Op::RevokeToken("admin".into())]);
+        assert_eq!(app.need_txn(&revoke).expect_err("tokens need admin").status, 403);
+        let anon = auth.caller_from(None, &tokens).expect("anonymous");
+        assert_eq!(anon.need_txn(&txn(vec![], vec![put("app/b")])).expect_err("no token").status, 401);
+        assert!(app.need_valid(&tokens).is_ok());
+        assert_eq!(app.need_valid(&TokenTable::new()).expect_err("revoked").status, 401);
+        assert!(anon.need_valid(&TokenTable::new()).is_ok(), "no credential, nothing to revoke");
     }
 }

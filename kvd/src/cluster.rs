@@ -12,6 +12,7 @@ use openraft::{ChangeMembers, ServerState};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Authority, Denied, Mode};
 use crate::network::{path, CallError};
 use crate::node::Node;
 use crate::proposer::ProposeError;
@@ -40,6 +41,28 @@ pub enum ForwardError {
     /// refused the write without taking it.
     #[error("{0}")]
     NoQuorum(String),
+    /// The leader refused the caller (401) or the right (403), against its
+    /// own token table; nothing was written.
+    #[error("{0}")]
+    Denied(Denied),
+    /// The leader has not yet applied what was committed before its term,
+    /// so it cannot authorize yet; it refused the write without taking it.
+    #[error("{0}")]
+    NotReady(String),
+}
+
+/// A client write forwarded to the leader (peer API wire type).
+///
+/// IMPORTANT: it carries the client's credential as the client sent it, and
+/// nothing that says "already authorized": the leader authorizes every
+/// write itself (see [`Node::propose_local`]), so neither a member with an
+/// old token table nor anyone who reaches the peer port gets a write past it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Forwarded {
+    /// The write.
+    pub req: Request,
+    /// The value of the client's `Authorization` header, if it sent one.
+    pub authorization: Option<String>,
 }
 
 impl From<ProposeError> for ForwardError {
@@ -66,6 +89,9 @@ pub enum ClusterError {
     /// A disk is nearly full; writes are refused until space is freed (507).
     #[error("{0}")]
     NoSpace(String),
+    /// The caller has no usable credential (401) or lacks a right (403).
+    #[error("{0}")]
+    Denied(Denied),
     /// A write was not confirmed in time but may still apply (504): the
     /// caller must treat its outcome as unknown, or resend it with the same
     /// request id, which answers with the outcome once it is known.
@@ -145,9 +171,10 @@ impl Node {
         self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
     }
 
-    /// Writes through the leader, wherever it is; waits at most the request
-    /// timeout, across leader changes.
-    pub async fn write(&self, mut req: Request) -> Result<Response> {
+    /// Writes through the leader, wherever it is, on behalf of `authority`
+    /// (checked there); waits at most the request timeout, across leader
+    /// changes.
+    pub async fn write(&self, mut req: Request, authority: Authority) -> Result<Response> {
         self.check_member()?;
         self.disk.check(self.cfg.id).map_err(ClusterError::NoSpace)?;
         let deadline = Instant::now() + self.request_timeout();
@@ -157,11 +184,12 @@ impl Node {
             req.id = format!("kvd-{}-{}-{}", self.cfg.id, self.started_ns, self.seq.fetch_add(1, Ordering::Relaxed));
         }
         let ms = self.cfg.request_timeout_ms;
+        let forwarded = Forwarded { req: req.clone(), authorization: authority.forwarded() };
         self.on_leader(
             deadline,
             path::PROPOSE,
-            &req,
-            |left| self.propose_local(req.clone(), left),
+            &forwarded,
+            |left| self.propose_local(req.clone(), &authority, left),
             |e, maybe| {
                 if maybe {
                     ClusterError::UnknownOutcome(format!(
@@ -211,8 +239,14 @@ impl Node {
         Ok(())
     }
 
-    /// Proposes a write here, if this node leads (also for forwarded writes).
-    pub async fn propose_local(&self, req: Request, left: Duration) -> std::result::Result<Response, ForwardError> {
+    /// Proposes a write here, if this node leads (also for forwarded
+    /// writes), once `authority` may make it.
+    pub async fn propose_local(
+        &self,
+        req: Request,
+        authority: &Authority,
+        left: Duration,
+    ) -> std::result::Result<Response, ForwardError> {
         {
             let m = self.raft.metrics();
             let m = m.borrow();
@@ -232,10 +266,41 @@ impl Node {
             }
         }
         self.disk.check(self.cfg.id).map_err(ForwardError::NoSpace)?;
+        // IMPORTANT: the write is authorized here, on the member that
+        // decides it, against this leader's token table, whatever the member
+        // that took it from the client checked: that member may not have
+        // applied a revocation yet.
+        if let Authority::Client(authorization) = authority {
+            if self.auth.mode != Mode::None {
+                self.await_own_term_applied(left).await.map_err(|e| ForwardError::NotReady(e.to_string()))?;
+                let caller =
+                    self.auth.caller_from(authorization.as_deref(), &self.sm.tokens()).map_err(ForwardError::Denied)?;
+                caller.need_txn(&req.txn).map_err(ForwardError::Denied)?;
+            }
+        }
         match tokio::time::timeout(left, self.proposer.propose(req)).await {
             Ok(r) => r.map_err(ForwardError::from),
             Err(_) => Err(ForwardError::Failed("not committed in time".into())),
         }
+    }
+
+    /// Returns once this leader has applied an entry of its own term (the
+    /// blank one it appends when elected): every entry committed before its
+    /// term, every revocation a client saw answered among them, is then in
+    /// its state machine. At once in the steady state.
+    pub async fn await_own_term_applied(&self, left: Duration) -> Result<()> {
+        let own_term_applied = |m: &openraft::RaftMetrics<NodeId, Member>| {
+            m.last_applied.is_some_and(|l| l.leader_id.term >= m.current_term)
+        };
+        if own_term_applied(&self.raft.metrics().borrow()) {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(left))
+            .metrics(own_term_applied, "leader applied its own term")
+            .await
+            .map(|_| ())
+            .map_err(|_| unavailable("the new leader has not applied the entries of earlier terms yet; retry"))
     }
 
     /// The read index, if this node leads (also for followers' requests).
@@ -299,8 +364,12 @@ impl Node {
             match attempt {
                 Ok(v) => return Ok(v),
                 Err(ForwardError::NoSpace(m)) => return Err(ClusterError::NoSpace(m)),
+                Err(ForwardError::Denied(d)) => return Err(ClusterError::Denied(d)),
                 Err(e) => {
-                    maybe_taken |= !matches!(e, ForwardError::NotLeader(_) | ForwardError::NoQuorum(_));
+                    maybe_taken |= !matches!(
+                        e,
+                        ForwardError::NotLeader(_) | ForwardError::NoQuorum(_) | ForwardError::NotReady(_)
+                    );
                     if Instant::now() + RETRY_PAUSE >= deadline {
                         return Err(fail(e, maybe_taken));
                     }

@@ -26,7 +26,8 @@ pub mod path {
     pub const VOTE: &str = "/peer/v1/vote";
     /// One chunk of InstallSnapshot.
     pub const SNAPSHOT: &str = "/peer/v1/snapshot";
-    /// A client write forwarded to the leader.
+    /// A client write forwarded to the leader, with the client's credential
+    /// (`crate::cluster::Forwarded`); the leader authorizes it.
     pub const PROPOSE: &str = "/peer/v1/propose";
     /// The leader's read index, for a follower's linearizable read.
     pub const READ_INDEX: &str = "/peer/v1/read-index";

@@ -346,7 +346,7 @@ async fn store_admin_token(node: Arc<Node>) {
         txn: crate::types::Txn { compare: vec![], success: vec![crate::types::Op::CreateToken(rec)], failure: vec![] },
     };
     loop {
-        match node.write(req.clone()).await {
+        match node.write(req.clone(), crate::auth::Authority::Node).await {
             Ok(_) => break,
             Err(e) => {
                 tracing::info!(error = %e, "waiting to store the admin token");

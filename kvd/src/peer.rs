@@ -14,9 +14,11 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::auth::Authority;
+use crate::cluster::Forwarded;
 use crate::network::path;
 use crate::node::Node;
-use crate::types::{decode, encode, Request, TypeConfig};
+use crate::types::{decode, encode, TypeConfig};
 use openraft::raft::AppendEntriesRequest;
 
 /// Largest peer request: a batch of log entries or one snapshot chunk.
@@ -74,13 +76,14 @@ async fn snapshot(State(node): State<Arc<Node>>, body: Bytes) -> HttpResponse {
     }
 }
 
-/// A follower's client write, run through this node's proposer if it leads.
+/// A follower's client write, authorized and run through this node's
+/// proposer if it leads.
 async fn propose(State(node): State<Arc<Node>>, body: Bytes) -> HttpResponse {
-    let req: Request = match parse(&body) {
-        Ok(r) => r,
+    let f: Forwarded = match parse(&body) {
+        Ok(f) => f,
         Err(r) => return r,
     };
-    reply(&node.propose_local(req, node.request_timeout()).await)
+    reply(&node.propose_local(f.req, &Authority::Client(f.authorization), node.request_timeout()).await)
 }
 
 /// The read index a follower must apply up to before a linearizable read.
@@ -125,7 +128,7 @@ pub fn fuzz_peer(data: &[u8]) {
     let _ = decode::<AppendEntriesRequest<TypeConfig>>(data);
     let _ = decode::<VoteRequest<NodeId>>(data);
     let _ = decode::<InstallSnapshotRequest<TypeConfig>>(data);
-    let _ = decode::<Request>(data);
+    let _ = decode::<Forwarded>(data);
     let _ = decode::<u64>(data);
     let _ = decode::<Entry>(data);
     let _ = decode::<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>(data);

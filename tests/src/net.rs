@@ -7,8 +7,10 @@
 //! `10.R.S.(i+1)` on the other end. A partition is a set of blackhole routes
 //! inside the hosts' namespaces, so packets between the sides are dropped
 //! (open connections stall, new ones fail) and packets to the test process
-//! are not. Everything is deleted on drop; names carry the test process's
-//! pid, and leftovers of dead test processes are swept at the next start.
+//! are not. A one-way cut of one port is a blackhole rule (`ip rule ...
+//! dport`) in the sending host's namespace. Everything is deleted on drop;
+//! names carry the test process's pid, and leftovers of dead test processes
+//! are swept at the next start.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,6 +33,8 @@ pub struct Net {
     hosts: usize,
     /// Blackhole routes in place: (host, address).
     cut: Vec<(usize, String)>,
+    /// Blackhole rules in place: (host, `ip rule` selector).
+    rules: Vec<(usize, Vec<String>)>,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -67,7 +71,7 @@ impl Net {
         let tag = format!("kvt{pid}n{n}");
         // A subnet of 10.0.0.0/8 unlikely to be in use: from the pid and the count.
         let subnet = format!("10.{}.{}", 100 + (pid % 100), (pid / 100 % 200 + n * 7) % 250);
-        let net = Net { tag, subnet, hosts, cut: Vec::new() };
+        let net = Net { tag, subnet, hosts, cut: Vec::new(), rules: Vec::new() };
         let br = net.bridge();
         ip(&["link", "add", &br, "type", "bridge"]);
         ip(&["addr", "add", &format!("{}.254/24", net.subnet), "dev", &br]);
@@ -119,10 +123,32 @@ impl Net {
         self.cut.push((from, dst));
     }
 
+    /// Drops TCP packets from `from` to port `port` of `to` only: `from`
+    /// can no longer call that port (new connections fail, open ones
+    /// stall), while `to` still calls `from`, and `from` still answers.
+    pub fn cut_port(&mut self, from: usize, to: usize, port: u16) {
+        let selector: Vec<String> =
+            ["to", &format!("{}/32", self.addr(to)), "ipproto", "tcp", "dport", &port.to_string()]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let mut args = vec!["-n".to_owned(), self.ns(from), "rule".into(), "add".into()];
+        args.extend(selector.iter().cloned());
+        args.push("blackhole".into());
+        ip(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        self.rules.push((from, selector));
+    }
+
     /// Restores every path.
     pub fn heal(&mut self) {
         for (a, to) in std::mem::take(&mut self.cut) {
             ip(&["-n", &self.ns(a), "route", "del", "blackhole", &to]);
+        }
+        for (a, selector) in std::mem::take(&mut self.rules) {
+            let mut args = vec!["-n".to_owned(), self.ns(a), "rule".into(), "del".into()];
+            args.extend(selector);
+            args.push("blackhole".into());
+            ip(&args.iter().map(String::as_str).collect::<Vec<_>>());
         }
     }
 }
