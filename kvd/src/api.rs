@@ -129,6 +129,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
         })
+        .layer(axum::middleware::from_fn_with_state(node.clone(), request_id))
         .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::middleware::from_fn_with_state(node.clone(), leader_hint))
         .layer(axum::middleware::from_fn(observe))
@@ -162,6 +163,43 @@ async fn leader_hint(State(node): State<Shared>, req: HttpRequest, next: Next) -
         if let Some(url) = leader.and_then(|l| node.member(l)).and_then(|m| HeaderValue::from_str(&m.client_url).ok()) {
             resp.headers_mut().insert(kvh::LEADER, url);
         }
+    }
+    resp
+}
+
+/// Whether a request is a write proposed to Raft (one that a request id
+/// deduplicates).
+fn proposes(method: &Method, path: &str) -> bool {
+    match *method {
+        Method::PUT => path == "/v1/kv" || path.starts_with("/v1/kv/"),
+        Method::DELETE => path == "/v1/kv" || path.starts_with("/v1/kv/") || path.starts_with("/v1/auth/tokens/"),
+        Method::POST => path == "/v1/txn" || path == "/v1/auth/tokens",
+        _ => false,
+    }
+}
+
+/// What `X-Kv-Request-Id` may hold.
+fn valid_request_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A write sent without `X-Kv-Request-Id` gets one of this node's (stamped
+/// with its time, see crate::dedup); the answer to every write, errors
+/// included, carries the id that was used, so a client told the outcome is
+/// unknown (504) can resend the write with it.
+async fn request_id(State(node): State<Shared>, mut req: HttpRequest, next: Next) -> HttpResponse {
+    if !proposes(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    if !req.headers().contains_key(kvh::REQUEST_ID) {
+        if let Ok(v) = HeaderValue::from_str(&node.new_request_id(now_ns())) {
+            req.headers_mut().insert(kvh::REQUEST_ID, v);
+        }
+    }
+    let id = req.headers().get(kvh::REQUEST_ID).filter(|v| v.to_str().is_ok_and(valid_request_id)).cloned();
+    let mut resp = next.run(req).await;
+    if let Some(id) = id {
+        resp.headers_mut().insert(kvh::REQUEST_ID, id);
     }
     resp
 }
@@ -298,11 +336,13 @@ fn now_ns() -> i64 {
 /// Proposes a transaction and waits until it is committed and applied; the
 /// leader authorizes it again with the caller's credential from `headers`.
 async fn propose(node: &Node, headers: &HeaderMap, txn: Txn) -> ApiResult<Response> {
+    // NOTE: `request_id` gave the request an id if it came without; the
+    // node gives one too if it is still empty.
     let id = match headers.get(kvh::REQUEST_ID) {
         None => String::new(),
         Some(v) => {
             let s = v.to_str().unwrap_or("");
-            if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            if !valid_request_id(s) {
                 return Err(ApiError::bad(
                     "bad_request",
                     "X-Kv-Request-Id must be 1 to 128 printable ASCII characters",
@@ -311,8 +351,23 @@ async fn propose(node: &Node, headers: &HeaderMap, txn: Txn) -> ApiResult<Respon
             s.to_owned()
         }
     };
-    let req = Request { id, now_ns: now_ns(), txn };
-    node.write(req, Authority::of_request(headers)).await.map_err(ApiError::from)
+    let req = Request { id: id.clone(), now_ns: now_ns(), txn };
+    let r = node.write(req, Authority::of_request(headers)).await.map_err(ApiError::from)?;
+    if let Some(Outcome::RequestIdExpired(first_ns)) = r.outcomes.first() {
+        let window_s = node.sm.dedup_window_ms() as f64 / 1000.0;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "request_id_expired",
+            format!(
+                "request id {id:?} was first used at {}, longer ago than the {window_s} s the cluster \
+                 remembers request ids for (less a tenth); whether a write with it was applied is no \
+                 longer known, so this one was refused and nothing was written: read the keys to learn \
+                 their state, and send any new write with a new request id",
+                http_date(*first_ns)
+            ),
+        ));
+    }
+    Ok(r)
 }
 
 fn wire_response(r: &Response) -> TxnResponse {
@@ -331,6 +386,10 @@ fn wire_response(r: &Response) -> TxnResponse {
                 }
                 Outcome::Token(name, _) => {
                     OpResult { op: "token".into(), key: name.clone(), mod_revision: None, deleted: None }
+                }
+                // NOTE: `propose` turns this into an error; it never gets here.
+                Outcome::RequestIdExpired(_) => {
+                    OpResult { op: "refused".into(), key: String::new(), mod_revision: None, deleted: None }
                 }
             })
             .collect(),
@@ -692,6 +751,9 @@ async fn txn(
     let txn = parse_txn(&raw, node.cfg.max_value_size)?;
     if txn.success.iter().chain(&txn.failure).any(|op| matches!(op, Op::CreateToken(_) | Op::RevokeToken(_))) {
         return Err(ApiError::bad("bad_request", "tokens are managed through /v1/auth/tokens"));
+    }
+    if txn.success.iter().chain(&txn.failure).any(|op| matches!(op, Op::SetDedupWindow(_))) {
+        return Err(ApiError::bad("bad_request", "not an operation of a transaction"));
     }
     // A transaction touching anything the caller may not touch is refused whole.
     caller.need_txn(&txn)?;

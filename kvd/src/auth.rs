@@ -186,6 +186,9 @@ impl Caller {
             match op {
                 Op::Put { key, .. } | Op::Delete { key, .. } => self.need_write(key)?,
                 Op::CreateToken(_) | Op::RevokeToken(_) => self.need_admin("manage the tokens of")?,
+                // NOTE: only a leader's proposer writes it; a client's API
+                // request cannot carry it (crate::api refuses it).
+                Op::SetDedupWindow(_) => self.need_admin("set the request-id window of")?,
             }
         }
         Ok(())

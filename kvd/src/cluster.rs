@@ -171,6 +171,12 @@ impl Node {
         self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
     }
 
+    /// A request id of this node's own for a write sent without one, stamped
+    /// with `now_ns` as its time of first use (see crate::dedup).
+    pub fn new_request_id(&self, now_ns: i64) -> String {
+        crate::dedup::new_id(self.cfg.id, self.started_ns, self.seq.fetch_add(1, Ordering::Relaxed), now_ns)
+    }
+
     /// Writes through the leader, wherever it is, on behalf of `authority`
     /// (checked there); waits at most the request timeout, across leader
     /// changes.
@@ -181,7 +187,7 @@ impl Node {
         if req.id.is_empty() {
             // NOTE: an id makes resending after a lost answer or a leader
             // change safe: the state machine applies an id once.
-            req.id = format!("kvd-{}-{}-{}", self.cfg.id, self.started_ns, self.seq.fetch_add(1, Ordering::Relaxed));
+            req.id = self.new_request_id(req.now_ns);
         }
         let ms = self.cfg.request_timeout_ms;
         let forwarded = Forwarded { req: req.clone(), authorization: authority.forwarded() };
@@ -194,7 +200,7 @@ impl Node {
                 if maybe {
                     ClusterError::UnknownOutcome(format!(
                         "the write was not committed within {ms} ms ({e}); it may still apply: \
-                     retry with the same X-Kv-Request-Id to learn its outcome"
+                     resend it with the same X-Kv-Request-Id (this answer carries it) to learn its outcome"
                     ))
                 } else {
                     ClusterError::Unavailable(format!(

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use crate::auth::Mode;
+use crate::dedup;
 use crate::jwt::JwtConfig;
 
 /// Settings a config file may hold; unknown keys are an error.
@@ -36,6 +37,8 @@ pub struct FileConfig {
     pub history_revisions: Option<u64>,
     /// Log entries between snapshots.
     pub snapshot_logs: Option<u64>,
+    /// How long a request id is remembered, ms (the leader's value holds).
+    pub dedup_window_ms: Option<u64>,
     /// Writes are refused while the data dir's filesystem has less free, bytes.
     pub min_free_space: Option<u64>,
     /// How long a write or linearizable read waits for the cluster, ms.
@@ -101,6 +104,13 @@ pub struct Flags {
     /// Log entries between snapshots [default: 20000].
     #[arg(long, env = "KVD_SNAPSHOT_LOGS")]
     pub snapshot_logs: Option<u64>,
+    /// How long a write's X-Kv-Request-Id is remembered, ms: a retry within
+    /// it is answered, not applied again; a retry of an id that carries its
+    /// time (`~MILLIS`) after it is refused. Cluster-wide: the leader writes
+    /// its value into the log, so give every member the same [default:
+    /// 600000, 1000 to 2592000000].
+    #[arg(long, env = "KVD_DEDUP_WINDOW_MS")]
+    pub dedup_window_ms: Option<u64>,
     /// Refuse writes (reads go on) while the data dir's filesystem has fewer
     /// free bytes than this [default: 67108864].
     #[arg(long, env = "KVD_MIN_FREE_SPACE")]
@@ -160,6 +170,8 @@ pub struct Config {
     pub history_revisions: u64,
     /// Log entries between snapshots.
     pub snapshot_logs: u64,
+    /// How long a request id is remembered, ms (crate::dedup).
+    pub dedup_window_ms: u64,
     /// Writes are refused below this many free bytes on the data dir's filesystem.
     pub min_free_space: u64,
     /// Request timeout, ms.
@@ -223,6 +235,14 @@ impl Config {
         if max_value_size == 0 {
             bail!("max_value_size must be positive");
         }
+        let dedup_window_ms = flags.dedup_window_ms.or(file.dedup_window_ms).unwrap_or(dedup::DEFAULT_WINDOW_MS);
+        if !(dedup::MIN_WINDOW_MS..=dedup::MAX_WINDOW_MS).contains(&dedup_window_ms) {
+            bail!(
+                "dedup_window_ms must be from {} (1 s) to {} (30 days), not {dedup_window_ms}",
+                dedup::MIN_WINDOW_MS,
+                dedup::MAX_WINDOW_MS
+            );
+        }
         let tls = match (
             flags.tls_cert.clone().or(file.tls_cert),
             flags.tls_key.clone().or(file.tls_key),
@@ -245,6 +265,7 @@ impl Config {
             max_txn_size: flags.max_txn_size.or(file.max_txn_size).unwrap_or(4 * max_value_size),
             history_revisions: flags.history_revisions.or(file.history_revisions).unwrap_or(100_000),
             snapshot_logs: flags.snapshot_logs.or(file.snapshot_logs).unwrap_or(20_000),
+            dedup_window_ms,
             min_free_space: flags.min_free_space.or(file.min_free_space).unwrap_or(64 << 20),
             request_timeout_ms: flags.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(5000),
             heartbeat_ms: flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100),
@@ -338,5 +359,20 @@ mod tests {
             ..Flags::default()
         };
         assert!(Config::resolve(&flags).is_err());
+    }
+
+    #[test]
+    fn a_dedup_window_out_of_range_is_refused() {
+        let flags = |ms| Flags { id: Some(1), data_dir: Some("/x".into()), dedup_window_ms: ms, ..Flags::default() };
+        assert_eq!(Config::resolve(&flags(None)).expect("default").dedup_window_ms, 600_000);
+        assert_eq!(Config::resolve(&flags(Some(1500))).expect("short").dedup_window_ms, 1500);
+        for bad in [0, 999, 30 * 24 * 3600 * 1000 + 1] {
+            let e = Config::resolve(&flags(Some(bad))).expect_err("out of range");
+            assert!(e.to_string().contains("dedup_window_ms must be from 1000"), "{e}");
+        }
+        for text in ["dedup_window_ms = -1", "dedup_window_ms = \"10m\""] {
+            let e = toml::from_str::<FileConfig>(text).expect_err("not a count of ms");
+            assert!(e.to_string().contains("dedup_window_ms"), "{e}");
+        }
     }
 }

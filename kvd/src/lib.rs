@@ -15,6 +15,7 @@ mod api;
 mod auth;
 mod cluster;
 mod config;
+mod dedup;
 mod disk;
 mod jwt;
 mod log_store;

@@ -236,11 +236,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     write_addr_file(&cfg, "client.addr", client_local)?;
     write_addr_file(&cfg, "peer.addr", peer_local)?;
+    let proposer = Proposer::start(raft.clone(), shared.clone(), cfg.dedup_window_ms);
     let node = Arc::new(Node {
         raft: raft.clone(),
         sm: shared,
         cfg: cfg.clone(),
-        proposer: Proposer::start(raft.clone()),
+        proposer,
         net,
         peer_url,
         client_url,

@@ -10,13 +10,18 @@
 //! One entry in flight, not several: with 64 writers, 3 workers made
 //! entries of about 10 writes; one worker makes fewer, larger entries, and
 //! kvd spent about a sixth less CPU per write (BENCHMARKS.md).
+//!
+//! The worker also puts this node's dedup window into the log (see
+//! crate::dedup) at the front of the first entry it proposes while the
+//! log's window differs from it.
 
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, RwLock};
 
-use crate::types::{Batch, NodeId, Op, Raft, Request, Response};
+use crate::sm::Shared;
+use crate::types::{Batch, NodeId, Op, Raft, Request, Response, Txn};
 
 /// Most requests in one entry.
 const MAX_BATCH: usize = 512;
@@ -55,11 +60,12 @@ impl std::fmt::Debug for Pending {
 }
 
 impl Proposer {
-    /// Starts the worker.
-    pub fn start(raft: Raft) -> Proposer {
+    /// Starts the worker; `dedup_window_ms` is the window this node writes
+    /// into the log when it leads.
+    pub fn start(raft: Raft, sm: Arc<Shared>, dedup_window_ms: u64) -> Proposer {
         let (tx, rx) = mpsc::channel(8192);
         let gate = Arc::new(RwLock::new(()));
-        tokio::spawn(worker(raft, rx, gate.clone()));
+        tokio::spawn(worker(raft, rx, gate.clone(), sm, dedup_window_ms));
         Proposer { tx, gate }
     }
 
@@ -81,6 +87,7 @@ impl Proposer {
                 Op::Delete { key, .. } => key.len(),
                 Op::CreateToken(t) => t.name.len() + t.hash.len() + 64,
                 Op::RevokeToken(name) => name.len(),
+                Op::SetDedupWindow(_) => 8,
             })
             .sum();
         let (reply, rx) = oneshot::channel();
@@ -90,7 +97,7 @@ impl Proposer {
     }
 }
 
-async fn worker(raft: Raft, mut rx: mpsc::Receiver<Pending>, gate: Arc<RwLock<()>>) {
+async fn worker(raft: Raft, mut rx: mpsc::Receiver<Pending>, gate: Arc<RwLock<()>>, sm: Arc<Shared>, window_ms: u64) {
     loop {
         let Some(first) = rx.recv().await else {
             return;
@@ -106,14 +113,23 @@ async fn worker(raft: Raft, mut rx: mpsc::Receiver<Pending>, gate: Arc<RwLock<()
                 Err(_) => break,
             }
         }
-        let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.reply)).unzip();
+        let (mut reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.reply)).unzip();
         crate::metrics::METRICS.proposals.observe_count(reqs.len() as u64);
+        // NOTE: the window goes first, so the writes of the same entry are
+        // already kept for it; its answer is nobody's and is dropped below.
+        let set_window = sm.dedup_window_ms() != window_ms;
+        if set_window {
+            tracing::info!(window_ms, "writing this node's dedup window into the log");
+            let now_ns = reqs.iter().map(|r| r.now_ns).max().unwrap_or(0);
+            let txn = Txn { compare: vec![], success: vec![Op::SetDedupWindow(window_ms)], failure: vec![] };
+            reqs.insert(0, Request { id: String::new(), now_ns, txn });
+        }
         let open = gate.read().await;
         let result = raft.client_write(Batch(reqs)).await;
         drop(open);
         match result {
             Ok(r) => {
-                for (reply, resp) in replies.into_iter().zip(r.data) {
+                for (reply, resp) in replies.into_iter().zip(r.data.into_iter().skip(usize::from(set_window))) {
                     let _ = reply.send(Ok(resp));
                 }
             }

@@ -16,10 +16,10 @@ use fjall::Readable;
 use kv_client::{key_in_prefix, EntryInfo, Kind, ListResponse};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftLogId, StorageIOError};
-use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::sync::watch;
 
+use crate::dedup;
 use crate::snapfile::{self, Header, TAG_DATA, TAG_DEDUP, TAG_SYS};
 use crate::store::{fatal, Store};
 use crate::types::{
@@ -32,16 +32,15 @@ const MEMBERSHIP: &[u8] = b"membership";
 const REVISION: &[u8] = b"revision";
 const COMPACT: &[u8] = b"compact";
 
-/// How many applied log entries a request id is remembered for.
-const DEDUP_WINDOW: u64 = 100_000;
-
 /// What the state machine keeps in memory between applies.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct ApplyState {
     applied: Option<LogId>,
     membership: StoredMembership,
     revision: u64,
     compact: u64,
+    /// The dedup window in effect, ms (crate::dedup).
+    dedup_window_ms: u64,
 }
 
 /// Why the state machine cannot answer a read.
@@ -77,13 +76,6 @@ struct Overlay {
     sys: BTreeMap<Vec<u8>, Option<TokenRecord>>,
 }
 
-/// A remembered response to a request id.
-#[derive(Debug, Serialize, Deserialize)]
-struct DedupRecord {
-    index: u64,
-    response: Response,
-}
-
 /// Tokens by the hash of their secret.
 pub type TokenTable = std::collections::HashMap<String, TokenRecord>;
 
@@ -106,6 +98,8 @@ pub struct Shared {
     /// Called at each [`Step`], so that a test can force an interleaving.
     #[cfg(test)]
     hook: std::sync::Mutex<Option<Hook>>,
+    /// The dedup window as last applied, ms; for the proposer.
+    dedup_window_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Points where a test may stop a snapshot build or load.
@@ -155,14 +149,6 @@ fn event_key(rev: u64, seq: u32) -> [u8; 12] {
     k[..8].copy_from_slice(&rev.to_be_bytes());
     k[8..].copy_from_slice(&seq.to_be_bytes());
     k
-}
-
-fn dedup_id_key(id: &str) -> Vec<u8> {
-    [b"i".as_slice(), id.as_bytes()].concat()
-}
-
-fn dedup_idx_key(index: u64, id: &str) -> Vec<u8> {
-    [b"x".as_slice(), &index.to_be_bytes(), id.as_bytes()].concat()
 }
 
 impl Shared {
@@ -225,6 +211,11 @@ impl Shared {
     /// at or after it.
     pub fn compact_revision(&self) -> io::Result<u64> {
         Ok(u64_of(self.store.sm_meta.get(COMPACT).map_err(io_err)?))
+    }
+
+    /// The dedup window this member last applied from the log, ms.
+    pub fn dedup_window_ms(&self) -> u64 {
+        self.dedup_window_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every token, by the hash of its secret (as applied on this member).
@@ -375,6 +366,7 @@ impl Shared {
             membership: m.get(MEMBERSHIP).map_err(io_err)?.map(|b| decode(&b)).transpose()?.unwrap_or_default(),
             revision: u64_of(m.get(REVISION).map_err(io_err)?),
             compact: u64_of(m.get(COMPACT).map_err(io_err)?),
+            dedup_window_ms: dedup::window_ms(&self.store)?,
         })
     }
 
@@ -480,6 +472,7 @@ impl Shared {
                     }
                     outcomes.push(Outcome::Token(name.clone(), exists));
                 }
+                Op::SetDedupWindow(ms) => st.dedup_window_ms = *ms,
             }
         }
         if !changes.is_empty() {
@@ -507,37 +500,47 @@ impl Shared {
                 batch.insert(&self.store.sm_meta, MEMBERSHIP, encode(&st.membership));
             }
             EntryPayload::Normal(Batch(reqs)) => {
+                // IMPORTANT: the entry's log time comes from the entry (the
+                // proposing members' clocks), never from this member's clock:
+                // every member keeps and prunes the same records.
+                let now_ns = reqs.iter().map(|r| r.now_ns).max().unwrap_or(0);
+                let window_before = st.dedup_window_ms;
                 for req in reqs {
                     let seen = match ov.dedup.get(&req.id) {
                         _ if req.id.is_empty() => None,
                         Some(r) => Some(r.clone()),
-                        None => self
-                            .store
-                            .dedup
-                            .get(dedup_id_key(&req.id))
-                            .map_err(io_err)?
-                            .map(|b| decode::<DedupRecord>(&b).map(|r| r.response))
-                            .transpose()?,
+                        None => dedup::lookup(&self.store, &req.id)?,
                     };
-                    // NOTE: a retried write is answered, not applied again.
+                    // NOTE: a retried write is answered, not applied again;
+                    // one that may be the retry of a write whose record was
+                    // pruned is refused.
                     let resp = match seen {
                         Some(r) => r,
-                        None => {
-                            let resp = self.exec(&mut ov, st, req)?;
-                            if !req.id.is_empty() {
-                                ov.dedup.insert(req.id.clone(), resp.clone());
+                        None => match dedup::expired(&req.id, now_ns, st.dedup_window_ms) {
+                            Some(first_ns) => Response {
+                                succeeded: false,
+                                revision: st.revision,
+                                outcomes: vec![Outcome::RequestIdExpired(first_ns)],
+                            },
+                            None => {
+                                let resp = self.exec(&mut ov, st, req)?;
+                                if !req.id.is_empty() {
+                                    ov.dedup.insert(req.id.clone(), resp.clone());
+                                }
+                                resp
                             }
-                            resp
-                        }
+                        },
                     };
                     out.push(resp);
                 }
                 for (id, response) in std::mem::take(&mut ov.dedup) {
-                    batch.insert(&self.store.dedup, dedup_idx_key(log_id.index, &id), []);
-                    let rec = DedupRecord { index: log_id.index, response };
-                    batch.insert(&self.store.dedup, dedup_id_key(&id), encode(&rec));
+                    dedup::record(&self.store, &mut batch, now_ns, &id, response);
                 }
-                self.prune_dedup(&mut batch, log_id.index)?;
+                if st.dedup_window_ms != window_before {
+                    batch.insert(&self.store.dedup, dedup::WINDOW_KEY, st.dedup_window_ms.to_be_bytes());
+                    tracing::info!(window_ms = st.dedup_window_ms, "dedup window changed");
+                }
+                dedup::prune(&self.store, &mut batch, now_ns, st.dedup_window_ms, log_id.index)?;
             }
         }
         let tokens_changed = !ov.sys.is_empty();
@@ -571,23 +574,11 @@ impl Shared {
         batch.insert(&self.store.sm_meta, REVISION, st.revision.to_be_bytes());
         batch.insert(&self.store.sm_meta, COMPACT, st.compact.to_be_bytes());
         batch.commit().unwrap_or_else(|e| fatal("writing the state machine failed", &e));
+        self.dedup_window_ms.store(st.dedup_window_ms, std::sync::atomic::Ordering::Relaxed);
         if tokens_changed {
             self.reload_tokens()?;
         }
         Ok(out)
-    }
-
-    fn prune_dedup(&self, batch: &mut fjall::OwnedWriteBatch, index: u64) -> io::Result<()> {
-        let Some(cutoff) = index.checked_sub(DEDUP_WINDOW) else {
-            return Ok(());
-        };
-        let end = [b"x".as_slice(), &cutoff.to_be_bytes()].concat();
-        for item in self.store.dedup.range(b"x".to_vec()..end) {
-            let k = item.key().map_err(io_err)?;
-            batch.remove(&self.store.dedup, k.clone());
-            batch.remove(&self.store.dedup, dedup_id_key(&String::from_utf8_lossy(&k[9..])));
-        }
-        Ok(())
     }
 
     /// Writes a snapshot of the current state and puts it in place as
@@ -680,6 +671,7 @@ impl Shared {
             membership: header.meta.last_membership.clone(),
             revision: header.revision,
             compact: header.revision,
+            dedup_window_ms: dedup::window_ms(s)?,
         };
         // IMPORTANT: the applied id is written last, so a crash part-way leaves
         // `current.snap` ahead of it and the next start loads it again.
@@ -689,6 +681,7 @@ impl Shared {
         batch.insert(&s.sm_meta, APPLIED, encode(&st.applied));
         batch.commit().unwrap_or_else(|e| fatal("loading a snapshot failed", &e));
         s.sync();
+        self.dedup_window_ms.store(st.dedup_window_ms, std::sync::atomic::Ordering::Relaxed);
         self.reload_tokens()?;
         Ok(st)
     }
@@ -724,11 +717,7 @@ pub(crate) fn check_record(tag: u8, k: &[u8], v: &[u8]) -> io::Result<()> {
         TAG_SYS => {
             decode::<TokenRecord>(v).map_err(|_| bad("token record does not decode"))?;
         }
-        TAG_DEDUP => match k.first() {
-            Some(b'i') => drop(decode::<DedupRecord>(v).map_err(|_| bad("request id record does not decode"))?),
-            Some(b'x') if k.len() >= 9 => {}
-            _ => return Err(bad("unknown dedup record")),
-        },
+        TAG_DEDUP => dedup::check_record(k, v).map_err(bad)?,
         _ => return Err(bad("unknown record tag")),
     }
     Ok(())
@@ -829,6 +818,7 @@ impl StateMachine {
             loads: AtomicU64::new(0),
             #[cfg(test)]
             hook: Default::default(),
+            dedup_window_ms: Default::default(),
         });
         let mut st = shared.apply_state()?;
         match std::fs::File::open(shared.current_snapshot_path()) {
@@ -845,6 +835,7 @@ impl StateMachine {
         }
         shared.reload_tokens()?;
         shared.rev_tx.send_replace(st.revision);
+        shared.dedup_window_ms.store(st.dedup_window_ms, std::sync::atomic::Ordering::Relaxed);
         Ok(StateMachine { shared, st, receiving: None })
     }
 
@@ -990,5 +981,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 #[cfg(test)]
-#[path = "sm_tests.rs"]
-mod tests;
+#[path = "sm_snapshot_tests.rs"]
+mod snapshot_tests;
+
+#[cfg(test)]
+#[path = "sm_dedup_tests.rs"]
+mod dedup_tests;

@@ -7,6 +7,11 @@
 //! { u8 tag (1 = data, 2 = dedup) | u32 key length | key | u32 value length | value }*
 //! u8 0 | u64 record count | u32 CRC-32
 //! ```
+//!
+//! The keys of dedup records say their layout (crate::dedup): the records
+//! kept by log time (`r`, `t`, `w`) are newer than the ones kept by count
+//! (`i`, `x`), which are still read. A kvd that knows only the latter refuses
+//! a snapshot holding the former ("unknown dedup record") rather than load it.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};

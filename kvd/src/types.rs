@@ -53,10 +53,12 @@ pub struct Batch(pub Vec<Request>);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     /// Client request id; a request whose id was applied before is answered
-    /// from the recorded response instead of being applied again. Empty: none.
+    /// from the recorded response instead of being applied again (for the
+    /// dedup window, see crate::dedup). Empty: none.
     pub id: String,
-    /// Wall-clock time at the proposing node, ns; default mtime of writes, so
-    /// applying the entry is deterministic on every member.
+    /// Wall-clock time at the proposing node, ns; default mtime of writes, and
+    /// the log time that dedup records are kept by, so applying the entry is
+    /// deterministic on every member.
     pub now_ns: i64,
     /// The transaction.
     pub txn: Txn,
@@ -121,6 +123,11 @@ pub enum Op {
     CreateToken(TokenRecord),
     /// Remove a token by name (system area).
     RevokeToken(String),
+    /// Set the dedup window, ms (see crate::dedup): a leader proposes its
+    /// own before its first write when the log holds another.
+    // NOTE: variants are only ever added at the end: the log holds them by
+    // index (bincode), and older entries must still decode.
+    SetDedupWindow(u64),
 }
 
 /// A token as the system area stores it: a hash, never the secret.
@@ -152,6 +159,10 @@ pub enum Outcome {
     Delete(String, u64),
     /// A token operation on a name; whether it took effect.
     Token(String, bool),
+    /// The whole request was refused, nothing written: its id has no record
+    /// and was first used (at this time, ns) too long ago to tell whether it
+    /// was applied before (see crate::dedup).
+    RequestIdExpired(i64),
 }
 
 /// What applying a request answered.

@@ -323,7 +323,14 @@ async fn minority_loss_keeps_writing_majority_loss_refuses_then_recovers() {
     // majority is back: its outcome is unknown (504), not refused (503).
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
     let r = client.put(format!("{}/v1/kv/majority", nodes[li].url)).body("no").send().await.expect("answered");
-    assert_eq!(status_and_code(r).await, (504, "unknown_outcome".into()));
+    // It names the request id kvd gave the write, to resend it with.
+    let id = r.headers().get("x-kv-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert!(id.as_deref().is_some_and(|id| id.starts_with("kvd-")), "a 504 without the write's request id: {id:?}");
+    assert_eq!(r.status(), 504);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["error"], "unknown_outcome");
+    let message = body["message"].as_str().unwrap_or("");
+    assert!(message.contains("resend it with the same X-Kv-Request-Id"), "{message}");
     // Once the leader has gone an election timeout without a quorum, it
     // refuses writes at once (503, Retry-After) and takes nothing.
     let mut refused = None;

@@ -67,6 +67,35 @@ fn unknown_config_keys_and_bad_settings_stop_kvd() {
 }
 
 #[test]
+fn a_dedup_window_of_zero_negative_or_garbage_stops_kvd() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("kvd.toml");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(kv_tests::bin("kvd"))
+            .args(["--id", "1", "--client-addr", "127.0.0.1:0", "--peer-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run kvd");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(&["--dedup-window-ms", "0"], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("dedup_window_ms must be from 1000 (1 s) to"), "{err}");
+    for bad in ["-5", "ten minutes"] {
+        let (code, err) = run(&[], &[("KVD_DEDUP_WINDOW_MS", bad)]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("--dedup-window-ms"), "{err}");
+    }
+    std::fs::write(&cfg, "dedup_window_ms = \"10m\"\n").expect("write");
+    let (code, err) = run(&["--config", cfg.to_str().expect("utf-8")], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("dedup_window_ms"), "{err}");
+    assert!(!dir.path().join("data/db").exists(), "a refused start must not create a database");
+}
+
+#[test]
 fn listening_beyond_loopback_without_tls_is_warned_about() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tempdir");

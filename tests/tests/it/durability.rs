@@ -1,5 +1,5 @@
 //! Durability: restarts, `kill -9` under concurrent writers, the data dir
-//! lock, retried writes, snapshots.
+//! lock, retried writes (request ids and their window), snapshots.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -121,6 +121,147 @@ async fn retried_writes_apply_once() {
         assert_eq!(r.status(), 200);
     }
     assert_eq!(k.client().get("ctr").await.expect("get").expect("exists").meta.version, 1);
+}
+
+/// The node's last applied log index.
+async fn applied_index(url: &str) -> u64 {
+    let s: serde_json::Value =
+        http().get(format!("{url}/v1/status")).send().await.expect("status").json().await.expect("json");
+    s["applied_index"].as_u64().expect("applied_index")
+}
+
+/// Regression: request ids were remembered for 100,000 log entries, so
+/// under a high write rate a retry could apply twice within seconds. They
+/// are remembered for a window of time, however many entries pass.
+#[tokio::test]
+async fn a_retry_after_100_000_log_entries_still_applies_once() {
+    // NOTE: on tmpfs, where an fsync costs nothing, the entries take seconds.
+    let shm = std::path::Path::new("/dev/shm");
+    let tmp = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.expect("tempdir");
+    let k = Kvd::bootstrap_on(tmp.path().join("data"), &[], &["--snapshot-logs", "50000"]);
+    let send = |body: &'static str| {
+        http().put(format!("{}/v1/kv/once", k.url)).header("x-kv-request-id", "retry-R").body(body).send()
+    };
+    let r = send("first").await.expect("put");
+    assert_eq!(r.status(), 200);
+    let first: serde_json::Value = r.json().await.expect("json");
+    // Push more than 100,000 entries through the log (what the old pruning
+    // counted): a write is an entry of its own when no other waits with it,
+    // so two writers, each waiting for its answer.
+    let target = applied_index(&k.url).await + 100_050;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..2 {
+        let (c, url) = (k.client(), k.url.clone());
+        writers.spawn(async move {
+            let mut i = 0u64;
+            while applied_index(&url).await < target {
+                for _ in 0..100 {
+                    c.put(&format!("fill/{w}"), i.to_string(), &Default::default()).await.expect("fill put");
+                    i += 1;
+                }
+                assert!(std::time::Instant::now() < deadline, "100,000 entries took too long");
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.expect("writer");
+    }
+    assert!(applied_index(&k.url).await > target - 50, "fewer than 100,000 entries passed");
+    let before = revision(&k.url).await;
+    let r = send("second").await.expect("put");
+    assert_eq!(r.status(), 200);
+    let again: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(again, first, "the retry was applied again instead of answered");
+    assert_eq!(revision(&k.url).await, before, "the retry wrote");
+    let v = k.client().get("once").await.expect("get").expect("exists");
+    assert_eq!((v.value.as_ref(), v.meta.version), (b"first".as_slice(), 1));
+}
+
+/// A retry of an id that carries its time (`~MILLIS`), sent after the dedup
+/// window, is refused with 409 `request_id_expired`; nothing is written.
+#[tokio::test]
+async fn a_retry_after_the_dedup_window_is_refused_and_writes_nothing() {
+    let k = Kvd::bootstrap(&["--dedup-window-ms", "1500"]);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    let id = format!("late-1~{now_ms}");
+    let send = |body: &'static str| {
+        http().put(format!("{}/v1/kv/late", k.url)).header("x-kv-request-id", id.clone()).body(body).send()
+    };
+    let r = send("first").await.expect("put");
+    assert_eq!(r.status(), 200);
+    let first: serde_json::Value = r.json().await.expect("json");
+    let rev = revision(&k.url).await;
+    // Retries are answered from the record until the window has passed;
+    // then they are refused.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let body = loop {
+        let r = send("second").await.expect("put");
+        if r.status() != 200 {
+            assert_eq!(r.headers().get("x-kv-request-id").map(|v| v.to_str().unwrap_or("")), Some(id.as_str()));
+            assert_eq!(r.status(), 409);
+            break r.json::<serde_json::Value>().await.expect("json");
+        }
+        assert_eq!(r.json::<serde_json::Value>().await.expect("json"), first, "a retry within the window");
+        assert!(std::time::Instant::now() < deadline, "a retry long after the window was still answered");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["error"], "request_id_expired", "{body}");
+    let message = body["message"].as_str().expect("message");
+    assert!(message.contains(&id) && message.contains("nothing was written"), "{message}");
+    assert_eq!(revision(&k.url).await, rev, "a refused retry wrote");
+    let v = k.client().get("late").await.expect("get").expect("exists");
+    assert_eq!((v.value.as_ref(), v.meta.version), (b"first".as_slice(), 1));
+    // A new id goes through.
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    let r = http()
+        .put(format!("{}/v1/kv/late", k.url))
+        .header("x-kv-request-id", format!("late-2~{now_ms}"))
+        .body("third")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+}
+
+/// A write sent without `X-Kv-Request-Id` gets kvd's id back in the header,
+/// and resending with it is answered, not applied again (what a 504 asks).
+#[tokio::test]
+async fn a_write_without_a_request_id_gets_one_back_to_resend_with() {
+    let k = Kvd::bootstrap(&[]);
+    let id_of = |r: &reqwest::Response| {
+        r.headers().get("x-kv-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned).expect("request id header")
+    };
+    let r = http().put(format!("{}/v1/kv/given", k.url)).body("first").send().await.expect("put");
+    assert_eq!(r.status(), 200);
+    let id = id_of(&r);
+    let first: serde_json::Value = r.json().await.expect("json");
+    let (_, ms) = id.rsplit_once('~').expect("kvd's ids carry their time");
+    assert!(ms.parse::<u64>().is_ok(), "{id}");
+    let before = revision(&k.url).await;
+    let r = http()
+        .put(format!("{}/v1/kv/given", k.url))
+        .header("x-kv-request-id", &id)
+        .body("second")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(id_of(&r), id);
+    assert_eq!(r.json::<serde_json::Value>().await.expect("json"), first, "the resend was applied again");
+    assert_eq!(revision(&k.url).await, before);
+    // Every write answers with its id: a transaction, a delete, an error, a
+    // client's own id; each write's own id differs.
+    let txn = serde_json::json!({"success": [{"op": "put", "key": "t", "value": "1"}]});
+    let r = http().post(format!("{}/v1/txn", k.url)).json(&txn).send().await.expect("txn");
+    assert_ne!(id_of(&r), id);
+    let r = http().delete(format!("{}/v1/kv/nothing-here", k.url)).send().await.expect("delete");
+    assert_eq!(r.status(), 404);
+    assert!(id_of(&r).starts_with("kvd-"));
+    let r = http().put(format!("{}/v1/kv/mine", k.url)).header("x-kv-request-id", "mine-1").body("v").send();
+    assert_eq!(id_of(&r.await.expect("put")), "mine-1");
+    // Reads carry none.
+    let r = http().get(format!("{}/v1/kv/given", k.url)).send().await.expect("get");
+    assert!(r.headers().get("x-kv-request-id").is_none());
 }
 
 #[tokio::test]
