@@ -277,6 +277,15 @@ impl Node {
         // that took it from the client checked: that member may not have
         // applied a revocation yet.
         if let Authority::Client(authorization) = authority {
+            // IMPORTANT: only a leader's own proposer writes the dedup window;
+            // no client may, in any auth mode, not even through the peer port.
+            let ops = || req.txn.success.iter().chain(&req.txn.failure);
+            if ops().any(|op| matches!(op, crate::types::Op::SetDedupWindow(_))) {
+                return Err(ForwardError::Denied(Denied {
+                    status: 403,
+                    message: "the request-id window is set by the leader only".into(),
+                }));
+            }
             if self.auth.mode != Mode::None {
                 self.await_own_term_applied(left).await.map_err(|e| ForwardError::NotReady(e.to_string()))?;
                 let caller =

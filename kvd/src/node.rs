@@ -17,7 +17,7 @@ use crate::sm::{Shared, StateMachine};
 use crate::store::{lock_dir, DirLock, Store};
 use crate::tls::{serve, Tls};
 use crate::transfer::Holds;
-use crate::types::{Member, Raft};
+use crate::types::{Member, NodeId, Raft};
 
 /// File `kvd restore` leaves in a data dir it built.
 pub const RESTORED_MARKER: &str = "restored-bootstrap";
@@ -233,6 +233,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         let _ = std::fs::remove_file(&restored);
     }
+    // NOTE: a node that led restarts as a follower (crate::log_store,
+    // `step_down_at_start`). The only voter has nobody to wait for and no
+    // entry anyone else holds, so it takes its leadership back at once (a
+    // new term) instead of after an election timeout.
+    tokio::spawn(elect_if_sole_voter(raft.clone(), cfg.id));
 
     write_addr_file(&cfg, "client.addr", client_local)?;
     write_addr_file(&cfg, "peer.addr", peer_local)?;
@@ -328,6 +333,24 @@ fn write_admin_token(dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
     std::fs::write(dir.join(ADMIN_TOKEN_PENDING), name)?;
     tracing::info!(path = %path.display(), name, "wrote the first admin token");
     Ok(())
+}
+
+/// Starts an election at once when this node is its cluster's only voter
+/// and leads nobody yet: the state openraft loaded shows in its metrics
+/// after a moment, looked for for at most a second.
+async fn elect_if_sole_voter(raft: Raft, id: NodeId) {
+    let sole = |m: &openraft::RaftMetrics<NodeId, Member>| {
+        m.membership_config.membership().voter_ids().eq([id]) && m.current_leader.is_none()
+    };
+    let loaded = raft
+        .wait(Some(Duration::from_secs(1)))
+        .metrics(|m| m.membership_config.membership().voter_ids().next().is_some(), "membership loaded")
+        .await;
+    if loaded.is_ok_and(|m| sole(&m)) {
+        if let Err(e) = raft.trigger().elect().await {
+            tracing::warn!(error = %e, "could not start an election at once; one follows the election timeout");
+        }
+    }
 }
 
 /// Commits the bootstrap admin token's hash (retrying until there is a

@@ -114,13 +114,23 @@ async fn worker(raft: Raft, mut rx: mpsc::Receiver<Pending>, gate: Arc<RwLock<()
             }
         }
         let (mut reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.reply)).unzip();
+        // IMPORTANT: one clock for the log: the leader stamps every request
+        // of the entry with its own time when it proposes them, whichever
+        // member took them. The entry's time (crate::dedup) then never mixes
+        // clocks within an entry, and a member whose clock is off cannot
+        // prune the cluster's request ids early unless it leads.
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        for r in &mut reqs {
+            r.now_ns = now_ns;
+        }
         crate::metrics::METRICS.proposals.observe_count(reqs.len() as u64);
         // NOTE: the window goes first, so the writes of the same entry are
         // already kept for it; its answer is nobody's and is dropped below.
         let set_window = sm.dedup_window_ms() != window_ms;
         if set_window {
             tracing::info!(window_ms, "writing this node's dedup window into the log");
-            let now_ns = reqs.iter().map(|r| r.now_ns).max().unwrap_or(0);
             let txn = Txn { compare: vec![], success: vec![Op::SetDedupWindow(window_ms)], failure: vec![] };
             reqs.insert(0, Request { id: String::new(), now_ns, txn });
         }

@@ -472,7 +472,7 @@ impl Shared {
                     }
                     outcomes.push(Outcome::Token(name.clone(), exists));
                 }
-                Op::SetDedupWindow(ms) => st.dedup_window_ms = *ms,
+                Op::SetDedupWindow(ms) => st.dedup_window_ms = (*ms).clamp(dedup::MIN_WINDOW_MS, dedup::MAX_WINDOW_MS),
             }
         }
         if !changes.is_empty() {
@@ -666,12 +666,12 @@ impl Shared {
         }
         self.at(Step::Cleared);
         let mut batch = load_records(s, file).unwrap_or_else(|e| fatal("loading a snapshot failed", &e));
-        let st = ApplyState {
+        let mut st = ApplyState {
             applied: header.meta.last_log_id,
             membership: header.meta.last_membership.clone(),
             revision: header.revision,
             compact: header.revision,
-            dedup_window_ms: dedup::window_ms(s)?,
+            dedup_window_ms: dedup::DEFAULT_WINDOW_MS,
         };
         // IMPORTANT: the applied id is written last, so a crash part-way leaves
         // `current.snap` ahead of it and the next start loads it again.
@@ -681,6 +681,9 @@ impl Shared {
         batch.insert(&s.sm_meta, APPLIED, encode(&st.applied));
         batch.commit().unwrap_or_else(|e| fatal("loading a snapshot failed", &e));
         s.sync();
+        // NOTE: read once the last batch of records (the window's among them)
+        // is in.
+        st.dedup_window_ms = dedup::window_ms(s)?;
         self.dedup_window_ms.store(st.dedup_window_ms, std::sync::atomic::Ordering::Relaxed);
         self.reload_tokens()?;
         Ok(st)

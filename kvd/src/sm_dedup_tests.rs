@@ -89,3 +89,29 @@ fn snapshots_carry_request_ids_with_their_times() {
     assert_eq!(out[0], first[0]);
     assert_eq!(dedup::lookup(&sm2.shared.store, "old").expect("lookup"), None);
 }
+
+#[tokio::test]
+async fn a_member_that_installs_a_snapshot_keeps_the_window_of_the_log() {
+    // The window's record comes last in a snapshot; it used to be read before
+    // the last batch of records was in, and the member went on with the
+    // default window while the others kept the log's.
+    use tokio::io::AsyncWriteExt;
+    let (_dir, mut sm) = open();
+    apply(&mut sm, entry(1, vec![req("", T0, Op::SetDedupWindow(1_800_000)), put("a", "k", "1", T0)]));
+    let mut snap = sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let (_dir2, mut other) = open();
+    let mut recv = other.begin_receiving_snapshot().await.expect("begin receiving");
+    tokio::io::copy(&mut *snap.snapshot, &mut *recv).await.expect("copy the snapshot");
+    recv.flush().await.expect("flush");
+    other.install_snapshot(&snap.meta, recv).await.expect("install");
+    assert_eq!((other.st.dedup_window_ms, other.shared.dedup_window_ms()), (1_800_000, 1_800_000));
+}
+
+#[test]
+fn a_window_out_of_bounds_in_the_log_is_held_to_the_bounds() {
+    let (_dir, mut sm) = open();
+    apply(&mut sm, entry(1, vec![req("", T0, Op::SetDedupWindow(0))]));
+    assert_eq!(sm.st.dedup_window_ms, dedup::MIN_WINDOW_MS);
+    apply(&mut sm, entry(2, vec![req("", T0, Op::SetDedupWindow(u64::MAX))]));
+    assert_eq!(sm.st.dedup_window_ms, dedup::MAX_WINDOW_MS);
+}

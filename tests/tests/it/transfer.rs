@@ -62,6 +62,19 @@ async fn cancel_mid_transfer(args: impl Fn(u64, u64) -> Vec<String>) {
     for n in &nodes {
         assert!(put_within(n, &format!("before/{}", n.id), Duration::from_secs(10)).await, "put through node {}", n.id);
     }
+    // NOTE: a write is answered once a quorum holds it; the target may take
+    // it a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (l, t) = (status(at(leader)).await, status(at(target)).await);
+        if let (Some(l), Some(t)) = (l, t) {
+            if t.last_log_index == l.last_log_index {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the target never held the leader's whole log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     at(target).pause();
 
     let mut child = kvctl(at(leader), &args(leader, target));
