@@ -253,6 +253,10 @@ impl Node {
         authority: &Authority,
         left: Duration,
     ) -> std::result::Result<Response, ForwardError> {
+        // NOTE: one deadline for every wait below, so the member that
+        // forwarded the write hears back within its own wait.
+        let deadline = Instant::now() + left;
+        let left = || deadline.saturating_duration_since(Instant::now());
         {
             let m = self.raft.metrics();
             let m = m.borrow();
@@ -287,13 +291,13 @@ impl Node {
                 }));
             }
             if self.auth.mode != Mode::None {
-                self.await_own_term_applied(left).await.map_err(|e| ForwardError::NotReady(e.to_string()))?;
+                self.await_own_term_applied(left()).await.map_err(|e| ForwardError::NotReady(e.to_string()))?;
                 let caller =
                     self.auth.caller_from(authorization.as_deref(), &self.sm.tokens()).map_err(ForwardError::Denied)?;
                 caller.need_txn(&req.txn).map_err(ForwardError::Denied)?;
             }
         }
-        match tokio::time::timeout(left, self.proposer.propose(req)).await {
+        match tokio::time::timeout(left(), self.proposer.propose(req)).await {
             Ok(r) => r.map_err(ForwardError::from),
             Err(_) => Err(ForwardError::Failed("not committed in time".into())),
         }
