@@ -872,17 +872,12 @@ impl WatchState {
                 Ok(p) => p,
                 // NOTE: a snapshot is loading; the install announces its
                 // revision once done, and the stream goes on from there.
-                Err(ReadError::Loading) => match tokio::time::timeout(WATCH_KEEPALIVE, self.rx.changed()).await {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(_)) => {
-                        self.done = true;
-                        return;
+                Err(ReadError::Loading) => {
+                    if self.wait_for_change().await {
+                        continue;
                     }
-                    Err(_) => {
-                        self.out.push_back(Bytes::from_static(b": keepalive\n\n"));
-                        return;
-                    }
-                },
+                    return;
+                }
                 Err(e) => {
                     let body = serde_json::json!({"error": "internal", "message": e.to_string()});
                     self.out.push_back(sse("error", None, &body.to_string()));
@@ -918,16 +913,25 @@ impl WatchState {
             if *self.rx.borrow_and_update() > self.cursor {
                 continue;
             }
-            match tokio::time::timeout(WATCH_KEEPALIVE, self.rx.changed()).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) => {
-                    self.done = true;
-                    return;
-                }
-                Err(_) => {
-                    self.out.push_back(Bytes::from_static(b": keepalive\n\n"));
-                    return;
-                }
+            if !self.wait_for_change().await {
+                return;
+            }
+        }
+    }
+
+    /// Waits for a new revision, at most a keepalive interval: whether one
+    /// came. Otherwise `out` holds a keepalive, or the stream is done (the
+    /// node is shutting down).
+    async fn wait_for_change(&mut self) -> bool {
+        match tokio::time::timeout(WATCH_KEEPALIVE, self.rx.changed()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => {
+                self.done = true;
+                false
+            }
+            Err(_) => {
+                self.out.push_back(Bytes::from_static(b": keepalive\n\n"));
+                false
             }
         }
     }

@@ -17,21 +17,25 @@ async fn config_file_and_environment_are_applied() {
     assert_eq!(r.status(), 200);
 }
 
+/// Runs kvd on a data dir under `dir` with `args` and `env`, to its exit:
+/// its exit code and what it said on stderr.
+fn run_kvd(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(kv_tests::bin("kvd"))
+        .args(["--id", "1", "--client-addr", "127.0.0.1:0", "--peer-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run kvd");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 #[test]
 fn unknown_config_keys_and_bad_settings_stop_kvd() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("kvd.toml");
     std::fs::write(&cfg, "max_value_size = 100\nmax_vaule_size = 5\n").expect("write");
-    let run = |args: &[&str], env: &[(&str, &str)]| {
-        let out = std::process::Command::new(kv_tests::bin("kvd"))
-            .args(["--id", "1", "--client-addr", "127.0.0.1:0", "--peer-addr", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(args)
-            .envs(env.iter().copied())
-            .output()
-            .expect("run kvd");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let run = |args: &[&str], env: &[(&str, &str)]| run_kvd(dir.path(), args, env);
     let (code, err) = run(&["--config", cfg.to_str().expect("utf-8")], &[]);
     assert_eq!(code, Some(1));
     assert!(err.contains("max_vaule_size"), "{err}");
@@ -70,16 +74,7 @@ fn unknown_config_keys_and_bad_settings_stop_kvd() {
 fn a_dedup_window_of_zero_negative_or_garbage_stops_kvd() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("kvd.toml");
-    let run = |args: &[&str], env: &[(&str, &str)]| {
-        let out = std::process::Command::new(kv_tests::bin("kvd"))
-            .args(["--id", "1", "--client-addr", "127.0.0.1:0", "--peer-addr", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(args)
-            .envs(env.iter().copied())
-            .output()
-            .expect("run kvd");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let run = |args: &[&str], env: &[(&str, &str)]| run_kvd(dir.path(), args, env);
     let (code, err) = run(&["--dedup-window-ms", "0"], &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("dedup_window_ms must be from 1000 (1 s) to"), "{err}");
