@@ -384,7 +384,7 @@ fn wire_response(r: &Response) -> TxnResponse {
                 Outcome::Delete(k, n) => {
                     OpResult { op: "delete".into(), key: k.clone(), mod_revision: None, deleted: Some(*n) }
                 }
-                Outcome::Token(name, _) => {
+                Outcome::Token(name, _) | Outcome::TokenCreated(name, _) => {
                     OpResult { op: "token".into(), key: name.clone(), mod_revision: None, deleted: None }
                 }
                 // NOTE: `propose` turns this into an error; it never gets here.
@@ -1273,12 +1273,32 @@ async fn create_token(
     let (rec, token) = new_token_record(&spec.name, grants).map_err(ApiError::internal)?;
     let txn = Txn { compare: vec![], success: vec![Op::CreateToken(rec.clone())], failure: vec![] };
     let r = propose(&node, &headers, txn).await?;
-    if !matches!(r.outcomes.first(), Some(Outcome::Token(_, true))) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "exists",
-            format!("a token named {:?} exists; revoke it first or pick another name", spec.name),
-        ));
+    match r.outcomes.first() {
+        Some(Outcome::TokenCreated(_, hash)) if *hash == rec.hash => {}
+        // NOTE: a kvd before TokenCreated answered this way.
+        Some(Outcome::Token(_, true)) => {}
+        // IMPORTANT: a resent create (the same request id) is answered from
+        // the first attempt's record; the secret made for this attempt was
+        // never stored and must not be handed out as if it worked.
+        Some(Outcome::TokenCreated(..)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "token_created_earlier",
+                format!(
+                    "token {:?} was created by an earlier attempt of this request (the same X-Kv-Request-Id), \
+                     whose answer was lost; its secret is shown only once and is not stored, so it cannot be \
+                     shown again: revoke the token and create it again",
+                    spec.name
+                ),
+            ));
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "exists",
+                format!("a token named {:?} exists; revoke it first or pick another name", spec.name),
+            ))
+        }
     }
     tracing::info!(who = caller.who(), token = rec.name, "token created");
     Ok(axum::Json(NewToken { info: token_info(&rec), token }).into_response())

@@ -462,7 +462,11 @@ impl Shared {
                     if !exists {
                         ov.sys.insert(k, Some(rec.clone()));
                     }
-                    outcomes.push(Outcome::Token(rec.name.clone(), !exists));
+                    outcomes.push(if exists {
+                        Outcome::Token(rec.name.clone(), false)
+                    } else {
+                        Outcome::TokenCreated(rec.name.clone(), rec.hash.clone())
+                    });
                 }
                 Op::RevokeToken(name) => {
                     let k = token_key(name);
@@ -727,8 +731,19 @@ pub(crate) fn check_record(tag: u8, k: &[u8], v: &[u8]) -> io::Result<()> {
 }
 
 /// Checks a whole snapshot file (CRC and every record) and returns its header.
+///
+/// NOTE: a damaged file is reported as such (the CRC, checked at the end),
+/// wherever the damage lies; a record that does not decode is reported only
+/// in a file whose CRC holds (one written by something other than kvd).
 pub(crate) fn verify_snapshot(file: impl io::Read) -> io::Result<Header> {
-    snapfile::read(file, |tag, k, v| check_record(tag, &k, &v))
+    let mut first_bad = None;
+    let header = snapfile::read(file, |tag, k, v| {
+        if first_bad.is_none() {
+            first_bad = check_record(tag, &k, &v).err();
+        }
+        Ok(())
+    })?;
+    first_bad.map_or(Ok(header), Err)
 }
 
 #[cfg(any(test, fuzzing))]

@@ -163,6 +163,11 @@ pub enum Outcome {
     /// and was first used (at this time, ns) too long ago to tell whether it
     /// was applied before (see crate::dedup).
     RequestIdExpired(i64),
+    /// A token created under this name, with the hash of its secret: a
+    /// create resent with the same request id is answered with the first
+    /// attempt's outcome, and tells by the hash that the secret it holds is
+    /// not the one stored.
+    TokenCreated(String, String),
 }
 
 /// What applying a request answered.

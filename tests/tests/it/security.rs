@@ -661,3 +661,31 @@ async fn the_peer_port_takes_no_write_its_credential_does_not_allow() {
         assert_eq!(k.client().get(key).await.expect("read"), None, "written with {authorization:?}");
     }
 }
+
+#[tokio::test]
+async fn a_token_create_resent_with_its_request_id_never_hands_out_a_secret_that_was_not_stored() {
+    // kv-client resends a create whose connection broke, with the same
+    // request id, and a 504 asks the caller to do the same. The resend is
+    // answered from the first attempt's record; the secret made for it was
+    // never stored, and it used to come back with 200 as if it worked.
+    let k = Kvd::bootstrap(&["--auth", "all"]);
+    let admin = format!("Bearer {}", k.admin_token());
+    let create = || {
+        http()
+            .post(format!("{}/v1/auth/tokens", k.url))
+            .header("authorization", &admin)
+            .header("x-kv-request-id", "create-reader-1")
+            .json(&spec("reader", &["app"], &[]))
+            .send()
+    };
+    let first = create().await.expect("create");
+    assert_eq!(first.status(), 200);
+    let secret = first.json::<kv_client::NewToken>().await.expect("new token").token;
+    let again = create().await.expect("create again");
+    let (code, error) = crate::status_and_code(again).await;
+    assert_eq!((code, error.as_str()), (409, "token_created_earlier"));
+    // The first secret is the one that works, and there is one token.
+    k.client_with(Some(&secret)).get("app/x").await.expect("the first secret reads");
+    let tokens = k.client_with(Some(&k.admin_token())).list_tokens().await.expect("list");
+    assert_eq!(tokens.iter().filter(|t| t.name == "reader").count(), 1);
+}
