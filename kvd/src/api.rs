@@ -333,9 +333,10 @@ fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
-/// Proposes a transaction and waits until it is committed and applied; the
-/// leader authorizes it again with the caller's credential from `headers`.
-async fn propose(node: &Node, headers: &HeaderMap, txn: Txn) -> ApiResult<Response> {
+/// Proposes a transaction, whose rights `caller` was checked for, and waits
+/// until it is committed and applied; the leader checks the caller's
+/// credential again (with `headers`' when it is another member).
+async fn propose(node: &Node, caller: &Caller, headers: &HeaderMap, txn: Txn) -> ApiResult<Response> {
     // NOTE: `request_id` gave the request an id if it came without; the
     // node gives one too if it is still empty.
     let id = match headers.get(kvh::REQUEST_ID) {
@@ -352,7 +353,7 @@ async fn propose(node: &Node, headers: &HeaderMap, txn: Txn) -> ApiResult<Respon
         }
     };
     let req = Request { id: id.clone(), now_ns: now_ns(), txn };
-    let r = node.write(req, Authority::of_request(headers)).await.map_err(ApiError::from)?;
+    let r = node.write(req, Authority::checked(caller, headers)).await.map_err(ApiError::from)?;
     if let Some(Outcome::RequestIdExpired(first_ns)) = r.outcomes.first() {
         let window_s = node.sm.dedup_window_ms() as f64 / 1000.0;
         return Err(ApiError::new(
@@ -582,7 +583,7 @@ async fn kv_put(
         success: vec![Op::Put { key: key.clone(), value: Some(ByteBuf::from(value.to_vec())), attrs }],
         failure: vec![],
     };
-    let r = propose(&node, &headers, txn).await?;
+    let r = propose(&node, &caller, &headers, txn).await?;
     if !r.succeeded {
         return Err(compare_failed(&key));
     }
@@ -618,7 +619,7 @@ async fn kv_delete(
     let (key, recursive, compare) = parse_delete(&uri, &headers)?;
     caller.need_write(&key)?;
     let txn = Txn { compare, success: vec![Op::Delete { key: key.clone(), recursive }], failure: vec![] };
-    let r = propose(&node, &headers, txn).await?;
+    let r = propose(&node, &caller, &headers, txn).await?;
     if !r.succeeded {
         return Err(compare_failed(&key));
     }
@@ -757,7 +758,7 @@ async fn txn(
     }
     // A transaction touching anything the caller may not touch is refused whole.
     caller.need_txn(&txn)?;
-    let r = propose(&node, &headers, txn).await?;
+    let r = propose(&node, &caller, &headers, txn).await?;
     Ok(json_with_revision(StatusCode::OK, r.revision, &wire_response(&r)))
 }
 
@@ -1047,12 +1048,12 @@ async fn cluster(State(node): State<Shared>, Extension(caller): Extension<Caller
 
 /// Sends a membership request on to the leader unless this node leads, with
 /// the caller's `Authorization` header: the leader checks it on its own.
-/// `Ok(None)`: this node is the leader, and the caller (checked again here,
-/// on a token table holding everything committed before this leader's term)
-/// may `action`.
+/// `Ok(None)`: this node is the leader, and the caller's credential (checked
+/// again here, on a token table holding everything committed before this
+/// leader's term) still holds.
 async fn forward_to_leader(
     node: &Node,
-    action: &str,
+    caller: &Caller,
     method: Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -1064,7 +1065,7 @@ async fn forward_to_leader(
     if leader == node.cfg.id {
         // IMPORTANT: the member that decides the change authorizes it.
         node.await_own_term_applied(deadline.saturating_duration_since(Instant::now())).await?;
-        node.auth.caller(headers, &node.sm.tokens())?.need_admin(action)?;
+        caller.need_valid(&node.sm.tokens())?;
         return Ok(None);
     }
     let Some(url) = node.member(leader).map(|m| m.client_url).filter(|u| !u.is_empty()) else {
@@ -1113,7 +1114,7 @@ async fn add_member(
     let raw = read_body(&headers, body, 64 << 10, "the request").await?;
     let req: AddMember = parse_json(&raw)?;
     let wait = crate::cluster::JOIN_TIMEOUT + node.change_timeout() + node.request_timeout();
-    if let Some(r) = forward_to_leader(&node, "add a member to", Method::POST, &uri, &headers, Some(raw), wait).await? {
+    if let Some(r) = forward_to_leader(&node, &caller, Method::POST, &uri, &headers, Some(raw), wait).await? {
         return Ok(r);
     }
     let (id, peer_url) = (req.id, req.peer_url.clone());
@@ -1132,7 +1133,7 @@ async fn promote_member(
     caller.need_admin("promote a member of")?;
     let id = member_id(&uri)?;
     let wait = node.change_timeout() + node.request_timeout();
-    if let Some(r) = forward_to_leader(&node, "promote a member of", Method::POST, &uri, &headers, None, wait).await? {
+    if let Some(r) = forward_to_leader(&node, &caller, Method::POST, &uri, &headers, None, wait).await? {
         return Ok(r);
     }
     node.promote(id).await?;
@@ -1152,15 +1153,13 @@ async fn remove_member(
     let id = member_id(&uri)?;
     // NOTE: the leader removing itself transfers leadership first.
     let wait = node.transfer_timeout() + node.change_timeout() + node.request_timeout() * 2;
-    if let Some(r) = forward_to_leader(&node, "remove a member of", Method::DELETE, &uri, &headers, None, wait).await? {
+    if let Some(r) = forward_to_leader(&node, &caller, Method::DELETE, &uri, &headers, None, wait).await? {
         return Ok(r);
     }
     if id == node.cfg.id {
         if let Some(next) = node.successor() {
             node.transfer_leader(next).await?;
-            if let Some(r) =
-                forward_to_leader(&node, "remove a member of", Method::DELETE, &uri, &headers, None, wait).await?
-            {
+            if let Some(r) = forward_to_leader(&node, &caller, Method::DELETE, &uri, &headers, None, wait).await? {
                 return Ok(r);
             }
         }
@@ -1182,9 +1181,7 @@ async fn transfer_leader(
     let raw = read_body(&headers, body, 64 << 10, "the request").await?;
     let req: TransferLeader = parse_json(&raw)?;
     let wait = node.transfer_timeout() + node.request_timeout();
-    if let Some(r) =
-        forward_to_leader(&node, "move the leader of", Method::POST, &uri, &headers, Some(raw), wait).await?
-    {
+    if let Some(r) = forward_to_leader(&node, &caller, Method::POST, &uri, &headers, Some(raw), wait).await? {
         return Ok(r);
     }
     node.transfer_leader(req.id).await?;
@@ -1272,7 +1269,7 @@ async fn create_token(
     }
     let (rec, token) = new_token_record(&spec.name, grants).map_err(ApiError::internal)?;
     let txn = Txn { compare: vec![], success: vec![Op::CreateToken(rec.clone())], failure: vec![] };
-    let r = propose(&node, &headers, txn).await?;
+    let r = propose(&node, &caller, &headers, txn).await?;
     match r.outcomes.first() {
         Some(Outcome::TokenCreated(_, hash)) if *hash == rec.hash => {}
         // NOTE: a kvd before TokenCreated answered this way.
@@ -1321,7 +1318,7 @@ async fn revoke_token(
     let name = decode_key(uri.path().trim_start_matches("/v1/auth/tokens/")).unwrap_or_default();
     kv_client::validate_token_name(&name).map_err(|m| ApiError::bad("bad_request", m))?;
     let txn = Txn { compare: vec![], success: vec![Op::RevokeToken(name.clone())], failure: vec![] };
-    let r = propose(&node, &headers, txn).await?;
+    let r = propose(&node, &caller, &headers, txn).await?;
     if !matches!(r.outcomes.first(), Some(Outcome::Token(_, true))) {
         return Err(ApiError::not_found(format!("no token named {name:?}")));
     }

@@ -84,33 +84,47 @@ impl Validity {
 }
 
 /// On whose behalf a write is made. The member that decides a write (the
-/// leader) works out the caller again from this, against its own token
-/// table: a member's own check may rest on a table that has not applied a
+/// leader) checks the caller again, against its own token table: a
+/// member's own check may rest on a table that has not applied a
 /// revocation yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Authority {
     /// The node itself (the bootstrap admin token, before any token
     /// exists). Never sent to another member: a forwarded write always
     /// carries a client's credential, or none.
     Node,
-    /// A client, by the value of the `Authorization` header it sent
-    /// (`None`: it sent none).
+    /// A client of another member, by the value of the `Authorization`
+    /// header it sent (`None`: it sent none), which that member forwarded.
     Client(Option<String>),
+    /// A client of this member, whose credential and rights this member
+    /// already checked; `authorization` is the header, to forward.
+    Checked {
+        /// The caller, as this member worked it out.
+        caller: Caller,
+        /// The `Authorization` header it sent.
+        authorization: Option<String>,
+    },
 }
 
 impl Authority {
-    /// The credential of a client request.
-    pub fn of_request(headers: &HeaderMap) -> Authority {
-        Authority::Client(headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("").to_owned()))
+    /// A client request's caller, whose rights to the write were checked.
+    pub fn checked(caller: &Caller, headers: &HeaderMap) -> Authority {
+        Authority::Checked { caller: caller.clone(), authorization: authorization(headers).map(str::to_owned) }
     }
 
     /// What a member sends along with a write it forwards.
     pub fn forwarded(&self) -> Option<String> {
         match self {
             Authority::Node => None,
-            Authority::Client(a) => a.clone(),
+            Authority::Client(a) | Authority::Checked { authorization: a, .. } => a.clone(),
         }
     }
+}
+
+/// The value of a request's `Authorization` header; one that is not text
+/// is refused later like any other that is not "Bearer TOKEN".
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""))
 }
 
 /// A refused request: 401 without a usable credential, 403 without the right.
@@ -235,9 +249,7 @@ fn now_s() -> u64 {
 impl Auth {
     /// Works out the caller of a request from its `Authorization` header.
     pub fn caller(&self, headers: &HeaderMap, tokens: &TokenTable) -> Result<Caller, Denied> {
-        // NOTE: a header that is not text is refused below like any other
-        // that is not "Bearer TOKEN".
-        self.caller_from(headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("")), tokens)
+        self.caller_from(authorization(headers), tokens)
     }
 
     /// Works out the caller from the value of an `Authorization` header

@@ -190,12 +190,12 @@ impl Node {
             req.id = self.new_request_id(req.now_ns);
         }
         let ms = self.cfg.request_timeout_ms;
-        let forwarded = Forwarded { req: req.clone(), authorization: authority.forwarded() };
+        let forwarded = Forwarded { authorization: authority.forwarded(), req };
         self.on_leader(
             deadline,
             path::PROPOSE,
             &forwarded,
-            |left| self.propose_local(req.clone(), &authority, left),
+            |left| self.propose_local(forwarded.req.clone(), &authority, left),
             |e, maybe| {
                 if maybe {
                     ClusterError::UnknownOutcome(format!(
@@ -280,22 +280,30 @@ impl Node {
         // decides it, against this leader's token table, whatever the member
         // that took it from the client checked: that member may not have
         // applied a revocation yet.
-        if let Authority::Client(authorization) = authority {
-            // IMPORTANT: only a leader's own proposer writes the dedup window;
-            // no client may, in any auth mode, not even through the peer port.
-            let ops = || req.txn.success.iter().chain(&req.txn.failure);
-            if ops().any(|op| matches!(op, crate::types::Op::SetDedupWindow(_))) {
-                return Err(ForwardError::Denied(Denied {
-                    status: 403,
-                    message: "the request-id window is set by the leader only".into(),
-                }));
+        // IMPORTANT: only a leader's own proposer writes the dedup window;
+        // no client may, in any auth mode, not even through the peer port.
+        let ops = || req.txn.success.iter().chain(&req.txn.failure);
+        if ops().any(|op| matches!(op, crate::types::Op::SetDedupWindow(_))) && !matches!(authority, Authority::Node) {
+            return Err(ForwardError::Denied(Denied {
+                status: 403,
+                message: "the request-id window is set by the leader only".into(),
+            }));
+        }
+        if self.auth.mode != Mode::None && !matches!(authority, Authority::Node) {
+            self.await_own_term_applied(left()).await.map_err(|e| ForwardError::NotReady(e.to_string()))?;
+            let tokens = self.sm.tokens();
+            match authority {
+                // NOTE: this member worked the caller out and checked its
+                // rights; whether its credential still holds, now that the
+                // table holds every revocation before this term, is all
+                // that is left (a token's rights change only with its hash).
+                Authority::Checked { caller, .. } => caller.need_valid(&tokens),
+                Authority::Client(a) => {
+                    self.auth.caller_from(a.as_deref(), &tokens).and_then(|caller| caller.need_txn(&req.txn))
+                }
+                Authority::Node => Ok(()),
             }
-            if self.auth.mode != Mode::None {
-                self.await_own_term_applied(left()).await.map_err(|e| ForwardError::NotReady(e.to_string()))?;
-                let caller =
-                    self.auth.caller_from(authorization.as_deref(), &self.sm.tokens()).map_err(ForwardError::Denied)?;
-                caller.need_txn(&req.txn).map_err(ForwardError::Denied)?;
-            }
+            .map_err(ForwardError::Denied)?;
         }
         match tokio::time::timeout(left(), self.proposer.propose(req)).await {
             Ok(r) => r.map_err(ForwardError::from),

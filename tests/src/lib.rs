@@ -201,13 +201,7 @@ impl Kvd {
         // unsynced counts as durable from here on (the page cache keeps it
         // across a `kill -9`; only a power cut in between would lose it).
         let _ = std::fs::remove_file(&self.powercut_log);
-        let recorder = bin("libkv_failsync.so");
-        let preload = match self.env.iter().find(|(k, _)| k == "LD_PRELOAD") {
-            Some((_, v)) if v.split(':').any(|p| Path::new(p) == recorder) => v.clone(),
-            Some((_, v)) => format!("{}:{v}", recorder.display()),
-            None => recorder.display().to_string(),
-        };
-        cmd.env("LD_PRELOAD", preload).env("KV_POWERCUT_LOG", &self.powercut_log);
+        cmd.env("LD_PRELOAD", bin("libkv_failsync.so")).env("KV_POWERCUT_LOG", &self.powercut_log);
         let mut child = cmd.spawn().expect("spawn kvd");
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -253,8 +247,7 @@ impl Kvd {
         }
     }
 
-    /// The trigger file that stalls the process's fsyncs (tests/failsync),
-    /// unless the test gave one of its own.
+    /// The trigger file that stalls the process's fsyncs (tests/failsync).
     fn stall_file(&self) -> PathBuf {
         self.powercut_log.with_file_name("stall-fsync")
     }

@@ -12,7 +12,7 @@ use std::path::Path;
 /// One file's writes and fsyncs, by line number in the log.
 #[derive(Default)]
 struct FileLog {
-    /// (line of `W`, offset, len), by write sequence number.
+    /// (offset, len), by write sequence number.
     writes: HashMap<u64, (u64, u64)>,
     /// Line of the `B` of the last fsync that succeeded.
     synced_at: Option<usize>,
@@ -31,8 +31,7 @@ pub struct Cut {
 /// not durable when the process died.
 fn lost_ranges(log: &str) -> HashMap<(u64, u64), Vec<(u64, u64)>> {
     let mut files: HashMap<(u64, u64), FileLog> = HashMap::new();
-    // seq → (file, line) of writes and fsyncs begun.
-    let mut begun_write: HashMap<u64, (u64, u64)> = HashMap::new();
+    // seq → line of a write's return, and file and line of an fsync begun.
     let mut done: HashMap<u64, usize> = HashMap::new();
     let mut begun_sync: HashMap<u64, ((u64, u64), usize)> = HashMap::new();
     for (line, text) in log.lines().enumerate() {
@@ -40,7 +39,6 @@ fn lost_ranges(log: &str) -> HashMap<(u64, u64), Vec<(u64, u64)>> {
         match (text.as_bytes().first(), f.as_slice()) {
             (Some(b'W'), [seq, dev, ino, off, len]) => {
                 files.entry((*dev, *ino)).or_default().writes.insert(*seq, (*off, *len));
-                begun_write.insert(*seq, (*dev, *ino));
             }
             (Some(b'D'), [seq]) => {
                 done.insert(*seq, line);

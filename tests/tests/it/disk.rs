@@ -63,12 +63,17 @@ pub(crate) fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// A bootstrapped kvd in `dir` with the fsync-fault library loaded, whose
-/// trigger file (`var`: see tests/failsync) is `trigger`.
-pub(crate) fn bootstrap_with_failsync(dir: &Path, var: &str, trigger: &Path, extra: &[&str]) -> Kvd {
-    let lib = bin("libkv_failsync.so");
-    let env = [("LD_PRELOAD", lib.to_str().expect("utf-8 path")), (var, trigger.to_str().expect("utf-8 path"))];
-    Kvd::bootstrap_on(dir.join("data"), &env, extra)
+/// A bootstrapped kvd in `dir` whose fsyncs fail while `trigger` exists
+/// (tests/failsync, which every kvd of the harness has loaded).
+fn bootstrap_with_failing_fsync(dir: &Path, trigger: &Path) -> Kvd {
+    Kvd::bootstrap_on(dir.join("data"), &[("KV_FAIL_FSYNC_FILE", trigger.to_str().expect("utf-8 path"))], &[])
+}
+
+/// `(last log index, applied index)` of a member, from its peer status.
+pub(crate) fn peer_status(rt: &tokio::runtime::Runtime, k: &Kvd) -> Option<(u64, u64)> {
+    let s: serde_json::Value =
+        rt.block_on(async { reqwest::get(format!("{}/peer/v1/status", k.peer_url)).await?.json().await }).ok()?;
+    Some((s["last_log_index"].as_u64()?, s["applied_index"].as_u64()?))
 }
 
 pub(crate) fn metric(text: &str, name: &str) -> u64 {
@@ -165,7 +170,7 @@ fn a_follower_out_of_space_falls_behind_and_catches_up() {
 fn a_failed_fsync_stops_the_node_before_it_acknowledges() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let trigger = tmp.path().join("fail-fsync");
-    let mut k = bootstrap_with_failsync(tmp.path(), "KV_FAIL_FSYNC_FILE", &trigger, &[]);
+    let mut k = bootstrap_with_failing_fsync(tmp.path(), &trigger);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let c = k.client();
     rt.block_on(c.put("before", "v", &PutOptions::default())).expect("put while fsync works");
@@ -286,10 +291,8 @@ fn a_write_the_followers_hold_waits_for_the_leaders_own_fsync() {
     // count, yet nobody answers it or shows it until the leader's fsync
     // returns. Long election timeouts keep the followers from electing a
     // leader of their own meanwhile (that leader could rightly commit it).
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let stall = tmp.path().join("stall-fsync");
     let slow = ["--election-timeout-ms", "20000"];
-    let a = bootstrap_with_failsync(tmp.path(), "KV_STALL_FSYNC_FILE", &stall, &slow);
+    let a = Kvd::bootstrap(&slow);
     let mut followers = [Kvd::empty(2, &slow), Kvd::empty(3, &slow)];
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     for n in &mut followers {
@@ -302,12 +305,7 @@ fn a_write_the_followers_hold_waits_for_the_leaders_own_fsync() {
         rt.block_on(a.client().put("warm", "v", &PutOptions::default())).expect("put");
         (metric(&metrics().expect("metrics"), "kv_log_appends_before_fsync_total") > 0).then_some(())
     });
-    let status = |k: &Kvd| -> (u64, u64) {
-        let s: serde_json::Value = rt
-            .block_on(async { reqwest::get(format!("{}/peer/v1/status", k.peer_url)).await?.json().await })
-            .expect("status");
-        (s["last_log_index"].as_u64().expect("last_log_index"), s["applied_index"].as_u64().expect("applied_index"))
-    };
+    let status = |k: &Kvd| peer_status(&rt, k).expect("status");
     // NOTE: a follower learns that the last warm-up write is committed with
     // the leader's next message; until it has applied all it holds, a change
     // of its applied index would not be the stalled write's.
@@ -316,7 +314,7 @@ fn a_write_the_followers_hold_waits_for_the_leaders_own_fsync() {
         .map(|n| poll("a follower to apply all it holds", || Some(status(n)).filter(|(last, applied)| last == applied)))
         .collect();
 
-    std::fs::write(&stall, "").expect("stall the leader's disk");
+    a.stall_fsync(true);
     let client = a.client();
     let (tx, rx) = std::sync::mpsc::channel();
     let writer = std::thread::spawn(move || {
@@ -343,7 +341,7 @@ fn a_write_the_followers_hold_waits_for_the_leaders_own_fsync() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    std::fs::remove_file(&stall).expect("unstall");
+    a.stall_fsync(false);
     rx.recv_timeout(Duration::from_secs(10)).expect("answer").expect("the write, once on the leader's disk");
     writer.join().expect("writer");
     for n in &followers {

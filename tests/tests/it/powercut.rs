@@ -8,14 +8,7 @@ use std::time::{Duration, Instant};
 use kv_client::{ListOptions, PutOptions};
 use kv_tests::Kvd;
 
-use crate::disk::{bootstrap_with_failsync, metric, poll};
-
-/// `(last log index, applied index)` of a member, from its peer status.
-fn status(rt: &tokio::runtime::Runtime, k: &Kvd) -> Option<(u64, u64)> {
-    let s: serde_json::Value =
-        rt.block_on(async { reqwest::get(format!("{}/peer/v1/status", k.peer_url)).await?.json().await }).ok()?;
-    Some((s["last_log_index"].as_u64()?, s["applied_index"].as_u64()?))
-}
+use crate::disk::{metric, peer_status as status, poll};
 
 /// Every key and value below the root, as `member` holds it (a stale read).
 fn contents(rt: &tokio::runtime::Runtime, member: &Kvd) -> Vec<(String, Option<String>)> {
@@ -60,10 +53,8 @@ fn a_leader_that_loses_unsynced_entries_in_a_power_cut_never_reuses_their_log_id
     // next write answered 200 and was missing on both followers for good.
     // Long election timeouts keep the followers from electing a leader of
     // their own while the leader's disk is stuck and it restarts.
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let stall = tmp.path().join("stall-fsync");
     let slow = ["--election-timeout-ms", "4000"];
-    let mut a = bootstrap_with_failsync(tmp.path(), "KV_STALL_FSYNC_FILE", &stall, &slow);
+    let mut a = Kvd::bootstrap(&slow);
     let mut followers = [Kvd::empty(2, &slow), Kvd::empty(3, &slow)];
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     for n in &mut followers {
@@ -80,7 +71,7 @@ fn a_leader_that_loses_unsynced_entries_in_a_power_cut_never_reuses_their_log_id
         .map(|n| poll("a follower to apply all it holds", || status(&rt, n).filter(|(l, ap)| l == ap).map(|s| s.0)))
         .collect();
 
-    std::fs::write(&stall, "").expect("stall the leader's disk");
+    a.stall_fsync(true);
     let client = a.client();
     // NOTE: the write never completes: its node is cut off below.
     std::thread::spawn(move || {
@@ -92,7 +83,6 @@ fn a_leader_that_loses_unsynced_entries_in_a_power_cut_never_reuses_their_log_id
     }
     let cut = a.power_cut();
     assert!(cut.bytes > 0, "the power cut took nothing back: the entry was on the leader's disk after all");
-    std::fs::remove_file(&stall).expect("unstall");
     a.start_again();
     a.wait_ready();
 

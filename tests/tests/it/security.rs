@@ -622,26 +622,36 @@ async fn a_revoked_token_is_refused_through_a_lagging_member() {
     assert_eq!(status(read.await.expect("read task")), 401, "a linearizable read with the revoked token");
 }
 
+/// A bincode string.
+fn bincode_string(s: &str) -> Vec<u8> {
+    [(s.len() as u64).to_le_bytes().as_slice(), s.as_bytes()].concat()
+}
+
 /// A write as a member forwards it to the leader's peer port (bincode of
-/// kvd's `Forwarded`): a put of `key` = `value`, with `authorization` as
-/// the client's `Authorization` header.
-fn forged_forward(key: &str, value: &str, authorization: Option<&str>) -> Vec<u8> {
-    let string = |s: &str| [(s.len() as u64).to_le_bytes().as_slice(), s.as_bytes()].concat();
-    let mut b = string("forged-put");
+/// kvd's `Forwarded`): request `id` with the one operation `op` (bincode of
+/// kvd's `Op`), with `authorization` as the client's `Authorization` header.
+fn forged_request(id: &str, op: &[u8], authorization: Option<&str>) -> Vec<u8> {
+    let mut b = bincode_string(id);
     b.extend(0i64.to_le_bytes()); // now_ns
     b.extend(0u64.to_le_bytes()); // no compares
-    b.extend(1u64.to_le_bytes()); // one operation on success:
-    b.extend(0u32.to_le_bytes()); // a put
-    b.extend(string(key));
-    b.push(1); // with a value
-    b.extend(string(value));
-    b.extend([0u8; 5]); // and no attributes
+    b.extend(1u64.to_le_bytes()); // one operation on success
+    b.extend(op);
     b.extend(0u64.to_le_bytes()); // nothing on failure
     match authorization {
-        Some(a) => b.extend([[1u8].as_slice(), &string(a)].concat()),
+        Some(a) => b.extend([[1u8].as_slice(), &bincode_string(a)].concat()),
         None => b.push(0),
     }
     b
+}
+
+/// [`forged_request`] of a put of `key` = `value`.
+fn forged_forward(key: &str, value: &str, authorization: Option<&str>) -> Vec<u8> {
+    let mut op = 0u32.to_le_bytes().to_vec(); // a put
+    op.extend(bincode_string(key));
+    op.push(1); // with a value
+    op.extend(bincode_string(value));
+    op.extend([0u8; 5]); // and no attributes
+    forged_request("forged-put", &op, authorization)
 }
 
 #[tokio::test]
@@ -660,6 +670,37 @@ async fn the_peer_port_takes_no_write_its_credential_does_not_allow() {
         assert_eq!(propose(forged_forward(key, "x", authorization)).await, 1u32.to_le_bytes(), "{authorization:?}");
         assert_eq!(k.client().get(key).await.expect("read"), None, "written with {authorization:?}");
     }
+}
+
+#[tokio::test]
+async fn no_client_sets_the_request_id_window_through_the_peer_port() {
+    // Only a leader's proposer writes the window. A window of 1 s set by a
+    // forged forward used to prune, in its own entry, every record older
+    // than that: a retry then applied a second time.
+    let k = Kvd::bootstrap(&["--auth", "writes"]);
+    let admin = format!("Bearer {}", k.admin_token());
+    let put = || {
+        http()
+            .put(format!("{}/v1/kv/once", k.url))
+            .header("authorization", &admin)
+            .header("x-kv-request-id", "once-1")
+            .body("v")
+            .send()
+    };
+    let first: serde_json::Value = put().await.expect("put").json().await.expect("json");
+    // NOTE: the record must be older than the forged window.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut op = 4u32.to_le_bytes().to_vec(); // SetDedupWindow
+    op.extend(1000u64.to_le_bytes());
+    let r = http()
+        .post(format!("{}/peer/v1/propose", k.peer_url))
+        .body(forged_request("", &op, Some(&admin)))
+        .send()
+        .await
+        .expect("peer call");
+    assert_eq!(r.bytes().await.expect("answer")[..4], 1u32.to_le_bytes(), "the forged window was taken");
+    let again: serde_json::Value = put().await.expect("put again").json().await.expect("json");
+    assert_eq!(again["revision"], first["revision"], "the retry applied a second time");
 }
 
 #[tokio::test]
