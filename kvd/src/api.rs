@@ -329,7 +329,8 @@ impl From<ReadError> for ApiError {
     }
 }
 
-fn now_ns() -> i64 {
+/// Now, in ns since the Unix epoch.
+pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
@@ -749,13 +750,8 @@ async fn txn(
     body: Body,
 ) -> ApiResult<HttpResponse> {
     let raw = read_body(&headers, body, node.cfg.max_txn_size, "the transaction").await?;
+    // NOTE: a transaction holds puts and deletes only (`parse_txn`).
     let txn = parse_txn(&raw, node.cfg.max_value_size)?;
-    if txn.success.iter().chain(&txn.failure).any(|op| matches!(op, Op::CreateToken(_) | Op::RevokeToken(_))) {
-        return Err(ApiError::bad("bad_request", "tokens are managed through /v1/auth/tokens"));
-    }
-    if txn.success.iter().chain(&txn.failure).any(|op| matches!(op, Op::SetDedupWindow(_))) {
-        return Err(ApiError::bad("bad_request", "not an operation of a transaction"));
-    }
     // A transaction touching anything the caller may not touch is refused whole.
     caller.need_txn(&txn)?;
     let r = propose(&node, &caller, &headers, txn).await?;

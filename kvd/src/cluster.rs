@@ -101,7 +101,7 @@ pub enum ClusterError {
 
 type Result<T> = std::result::Result<T, ClusterError>;
 
-fn unavailable(e: impl std::fmt::Display) -> ClusterError {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Unavailable(e.to_string())
 }
 

@@ -53,7 +53,7 @@ pub const MAX_WINDOW_MS: u64 = 30 * 24 * 3600 * 1000;
 const DEDUP_LEGACY_ENTRIES: u64 = 100_000;
 
 /// Key of the window in effect.
-pub const WINDOW_KEY: &[u8] = b"w";
+const WINDOW_KEY: &[u8] = b"w";
 
 /// A remembered response to a request id, with the log time of the entry
 /// that applied it.
@@ -134,6 +134,11 @@ pub fn lookup(store: &Store, id: &str) -> io::Result<Option<Response>> {
 pub fn record(store: &Store, batch: &mut fjall::OwnedWriteBatch, at_ns: i64, id: &str, response: Response) {
     batch.insert(&store.dedup, time_key(at_ns, id), []);
     batch.insert(&store.dedup, record_key(id), encode(&Record { at_ns, response }));
+}
+
+/// Records `window_ms` as the window in effect.
+pub fn set_window(store: &Store, batch: &mut fjall::OwnedWriteBatch, window_ms: u64) {
+    batch.insert(&store.dedup, WINDOW_KEY, window_ms.to_be_bytes());
 }
 
 /// The window in effect (the default when none was written), ms.

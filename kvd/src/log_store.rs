@@ -47,8 +47,8 @@ impl LogStore {
         s.vote = s.get_meta(VOTE)?;
         let last = s.last_log_id()?;
         s.store.durable.wrote(last);
-        s.store.sync();
         s.step_down_at_start();
+        s.store.sync();
         Ok(s)
     }
 
@@ -73,16 +73,21 @@ impl LogStore {
     /// winning an election in a later term, whose log ids are new. Any
     /// follower's log then is compared by the normal rules, so what a quorum
     /// holds wins (etcd and TiKV likewise restart every node as a follower).
-    /// The rewritten vote is on disk before openraft starts.
+    /// The rewritten vote is on disk before openraft starts (the caller's
+    /// fsync).
     fn step_down_at_start(&mut self) {
-        let Some(vote) = self.vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(self.id)) else {
+        let Some(vote) = self.leading_vote().copied() else {
             return;
         };
         let demoted = Vote { committed: false, ..vote };
         self.store.raft.insert(VOTE, encode(&demoted)).unwrap_or_else(|e| write_failed(e));
-        self.store.sync();
         self.vote = Some(demoted);
         tracing::info!(term = vote.leader_id().term, "was the leader before the restart; starting as a follower");
+    }
+
+    /// The saved vote, when it is this node's own as a leader.
+    fn leading_vote(&self) -> Option<&Vote> {
+        self.vote.as_ref().filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(self.id))
     }
 
     fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
@@ -103,7 +108,7 @@ impl LogStore {
     /// a follower's append (even of this node's entries of an older term,
     /// copied back by a later leader) never qualifies.
     fn may_sync_later(&self, entries: &[Entry]) -> bool {
-        let Some(vote) = self.vote.as_ref().filter(|v| v.is_committed() && v.leader_id().node_id == self.id) else {
+        let Some(vote) = self.leading_vote() else {
             return false;
         };
         self.store.durable.replicated()

@@ -114,18 +114,19 @@ async fn worker(raft: Raft, mut rx: mpsc::Receiver<Pending>, gate: Arc<RwLock<()
             }
         }
         let (mut reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.reply)).unzip();
+        crate::metrics::METRICS.proposals.observe_count(reqs.len() as u64);
+        // NOTE: stamped once the gate is open: a leadership transfer may hold
+        // it for seconds.
+        let open = gate.read().await;
         // IMPORTANT: one clock for the log: the leader stamps every request
         // of the entry with its own time when it proposes them, whichever
         // member took them. The entry's time (crate::dedup) then never mixes
         // clocks within an entry, and a member whose clock is off cannot
         // prune the cluster's request ids early unless it leads.
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let now_ns = crate::api::now_ns();
         for r in &mut reqs {
             r.now_ns = now_ns;
         }
-        crate::metrics::METRICS.proposals.observe_count(reqs.len() as u64);
         // NOTE: the window goes first, so the writes of the same entry are
         // already kept for it; its answer is nobody's and is dropped below.
         let set_window = sm.dedup_window_ms() != window_ms;
@@ -134,7 +135,6 @@ async fn worker(raft: Raft, mut rx: mpsc::Receiver<Pending>, gate: Arc<RwLock<()
             let txn = Txn { compare: vec![], success: vec![Op::SetDedupWindow(window_ms)], failure: vec![] };
             reqs.insert(0, Request { id: String::new(), now_ns, txn });
         }
-        let open = gate.read().await;
         let result = raft.client_write(Batch(reqs)).await;
         drop(open);
         match result {

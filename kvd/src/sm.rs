@@ -541,7 +541,8 @@ impl Shared {
                     dedup::record(&self.store, &mut batch, now_ns, &id, response);
                 }
                 if st.dedup_window_ms != window_before {
-                    batch.insert(&self.store.dedup, dedup::WINDOW_KEY, st.dedup_window_ms.to_be_bytes());
+                    dedup::set_window(&self.store, &mut batch, st.dedup_window_ms);
+                    self.dedup_window_ms.store(st.dedup_window_ms, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(window_ms = st.dedup_window_ms, "dedup window changed");
                 }
                 dedup::prune(&self.store, &mut batch, now_ns, st.dedup_window_ms, log_id.index)?;
@@ -578,7 +579,6 @@ impl Shared {
         batch.insert(&self.store.sm_meta, REVISION, st.revision.to_be_bytes());
         batch.insert(&self.store.sm_meta, COMPACT, st.compact.to_be_bytes());
         batch.commit().unwrap_or_else(|e| fatal("writing the state machine failed", &e));
-        self.dedup_window_ms.store(st.dedup_window_ms, std::sync::atomic::Ordering::Relaxed);
         if tokens_changed {
             self.reload_tokens()?;
         }
@@ -589,9 +589,7 @@ impl Shared {
     /// `current.snap`, unless a newer one got there meanwhile. Returns it
     /// open (the file written, whatever the path holds by then).
     fn build_snapshot_file(&self) -> io::Result<(Header, std::fs::File)> {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let tmp = self.snap_dir.join(format!("build-{nanos}.tmp"));
+        let tmp = self.temp_path("build");
         let header = self.write_snapshot(&tmp)?;
         let file = std::fs::File::open(&tmp)?;
         self.at(Step::Built);
@@ -608,9 +606,12 @@ impl Shared {
 
     /// A fresh temp file name in the snapshot dir (removed at start if left).
     pub fn temp_snapshot_path(&self) -> PathBuf {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        self.snap_dir.join(format!("backup-{nanos}.tmp"))
+        self.temp_path("backup")
+    }
+
+    /// A fresh temp file name in the snapshot dir, for `what`.
+    fn temp_path(&self, what: &str) -> PathBuf {
+        self.snap_dir.join(format!("{what}-{}.tmp", nanos_now()))
     }
 
     /// Writes a snapshot of one consistent view of the state to `dest`.
@@ -624,8 +625,7 @@ impl Shared {
         let membership: StoredMembership =
             snap.get(m, MEMBERSHIP).map_err(io_err)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
         let revision = u64_of(snap.get(m, REVISION).map_err(io_err)?);
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = nanos_now();
         let snapshot_id = match applied {
             Some(l) => format!("{}-{}-{}-{nanos}", l.leader_id.term, l.leader_id.node_id, l.index),
             None => format!("0-0-0-{nanos}"),
@@ -692,6 +692,12 @@ impl Shared {
         self.reload_tokens()?;
         Ok(st)
     }
+}
+
+/// Now, in ns since the Unix epoch: unique enough for temp files and
+/// snapshot ids.
+fn nanos_now() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
 /// Offline restore: loads a verified snapshot file's data into an empty
@@ -908,9 +914,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let path = self.shared.snap_dir.join(format!("recv-{nanos}.tmp"));
+        let path = self.shared.temp_path("recv");
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -936,9 +940,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let st = blocking(move || {
             use std::io::Seek;
             src.rewind()?;
-            let nanos =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-            let tmp = shared.snap_dir.join(format!("install-{nanos}.tmp"));
+            let tmp = shared.temp_path("install");
             let mut dst = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&tmp)?;
             std::io::copy(&mut src, &mut dst)?;
             dst.sync_all()?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedRwLockWriteGuard;
 
-use crate::cluster::{ClusterError, STATUS_TIMEOUT};
+use crate::cluster::{unavailable, ClusterError, STATUS_TIMEOUT};
 use crate::network::path;
 use crate::node::Node;
 use crate::types::NodeId;
@@ -155,10 +155,6 @@ async fn release_peers(node: &Node, peers: &[String]) {
     hold_peers(node, peers, 0).await;
 }
 
-fn unavailable(m: String) -> ClusterError {
-    ClusterError::Unavailable(m)
-}
-
 impl Node {
     /// The voter best placed to take over from this leader: the other voter
     /// whose log matches furthest.
@@ -252,7 +248,7 @@ impl Node {
         // commit in time fails the transfer.
         let proposals = tokio::time::timeout(left(), self.proposer.gate.clone().write_owned())
             .await
-            .map_err(|_| unavailable("writes under way did not finish in time for the transfer".into()))?;
+            .map_err(|_| unavailable("writes under way did not finish in time for the transfer"))?;
         let hold = self.transfer_hold();
         let holds = TransferHolds {
             node: self.clone(),

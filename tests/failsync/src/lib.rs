@@ -32,12 +32,20 @@ use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-fn exists(var: &str) -> bool {
-    std::env::var_os(var).is_some_and(|p| std::path::Path::new(&p).exists())
+/// Whether the trigger file in `slot` (named by environment variable `var`,
+/// read once) exists.
+fn exists(slot: &'static OnceLock<Option<std::path::PathBuf>>, var: &str) -> bool {
+    slot.get_or_init(|| std::env::var_os(var).map(Into::into)).as_ref().is_some_and(|p| p.exists())
 }
 
 fn failing() -> bool {
-    exists("KV_FAIL_FSYNC_FILE")
+    static FAIL: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+    exists(&FAIL, "KV_FAIL_FSYNC_FILE")
+}
+
+fn stalled() -> bool {
+    static STALL: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+    exists(&STALL, "KV_STALL_FSYNC_FILE")
 }
 
 /// The power-cut log's descriptor, when `KV_POWERCUT_LOG` is set.
@@ -63,7 +71,7 @@ fn record(fd: c_int, line: &str) {
     unsafe { libc::syscall(libc::SYS_write, fd, line.as_ptr(), line.len()) };
 }
 
-/// `(dev, ino, size, flags)` of `fd` when it is a regular file.
+/// `(dev, ino, size)` of `fd` when it is a regular file.
 fn regular(fd: c_int) -> Option<(u64, u64, u64)> {
     // SAFETY: stat is plain data, filled by the kernel on success.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -113,7 +121,7 @@ fn iov_len(iov: *const libc::iovec, n: c_int) -> usize {
 }
 
 fn sync(nr: libc::c_long, fd: c_int) -> c_int {
-    while exists("KV_STALL_FSYNC_FILE") {
+    while stalled() {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     if failing() {

@@ -49,11 +49,7 @@ pub(crate) async fn agreed_leader(nodes: &[&Kvd]) -> u64 {
     loop {
         let mut seen = Vec::new();
         for n in nodes {
-            let s: Option<kv_client::NodeStatus> = match http().get(format!("{}/v1/status", n.url)).send().await {
-                Ok(r) => r.json().await.ok(),
-                Err(_) => None,
-            };
-            seen.push(s.and_then(|s| s.leader));
+            seen.push(crate::node_status(&n.url).await.and_then(|s| s.leader));
         }
         if let Some(Some(l)) = seen.first() {
             if seen.iter().all(|s| *s == Some(*l)) && nodes.iter().any(|n| n.id == *l) {

@@ -5,16 +5,15 @@ use std::process::{Command, Output, Stdio};
 
 use kv_tests::{bin, Kvd};
 
+/// kvctl with `args` against `k`, its output captured.
+pub(crate) fn command(k: &Kvd, args: &[impl AsRef<std::ffi::OsStr>]) -> Command {
+    let mut c = Command::new(bin("kvctl"));
+    c.arg("--endpoints").arg(&k.url).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
+}
+
 fn kvctl(k: &Kvd, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(bin("kvctl"))
-        .arg("--endpoints")
-        .arg(&k.url)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kvctl");
+    let mut child = command(k, args).stdin(Stdio::piped()).spawn().expect("run kvctl");
     let mut input = child.stdin.take().expect("stdin");
     input.write_all(stdin.unwrap_or_default()).expect("write stdin");
     drop(input);

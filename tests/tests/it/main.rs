@@ -34,6 +34,13 @@ pub async fn revision(url: &str) -> u64 {
         .expect("x-kv-revision header")
 }
 
+/// A member's status (`GET /v1/status`), `None` when it does not answer
+/// within 5 s.
+pub async fn node_status(url: &str) -> Option<kv_client::NodeStatus> {
+    let r = http().get(format!("{url}/v1/status")).timeout(std::time::Duration::from_secs(5)).send().await.ok()?;
+    r.json().await.ok()
+}
+
 /// Status and JSON error code of a response.
 pub async fn status_and_code(r: reqwest::Response) -> (u16, String) {
     let status = r.status().as_u16();

@@ -13,7 +13,7 @@ use crate::{http, put};
 const FAST: &[&str] = &["--request-timeout-ms", "3000"];
 
 async fn status(url: &str) -> NodeStatus {
-    http().get(format!("{url}/v1/status")).send().await.expect("status").json().await.expect("status json")
+    crate::node_status(url).await.expect("status")
 }
 
 /// One stale read's answer: a listing of `order/` at a revision, or a

@@ -2,10 +2,10 @@
 //! first) when the client goes away mid-way: nothing the transfer holds
 //! (heartbeats, elections, proposals) stays held.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use kv_tests::{bin, Kvd};
+use kv_tests::Kvd;
 
 use crate::cluster::{agreed_leader, start_cluster};
 use crate::http;
@@ -16,8 +16,7 @@ const FAST: &[&str] = &["--request-timeout-ms", "3000"];
 const ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
 
 async fn status(k: &Kvd) -> Option<kv_client::NodeStatus> {
-    let r = http().get(format!("{}/v1/status", k.url)).timeout(Duration::from_secs(2)).send().await.ok()?;
-    r.json().await.ok()
+    crate::node_status(&k.url).await
 }
 
 /// A put through `k` that gives up after `wait`: whether it was acknowledged.
@@ -26,21 +25,9 @@ async fn put_within(k: &Kvd, key: &str, wait: Duration) -> bool {
     r.is_ok_and(|r| r.status() == 200)
 }
 
-fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' '))).and_then(|v| v.parse().ok())
-}
-
 /// kvctl `args` against `k`, left running.
 fn kvctl(k: &Kvd, args: &[String]) -> Child {
-    Command::new(bin("kvctl"))
-        .arg("--endpoints")
-        .arg(&k.url)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kvctl")
+    crate::kvctl::command(k, args).stdin(Stdio::null()).spawn().expect("run kvctl")
 }
 
 /// Freezes the follower a transfer away from the leader picks (the other
@@ -153,7 +140,7 @@ async fn cancel_mid_transfer(args: impl Fn(u64, u64) -> Vec<String>) {
         assert!(put_within(n, &format!("idle/{}", n.id), Duration::from_secs(5)).await, "put through node {}", n.id);
         let text = http().get(format!("{}/metrics", n.url)).send().await.expect("metrics").text().await.expect("text");
         for held in ["kv_raft_heartbeats_paused", "kv_raft_elections_held", "kv_proposals_held"] {
-            assert_eq!(metric(&text, held), Some(0), "{held} on node {}", n.id);
+            assert_eq!(crate::disk::metric(&text, held), 0, "{held} on node {}", n.id);
         }
     }
 }
