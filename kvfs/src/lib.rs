@@ -5,9 +5,20 @@
 //! outside the mounted prefix, or a store of its own (the last-known-good
 //! copy only bridges a cluster that cannot be reached at start).
 
-pub mod cluster;
+mod cluster;
 pub mod conformance;
-pub mod fake;
+mod core;
+mod fake;
+mod fs;
+mod handles;
+mod inodes;
+mod remote;
+mod sync;
+mod tree;
 
-pub use cluster::{Batch, Cluster, Events, Failure, Page};
-// pub use fake::FakeCluster;
+pub use crate::cluster::{Batch, Cluster, Events, Failure, Page};
+pub use crate::core::{loaded, node_of, Core, Inval, InvalSink, Options, RenameMode, SetAttr, State};
+// pub use crate::fake::FakeCluster;
+pub use crate::fs::{invalidator, KvFs};
+pub use crate::remote::Remote;
+pub use crate::sync::{load, load_lkg, Status, Sync};

@@ -6,24 +6,21 @@
 //! A last-known-good copy on disk lets a mount start while the cluster is
 //! down.
 
-mod fs;
 mod opts;
-mod remote;
-mod tree;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use fuser::{MountOption, Session, SessionACL};
 
+use kvfs::{Core, Failure, KvFs, Remote, Status, Sync};
+
 use crate::opts::{Invocation, Parsed};
-use crate::remote::{load_lkg, Remote, Status, Sync};
-use crate::tree::Tree;
 
 fn main() -> ExitCode {
     let mut args = std::env::args();
@@ -172,8 +169,7 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         None => None,
     };
     let client = kv_client::Client::with_options(&inv.endpoints, &kv_client::ClientOptions { token, ca_pem })?;
-    let remote =
-        Arc::new(Remote { client, prefix: inv.prefix.clone(), timeout: inv.timeout, grants: RwLock::new(None) });
+    let remote = Arc::new(Remote { client, timeout: inv.timeout });
     let name = state_name(inv);
     let lkg_file = inv
         .cache_dir
@@ -186,45 +182,46 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         .unwrap_or_else(|| default_dir("/run/kvfs", "XDG_RUNTIME_DIR", ".cache"))
         .join(format!("{}.status", escape(&inv.mountpoint)));
 
+    let opts = kvfs::Options { prefix: inv.prefix.clone(), ro: inv.ro, local: inv.local.clone() };
+    // The kernel's side of invalidations exists once the session does.
+    let notifier: Arc<OnceLock<fuser::Notifier>> = Arc::default();
+    let n = notifier.clone();
+    let sink = kvfs::invalidator(move || n.get().cloned());
+    // A core over nothing yet, only to map keys to paths for the load.
+    let path_of = {
+        let p = Core::new(remote.clone(), opts.clone(), kvfs::State::default(), Box::new(|_| {}));
+        move |k: &str| p.path_of(k)
+    };
+
     // The cluster first; the last-known-good copy when it cannot be reached.
-    let (revision, entries, from) = match rt.block_on(async { tokio::time::timeout(inv.timeout, remote.load()).await })
-    {
-        Ok(Ok((rev, e))) => (rev, e, "cluster"),
+    let (revision, entries, from) = match kvfs::load(remote.as_ref(), &inv.prefix, &path_of) {
+        Ok((rev, e)) => (rev, e, "cluster"),
         // NOTE: a cluster that refuses the token is no reason to serve the
         // last-known-good copy: that would outlive a revocation.
-        Ok(Err(e)) if matches!(e.status(), Some(401 | 403)) => bail!("cannot mount {}: {e}", inv.source),
-        other => {
-            let why = match other {
-                Ok(Err(e)) => e.to_string(),
-                _ => "no answer in time".to_owned(),
-            };
-            match load_lkg(&lkg_file, &remote) {
-                Ok((rev, e)) => {
-                    tracing::warn!(reason = %why, revision = rev, "cluster unreachable; serving the last-known-good copy");
-                    (rev, e, "last-known-good")
-                }
-                Err(_) => {
-                    bail!("cannot load {}: {why} (and no last-known-good copy at {})", inv.source, lkg_file.display())
-                }
+        Err(Failure::Denied) => bail!("cannot mount {}: the cluster refuses the token", inv.source),
+        Err(why) => match kvfs::load_lkg(&lkg_file, &path_of) {
+            Ok((rev, e)) => {
+                tracing::warn!(reason = %why, revision = rev, "cluster unreachable; serving the last-known-good copy");
+                (rev, e, "last-known-good")
             }
-        }
+            Err(_) => {
+                bail!("cannot load {}: {why} (and no last-known-good copy at {})", inv.source, lkg_file.display())
+            }
+        },
     };
+    let core = Arc::new(Core::new(remote.clone(), opts, kvfs::loaded(entries, revision), sink));
     if from == "cluster" {
-        if let Ok(Ok(me)) = rt.block_on(async { tokio::time::timeout(inv.timeout, remote.client.whoami()).await }) {
-            if let Ok(mut g) = remote.grants.write() {
+        if let Ok(me) = remote.whoami() {
+            if let Ok(mut g) = core.grants.write() {
                 *g = Some(me.grants);
             }
         }
     }
-    let (inval_tx, inval_rx) = std::sync::mpsc::channel();
-    let mut tree = Tree::new();
-    for (p, n) in entries {
-        tree.insert(p, n);
-    }
-    tree.revision = revision;
+    core.connected.store(from == "cluster", Ordering::Relaxed);
+    core.dirty.store(from == "cluster", Ordering::Relaxed);
     let sync = Arc::new(Sync {
-        tree: Arc::new(RwLock::new(tree)),
-        remote: remote.clone(),
+        core: core.clone(),
+        prefix: inv.prefix.clone(),
         status: Mutex::new(Status {
             source: inv.source.clone(),
             mountpoint: inv.mountpoint.display().to_string(),
@@ -236,14 +233,11 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         }),
         status_file: Some(status_file.clone()),
         lkg_file: Some(lkg_file),
-        dirty: AtomicBool::new(from == "cluster"),
-        own: Mutex::default(),
-        inval_tx,
     });
     sync.save_lkg();
     sync.write_status();
 
-    let fs = fs::KvFs::new(sync.clone(), inv.ro, inv.local.clone());
+    let fs = KvFs::new(core.clone());
     let mut config = fuser::Config::default();
     let mut mo = vec![
         MountOption::FSName(inv.source.clone()),
@@ -264,12 +258,12 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     config.n_threads = Some(4);
     let session = Session::new(fs, &inv.mountpoint, &config)
         .with_context(|| format!("cannot mount at {} (is fuse3 installed?)", inv.mountpoint.display()))?;
-    let notifier = session.notifier();
     let mountpoint = inv.mountpoint.clone();
     tracing::info!(source = %inv.source, mountpoint = %inv.mountpoint.display(), "mounted");
 
-    remote::spawn_invalidator(notifier, inval_rx);
-    rt.spawn(sync.clone().run());
+    let _ = notifier.set(session.notifier());
+    let watcher = sync.clone();
+    std::thread::Builder::new().name("kvfs-watch".into()).spawn(move || watcher.run(&|| false))?;
     let saver = sync.clone();
     rt.spawn(async move {
         loop {

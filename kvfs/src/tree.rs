@@ -1,13 +1,10 @@
 //! The cached subtree: entries by path (relative to the mount's prefix),
-//! local scratch files, and the inode table. Plain data, no I/O.
+//! local scratch files, and what the watch has seen. Plain data, no I/O.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use kv_client::{Kind, Meta};
-
-/// Inode number of the mount's root.
-pub const ROOT: u64 = 1;
 
 /// One cached entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,15 +19,22 @@ pub struct Node {
     pub provisional: bool,
 }
 
+impl Node {
+    /// Whether two entries hold the same bytes (attributes aside).
+    pub fn same_content(&self, other: &Node) -> bool {
+        self.meta.kind == other.meta.kind && (Arc::ptr_eq(&self.value, &other.value) || self.value == other.value)
+    }
+}
+
 /// The tree of one mount.
 #[derive(Debug, Default)]
 pub struct Tree {
     entries: BTreeMap<String, Node>,
-    ino_of: HashMap<String, u64>,
-    path_of: HashMap<u64, String>,
-    next_ino: u64,
-    /// Revision of the cluster state this tree reflects.
-    pub revision: u64,
+    /// IMPORTANT: where the watch resumes: every event up to here has been
+    /// applied. Only the watch (and a load or re-list) moves it; this
+    /// mount's own writes do not, or the watch would skip what others wrote
+    /// in between.
+    pub cursor: u64,
     /// Paths this mount deleted, with the revision of the delete: a put
     /// event at or before it, still on its way through the watch, must not
     /// bring the entry back.
@@ -54,32 +58,7 @@ pub fn split(path: &str) -> (&str, &str) {
 impl Tree {
     /// An empty tree.
     pub fn new() -> Tree {
-        let mut t = Tree { next_ino: ROOT + 1, ..Tree::default() };
-        t.ino_of.insert(String::new(), ROOT);
-        t.path_of.insert(ROOT, String::new());
-        t
-    }
-
-    /// The inode of a path, allocating one on first use.
-    pub fn ino(&mut self, path: &str) -> u64 {
-        if let Some(i) = self.ino_of.get(path) {
-            return *i;
-        }
-        let i = self.next_ino;
-        self.next_ino += 1;
-        self.ino_of.insert(path.to_owned(), i);
-        self.path_of.insert(i, path.to_owned());
-        i
-    }
-
-    /// The inode of a path, if one was handed out.
-    pub fn known_ino(&self, path: &str) -> Option<u64> {
-        self.ino_of.get(path).copied()
-    }
-
-    /// The path of an inode.
-    pub fn path(&self, ino: u64) -> Option<&str> {
-        self.path_of.get(&ino).map(String::as_str)
+        Tree::default()
     }
 
     /// The entry stored at a path.
@@ -109,10 +88,11 @@ impl Tree {
         self.entries.remove(path)
     }
 
-    /// Whether an event of `revision` on `path` predates this mount's own
-    /// delete of it.
-    pub fn deleted_after(&self, path: &str, revision: u64) -> bool {
+    /// Whether a change of `path` at `revision` is old news: the entry here
+    /// is as new or newer, or this mount deleted it at or after `revision`.
+    pub fn knows_newer(&self, path: &str, revision: u64) -> bool {
         self.gone.get(path).is_some_and(|r| revision <= *r)
+            || self.entries.get(path).is_some_and(|n| !n.local && !n.provisional && n.meta.mod_revision >= revision)
     }
 
     /// Forgets deletes that every event up to `revision` has been seen past.
@@ -176,34 +156,6 @@ impl Tree {
     /// Every entry that came from the cluster (for the last-known-good copy).
     pub fn remote_entries(&self) -> impl Iterator<Item = (&String, &Node)> {
         self.entries.iter().filter(|(_, n)| !n.local && !n.provisional)
-    }
-
-    /// Moves the inodes of `from` and everything below it to `to`, so open
-    /// files follow a rename. Inodes that `to` had are forgotten.
-    pub fn move_inodes(&mut self, from: &str, to: &str) {
-        let is_under = |p: &str, root: &str| p == root || p.starts_with(&format!("{root}/"));
-        let stale: Vec<String> = self.ino_of.keys().filter(|p| is_under(p, to)).cloned().collect();
-        for p in stale {
-            if let Some(i) = self.ino_of.remove(&p) {
-                self.path_of.remove(&i);
-            }
-        }
-        let moving: Vec<(String, u64)> =
-            self.ino_of.iter().filter(|(p, _)| is_under(p, from)).map(|(p, i)| (p.clone(), *i)).collect();
-        for (p, i) in moving {
-            self.ino_of.remove(&p);
-            let np = format!("{to}{}", &p[from.len()..]);
-            self.ino_of.insert(np.clone(), i);
-            self.path_of.insert(i, np);
-        }
-    }
-
-    /// Swaps the inodes of two subtrees (`RENAME_EXCHANGE`).
-    pub fn swap_inodes(&mut self, a: &str, b: &str) {
-        let tmp = format!("\0swap\0{a}");
-        self.move_inodes(a, &tmp);
-        self.move_inodes(b, a);
-        self.move_inodes(&tmp, b);
     }
 
     /// Replaces every entry that came from the cluster with `fresh`, keeping
@@ -283,23 +235,6 @@ mod tests {
         );
         assert!(t.has_children("a") && !t.has_children("e") && !t.has_children("a.txt"));
         assert_eq!(t.subtree("a").len(), 1);
-    }
-
-    #[test]
-    fn inodes_are_stable_and_follow_renames() {
-        let mut t = Tree::new();
-        let d = t.ino("d");
-        let f = t.ino("d/f");
-        let other = t.ino("x");
-        assert_eq!(t.ino("d/f"), f);
-        t.move_inodes("d", "x");
-        assert_eq!(t.path(d), Some("x"));
-        assert_eq!(t.path(f), Some("x/f"));
-        assert_eq!(t.path(other), None, "the replaced target's inode is forgotten");
-        assert_eq!(t.known_ino("d"), None);
-        let a = t.ino("a");
-        t.swap_inodes("a", "x");
-        assert_eq!((t.path(a), t.path(d), t.path(f)), (Some("x"), Some("a"), Some("a/f")));
     }
 
     #[test]

@@ -390,8 +390,9 @@ fn a_close_commits_what_was_written_while_an_earlier_flush_was_in_flight() {
     let k = Kvd::bootstrap(&[]);
     let m = Mount::start(&format!("{}/app", k.url), &["timeout=30"]);
     let mut f = std::fs::File::create(m.dir.join("f")).expect("create");
-    // A copy of the descriptor, as a forked child holds until it execs: its
-    // close sends a FLUSH of the new, still empty file.
+    f.write_all(b"early").expect("write");
+    // A copy of the descriptor in the process that wrote: its close sends a
+    // FLUSH that commits what was written so far.
     let copy = f.try_clone().expect("dup");
     k.pause();
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
@@ -401,12 +402,12 @@ fn a_close_commits_what_was_written_while_an_earlier_flush_was_in_flight() {
     });
     let tid = tid_rx.recv().expect("tid");
     eventually("the copy's close waits for the stopped cluster", || in_syscall(tid, libc::SYS_close));
-    // Written while that commit of the empty file is in flight.
+    // Written while that commit is in flight.
     f.write_all(b"data").expect("write");
     assert!(!flusher.is_finished(), "the copy's close did not wait for the cluster");
     k.resume();
     flusher.join().expect("flusher").expect("the copy's close failed");
     kv_tests::close_checked(f).expect("close failed");
-    assert_eq!(text(&k, "app/f"), "data", "the last close committed an older buffer");
-    assert_eq!(m.sh_ok("cat f"), "data");
+    assert_eq!(text(&k, "app/f"), "earlydata", "the last close committed an older buffer");
+    assert_eq!(m.sh_ok("cat f"), "earlydata");
 }

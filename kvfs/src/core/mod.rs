@@ -1,0 +1,646 @@
+//! The mount's semantics, free of FUSE and of HTTP: what each filesystem
+//! operation does to the cache, the inode and handle tables and the
+//! cluster, as `Result<_, Errno>`. The FUSE adapter ([`crate::fs`]) only
+//! translates; the watch ([`crate::sync`]) feeds changes in through
+//! [`Core::apply`].
+//!
+//! NOTE: locks are never held across a cluster call. Lock order: `state`,
+//! then `handles`.
+
+mod names;
+mod rename;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{Errno, FileAttr, FileType, INodeNo};
+use kv_client::{Kind, Meta, PutOptions};
+
+use crate::cluster::Cluster;
+use crate::handles::{Handle, Handles, Io, Writer};
+use crate::inodes::{Binding, Inodes, ROOT};
+use crate::tree::{glob_match, join, split, Node, Tree};
+
+pub use names::SetAttr;
+pub use rename::RenameMode;
+pub use watch::{loaded, node_of};
+
+/// A kernel cache entry to drop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inval {
+    /// Attributes and pages of an inode.
+    Inode(u64),
+    /// A name in a directory.
+    Entry(u64, String),
+}
+
+/// Where invalidations go (the FUSE adapter's notifier threads; a list in
+/// tests). Called with no lock held.
+pub type InvalSink = Box<dyn Fn(Vec<Inval>) + Send + Sync>;
+
+/// One entry of a directory listing: inode, type, name.
+pub type DirEntry = (u64, FileType, String);
+
+/// The cache and the inode table, under one lock: a change and the
+/// inodes it detaches are one step for every reader.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Entries by path.
+    pub tree: Tree,
+    /// Inodes by path and number.
+    pub inodes: Inodes,
+}
+
+/// How a mount behaves.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Key prefix of the mount (`""`: the whole keyspace).
+    pub prefix: String,
+    /// Read-only mount.
+    pub ro: bool,
+    /// Globs of names that stay local (editor scratch files).
+    pub local: Vec<String>,
+}
+
+/// The mount.
+pub struct Core {
+    cluster: Arc<dyn Cluster>,
+    opts: Options,
+    state: RwLock<State>,
+    handles: Mutex<Handles>,
+    listings: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_dir: AtomicU64,
+    inval: InvalSink,
+    /// What the mount's token may read (`None`: not known, assume all).
+    pub grants: RwLock<Option<kv_client::Grants>>,
+    /// The watch stream is up (set by the watch).
+    pub connected: AtomicBool,
+    /// The cache changed since the last-known-good copy was saved.
+    pub dirty: AtomicBool,
+    started_ns: i64,
+}
+
+/// Nanoseconds since the epoch, now.
+pub fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+fn time_of(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH
+    }
+}
+
+/// The FUSE file type of an entry kind.
+pub fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+/// Metadata of an entry made here, before the cluster numbers it.
+pub fn new_meta(kind: Kind, mode: u32, uid: u32, gid: u32) -> Meta {
+    Meta { kind, mode, uid, gid, mtime_ns: now_ns(), create_revision: 0, mod_revision: 0, version: 0, size: 0 }
+}
+
+fn attr_of(ino: u64, meta: &Meta, size: u64) -> FileAttr {
+    let t = time_of(meta.mtime_ns);
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks: size.div_ceil(512),
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: file_type(meta.kind),
+        perm: (meta.mode & 0o7777) as u16,
+        nlink: if meta.kind == Kind::Dir { 2 } else { 1 },
+        uid: meta.uid,
+        gid: meta.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+/// The bytes of `data` a READ of `size` at `offset` returns.
+pub fn slice(data: &[u8], offset: u64, size: u32) -> Vec<u8> {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+    let end = start.saturating_add(size as usize).min(data.len());
+    data[start..end].to_vec()
+}
+
+impl Core {
+    /// A mount over `cluster` holding `state` (loaded by the caller).
+    pub fn new(cluster: Arc<dyn Cluster>, opts: Options, state: State, inval: InvalSink) -> Core {
+        Core {
+            cluster,
+            opts,
+            state: RwLock::new(state),
+            handles: Mutex::default(),
+            listings: Mutex::default(),
+            next_dir: AtomicU64::new(1),
+            inval,
+            grants: RwLock::new(None),
+            connected: AtomicBool::new(true),
+            dirty: AtomicBool::new(false),
+            started_ns: now_ns(),
+        }
+    }
+
+    /// Whether the mount is read-only.
+    pub fn read_only(&self) -> bool {
+        self.opts.ro
+    }
+
+    /// The cluster.
+    pub fn cluster(&self) -> &dyn Cluster {
+        self.cluster.as_ref()
+    }
+
+    pub(crate) fn state(&self) -> Result<RwLockReadGuard<'_, State>, Errno> {
+        self.state.read().map_err(|_| Errno::EIO)
+    }
+
+    pub(crate) fn state_mut(&self) -> Result<RwLockWriteGuard<'_, State>, Errno> {
+        self.state.write().map_err(|_| Errno::EIO)
+    }
+
+    fn handles(&self) -> Result<std::sync::MutexGuard<'_, Handles>, Errno> {
+        self.handles.lock().map_err(|_| Errno::EIO)
+    }
+
+    fn invalidate(&self, list: Vec<Inval>) {
+        if !list.is_empty() {
+            (self.inval)(list);
+        }
+    }
+
+    fn changed(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Full key of a path in the mount.
+    pub fn key(&self, path: &str) -> String {
+        match (self.opts.prefix.is_empty(), path.is_empty()) {
+            (true, _) => path.to_owned(),
+            (false, true) => self.opts.prefix.clone(),
+            (false, false) => format!("{}/{path}", self.opts.prefix),
+        }
+    }
+
+    /// Path in the mount of a full key; `None` outside the mount (or the
+    /// prefix key itself, which the root directory stands for).
+    pub fn path_of(&self, key: &str) -> Option<String> {
+        if self.opts.prefix.is_empty() {
+            return Some(key.to_owned());
+        }
+        key.strip_prefix(&self.opts.prefix)?.strip_prefix('/').map(str::to_owned)
+    }
+
+    fn granted(&self, test: impl Fn(&kv_client::Grants, &str) -> bool, path: &str) -> bool {
+        match self.grants.read() {
+            Ok(g) => g.as_ref().is_none_or(|g| test(g, &self.key(path))),
+            Err(_) => true,
+        }
+    }
+
+    fn writable(&self) -> Result<(), Errno> {
+        if self.opts.ro {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn is_local(&self, name: &str) -> bool {
+        self.opts.local.iter().any(|g| glob_match(g, name))
+    }
+
+    /// Before a write is accepted into a buffer: when the watch is down, ask
+    /// the cluster (within the bound) so that `echo x > f` fails at open with
+    /// EIO instead of losing the data at a close() nobody checks.
+    fn check_reachable(&self) -> Result<(), Errno> {
+        if self.connected.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.cluster.probe().map_err(|f| f.errno(Errno::EIO))
+    }
+
+    /// The path of an attached inode (a directory to look names up in).
+    fn dir_path(&self, ino: u64) -> Result<String, Errno> {
+        let s = self.state()?;
+        let i = s.inodes.get(ino).ok_or(Errno::ENOENT)?;
+        match i.binding {
+            Binding::Attached => Ok(i.path.clone()),
+            Binding::Detached { .. } => Err(Errno::ENOENT),
+        }
+    }
+
+    /// The path of `name` in directory `parent`, checked as a key.
+    pub fn child(&self, parent: u64, name: &std::ffi::OsStr) -> Result<String, Errno> {
+        let name = name.to_str().ok_or(Errno::EINVAL)?;
+        if name.len() > kv_client::MAX_SEGMENT_BYTES {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let path = join(&self.dir_path(parent)?, name);
+        kv_client::validate_key(&self.key(&path)).map_err(|e| {
+            if e.is_too_long() {
+                Errno::ENAMETOOLONG
+            } else {
+                Errno::EINVAL
+            }
+        })?;
+        Ok(path)
+    }
+
+    /// Attributes of an attached path.
+    fn path_attr(&self, s: &State, path: &str, ino: u64) -> Result<FileAttr, Errno> {
+        match s.tree.get(path) {
+            Some(n) => Ok(attr_of(ino, &n.meta, if n.meta.kind == Kind::Dir { 4096 } else { n.value.len() as u64 })),
+            None if s.tree.kind(path) == Some(Kind::Dir) => {
+                let mut m = new_meta(Kind::Dir, 0o755, 0, 0);
+                m.mtime_ns = self.started_ns;
+                Ok(attr_of(ino, &m, 4096))
+            }
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    /// The entry an inode shows: the tree's for an attached inode, the
+    /// frozen one for a detached inode (`None`: a directory implied by keys
+    /// below it).
+    fn node_of_ino(s: &State, ino: u64) -> Result<(String, Option<Node>, bool), Errno> {
+        let i = s.inodes.get(ino).ok_or(Errno::ENOENT)?;
+        match &i.binding {
+            Binding::Attached => {
+                s.tree.kind(&i.path).ok_or(Errno::ENOENT)?;
+                Ok((i.path.clone(), s.tree.get(&i.path).cloned(), true))
+            }
+            Binding::Detached { node, .. } => Ok((i.path.clone(), node.clone(), false)),
+        }
+    }
+
+    /// LOOKUP and every reply that hands the kernel an inode: the path's
+    /// attached inode, counted as one more lookup.
+    pub fn entry(&self, path: &str) -> Result<FileAttr, Errno> {
+        let mut s = self.state_mut()?;
+        if s.tree.kind(path).is_none() {
+            return Err(Errno::ENOENT);
+        }
+        let ino = s.inodes.attach(path);
+        let attr = self.path_attr(&s, path, ino)?;
+        s.inodes.looked_up(ino);
+        Ok(attr)
+    }
+
+    /// LOOKUP of `name` in `parent`; a name the token may not see is
+    /// `EACCES`, not `ENOENT`.
+    pub fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> Result<FileAttr, Errno> {
+        let path = self.child(parent, name)?;
+        match self.entry(&path) {
+            Err(Errno::ENOENT) if !self.granted(|g, k| g.can_see(k), &path) => Err(Errno::EACCES),
+            other => other,
+        }
+    }
+
+    /// FORGET.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if let Ok(mut s) = self.state.write() {
+            s.inodes.forget(ino, n);
+        }
+    }
+
+    /// GETATTR. The size is always the stored value's: the inode (and the
+    /// kernel's idea of its size) is shared with readers, and a writer's
+    /// buffer is not a value anyone else may see.
+    pub fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        let s = self.state()?;
+        let (path, node, attached) = Self::node_of_ino(&s, ino)?;
+        match (attached, node) {
+            (true, _) => self.path_attr(&s, &path, ino),
+            (false, Some(n)) => Ok(attr_of(ino, &n.meta, n.value.len() as u64)),
+            (false, None) => Ok(attr_of(ino, &new_meta(Kind::Dir, 0o755, 0, 0), 4096)),
+        }
+    }
+
+    /// READLINK.
+    pub fn readlink(&self, ino: u64) -> Result<Arc<Vec<u8>>, Errno> {
+        let s = self.state()?;
+        let (_, node, _) = Self::node_of_ino(&s, ino)?;
+        let n = node.ok_or(Errno::EINVAL)?;
+        if n.meta.kind != Kind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        Ok(n.value.clone())
+    }
+
+    /// OPEN: a reader gets the version the inode shows now, whole; a writer
+    /// a buffer over the path's current value.
+    pub fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let (path, node, attached) = {
+            let s = self.state()?;
+            let (path, node, attached) = Self::node_of_ino(&s, ino)?;
+            // A writer edits what the name holds now, if the name still
+            // holds this file.
+            let node = match (writable, attached, s.inodes.get(ino).map(|i| &i.binding)) {
+                (true, false, Some(Binding::Detached { gone: false, .. })) => s.tree.get(&path).cloned().or(node),
+                _ => node,
+            };
+            (path, node, attached)
+        };
+        let node = node.ok_or(Errno::EISDIR)?;
+        if node.meta.kind == Kind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        let _ = attached;
+        let io = if writable {
+            if !node.local {
+                self.writable()?;
+                if !self.granted(|g, k| g.can_write(k), &path) {
+                    return Err(Errno::EACCES);
+                }
+                self.check_reachable()?;
+            }
+            let trunc = flags & libc::O_TRUNC != 0;
+            let mut w = Writer::new(if trunc { Vec::new() } else { node.value.as_ref().clone() }, trunc, 0);
+            w.base_rev = node.meta.mod_revision;
+            w.replace |= node.provisional;
+            w.append = flags & libc::O_APPEND != 0;
+            Io::Write(w)
+        } else {
+            Io::Read(node.value.clone())
+        };
+        Ok(self.handles()?.open(Handle { ino, io }))
+    }
+
+    /// READ. `direct`: a read(2) through the handle (answered from the
+    /// handle's version or buffer); otherwise the kernel fills its page
+    /// cache for the inode (a mapping, or a mount without OPEN): answered
+    /// from the inode's version, which never changes.
+    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32, direct: bool) -> Result<Vec<u8>, Errno> {
+        if fh != 0 && direct {
+            let hs = self.handles()?;
+            return match &hs.get(fh)?.io {
+                Io::Read(v) => Ok(slice(v, offset, size)),
+                Io::Write(w) => Ok(slice(&w.buf, offset, size)),
+            };
+        }
+        let s = self.state()?;
+        let (_, node, _) = Self::node_of_ino(&s, ino)?;
+        Ok(slice(&node.ok_or(Errno::EISDIR)?.value, offset, size))
+    }
+
+    /// WRITE into a writer's buffer; `owner` is the writing process's lock
+    /// owner when the kernel says.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], owner: Option<u64>) -> Result<u32, Errno> {
+        self.handles()?.writer(fh)?.write(offset, data, owner)
+    }
+
+    /// FLUSH (a close of one descriptor by `owner`): publishes the buffer if
+    /// that process wrote last; reports a failure of this handle's writes.
+    pub fn flush(&self, fh: u64, owner: u64) -> Result<(), Errno> {
+        tracing::debug!(fh, owner, "flush");
+        let publish = {
+            let mut hs = self.handles()?;
+            match &hs.get(fh)?.io {
+                Io::Read(_) => return Ok(()),
+                Io::Write(_) => {}
+            }
+            let w = hs.writer(fh)?;
+            if let Some(e) = w.failed {
+                return Err(e);
+            }
+            w.publishes_at_flush(owner)
+        };
+        if publish {
+            self.commit(fh)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// FSYNC: publishes whatever the handle holds, and reports a failure.
+    pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
+        let publish = match &self.handles()?.get(fh)?.io {
+            Io::Read(_) => return Ok(()),
+            Io::Write(w) => {
+                if let Some(e) = w.failed {
+                    return Err(e);
+                }
+                w.publishes_at_release()
+            }
+        };
+        if publish {
+            self.commit(fh)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// RELEASE (the last close): publishes what no FLUSH did (a buffer only
+    /// truncated), then forgets the handle. A created file never committed
+    /// disappears again.
+    pub fn release(&self, fh: u64) {
+        let publish = matches!(self.handles().map(|h| h.get(fh).map(|h| match &h.io {
+            Io::Write(w) => w.publishes_at_release(),
+            Io::Read(_) => false,
+        })), Ok(Ok(true)));
+        if publish {
+            if let Err(e) = self.commit(fh) {
+                tracing::warn!(errno = ?e, "write lost at release (close() already returned)");
+            }
+        }
+        let Some(h) = self.handles.lock().ok().and_then(|mut hs| hs.close(fh)) else { return };
+        let mut inval = Vec::new();
+        if let Ok(mut s) = self.state.write() {
+            let path = s.inodes.get(h.ino).filter(|i| i.binding == Binding::Attached).map(|i| i.path.clone());
+            if let Some(p) = path {
+                let still_open = self.handles.lock().map(|mut hs| hs.writers_on(h.ino).next().is_some()).unwrap_or(true);
+                if !still_open && s.tree.get(&p).is_some_and(|n| n.provisional) {
+                    s.tree.remove(&p);
+                    s.inodes.detach(&p, None, true);
+                    inval = watch::entry_invals(&s, &p);
+                }
+            }
+        }
+        self.invalidate(inval);
+    }
+
+    /// Publishes a writer's buffer as one put, if it holds something.
+    fn commit(&self, fh: u64) -> Result<(), Errno> {
+        let lock = self.handles()?.writer(fh)?.commit_lock.clone();
+        let _serial = lock.lock().map_err(|_| Errno::EIO)?;
+        let (ino, data, opts, gen) = {
+            let mut hs = self.handles()?;
+            let ino = hs.get(fh)?.ino;
+            let w = hs.writer(fh)?;
+            if let Some(e) = w.failed {
+                return Err(e);
+            }
+            if !w.dirty {
+                return Ok(());
+            }
+            let opts = PutOptions {
+                attrs: w.attrs.clone(),
+                if_match: (!w.replace && !w.create_only && w.base_rev > 0).then_some(w.base_rev),
+                create_only: w.create_only,
+                request_id: None,
+            };
+            (ino, w.buf.clone(), opts, w.gen)
+        };
+        let (path, node) = {
+            let s = self.state()?;
+            let Some(i) = s.inodes.get(ino) else { return Ok(()) };
+            // Deleted (or renamed over) while open: the data goes nowhere,
+            // as on any filesystem.
+            if matches!(i.binding, Binding::Detached { gone: true, .. }) {
+                return Ok(());
+            }
+            (i.path.clone(), s.tree.get(&i.path).cloned())
+        };
+        let Some(node) = node else { return Ok(()) };
+        if node.local {
+            let mut s = self.state_mut()?;
+            if let Some(n) = s.tree.get_mut(&path) {
+                n.meta.size = data.len() as u64;
+                n.meta.mtime_ns = now_ns();
+                n.value = Arc::new(data);
+            }
+            drop(s);
+            self.handles()?.writer(fh)?.committed(0, gen);
+            return Ok(());
+        }
+        let key = self.key(&path);
+        let size = data.len() as u64;
+        let result = self.cluster.put(&key, data.clone(), &opts);
+        let rev = match result {
+            Ok(rev) => rev,
+            Err(f) => {
+                // IMPORTANT: a failure close() reports is never applied later.
+                let e = f.errno(if opts.create_only { Errno::EEXIST } else { Errno::EIO });
+                if let Ok(w) = self.handles()?.writer(fh) {
+                    w.failed = Some(e);
+                }
+                return Err(e);
+            }
+        };
+        let mut meta = node.meta.clone();
+        meta.kind = Kind::File;
+        meta.mod_revision = rev;
+        if node.provisional || meta.create_revision == 0 {
+            meta.create_revision = rev;
+        }
+        meta.version += 1;
+        meta.size = size;
+        meta.mtime_ns = opts.attrs.mtime_ns.unwrap_or_else(now_ns);
+        meta.mode = opts.attrs.mode.unwrap_or(meta.mode);
+        meta.uid = opts.attrs.uid.unwrap_or(meta.uid);
+        meta.gid = opts.attrs.gid.unwrap_or(meta.gid);
+        let fresh = Node { meta, value: Arc::new(data), local: false, provisional: false };
+        let mut inval = vec![Inval::Inode(ino)];
+        {
+            let mut s = self.state_mut()?;
+            // IMPORTANT: never over a newer value the watch brought meanwhile.
+            if !s.tree.knows_newer(&path, rev) {
+                let attached = s.inodes.attached(&path);
+                if attached.is_some_and(|a| a != ino) {
+                    // The name shows another version than the one this
+                    // handle was opened on: its inode keeps that version.
+                    s.inodes.detach(&path, Some(node.clone()), false);
+                    inval.extend(watch::entry_invals(&s, &path));
+                }
+                s.tree.insert(path, fresh);
+            }
+        }
+        self.changed();
+        self.handles()?.writer(fh)?.committed(rev, gen);
+        self.invalidate(inval);
+        Ok(())
+    }
+
+    /// Commits every writer on `ino` that holds something (before a rename
+    /// moves a file that is not in the cluster yet).
+    fn commit_all(&self, ino: u64) -> Result<(), Errno> {
+        let fhs: Vec<u64> = self.handles()?.writers_on(ino).filter(|(_, w)| w.dirty).map(|(f, _)| f).collect();
+        for fh in fhs {
+            self.commit(fh)?;
+        }
+        Ok(())
+    }
+
+    /// After this mount changed only the attributes or the name of the file
+    /// at `ino` (now at revision `to`): writers that edit revision `from`
+    /// edit `to` instead, so their close does not fail over it.
+    fn rebase(&self, ino: u64, from: u64, to: u64) {
+        if let Ok(mut hs) = self.handles.lock() {
+            for (_, w) in hs.writers_on(ino) {
+                if w.base_rev == from {
+                    w.base_rev = to;
+                }
+            }
+        }
+    }
+
+    /// OPENDIR: a handle whose listing is taken at the first READDIR.
+    pub fn opendir(&self) -> u64 {
+        self.next_dir.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// RELEASEDIR.
+    pub fn releasedir(&self, fh: u64) {
+        if let Ok(mut l) = self.listings.lock() {
+            l.remove(&fh);
+        }
+    }
+
+    /// A directory's entries, `.` and `..` first.
+    fn list_dir(&self, ino: u64) -> Result<Vec<DirEntry>, Errno> {
+        let path = self.dir_path(ino)?;
+        let mut s = self.state_mut()?;
+        if s.tree.kind(&path) != Some(Kind::Dir) {
+            return Err(Errno::ENOTDIR);
+        }
+        let parent = if path.is_empty() { ROOT } else { s.inodes.attach(split(&path).0) };
+        let mut out = vec![(ino, FileType::Directory, ".".to_owned()), (parent, FileType::Directory, "..".to_owned())];
+        for (name, kind) in s.tree.children(&path) {
+            let i = s.inodes.attach(&join(&path, &name));
+            out.push((i, file_type(kind), name));
+        }
+        Ok(out)
+    }
+
+    /// The listing a READDIR of handle `fh` at `offset` reads: offset 0 (a
+    /// new walk, or rewinddir) takes a fresh one, later offsets continue in
+    /// the one taken then, so entries removed meanwhile (`rm -r`) do not
+    /// make the walk skip others.
+    pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        if offset > 0 {
+            if let Some(list) = self.listings.lock().map_err(|_| Errno::EIO)?.get(&fh) {
+                return Ok(list.clone());
+            }
+        }
+        let list = Arc::new(self.list_dir(ino)?);
+        self.listings.lock().map_err(|_| Errno::EIO)?.insert(fh, list.clone());
+        Ok(list)
+    }
+
+    /// The path of a directory inode, for READDIRPLUS's per-name entries.
+    pub fn dir_of(&self, ino: u64) -> Result<String, Errno> {
+        self.dir_path(ino)
+    }
+
+    /// How many entries came from the cluster (STATFS).
+    pub fn entry_count(&self) -> u64 {
+        self.state.read().map(|s| s.tree.remote_entries().count() as u64).unwrap_or(0)
+    }
+}

@@ -1,0 +1,317 @@
+//! Operations on names and attributes: create, mkdir, symlink, unlink,
+//! rename, chmod/chown/utimens and truncate by path.
+
+use std::sync::Arc;
+
+use fuser::{Errno, FileAttr};
+use kv_client::{Attrs, Compare, EntryInfo, Kind, Meta, PutOptions, TxnOp, TxnRequest};
+
+use super::{new_meta, now_ns, Core};
+use crate::handles::{Handle, Io, Writer};
+use crate::tree::{split, Node};
+
+/// A put operation carrying a node's value and attributes.
+pub(super) fn put_op(key: String, n: &Node) -> TxnOp {
+    let wire = EntryInfo::new(key.clone(), n.meta.clone(), (n.meta.kind != Kind::Dir).then_some(n.value.as_slice()));
+    TxnOp::Put {
+        key,
+        value: wire.value.or_else(|| (n.meta.kind == Kind::Dir).then(String::new)),
+        value_base64: wire.value_base64,
+        kind: Some(n.meta.kind),
+        mode: Some(n.meta.mode),
+        uid: Some(n.meta.uid),
+        gid: Some(n.meta.gid),
+        mtime_ns: Some(n.meta.mtime_ns),
+    }
+}
+
+/// What a SETATTR changes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New modification time (ns).
+    pub mtime: Option<i64>,
+}
+
+impl Core {
+    /// CREATE: a new file lives in this mount until its first commit (so
+    /// `cmd > new` publishes one revision, the full one); an existing name
+    /// opens like OPEN.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        flags: i32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(FileAttr, u64), Errno> {
+        let path = self.child(parent, name)?;
+        if self.state()?.tree.kind(&path).is_some() {
+            if flags & libc::O_EXCL != 0 {
+                return Err(Errno::EEXIST);
+            }
+            let attr = self.entry(&path)?;
+            let fh = self.open(attr.ino.0, flags)?;
+            return Ok((attr, fh));
+        }
+        let local = self.is_local(split(&path).1);
+        if !local {
+            self.writable()?;
+            if !self.granted(|g, k| g.can_write(k), &path) {
+                return Err(Errno::EACCES);
+            }
+            self.check_reachable()?;
+        }
+        let meta = new_meta(Kind::File, mode & 0o7777, uid, gid);
+        let attrs = Attrs { kind: None, mode: Some(meta.mode), uid: Some(meta.uid), gid: Some(meta.gid), mtime_ns: None };
+        {
+            let mut s = self.state_mut()?;
+            s.tree.insert(path.clone(), Node { meta, value: Arc::default(), local, provisional: !local });
+        }
+        let attr = self.entry(&path)?;
+        let mut w = Writer::new(Vec::new(), true, 0);
+        w.create_only = flags & libc::O_EXCL != 0;
+        w.append = flags & libc::O_APPEND != 0;
+        w.attrs = attrs;
+        let fh = self.handles()?.open(Handle { ino: attr.ino.0, io: Io::Write(w) });
+        Ok((attr, fh))
+    }
+
+    /// mkdir, mknod, symlink: a whole new entry, written at once.
+    pub fn new_child(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        kind: Kind,
+        mode: u32,
+        value: Vec<u8>,
+        owner: (u32, u32),
+    ) -> Result<FileAttr, Errno> {
+        let path = self.child(parent, name)?;
+        self.writable()?;
+        if self.state()?.tree.kind(&path).is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let meta = new_meta(kind, mode & 0o7777, owner.0, owner.1);
+        let opts = PutOptions {
+            attrs: Attrs {
+                kind: Some(kind),
+                mode: Some(meta.mode),
+                uid: Some(meta.uid),
+                gid: Some(meta.gid),
+                mtime_ns: None,
+            },
+            if_match: None,
+            create_only: true,
+            request_id: None,
+        };
+        let rev = self.cluster.put(&self.key(&path), value.clone(), &opts).map_err(|f| f.errno(Errno::EEXIST))?;
+        let mut m = meta;
+        m.size = value.len() as u64;
+        m.create_revision = rev;
+        m.mod_revision = rev;
+        m.version = 1;
+        {
+            let mut s = self.state_mut()?;
+            if !s.tree.knows_newer(&path, rev) {
+                s.tree.insert(path.clone(), Node { meta: m, value: Arc::new(value), local: false, provisional: false });
+            }
+        }
+        self.changed();
+        self.entry(&path)
+    }
+
+    /// SETATTR. A size change through a writable handle stays in its buffer;
+    /// without one it is written at once.
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, a: SetAttr) -> Result<FileAttr, Errno> {
+        if let Some(size) = a.size {
+            let in_handle = match fh {
+                Some(fh) => match self.handles()?.writer(fh) {
+                    Ok(w) => w.truncate(size).map(|_| true)?,
+                    Err(_) => false,
+                },
+                None => false,
+            };
+            if !in_handle {
+                self.truncate_now(ino, size)?;
+            }
+        }
+        if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || a.mtime.is_some() {
+            self.set_attrs(ino, a)?;
+        }
+        self.getattr(ino)
+    }
+
+    /// The attached path of `ino` (the name a change by inode goes to).
+    fn attached_path(&self, ino: u64) -> Result<String, Errno> {
+        let s = self.state()?;
+        let i = s.inodes.get(ino).ok_or(Errno::ENOENT)?;
+        match &i.binding {
+            crate::inodes::Binding::Attached => Ok(i.path.clone()),
+            crate::inodes::Binding::Detached { gone: false, .. } if s.inodes.attached(&i.path).is_none() => {
+                Ok(i.path.clone())
+            }
+            _ => Err(Errno::ESTALE),
+        }
+    }
+
+    /// chmod, chown, utimens: stored in the entry.
+    fn set_attrs(&self, ino: u64, a: SetAttr) -> Result<(), Errno> {
+        let path = self.attached_path(ino)?;
+        let mode = a.mode.map(|m| m & 0o7777);
+        let (node, kind) = {
+            let s = self.state()?;
+            (s.tree.get(&path).cloned(), s.tree.kind(&path).ok_or(Errno::ENOENT)?)
+        };
+        let apply = |m: &mut Meta| {
+            m.mode = mode.unwrap_or(m.mode);
+            m.uid = a.uid.unwrap_or(m.uid);
+            m.gid = a.gid.unwrap_or(m.gid);
+            m.mtime_ns = a.mtime.unwrap_or(m.mtime_ns);
+        };
+        if node.as_ref().is_some_and(|n| n.local || n.provisional) || path.is_empty() {
+            // Local files and files not committed yet keep the attributes
+            // here; a created file's first commit carries them.
+            if let Some(n) = self.state_mut()?.tree.get_mut(&path) {
+                apply(&mut n.meta);
+            }
+            let mut hs = self.handles()?;
+            for (_, w) in hs.writers_on(ino).filter(|(_, w)| w.dirty) {
+                w.gen += 1;
+                w.attrs.mode = mode.or(w.attrs.mode);
+                w.attrs.uid = a.uid.or(w.attrs.uid);
+                w.attrs.gid = a.gid.or(w.attrs.gid);
+                w.attrs.mtime_ns = a.mtime.or(w.attrs.mtime_ns);
+            }
+            return Ok(());
+        }
+        self.writable()?;
+        let key = self.key(&path);
+        let compare = node
+            .as_ref()
+            .map(|n| vec![Compare { key: key.clone(), mod_revision: Some(n.meta.mod_revision), exists: None }])
+            .unwrap_or_default();
+        let txn = TxnRequest {
+            compare,
+            success: vec![TxnOp::Put {
+                key,
+                value: None,
+                value_base64: None,
+                // An implied directory becomes an explicit one to hold them.
+                kind: node.is_none().then_some(kind),
+                mode,
+                uid: a.uid,
+                gid: a.gid,
+                mtime_ns: a.mtime.or(node.as_ref().map(|n| n.meta.mtime_ns)),
+            }],
+            failure: vec![],
+        };
+        let resp = self.cluster.txn(&txn).map_err(|f| f.errno(Errno::EIO))?;
+        if !resp.succeeded {
+            return Err(Errno::EIO);
+        }
+        let old_rev = node.as_ref().map(|n| n.meta.mod_revision).unwrap_or(0);
+        let mut n = node.unwrap_or_else(|| Node {
+            meta: new_meta(Kind::Dir, 0o755, 0, 0),
+            value: Arc::default(),
+            local: false,
+            provisional: false,
+        });
+        apply(&mut n.meta);
+        n.meta.mod_revision = resp.revision;
+        n.meta.version += 1;
+        {
+            let mut s = self.state_mut()?;
+            if !s.tree.knows_newer(&path, resp.revision) {
+                s.tree.insert(path, n);
+            }
+        }
+        // The content did not change: writers of it go on editing it.
+        self.rebase(ino, old_rev, resp.revision);
+        self.changed();
+        Ok(())
+    }
+
+    /// truncate(2) without an open handle: written at once.
+    fn truncate_now(&self, ino: u64, size: u64) -> Result<(), Errno> {
+        let path = self.attached_path(ino)?;
+        let node = self.state()?.tree.get(&path).cloned().ok_or(Errno::ENOENT)?;
+        if node.meta.kind != Kind::File {
+            return Err(Errno::EISDIR);
+        }
+        let size = usize::try_from(size).ok().filter(|s| *s <= crate::handles::MAX_BUFFER).ok_or(Errno::EFBIG)?;
+        let mut v = node.value.as_ref().clone();
+        v.resize(size, 0);
+        if node.local {
+            if let Some(n) = self.state_mut()?.tree.get_mut(&path) {
+                n.meta.size = size as u64;
+                n.value = Arc::new(v);
+            }
+            return Ok(());
+        }
+        self.writable()?;
+        let opts = PutOptions { if_match: Some(node.meta.mod_revision), ..Default::default() };
+        let rev = self.cluster.put(&self.key(&path), v.clone(), &opts).map_err(|f| f.errno(Errno::EIO))?;
+        let mut n = node;
+        n.meta.size = size as u64;
+        n.meta.mod_revision = rev;
+        n.meta.version += 1;
+        n.meta.mtime_ns = now_ns();
+        n.value = Arc::new(v);
+        {
+            let mut s = self.state_mut()?;
+            if !s.tree.knows_newer(&path, rev) {
+                s.tree.insert(path, n);
+            }
+        }
+        self.changed();
+        self.invalidate(vec![super::Inval::Inode(ino)]);
+        Ok(())
+    }
+
+    /// unlink, rmdir.
+    pub fn unlink(&self, parent: u64, name: &std::ffi::OsStr, dir: bool) -> Result<(), Errno> {
+        let path = self.child(parent, name)?;
+        let (node, kind, children) = {
+            let s = self.state()?;
+            (s.tree.get(&path).cloned(), s.tree.kind(&path).ok_or(Errno::ENOENT)?, s.tree.has_children(&path))
+        };
+        match (dir, kind == Kind::Dir) {
+            (true, false) => return Err(Errno::ENOTDIR),
+            (false, true) => return Err(Errno::EISDIR),
+            (true, true) if children => return Err(Errno::ENOTEMPTY),
+            _ => {}
+        }
+        let Some(node) = node else { return Err(Errno::ENOENT) };
+        let deleted = if !node.local && !node.provisional { Some(self.delete_key(&path)?) } else { None };
+        let mut s = self.state_mut()?;
+        match deleted {
+            Some(rev) => s.tree.remove_at(&path, rev),
+            None => s.tree.remove(&path),
+        };
+        s.inodes.detach(&path, Some(node), true);
+        drop(s);
+        self.changed();
+        Ok(())
+    }
+
+    /// Deletes the key of `path` in the cluster; the revision of the delete
+    /// (the cursor when the key was already gone), for the tree's record of
+    /// this mount's deletes.
+    pub(super) fn delete_key(&self, path: &str) -> Result<u64, Errno> {
+        self.writable()?;
+        match self.cluster.delete(&self.key(path)) {
+            Ok(rev) => Ok(rev),
+            Err(crate::cluster::Failure::NotFound) => Ok(self.cursor()),
+            Err(f) => Err(f.errno(Errno::EIO)),
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! RENAME: one transaction in the cluster, one step in the cache.
+
+use fuser::Errno;
+use kv_client::{Compare, Kind, TxnOp, TxnRequest};
+
+use super::names::put_op;
+use super::Core;
+use crate::tree::{split, Node};
+
+/// How a rename treats its target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RenameMode {
+    /// `RENAME_NOREPLACE`: fail if the target exists.
+    pub noreplace: bool,
+    /// `RENAME_EXCHANGE`: swap the two.
+    pub exchange: bool,
+}
+
+impl Core {
+    /// RENAME of `name` in `parent` to `newname` in `newparent`.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        newparent: u64,
+        newname: &std::ffi::OsStr,
+        mode: RenameMode,
+    ) -> Result<(), Errno> {
+        let src = self.child(parent, name)?;
+        let dst = self.child(newparent, newname)?;
+        if src == dst {
+            return Ok(());
+        }
+        // NOTE: RENAME can arrive before RELEASE: a file created here and not
+        // committed yet must exist in the cluster to be moved.
+        let provisional = {
+            let s = self.state()?;
+            s.tree.subtree(&src).into_iter().filter(|(_, n)| n.provisional).map(|(p, _)| p).collect::<Vec<_>>()
+        };
+        for p in provisional {
+            let ino = self.state()?.inodes.attached(&p);
+            if let Some(ino) = ino {
+                self.commit_all(ino)?;
+            }
+        }
+        let (src_kind, dst_kind, src_node, dst_full, src_sub, dst_sub) = {
+            let s = self.state()?;
+            let sk = s.tree.kind(&src).ok_or(Errno::ENOENT)?;
+            (sk, s.tree.kind(&dst), s.tree.get(&src).cloned(), s.tree.has_children(&dst), s.tree.subtree(&src), s.tree.subtree(&dst))
+        };
+        if dst.starts_with(&format!("{src}/")) {
+            return Err(Errno::EINVAL);
+        }
+        if mode.noreplace && dst_kind.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if mode.exchange && dst_kind.is_none() {
+            return Err(Errno::ENOENT);
+        }
+        if !mode.exchange {
+            if let Some(dk) = dst_kind {
+                match (src_kind == Kind::Dir, dk == Kind::Dir) {
+                    (true, false) => return Err(Errno::ENOTDIR),
+                    (false, true) => return Err(Errno::EISDIR),
+                    (true, true) if dst_full => return Err(Errno::ENOTEMPTY),
+                    _ => {}
+                }
+            }
+        }
+        let dst_local_name = src_kind != Kind::Dir && self.is_local(split(&dst).1);
+        let src_local = src_node.as_ref().is_some_and(|n| n.local);
+        if !mode.exchange && (src_local || dst_local_name) {
+            return self.rename_local(&src, &dst, src_node.ok_or(Errno::ENOENT)?, src_local, dst_local_name);
+        }
+        self.writable()?;
+        // One transaction: the source must be as this mount saw it; the
+        // target is replaced (or swapped with RENAME_EXCHANGE).
+        let remote_only = |sub: &[(String, Node)]| -> Vec<(String, Node)> {
+            sub.iter().filter(|(_, n)| !n.local && !n.provisional).cloned().collect()
+        };
+        let src_sub = remote_only(&src_sub);
+        let dst_sub = if dst_kind.is_some() { remote_only(&dst_sub) } else { vec![] };
+        let key = |p: &str| self.key(p);
+        let moved = |sub: &[(String, Node)], from: &str, to: &str| -> Vec<(String, Node)> {
+            sub.iter().map(|(p, n)| (format!("{to}{}", &p[from.len()..]), n.clone())).collect()
+        };
+        let mut compare: Vec<Compare> = src_sub
+            .iter()
+            .chain(if mode.exchange { dst_sub.iter() } else { [].iter() })
+            .map(|(p, n)| Compare { key: key(p), mod_revision: Some(n.meta.mod_revision), exists: None })
+            .collect();
+        if mode.noreplace {
+            compare.push(Compare { key: key(&dst), mod_revision: None, exists: Some(false) });
+        }
+        let mut success = vec![TxnOp::Delete { key: key(&src), recursive: src_kind == Kind::Dir }];
+        if dst_kind.is_some() {
+            success.push(TxnOp::Delete { key: key(&dst), recursive: dst_kind == Some(Kind::Dir) });
+        }
+        let mut arrive = moved(&src_sub, &src, &dst);
+        if mode.exchange {
+            arrive.extend(moved(&dst_sub, &dst, &src));
+        }
+        success.extend(arrive.iter().map(|(p, n)| put_op(key(p), n)));
+        let txn = TxnRequest { compare, success, failure: vec![] };
+        let resp = match self.cluster.txn(&txn) {
+            // Too big for one transaction: let mv copy and delete instead.
+            Err(crate::cluster::Failure::TooLarge) => return Err(Errno::EXDEV),
+            other => other.map_err(|f| f.errno(Errno::EIO))?,
+        };
+        if !resp.succeeded {
+            tracing::warn!(src, dst, "rename refused: the source changed in the cluster meanwhile");
+            return Err(Errno::EIO);
+        }
+        let rev = resp.revision;
+        let mut rebase = Vec::new();
+        {
+            let mut s = self.state_mut()?;
+            for (p, _) in src_sub.iter().chain(dst_sub.iter()) {
+                s.tree.remove_at(p, rev);
+            }
+            for (p, mut n) in arrive {
+                n.meta.create_revision = rev;
+                n.meta.mod_revision = rev;
+                n.meta.version = 1;
+                s.tree.insert(p, n);
+            }
+            // IMPORTANT: the replaced target's inodes are detached, not
+            // forgotten: a reader holding the old file goes on reading it.
+            if mode.exchange {
+                let tmp = format!("\0exchange\0{src}");
+                s.inodes.rename(&src, &tmp);
+                s.inodes.rename(&dst, &src);
+                s.inodes.rename(&tmp, &dst);
+            } else {
+                for (p, n) in &dst_sub {
+                    s.inodes.detach(p, Some(n.clone()), true);
+                }
+                if dst_kind == Some(Kind::Dir) {
+                    s.inodes.detach(&dst, None, true);
+                }
+                s.inodes.rename(&src, &dst);
+            }
+            for (p, n) in src_sub.iter().chain(if mode.exchange { dst_sub.iter() } else { [].iter() }) {
+                let to = if p == &src || p.starts_with(&format!("{src}/")) {
+                    format!("{dst}{}", &p[src.len()..])
+                } else {
+                    format!("{src}{}", &p[dst.len()..])
+                };
+                if let Some(i) = s.inodes.attached(&to) {
+                    rebase.push((i, n.meta.mod_revision));
+                }
+            }
+        }
+        // Files with pending writes keep them: their content moved unchanged.
+        for (ino, from) in rebase {
+            self.rebase(ino, from, rev);
+        }
+        self.changed();
+        Ok(())
+    }
+
+    /// Renames where one side is a local scratch name: local to local moves
+    /// here only; local onto a real name commits the content; a real file
+    /// onto a scratch name moves its content here and deletes the key.
+    fn rename_local(&self, src: &str, dst: &str, node: Node, src_local: bool, dst_local: bool) -> Result<(), Errno> {
+        let mut n = node;
+        if src_local && !dst_local {
+            self.writable()?;
+            let op = put_op(self.key(dst), &n);
+            let resp = self
+                .cluster
+                .txn(&TxnRequest { success: vec![op], ..Default::default() })
+                .map_err(|f| f.errno(Errno::EIO))?;
+            n.local = false;
+            n.meta.mod_revision = resp.revision;
+            n.meta.create_revision = resp.revision;
+            n.meta.version = 1;
+        }
+        let deleted = if !src_local {
+            n.local = true;
+            Some(self.delete_key(src)?)
+        } else {
+            None
+        };
+        let mut s = self.state_mut()?;
+        match deleted {
+            Some(rev) => s.tree.remove_at(src, rev),
+            None => s.tree.remove(src),
+        };
+        let old_dst = s.tree.get(dst).cloned();
+        s.tree.insert(dst.to_owned(), n);
+        s.inodes.detach(dst, old_dst, true);
+        s.inodes.rename(src, dst);
+        drop(s);
+        self.changed();
+        Ok(())
+    }
+}

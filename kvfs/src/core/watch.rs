@@ -1,0 +1,163 @@
+//! Changes from the cluster: a whole revision applied at once, the load at
+//! start and the re-list after compaction, and what the kernel must forget.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fuser::Errno;
+use kv_client::{EntryInfo, EventType};
+
+use super::{Core, Inval, State};
+use crate::cluster::Batch;
+use crate::tree::{split, Node};
+
+/// A cache node from a wire entry.
+pub fn node_of(e: &EntryInfo) -> Node {
+    Node {
+        meta: e.meta.clone(),
+        value: Arc::new(e.value_bytes().unwrap_or_default()),
+        local: false,
+        provisional: false,
+    }
+}
+
+/// The names to forget after `path` appeared or vanished: its name in its
+/// parent, and the names of ancestors that appeared or vanished with it.
+pub(crate) fn entry_invals(s: &State, path: &str) -> Vec<Inval> {
+    let mut out = Vec::new();
+    let mut p = path;
+    loop {
+        let (parent, name) = split(p);
+        if let Some(pi) = s.inodes.attached(parent) {
+            out.push(Inval::Entry(pi, name.to_owned()));
+            out.push(Inval::Inode(pi));
+        }
+        if parent.is_empty() || s.tree.get(parent).is_some() {
+            break;
+        }
+        p = parent;
+    }
+    out
+}
+
+impl Core {
+    /// Puts `new` (or nothing) at `path` for a change from elsewhere: an
+    /// inode whose content changes or goes is detached with the version it
+    /// had; one whose attributes change is told to the kernel.
+    fn replace_entry(s: &mut State, path: &str, new: Option<Node>, out: &mut Vec<Inval>) {
+        let old = s.tree.get(path).cloned();
+        match (&old, &new) {
+            (Some(o), Some(n)) if o.same_content(n) => {
+                if o.meta != n.meta {
+                    if let Some(i) = s.inodes.attached(path) {
+                        out.push(Inval::Inode(i));
+                    }
+                }
+            }
+            (None, None) => return,
+            _ => {
+                let had_inode = s.inodes.detach(path, old.clone(), new.is_none()).is_some();
+                let _ = had_inode;
+            }
+        }
+        let appeared_or_changed = match new {
+            Some(n) => {
+                let changed = old.as_ref().is_none_or(|o| !o.same_content(&n));
+                s.tree.insert(path.to_owned(), n);
+                changed
+            }
+            None => {
+                s.tree.remove(path);
+                true
+            }
+        };
+        if appeared_or_changed {
+            out.extend(entry_invals(s, path));
+        }
+    }
+
+    /// Applies every change of one revision at once, so a reader never sees
+    /// half of a transaction (a rename elsewhere: the old name gone and the
+    /// new one not there yet).
+    pub fn apply(&self, b: &Batch) {
+        let mut out = Vec::new();
+        let Ok(mut s) = self.state.write() else { return };
+        for ev in &b.events {
+            let Some(path) = self.path_of(&ev.key) else { continue };
+            if s.tree.knows_newer(&path, ev.revision) || s.tree.get(&path).is_some_and(|n| n.local) {
+                continue;
+            }
+            let new = match (ev.kind, &ev.entry) {
+                (EventType::Put, Some(e)) => Some(node_of(e)),
+                (EventType::Put, None) => continue,
+                _ => None,
+            };
+            Self::replace_entry(&mut s, &path, new, &mut out);
+        }
+        s.tree.cursor = s.tree.cursor.max(b.revision);
+        let c = s.tree.cursor;
+        s.tree.prune_gone(c);
+        drop(s);
+        self.changed();
+        self.invalidate(out);
+    }
+
+    /// Replaces everything from the cluster with a fresh listing (after the
+    /// watch history was compacted, or with nothing once the token is
+    /// refused), resuming the watch at `cursor`.
+    pub fn relist(&self, fresh: BTreeMap<String, Node>, cursor: u64) {
+        let mut out = Vec::new();
+        let Ok(mut s) = self.state.write() else { return };
+        let gone: Vec<String> = s.tree.remote_entries().map(|(p, _)| p.clone()).filter(|p| !fresh.contains_key(p)).collect();
+        for p in gone {
+            Self::replace_entry(&mut s, &p, None, &mut out);
+        }
+        for (p, n) in fresh {
+            if s.tree.get(&p).is_some_and(|o| o.local || o.provisional || *o == n) {
+                continue;
+            }
+            Self::replace_entry(&mut s, &p, Some(n), &mut out);
+        }
+        s.tree.cursor = cursor;
+        s.tree.prune_gone(cursor);
+        drop(s);
+        self.changed();
+        self.invalidate(out);
+    }
+
+    /// The cluster refused the token (revoked, expired): forget everything
+    /// it showed, so the mount answers `EACCES` instead of serving what the
+    /// token may no longer read, here or from the last-known-good copy.
+    pub fn locked_out(&self) {
+        let first = self.grants.write().map(|mut g| g.replace(kv_client::Grants::default())).ok().flatten();
+        if first != Some(kv_client::Grants::default()) {
+            tracing::error!("the cluster refuses this mount's token; hiding the cached keys");
+        }
+        let cursor = self.cursor();
+        self.relist(BTreeMap::new(), cursor);
+    }
+
+    /// Where the watch resumes.
+    pub fn cursor(&self) -> u64 {
+        self.state.read().map(|s| s.tree.cursor).unwrap_or(0)
+    }
+
+    /// Every entry that came from the cluster, as wire entries (the
+    /// last-known-good copy), with the cursor.
+    pub fn remote_entries(&self) -> Result<(u64, Vec<EntryInfo>), Errno> {
+        let s = self.state()?;
+        let entries =
+            s.tree.remote_entries().map(|(p, n)| EntryInfo::new(self.key(p), n.meta.clone(), Some(&n.value))).collect();
+        Ok((s.tree.cursor, entries))
+    }
+}
+
+/// A tree holding a loaded listing, the watch to resume at `cursor`.
+pub fn loaded(entries: BTreeMap<String, Node>, cursor: u64) -> State {
+    let mut s = State::default();
+    for (p, n) in entries {
+        s.tree.insert(p, n);
+    }
+    s.tree.cursor = cursor;
+    s
+}

@@ -1,0 +1,240 @@
+//! Open files: what a reader reads, what a writer has buffered, and when a
+//! writer's buffer is published. Plain data, no I/O.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use fuser::Errno;
+use kv_client::Attrs;
+
+/// Largest file a handle buffers (the cluster refuses larger values anyway).
+pub const MAX_BUFFER: usize = 64 << 20;
+
+/// An open file.
+#[derive(Debug)]
+pub struct Handle {
+    /// The inode it was opened on.
+    pub ino: u64,
+    /// Reader or writer.
+    pub io: Io,
+}
+
+/// What a handle does.
+#[derive(Debug)]
+pub enum Io {
+    /// Reads one version, the one the file had at open, to its end.
+    Read(Arc<Vec<u8>>),
+    /// Buffers writes until a commit.
+    Write(Writer),
+}
+
+/// A writable handle's buffer and its publishing rules.
+///
+/// IMPORTANT: one close() publishes at most one revision, and only the
+/// close of the process that wrote last: a FLUSH comes on every close of
+/// every descriptor (a shell's `dup2` then `close`, a forked child's exit),
+/// often before anything was written. A buffer that was only truncated
+/// (`: > f`, or `cmd > f` before `cmd` writes) is published at RELEASE, the
+/// last close, so that `echo 2 > f` never publishes an empty revision first.
+#[derive(Debug)]
+pub struct Writer {
+    /// The whole new content.
+    pub buf: Vec<u8>,
+    /// Holds something not yet published.
+    pub dirty: bool,
+    /// A WRITE (not only a truncation) came since the last commit.
+    pub wrote: bool,
+    /// Lock owner (the process's file table) of the last WRITE; `None`
+    /// when unknown (writeback of a shared mapping).
+    pub last_writer: Option<u64>,
+    /// Replaces the value whatever it is (opened with `O_TRUNC`, or
+    /// created): last writer wins, for the handle's whole life.
+    pub replace: bool,
+    /// The next commit creates the key and fails if it exists (`O_EXCL`).
+    pub create_only: bool,
+    /// Writes go to the end.
+    pub append: bool,
+    /// The revision this buffer edits in place: a commit of a handle that
+    /// does not replace succeeds only if the key still has it.
+    pub base_rev: u64,
+    /// Attributes the next commit sets (a created file's, or a chmod of a
+    /// file not yet in the cluster).
+    pub attrs: Attrs,
+    /// Bumped by every change: a commit leaves the handle clean only if
+    /// nothing changed while it ran.
+    pub gen: u64,
+    /// A write or commit failed: the handle publishes nothing any more, and
+    /// each later close reports this.
+    pub failed: Option<Errno>,
+    /// Held across a commit, so commits of one handle run one at a time.
+    pub commit_lock: Arc<Mutex<()>>,
+}
+
+impl Writer {
+    /// A writer over `content` (empty for `O_TRUNC` and created files).
+    pub fn new(content: Vec<u8>, truncated: bool, base_rev: u64) -> Writer {
+        Writer {
+            buf: content,
+            dirty: truncated,
+            wrote: false,
+            last_writer: None,
+            replace: truncated,
+            create_only: false,
+            append: false,
+            base_rev,
+            attrs: Attrs::default(),
+            gen: 0,
+            failed: None,
+            commit_lock: Arc::default(),
+        }
+    }
+
+    /// Writes `data` at `offset` (at the end for `O_APPEND`).
+    pub fn write(&mut self, offset: u64, data: &[u8], owner: Option<u64>) -> Result<u32, Errno> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let off = if self.append { self.buf.len() } else { usize::try_from(offset).map_err(|_| Errno::EFBIG)? };
+        let end = off.saturating_add(data.len());
+        if end > MAX_BUFFER {
+            // NOTE: a partial copy must not replace the old value at close.
+            self.failed = Some(Errno::EFBIG);
+            return Err(Errno::EFBIG);
+        }
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        self.buf[off..end].copy_from_slice(data);
+        self.dirty = true;
+        self.wrote = true;
+        self.last_writer = owner;
+        self.gen += 1;
+        Ok(data.len() as u32)
+    }
+
+    /// Truncates or extends the buffer (`ftruncate`, or `O_TRUNC`).
+    pub fn truncate(&mut self, size: u64) -> Result<(), Errno> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let size = usize::try_from(size).ok().filter(|s| *s <= MAX_BUFFER).ok_or(Errno::EFBIG)?;
+        self.buf.resize(size, 0);
+        self.replace |= size == 0;
+        self.dirty = true;
+        self.gen += 1;
+        Ok(())
+    }
+
+    /// Whether the close of a descriptor by `owner` publishes the buffer.
+    pub fn publishes_at_flush(&self, owner: u64) -> bool {
+        self.failed.is_none() && self.dirty && self.wrote && self.last_writer.is_none_or(|w| w == owner)
+    }
+
+    /// Whether the last close (or an fsync) publishes the buffer.
+    pub fn publishes_at_release(&self) -> bool {
+        self.failed.is_none() && self.dirty
+    }
+
+    /// After a commit of the buffer as it was at `gen`, now stored at `rev`:
+    /// clean unless it changed meanwhile; later commits edit `rev`.
+    pub fn committed(&mut self, rev: u64, gen: u64) {
+        self.create_only = false;
+        self.base_rev = rev;
+        if self.gen == gen {
+            self.dirty = false;
+            self.wrote = false;
+            self.attrs = Attrs::default();
+        }
+    }
+}
+
+/// The open files, by handle number.
+#[derive(Debug, Default)]
+pub struct Handles {
+    map: HashMap<u64, Handle>,
+    next: u64,
+}
+
+impl Handles {
+    /// Registers a handle; its number.
+    pub fn open(&mut self, h: Handle) -> u64 {
+        self.next += 1;
+        self.map.insert(self.next, h);
+        self.next
+    }
+
+    /// A handle.
+    pub fn get(&self, fh: u64) -> Result<&Handle, Errno> {
+        self.map.get(&fh).ok_or(Errno::EBADF)
+    }
+
+    /// A writable handle.
+    pub fn writer(&mut self, fh: u64) -> Result<&mut Writer, Errno> {
+        match self.map.get_mut(&fh).map(|h| &mut h.io) {
+            Some(Io::Write(w)) => Ok(w),
+            Some(Io::Read(_)) => Err(Errno::EBADF),
+            None => Err(Errno::EBADF),
+        }
+    }
+
+    /// Forgets a handle.
+    pub fn close(&mut self, fh: u64) -> Option<Handle> {
+        self.map.remove(&fh)
+    }
+
+    /// The writers open on inode `ino`.
+    pub fn writers_on(&mut self, ino: u64) -> impl Iterator<Item = (u64, &mut Writer)> {
+        self.map.iter_mut().filter(move |(_, h)| h.ino == ino).filter_map(|(fh, h)| match &mut h.io {
+            Io::Write(w) => Some((*fh, w)),
+            Io::Read(_) => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_before_any_write_publishes_nothing() {
+        let mut w = Writer::new(Vec::new(), true, 3);
+        assert!(!w.publishes_at_flush(7), "the shell's dup2 close of an O_TRUNC handle");
+        assert!(w.publishes_at_release(), "`: > f` still empties the file at the last close");
+        w.write(0, b"2\n", Some(7)).expect("write");
+        assert!(w.publishes_at_flush(7));
+    }
+
+    #[test]
+    fn only_the_last_writer_s_close_publishes() {
+        let mut w = Writer::new(b"old".to_vec(), false, 3);
+        w.write(0, b"a", Some(1)).expect("write");
+        assert!(!w.publishes_at_flush(2), "a forked child that wrote nothing closes its copy");
+        assert!(w.publishes_at_flush(1));
+        w.write(1, b"b", None).expect("write");
+        assert!(w.publishes_at_flush(2), "an unknown writer: any close publishes");
+    }
+
+    #[test]
+    fn a_failed_write_publishes_nothing_ever() {
+        let mut w = Writer::new(Vec::new(), true, 3);
+        w.write(0, b"part", Some(1)).expect("write");
+        assert_eq!(w.write(MAX_BUFFER as u64, b"x", Some(1)), Err(Errno::EFBIG));
+        assert!(!w.publishes_at_flush(1) && !w.publishes_at_release());
+        assert_eq!(w.write(0, b"x", Some(1)), Err(Errno::EFBIG));
+    }
+
+    #[test]
+    fn a_commit_keeps_a_replacing_handle_replacing_and_a_changed_buffer_dirty() {
+        let mut w = Writer::new(Vec::new(), true, 3);
+        w.create_only = true;
+        w.write(0, b"1", Some(1)).expect("write");
+        let gen = w.gen;
+        w.write(1, b"2", Some(1)).expect("write");
+        w.committed(9, gen);
+        assert!(w.dirty && w.replace && !w.create_only);
+        assert_eq!(w.base_rev, 9);
+        let gen = w.gen;
+        w.committed(10, gen);
+        assert!(!w.dirty && w.replace);
+    }
+}
