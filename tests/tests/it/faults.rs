@@ -26,16 +26,16 @@ use kv_tests::{Kvd, Mount};
 const KEYS: [&str; 3] = ["lin/a", "lin/b", "lin/c"];
 
 /// A small deterministic generator (xorshift), so a seed replays a run.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }

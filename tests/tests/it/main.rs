@@ -11,6 +11,7 @@ mod hostile;
 mod kvctl;
 mod mount;
 mod powercut;
+mod readers;
 mod security;
 mod stale;
 mod transfer;
