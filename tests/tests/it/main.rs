@@ -16,6 +16,7 @@ mod stale;
 mod transfer;
 mod validation;
 mod watch;
+mod writers;
 
 use reqwest::Client as Http;
 
