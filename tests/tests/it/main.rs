@@ -11,11 +11,13 @@ mod hostile;
 mod kvctl;
 mod mount;
 mod powercut;
+mod readers;
 mod security;
 mod stale;
 mod transfer;
 mod validation;
 mod watch;
+mod writers;
 
 use reqwest::Client as Http;
 

@@ -21,7 +21,7 @@ fn text(k: &Kvd, key: &str) -> String {
 }
 
 /// Polls until `f` holds (bounded).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !f() {
         assert!(Instant::now() < deadline, "never happened: {what}");

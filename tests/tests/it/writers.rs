@@ -1,0 +1,351 @@
+//! What one close() of a file on a mount publishes, and what renames and
+//! attribute changes keep (DESIGN.md §6: `flush`, concurrent writers,
+//! `rename`): revisions counted exactly on the cluster's watch.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_client::{EventType, WatchEvent};
+use kv_tests::{close_checked, Kvd, Mount};
+
+fn get(k: &Kvd, key: &str) -> Option<kv_client::Value> {
+    let c = k.client();
+    tokio::runtime::Runtime::new().expect("rt").block_on(c.get(key)).expect("get")
+}
+
+fn text(k: &Kvd, key: &str) -> String {
+    let v = get(k, key).unwrap_or_else(|| panic!("{key} missing"));
+    String::from_utf8_lossy(&v.value).into_owned()
+}
+
+/// Polls until `f` holds (bounded).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn mount(k: &Kvd) -> Mount {
+    Mount::start(&format!("{}/app", k.url), &[])
+}
+
+/// Runs `act`, then puts a marker key under `app/` through the API, and
+/// returns every event the cluster published under `app/` in between (read
+/// from a watch until the marker's revision, so the count is exact). Returns
+/// once each of `mounts` shows the marker: they have seen those events too.
+fn published(k: &Kvd, mounts: &[&Mount], act: impl FnOnce()) -> Vec<WatchEvent> {
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let c = k.client();
+    let from = rt.block_on(crate::revision(&k.url));
+    act();
+    let marker = format!("marker-{from}");
+    let until = rt.block_on(c.put(&format!("app/{marker}"), "m", &Default::default())).expect("marker put").revision;
+    let events = rt.block_on(async {
+        let mut w = c.watch("app", Some(from)).await.expect("watch");
+        let mut out = Vec::new();
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(20), w.next())
+                .await
+                .expect("the watch stalled before the marker")
+                .expect("watch event")
+                .expect("watch stream open");
+            if ev.revision >= until {
+                return out;
+            }
+            out.push(ev);
+        }
+    });
+    for m in mounts {
+        eventually("a mount shows the marker", || m.dir.join(&marker).exists());
+    }
+    events
+}
+
+/// What the events published for `key`: each put's value, `None` for a delete.
+fn history(events: &[WatchEvent], key: &str) -> Vec<Option<String>> {
+    events
+        .iter()
+        .filter(|e| e.key == key)
+        .map(|e| match e.kind {
+            EventType::Put => Some(
+                String::from_utf8_lossy(&e.entry.as_ref().and_then(|e| e.value_bytes()).unwrap_or_default()).into(),
+            ),
+            EventType::Delete => None,
+        })
+        .collect()
+}
+
+fn put_of(v: &str) -> Vec<Option<String>> {
+    vec![Some(v.to_owned())]
+}
+
+#[test]
+fn echo_into_an_existing_file_publishes_one_revision() {
+    let k = Kvd::bootstrap(&[]);
+    crate::put_sync(&k, "app/f", "1");
+    let m = mount(&k);
+    assert_eq!(m.sh_ok("cat f"), "1");
+    let events = published(&k, &[&m], || {
+        m.sh_ok("echo 2 > f");
+    });
+    assert_eq!(history(&events, "app/f"), put_of("2\n"), "`echo 2 > f` published these revisions of f");
+    assert_eq!(text(&k, "app/f"), "2\n");
+}
+
+#[test]
+fn echo_into_a_new_file_publishes_one_revision() {
+    let k = Kvd::bootstrap(&[]);
+    let m = mount(&k);
+    let events = published(&k, &[&m], || {
+        m.sh_ok("echo hello > newf");
+    });
+    assert_eq!(history(&events, "app/newf"), put_of("hello\n"), "`echo hello > newf` published these revisions");
+}
+
+#[test]
+fn a_forked_child_closing_its_copy_publishes_nothing() {
+    // The subshell is a forked child holding fd 3: its exit closes its copy
+    // (a FLUSH) while the parent goes on writing. A brace group's redirection
+    // is dup2'd onto stdout and the original closed (a FLUSH) before any write.
+    let k = Kvd::bootstrap(&[]);
+    crate::put_sync(&k, "app/f", "old");
+    crate::put_sync(&k, "app/g", "old");
+    let m = mount(&k);
+    let events = published(&k, &[&m], || {
+        m.sh_ok("exec 3>f; printf a >&3; (true); printf b >&3; exec 3>&-");
+        m.sh_ok("{ echo x; echo y; } > g");
+    });
+    let (forked, dup2) = (history(&events, "app/f"), history(&events, "app/g"));
+    assert!(
+        forked == put_of("ab") && dup2 == put_of("x\ny\n"),
+        "revisions published by one handle each: forked child {forked:?}, dup2'd {dup2:?}"
+    );
+}
+
+#[test]
+fn a_failed_oversized_write_leaves_the_old_value() {
+    // `cp` writes through the descriptor it opened; `cat big > f` writes
+    // through a dup2'd copy of it (the shell closes the original first).
+    let k = Kvd::bootstrap(&["--max-value-size", "1000"]);
+    let (a, b) = (mount(&k), mount(&k));
+    let local = tempfile::tempdir().expect("tempdir");
+    let big = local.path().join("big");
+    std::fs::write(&big, vec![b'x'; 2000]).expect("write the local file");
+    for cmd in [format!("cp {} f", big.display()), format!("cat {} > f", big.display())] {
+        crate::put_sync(&k, "app/f", "old");
+        eventually("both mounts show the old value", || [&a, &b].iter().all(|m| m.sh("cat f").stdout == b"old"));
+        let events = published(&k, &[&a, &b], || {
+            let out = a.sh(&cmd);
+            assert!(!out.status.success(), "{cmd:?} of a value over the limit succeeded");
+            assert!(String::from_utf8_lossy(&out.stderr).contains("File too large"), "{out:?}");
+        });
+        let seen = (a.sh_ok("cat f"), b.sh_ok("cat f"), text(&k, "app/f"), history(&events, "app/f"));
+        let want = ("old".into(), "old".into(), "old".into(), vec![]);
+        assert_eq!(seen, want, "after {cmd:?}: f on A, on B, in the cluster, and its events");
+    }
+}
+
+#[test]
+fn o_excl_creates_of_one_name_on_two_mounts_let_one_close_succeed() {
+    let k = Kvd::bootstrap(&[]);
+    let (a, b) = (mount(&k), mount(&k));
+    let excl = |m: &Mount| std::fs::OpenOptions::new().write(true).create_new(true).open(m.dir.join("new"));
+    let mut fa = excl(&a).expect("O_EXCL create on A");
+    fa.write_all(b"from A").expect("write on A");
+    let fb = match excl(&b) {
+        Ok(mut f) => {
+            f.write_all(b"from B").expect("write on B");
+            Some(f)
+        }
+        // B already knew A's file: exclusive as well.
+        Err(e) => {
+            assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "O_EXCL open on B: {e}");
+            None
+        }
+    };
+    let ca = close_checked(fa);
+    // B closes once it has seen A's commit (a slow writer, the usual case).
+    published(&k, &[&b], || {});
+    let cb = fb.map(close_checked);
+    let winner = match (&ca, &cb) {
+        (Ok(()), None) => "from A",
+        (Ok(()), Some(Err(e))) if e.raw_os_error() == Some(libc::EEXIST) => "from A",
+        (Err(e), Some(Ok(()))) if e.raw_os_error() == Some(libc::EEXIST) => "from B",
+        _ => panic!("one close must succeed and the other fail with EEXIST: A {ca:?}, B {cb:?}"),
+    };
+    assert_eq!(text(&k, "app/new"), winner);
+    for m in [&a, &b] {
+        eventually("both mounts show the winner", || m.sh("cat new").stdout == winner.as_bytes());
+    }
+}
+
+#[test]
+fn a_file_renamed_while_open_for_writing_keeps_the_writers_data() {
+    // Log rotation: the writer keeps its descriptor while the file is
+    // renamed away; its writes belong to the renamed file.
+    let k = Kvd::bootstrap(&[]);
+    let m = mount(&k);
+    let mut seen = Vec::new();
+    for (what, want) in [("O_APPEND", "old\nx\ny\n"), ("O_TRUNC", "x\ny\n")] {
+        crate::put_sync(&k, "app/log", "old\n");
+        eventually("the mount shows log", || m.sh("cat log").stdout == b"old\n");
+        let mut opts = std::fs::OpenOptions::new();
+        match what {
+            "O_APPEND" => opts.append(true),
+            _ => opts.write(true).truncate(true),
+        };
+        let mut f = opts.open(m.dir.join("log")).expect("open log");
+        f.write_all(b"x\n").expect("write before the rename");
+        m.sh_ok("mv log log.1");
+        f.write_all(b"y\n").expect("write after the rename");
+        let closed = close_checked(f).map_err(|e| e.to_string());
+        let rotated = get(&k, "app/log.1").map(|v| String::from_utf8_lossy(&v.value).into_owned());
+        let ok = closed.is_ok() && rotated.as_deref() == Some(want) && get(&k, "app/log").is_none();
+        seen.push(format!("{what}: close() {closed:?}, log.1 {rotated:?} (want {want:?}), ok {ok}"));
+        m.sh_ok("rm -f log.1");
+    }
+    assert!(seen.iter().all(|s| s.ends_with("ok true")), "the writer's data after a rename: {seen:#?}");
+}
+
+#[test]
+fn fchmod_of_a_file_with_pending_writes_keeps_them() {
+    let k = Kvd::bootstrap(&[]);
+    crate::put_sync(&k, "app/f", "base");
+    let m = mount(&k);
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(m.dir.join("f")).expect("open O_RDWR");
+    f.write_all_at(b"AB", 0).expect("write");
+    f.set_permissions(std::fs::Permissions::from_mode(0o600)).expect("fchmod");
+    f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000)).expect("futimens");
+    f.write_all_at(b"CD", 4).expect("write after fchmod");
+    let closed = close_checked(f);
+    assert!(closed.is_ok(), "close() after fchmod and futimens: {closed:?}");
+    let v = get(&k, "app/f").expect("f");
+    assert_eq!((String::from_utf8_lossy(&v.value).as_ref(), v.meta.mode), ("ABseCD", 0o600));
+}
+
+#[test]
+fn a_failed_commit_leaves_no_bytes_behind() {
+    let k = Kvd::bootstrap(&[]);
+    crate::put_sync(&k, "app/f", "base");
+    let m = mount(&k);
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(m.dir.join("f")).expect("open O_RDWR");
+    // Changed elsewhere after the open: the in-place edit's compare fails.
+    crate::put_sync(&k, "app/f", "remote-value");
+    eventually("the mount shows the remote value", || m.sh("cat f").stdout == b"remote-value");
+    f.write_all_at(b"zzzz", 0).expect("write");
+    let closed = close_checked(f);
+    assert_eq!(closed.as_ref().map_err(std::io::Error::raw_os_error), Err(Some(libc::EIO)), "close() of a stale edit");
+    assert_eq!(text(&k, "app/f"), "remote-value");
+    let reads: Vec<String> = (0..5).map(|_| m.sh_ok("cat f")).collect();
+    assert!(reads.iter().all(|r| r == "remote-value"), "reads on the writer's mount after the failed close: {reads:?}");
+}
+
+#[test]
+fn an_o_trunc_handle_stays_last_writer_wins() {
+    let k = Kvd::bootstrap(&[]);
+    crate::put_sync(&k, "app/f", "base");
+    let m = mount(&k);
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(m.dir.join("f")).expect("open O_TRUNC");
+    f.write_all(b"1").expect("write");
+    f.sync_all().expect("fsync");
+    assert_eq!(text(&k, "app/f"), "1", "fsync committed");
+    crate::put_sync(&k, "app/f", "remote");
+    f.write_all(b"2").expect("write after a remote change");
+    let closed = close_checked(f);
+    assert!(closed.is_ok(), "close() of an O_TRUNC handle after a remote change: {closed:?}");
+    assert_eq!(text(&k, "app/f"), "12");
+}
+
+/// What readers of one name saw.
+#[derive(Debug, Default)]
+struct Reads {
+    whole: usize,
+    enoent: usize,
+    eisdir: usize,
+    other_errors: usize,
+    /// Values that are neither the first one nor a whole `value-N\n`.
+    bad: Vec<String>,
+}
+
+impl Reads {
+    fn clean(&self) -> bool {
+        self.enoent == 0 && self.eisdir == 0 && self.other_errors == 0 && self.bad.is_empty()
+    }
+}
+
+/// Reads `path` (open, read to EOF, close) until `stop`.
+fn reader(path: &Path, stop: &AtomicBool) -> Reads {
+    let mut r = Reads::default();
+    while !stop.load(Ordering::Relaxed) {
+        let mut buf = Vec::new();
+        match std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut buf)) {
+            Ok(_) => {
+                let v = String::from_utf8_lossy(&buf);
+                let whole = v == "v0"
+                    || v.strip_prefix("value-")
+                        .and_then(|n| n.strip_suffix('\n'))
+                        .is_some_and(|n| n.parse::<u32>().is_ok());
+                if whole {
+                    r.whole += 1;
+                } else if r.bad.len() < 10 {
+                    r.bad.push(v.into_owned());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => r.enoent += 1,
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => r.eisdir += 1,
+            Err(_) => r.other_errors += 1,
+        }
+    }
+    r
+}
+
+/// Readers of `f` on `a` and `b` while `write` runs; what each saw.
+fn read_while(a: &Mount, b: &Mount, write: impl FnOnce()) -> (Reads, Reads) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawn = |m: &Mount| {
+        let (path, stop) = (m.dir.join("f"), stop.clone());
+        std::thread::spawn(move || reader(&path, &stop))
+    };
+    let (ra, rb) = (spawn(a), spawn(b));
+    write();
+    stop.store(true, Ordering::Relaxed);
+    (ra.join().expect("reader on A"), rb.join().expect("reader on B"))
+}
+
+#[test]
+fn rename_over_is_atomic_for_readers_on_both_mounts() {
+    const REWRITES: usize = 100;
+    let k = Kvd::bootstrap(&[]);
+    crate::put_sync(&k, "app/f", "v0");
+    let (a, b) = (mount(&k), mount(&k));
+    assert_eq!(b.sh_ok("cat f"), "v0");
+    let shell = read_while(&a, &b, || {
+        a.sh_ok(&format!(
+            "i=1; while [ $i -le {REWRITES} ]; do printf 'value-%d\\n' $i > tmp && mv -f tmp f; i=$((i + 1)); done"
+        ));
+    });
+    let rust = read_while(&a, &b, || {
+        for i in 1..=REWRITES {
+            std::fs::write(a.dir.join("tmp2"), format!("value-{i}\n")).expect("write tmp2");
+            std::fs::rename(a.dir.join("tmp2"), a.dir.join("f")).expect("rename tmp2 over f");
+        }
+    });
+    println!("mv -f: on A {:?}, on B {:?}", shell.0, shell.1);
+    println!("rename(): on A {:?}, on B {:?}", rust.0, rust.1);
+    assert_eq!(text(&k, "app/f"), format!("value-{REWRITES}\n"));
+    assert!(
+        shell.0.clean() && shell.1.clean() && rust.0.clean() && rust.1.clean(),
+        "readers of f saw it missing or neither value while it was renamed over: mv -f on A {:?}, on B {:?}; \
+         rename() on A {:?}, on B {:?}",
+        shell.0,
+        shell.1,
+        rust.0,
+        rust.1
+    );
+}
