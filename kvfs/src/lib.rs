@@ -6,8 +6,9 @@
 //! copy only bridges a cluster that cannot be reached at start).
 
 pub mod cluster;
+#[doc(hidden)]
 pub mod conformance;
 pub mod fake;
 
 pub use cluster::{Batch, Cluster, Events, Failure, Page};
-// pub use fake::FakeCluster;
+pub use fake::FakeCluster;
