@@ -1,11 +1,14 @@
 //! kvfs: a key prefix of a kv cluster as a directory tree.
 //!
-//! What it is: the mount's semantics (a core over a [`Cluster`]), its FUSE
-//! adapter and its cluster adapters. What it is not: a cache of anything
-//! outside the mounted prefix, or a store of its own (the last-known-good
-//! copy only bridges a cluster that cannot be reached at start).
+//! What it is: the mount's semantics ([`Core`], over a [`Cluster`]), its
+//! FUSE adapter ([`KvFs`]), the real cluster ([`Remote`]) and an in-memory
+//! one ([`FakeCluster`]) that [`conformance`] keeps alike. What it is not:
+//! a cache of anything outside the mounted prefix, or a store of its own
+//! (the last-known-good copy only bridges a cluster that cannot be reached
+//! at start).
 
 mod cluster;
+#[doc(hidden)]
 pub mod conformance;
 mod core;
 mod fake;
@@ -18,7 +21,7 @@ mod tree;
 
 pub use crate::cluster::{Batch, Cluster, Events, Failure, Page};
 pub use crate::core::{loaded, node_of, Core, Inval, InvalSink, Options, RenameMode, SetAttr, State};
-// pub use crate::fake::FakeCluster;
+pub use crate::fake::FakeCluster;
 pub use crate::fs::{invalidator, KvFs};
 pub use crate::remote::Remote;
 pub use crate::sync::{load, load_lkg, Status, Sync};
