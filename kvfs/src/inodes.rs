@@ -124,6 +124,24 @@ impl Inodes {
         Some(ino)
     }
 
+    /// Attaches `ino` to `path` again (or for the first time there), unless
+    /// another inode is attached to it: for this mount's own change, when
+    /// the watch brought the same change first and detached the inode of
+    /// the file this mount changed.
+    pub fn reattach(&mut self, ino: u64, path: &str) {
+        if self.attached.get(path).is_some_and(|i| *i != ino) {
+            return;
+        }
+        let Some(i) = self.by_ino.get_mut(&ino) else { return };
+        if let Some(old) = self.attached.get(&i.path).filter(|a| **a == ino && i.path != path) {
+            let _ = old;
+            self.attached.remove(&i.path);
+        }
+        i.binding = Binding::Attached;
+        i.path = path.to_owned();
+        self.attached.insert(path.to_owned(), ino);
+    }
+
     /// Paths at or below `root` that have an attached inode.
     pub fn attached_under(&self, root: &str) -> Vec<String> {
         let dir = format!("{root}/");
@@ -184,6 +202,21 @@ mod tests {
         assert!(t.get(a).is_none());
         assert_eq!(t.detach("", None, true), None, "the root stays attached");
         assert_eq!(t.attached(""), Some(ROOT));
+    }
+
+    #[test]
+    fn an_own_change_the_watch_applied_first_gets_its_inode_back() {
+        let mut t = Inodes::new();
+        let a = t.attach("tmp");
+        t.looked_up(a);
+        t.detach("tmp", None, false);
+        t.reattach(a, "f");
+        assert_eq!(t.attached("f"), Some(a));
+        assert_eq!(t.get(a).map(|i| (i.path.as_str(), &i.binding)), Some(("f", &Binding::Attached)));
+        let b = t.attach("g");
+        t.reattach(a, "g");
+        assert_eq!(t.attached("g"), Some(b), "another inode attached meanwhile keeps the name");
+        assert_eq!(t.attached("f"), Some(a));
     }
 
     #[test]

@@ -559,13 +559,24 @@ impl Core {
                     s.inodes.detach(&path, Some(node.clone()), false);
                     inval.extend(watch::entry_invals(&s, &path));
                 }
-                s.tree.insert(path, fresh);
+                s.tree.insert(path.clone(), fresh);
             }
+            Self::own_version(&mut s, ino, &path, rev);
         }
         self.changed();
         self.handles()?.writer(fh)?.committed(rev, gen);
         self.invalidate(inval);
         Ok(())
+    }
+
+    /// After this mount wrote `path` at `rev` through inode `ino`: if the
+    /// name holds that version, the inode shows it (the watch may have
+    /// brought the write first, and detached the inode as if someone else
+    /// had changed the file).
+    pub(crate) fn own_version(s: &mut State, ino: u64, path: &str, rev: u64) {
+        if s.tree.get(path).is_some_and(|n| n.meta.mod_revision == rev) {
+            s.inodes.reattach(ino, path);
+        }
     }
 
     /// Commits every writer on `ino` that holds something (before a rename

@@ -269,8 +269,9 @@ impl Core {
         {
             let mut s = self.state_mut()?;
             if !s.tree.knows_newer(&path, rev) {
-                s.tree.insert(path, n);
+                s.tree.insert(path.clone(), n);
             }
+            Self::own_version(&mut s, ino, &path, rev);
         }
         self.changed();
         self.invalidate(vec![super::Inval::Inode(ino)]);

@@ -102,6 +102,17 @@ impl Core {
         }
         success.extend(arrive.iter().map(|(p, n)| put_op(key(p), n)));
         let txn = TxnRequest { compare, success, failure: vec![] };
+        // The inodes that move, as they are before the watch can bring this
+        // rename back and detach them.
+        let moving: Vec<(String, u64)> = {
+            let s = self.state()?;
+            let mut v: Vec<(String, u64)> =
+                s.inodes.attached_under(&src).into_iter().filter_map(|p| s.inodes.attached(&p).map(|i| (p, i))).collect();
+            if mode.exchange {
+                v.extend(s.inodes.attached_under(&dst).into_iter().filter_map(|p| s.inodes.attached(&p).map(|i| (p, i))));
+            }
+            v
+        };
         let resp = match self.cluster.txn(&txn) {
             // Too big for one transaction: let mv copy and delete instead.
             Err(crate::cluster::Failure::TooLarge) => return Err(Errno::EXDEV),
@@ -115,14 +126,21 @@ impl Core {
         let mut rebase = Vec::new();
         {
             let mut s = self.state_mut()?;
+            // What the watch already brought (this rename, or later changes)
+            // stays.
+            let known: Vec<bool> = arrive.iter().map(|(p, _)| s.tree.knows_newer(p, rev)).collect();
             for (p, _) in src_sub.iter().chain(dst_sub.iter()) {
-                s.tree.remove_at(p, rev);
+                if !s.tree.knows_newer(p, rev) {
+                    s.tree.remove_at(p, rev);
+                }
             }
-            for (p, mut n) in arrive {
+            for ((p, mut n), known) in arrive.into_iter().zip(known) {
                 n.meta.create_revision = rev;
                 n.meta.mod_revision = rev;
                 n.meta.version = 1;
-                s.tree.insert(p, n);
+                if !known {
+                    s.tree.insert(p, n);
+                }
             }
             // IMPORTANT: the replaced target's inodes are detached, not
             // forgotten: a reader holding the old file goes on reading it.
@@ -139,6 +157,14 @@ impl Core {
                     s.inodes.detach(&dst, None, true);
                 }
                 s.inodes.rename(&src, &dst);
+            }
+            for (p, ino) in &moving {
+                let to = if p == &src || p.starts_with(&format!("{src}/")) {
+                    format!("{dst}{}", &p[src.len()..])
+                } else {
+                    format!("{src}{}", &p[dst.len()..])
+                };
+                Self::own_version(&mut s, *ino, &to, rev);
             }
             for (p, n) in src_sub.iter().chain(if mode.exchange { dst_sub.iter() } else { [].iter() }) {
                 let to = if p == &src || p.starts_with(&format!("{src}/")) {

@@ -110,15 +110,19 @@ fn echo_into_a_new_file_publishes_one_revision() {
 
 #[test]
 fn a_forked_child_closing_its_copy_publishes_nothing() {
-    // The subshell is a forked child holding fd 3: its exit closes its copy
-    // (a FLUSH) while the parent goes on writing. A brace group's redirection
-    // is dup2'd onto stdout and the original closed (a FLUSH) before any write.
+    // The subshell is a forked child holding the group's stdout: its exit
+    // closes its copy (a FLUSH) while the parent goes on writing. A brace
+    // group's redirection is dup2'd onto stdout and the original closed (a
+    // FLUSH) before any write. (Not `exec 3>f; printf a >&3; ...`: there
+    // the shell itself dups and closes fd 3 around each builtin, and each
+    // such close by the process that wrote last is a close(2) that
+    // publishes, as DESIGN.md §6 says.)
     let k = Kvd::bootstrap(&[]);
     crate::put_sync(&k, "app/f", "old");
     crate::put_sync(&k, "app/g", "old");
     let m = mount(&k);
     let events = published(&k, &[&m], || {
-        m.sh_ok("exec 3>f; printf a >&3; (true); printf b >&3; exec 3>&-");
+        m.sh_ok("{ printf a; (true); printf b; } > f");
         m.sh_ok("{ echo x; echo y; } > g");
     });
     let (forked, dup2) = (history(&events, "app/f"), history(&events, "app/g"));
