@@ -15,7 +15,7 @@ use fuser::{
 };
 use kv_client::Kind;
 
-use crate::core::{now_ns, Core, Inval, RenameMode, SetAttr};
+use crate::core::{now_ns, Core, Inval, Invalidate, RenameMode, SetAttr};
 use crate::tree::join;
 
 /// How long the kernel may keep attributes and names: long, because every
@@ -40,7 +40,9 @@ impl KvFs {
 fn ns_of(t: TimeOrNow) -> i64 {
     match t {
         TimeOrNow::Now => now_ns(),
-        TimeOrNow::SpecificTime(t) => t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
+        TimeOrNow::SpecificTime(t) => {
+            t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+        }
     }
 }
 
@@ -58,42 +60,85 @@ fn reply_empty(r: Result<(), Errno>, reply: ReplyEmpty) {
     }
 }
 
+/// One invalidation for a notifier thread, and whom to tell once done.
+type Job = (Inval, Option<Sender<()>>);
+
 /// The invalidation sink of a mount: invalidations run on threads of their
-/// own (never inside a FUSE callback), sharded by directory so that one
-/// name whose directory is locked by a slow operation does not hold up the
-/// others.
-pub fn invalidator(notifier: impl Fn() -> Option<Notifier> + Send + Sync + 'static) -> crate::core::InvalSink {
+/// own (never inside a FUSE callback), sharded by inode, so that a name
+/// whose directory is locked by a slow operation holds up only its shard.
+pub struct Invalidator {
+    shards: Vec<Sender<Job>>,
+}
+
+/// Starts the notifier threads; `notifier` gives the session's notifier
+/// once the session exists (invalidations before then are moot).
+pub fn invalidator(notifier: impl Fn() -> Option<Notifier> + Send + Sync + 'static) -> Invalidator {
     let notifier = Arc::new(notifier);
-    let mut shards: Vec<Sender<Inval>> = Vec::new();
+    let mut shards: Vec<Sender<Job>> = Vec::new();
     for n in 0..INVAL_THREADS {
-        let (tx, rx) = channel::<Inval>();
+        let (tx, rx) = channel::<Job>();
         let notifier = notifier.clone();
         let _ = std::thread::Builder::new().name(format!("kvfs-inval-{n}")).spawn(move || {
-            for i in rx {
-                let Some(n) = notifier() else { continue };
-                let r = match &i {
-                    Inval::Inode(ino) => n.inval_inode(INodeNo(*ino), 0, 0),
-                    Inval::Entry(parent, name) => n.inval_entry(INodeNo(*parent), OsStr::new(name)),
-                };
-                // ENOENT: the kernel had nothing cached.
-                if let Err(e) = r {
-                    if e.raw_os_error() != Some(libc::ENOENT) {
-                        tracing::debug!(error = %e, "invalidation failed");
+            for (i, done) in rx {
+                if let Some(n) = notifier() {
+                    let r = match &i {
+                        Inval::Inode(ino) => n.inval_inode(INodeNo(*ino), 0, 0),
+                        // A negative offset: attributes only, pages stay.
+                        Inval::Attrs(ino) => n.inval_inode(INodeNo(*ino), -1, 0),
+                        Inval::Entry(parent, name) => n.inval_entry(INodeNo(*parent), OsStr::new(name)),
+                    };
+                    // ENOENT: the kernel had nothing cached.
+                    if let Err(e) = r {
+                        if e.raw_os_error() != Some(libc::ENOENT) {
+                            tracing::debug!(error = %e, "invalidation failed");
+                        }
                     }
+                }
+                if let Some(d) = done {
+                    let _ = d.send(());
                 }
             }
         });
         shards.push(tx);
     }
-    Box::new(move |list: Vec<Inval>| {
+    Invalidator { shards }
+}
+
+impl Invalidator {
+    fn queue(&self, list: Vec<Inval>, done: Option<&Sender<()>>) -> usize {
+        let mut n = 0;
         for i in list {
             let shard = match &i {
-                Inval::Inode(ino) => *ino as usize,
+                Inval::Inode(ino) | Inval::Attrs(ino) => *ino as usize,
                 Inval::Entry(parent, _) => *parent as usize,
-            } % shards.len();
-            let _ = shards[shard].send(i);
+            } % self.shards.len().max(1);
+            if let Some(s) = self.shards.get(shard) {
+                if s.send((i, done.cloned())).is_ok() {
+                    n += 1;
+                }
+            }
         }
-    })
+        n
+    }
+}
+
+impl Invalidate for Invalidator {
+    fn send(&self, list: Vec<Inval>) {
+        self.queue(list, None);
+    }
+
+    fn send_and_wait(&self, list: Vec<Inval>, bound: Duration) {
+        let (tx, rx) = channel();
+        let n = self.queue(list, Some(&tx));
+        let deadline = std::time::Instant::now() + bound;
+        for _ in 0..n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if rx.recv_timeout(left).is_err() {
+                tracing::debug!(bound_ms = bound.as_millis() as u64, "the kernel took long to forget a name");
+                return;
+            }
+        }
+    }
 }
 
 impl Filesystem for KvFs {
@@ -160,7 +205,16 @@ impl Filesystem for KvFs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }

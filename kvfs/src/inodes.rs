@@ -1,16 +1,20 @@
 //! The inode table: which inode a path is, and what an inode the kernel
 //! still holds shows once its path moved on. Plain data, no I/O.
 //!
-//! IMPORTANT: an inode's content never changes under a reader of another
-//! version. When a change from elsewhere replaces a file's content, or the
-//! file is deleted or renamed over, its inode is *detached*: it keeps the
-//! version it had (a frozen copy) for the programs that hold it open and for
-//! the kernel's page cache, and the path gets a new inode at its next
-//! lookup. This is how `rename(2)` over a file behaves on a local
-//! filesystem, and it is what keeps a reader of one version from ever
-//! seeing bytes of another, by `read` or through the page cache.
+//! IMPORTANT: an inode's content never changes. When a file's content
+//! changes (a write here or elsewhere), or the file is deleted or renamed
+//! over, its inode is *detached*: it keeps the version it had (a frozen
+//! copy) for the programs that hold it open and for the kernel's page
+//! cache, and the path gets a new inode at its next lookup. This is how
+//! `rename(2)` over a file behaves on a local filesystem, and it is what
+//! keeps a reader of one version from ever seeing bytes of another, by
+//! `read`, by `mmap` or through the page cache.
+//!
+//! A detached inode whose name still exists (`gone: false`) still stands
+//! for "the file at that name" to the programs that hold it: their writes,
+//! chmods and renames here go to the name.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::tree::Node;
 
@@ -49,6 +53,8 @@ pub struct Inode {
 pub struct Inodes {
     by_ino: HashMap<u64, Inode>,
     attached: HashMap<String, u64>,
+    /// Detached inodes whose name still exists.
+    live: HashSet<u64>,
     next: u64,
 }
 
@@ -65,7 +71,7 @@ impl Inodes {
         by_ino.insert(ROOT, Inode { path: String::new(), binding: Binding::Attached, nlookup: 1 });
         let mut attached = HashMap::new();
         attached.insert(String::new(), ROOT);
-        Inodes { by_ino, attached, next: ROOT + 1 }
+        Inodes { by_ino, attached, live: HashSet::new(), next: ROOT + 1 }
     }
 
     /// The inode attached to `path`, attaching a new one if it has none.
@@ -104,12 +110,17 @@ impl Inodes {
         i.nlookup = i.nlookup.saturating_sub(n);
         if i.nlookup == 0 && i.binding != Binding::Attached {
             self.by_ino.remove(&ino);
+            self.live.remove(&ino);
         }
     }
 
     /// Detaches the inode of `path` (if it has one), keeping `node` as what
-    /// it shows from now on. Returns the inode.
+    /// it shows from now on; with `gone`, the name no longer exists, for it
+    /// and for every older version of it. Returns the inode.
     pub fn detach(&mut self, path: &str, node: Option<Node>, gone: bool) -> Option<u64> {
+        if gone {
+            self.mark_gone(path);
+        }
         let ino = self.attached.remove(path)?;
         if ino == ROOT {
             self.attached.insert(String::new(), ROOT);
@@ -119,9 +130,24 @@ impl Inodes {
             i.binding = Binding::Detached { node, gone };
             if i.nlookup == 0 {
                 self.by_ino.remove(&ino);
+            } else if !gone {
+                self.live.insert(ino);
             }
         }
         Some(ino)
+    }
+
+    /// The name `path` no longer exists: its older versions held open stop
+    /// standing for it.
+    fn mark_gone(&mut self, path: &str) {
+        let gone: Vec<u64> =
+            self.live.iter().copied().filter(|i| self.by_ino.get(i).is_some_and(|i| i.path == path)).collect();
+        for ino in gone {
+            self.live.remove(&ino);
+            if let Some(Inode { binding: Binding::Detached { gone, .. }, .. }) = self.by_ino.get_mut(&ino) {
+                *gone = true;
+            }
+        }
     }
 
     /// Attaches `ino` to `path` again (or for the first time there), unless
@@ -139,6 +165,7 @@ impl Inodes {
         }
         i.binding = Binding::Attached;
         i.path = path.to_owned();
+        self.live.remove(&ino);
         self.attached.insert(path.to_owned(), ino);
     }
 
@@ -148,16 +175,24 @@ impl Inodes {
         self.attached.keys().filter(|p| *p == root || root.is_empty() || p.starts_with(&dir)).cloned().collect()
     }
 
-    /// Moves the attached inodes of `from` and everything below it to `to`
-    /// (a rename here: open files follow their name).
+    /// Moves the inodes of `from` and everything below it to `to` (a rename
+    /// here: open files follow their name, older versions held open too).
     pub fn rename(&mut self, from: &str, to: &str) {
+        let dir = format!("{from}/");
+        let moved = |p: &str| format!("{to}{}", &p[from.len()..]);
         for p in self.attached_under(from) {
             if let Some(i) = self.attached.remove(&p) {
-                let np = format!("{to}{}", &p[from.len()..]);
                 if let Some(inode) = self.by_ino.get_mut(&i) {
-                    inode.path = np.clone();
+                    inode.path = moved(&p);
                 }
-                self.attached.insert(np, i);
+                self.attached.insert(moved(&p), i);
+            }
+        }
+        for i in &self.live {
+            if let Some(inode) = self.by_ino.get_mut(i) {
+                if inode.path == from || inode.path.starts_with(&dir) {
+                    inode.path = moved(&inode.path);
+                }
             }
         }
     }
@@ -230,5 +265,13 @@ mod tests {
         assert_eq!(t.get(f).map(|i| i.path.as_str()), Some("e/f"));
         assert_eq!(t.attached("dx"), Some(other), "a sibling sharing the name's start stays");
         assert_eq!(t.attached("d"), None);
+        // An older version held open follows its name, until the name goes.
+        let old = t.attach("v");
+        t.looked_up(old);
+        t.detach("v", None, false);
+        t.rename("v", "w");
+        assert_eq!(t.get(old).map(|i| i.path.as_str()), Some("w"));
+        t.detach("w", None, true);
+        assert!(matches!(t.get(old).map(|i| &i.binding), Some(Binding::Detached { gone: true, .. })));
     }
 }

@@ -20,8 +20,8 @@ mod sync;
 mod tree;
 
 pub use crate::cluster::{Batch, Cluster, Events, Failure, Page};
-pub use crate::core::{loaded, node_of, Core, Inval, InvalSink, Options, RenameMode, SetAttr, State};
+pub use crate::core::{loaded, node_of, Core, Inval, InvalSink, Invalidate, Options, RenameMode, SetAttr, State};
 pub use crate::fake::FakeCluster;
-pub use crate::fs::{invalidator, KvFs};
+pub use crate::fs::{invalidator, Invalidator, KvFs};
 pub use crate::remote::Remote;
 pub use crate::sync::{load, load_lkg, Status, Sync};

@@ -186,10 +186,10 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     // The kernel's side of invalidations exists once the session does.
     let notifier: Arc<OnceLock<fuser::Notifier>> = Arc::default();
     let n = notifier.clone();
-    let sink = kvfs::invalidator(move || n.get().cloned());
+    let sink = Box::new(kvfs::invalidator(move || n.get().cloned()));
     // A core over nothing yet, only to map keys to paths for the load.
     let path_of = {
-        let p = Core::new(remote.clone(), opts.clone(), kvfs::State::default(), Box::new(|_| {}));
+        let p = Core::new(remote.clone(), opts.clone(), kvfs::State::default(), Box::new(kvfs::invalidator(|| None)));
         move |k: &str| p.path_of(k)
     };
 

@@ -67,7 +67,11 @@ impl Remote {
                 Err(failure(&e))
             }
             Err(_) => {
-                tracing::warn!(op = what, timeout_ms = self.timeout.as_millis() as u64, "cluster did not answer in time");
+                tracing::warn!(
+                    op = what,
+                    timeout_ms = self.timeout.as_millis() as u64,
+                    "cluster did not answer in time"
+                );
                 Err(Failure::Unavailable)
             }
         }

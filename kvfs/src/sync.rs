@@ -73,7 +73,10 @@ struct Lkg {
 }
 
 /// Loads a last-known-good copy.
-pub fn load_lkg(path: &Path, path_of: impl Fn(&str) -> Option<String>) -> anyhow::Result<(u64, BTreeMap<String, Node>)> {
+pub fn load_lkg(
+    path: &Path,
+    path_of: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<(u64, BTreeMap<String, Node>)> {
     let lkg: Lkg = serde_json::from_slice(&std::fs::read(path)?)?;
     let entries = lkg.entries.iter().filter_map(|e| path_of(&e.key).map(|p| (p, node_of(e)))).collect();
     Ok((lkg.revision, entries))

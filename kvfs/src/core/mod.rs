@@ -31,15 +31,31 @@ pub use watch::{loaded, node_of};
 /// A kernel cache entry to drop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inval {
-    /// Attributes and pages of an inode.
+    /// Attributes and pages of an inode (a directory's listing).
     Inode(u64),
+    /// Attributes of an inode only (its content did not change).
+    Attrs(u64),
     /// A name in a directory.
     Entry(u64, String),
 }
 
-/// Where invalidations go (the FUSE adapter's notifier threads; a list in
-/// tests). Called with no lock held.
-pub type InvalSink = Box<dyn Fn(Vec<Inval>) + Send + Sync>;
+/// Where invalidations go: the FUSE adapter's notifier threads (a list in
+/// tests). Called with no lock held, never from inside the kernel's
+/// request for the same inode.
+pub trait Invalidate: Send + Sync {
+    /// Hands invalidations over and returns at once.
+    fn send(&self, list: Vec<Inval>);
+    /// Hands them over and waits until the kernel took them, at most
+    /// `bound` (a directory another request holds locked waits for it).
+    fn send_and_wait(&self, list: Vec<Inval>, bound: Duration);
+}
+
+/// The invalidation sink of a mount.
+pub type InvalSink = Box<dyn Invalidate>;
+
+/// How long a close waits for the kernel to forget the name of the file it
+/// just wrote, so that the next open on this mount finds the new version.
+const OWN_INVAL_WAIT: Duration = Duration::from_millis(500);
 
 /// One entry of a directory listing: inode, type, name.
 pub type DirEntry = (u64, FileType, String);
@@ -180,7 +196,7 @@ impl Core {
 
     fn invalidate(&self, list: Vec<Inval>) {
         if !list.is_empty() {
-            (self.inval)(list);
+            self.inval.send(list);
         }
     }
 
@@ -423,10 +439,21 @@ impl Core {
             w.publishes_at_flush(owner)
         };
         if publish {
-            self.commit(fh)
+            self.commit_and_show(fh)
         } else {
             Ok(())
         }
+    }
+
+    /// Commits, then makes the kernel forget the name's old version before
+    /// returning, so that the next open on this mount reads what close()
+    /// or fsync() just stored.
+    fn commit_and_show(&self, fh: u64) -> Result<(), Errno> {
+        let inval = self.commit(fh)?;
+        if !inval.is_empty() {
+            self.inval.send_and_wait(inval, OWN_INVAL_WAIT);
+        }
+        Ok(())
     }
 
     /// FSYNC: publishes whatever the handle holds, and reports a failure.
@@ -441,7 +468,7 @@ impl Core {
             }
         };
         if publish {
-            self.commit(fh)
+            self.commit_and_show(fh)
         } else {
             Ok(())
         }
@@ -451,13 +478,17 @@ impl Core {
     /// truncated), then forgets the handle. A created file never committed
     /// disappears again.
     pub fn release(&self, fh: u64) {
-        let publish = matches!(self.handles().map(|h| h.get(fh).map(|h| match &h.io {
-            Io::Write(w) => w.publishes_at_release(),
-            Io::Read(_) => false,
-        })), Ok(Ok(true)));
+        let publish = matches!(
+            self.handles().map(|h| h.get(fh).map(|h| match &h.io {
+                Io::Write(w) => w.publishes_at_release(),
+                Io::Read(_) => false,
+            })),
+            Ok(Ok(true))
+        );
         if publish {
-            if let Err(e) = self.commit(fh) {
-                tracing::warn!(errno = ?e, "write lost at release (close() already returned)");
+            match self.commit(fh) {
+                Ok(inval) => self.invalidate(inval),
+                Err(e) => tracing::warn!(errno = ?e, "write lost at release (close() already returned)"),
             }
         }
         let Some(h) = self.handles.lock().ok().and_then(|mut hs| hs.close(fh)) else { return };
@@ -465,7 +496,8 @@ impl Core {
         if let Ok(mut s) = self.state.write() {
             let path = s.inodes.get(h.ino).filter(|i| i.binding == Binding::Attached).map(|i| i.path.clone());
             if let Some(p) = path {
-                let still_open = self.handles.lock().map(|mut hs| hs.writers_on(h.ino).next().is_some()).unwrap_or(true);
+                let still_open =
+                    self.handles.lock().map(|mut hs| hs.writers_on(h.ino).next().is_some()).unwrap_or(true);
                 if !still_open && s.tree.get(&p).is_some_and(|n| n.provisional) {
                     s.tree.remove(&p);
                     s.inodes.detach(&p, None, true);
@@ -477,7 +509,8 @@ impl Core {
     }
 
     /// Publishes a writer's buffer as one put, if it holds something.
-    fn commit(&self, fh: u64) -> Result<(), Errno> {
+    /// Returns what the kernel must forget: the name's old version.
+    fn commit(&self, fh: u64) -> Result<Vec<Inval>, Errno> {
         let lock = self.handles()?.writer(fh)?.commit_lock.clone();
         let _serial = lock.lock().map_err(|_| Errno::EIO)?;
         let (ino, data, opts, gen) = {
@@ -488,7 +521,7 @@ impl Core {
                 return Err(e);
             }
             if !w.dirty {
-                return Ok(());
+                return Ok(vec![]);
             }
             let opts = PutOptions {
                 attrs: w.attrs.clone(),
@@ -500,73 +533,65 @@ impl Core {
         };
         let (path, node) = {
             let s = self.state()?;
-            let Some(i) = s.inodes.get(ino) else { return Ok(()) };
+            let Some(i) = s.inodes.get(ino) else { return Ok(vec![]) };
             // Deleted (or renamed over) while open: the data goes nowhere,
             // as on any filesystem.
             if matches!(i.binding, Binding::Detached { gone: true, .. }) {
-                return Ok(());
+                return Ok(vec![]);
             }
             (i.path.clone(), s.tree.get(&i.path).cloned())
         };
-        let Some(node) = node else { return Ok(()) };
-        if node.local {
-            let mut s = self.state_mut()?;
-            if let Some(n) = s.tree.get_mut(&path) {
-                n.meta.size = data.len() as u64;
-                n.meta.mtime_ns = now_ns();
-                n.value = Arc::new(data);
-            }
-            drop(s);
-            self.handles()?.writer(fh)?.committed(0, gen);
-            return Ok(());
-        }
-        let key = self.key(&path);
+        let Some(node) = node else { return Ok(vec![]) };
         let size = data.len() as u64;
-        let result = self.cluster.put(&key, data.clone(), &opts);
-        let rev = match result {
-            Ok(rev) => rev,
-            Err(f) => {
-                // IMPORTANT: a failure close() reports is never applied later.
-                let e = f.errno(if opts.create_only { Errno::EEXIST } else { Errno::EIO });
-                if let Ok(w) = self.handles()?.writer(fh) {
-                    w.failed = Some(e);
+        let (rev, fresh) = if node.local {
+            let mut n = node.clone();
+            n.meta.size = size;
+            n.meta.mtime_ns = now_ns();
+            n.value = Arc::new(data);
+            (0, n)
+        } else {
+            let rev = match self.cluster.put(&self.key(&path), data.clone(), &opts) {
+                Ok(rev) => rev,
+                Err(f) => {
+                    // IMPORTANT: a failure close() reports is never applied
+                    // later.
+                    let e = f.errno(if opts.create_only { Errno::EEXIST } else { Errno::EIO });
+                    if let Ok(w) = self.handles()?.writer(fh) {
+                        w.failed = Some(e);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
+            };
+            let mut meta = node.meta.clone();
+            meta.kind = Kind::File;
+            meta.mod_revision = rev;
+            if node.provisional || meta.create_revision == 0 {
+                meta.create_revision = rev;
             }
+            meta.version += 1;
+            meta.size = size;
+            meta.mtime_ns = opts.attrs.mtime_ns.unwrap_or_else(now_ns);
+            meta.mode = opts.attrs.mode.unwrap_or(meta.mode);
+            meta.uid = opts.attrs.uid.unwrap_or(meta.uid);
+            meta.gid = opts.attrs.gid.unwrap_or(meta.gid);
+            (rev, Node { meta, value: Arc::new(data), local: false, provisional: false })
         };
-        let mut meta = node.meta.clone();
-        meta.kind = Kind::File;
-        meta.mod_revision = rev;
-        if node.provisional || meta.create_revision == 0 {
-            meta.create_revision = rev;
-        }
-        meta.version += 1;
-        meta.size = size;
-        meta.mtime_ns = opts.attrs.mtime_ns.unwrap_or_else(now_ns);
-        meta.mode = opts.attrs.mode.unwrap_or(meta.mode);
-        meta.uid = opts.attrs.uid.unwrap_or(meta.uid);
-        meta.gid = opts.attrs.gid.unwrap_or(meta.gid);
-        let fresh = Node { meta, value: Arc::new(data), local: false, provisional: false };
-        let mut inval = vec![Inval::Inode(ino)];
-        {
+        let inval = {
             let mut s = self.state_mut()?;
-            // IMPORTANT: never over a newer value the watch brought meanwhile.
-            if !s.tree.knows_newer(&path, rev) {
-                let attached = s.inodes.attached(&path);
-                if attached.is_some_and(|a| a != ino) {
-                    // The name shows another version than the one this
-                    // handle was opened on: its inode keeps that version.
-                    s.inodes.detach(&path, Some(node.clone()), false);
-                    inval.extend(watch::entry_invals(&s, &path));
-                }
+            // IMPORTANT: never over a newer value the watch brought meanwhile
+            // (when it brought this very write, it detached the old version
+            // already).
+            if node.local || !s.tree.knows_newer(&path, rev) {
+                let old = s.tree.get(&path).cloned();
                 s.tree.insert(path.clone(), fresh);
+                // The name's inode keeps the version it showed.
+                s.inodes.detach(&path, old, false);
             }
-            Self::own_version(&mut s, ino, &path, rev);
-        }
+            watch::entry_invals(&s, &path)
+        };
         self.changed();
         self.handles()?.writer(fh)?.committed(rev, gen);
-        self.invalidate(inval);
-        Ok(())
+        Ok(inval)
     }
 
     /// After this mount wrote `path` at `rev` through inode `ino`: if the
@@ -584,7 +609,9 @@ impl Core {
     fn commit_all(&self, ino: u64) -> Result<(), Errno> {
         let fhs: Vec<u64> = self.handles()?.writers_on(ino).filter(|(_, w)| w.dirty).map(|(f, _)| f).collect();
         for fh in fhs {
-            self.commit(fh)?;
+            // NOTE: not waited for: the rename that asks holds the directory.
+            let inval = self.commit(fh)?;
+            self.invalidate(inval);
         }
         Ok(())
     }

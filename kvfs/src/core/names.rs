@@ -71,7 +71,8 @@ impl Core {
             self.check_reachable()?;
         }
         let meta = new_meta(Kind::File, mode & 0o7777, uid, gid);
-        let attrs = Attrs { kind: None, mode: Some(meta.mode), uid: Some(meta.uid), gid: Some(meta.gid), mtime_ns: None };
+        let attrs =
+            Attrs { kind: None, mode: Some(meta.mode), uid: Some(meta.uid), gid: Some(meta.gid), mtime_ns: None };
         {
             let mut s = self.state_mut()?;
             s.tree.insert(path.clone(), Node { meta, value: Arc::default(), local, provisional: !local });
@@ -251,10 +252,15 @@ impl Core {
         let mut v = node.value.as_ref().clone();
         v.resize(size, 0);
         if node.local {
-            if let Some(n) = self.state_mut()?.tree.get_mut(&path) {
-                n.meta.size = size as u64;
-                n.value = Arc::new(v);
-            }
+            let mut s = self.state_mut()?;
+            let mut n = node.clone();
+            n.meta.size = size as u64;
+            n.value = Arc::new(v);
+            s.tree.insert(path.clone(), n);
+            s.inodes.detach(&path, Some(node), false);
+            let inval = super::watch::entry_invals(&s, &path);
+            drop(s);
+            self.invalidate(inval);
             return Ok(());
         }
         self.writable()?;
@@ -266,15 +272,19 @@ impl Core {
         n.meta.version += 1;
         n.meta.mtime_ns = now_ns();
         n.value = Arc::new(v);
-        {
+        let inval = {
             let mut s = self.state_mut()?;
             if !s.tree.knows_newer(&path, rev) {
+                let old = s.tree.get(&path).cloned();
                 s.tree.insert(path.clone(), n);
+                s.inodes.detach(&path, old, false);
             }
-            Self::own_version(&mut s, ino, &path, rev);
-        }
+            super::watch::entry_invals(&s, &path)
+        };
         self.changed();
-        self.invalidate(vec![super::Inval::Inode(ino)]);
+        // NOTE: not waited for: truncate(2) holds the file, and the kernel
+        // takes its directory first.
+        self.invalidate(inval);
         Ok(())
     }
 

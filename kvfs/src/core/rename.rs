@@ -46,7 +46,14 @@ impl Core {
         let (src_kind, dst_kind, src_node, dst_full, src_sub, dst_sub) = {
             let s = self.state()?;
             let sk = s.tree.kind(&src).ok_or(Errno::ENOENT)?;
-            (sk, s.tree.kind(&dst), s.tree.get(&src).cloned(), s.tree.has_children(&dst), s.tree.subtree(&src), s.tree.subtree(&dst))
+            (
+                sk,
+                s.tree.kind(&dst),
+                s.tree.get(&src).cloned(),
+                s.tree.has_children(&dst),
+                s.tree.subtree(&src),
+                s.tree.subtree(&dst),
+            )
         };
         if dst.starts_with(&format!("{src}/")) {
             return Err(Errno::EINVAL);
@@ -106,10 +113,16 @@ impl Core {
         // rename back and detach them.
         let moving: Vec<(String, u64)> = {
             let s = self.state()?;
-            let mut v: Vec<(String, u64)> =
-                s.inodes.attached_under(&src).into_iter().filter_map(|p| s.inodes.attached(&p).map(|i| (p, i))).collect();
+            let mut v: Vec<(String, u64)> = s
+                .inodes
+                .attached_under(&src)
+                .into_iter()
+                .filter_map(|p| s.inodes.attached(&p).map(|i| (p, i)))
+                .collect();
             if mode.exchange {
-                v.extend(s.inodes.attached_under(&dst).into_iter().filter_map(|p| s.inodes.attached(&p).map(|i| (p, i))));
+                v.extend(
+                    s.inodes.attached_under(&dst).into_iter().filter_map(|p| s.inodes.attached(&p).map(|i| (p, i))),
+                );
             }
             v
         };

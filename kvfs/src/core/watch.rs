@@ -50,14 +50,13 @@ impl Core {
             (Some(o), Some(n)) if o.same_content(n) => {
                 if o.meta != n.meta {
                     if let Some(i) = s.inodes.attached(path) {
-                        out.push(Inval::Inode(i));
+                        out.push(Inval::Attrs(i));
                     }
                 }
             }
             (None, None) => return,
             _ => {
-                let had_inode = s.inodes.detach(path, old.clone(), new.is_none()).is_some();
-                let _ = had_inode;
+                s.inodes.detach(path, old.clone(), new.is_none());
             }
         }
         let appeared_or_changed = match new {
@@ -108,7 +107,8 @@ impl Core {
     pub fn relist(&self, fresh: BTreeMap<String, Node>, cursor: u64) {
         let mut out = Vec::new();
         let Ok(mut s) = self.state.write() else { return };
-        let gone: Vec<String> = s.tree.remote_entries().map(|(p, _)| p.clone()).filter(|p| !fresh.contains_key(p)).collect();
+        let gone: Vec<String> =
+            s.tree.remote_entries().map(|(p, _)| p.clone()).filter(|p| !fresh.contains_key(p)).collect();
         for p in gone {
             Self::replace_entry(&mut s, &p, None, &mut out);
         }

@@ -105,9 +105,11 @@ enum Got {
     Absent,
     /// Another error.
     Failed(String),
-    /// The file's size changed under an mmap and a page of the map lay past
-    /// its end: a program gets SIGBUS there, on any filesystem. Not judged
-    /// (the other readers judge read errors).
+    /// A page of an mmap lay past the file's end: the file was truncated
+    /// under the map (an `O_TRUNC` rewrite on the same mount empties the
+    /// inode at open, as on a local filesystem), and a program gets SIGBUS
+    /// there, on any filesystem. Not judged: no bytes were returned (the
+    /// other readers judge read errors).
     Shrunk,
 }
 
@@ -181,9 +183,10 @@ fn read_mmap(path: &Path, key: &str, mem: &File) -> Got {
     unsafe { libc::munmap(p, len) };
     match copied {
         Ok(()) => got_bytes(key, &buf),
-        // NOTE: a size that differs afterwards means the end moved under the
-        // map (a shrink then a growth back to the same length is not told).
-        Err(_) if f.metadata().is_ok_and(|m| m.len() as usize != len) => Got::Shrunk,
+        // NOTE: reading a mapped page past the file's end fails (SIGBUS for
+        // a program touching it); the size may be back by the time it is
+        // asked again (a GETATTR after the truncating open's commit).
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => Got::Shrunk,
         Err(e) => Got::Failed(format!("reading the map: {e}")),
     }
 }
