@@ -187,11 +187,7 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     let notifier: Arc<OnceLock<fuser::Notifier>> = Arc::default();
     let n = notifier.clone();
     let sink = Box::new(kvfs::invalidator(move || n.get().cloned()));
-    // A core over nothing yet, only to map keys to paths for the load.
-    let path_of = {
-        let p = Core::new(remote.clone(), opts.clone(), kvfs::State::default(), Box::new(kvfs::invalidator(|| None)));
-        move |k: &str| p.path_of(k)
-    };
+    let path_of = |k: &str| kvfs::path_in(&inv.prefix, k);
 
     // The cluster first; the last-known-good copy when it cannot be reached.
     let (revision, entries, from) = match kvfs::load(remote.as_ref(), &inv.prefix, &path_of) {

@@ -147,6 +147,15 @@ fn attr_of(ino: u64, meta: &Meta, size: u64) -> FileAttr {
     }
 }
 
+/// Path in a mount of prefix `prefix` of a full key; `None` outside it (or
+/// the prefix key itself, which the root directory stands for).
+pub fn path_in(prefix: &str, key: &str) -> Option<String> {
+    if prefix.is_empty() {
+        return Some(key.to_owned());
+    }
+    key.strip_prefix(prefix)?.strip_prefix('/').map(str::to_owned)
+}
+
 /// The bytes of `data` a READ of `size` at `offset` returns.
 pub fn slice(data: &[u8], offset: u64, size: u32) -> Vec<u8> {
     let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
@@ -216,10 +225,7 @@ impl Core {
     /// Path in the mount of a full key; `None` outside the mount (or the
     /// prefix key itself, which the root directory stands for).
     pub fn path_of(&self, key: &str) -> Option<String> {
-        if self.opts.prefix.is_empty() {
-            return Some(key.to_owned());
-        }
-        key.strip_prefix(&self.opts.prefix)?.strip_prefix('/').map(str::to_owned)
+        path_in(&self.opts.prefix, key)
     }
 
     fn granted(&self, test: impl Fn(&kv_client::Grants, &str) -> bool, path: &str) -> bool {
@@ -363,22 +369,21 @@ impl Core {
     /// a buffer over the path's current value.
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let (path, node, attached) = {
+        let (path, node) = {
             let s = self.state()?;
-            let (path, node, attached) = Self::node_of_ino(&s, ino)?;
+            let (path, node, _) = Self::node_of_ino(&s, ino)?;
             // A writer edits what the name holds now, if the name still
-            // holds this file.
-            let node = match (writable, attached, s.inodes.get(ino).map(|i| &i.binding)) {
-                (true, false, Some(Binding::Detached { gone: false, .. })) => s.tree.get(&path).cloned().or(node),
+            // stands for this file; a reader reads the inode's version.
+            let node = match (writable, s.inodes.get(ino).map(|i| &i.binding)) {
+                (true, Some(Binding::Detached { gone: false, .. })) => s.tree.get(&path).cloned().or(node),
                 _ => node,
             };
-            (path, node, attached)
+            (path, node)
         };
         let node = node.ok_or(Errno::EISDIR)?;
         if node.meta.kind == Kind::Dir {
             return Err(Errno::EISDIR);
         }
-        let _ = attached;
         let io = if writable {
             if !node.local {
                 self.writable()?;

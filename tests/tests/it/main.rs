@@ -5,6 +5,7 @@ mod api;
 mod cluster;
 mod config;
 mod disk;
+mod engines;
 mod durability;
 mod faults;
 mod hostile;

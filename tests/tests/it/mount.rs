@@ -190,8 +190,10 @@ fn bad_names_and_oversized_files_are_refused_and_write_nothing() {
     let out = m.sh("head -c 1001 /dev/zero > big");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("File too large"), "{out:?}");
-    // The redirection's create may leave an empty file; the content never lands.
-    assert!(get(&k, "app/big").is_none_or(|v| v.value.is_empty()), "an oversized file was written");
+    // The redirection's create publishes nothing before the write, and the
+    // failed write nothing after.
+    assert!(get(&k, "app/big").is_none(), "an oversized file was written");
+    assert!(!m.dir.join("big").exists(), "the refused new file is still listed");
     m.sh_ok("head -c 1000 /dev/zero > fits");
     assert_eq!(get(&k, "app/fits").expect("fits").meta.size, 1000);
     let list = tokio::runtime::Runtime::new()
