@@ -9,6 +9,8 @@
 
 mod names;
 mod rename;
+#[cfg(test)]
+mod tests;
 mod watch;
 
 use std::collections::HashMap;
