@@ -50,8 +50,6 @@ pub struct Writer {
     /// Replaces the value whatever it is (opened with `O_TRUNC`, or
     /// created): last writer wins, for the handle's whole life.
     pub replace: bool,
-    /// The next commit creates the key and fails if it exists (`O_EXCL`).
-    pub create_only: bool,
     /// Writes go to the end.
     pub append: bool,
     /// The revision this buffer edits in place: a commit of a handle that
@@ -79,7 +77,6 @@ impl Writer {
             wrote: false,
             last_writer: None,
             replace: truncated,
-            create_only: false,
             append: false,
             base_rev,
             attrs: Attrs::default(),
@@ -138,7 +135,6 @@ impl Writer {
     /// After a commit of the buffer as it was at `gen`, now stored at `rev`:
     /// clean unless it changed meanwhile; later commits edit `rev`.
     pub fn committed(&mut self, rev: u64, gen: u64) {
-        self.create_only = false;
         self.base_rev = rev;
         if self.gen == gen {
             self.dirty = false;
@@ -226,12 +222,11 @@ mod tests {
     #[test]
     fn a_commit_keeps_a_replacing_handle_replacing_and_a_changed_buffer_dirty() {
         let mut w = Writer::new(Vec::new(), true, 3);
-        w.create_only = true;
         w.write(0, b"1", Some(1)).expect("write");
         let gen = w.gen;
         w.write(1, b"2", Some(1)).expect("write");
         w.committed(9, gen);
-        assert!(w.dirty && w.replace && !w.create_only);
+        assert!(w.dirty && w.replace);
         assert_eq!(w.base_rev, 9);
         let gen = w.gen;
         w.committed(10, gen);

@@ -20,7 +20,9 @@ mod sync;
 mod tree;
 
 pub use crate::cluster::{Batch, Cluster, Events, Failure, Page};
-pub use crate::core::{loaded, node_of, path_in, Core, Inval, InvalSink, Invalidate, Options, RenameMode, SetAttr, State};
+pub use crate::core::{
+    loaded, node_of, path_in, Core, Inval, InvalSink, Invalidate, Options, RenameMode, SetAttr, State,
+};
 pub use crate::fake::FakeCluster;
 pub use crate::fs::{invalidator, Invalidator, KvFs};
 pub use crate::remote::Remote;

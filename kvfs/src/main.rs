@@ -190,12 +190,12 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     let path_of = |k: &str| kvfs::path_in(&inv.prefix, k);
 
     // The cluster first; the last-known-good copy when it cannot be reached.
-    let (revision, entries, from) = match kvfs::load(remote.as_ref(), &inv.prefix, &path_of) {
+    let (revision, entries, from) = match kvfs::load(remote.as_ref(), &inv.prefix, path_of) {
         Ok((rev, e)) => (rev, e, "cluster"),
         // NOTE: a cluster that refuses the token is no reason to serve the
         // last-known-good copy: that would outlive a revocation.
         Err(Failure::Denied) => bail!("cannot mount {}: the cluster refuses the token", inv.source),
-        Err(why) => match kvfs::load_lkg(&lkg_file, &path_of) {
+        Err(why) => match kvfs::load_lkg(&lkg_file, path_of) {
             Ok((rev, e)) => {
                 tracing::warn!(reason = %why, revision = rev, "cluster unreachable; serving the last-known-good copy");
                 (rev, e, "last-known-good")

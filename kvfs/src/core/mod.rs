@@ -532,8 +532,8 @@ impl Core {
             }
             let opts = PutOptions {
                 attrs: w.attrs.clone(),
-                if_match: (!w.replace && !w.create_only && w.base_rev > 0).then_some(w.base_rev),
-                create_only: w.create_only,
+                if_match: (!w.replace && w.base_rev > 0).then_some(w.base_rev),
+                create_only: false,
                 request_id: None,
             };
             (ino, w.buf.clone(), opts, w.gen)
@@ -562,7 +562,7 @@ impl Core {
                 Err(f) => {
                     // IMPORTANT: a failure close() reports is never applied
                     // later.
-                    let e = f.errno(if opts.create_only { Errno::EEXIST } else { Errno::EIO });
+                    let e = f.errno(Errno::EIO);
                     if let Ok(w) = self.handles()?.writer(fh) {
                         w.failed = Some(e);
                     }

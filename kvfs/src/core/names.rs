@@ -73,15 +73,35 @@ impl Core {
         let meta = new_meta(Kind::File, mode & 0o7777, uid, gid);
         let attrs =
             Attrs { kind: None, mode: Some(meta.mode), uid: Some(meta.uid), gid: Some(meta.gid), mtime_ns: None };
+        // IMPORTANT: O_EXCL is exclusive across mounts at open(), where a
+        // lock file's creator checks it: the empty file is created in the
+        // cluster now, and open() fails with EEXIST if it already exists
+        // there. (The one case where a new file's first revision is empty.)
+        let created = if flags & libc::O_EXCL != 0 && !local {
+            let opts = PutOptions { attrs: attrs.clone(), create_only: true, ..Default::default() };
+            Some(self.cluster.put(&self.key(&path), Vec::new(), &opts).map_err(|f| f.errno(Errno::EEXIST))?)
+        } else {
+            None
+        };
         {
             let mut s = self.state_mut()?;
-            s.tree.insert(path.clone(), Node { meta, value: Arc::default(), local, provisional: !local });
+            let mut meta = meta;
+            if let Some(rev) = created {
+                (meta.create_revision, meta.mod_revision, meta.version) = (rev, rev, 1);
+            }
+            if created.is_none_or(|rev| !s.tree.knows_newer(&path, rev)) {
+                let provisional = created.is_none() && !local;
+                s.tree.insert(path.clone(), Node { meta, value: Arc::default(), local, provisional });
+            }
         }
         let attr = self.entry(&path)?;
-        let mut w = Writer::new(Vec::new(), true, 0);
-        w.create_only = flags & libc::O_EXCL != 0;
+        let mut w = Writer::new(Vec::new(), created.is_none(), created.unwrap_or(0));
+        // Created: replaces whatever the name holds, for the handle's life.
+        w.replace = true;
         w.append = flags & libc::O_APPEND != 0;
-        w.attrs = attrs;
+        if created.is_none() {
+            w.attrs = attrs;
+        }
         let fh = self.handles()?.open(Handle { ino: attr.ino.0, io: Io::Write(w) });
         Ok((attr, fh))
     }

@@ -156,36 +156,25 @@ fn a_failed_oversized_write_leaves_the_old_value() {
 }
 
 #[test]
-fn o_excl_creates_of_one_name_on_two_mounts_let_one_close_succeed() {
+fn o_excl_creates_of_one_name_on_two_mounts_let_one_open_succeed() {
+    // Neither mount knows of the other's file; the cluster decides at open,
+    // where a lock file's creator checks (it may never write or close).
     let k = Kvd::bootstrap(&[]);
     let (a, b) = (mount(&k), mount(&k));
-    let excl = |m: &Mount| std::fs::OpenOptions::new().write(true).create_new(true).open(m.dir.join("new"));
-    let mut fa = excl(&a).expect("O_EXCL create on A");
+    let excl = |m: &Mount, name: &str| std::fs::OpenOptions::new().write(true).create_new(true).open(m.dir.join(name));
+    let mut fa = excl(&a, "new").expect("O_EXCL create on A");
     fa.write_all(b"from A").expect("write on A");
-    let fb = match excl(&b) {
-        Ok(mut f) => {
-            f.write_all(b"from B").expect("write on B");
-            Some(f)
-        }
-        // B already knew A's file: exclusive as well.
-        Err(e) => {
-            assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "O_EXCL open on B: {e}");
-            None
-        }
-    };
-    let ca = close_checked(fa);
-    // B closes once it has seen A's commit (a slow writer, the usual case).
-    published(&k, &[&b], || {});
-    let cb = fb.map(close_checked);
-    let winner = match (&ca, &cb) {
-        (Ok(()), None) => "from A",
-        (Ok(()), Some(Err(e))) if e.raw_os_error() == Some(libc::EEXIST) => "from A",
-        (Err(e), Some(Ok(()))) if e.raw_os_error() == Some(libc::EEXIST) => "from B",
-        _ => panic!("one close must succeed and the other fail with EEXIST: A {ca:?}, B {cb:?}"),
-    };
-    assert_eq!(text(&k, "app/new"), winner);
+    let eb = excl(&b, "new").map(|_| ()).map_err(|e| e.raw_os_error());
+    assert_eq!(eb, Err(Some(libc::EEXIST)), "the O_EXCL open on B of a name A created");
+    close_checked(fa).expect("close on A");
+    assert_eq!(text(&k, "app/new"), "from A");
+    // A lock file: created, never written, held open.
+    let lock = excl(&b, "lock").expect("lock on B");
+    let ea = excl(&a, "lock").map(|_| ()).map_err(|e| e.raw_os_error());
+    assert_eq!(ea, Err(Some(libc::EEXIST)), "the O_EXCL open on A of the lock B holds");
+    close_checked(lock).expect("close the lock");
     for m in [&a, &b] {
-        eventually("both mounts show the winner", || m.sh("cat new").stdout == winner.as_bytes());
+        eventually("both mounts show A's file", || m.sh("cat new").stdout == b"from A");
     }
 }
 
