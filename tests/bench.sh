@@ -54,7 +54,7 @@ cargo build --release --locked -p kvd -p kvctl -p kvfs
 cargo build --release --locked --manifest-path tests/bench/Cargo.toml
 target=${CARGO_TARGET_DIR:-$root/target}
 kvd=$target/release/kvd kvctl=$target/release/kvctl kvfs=$target/release/kvfs
-B=$root/tests/bench/target/release/kv-bench
+B=${CARGO_TARGET_DIR:-$root/tests/bench/target}/release/kv-bench
 
 T=$(mktemp -d /var/tmp/kvbench.XXXXXX)
 results=$T/results.jsonl
