@@ -274,12 +274,18 @@ impl Filesystem for KvFs {
             // changes, so the kernel's page cache of it stays right.
             return reply.error(Errno::ENOSYS);
         }
+        // NOTE: direct I/O: each read(2) is answered from the handle's own
+        // version (a reader never sees two, whatever a writer of the same
+        // inode does to the kernel's idea of its size), writes never touch
+        // the page cache other readers use; KEEP_CACHE keeps the pages of
+        // mappings, which are filled from the inode's version. A reader's
+        // close has nothing to commit: no FLUSH.
+        let mut o = FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_KEEP_CACHE;
+        if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
+            o |= FopenFlags::FOPEN_NOFLUSH;
+        }
         match self.core.open(ino.0, flags.0) {
-            // NOTE: direct I/O: each read(2) is answered from the handle's
-            // own version (a reader never sees two), writes never touch the
-            // page cache other readers use; KEEP_CACHE keeps the pages of
-            // mappings, which are filled from the inode's version.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) => reply.opened(FileHandle(fh), o),
             Err(e) => reply.error(e),
         }
     }
