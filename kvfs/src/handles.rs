@@ -102,6 +102,8 @@ impl Writer {
             self.buf.resize(end, 0);
         }
         self.buf[off..end].copy_from_slice(data);
+        // A write after a time was set makes the time the commit's.
+        self.attrs.mtime_ns = None;
         self.dirty = true;
         self.wrote = true;
         self.last_writer = owner;

@@ -583,19 +583,42 @@ impl Core {
             meta.gid = opts.attrs.gid.unwrap_or(meta.gid);
             (rev, Node { meta, value: Arc::new(data), local: false, provisional: false })
         };
+        // NOTE: a file created here and a local scratch file had no version
+        // anyone else could read: their inode takes the new content in
+        // place, and the close need not wait for the kernel to forget a
+        // name.
+        let in_place = node.local || node.provisional;
         let inval = {
             let mut s = self.state_mut()?;
             // IMPORTANT: never over a newer value the watch brought meanwhile
             // (when it brought this very write, it detached the old version
             // already).
-            if node.local || !s.tree.knows_newer(&path, rev) {
+            // A scratch file has no revisions to order by: one deleted or
+            // renamed while this commit ran stays so.
+            let moved = s
+                .inodes
+                .get(ino)
+                .is_none_or(|i| i.path != path || matches!(i.binding, Binding::Detached { gone: true, .. }));
+            if node.local && moved {
+            } else if node.local || !s.tree.knows_newer(&path, rev) {
                 let old = s.tree.get(&path).cloned();
                 s.tree.insert(path.clone(), fresh);
-                // The name's inode keeps the version it showed.
-                s.inodes.detach(&path, old, false);
+                if !in_place {
+                    // The name's inode keeps the version it showed.
+                    s.inodes.detach(&path, old, false);
+                }
+            } else if in_place {
+                Self::own_version(&mut s, ino, &path, rev);
             }
-            watch::entry_invals(&s, &path)
+            if in_place {
+                vec![]
+            } else {
+                watch::entry_invals(&s, &path)
+            }
         };
+        if in_place {
+            self.invalidate(vec![Inval::Attrs(ino)]);
+        }
         self.changed();
         self.handles()?.writer(fh)?.committed(rev, gen);
         Ok(inval)

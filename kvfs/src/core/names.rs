@@ -255,8 +255,17 @@ impl Core {
                 s.tree.insert(path, n);
             }
         }
-        // The content did not change: writers of it go on editing it.
+        // The content did not change: writers of it go on editing it, and
+        // a time set after their last write stays (`cp -p` sets it through
+        // the descriptor it wrote, before its close commits).
         self.rebase(ino, old_rev, resp.revision);
+        if let Some(t) = a.mtime {
+            let mut hs = self.handles()?;
+            for (_, w) in hs.writers_on(ino).filter(|(_, w)| w.dirty) {
+                w.attrs.mtime_ns = Some(t);
+                w.gen += 1;
+            }
+        }
         self.changed();
         Ok(())
     }
