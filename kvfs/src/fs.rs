@@ -166,8 +166,12 @@ impl Filesystem for KvFs {
         self.core.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.core.getattr(ino.0) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let attr = match fh {
+            Some(fh) => self.core.getattr_fh(ino.0, fh.0),
+            None => self.core.getattr(ino.0),
+        };
+        match attr {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),
         }

@@ -175,6 +175,21 @@ impl Inodes {
         self.attached.keys().filter(|p| *p == root || root.is_empty() || p.starts_with(&dir)).cloned().collect()
     }
 
+    /// The inodes that stand for files at or below `root`: attached ones
+    /// and older versions held open, with their paths.
+    pub fn versions_under(&self, root: &str) -> Vec<(String, u64)> {
+        let dir = format!("{root}/");
+        let under = |p: &str| p == root || root.is_empty() || p.starts_with(&dir);
+        let mut v: Vec<(String, u64)> =
+            self.attached.iter().filter(|(p, _)| under(p)).map(|(p, i)| (p.clone(), *i)).collect();
+        v.extend(
+            self.live
+                .iter()
+                .filter_map(|i| self.by_ino.get(i).filter(|n| under(&n.path)).map(|n| (n.path.clone(), *i))),
+        );
+        v
+    }
+
     /// Moves the inodes of `from` and everything below it to `to` (a rename
     /// here: open files follow their name, older versions held open too).
     pub fn rename(&mut self, from: &str, to: &str) {

@@ -88,9 +88,17 @@ impl Tree {
         self.entries.remove(path)
     }
 
-    /// Whether a change of `path` at `revision` is old news: the entry here
-    /// is as new or newer, or this mount deleted it at or after `revision`.
+    /// Whether a change of `path` at `revision` is old news: the watch has
+    /// applied everything up to it (this change, and any later one), the
+    /// entry here is as new or newer, or this mount deleted it at or after
+    /// `revision`.
     pub fn knows_newer(&self, path: &str, revision: u64) -> bool {
+        revision <= self.cursor || self.has_newer(path, revision)
+    }
+
+    /// Whether the entry here is as new as `revision` or newer, or this
+    /// mount deleted it at or after `revision`.
+    pub fn has_newer(&self, path: &str, revision: u64) -> bool {
         self.gone.get(path).is_some_and(|r| revision <= *r)
             || self.entries.get(path).is_some_and(|n| !n.local && !n.provisional && n.meta.mod_revision >= revision)
     }

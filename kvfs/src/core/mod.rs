@@ -343,9 +343,8 @@ impl Core {
         }
     }
 
-    /// GETATTR. The size is always the stored value's: the inode (and the
-    /// kernel's idea of its size) is shared with readers, and a writer's
-    /// buffer is not a value anyone else may see.
+    /// GETATTR. The size is the stored value's: a writer's buffer is not a
+    /// value anyone else may see (see [`Core::getattr_fh`]).
     pub fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
         let s = self.state()?;
         let (path, node, attached) = Self::node_of_ino(&s, ino)?;
@@ -354,6 +353,20 @@ impl Core {
             (false, Some(n)) => Ok(attr_of(ino, &n.meta, n.value.len() as u64)),
             (false, None) => Ok(attr_of(ino, &new_meta(Kind::Dir, 0o755, 0, 0), 4096)),
         }
+    }
+
+    /// GETATTR through a handle (the kernel asks so before a seek to the end
+    /// or a read past its idea of the end): a writer sees the size of what
+    /// it has written.
+    pub fn getattr_fh(&self, ino: u64, fh: u64) -> Result<FileAttr, Errno> {
+        let mut attr = self.getattr(ino)?;
+        if let Ok(w) = self.handles()?.writer(fh) {
+            if w.dirty {
+                attr.size = w.buf.len() as u64;
+                attr.blocks = attr.size.div_ceil(512);
+            }
+        }
+        Ok(attr)
     }
 
     /// READLINK.
@@ -583,45 +596,44 @@ impl Core {
             meta.gid = opts.attrs.gid.unwrap_or(meta.gid);
             (rev, Node { meta, value: Arc::new(data), local: false, provisional: false })
         };
-        // NOTE: a file created here and a local scratch file had no version
-        // anyone else could read: their inode takes the new content in
-        // place, and the close need not wait for the kernel to forget a
-        // name.
-        let in_place = node.local || node.provisional;
-        let inval = {
+        let (wait, later) = {
             let mut s = self.state_mut()?;
-            // IMPORTANT: never over a newer value the watch brought meanwhile
-            // (when it brought this very write, it detached the old version
-            // already).
-            // A scratch file has no revisions to order by: one deleted or
-            // renamed while this commit ran stays so.
-            let moved = s
+            let here = s
                 .inodes
                 .get(ino)
-                .is_none_or(|i| i.path != path || matches!(i.binding, Binding::Detached { gone: true, .. }));
-            if node.local && moved {
+                .is_some_and(|i| i.path == path && !matches!(i.binding, Binding::Detached { gone: true, .. }));
+            // NOTE: a file created here, or a scratch file, whose inode the
+            // name still has, had no version anyone else could read: the
+            // inode takes the new content in place, and the close need not
+            // wait for the kernel to forget a name.
+            let in_place = (node.local || node.provisional) && s.inodes.attached(&path) == Some(ino);
+            if node.local && !here {
+                // A scratch file has no revisions to order by: one deleted
+                // or renamed while this commit ran stays so.
             } else if node.local || !s.tree.knows_newer(&path, rev) {
+                // IMPORTANT: never over a newer value the watch brought
+                // meanwhile.
                 let old = s.tree.get(&path).cloned();
                 s.tree.insert(path.clone(), fresh);
                 if !in_place {
                     // The name's inode keeps the version it showed.
                     s.inodes.detach(&path, old, false);
                 }
-            } else if in_place {
+            } else if node.provisional {
+                // The watch brought this very write first, and detached the
+                // created file's inode as if someone else had written it.
                 Self::own_version(&mut s, ino, &path, rev);
             }
             if in_place {
-                vec![]
+                (vec![], vec![Inval::Attrs(ino)])
             } else {
-                watch::entry_invals(&s, &path)
+                (watch::entry_invals(&s, &path), vec![])
             }
         };
-        if in_place {
-            self.invalidate(vec![Inval::Attrs(ino)]);
-        }
+        self.invalidate(later);
         self.changed();
         self.handles()?.writer(fh)?.committed(rev, gen);
-        Ok(inval)
+        Ok(wait)
     }
 
     /// After this mount wrote `path` at `rev` through inode `ino`: if the
@@ -644,6 +656,19 @@ impl Core {
             self.invalidate(inval);
         }
         Ok(())
+    }
+
+    /// The commit locks of the writers on `inos`, in one order (so two
+    /// callers never wait for each other).
+    fn writer_locks(&self, inos: impl Iterator<Item = u64>) -> Result<Vec<Arc<Mutex<()>>>, Errno> {
+        let mut hs = self.handles()?;
+        let mut locks: Vec<Arc<Mutex<()>>> = Vec::new();
+        for ino in inos {
+            locks.extend(hs.writers_on(ino).map(|(_, w)| w.commit_lock.clone()));
+        }
+        locks.sort_by_key(|l| Arc::as_ptr(l) as usize);
+        locks.dedup_by_key(|l| Arc::as_ptr(l) as usize);
+        Ok(locks)
     }
 
     /// After this mount changed only the attributes or the name of the file

@@ -58,9 +58,7 @@ impl Core {
             if flags & libc::O_EXCL != 0 {
                 return Err(Errno::EEXIST);
             }
-            let attr = self.entry(&path)?;
-            let fh = self.open(attr.ino.0, flags)?;
-            return Ok((attr, fh));
+            return self.open_existing(&path, flags);
         }
         let local = self.is_local(split(&path).1);
         if !local {
@@ -85,6 +83,12 @@ impl Core {
         };
         {
             let mut s = self.state_mut()?;
+            if created.is_none() && s.tree.kind(&path).is_some() {
+                // The watch brought the name meanwhile: it is opened, not
+                // replaced by an empty file of this mount's.
+                drop(s);
+                return self.open_existing(&path, flags);
+            }
             let mut meta = meta;
             if let Some(rev) = created {
                 (meta.create_revision, meta.mod_revision, meta.version) = (rev, rev, 1);
@@ -104,6 +108,19 @@ impl Core {
         }
         let fh = self.handles()?.open(Handle { ino: attr.ino.0, io: Io::Write(w) });
         Ok((attr, fh))
+    }
+
+    /// CREATE of a name that exists: an OPEN; the lookup the reply hands
+    /// the kernel is counted only if the open succeeds.
+    fn open_existing(&self, path: &str, flags: i32) -> Result<(FileAttr, u64), Errno> {
+        let attr = self.entry(path)?;
+        match self.open(attr.ino.0, flags) {
+            Ok(fh) => Ok((attr, fh)),
+            Err(e) => {
+                self.forget(attr.ino.0, 1);
+                Err(e)
+            }
+        }
     }
 
     /// mkdir, mknod, symlink: a whole new entry, written at once.
@@ -235,6 +252,18 @@ impl Core {
             }],
             failure: vec![],
         };
+        // IMPORTANT: no commit of the file runs meanwhile: it would put over
+        // the revision this change replaces, and fail.
+        let versions: Vec<u64> = self
+            .state()?
+            .inodes
+            .versions_under(&path)
+            .into_iter()
+            .filter(|(p, _)| *p == path)
+            .map(|(_, i)| i)
+            .collect();
+        let locks = self.writer_locks(versions.iter().copied())?;
+        let _held = locks.iter().map(|l| l.lock().map_err(|_| Errno::EIO)).collect::<Result<Vec<_>, _>>()?;
         let resp = self.cluster.txn(&txn).map_err(|f| f.errno(Errno::EIO))?;
         if !resp.succeeded {
             return Err(Errno::EIO);
@@ -258,12 +287,16 @@ impl Core {
         // The content did not change: writers of it go on editing it, and
         // a time set after their last write stays (`cp -p` sets it through
         // the descriptor it wrote, before its close commits).
-        self.rebase(ino, old_rev, resp.revision);
+        for v in &versions {
+            self.rebase(*v, old_rev, resp.revision);
+        }
         if let Some(t) = a.mtime {
             let mut hs = self.handles()?;
-            for (_, w) in hs.writers_on(ino).filter(|(_, w)| w.dirty) {
-                w.attrs.mtime_ns = Some(t);
-                w.gen += 1;
+            for v in &versions {
+                for (_, w) in hs.writers_on(*v).filter(|(_, w)| w.dirty) {
+                    w.attrs.mtime_ns = Some(t);
+                    w.gen += 1;
+                }
             }
         }
         self.changed();
@@ -333,24 +366,32 @@ impl Core {
         let Some(node) = node else { return Err(Errno::ENOENT) };
         let deleted = if !node.local && !node.provisional { Some(self.delete_key(&path)?) } else { None };
         let mut s = self.state_mut()?;
-        match deleted {
-            Some(rev) => s.tree.remove_at(&path, rev),
-            None => s.tree.remove(&path),
+        // IMPORTANT: never over what the watch brought after the delete (the
+        // name created again elsewhere), nor over a file the cluster's
+        // version replaced while this one was only here.
+        let removed = match deleted {
+            Some(Some(rev)) if !s.tree.knows_newer(&path, rev) => s.tree.remove_at(&path, rev).is_some(),
+            Some(Some(_)) => false,
+            Some(None) => s.tree.remove(&path).is_some(),
+            None if s.tree.get(&path).is_some_and(|n| n.local || n.provisional) => s.tree.remove(&path).is_some(),
+            None => false,
         };
-        s.inodes.detach(&path, Some(node), true);
+        if removed {
+            s.inodes.detach(&path, Some(node), true);
+        }
         drop(s);
         self.changed();
         Ok(())
     }
 
     /// Deletes the key of `path` in the cluster; the revision of the delete
-    /// (the cursor when the key was already gone), for the tree's record of
-    /// this mount's deletes.
-    pub(super) fn delete_key(&self, path: &str) -> Result<u64, Errno> {
+    /// (`None` when the key was gone already), for the tree's record of this
+    /// mount's deletes.
+    pub(super) fn delete_key(&self, path: &str) -> Result<Option<u64>, Errno> {
         self.writable()?;
         match self.cluster.delete(&self.key(path)) {
-            Ok(rev) => Ok(rev),
-            Err(crate::cluster::Failure::NotFound) => Ok(self.cursor()),
+            Ok(rev) => Ok(Some(rev)),
+            Err(crate::cluster::Failure::NotFound) => Ok(None),
             Err(f) => Err(f.errno(Errno::EIO)),
         }
     }

@@ -109,23 +109,25 @@ impl Core {
         }
         success.extend(arrive.iter().map(|(p, n)| put_op(key(p), n)));
         let txn = TxnRequest { compare, success, failure: vec![] };
-        // The inodes that move, as they are before the watch can bring this
-        // rename back and detach them.
+        // Each moving file's inodes (its current one and older versions held
+        // open) with the revision its writers edit.
+        let old_rev: std::collections::HashMap<&str, u64> = src_sub
+            .iter()
+            .chain(if mode.exchange { dst_sub.iter() } else { [].iter() })
+            .map(|(p, n)| (p.as_str(), n.meta.mod_revision))
+            .collect();
         let moving: Vec<(String, u64)> = {
             let s = self.state()?;
-            let mut v: Vec<(String, u64)> = s
-                .inodes
-                .attached_under(&src)
-                .into_iter()
-                .filter_map(|p| s.inodes.attached(&p).map(|i| (p, i)))
-                .collect();
+            let mut v = s.inodes.versions_under(&src);
             if mode.exchange {
-                v.extend(
-                    s.inodes.attached_under(&dst).into_iter().filter_map(|p| s.inodes.attached(&p).map(|i| (p, i))),
-                );
+                v.extend(s.inodes.versions_under(&dst));
             }
             v
         };
+        // IMPORTANT: no commit of a moving file runs meanwhile: it would put
+        // to the old name, or over a revision this rename replaces.
+        let locks = self.writer_locks(moving.iter().map(|(_, i)| *i))?;
+        let _held = locks.iter().map(|l| l.lock().map_err(|_| Errno::EIO)).collect::<Result<Vec<_>, _>>()?;
         let resp = match self.cluster.txn(&txn) {
             // Too big for one transaction: let mv copy and delete instead.
             Err(crate::cluster::Failure::TooLarge) => return Err(Errno::EXDEV),
@@ -136,9 +138,21 @@ impl Core {
             return Err(Errno::EIO);
         }
         let rev = resp.revision;
-        let mut rebase = Vec::new();
+        let to_of = |p: &str| -> String {
+            if p == src || p.starts_with(&format!("{src}/")) {
+                format!("{dst}{}", &p[src.len()..])
+            } else {
+                format!("{src}{}", &p[dst.len()..])
+            }
+        };
         {
             let mut s = self.state_mut()?;
+            // The target's files as they were, for their inodes.
+            let replaced: Vec<(String, Option<Node>)> = if mode.exchange {
+                vec![]
+            } else {
+                s.inodes.attached_under(&dst).into_iter().map(|p| (p.clone(), s.tree.get(&p).cloned())).collect()
+            };
             // What the watch already brought (this rename, or later changes)
             // stays.
             let known: Vec<bool> = arrive.iter().map(|(p, _)| s.tree.knows_newer(p, rev)).collect();
@@ -156,43 +170,31 @@ impl Core {
                 }
             }
             // IMPORTANT: the replaced target's inodes are detached, not
-            // forgotten: a reader holding the old file goes on reading it.
+            // forgotten: a reader holding the old file goes on reading it (a
+            // file created here and not committed yet included).
             if mode.exchange {
                 let tmp = format!("\0exchange\0{src}");
                 s.inodes.rename(&src, &tmp);
                 s.inodes.rename(&dst, &src);
                 s.inodes.rename(&tmp, &dst);
             } else {
-                for (p, n) in &dst_sub {
-                    s.inodes.detach(p, Some(n.clone()), true);
-                }
-                if dst_kind == Some(Kind::Dir) {
-                    s.inodes.detach(&dst, None, true);
+                for (p, n) in replaced {
+                    if s.tree.get(&p).is_some_and(|n| n.provisional) {
+                        s.tree.remove(&p);
+                    }
+                    s.inodes.detach(&p, n, true);
                 }
                 s.inodes.rename(&src, &dst);
             }
             for (p, ino) in &moving {
-                let to = if p == &src || p.starts_with(&format!("{src}/")) {
-                    format!("{dst}{}", &p[src.len()..])
-                } else {
-                    format!("{src}{}", &p[dst.len()..])
-                };
-                Self::own_version(&mut s, *ino, &to, rev);
-            }
-            for (p, n) in src_sub.iter().chain(if mode.exchange { dst_sub.iter() } else { [].iter() }) {
-                let to = if p == &src || p.starts_with(&format!("{src}/")) {
-                    format!("{dst}{}", &p[src.len()..])
-                } else {
-                    format!("{src}{}", &p[dst.len()..])
-                };
-                if let Some(i) = s.inodes.attached(&to) {
-                    rebase.push((i, n.meta.mod_revision));
-                }
+                Self::own_version(&mut s, *ino, &to_of(p), rev);
             }
         }
         // Files with pending writes keep them: their content moved unchanged.
-        for (ino, from) in rebase {
-            self.rebase(ino, from, rev);
+        for (p, ino) in &moving {
+            if let Some(from) = old_rev.get(p.as_str()) {
+                self.rebase(*ino, *from, rev);
+            }
         }
         self.changed();
         Ok(())
@@ -223,8 +225,8 @@ impl Core {
         };
         let mut s = self.state_mut()?;
         match deleted {
-            Some(rev) => s.tree.remove_at(src, rev),
-            None => s.tree.remove(src),
+            Some(Some(rev)) => s.tree.remove_at(src, rev),
+            _ => s.tree.remove(src),
         };
         let old_dst = s.tree.get(dst).cloned();
         s.tree.insert(dst.to_owned(), n);

@@ -83,12 +83,15 @@ impl Core {
         let Ok(mut s) = self.state.write() else { return };
         for ev in &b.events {
             let Some(path) = self.path_of(&ev.key) else { continue };
-            if s.tree.knows_newer(&path, ev.revision) || s.tree.get(&path).is_some_and(|n| n.local) {
+            if s.tree.has_newer(&path, ev.revision) || s.tree.get(&path).is_some_and(|n| n.local) {
                 continue;
             }
             let new = match (ev.kind, &ev.entry) {
                 (EventType::Put, Some(e)) => Some(node_of(e)),
                 (EventType::Put, None) => continue,
+                // A file created here and not committed yet is not the one
+                // deleted elsewhere.
+                _ if s.tree.get(&path).is_some_and(|n| n.provisional) => continue,
                 _ => None,
             };
             Self::replace_entry(&mut s, &path, new, &mut out);
@@ -105,15 +108,29 @@ impl Core {
     /// watch history was compacted, or with nothing once the token is
     /// refused), resuming the watch at `cursor`.
     pub fn relist(&self, fresh: BTreeMap<String, Node>, cursor: u64) {
+        self.replace_all(fresh, cursor, false);
+    }
+
+    /// [`Core::relist`]; `all` drops this mount's own recent writes too.
+    fn replace_all(&self, fresh: BTreeMap<String, Node>, cursor: u64, all: bool) {
         let mut out = Vec::new();
         let Ok(mut s) = self.state.write() else { return };
-        let gone: Vec<String> =
-            s.tree.remote_entries().map(|(p, _)| p.clone()).filter(|p| !fresh.contains_key(p)).collect();
+        // NOTE: this mount's own writes since the listing was read stay: an
+        // entry it wrote after `cursor`, and a key it deleted after the
+        // listing's entry was written.
+        let gone: Vec<String> = s
+            .tree
+            .remote_entries()
+            .filter(|(p, n)| !fresh.contains_key(*p) && (all || n.meta.mod_revision <= cursor))
+            .map(|(p, _)| p.clone())
+            .collect();
         for p in gone {
             Self::replace_entry(&mut s, &p, None, &mut out);
         }
         for (p, n) in fresh {
-            if s.tree.get(&p).is_some_and(|o| o.local || o.provisional || *o == n) {
+            if s.tree.get(&p).is_some_and(|o| o.local || o.provisional || *o == n)
+                || s.tree.has_newer(&p, n.meta.mod_revision)
+            {
                 continue;
             }
             Self::replace_entry(&mut s, &p, Some(n), &mut out);
@@ -134,7 +151,7 @@ impl Core {
             tracing::error!("the cluster refuses this mount's token; hiding the cached keys");
         }
         let cursor = self.cursor();
-        self.relist(BTreeMap::new(), cursor);
+        self.replace_all(BTreeMap::new(), cursor, true);
     }
 
     /// Where the watch resumes.
