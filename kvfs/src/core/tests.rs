@@ -8,6 +8,7 @@
 //! or through [`crate::sync::Sync::run`] on a thread.
 
 mod readers;
+mod review;
 
 use std::ffi::OsStr;
 use std::sync::{Arc, Mutex};
@@ -149,12 +150,15 @@ impl Mount {
     }
 }
 
-/// A cluster that runs a hook right after a put is applied or a page is
-/// listed: another writer, or the watch, winning a race at that moment.
+/// A cluster that runs a hook right after a put, transaction or delete is
+/// applied, a probe answered or a page listed: another writer, or the
+/// watch, winning a race at that moment.
 struct Hooked {
     fake: Arc<FakeCluster>,
     after_put: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     after_txn: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    after_delete: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    after_probe: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     after_page: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
@@ -164,6 +168,8 @@ impl Hooked {
             fake,
             after_put: Mutex::default(),
             after_txn: Mutex::default(),
+            after_delete: Mutex::default(),
+            after_probe: Mutex::default(),
             after_page: Mutex::default(),
         })
     }
@@ -188,10 +194,14 @@ impl Cluster for Hooked {
         r
     }
     fn delete(&self, key: &str) -> Result<u64, Failure> {
-        self.fake.delete(key)
+        let r = self.fake.delete(key);
+        Self::run(&self.after_delete);
+        r
     }
     fn probe(&self) -> Result<(), Failure> {
-        self.fake.probe()
+        let r = self.fake.probe();
+        Self::run(&self.after_probe);
+        r
     }
     fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page, Failure> {
         let r = self.fake.list_page(prefix, after, limit);
