@@ -43,6 +43,21 @@ impl Core {
                 self.commit_all(ino)?;
             }
         }
+        // The moving files' inodes (current ones and older versions held
+        // open).
+        let moving: Vec<(String, u64)> = {
+            let s = self.state()?;
+            let mut v = s.inodes.versions_under(&src);
+            if mode.exchange {
+                v.extend(s.inodes.versions_under(&dst));
+            }
+            v
+        };
+        // IMPORTANT: no commit of a moving file runs from here on: it would
+        // put to the old name, or over a revision this rename replaces (and
+        // one that ran before is in the revisions read below).
+        let locks = self.writer_locks(moving.iter().map(|(_, i)| *i))?;
+        let _held = locks.iter().map(|l| l.lock().map_err(|_| Errno::EIO)).collect::<Result<Vec<_>, _>>()?;
         let (src_kind, dst_kind, src_node, dst_full, src_sub, dst_sub) = {
             let s = self.state()?;
             let sk = s.tree.kind(&src).ok_or(Errno::ENOENT)?;
@@ -109,25 +124,12 @@ impl Core {
         }
         success.extend(arrive.iter().map(|(p, n)| put_op(key(p), n)));
         let txn = TxnRequest { compare, success, failure: vec![] };
-        // Each moving file's inodes (its current one and older versions held
-        // open) with the revision its writers edit.
+        // Each moving file's revision, the one its writers edit.
         let old_rev: std::collections::HashMap<&str, u64> = src_sub
             .iter()
             .chain(if mode.exchange { dst_sub.iter() } else { [].iter() })
             .map(|(p, n)| (p.as_str(), n.meta.mod_revision))
             .collect();
-        let moving: Vec<(String, u64)> = {
-            let s = self.state()?;
-            let mut v = s.inodes.versions_under(&src);
-            if mode.exchange {
-                v.extend(s.inodes.versions_under(&dst));
-            }
-            v
-        };
-        // IMPORTANT: no commit of a moving file runs meanwhile: it would put
-        // to the old name, or over a revision this rename replaces.
-        let locks = self.writer_locks(moving.iter().map(|(_, i)| *i))?;
-        let _held = locks.iter().map(|l| l.lock().map_err(|_| Errno::EIO)).collect::<Result<Vec<_>, _>>()?;
         let resp = match self.cluster.txn(&txn) {
             // Too big for one transaction: let mv copy and delete instead.
             Err(crate::cluster::Failure::TooLarge) => return Err(Errno::EXDEV),

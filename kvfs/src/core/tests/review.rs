@@ -238,8 +238,6 @@ fn a_close_during_a_rename_of_its_file_waits_for_it_and_publishes_at_the_new_nam
 }
 
 #[test]
-#[ignore = "bug: a rename reads the source's revision before it waits for the writers' commit lock, so a \
-            commit running meanwhile makes the rename's compare fail (EIO)"]
 fn a_rename_during_a_close_of_its_file_moves_the_written_data() {
     let fake = fake();
     put(&fake, "log", "a");
