@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use kv_tests::{bin, is_mounted, run_sh, Kvd, Mount};
 
-fn get(k: &Kvd, key: &str) -> Option<kv_client::Value> {
+pub(crate) fn get(k: &Kvd, key: &str) -> Option<kv_client::Value> {
     let c = k.client();
     tokio::runtime::Runtime::new().expect("rt").block_on(c.get(key)).expect("get")
 }
@@ -15,7 +15,7 @@ fn put(k: &Kvd, key: &str, v: &str) {
     crate::put_sync(k, key, v);
 }
 
-fn text(k: &Kvd, key: &str) -> String {
+pub(crate) fn text(k: &Kvd, key: &str) -> String {
     let v = get(k, key).unwrap_or_else(|| panic!("{key} missing"));
     String::from_utf8_lossy(&v.value).into_owned()
 }

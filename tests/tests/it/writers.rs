@@ -7,29 +7,12 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kv_client::{EventType, WatchEvent};
 use kv_tests::{close_checked, Kvd, Mount};
 
-fn get(k: &Kvd, key: &str) -> Option<kv_client::Value> {
-    let c = k.client();
-    tokio::runtime::Runtime::new().expect("rt").block_on(c.get(key)).expect("get")
-}
-
-fn text(k: &Kvd, key: &str) -> String {
-    let v = get(k, key).unwrap_or_else(|| panic!("{key} missing"));
-    String::from_utf8_lossy(&v.value).into_owned()
-}
-
-/// Polls until `f` holds (bounded).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use crate::mount::{eventually, get, text};
 
 fn mount(k: &Kvd) -> Mount {
     Mount::start(&format!("{}/app", k.url), &[])
