@@ -596,7 +596,7 @@ impl Core {
             meta.gid = opts.attrs.gid.unwrap_or(meta.gid);
             (rev, Node { meta, value: Arc::new(data), local: false, provisional: false })
         };
-        let (wait, later) = {
+        let wait = {
             let mut s = self.state_mut()?;
             let here = s
                 .inodes
@@ -624,13 +624,14 @@ impl Core {
                 // created file's inode as if someone else had written it.
                 Self::own_version(&mut s, ino, &path, rev);
             }
+            // NOTE: in place, nothing for the kernel to forget: the writes
+            // through the handle already made it ask for the attributes.
             if in_place {
-                (vec![], vec![Inval::Attrs(ino)])
+                vec![]
             } else {
-                (watch::entry_invals(&s, &path), vec![])
+                watch::entry_invals(&s, &path)
             }
         };
-        self.invalidate(later);
         self.changed();
         self.handles()?.writer(fh)?.committed(rev, gen);
         Ok(wait)
