@@ -1,18 +1,19 @@
 //! The async HTTP client.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
 use crate::auth::{NewToken, TokenInfo, TokenSpec, WhoAmI};
 use crate::key::{normalize_prefix, validate_key, KeyError};
 use crate::path::encode_key;
 use crate::types::{
-    header, AddMember, Attrs, ClusterInfo, ErrorBody, Kind, ListResponse, Meta, TxnRequest, TxnResponse, WatchEvent,
+    header, AddMember, Attrs, ClusterInfo, ErrorBody, Kind, ListResponse, Meta, TxnRequest, TxnResponse,
 };
+use crate::watch::Watch;
 
 /// What can go wrong talking to a cluster.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,17 @@ pub enum Error {
     /// The server answered something this client does not understand.
     #[error("unexpected response: {0}")]
     Protocol(String),
+    /// A watch stream sent nothing, not even a keepalive, for longer than
+    /// its bound: its member is frozen, cut off or overloaded. Watch again
+    /// from [`Watch::last_revision`]; the next watch starts at another
+    /// endpoint.
+    #[error("the watch stream from {endpoint} sent nothing for {} ms; watch again through another member", .silent.as_millis())]
+    Stalled {
+        /// The member the stream came from.
+        endpoint: String,
+        /// How long it was silent.
+        silent: Duration,
+    },
 }
 
 impl Error {
@@ -115,6 +127,14 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub const MEMBER_IDLE_CLOSE: Duration = Duration::from_secs(10);
 /// How long an idle connection is kept for the next request.
 const POOL_IDLE: Duration = Duration::from_millis(MEMBER_IDLE_CLOSE.as_millis() as u64 * 2 / 5);
+/// How long a member may take to answer a watch request before the next
+/// endpoint is tried.
+const WATCH_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Keepalive intervals a watch stream may miss before it is given up.
+const WATCH_MISSED_KEEPALIVES: u32 = 3;
+/// Keepalive interval assumed of a server that does not announce one
+/// (older kvd sent a comment every 15 s).
+const WATCH_LEGACY_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// A client of one cluster, given one or more member URLs. Requests go to the
 /// member that last answered and fail over to the others when it cannot be
@@ -123,7 +143,9 @@ const POOL_IDLE: Duration = Duration::from_millis(MEMBER_IDLE_CLOSE.as_millis() 
 pub struct Client {
     http: reqwest::Client,
     endpoints: Vec<String>,
-    current: AtomicUsize,
+    /// Index of the endpoint tried first; shared with this client's
+    /// watches, which move it past a member whose stream failed.
+    current: Arc<AtomicUsize>,
     id_prefix: String,
     id_counter: AtomicU64,
     opts: ClientOptions,
@@ -179,7 +201,7 @@ impl Client {
         Ok(Client {
             http,
             endpoints: eps,
-            current: AtomicUsize::new(0),
+            current: Arc::new(AtomicUsize::new(0)),
             id_prefix: seed.iter().map(|b| format!("{b:02x}")).collect(),
             id_counter: AtomicU64::new(0),
             opts: opts.clone(),
@@ -389,17 +411,61 @@ impl Client {
 
     /// Watches a prefix for changes after revision `after` (from now when
     /// `None`).
+    ///
+    /// Each endpoint in turn (from the one that last answered) gets a
+    /// bounded wait for its answer, and one that refuses (503: no leader,
+    /// removed) is passed over. The stream then proves it is alive: it
+    /// fails with [`Error::Stalled`] when its member sends nothing for a
+    /// few keepalive intervals, and a stream that fails or ends moves this
+    /// client's next requests past its member.
     pub async fn watch(&self, prefix: &str, after: Option<u64>) -> Result<Watch, Error> {
         let prefix = normalize_prefix(prefix)?;
         let q = after.map(|r| format!("?rev={r}")).unwrap_or_default();
-        let resp = self.send(Method::GET, &format!("/v1/watch/{}{q}", encode_key(prefix)), |r| r).await?;
-        let resp = check(resp).await?;
-        Ok(Watch {
-            stream: Box::pin(resp.bytes_stream()),
-            buf: BytesMut::new(),
-            pending: std::collections::VecDeque::new(),
-            last_revision: after,
-        })
+        let path = format!("/v1/watch/{}{q}", encode_key(prefix));
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last_err = String::new();
+        for i in 0..self.endpoints.len() {
+            let idx = (start + i) % self.endpoints.len();
+            let url = format!("{}{path}", self.endpoints[idx]);
+            // NOTE: a frozen member accepts connections (the kernel does)
+            // and never answers: only a bound moves on from it.
+            let sent = tokio::time::timeout(WATCH_ANSWER_TIMEOUT, self.send_once(&Method::GET, &url, &|r| r)).await;
+            let resp = match sent {
+                Ok((Ok(resp), _)) => resp,
+                Ok((Err(e), _)) => {
+                    let why = error_chain(&e);
+                    last_err = format!("{}: {why}{}", self.endpoints[idx], tls_hint(&why));
+                    continue;
+                }
+                Err(_) => {
+                    last_err =
+                        format!("{}: no answer within {} ms", self.endpoints[idx], WATCH_ANSWER_TIMEOUT.as_millis());
+                    continue;
+                }
+            };
+            if resp.status() == StatusCode::SERVICE_UNAVAILABLE && i + 1 < self.endpoints.len() {
+                last_err = format!("{}: HTTP 503", self.endpoints[idx]);
+                continue;
+            }
+            let resp = check(resp).await?;
+            self.current.store(idx, Ordering::Relaxed);
+            let keepalive = resp
+                .headers()
+                .get(header::KEEPALIVE_MS)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis);
+            return Ok(Watch::new(
+                Box::pin(resp.bytes_stream()),
+                after,
+                keepalive,
+                keepalive.unwrap_or(WATCH_LEGACY_KEEPALIVE) * WATCH_MISSED_KEEPALIVES,
+                (self.endpoints[idx].clone(), idx, self.endpoints.len()),
+                self.current.clone(),
+            ));
+        }
+        Err(Error::Unreachable(last_err))
     }
 
     /// The members of the cluster with their status (`GET /v1/cluster`).
@@ -491,90 +557,6 @@ impl Client {
     }
 }
 
-type ByteStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>;
-
-/// A stream of watch events (server-sent events).
-pub struct Watch {
-    stream: ByteStream,
-    buf: BytesMut,
-    pending: std::collections::VecDeque<WatchEvent>,
-    last_revision: Option<u64>,
-}
-
-impl std::fmt::Debug for Watch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watch").field("last_revision", &self.last_revision).finish()
-    }
-}
-
-impl Watch {
-    /// The next event; `Ok(None)` when the server closed the stream.
-    pub async fn next(&mut self) -> Result<Option<WatchEvent>, Error> {
-        loop {
-            if let Some(ev) = self.pending.pop_front() {
-                return Ok(Some(ev));
-            }
-            // Parse whole SSE messages (terminated by a blank line) from the buffer.
-            if let Some(pos) = find_blank_line(&self.buf) {
-                let msg = self.buf.split_to(pos + 2);
-                self.handle_message(&msg)?;
-                continue;
-            }
-            match self.stream.next().await {
-                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(Error::Unreachable(error_chain(&e))),
-                None => return Ok(None),
-            }
-        }
-    }
-
-    /// Revision of the last complete revision received (what `Last-Event-ID`
-    /// would resume from).
-    pub fn last_revision(&self) -> Option<u64> {
-        self.last_revision
-    }
-
-    fn handle_message(&mut self, msg: &[u8]) -> Result<(), Error> {
-        let text = std::str::from_utf8(msg).map_err(|_| Error::Protocol("watch event is not UTF-8".into()))?;
-        let (mut event, mut data, mut id) = ("message", String::new(), None);
-        for line in text.lines() {
-            if let Some(v) = line.strip_prefix("event:") {
-                event = v.trim();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push_str(v.trim_start());
-            } else if let Some(v) = line.strip_prefix("id:") {
-                id = v.trim().parse::<u64>().ok();
-            }
-        }
-        match event {
-            "put" | "delete" => {
-                let ev: WatchEvent =
-                    serde_json::from_str(&data).map_err(|e| Error::Protocol(format!("bad watch event: {e}")))?;
-                self.pending.push_back(ev);
-            }
-            "error" => {
-                let body: ErrorBody =
-                    serde_json::from_str(&data).map_err(|e| Error::Protocol(format!("bad watch error: {e}")))?;
-                let status = match body.error.as_str() {
-                    "compacted" => 410,
-                    "unauthorized" => 401,
-                    _ => 500,
-                };
-                return Err(Error::Api { status, code: body.error, message: body.message });
-            }
-            _ => {}
-        }
-        if id.is_some() {
-            self.last_revision = id;
-        }
-        Ok(())
-    }
-}
-
-fn find_blank_line(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\n\n")
-}
-
 /// A hint for the usual TLS mistakes, from the error's text.
 fn tls_hint(text: &str) -> &'static str {
     if text.contains("InvalidContentType") || text.contains("corrupt message") || text.contains("wrong version") {
@@ -592,7 +574,7 @@ fn broke_after_connect(e: &reqwest::Error) -> bool {
     !e.is_connect() && !e.is_timeout() && !e.is_builder()
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
@@ -646,7 +628,7 @@ fn meta_from_headers(h: &reqwest::header::HeaderMap) -> Result<Meta, Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -655,7 +637,7 @@ mod tests {
     use super::*;
 
     /// Reads one request (head and Content-Length body); returns its request id.
-    async fn read_request(s: &mut TcpStream) -> String {
+    pub(crate) async fn read_request(s: &mut TcpStream) -> String {
         let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
         loop {
             let n = s.read(&mut chunk).await.expect("read a request");

@@ -13,9 +13,10 @@ mod key;
 mod path;
 mod time;
 mod types;
+mod watch;
 
 pub use auth::{validate_token_name, Access, Grants, NewToken, TokenInfo, TokenSpec, WhoAmI};
-pub use client::{Client, ClientOptions, Error, ListOptions, PutOptions, Value, Watch, MEMBER_IDLE_CLOSE};
+pub use client::{Client, ClientOptions, Error, ListOptions, PutOptions, Value, MEMBER_IDLE_CLOSE};
 pub use key::{key_in_prefix, normalize_prefix, validate_key, KeyError, MAX_KEY_BYTES, MAX_SEGMENT_BYTES};
 pub use path::{decode_key, encode_key};
 /// HTTP methods, for [`Client::send`].
@@ -25,3 +26,4 @@ pub use types::{
     decode_value, header, AddMember, Attrs, ClusterInfo, Compare, EntryInfo, ErrorBody, EventType, Kind, ListResponse,
     MemberInfo, Meta, NodeStatus, OpResult, TransferLeader, TxnOp, TxnRequest, TxnResponse, WatchEvent,
 };
+pub use watch::{Watch, WatchMessage};

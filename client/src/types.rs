@@ -29,6 +29,8 @@ pub mod header {
     /// On a write a follower forwarded: the leader's client URL, where the
     /// next writes are cheaper (no hop through the follower).
     pub const LEADER: &str = "x-kv-leader";
+    /// On a watch: how often the stream carries a keepalive when idle, ms.
+    pub const KEEPALIVE_MS: &str = "x-kv-keepalive-ms";
 }
 
 /// What an entry is.
