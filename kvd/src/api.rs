@@ -38,8 +38,11 @@ const LIST_DEFAULT_LIMIT: usize = 10_000;
 const LIST_MAX_LIMIT: usize = 100_000;
 /// Events read from the history per step of a watch stream.
 const WATCH_BATCH: usize = 512;
-/// Keep-alive comment interval on idle watch streams.
-const WATCH_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Keepalive interval on idle watch streams. A keepalive carries the
+/// stream's revision, and clients give a stream up after a few intervals
+/// without one (kv-client), so a frozen or cut-off member is left within
+/// seconds.
+const WATCH_KEEPALIVE: Duration = Duration::from_secs(2);
 
 /// An error answer: status plus the JSON body `{"error", "message"}`.
 #[derive(Debug)]
@@ -858,6 +861,15 @@ impl WatchState {
     /// Fills `out` with the next messages; waits when there is nothing new.
     async fn fill(&mut self) {
         loop {
+            // NOTE: a member without a leader, or removed, sends no more
+            // changes: the stream ends so that its client moves elsewhere.
+            if let Err(e) = self.node.check_watchable() {
+                tracing::info!(reason = %e, prefix = %self.prefix, "ending a watch stream");
+                let body = serde_json::json!({"error": "unavailable", "message": e.to_string()});
+                self.out.push_back(sse("error", None, &body.to_string()));
+                self.done = true;
+                return;
+            }
             if !self.valid_while.holds(&self.node.sm.tokens()) {
                 let body = serde_json::json!({"error": "unauthorized",
                     "message": "the token was revoked or has expired"});
@@ -927,7 +939,11 @@ impl WatchState {
                 false
             }
             Err(_) => {
-                self.out.push_back(Bytes::from_static(b": keepalive\n\n"));
+                // IMPORTANT: every event of this prefix up to the cursor is
+                // already out (a keepalive follows only an empty `out`), so
+                // its revision is a resume point, and carries the SSE id.
+                let body = serde_json::json!({ "revision": self.cursor });
+                self.out.push_back(sse("keepalive", Some(self.cursor), &body.to_string()));
                 false
             }
         }
@@ -960,7 +976,7 @@ async fn watch(
 ) -> ApiResult<HttpResponse> {
     let (prefix, from) = parse_watch(&uri, &headers)?;
     let partial = (caller.need_some_read(&prefix)? == Access::Partial).then(|| caller.grants.clone());
-    node.check_member()?;
+    node.check_watchable()?;
     let rx = node.sm.subscribe();
     let current = *rx.borrow();
     let cursor = from.unwrap_or(current);
@@ -990,6 +1006,7 @@ async fn watch(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(kvh::REVISION, current.into());
+    h.insert(kvh::KEEPALIVE_MS, (WATCH_KEEPALIVE.as_millis() as u64).into());
     Ok(resp)
 }
 

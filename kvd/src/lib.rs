@@ -18,6 +18,7 @@ mod config;
 mod dedup;
 mod disk;
 mod jwt;
+mod liveness;
 mod log_store;
 mod metrics;
 mod network;

@@ -90,6 +90,8 @@ pub struct Node {
     pub linearize_rounds: crate::rounds::Rounds<Result<u64, crate::cluster::ClusterError>>,
     /// Watch events encoded once for every stream.
     pub watch_pages: crate::api::WatchPages,
+    /// Since when no leader is known (see crate::liveness).
+    pub leader_contact: crate::liveness::LeaderContact,
     /// The last log index on disk at start: stale reads wait until the
     /// state machine reaches it (see [`Node::check_stale`]).
     pub stale_from: u64,
@@ -268,6 +270,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         read_index_rounds: Default::default(),
         linearize_rounds: Default::default(),
         watch_pages: Default::default(),
+        leader_contact: Default::default(),
         stale_from,
         stale_open: AtomicBool::new(false),
         store: store.clone(),
@@ -401,6 +404,7 @@ async fn watch_leader(node: Arc<Node>) {
             (m.current_leader, m.membership_config.membership().voter_ids().count())
         };
         node.store.durable.set_replicated(voters > 1);
+        node.leader_contact.observe(now.is_some());
         if now != leader {
             if now.is_some() {
                 crate::metrics::METRICS.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
