@@ -86,8 +86,21 @@ pub struct Batch {
 /// A stream of whole revisions.
 pub trait Events: Send {
     /// The next revision with events under the prefix; `Ok(None)` when the
-    /// stream ended (reconnect and resume after the last one seen).
+    /// stream ended (reconnect and resume after the last one seen). A batch
+    /// without events is progress: nothing under the prefix changed up to
+    /// its revision (a keepalive).
     fn next(&mut self) -> Result<Option<Batch>, Failure>;
+
+    /// How long the stream may stay silent before the mount counts itself
+    /// stale (it fails on its own a little later), if it proves liveness.
+    fn quiet_after(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// The member the stream comes from, if it is a remote one.
+    fn endpoint(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The cluster operations a mount uses, on full keys.

@@ -169,7 +169,7 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         None => None,
     };
     let client = kv_client::Client::with_options(&inv.endpoints, &kv_client::ClientOptions { token, ca_pem })?;
-    let remote = Arc::new(Remote { client, timeout: inv.timeout });
+    let remote = Arc::new(Remote { client, timeout: inv.timeout, watch_start: Default::default() });
     let name = state_name(inv);
     let lkg_file = inv
         .cache_dir
@@ -219,19 +219,20 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         core: core.clone(),
         prefix: inv.prefix.clone(),
         status: Mutex::new(Status {
-            source: inv.source.clone(),
-            mountpoint: inv.mountpoint.display().to_string(),
-            pid: std::process::id(),
             connected: from == "cluster",
             revision,
-            stale_since: None,
             loaded_from: from.into(),
+            ..Status::of_this_process(&inv.source, &inv.mountpoint.display().to_string())
         }),
-        status_file: Some(status_file.clone()),
+        status_file: Some(status_file),
         lkg_file: Some(lkg_file),
+        liveness: Default::default(),
     });
     sync.save_lkg();
     sync.write_status();
+    // IMPORTANT: from here on, however this function ends (unmounted, or
+    // failed to mount), the status file goes with it.
+    let _status_file = RemoveStatus(sync.clone());
 
     let fs = KvFs::new(core.clone());
     let mut config = fuser::Config::default();
@@ -265,7 +266,11 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let s = saver.clone();
-            let _ = tokio::task::spawn_blocking(move || s.save_lkg()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                s.save_lkg();
+                s.tick();
+            })
+            .await;
         }
     });
     rt.spawn(async move {
@@ -296,10 +301,19 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     // Serves until unmounted, by a signal or from outside (umount).
     let served = session.run();
     sync.save_lkg();
-    let _ = std::fs::remove_file(&status_file);
+    sync.remove_status();
     tracing::info!("unmounted");
     rt.shutdown_timeout(Duration::from_millis(200));
     served.context("FUSE session failed")
+}
+
+/// Removes the mount's status file when dropped.
+struct RemoveStatus(Arc<Sync>);
+
+impl Drop for RemoveStatus {
+    fn drop(&mut self) {
+        self.0.remove_status();
+    }
 }
 
 /// Points stdin/stdout at /dev/null once the daemon runs on its own.

@@ -1,9 +1,11 @@
 //! The real cluster: [`Cluster`] over the HTTP client, every call bounded
 //! in time.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use kv_client::{Client, ListOptions, PutOptions, TxnRequest, TxnResponse};
+use kv_client::{Client, ListOptions, PutOptions, TxnRequest, TxnResponse, WatchMessage};
 
 use crate::cluster::{Batch, Cluster, Events, Failure, Page};
 
@@ -19,6 +21,9 @@ pub struct Remote {
     pub client: Client,
     /// Bound on one call.
     pub timeout: Duration,
+    /// Index of the endpoint the next watch tries first: past the one
+    /// whose stream last failed.
+    pub watch_start: Arc<AtomicUsize>,
 }
 
 /// What a client error means to a mount.
@@ -118,13 +123,27 @@ impl Cluster for Remote {
             tracing::error!(error = %e, "cannot start a runtime for the watch");
             Failure::Unavailable
         })?;
-        let client = self.client.with_endpoints(self.client.endpoints()).map_err(|_| Failure::Unavailable)?;
-        let timeout = self.timeout;
-        let watch = rt
-            .block_on(async { tokio::time::timeout(timeout, client.watch(prefix, Some(after))).await })
-            .map_err(|_| Failure::Unavailable)?
-            .map_err(|e| failure(&e))?;
-        Ok(Box::new(RemoteEvents { rt, watch, pending: Vec::new() }))
+        // NOTE: from the endpoint after the one whose stream failed, so a
+        // frozen member is not the first one asked again; the client bounds
+        // each member's answer and passes over those that refuse.
+        let all = self.client.endpoints();
+        let start = self.watch_start.load(Ordering::Relaxed) % all.len().max(1);
+        let rotated: Vec<&String> = all[start..].iter().chain(&all[..start]).collect();
+        let client = self.client.with_endpoints(&rotated).map_err(|_| Failure::Unavailable)?;
+        let watch = rt.block_on(client.watch(prefix, Some(after))).map_err(|e| {
+            tracing::warn!(error = %e, "cannot watch");
+            failure(&e)
+        })?;
+        let index = all.iter().position(|e| e == watch.endpoint()).unwrap_or(start);
+        tracing::info!(endpoint = watch.endpoint(), after, "watching");
+        Ok(Box::new(RemoteEvents {
+            rt,
+            watch,
+            pending: Vec::new(),
+            index,
+            endpoints: all.len(),
+            watch_start: self.watch_start.clone(),
+        }))
     }
 }
 
@@ -133,15 +152,39 @@ struct RemoteEvents {
     rt: tokio::runtime::Runtime,
     watch: kv_client::Watch,
     pending: Vec<kv_client::WatchEvent>,
+    /// The stream's endpoint among the mount's.
+    index: usize,
+    endpoints: usize,
+    watch_start: Arc<AtomicUsize>,
+}
+
+impl RemoteEvents {
+    /// The next watch starts past this stream's member.
+    fn leave(&self) {
+        self.watch_start.store((self.index + 1) % self.endpoints.max(1), Ordering::Relaxed);
+    }
 }
 
 impl Events for RemoteEvents {
     fn next(&mut self) -> Result<Option<Batch>, Failure> {
         loop {
-            let ev = match self.rt.block_on(self.watch.next()) {
-                Ok(Some(ev)) => ev,
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(failure(&e)),
+            let ev = match self.rt.block_on(self.watch.next_message()) {
+                Ok(Some(WatchMessage::Event(ev))) => ev,
+                Ok(Some(WatchMessage::Progress { revision })) => {
+                    if self.pending.is_empty() {
+                        return Ok(Some(Batch { revision, events: Vec::new() }));
+                    }
+                    continue;
+                }
+                Ok(None) => {
+                    self.leave();
+                    return Ok(None);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, endpoint = self.watch.endpoint(), "watch stream failed");
+                    self.leave();
+                    return Err(failure(&e));
+                }
             };
             let revision = ev.revision;
             self.pending.push(ev);
@@ -150,5 +193,14 @@ impl Events for RemoteEvents {
                 return Ok(Some(Batch { revision, events: std::mem::take(&mut self.pending) }));
             }
         }
+    }
+
+    fn quiet_after(&self) -> Option<Duration> {
+        // NOTE: two missed keepalives; the client gives the stream up at three.
+        self.watch.keepalive().map(|k| k * 2)
+    }
+
+    fn endpoint(&self) -> Option<String> {
+        Some(self.watch.endpoint().to_owned())
     }
 }

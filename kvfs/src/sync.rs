@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use kv_client::EntryInfo;
 use serde::{Deserialize, Serialize};
@@ -55,14 +55,88 @@ pub struct Status {
     pub mountpoint: String,
     /// kvfs's pid.
     pub pid: u32,
+    /// When that process started: field 22 of `/proc/PID/stat` (clock
+    /// ticks after boot). A file whose pid runs with another start time,
+    /// or that was written in another boot, belongs to a dead mount.
+    pub start_time: u64,
+    /// `/proc/sys/kernel/random/boot_id` when the file was written.
+    pub boot_id: String,
     /// Whether the watch stream is up.
     pub connected: bool,
+    /// The member the watch stream comes from, while it is up.
+    pub endpoint: Option<String>,
     /// Cluster revision the mount reflects.
     pub revision: u64,
-    /// When the mount lost the cluster (seconds since the epoch), if it has.
+    /// Since when the mount may be missing changes (seconds since the
+    /// epoch): when it lost the cluster, or last heard from a stream that
+    /// has gone quiet; `null` while it is current.
     pub stale_since: Option<u64>,
     /// Where the content came from at start: "cluster" or "last-known-good".
     pub loaded_from: String,
+    /// Set once the mount ends: the file is gone and is not written again.
+    #[serde(skip)]
+    pub retired: bool,
+}
+
+impl Status {
+    /// The status of this process, for a mount of `source` at `mountpoint`.
+    pub fn of_this_process(source: &str, mountpoint: &str) -> Status {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // NOTE: the command name (field 2) may hold spaces and parentheses;
+        // fields after the last ')' are plain.
+        let start_time =
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok()).unwrap_or(0);
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        Status {
+            source: source.to_owned(),
+            mountpoint: mountpoint.to_owned(),
+            pid: std::process::id(),
+            start_time,
+            boot_id: boot_id.trim().to_owned(),
+            ..Status::default()
+        }
+    }
+}
+
+/// When the watch last heard from the cluster, and how long it may be
+/// quiet before the mount counts itself stale.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    heard: Option<(Instant, u64)>,
+    quiet_after: Option<Duration>,
+}
+
+/// Waits between watch attempts: doubling up to a cap, each drawn at
+/// random from its upper half, so that the many mounts of a failed member
+/// do not all come back at once.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(8);
+
+    fn new() -> Backoff {
+        Backoff { next: Self::FIRST }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    fn wait(&mut self) -> Duration {
+        use std::hash::{BuildHasher, Hasher};
+        // NOTE: std's hasher keys are random per process: enough to spread
+        // mounts apart, with no crate for it.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        let half = self.next / 2;
+        let d = half + Duration::from_nanos(h.finish() % (half.as_nanos() as u64).max(1));
+        self.next = (self.next * 2).min(Self::MAX);
+        d
+    }
 }
 
 /// The last-known-good copy on disk.
@@ -111,40 +185,99 @@ pub struct Sync {
     pub status_file: Option<PathBuf>,
     /// The last-known-good copy.
     pub lkg_file: Option<PathBuf>,
+    /// What the watch last heard.
+    pub liveness: Mutex<Liveness>,
 }
 
 impl Sync {
     /// Writes the status file.
     pub fn write_status(&self) {
+        let Ok(s) = self.status.lock() else { return };
+        self.write_locked(&s);
+    }
+
+    /// IMPORTANT: called with the status locked, so no write follows
+    /// [`Sync::remove_status`].
+    fn write_locked(&self, s: &Status) {
         let Some(path) = &self.status_file else { return };
-        let s = self.status.lock().map(|s| s.clone()).unwrap_or_default();
-        if let Ok(json) = serde_json::to_vec_pretty(&s) {
+        if s.retired {
+            return;
+        }
+        if let Ok(json) = serde_json::to_vec_pretty(s) {
             if let Err(e) = write_atomic(path, &json) {
                 tracing::warn!(error = %e, path = %path.display(), "cannot write the status file");
             }
         }
     }
 
-    fn set_connected(&self, connected: bool) {
+    /// Removes the status file for good (the mount ends).
+    pub fn remove_status(&self) {
+        let Some(path) = &self.status_file else { return };
+        if let Ok(mut s) = self.status.lock() {
+            s.retired = true;
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Applies `f` to the status and writes the file if that changed it.
+    fn update_status(&self, f: impl FnOnce(&mut Status)) -> bool {
+        let Ok(mut s) = self.status.lock() else { return false };
+        let before = serde_json::to_vec(&*s).unwrap_or_default();
+        f(&mut s);
+        let changed = serde_json::to_vec(&*s).unwrap_or_default() != before;
+        if changed {
+            self.write_locked(&s);
+        }
+        changed
+    }
+
+    fn set_connected(&self, connected: bool, endpoint: Option<String>) {
         self.core.connected.store(connected, Ordering::Relaxed);
         let revision = self.core.cursor();
-        let changed = match self.status.lock() {
-            Ok(mut s) => {
-                let changed = s.connected != connected;
-                s.connected = connected;
-                s.revision = revision;
-                if connected {
-                    s.stale_since = None;
-                } else if s.stale_since.is_none() {
-                    s.stale_since = Some(now_secs());
-                }
-                changed
+        let mut flipped = false;
+        self.update_status(|s| {
+            flipped = s.connected != connected;
+            s.connected = connected;
+            s.endpoint = endpoint;
+            s.revision = revision;
+            if connected {
+                s.stale_since = None;
+            } else if s.stale_since.is_none() {
+                s.stale_since = Some(now_secs());
             }
-            Err(_) => false,
-        };
-        if changed {
+        });
+        if flipped {
             tracing::info!(connected, revision, "cluster connection changed");
-            self.write_status();
+        }
+    }
+
+    /// Records that the watch heard from the cluster now.
+    fn heard(&self, quiet_after: Option<Option<Duration>>) {
+        if let Ok(mut l) = self.liveness.lock() {
+            l.heard = Some((Instant::now(), now_secs()));
+            if let Some(q) = quiet_after {
+                l.quiet_after = q;
+            }
+        }
+    }
+
+    /// Brings the status file's revision and staleness up to date (called
+    /// every second): a stream quiet past its bound makes the mount stale
+    /// before the stream is given up.
+    pub fn tick(&self) {
+        let revision = self.core.cursor();
+        let quiet_since = self.liveness.lock().ok().and_then(|l| match (l.heard, l.quiet_after) {
+            (Some((at, secs)), Some(q)) if at.elapsed() > q => Some(secs),
+            _ => None,
+        });
+        let changed = self.update_status(|s| {
+            s.revision = s.revision.max(revision);
+            if s.connected {
+                s.stale_since = quiet_since;
+            }
+        });
+        if changed && quiet_since.is_some() {
+            tracing::warn!(revision, "the watch stream has gone quiet; the mount may be stale");
         }
     }
 
@@ -164,24 +297,28 @@ impl Sync {
             }
             Err(e) => tracing::warn!(error = %e, "cannot encode the last-known-good copy"),
         }
-        if let Ok(mut s) = self.status.lock() {
-            s.revision = revision;
-        }
-        self.write_status();
+        self.update_status(|s| s.revision = s.revision.max(revision));
     }
 
     /// Keeps the cache current, on the calling thread, until `stop` says:
     /// watches from the cursor, applies each revision whole, reconnects (to
     /// any endpoint) and lists again when the history it needs is compacted.
+    /// Waits between attempts back off, with jitter.
     pub fn run(&self, stop: &dyn Fn() -> bool) {
+        let mut backoff = Backoff::new();
         while !stop() {
             let from = self.core.cursor();
             match self.core.cluster().watch(&self.prefix, from) {
                 Ok(mut w) => {
-                    self.set_connected(true);
+                    self.heard(Some(w.quiet_after()));
+                    self.set_connected(true, w.endpoint());
+                    backoff.reset();
                     loop {
                         match w.next() {
-                            Ok(Some(b)) => self.core.apply(&b),
+                            Ok(Some(b)) => {
+                                self.heard(None);
+                                self.core.apply(&b);
+                            }
                             Ok(None) => break,
                             Err(f) => {
                                 self.failed(f);
@@ -195,8 +332,8 @@ impl Sync {
                 }
                 Err(f) => self.failed(f),
             }
-            self.set_connected(false);
-            std::thread::sleep(Duration::from_millis(300));
+            self.set_connected(false, None);
+            std::thread::sleep(backoff.wait());
         }
     }
 

@@ -100,7 +100,11 @@ impl Core {
         let c = s.tree.cursor;
         s.tree.prune_gone(c);
         drop(s);
-        self.changed();
+        // NOTE: progress alone (a keepalive) moves the cursor but leaves the
+        // last-known-good copy as it is: any older cursor resumes as well.
+        if !b.events.is_empty() {
+            self.changed();
+        }
         self.invalidate(out);
     }
 

@@ -15,6 +15,7 @@ mod powercut;
 mod readers;
 mod security;
 mod stale;
+mod stalemount;
 mod transfer;
 mod validation;
 mod watch;

@@ -23,6 +23,7 @@ fn start(m: &Mount) -> Running {
         status: Mutex::default(),
         status_file: None,
         lkg_file: None,
+        liveness: Mutex::default(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
