@@ -316,6 +316,7 @@ impl From<ClusterError> for ApiError {
             ClusterError::Unavailable(m) => ApiError::unavailable(m),
             ClusterError::Invalid(m) => ApiError::bad("bad_request", m),
             ClusterError::NotFound(m) => ApiError::not_found(m),
+            ClusterError::NotJoinable(m) => ApiError::new(StatusCode::CONFLICT, "not_joinable", m),
             ClusterError::NoSpace(m) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", m),
             ClusterError::UnknownOutcome(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "unknown_outcome", m),
             ClusterError::Denied(d) => ApiError::from(d),

@@ -74,6 +74,18 @@ impl From<ProposeError> for ForwardError {
     }
 }
 
+/// Who a node is, as `member add` asks it before proposing anything (peer
+/// API wire type).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    /// Its `--id`.
+    pub node_id: NodeId,
+    /// Its cluster id (crate::identity), if it has one.
+    pub cluster_id: Option<String>,
+    /// Whether it holds a Raft log, vote or snapshot.
+    pub holds_data: bool,
+}
+
 /// Why a cluster operation failed; the API maps each to its status.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClusterError {
@@ -92,6 +104,11 @@ pub enum ClusterError {
     /// The caller has no usable credential (401) or lacks a right (403).
     #[error("{0}")]
     Denied(Denied),
+    /// The node to add cannot join this cluster as it is: it belongs to
+    /// another cluster, holds data, or runs with another id (409). Nothing
+    /// was proposed; the message says how to make it joinable.
+    #[error("{0}")]
+    NotJoinable(String),
     /// A write was not confirmed in time but may still apply (504): the
     /// caller must treat its outcome as unknown, or resend it with the same
     /// request id, which answers with the outcome once it is known.
@@ -492,6 +509,12 @@ impl Node {
         if self.member(req.id).is_some() {
             return Err(ClusterError::Invalid(format!("node {} is already a member", req.id)));
         }
+        // IMPORTANT: the new node is asked who it is before anything is
+        // proposed. A node of another cluster once answered this leader's
+        // AppendEntries as a member (both logs began with the same log ids),
+        // was promoted, and the joint configuration then waited for a vote
+        // that never came: the cluster had no leader from then on.
+        self.check_joinable(&req).await?;
         let member = Member { peer_url: req.peer_url.clone(), client_url: req.client_url.clone().unwrap_or_default() };
         tracing::info!(node_id = req.id, peer_url = %req.peer_url, learner = req.learner, "adding member");
         let add = self.raft.add_learner(req.id, member, !req.learner);
@@ -511,6 +534,61 @@ impl Node {
             self.promote(req.id).await?;
         }
         Ok(())
+    }
+
+    /// Asks the node `req` adds who it is: it must answer, run with the
+    /// id it is added as, and be empty (or hold this cluster's data).
+    async fn check_joinable(&self, req: &AddMember) -> Result<()> {
+        let url = &req.peer_url;
+        let theirs: NodeIdentity = match self.net.call(url, path::IDENTITY, &(), STATUS_TIMEOUT).await {
+            Ok(i) => i,
+            Err(e @ CallError::Unreachable(..)) => {
+                return Err(unavailable(format!(
+                "cannot reach node {} at {url} ({e}); start it (empty, without --bootstrap) first; nothing was changed",
+                req.id
+            )))
+            }
+            Err(e) => {
+                return Err(ClusterError::NotJoinable(format!(
+                    "node {} at {url} did not say who it is ({e}); is it a kvd of this version? nothing was changed",
+                    req.id
+                )))
+            }
+        };
+        let ours = self.net.identity().get().map(|i| i.to_string());
+        let how = "To join it to this cluster, stop it, wipe or reset its data dir (or give it a new one), start it \
+                   without --bootstrap (bootstrap = false in kvd.toml) and add it again; nothing was changed";
+        let this = ours.as_deref().unwrap_or("(no id yet)");
+        let refuse = |why: String| {
+            tracing::warn!(node_id = req.id, peer_url = %url, reason = %why, "member add refused");
+            Err(ClusterError::NotJoinable(format!("{why}. {how}")))
+        };
+        match &theirs.cluster_id {
+            Some(c) if Some(c) != ours.as_ref() => {
+                return refuse(format!("node at {url} belongs to another cluster, {c} (this is cluster {this})"))
+            }
+            None if theirs.holds_data => {
+                return refuse(format!("node at {url} holds data of another cluster (this is cluster {this})"))
+            }
+            _ => {}
+        }
+        if theirs.node_id != req.id {
+            return Err(ClusterError::NotJoinable(format!(
+                "node at {url} runs with --id {}, not {}: add it as {} or restart it with --id {}; nothing was changed",
+                theirs.node_id, req.id, theirs.node_id, req.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Who this node is (see [`NodeIdentity`]).
+    pub async fn identity_info(&self) -> NodeIdentity {
+        let m = self.raft.metrics().borrow().clone();
+        let holds_data = m.last_log_index.is_some()
+            || m.snapshot.is_some()
+            || m.membership_config.membership().nodes().next().is_some()
+            || self.raft.is_initialized().await.unwrap_or(true);
+        NodeIdentity { node_id: self.cfg.id, cluster_id: self.net.identity().get().map(|i| i.to_string()), holds_data }
     }
 
     /// Makes a learner a voter. Leader only.

@@ -17,6 +17,7 @@ mod cluster;
 mod config;
 mod dedup;
 mod disk;
+mod identity;
 mod jwt;
 mod liveness;
 mod log_store;

@@ -12,7 +12,26 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
     name = "kvd",
     version,
     about = "One node of a kv cluster: Raft over an LSM store, serving the client API",
-    after_help = "Example:\n  kvd --id 1 --data-dir /var/lib/kvd --bootstrap\n\nReadiness: GET /health/ready on the client address."
+    after_help = "Example:\n  kvd --id 1 --data-dir /var/lib/kvd --bootstrap\n\nReadiness: GET /health/ready on the client address.",
+    after_long_help = concat!(
+        "Example:\n  kvd --id 1 --data-dir /var/lib/kvd --bootstrap\n\n",
+        "Readiness: GET /health/ready on the client address.\n\n",
+        "Cluster id: --bootstrap (and the first start of a data dir built by `kvd restore`) makes a new cluster ",
+        "with a random id, kept in the data dir. A node started empty learns its cluster's id from the leader ",
+        "when it is added. Every peer message carries the id; a node refuses messages from another cluster and ",
+        "logs both ids, and `kvctl member add` refuses a node that belongs to another cluster or holds data.\n\n",
+        "Adding a second host that runs the packaged kvd (/etc/kvd/kvd.toml ships bootstrap = true, so the ",
+        "package makes a one-node cluster of its own on every host it is installed on):\n",
+        "  1. On host 2: systemctl stop kvd\n",
+        "  2. On host 2, in /etc/kvd/kvd.toml: id = 2, bootstrap = false, client_addr and peer_addr on an address ",
+        "host 1 reaches (with TLS: tls_cert, tls_key, tls_ca from the cluster CA)\n",
+        "  3. On host 2, wipe the data the package's first start made: rm -rf /var/lib/kvd/*\n",
+        "  4. On host 2: systemctl start kvd (it waits, not ready, until it is added)\n",
+        "  5. On host 1 (which must listen beyond loopback too): kvctl --token-file /var/lib/kvd/admin-token ",
+        "member add 2 http://HOST2:7380 --client-url http://HOST2:7379\n",
+        "  6. kvctl status lists both members; kvctl health passes.\n",
+        "Without steps 1 to 4, member add answers 409 not_joinable naming both cluster ids, and changes nothing."
+    )
 )]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {

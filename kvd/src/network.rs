@@ -15,6 +15,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::identity::{from_headers, Identity, Refusal, HEADER};
 use crate::store::Durability;
 use crate::types::{decode, encode, Entry, Member, NodeId, TypeConfig};
 
@@ -37,6 +38,9 @@ pub mod path {
     pub const ELECT: &str = "/peer/v1/elect";
     /// The member's own status (JSON).
     pub const STATUS: &str = "/peer/v1/status";
+    /// Who the node is: id, cluster id, whether it holds data (taken
+    /// from any cluster).
+    pub const IDENTITY: &str = "/peer/v1/identity";
 }
 
 /// Longest a heartbeat or a commit notice waits for this node's fsync under
@@ -64,6 +68,9 @@ pub enum CallError {
     /// The peer answered, but not in time or not in our encoding.
     #[error("peer {0}: {1}")]
     Failed(String, String),
+    /// The peer belongs to another cluster and refused the message.
+    #[error("peer {0} refused the message: {1}")]
+    OtherCluster(String, String),
 }
 
 /// A failed send: unreachable when nothing accepted the connection.
@@ -81,13 +88,19 @@ pub struct Network {
     http: reqwest::Client,
     /// How much of this node's log is on disk (see `append_entries`).
     durable: Arc<Durability>,
+    /// This node's cluster id, sent with every message.
+    identity: Arc<Identity>,
 }
 
 impl Network {
     /// A client for peers; with `tls` it checks their certificates against
     /// the cluster CA and shows this node's own. `durable` is this node's
-    /// log's.
-    pub fn new(tls: Option<rustls::ClientConfig>, durable: Arc<Durability>) -> anyhow::Result<Network> {
+    /// log's, `identity` its cluster id.
+    pub fn new(
+        tls: Option<rustls::ClientConfig>,
+        durable: Arc<Durability>,
+        identity: Arc<Identity>,
+    ) -> anyhow::Result<Network> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             // NOTE: a member closes a connection idle this long; one reused
@@ -98,7 +111,7 @@ impl Network {
             b = b.use_preconfigured_tls(cfg);
         }
         let http = b.build()?;
-        Ok(Network { http, durable })
+        Ok(Network { http, durable, identity })
     }
 
     /// POSTs `req` (bincode) to `base + path` and decodes the answer.
@@ -123,8 +136,7 @@ impl Network {
     ) -> Result<Resp, CallError> {
         let url = url.map_err(|e| CallError::Failed(base.to_owned(), e))?;
         let resp = self
-            .http
-            .post(url)
+            .with_id(self.http.post(url))
             .timeout(timeout)
             .header("content-type", "application/octet-stream")
             .body(encode(req))
@@ -132,7 +144,22 @@ impl Network {
             .await
             .map_err(|e| send_error(base, e))?;
         let status = resp.status();
+        let theirs = from_headers(resp.headers());
         let body = resp.bytes().await.map_err(|e| CallError::Failed(base.to_owned(), e.to_string()))?;
+        if status == reqwest::StatusCode::CONFLICT && theirs.is_some() {
+            let text = String::from_utf8_lossy(&body).into_owned();
+            if self.identity.loud(Refusal::ByPeer) {
+                let ours = self.identity.get().map(|i| i.to_string()).unwrap_or_default();
+                tracing::error!(
+                    peer = base,
+                    cluster_id = %ours,
+                    peer_cluster_id = %theirs.map(|i| i.to_string()).unwrap_or_default(),
+                    answer = %text,
+                    "a peer of another cluster refused this node's message; remove it from this cluster's members"
+                );
+            }
+            return Err(CallError::OtherCluster(base.to_owned(), text));
+        }
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body);
             return Err(CallError::Failed(base.to_owned(), format!("HTTP {status}: {text}")));
@@ -148,6 +175,19 @@ fn peer_url(base: &str, path: &str) -> Result<reqwest::Url, String> {
 }
 
 impl Network {
+    /// `req` with this node's cluster id, when it has one.
+    fn with_id(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.identity.get() {
+            Some(id) => req.header(HEADER, id.to_string()),
+            None => req,
+        }
+    }
+
+    /// This node's cluster id.
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
     /// The shared HTTP client (for forwarding client API requests).
     pub fn http(&self) -> &reqwest::Client {
         &self.http
@@ -161,7 +201,7 @@ impl Network {
         timeout: Duration,
     ) -> Result<T, CallError> {
         let url = format!("{}{path}", base.trim_end_matches('/'));
-        let resp = self.http.get(&url).timeout(timeout).send().await.map_err(|e| send_error(base, e))?;
+        let resp = self.with_id(self.http.get(&url)).timeout(timeout).send().await.map_err(|e| send_error(base, e))?;
         let body = resp.bytes().await.map_err(|e| CallError::Failed(base.to_owned(), e.to_string()))?;
         serde_json::from_slice(&body).map_err(|e| CallError::Failed(base.to_owned(), format!("bad answer: {e}")))
     }
@@ -244,7 +284,11 @@ impl PeerClient {
         match self.net.post::<Req, Result<Resp, RaftError<NodeId, E>>>(&self.url, url, req, option.hard_ttl()).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
-            Err(e @ CallError::Unreachable(..)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            // NOTE: a peer of another cluster is as good as unreachable:
+            // openraft backs off instead of resending at every heartbeat.
+            Err(e @ (CallError::Unreachable(..) | CallError::OtherCluster(..))) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }

@@ -201,7 +201,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if tls.is_none() && !(client_local.ip().is_loopback() && peer_local.ip().is_loopback()) {
         tracing::warn!("listening beyond loopback without TLS: anyone who can reach the peer port can join the cluster and tokens travel in clear text; see --tls-cert");
     }
-    let net = Network::new(tls.as_ref().map(|t| t.peer_client.clone()), store.durable.clone())?;
+    let identity = Arc::new(
+        crate::identity::Identity::load(store.clone())
+            .with_context(|| format!("cannot read the cluster id in {}", cfg.data_dir.display()))?,
+    );
+    let net = Network::new(tls.as_ref().map(|t| t.peer_client.clone()), store.durable.clone(), identity.clone())?;
 
     let raft_config = openraft::Config {
         cluster_name: "kv".into(),
@@ -228,10 +232,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         } else {
             let name = if restored.exists() { format!("admin-restored-{}", now_s()) } else { "admin".to_owned() };
             write_admin_token(&cfg.data_dir, &name)?;
+            // IMPORTANT: a new cluster gets a new id, on disk before the
+            // node serves; a restored data dir is a new cluster too (any id
+            // an interrupted bootstrap left is replaced).
+            let cluster_id = identity.create()?;
             let members =
                 BTreeMap::from([(cfg.id, Member { peer_url: peer_url.clone(), client_url: client_url.clone() })]);
             raft.initialize(members).await.context("bootstrap failed")?;
-            tracing::info!(node_id = cfg.id, "bootstrapped a new single-voter cluster");
+            tracing::info!(node_id = cfg.id, cluster_id = %cluster_id, "bootstrapped a new single-voter cluster");
         }
         let _ = std::fs::remove_file(&restored);
     }
@@ -281,7 +289,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.data_dir.join(ADMIN_TOKEN_PENDING).exists() {
         tokio::spawn(store_admin_token(node.clone()));
     }
-    tracing::info!(node_id = cfg.id, client = %client_local, peer = %peer_local, data_dir = %cfg.data_dir.display(), "serving");
+    let cluster = identity.get().map_or_else(|| "none yet".to_owned(), |i| i.to_string());
+    tracing::info!(node_id = cfg.id, cluster, client = %client_local, peer = %peer_local, data_dir = %cfg.data_dir.display(), "serving");
 
     let server = serve(
         listener,
@@ -406,6 +415,17 @@ async fn watch_leader(node: Arc<Node>) {
         node.store.durable.set_replicated(voters > 1);
         node.leader_contact.observe(now.is_some());
         if now != leader {
+            if now == Some(node.cfg.id) && node.net.identity().get().is_none() {
+                // NOTE: a data dir from a kvd that predates cluster ids: its
+                // cluster gets one from its first leader, and the others
+                // learn it from its messages.
+                let ident = node.net.identity().clone();
+                match tokio::task::spawn_blocking(move || ident.own()).await {
+                    Ok(Ok(id)) => tracing::info!(cluster_id = %id, "this cluster had no id; it has one now"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot make a cluster id"),
+                    Err(e) => tracing::warn!(error = %e, "cannot make a cluster id"),
+                }
+            }
             if now.is_some() {
                 crate::metrics::METRICS.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }

@@ -1,13 +1,16 @@
 //! The server side of the peer API (on `--peer-addr`): Raft RPCs, snapshot
 //! chunks, writes forwarded by followers, read-index requests, and the two
-//! steps of a leadership transfer. Bodies are bincode.
+//! steps of a leadership transfer. Bodies are bincode. Every request and
+//! answer carries the cluster id (crate::identity); a request from another
+//! cluster is refused (409) before any handler sees it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::post;
 use axum::Router;
@@ -16,6 +19,7 @@ use serde::Serialize;
 
 use crate::auth::Authority;
 use crate::cluster::Forwarded;
+use crate::identity::{from_headers, Mismatch, Refusal, HEADER};
 use crate::network::path;
 use crate::node::Node;
 use crate::types::{decode, encode, TypeConfig};
@@ -35,8 +39,64 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(path::HOLD_ELECTIONS, post(hold_elections))
         .route(path::ELECT, post(elect))
         .route(path::STATUS, axum::routing::get(status))
+        .route(path::IDENTITY, post(identity))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), same_cluster))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .with_state(node)
+}
+
+/// Refuses a request from another cluster (409, naming both ids, logged
+/// here and by the sender); a node without an id yet learns it from the
+/// first Raft message of its leader. Every answer carries this node's id.
+async fn same_cluster(State(node): State<Arc<Node>>, req: Request, next: Next) -> HttpResponse {
+    let path = req.uri().path().to_owned();
+    // NOTE: anyone may ask who a node is: `member add` does, before it
+    // proposes anything (crate::cluster).
+    if path == path::IDENTITY {
+        return next.run(req).await;
+    }
+    let ident = node.net.identity().clone();
+    let theirs = from_headers(req.headers());
+    if let Some(theirs) = theirs.filter(|_| ident.get().is_none()) {
+        if [path::APPEND, path::VOTE, path::SNAPSHOT].contains(&path.as_str()) {
+            let i = ident.clone();
+            if tokio::task::spawn_blocking(move || i.adopt(theirs)).await.is_err() {
+                return (StatusCode::INTERNAL_SERVER_ERROR, "cannot store the cluster id").into_response();
+            }
+        }
+    }
+    if let Err(m) = ident.check(theirs) {
+        return refuse(&node, &path, m);
+    }
+    let mut resp = next.run(req).await;
+    if let Some(v) = ident.get().and_then(|id| HeaderValue::from_str(&id.to_string()).ok()) {
+        resp.headers_mut().insert(HEADER, v);
+    }
+    resp
+}
+
+/// The answer to a message from another cluster.
+fn refuse(node: &Node, path: &str, m: Mismatch) -> HttpResponse {
+    if node.net.identity().loud(Refusal::Here) {
+        tracing::error!(
+            cluster_id = %m.ours,
+            peer_cluster_id = %m.theirs,
+            path,
+            "refused a peer message from another cluster"
+        );
+    }
+    let text = format!(
+        "node {}: {m}. To move this node to the other cluster, wipe or reset its data dir, start it \
+         without --bootstrap and add it there with `kvctl member add`",
+        node.cfg.id
+    );
+    (StatusCode::CONFLICT, [(HEADER, m.ours.to_string())], text).into_response()
+}
+
+/// Who this node is and whether it may join a cluster (see
+/// [`Node::add_member`]).
+async fn identity(State(node): State<Arc<Node>>) -> HttpResponse {
+    reply(&node.identity_info().await)
 }
 
 fn reply<T: Serialize>(v: &T) -> HttpResponse {
@@ -136,4 +196,5 @@ pub fn fuzz_peer(data: &[u8]) {
     let _ = decode::<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>>(data);
     let _ = decode::<Result<Response, ForwardError>>(data);
     let _ = decode::<Result<u64, ForwardError>>(data);
+    let _ = decode::<crate::cluster::NodeIdentity>(data);
 }

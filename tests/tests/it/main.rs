@@ -9,6 +9,7 @@ mod durability;
 mod engines;
 mod faults;
 mod hostile;
+mod identity;
 mod kvctl;
 mod mount;
 mod powercut;
