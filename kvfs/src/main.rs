@@ -168,7 +168,10 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read ca_file {}", p.display()))?),
         None => None,
     };
-    let client = kv_client::Client::with_options(&inv.endpoints, &kv_client::ClientOptions { token, ca_pem })?;
+    let client = kv_client::Client::with_options(
+        &inv.endpoints,
+        &kv_client::ClientOptions { token, ca_pem, ..Default::default() },
+    )?;
     let remote = Arc::new(Remote { client, timeout: inv.timeout });
     let name = state_name(inv);
     let lkg_file = inv
