@@ -29,9 +29,17 @@ pub enum Error {
         /// Human sentence.
         message: String,
     },
-    /// No endpoint could be reached; check the addresses and that kvd runs.
+    /// No endpoint could be reached, or none answered within the request
+    /// timeout; the message names each one with its reason. Check the
+    /// addresses and that kvd runs (a frozen or partitioned member accepts
+    /// connections but never answers).
     #[error("no endpoint could be reached: {0}")]
     Unreachable(String),
+    /// A member took a request that may not be sent twice (a membership
+    /// change) and gave no answer within the bound: the change may still
+    /// take effect. List the members before trying it again.
+    #[error("{0}")]
+    UnknownOutcome(String),
     /// The key (or prefix) is malformed; nothing was sent.
     #[error("invalid key: {0}")]
     InvalidKey(#[from] KeyError),
@@ -117,8 +125,25 @@ pub struct ClientOptions {
     /// PEM CA certificates that sign the servers' certificates (`https://`
     /// endpoints). Without it the system's CA bundle is used.
     pub ca_pem: Option<Vec<u8>>,
+    /// How long one member gets to answer one request (connect, answer
+    /// and body) before the client gives up on it and tries the next
+    /// endpoint; [`DEFAULT_REQUEST_TIMEOUT`] when `None`. A call waits at
+    /// most this long per endpoint; a membership change, which kvd itself
+    /// lets run longer, gets more (see [`Client::add_member`]).
+    pub request_timeout: Option<Duration>,
 }
 
+/// How long one member gets to answer one request by default: longer than a
+/// member's own bound on a request (5 s by default), so that a member that
+/// is up but cannot serve says why (503 and the next endpoint) before the
+/// client gives up on it.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// How long kvd lets a new member catch up before it gives up on adding it
+/// (its `JOIN_TIMEOUT`); a client waits that long more for `member add`.
+const JOIN_WAIT: Duration = Duration::from_secs(300);
+/// How long making a connection may take (within the request timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Where Debian keeps the system's CA bundle.
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// How long a member keeps a kept-alive connection idle before it closes it.
@@ -138,7 +163,8 @@ const WATCH_LEGACY_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// A client of one cluster, given one or more member URLs. Requests go to the
 /// member that last answered and fail over to the others when it cannot be
-/// reached; writes carry a request id so a retried write applies once.
+/// reached or gives no answer within the request timeout; writes carry a
+/// request id so a retried write applies once.
 #[derive(Debug)]
 pub struct Client {
     http: reqwest::Client,
@@ -149,6 +175,26 @@ pub struct Client {
     id_prefix: String,
     id_counter: AtomicU64,
     opts: ClientOptions,
+    timeout: Duration,
+}
+
+/// Whether the request timeout bounds an answer's body too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// Read whole before the call returns: bounded.
+    Bounded,
+    /// Streamed by the caller (watch, snapshot): only the head is bounded.
+    Streamed,
+}
+
+/// What one attempt on one member gave.
+enum Sent {
+    /// An HTTP answer (any status).
+    Answer(Response),
+    /// The member took the request but gave no answer in time.
+    NoAnswer,
+    /// Not reached, or the connection broke.
+    Failed(reqwest::Error),
 }
 
 impl Client {
@@ -171,8 +217,12 @@ impl Client {
         if eps.is_empty() {
             return Err(Error::Endpoint(String::new()));
         }
+        let timeout = opts.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(Error::Config("the request timeout must be more than 0".into()));
+        }
         let mut b = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
+            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
             .pool_idle_timeout(POOL_IDLE)
             .use_rustls_tls();
         if let Some(token) = &opts.token {
@@ -205,6 +255,7 @@ impl Client {
             id_prefix: seed.iter().map(|b| format!("{b:02x}")).collect(),
             id_counter: AtomicU64::new(0),
             opts: opts.clone(),
+            timeout,
         })
     }
 
@@ -243,61 +294,148 @@ impl Client {
 
     /// Sends a request built by `build` for a path, trying each endpoint in
     /// turn (starting with the one that last answered) while they cannot be
-    /// reached or answer 503 (no leader, removed member). A read, or a write
-    /// with a request id, whose connection breaks after it was made is sent
-    /// once more on a new one before the next endpoint. Any other HTTP
-    /// answer, error statuses included, is returned; one that names the
-    /// leader moves the next requests there.
+    /// reached, give no answer within the request timeout, or answer 503 (no
+    /// leader, removed member). A read, or a write with a request id, whose
+    /// connection breaks after it was made is sent once more on a new one
+    /// before the next endpoint. Any other HTTP answer, error statuses
+    /// included, is returned; one that names the leader moves the next
+    /// requests there.
+    ///
+    /// The request timeout bounds each endpoint's turn, the answer's body
+    /// included: read a large body with [`Client::send_stream`].
     pub async fn send<F>(&self, method: Method, path_and_query: &str, build: F) -> Result<Response, Error>
     where
         F: Fn(RequestBuilder) -> RequestBuilder,
     {
+        self.send_within(method, path_and_query, build, self.timeout, Body::Bounded).await
+    }
+
+    /// [`Client::send`] for an answer that streams (a watch, a snapshot): the
+    /// request timeout bounds each endpoint's turn until the answer's head
+    /// arrives; reading the body is the caller's to bound.
+    pub async fn send_stream<F>(&self, method: Method, path_and_query: &str, build: F) -> Result<Response, Error>
+    where
+        F: Fn(RequestBuilder) -> RequestBuilder,
+    {
+        self.send_within(method, path_and_query, build, self.timeout, Body::Streamed).await
+    }
+
+    /// How long one member gets to answer one request.
+    pub fn request_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn send_within<F>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        build: F,
+        turn: Duration,
+        body: Body,
+    ) -> Result<Response, Error>
+    where
+        F: Fn(RequestBuilder) -> RequestBuilder,
+    {
         let start = self.current.load(Ordering::Relaxed);
-        let mut last_err = String::new();
+        let mut failures = Vec::new();
+        // Whether a member took this write and gave no answer: it may still
+        // apply it.
+        let mut maybe_written = false;
         for i in 0..self.endpoints.len() {
             let idx = (start + i) % self.endpoints.len();
-            let url = format!("{}{}", self.endpoints[idx], path_and_query);
+            let endpoint = &self.endpoints[idx];
+            let url = format!("{endpoint}{path_and_query}");
+            // IMPORTANT: one deadline per endpoint, the repeat below
+            // included, so a call waits at most `turn` per endpoint.
+            let deadline = tokio::time::Instant::now() + turn;
             // A connection that broke after it was made (the member closed a
             // kept-alive one as it was reused, or restarted) is tried once
             // more, on a new connection, if the request may be sent twice.
-            let (mut sent, repeatable) = self.send_once(&method, &url, &build).await;
-            if repeatable && sent.as_ref().is_err_and(broke_after_connect) {
-                sent = self.send_once(&method, &url, &build).await.0;
+            let (mut sent, repeatable) = self.send_once(&method, &url, &build, deadline, body).await;
+            if repeatable && matches!(&sent, Sent::Failed(e) if broke_after_connect(e)) {
+                maybe_written |= method != Method::GET;
+                sent = self.send_once(&method, &url, &build, deadline, body).await.0;
             }
             match sent {
+                // IMPORTANT: a 503 says nothing was written, but only by the
+                // member that sent it; one that took the write unanswered
+                // may still apply it, so the outcome is unknown.
+                Sent::Answer(resp)
+                    if resp.status() == StatusCode::SERVICE_UNAVAILABLE
+                        && maybe_written
+                        && i + 1 == self.endpoints.len() =>
+                {
+                    failures.push(format!("{endpoint}: HTTP 503"));
+                    return Err(Error::Unreachable(failures.join("; ")));
+                }
                 // NOTE: writes carry a request id, so trying another member
                 // (or the same one again) is safe: a repeat is answered, not
                 // applied twice.
-                Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && i + 1 < self.endpoints.len() => {
-                    last_err = format!("{}: HTTP 503", self.endpoints[idx]);
+                Sent::Answer(resp)
+                    if resp.status() == StatusCode::SERVICE_UNAVAILABLE && i + 1 < self.endpoints.len() =>
+                {
+                    failures.push(format!("{endpoint}: HTTP 503"));
                 }
-                Ok(resp) => {
+                Sent::Answer(resp) => {
                     self.current.store(idx, Ordering::Relaxed);
                     self.follow_leader(&resp);
                     return Ok(resp);
                 }
-                Err(e) => {
+                // IMPORTANT: a request without a request id that a member
+                // took may still take effect there; sent elsewhere it could
+                // act twice.
+                Sent::NoAnswer if !repeatable => {
+                    return Err(Error::UnknownOutcome(format!(
+                        "{endpoint}: no answer within {} s; the change may still take effect: list the members \
+                         before trying it again",
+                        turn.as_secs_f64()
+                    )));
+                }
+                Sent::NoAnswer => {
+                    maybe_written |= method != Method::GET;
+                    failures.push(format!("{endpoint}: no answer within {} s", turn.as_secs_f64()));
+                }
+                Sent::Failed(e) => {
                     let why = error_chain(&e);
-                    last_err = format!("{}: {why}{}", self.endpoints[idx], tls_hint(&why));
+                    failures.push(format!("{endpoint}: {why}{}", tls_hint(&why)));
                 }
             }
         }
-        Err(Error::Unreachable(last_err))
+        Err(Error::Unreachable(failures.join("; ")))
     }
 
-    /// Sends one request to `url`; also whether it may be sent twice: only a
-    /// read, or a write with a request id.
-    async fn send_once<F>(&self, method: &Method, url: &str, build: &F) -> (reqwest::Result<Response>, bool)
+    /// Sends one request to `url`, waiting until `deadline` at most; also
+    /// whether it may be sent twice: only a read, or a write with a request
+    /// id.
+    async fn send_once<F>(
+        &self,
+        method: &Method,
+        url: &str,
+        build: &F,
+        deadline: tokio::time::Instant,
+        body: Body,
+    ) -> (Sent, bool)
     where
         F: Fn(RequestBuilder) -> RequestBuilder,
     {
-        match build(self.http.request(method.clone(), url)).build() {
-            Ok(r) => {
-                let repeatable = r.method() == Method::GET || r.headers().contains_key(header::REQUEST_ID);
-                (self.http.execute(r).await, repeatable)
-            }
-            Err(e) => (Err(e), false),
+        let mut r = match build(self.http.request(method.clone(), url)).build() {
+            Ok(r) => r,
+            Err(e) => return (Sent::Failed(e), false),
+        };
+        let repeatable = r.method() == Method::GET || r.headers().contains_key(header::REQUEST_ID);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if body == Body::Bounded {
+            // reqwest's own timeout runs on through the body.
+            *r.timeout_mut() = Some(left);
         }
+        let sent = match tokio::time::timeout_at(deadline, self.http.execute(r)).await {
+            Err(_) => Sent::NoAnswer,
+            Ok(Ok(resp)) => Sent::Answer(resp),
+            // A connect timeout is a member not reached: nothing was sent.
+            Ok(Err(e)) if e.is_timeout() && !e.is_connect() => Sent::NoAnswer,
+            Ok(Err(e)) => Sent::Failed(e),
+        };
+        (sent, repeatable)
     }
 
     /// Reads a key (linearizable). `Ok(None)` when it does not exist.
@@ -316,7 +454,7 @@ impl Client {
         let resp = check(resp).await?;
         let meta = meta_from_headers(resp.headers())?;
         let revision = header_u64(resp.headers(), header::REVISION)?;
-        let value = resp.bytes().await.map_err(|e| Error::Protocol(error_chain(&e)))?;
+        let value = resp.bytes().await.map_err(|e| body_error(&e))?;
         Ok(Some(Value { meta, value, revision }))
     }
 
@@ -429,17 +567,18 @@ impl Client {
             let url = format!("{}{path}", self.endpoints[idx]);
             // NOTE: a frozen member accepts connections (the kernel does)
             // and never answers: only a bound moves on from it.
-            let sent = tokio::time::timeout(WATCH_ANSWER_TIMEOUT, self.send_once(&Method::GET, &url, &|r| r)).await;
-            let resp = match sent {
-                Ok((Ok(resp), _)) => resp,
-                Ok((Err(e), _)) => {
+            // The client's own bound when it is shorter (`--command-timeout`).
+            let bound = WATCH_ANSWER_TIMEOUT.min(self.request_timeout());
+            let deadline = tokio::time::Instant::now() + bound;
+            let resp = match self.send_once(&Method::GET, &url, &|r| r, deadline, Body::Streamed).await.0 {
+                Sent::Answer(resp) => resp,
+                Sent::Failed(e) => {
                     let why = error_chain(&e);
                     last_err = format!("{}: {why}{}", self.endpoints[idx], tls_hint(&why));
                     continue;
                 }
-                Err(_) => {
-                    last_err =
-                        format!("{}: no answer within {} ms", self.endpoints[idx], WATCH_ANSWER_TIMEOUT.as_millis());
+                Sent::NoAnswer => {
+                    last_err = format!("{}: no answer within {} ms", self.endpoints[idx], bound.as_millis());
                     continue;
                 }
             };
@@ -474,42 +613,55 @@ impl Client {
         json(check(resp).await?).await
     }
 
-    /// Sends a JSON membership request and returns the cluster after it.
+    /// How long a member gets to answer a membership change: kvd itself
+    /// lets one run for several of its own request timeouts (a removal of
+    /// the leader moves leadership first, then changes the membership).
+    fn change_timeout(&self) -> Duration {
+        self.timeout * 10
+    }
+
+    /// Sends a JSON membership request and returns the cluster after it. It
+    /// carries no request id (kvd does not deduplicate membership changes),
+    /// so it is never sent again once a member took it and gave no answer in
+    /// time.
     async fn membership(
         &self,
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
+        turn: Duration,
     ) -> Result<ClusterInfo, Error> {
-        let resp = self
-            .send(method, path, |r| match &body {
-                Some(b) => r.header("content-type", "application/json").body(b.to_string()),
-                None => r,
-            })
-            .await?;
+        let build = |r: RequestBuilder| match &body {
+            Some(b) => r.header("content-type", "application/json").body(b.to_string()),
+            None => r,
+        };
+        let resp = self.send_within(method, path, build, turn, Body::Bounded).await?;
         json(check(resp).await?).await
     }
 
     /// Adds a member; unless `req.learner`, waits until it caught up and
-    /// promotes it.
+    /// promotes it. A member gets five minutes (kvd's own bound on the
+    /// catch-up) more than other membership changes to answer; those get
+    /// ten request timeouts.
     pub async fn add_member(&self, req: &AddMember) -> Result<ClusterInfo, Error> {
         let body = serde_json::to_value(req).map_err(|e| Error::Protocol(e.to_string()))?;
-        self.membership(Method::POST, "/v1/cluster/members", Some(body)).await
+        self.membership(Method::POST, "/v1/cluster/members", Some(body), JOIN_WAIT + self.change_timeout()).await
     }
 
     /// Makes a learner a voter.
     pub async fn promote_member(&self, id: u64) -> Result<ClusterInfo, Error> {
-        self.membership(Method::POST, &format!("/v1/cluster/members/{id}/promote"), None).await
+        self.membership(Method::POST, &format!("/v1/cluster/members/{id}/promote"), None, self.change_timeout()).await
     }
 
     /// Removes a member (the leader too).
     pub async fn remove_member(&self, id: u64) -> Result<ClusterInfo, Error> {
-        self.membership(Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await
+        self.membership(Method::DELETE, &format!("/v1/cluster/members/{id}"), None, self.change_timeout()).await
     }
 
     /// Moves leadership to voter `id`.
     pub async fn transfer_leader(&self, id: u64) -> Result<ClusterInfo, Error> {
-        self.membership(Method::POST, "/v1/cluster/leader", Some(serde_json::json!({ "id": id }))).await
+        let body = Some(serde_json::json!({ "id": id }));
+        self.membership(Method::POST, "/v1/cluster/leader", body, self.change_timeout()).await
     }
 
     /// Who the server takes this client for, and what it may do.
@@ -599,8 +751,18 @@ async fn check(resp: Response) -> Result<Response, Error> {
     Err(Error::Api { status: status.as_u16(), code, message })
 }
 
+/// An answer's body that could not be read: cut off by the request
+/// timeout (the member stopped sending), or broken.
+fn body_error(e: &reqwest::Error) -> Error {
+    if e.is_timeout() {
+        Error::Unreachable(format!("the answer stopped coming before the request timeout: {}", error_chain(e)))
+    } else {
+        Error::Protocol(error_chain(e))
+    }
+}
+
 async fn json<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T, Error> {
-    let body = resp.bytes().await.map_err(|e| Error::Protocol(error_chain(&e)))?;
+    let body = resp.bytes().await.map_err(|e| body_error(&e))?;
     serde_json::from_slice(&body).map_err(|e| Error::Protocol(format!("bad JSON from server: {e}")))
 }
 
@@ -628,93 +790,5 @@ fn meta_from_headers(h: &reqwest::header::HeaderMap) -> Result<Meta, Error> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use std::sync::Arc;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-
-    use super::*;
-
-    /// Reads one request (head and Content-Length body); returns its request id.
-    pub(crate) async fn read_request(s: &mut TcpStream) -> String {
-        let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
-        loop {
-            let n = s.read(&mut chunk).await.expect("read a request");
-            assert!(n > 0, "the client closed the connection mid-request");
-            buf.extend_from_slice(&chunk[..n]);
-            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-            let field = |name: &str| head.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned());
-            let len: usize = field("content-length:").map_or(0, |v| v.parse().expect("a length"));
-            if buf.len() >= end + 4 + len {
-                return field("x-kv-request-id:").unwrap_or_default();
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn a_write_whose_connection_breaks_is_sent_again_with_the_same_request_id() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let server = tokio::spawn(async move {
-            // The first connection takes the request and closes unanswered,
-            // as a member does with a kept-alive connection it times out.
-            let (mut s, _) = listener.accept().await.expect("accept");
-            let first = read_request(&mut s).await;
-            drop(s);
-            let (mut s, _) = listener.accept().await.expect("accept the retry");
-            let second = read_request(&mut s).await;
-            let body = r#"{"succeeded":true,"revision":7,"results":[]}"#;
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            s.write_all(resp.as_bytes()).await.expect("answer");
-            (first, second)
-        });
-        let c = Client::new(&[format!("http://{addr}")]).expect("client");
-        let r = c.put("a/b", "v", &PutOptions::default()).await.expect("the put goes through on a new connection");
-        assert_eq!(r.revision, 7);
-        let (first, second) = server.await.expect("server");
-        assert!(!first.is_empty(), "a write carries a request id");
-        assert_eq!(first, second, "the repeat carries the same request id, so it cannot apply twice");
-    }
-
-    /// A member that takes every request and closes the connection
-    /// unanswered; counts the requests.
-    async fn dropping_member() -> (Client, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let seen = Arc::new(AtomicUsize::new(0));
-        let n = seen.clone();
-        let server = tokio::spawn(async move {
-            loop {
-                let (mut s, _) = listener.accept().await.expect("accept");
-                read_request(&mut s).await;
-                n.fetch_add(1, Ordering::SeqCst);
-            }
-        });
-        (Client::new(&[format!("http://{addr}")]).expect("client"), seen, server)
-    }
-
-    #[tokio::test]
-    async fn a_member_that_breaks_every_connection_is_tried_twice_then_reported() {
-        let (c, seen, server) = dropping_member().await;
-        let err = c.get("a/b").await.expect_err("no answer ever comes");
-        server.abort();
-        assert!(matches!(err, Error::Unreachable(_)), "{err:?}");
-        assert_eq!(seen.load(Ordering::SeqCst), 2, "one request, one repeat");
-    }
-
-    #[tokio::test]
-    async fn a_request_without_a_request_id_is_never_sent_twice() {
-        // A membership change has no request id: a repeat of one that took
-        // effect would fail ("already a member") or act twice.
-        let (c, seen, server) = dropping_member().await;
-        let err = c.promote_member(2).await.expect_err("no answer ever comes");
-        server.abort();
-        assert!(matches!(err, Error::Unreachable(_)), "{err:?}");
-        assert_eq!(seen.load(Ordering::SeqCst), 1, "sent once");
-    }
-}
+#[path = "client_tests.rs"]
+pub(crate) mod tests;

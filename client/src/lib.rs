@@ -16,7 +16,9 @@ mod types;
 mod watch;
 
 pub use auth::{validate_token_name, Access, Grants, NewToken, TokenInfo, TokenSpec, WhoAmI};
-pub use client::{Client, ClientOptions, Error, ListOptions, PutOptions, Value, MEMBER_IDLE_CLOSE};
+pub use client::{
+    Client, ClientOptions, Error, ListOptions, PutOptions, Value, DEFAULT_REQUEST_TIMEOUT, MEMBER_IDLE_CLOSE,
+};
 pub use key::{key_in_prefix, normalize_prefix, validate_key, KeyError, MAX_KEY_BYTES, MAX_SEGMENT_BYTES};
 pub use path::{decode_key, encode_key};
 /// HTTP methods, for [`Client::send`].

@@ -45,6 +45,13 @@ struct Cli {
     /// https:// endpoints [default: the system's CA bundle].
     #[arg(long, global = true, env = "KVCTL_CA", value_name = "FILE")]
     ca: Option<std::path::PathBuf>,
+    /// How long each member gets to answer a request (5s, 500ms, 2m or
+    /// plain seconds; at most 1h) before kvctl tries the next endpoint; a
+    /// command fails once every endpoint had its turn. Membership changes,
+    /// which take longer, get ten times as long (member add 5 min more)
+    /// [default: 7s].
+    #[arg(long, global = true, env = "KVCTL_COMMAND_TIMEOUT", value_name = "DURATION", value_parser = parse_timeout)]
+    command_timeout: Option<std::time::Duration>,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,7 +71,8 @@ enum Command {
     /// Members: list, add, promote, remove.
     #[command(subcommand)]
     Member(member::MemberCommand),
-    /// One row per member: role, term, commit/applied index, lag, data size.
+    /// One row per member: role, term, commit/applied index, lag, data size;
+    /// exit 1 naming the members that did not answer.
     #[command(after_help = "Example:\n  kvctl status --endpoints http://10.0.0.1:7379")]
     Status,
     /// Check every member; exit 1 naming the unhealthy ones.
@@ -151,7 +159,33 @@ fn client(cli: &Cli) -> Result<kv_client::Client, Failure> {
         return Err(Failure::Usage("the token is empty".into()));
     }
     let ca_pem = cli.ca.as_deref().map(|p| read(p, "CA")).transpose()?;
-    Ok(kv_client::Client::with_options(&cli.endpoints, &kv_client::ClientOptions { token, ca_pem })?)
+    let opts = kv_client::ClientOptions { token, ca_pem, request_timeout: cli.command_timeout };
+    Ok(kv_client::Client::with_options(&cli.endpoints, &opts)?)
+}
+
+/// A `--command-timeout`: `500ms`, `5s`, `2m`, or plain (decimal) seconds;
+/// more than 0 and at most an hour.
+fn parse_timeout(v: &str) -> Result<std::time::Duration, String> {
+    let v = v.trim();
+    let (number, unit) = match v.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let seconds_per_unit = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        _ => return Err(format!("{v:?} is not a duration: write it as 5s, 500ms, 2m or plain seconds")),
+    };
+    let n: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{v:?} is not a duration: write it as 5s, 500ms, 2m or plain seconds"))?;
+    let secs = n * seconds_per_unit;
+    if !(secs > 0.0 && secs <= 3600.0) {
+        return Err(format!("{v:?} is out of range: more than 0 and at most 1h"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -175,6 +209,35 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Token(t) => token::run(&client, t, cli.output).await,
         Command::Bench(b) => bench::run(client, b, cli.output).await,
         Command::Completion { .. } => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod timeout {
+    use std::time::Duration;
+
+    use super::parse_timeout;
+
+    #[test]
+    fn durations_take_a_unit_or_are_seconds() {
+        assert_eq!(parse_timeout("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_timeout("1h").map_err(|e| e.contains("not a duration")), Err(true));
+        for bad in ["", "0", "0s", "-1", "5x", "s", "nan", "inf", "3601", "61m"] {
+            assert!(parse_timeout(bad).is_err(), "{bad:?} was taken");
+        }
+    }
+
+    #[test]
+    fn the_documented_default_is_the_clients() {
+        use clap::CommandFactory;
+        let cmd = super::Cli::command();
+        let arg = cmd.get_arguments().find(|a| a.get_id() == "command_timeout").expect("--command-timeout");
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let default = kv_client::DEFAULT_REQUEST_TIMEOUT.as_secs();
+        assert!(help.contains(&format!("[default: {default}s]")), "{help}");
     }
 }
 

@@ -126,12 +126,26 @@ fn size(b: u64) -> String {
     }
 }
 
-/// `kvctl status`: one row per member.
+/// `kvctl status`: one row per member; fails naming the members whose
+/// status did not come.
 pub async fn status(client: &Client, fmt: Format) -> Result<(), Failure> {
     let info = client.cluster().await?;
+    // NOTE: the member asked collects every member's status at once, each
+    // within a bound (a frozen one shows as unreachable).
+    let unreachable: Vec<String> = info
+        .members
+        .iter()
+        .filter(|m| m.status.is_none())
+        .map(|m| format!("node {}: {}", m.id, m.error.as_deref().unwrap_or("no status")))
+        .collect();
+    let verdict = if unreachable.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("unreachable: {}", unreachable.join("; ")).into())
+    };
     if fmt == Format::Json {
         output::json(&info)?;
-        return Ok(());
+        return verdict;
     }
     let rows: Vec<Vec<String>> = info
         .members
@@ -167,24 +181,36 @@ pub async fn status(client: &Client, fmt: Format) -> Result<(), Failure> {
         &["ID", "CLIENT URL", "PEER URL", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "DB SIZE", "ERROR"],
         &rows,
     )?;
-    Ok(())
+    verdict
 }
 
 /// `kvctl health`: every member must be ready; names the ones that are not.
+/// The members are asked at once, each within the request timeout, so a
+/// frozen one is reported, not waited for.
 pub async fn health(client: &Client, fmt: Format) -> Result<(), Failure> {
     let info = client.cluster().await?;
-    let mut report = Vec::new();
-    for m in &info.members {
-        let verdict = if m.client_url.is_empty() {
+    let mut asks = tokio::task::JoinSet::new();
+    for (i, m) in info.members.iter().enumerate() {
+        let one = if m.client_url.is_empty() {
             Err("its client URL is unknown".to_owned())
         } else {
-            match client.with_endpoints(&[m.client_url.as_str()]) {
-                Ok(c) => c.get_json("/health/ready").await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
+            client.with_endpoints(&[m.client_url.as_str()]).map_err(|e| e.to_string())
         };
-        report.push((m.id, m.client_url.clone(), verdict));
+        asks.spawn(async move {
+            let verdict = match one {
+                Ok(c) => c.get_json("/health/ready").await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            (i, verdict)
+        });
     }
+    let mut verdicts: Vec<Result<(), String>> = vec![Err("not checked".into()); info.members.len()];
+    while let Some(done) = asks.join_next().await {
+        let (i, verdict) = done.map_err(|e| anyhow::anyhow!("a health check failed: {e}"))?;
+        verdicts[i] = verdict;
+    }
+    let report: Vec<(u64, String, Result<(), String>)> =
+        info.members.iter().zip(verdicts).map(|(m, v)| (m.id, m.client_url.clone(), v)).collect();
     let bad: Vec<String> =
         report.iter().filter_map(|(id, _, v)| v.as_ref().err().map(|e| format!("node {id}: {e}"))).collect();
     match fmt {

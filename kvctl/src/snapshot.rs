@@ -24,7 +24,7 @@ pub enum SnapshotCommand {
 
 pub async fn run(client: &Client, cmd: SnapshotCommand, fmt: Format) -> Result<(), Failure> {
     let SnapshotCommand::Save { file } = cmd;
-    let resp = client.send(kv_client::Method::GET, "/v1/snapshot", |r| r).await?;
+    let resp = client.send_stream(kv_client::Method::GET, "/v1/snapshot", |r| r).await?;
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
@@ -40,7 +40,14 @@ pub async fn run(client: &Client, cmd: SnapshotCommand, fmt: Format) -> Result<(
     let mut out = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut resp = resp;
     let mut bytes = 0u64;
-    while let Some(chunk) = resp.chunk().await.map_err(|e| anyhow::anyhow!("snapshot download failed: {e}"))? {
+    // NOTE: a large snapshot takes as long as it takes; a member that stops
+    // sending one fails it after the request timeout.
+    let quiet = client.request_timeout();
+    loop {
+        let next = tokio::time::timeout(quiet, resp.chunk()).await.map_err(|_| {
+            anyhow::anyhow!("snapshot download failed: the member sent nothing for {} s", quiet.as_secs_f64())
+        })?;
+        let Some(chunk) = next.map_err(|e| anyhow::anyhow!("snapshot download failed: {e}"))? else { break };
         out.write_all(&chunk).with_context(|| format!("writing {}", tmp.display()))?;
         bytes += chunk.len() as u64;
     }

@@ -168,7 +168,13 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read ca_file {}", p.display()))?),
         None => None,
     };
-    let client = kv_client::Client::with_options(&inv.endpoints, &kv_client::ClientOptions { token, ca_pem })?;
+    // IMPORTANT: each member gets a share of the mount's bound, so that a
+    // call still moves on from a frozen member to the next one within it.
+    let per_member = (inv.timeout / inv.endpoints.len().max(1) as u32).max(std::time::Duration::from_millis(500));
+    let client = kv_client::Client::with_options(
+        &inv.endpoints,
+        &kv_client::ClientOptions { token, ca_pem, request_timeout: Some(per_member) },
+    )?;
     let remote = Arc::new(Remote { client, timeout: inv.timeout, watch_start: Default::default() });
     let name = state_name(inv);
     let lkg_file = inv

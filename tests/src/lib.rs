@@ -352,6 +352,7 @@ impl Kvd {
         let opts = kv_client::ClientOptions {
             token: token.map(str::to_owned),
             ca_pem: self.ca.as_ref().map(|p| std::fs::read(p).expect("CA file")),
+            ..Default::default()
         };
         kv_client::Client::with_options(&[self.url.as_str()], &opts).expect("client")
     }

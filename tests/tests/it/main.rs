@@ -8,6 +8,7 @@ mod disk;
 mod durability;
 mod engines;
 mod faults;
+mod gray;
 mod hostile;
 mod identity;
 mod kvctl;

@@ -1,0 +1,222 @@
+//! Unit tests of the client against fake members on loopback: broken
+//! connections, members that never answer, refusals.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+/// Reads one request (head and Content-Length body); returns its request id.
+pub(crate) async fn read_request(s: &mut TcpStream) -> String {
+    let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+    loop {
+        let n = s.read(&mut chunk).await.expect("read a request");
+        assert!(n > 0, "the client closed the connection mid-request");
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        let field = |name: &str| head.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned());
+        let len: usize = field("content-length:").map_or(0, |v| v.parse().expect("a length"));
+        if buf.len() >= end + 4 + len {
+            return field("x-kv-request-id:").unwrap_or_default();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_write_whose_connection_breaks_is_sent_again_with_the_same_request_id() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = tokio::spawn(async move {
+        // The first connection takes the request and closes unanswered,
+        // as a member does with a kept-alive connection it times out.
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let first = read_request(&mut s).await;
+        drop(s);
+        let (mut s, _) = listener.accept().await.expect("accept the retry");
+        let second = read_request(&mut s).await;
+        let body = r#"{"succeeded":true,"revision":7,"results":[]}"#;
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(resp.as_bytes()).await.expect("answer");
+        (first, second)
+    });
+    let c = Client::new(&[format!("http://{addr}")]).expect("client");
+    let r = c.put("a/b", "v", &PutOptions::default()).await.expect("the put goes through on a new connection");
+    assert_eq!(r.revision, 7);
+    let (first, second) = server.await.expect("server");
+    assert!(!first.is_empty(), "a write carries a request id");
+    assert_eq!(first, second, "the repeat carries the same request id, so it cannot apply twice");
+}
+
+/// A member that takes every request and closes the connection
+/// unanswered; counts the requests.
+async fn dropping_member() -> (Client, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let seen = Arc::new(AtomicUsize::new(0));
+    let n = seen.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            read_request(&mut s).await;
+            n.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (Client::new(&[format!("http://{addr}")]).expect("client"), seen, server)
+}
+
+#[tokio::test]
+async fn a_member_that_breaks_every_connection_is_tried_twice_then_reported() {
+    let (c, seen, server) = dropping_member().await;
+    let err = c.get("a/b").await.expect_err("no answer ever comes");
+    server.abort();
+    assert!(matches!(err, Error::Unreachable(_)), "{err:?}");
+    assert_eq!(seen.load(Ordering::SeqCst), 2, "one request, one repeat");
+}
+
+#[tokio::test]
+async fn a_request_without_a_request_id_is_never_sent_twice() {
+    // A membership change has no request id: a repeat of one that took
+    // effect would fail ("already a member") or act twice.
+    let (c, seen, server) = dropping_member().await;
+    let err = c.promote_member(2).await.expect_err("no answer ever comes");
+    server.abort();
+    assert!(matches!(err, Error::Unreachable(_)), "{err:?}");
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "sent once");
+}
+
+/// A member that takes connections and requests and never answers, as a
+/// frozen (SIGSTOP) one does; records the request ids it got.
+async fn frozen_member() -> (String, Arc<std::sync::Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let ids: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let seen = ids.clone();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let id = read_request(&mut s).await;
+            seen.lock().expect("lock").push(id);
+            held.push(s);
+        }
+    });
+    (format!("http://{addr}"), ids, server)
+}
+
+/// A member that answers every request with a put's answer; records the
+/// request ids it saw.
+async fn answering_member() -> (String, Arc<std::sync::Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+    member_answering("200 OK", r#"{"succeeded":true,"revision":9,"results":[]}"#).await
+}
+
+/// A member that answers every request with `status` and `body`;
+/// records the request ids it saw.
+async fn member_answering(
+    status: &'static str,
+    body: &'static str,
+) -> (String, Arc<std::sync::Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let ids: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let seen = ids.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let id = read_request(&mut s).await;
+            seen.lock().expect("lock").push(id);
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(resp.as_bytes()).await.expect("answer");
+        }
+    });
+    (format!("http://{addr}"), ids, server)
+}
+
+fn quick(endpoints: &[&str]) -> Client {
+    let opts = ClientOptions { request_timeout: Some(Duration::from_millis(300)), ..ClientOptions::default() };
+    Client::with_options(endpoints, &opts).expect("client")
+}
+
+/// What a test waits for a call that must end within its bound.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn a_write_a_frozen_member_does_not_answer_goes_to_the_next_with_the_same_request_id() {
+    let (frozen, held, s1) = frozen_member().await;
+    let (good, answered, s2) = answering_member().await;
+    let c = quick(&[&frozen, &good]);
+    let put = tokio::time::timeout(PATIENCE, c.put("a/b", "v", &PutOptions::default())).await;
+    let r = put.expect("the put waited for the frozen member").expect("the next member answers");
+    assert_eq!(r.revision, 9);
+    assert_eq!(c.current_endpoint(), good, "the next requests go to the member that answered");
+    // txn and delete too, on fresh clients (that start with the frozen one).
+    let c = quick(&[&frozen, &good]);
+    tokio::time::timeout(PATIENCE, c.txn(&TxnRequest::default())).await.expect("bounded").expect("txn");
+    let c = quick(&[&frozen, &good]);
+    tokio::time::timeout(PATIENCE, c.delete("a/b", false, None)).await.expect("bounded").expect("delete");
+    s1.abort();
+    s2.abort();
+    let (held, answered) = (held.lock().expect("lock").clone(), answered.lock().expect("lock").clone());
+    assert_eq!(held.len(), 3, "{held:?}");
+    assert!(held.iter().all(|id| !id.is_empty()), "every write carries a request id: {held:?}");
+    assert_eq!(held, answered, "each write reached the next member with the id the frozen one got");
+}
+
+#[tokio::test]
+async fn a_read_from_only_a_frozen_member_fails_within_the_timeout_naming_it() {
+    let (frozen, _, server) = frozen_member().await;
+    let c = quick(&[&frozen]);
+    let err =
+        tokio::time::timeout(PATIENCE, c.get("a/b")).await.expect("the read waited for ever").expect_err("no answer");
+    server.abort();
+    assert!(matches!(err, Error::Unreachable(_)), "{err:?}");
+    assert!(err.to_string().contains(&format!("{frozen}: no answer within 0.3 s")), "{err}");
+}
+
+#[tokio::test]
+async fn a_membership_change_a_frozen_member_does_not_answer_is_not_sent_elsewhere() {
+    // It has no request id: sent again, one that took effect would act
+    // twice or fail ("not a member").
+    let (frozen, held, s1) = frozen_member().await;
+    let (good, ids, s2) = answering_member().await;
+    let c = quick(&[&frozen, &good]);
+    let err = tokio::time::timeout(PATIENCE, c.promote_member(2)).await.expect("bounded").expect_err("no answer");
+    s1.abort();
+    s2.abort();
+    assert!(matches!(err, Error::UnknownOutcome(_)), "{err:?}");
+    assert!(err.to_string().contains("may still take effect"), "{err}");
+    assert_eq!(held.lock().expect("lock").len(), 1);
+    assert!(ids.lock().expect("lock").is_empty(), "sent to another member too");
+}
+
+#[tokio::test]
+async fn a_refusal_after_a_member_took_the_write_unanswered_is_no_proof_nothing_was_written() {
+    // The frozen member may apply the write once it thaws: the next
+    // member's 503 says only that it wrote nothing itself.
+    let (frozen, held, s1) = frozen_member().await;
+    let no_leader = r#"{"error":"unavailable","message":"no leader elected"}"#;
+    let (refusing, refused, s2) = member_answering("503 Service Unavailable", no_leader).await;
+    let c = quick(&[&frozen, &refusing]);
+    let err = tokio::time::timeout(PATIENCE, c.put("a/b", "v", &PutOptions::default()))
+        .await
+        .expect("bounded")
+        .expect_err("nobody wrote it");
+    assert_eq!(held.lock().expect("lock").len(), 1);
+    assert_eq!(refused.lock().expect("lock").len(), 1);
+    assert!(matches!(err, Error::Unreachable(_)), "a refusal that says nothing was written: {err:?}");
+    assert!(err.to_string().contains("no answer within") && err.to_string().contains("HTTP 503"), "{err}");
+    // A read refused the same way is a plain refusal.
+    let c = quick(&[&frozen, &refusing]);
+    let err = tokio::time::timeout(PATIENCE, c.get("a/b")).await.expect("bounded").expect_err("refused");
+    s1.abort();
+    s2.abort();
+    assert_eq!(err.status(), Some(503), "{err:?}");
+}
