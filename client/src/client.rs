@@ -578,7 +578,7 @@ impl Client {
                     continue;
                 }
                 Sent::NoAnswer => {
-                    last_err = format!("{}: no answer within {} ms", self.endpoints[idx], bound.as_millis());
+                    last_err = format!("{}: no answer within {} s", self.endpoints[idx], bound.as_secs_f64());
                     continue;
                 }
             };
