@@ -779,6 +779,9 @@ struct WatchState {
     rx: tokio::sync::watch::Receiver<u64>,
     out: VecDeque<Bytes>,
     done: bool,
+    /// When the stream last sent something: a keepalive is due a keepalive
+    /// interval after it, however many changes to other prefixes came.
+    last_sent: tokio::time::Instant,
 }
 
 /// Pages of watch events kept for other streams (see [`WatchPages`]).
@@ -918,9 +921,16 @@ impl WatchState {
                 self.out.push_back(sse(name, last_of_rev.then_some(ev.revision), &ev.data));
             }
             if !self.out.is_empty() {
+                self.last_sent = tokio::time::Instant::now();
                 return;
             }
             if *self.rx.borrow_and_update() > self.cursor {
+                // Still behind: a keepalive that is due goes out between
+                // pages, or a stream that never catches up sends nothing.
+                if tokio::time::Instant::now() >= self.last_sent + WATCH_KEEPALIVE {
+                    self.keepalive();
+                    return;
+                }
                 continue;
             }
             if !self.wait_for_change().await {
@@ -933,21 +943,33 @@ impl WatchState {
     /// came. Otherwise `out` holds a keepalive, or the stream is done (the
     /// node is shutting down).
     async fn wait_for_change(&mut self) -> bool {
-        match tokio::time::timeout(WATCH_KEEPALIVE, self.rx.changed()).await {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => {
-                self.done = true;
-                false
-            }
-            Err(_) => {
-                // IMPORTANT: every event of this prefix up to the cursor is
-                // already out (a keepalive follows only an empty `out`), so
-                // its revision is a resume point, and carries the SSE id.
-                let body = serde_json::json!({ "revision": self.cursor });
-                self.out.push_back(sse("keepalive", Some(self.cursor), &body.to_string()));
-                false
+        // IMPORTANT: the keepalive is due a keepalive interval after the
+        // last thing sent, not after the last change: a stream of a quiet
+        // prefix in a busy cluster wakes for every change elsewhere, and
+        // would otherwise send nothing until its client gives it up.
+        let due = self.last_sent + WATCH_KEEPALIVE;
+        if tokio::time::Instant::now() < due {
+            match tokio::time::timeout_at(due, self.rx.changed()).await {
+                Ok(Ok(())) => return true,
+                Ok(Err(_)) => {
+                    self.done = true;
+                    return false;
+                }
+                Err(_) => {}
             }
         }
+        self.keepalive();
+        false
+    }
+
+    /// Queues a keepalive carrying the cursor.
+    fn keepalive(&mut self) {
+        // IMPORTANT: every event of this prefix up to the cursor is already
+        // out (a keepalive follows only an empty `out`), so its revision is
+        // a resume point, and carries the SSE id.
+        let body = serde_json::json!({ "revision": self.cursor });
+        self.out.push_back(sse("keepalive", Some(self.cursor), &body.to_string()));
+        self.last_sent = tokio::time::Instant::now();
     }
 }
 
@@ -990,7 +1012,17 @@ async fn watch(
         ));
     }
     let valid_while = caller.valid_while.clone();
-    let state = WatchState { node, prefix, partial, valid_while, cursor, rx, out: VecDeque::new(), done: false };
+    let state = WatchState {
+        node,
+        prefix,
+        partial,
+        valid_while,
+        cursor,
+        rx,
+        out: VecDeque::new(),
+        done: false,
+        last_sent: tokio::time::Instant::now(),
+    };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
             if let Some(b) = st.out.pop_front() {

@@ -132,3 +132,33 @@ async fn many_watchers_share_pages_and_each_sees_exactly_its_prefix() {
         assert_eq!(w.last_revision(), want.last().map(|w| w.1), "resume id of stream {name:?}");
     }
 }
+
+#[tokio::test]
+async fn a_watch_of_a_quiet_prefix_gets_keepalives_while_other_prefixes_change() {
+    // Regression: the keepalive was due only after a quiet spell of the
+    // whole cluster, so a stream of a quiet prefix sent nothing while other
+    // prefixes changed, and its client gave it up as stalled.
+    let k = Kvd::bootstrap(&[]);
+    let mut w = k.client().watch("quiet", None).await.expect("watch");
+    let url = k.url.clone();
+    let writer = tokio::spawn(async move {
+        for i in 0.. {
+            put(&url, "busy/x", &i.to_string()).await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    // Three keepalive intervals and more: what the client allows in silence.
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(8);
+    let mut keepalives = 0;
+    while tokio::time::Instant::now() < until {
+        match tokio::time::timeout_at(until, w.next_message()).await {
+            Err(_) => break,
+            Ok(Ok(Some(kv_client::WatchMessage::Progress { .. }))) => keepalives += 1,
+            Ok(Ok(Some(kv_client::WatchMessage::Event(e)))) => panic!("an event outside the prefix: {e:?}"),
+            Ok(Ok(None)) => panic!("the stream ended"),
+            Ok(Err(e)) => panic!("the watch of a quiet prefix failed while others changed: {e}"),
+        }
+    }
+    writer.abort();
+    assert!(keepalives >= 2, "{keepalives} keepalives in 8 s while other prefixes changed");
+}
