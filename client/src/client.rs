@@ -395,6 +395,14 @@ impl Client {
                     maybe_written |= method != Method::GET;
                     failures.push(format!("{endpoint}: no answer within {} s", turn.as_secs_f64()));
                 }
+                // IMPORTANT: the same for one whose connection broke after it
+                // went out: the member may have taken it.
+                Sent::Failed(e) if !repeatable && broke_after_connect(&e) => {
+                    return Err(Error::UnknownOutcome(format!(
+                        "{endpoint}: {}; the change may still take effect: list the members before trying it again",
+                        error_chain(&e)
+                    )));
+                }
                 Sent::Failed(e) => {
                     let why = error_chain(&e);
                     failures.push(format!("{endpoint}: {why}{}", tls_hint(&why)));
@@ -595,9 +603,14 @@ impl Client {
                 .and_then(|v| v.parse::<u64>().ok())
                 .filter(|ms| *ms > 0)
                 .map(Duration::from_millis);
+            // A watch "from now" resumes from the revision the member
+            // started it at, should it fail before any event.
+            let from = after.or_else(|| {
+                resp.headers().get(header::REVISION).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+            });
             return Ok(Watch::new(
                 Box::pin(resp.bytes_stream()),
-                after,
+                from,
                 keepalive,
                 keepalive.unwrap_or(WATCH_LEGACY_KEEPALIVE) * WATCH_MISSED_KEEPALIVES,
                 (self.endpoints[idx].clone(), idx, self.endpoints.len()),

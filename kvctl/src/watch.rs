@@ -51,6 +51,10 @@ pub async fn run(client: &Client, a: WatchArgs, fmt: Format) -> Result<(), Failu
             // Resume after the last whole revision seen.
             after = w.last_revision().or(after);
         }
+        // IMPORTANT: also when the stream failed before any event: it began
+        // at a revision (or a keepalive moved it), and a reconnect "from
+        // now" would skip what came in between.
+        after = w.last_revision().or(after);
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }

@@ -118,17 +118,6 @@ impl Identity {
         Ok(id)
     }
 
-    /// Gives this node an id when it has none; the id it has.
-    pub fn own(&self) -> anyhow::Result<ClusterId> {
-        match self.get() {
-            Some(id) => Ok(id),
-            None => {
-                let id = ClusterId::random()?;
-                Ok(self.adopt(id))
-            }
-        }
-    }
-
     /// Takes `id` as this node's when it has none (blocks for an fsync
     /// then); the id it has.
     pub fn adopt(&self, id: ClusterId) -> ClusterId {

@@ -415,17 +415,10 @@ async fn watch_leader(node: Arc<Node>) {
         node.store.durable.set_replicated(voters > 1);
         node.leader_contact.observe(now.is_some());
         if now != leader {
-            if now == Some(node.cfg.id) && node.net.identity().get().is_none() {
-                // NOTE: a data dir from a kvd that predates cluster ids: its
-                // cluster gets one from its first leader, and the others
-                // learn it from its messages.
-                let ident = node.net.identity().clone();
-                match tokio::task::spawn_blocking(move || ident.own()).await {
-                    Ok(Ok(id)) => tracing::info!(cluster_id = %id, "this cluster had no id; it has one now"),
-                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot make a cluster id"),
-                    Err(e) => tracing::warn!(error = %e, "cannot make a cluster id"),
-                }
-            }
+            // NOTE: a data dir from a kvd that predates cluster ids stays
+            // without one (its messages carry none, and are taken): an id
+            // made by whichever member leads first is not replicated, and
+            // two members could make two, each then refusing the other.
             if now.is_some() {
                 crate::metrics::METRICS.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }

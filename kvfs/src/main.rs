@@ -235,10 +235,6 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         liveness: Default::default(),
     });
     sync.save_lkg();
-    sync.write_status();
-    // IMPORTANT: from here on, however this function ends (unmounted, or
-    // failed to mount), the status file goes with it.
-    let _status_file = RemoveStatus(sync.clone());
 
     let fs = KvFs::new(core.clone());
     let mut config = fuser::Config::default();
@@ -263,6 +259,11 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         .with_context(|| format!("cannot mount at {} (is fuse3 installed?)", inv.mountpoint.display()))?;
     let mountpoint = inv.mountpoint.clone();
     tracing::info!(source = %inv.source, mountpoint = %inv.mountpoint.display(), "mounted");
+    // IMPORTANT: written once the mount is live (a kvfs that fails to mount
+    // over a live one leaves that one's file alone), and from here on,
+    // however this function ends, the status file goes with it.
+    sync.write_status();
+    let _status_file = RemoveStatus(sync.clone());
 
     let _ = notifier.set(session.notifier());
     let watcher = sync.clone();

@@ -622,6 +622,15 @@ impl Mount {
         // NOTE: mounted is not yet serving: fusermount3 may still be handing
         // kvfs the device. Wait for a first answer through the mount.
         let _ = std::fs::read_dir(&self.dir);
+        // The status file is written once the mount is live.
+        let has_status = |d: &Path| {
+            std::fs::read_dir(d)
+                .is_ok_and(|mut r| r.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "status"))))
+        };
+        while !has_status(&self.status_dir) {
+            assert!(Instant::now() < deadline, "kvfs wrote no status file in time:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.child = Some(child);
     }
 
