@@ -4,7 +4,8 @@
 # inside it installs the packages and checks that kvd.service runs, kvctl
 # health passes, the /etc/fstab mount at /etc/app is live, a unit ordered
 # after it reads a value written with kvctl, an upgrade keeps the data and a
-# purge leaves no running unit. Also: lintian, mandoc/man lint, and
+# purge leaves no running unit, and that a second host joins as the README
+# says. Also: lintian, mandoc/man lint, and
 # systemd-analyze verify/security. Needs root. Usage: tests/packages.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -129,6 +130,30 @@ inside 'stat -c "%a %U %n" /var/lib/kvd/admin-token'
 out=$(inside 'kvctl put app/greeting hello' 2>&1 || true)
 grep -q 'needs a token' <<<"$out" || fail "an anonymous write was not refused (auth = writes): $out"
 inside 'kvctl --token-file /var/lib/kvd/admin-token put app/greeting hello'
+
+step "a second host (README): refused while it is a cluster of its own, added once emptied"
+# NOTE: the second host is a kvd@two instance in the same container (the
+# container has no network but loopback), configured as the package ships
+# kvd.toml (bootstrap = true), so it first makes a cluster of its own.
+inside 'sed -e "s/^id = 1/id = 2/" -e "s|^data_dir = .*|data_dir = \"/var/lib/kvd/two\"|" \
+    -e "s|^# client_addr = .*|client_addr = \"127.0.0.1:7389\"|" -e "s|^# peer_addr = .*|peer_addr = \"127.0.0.1:7390\"|" \
+    /etc/kvd/kvd.toml > /etc/kvd/two.toml'
+inside 'systemctl start kvd@two.service'
+waitfor "kvd@two is not healthy" 'kvctl --endpoints http://127.0.0.1:7389 health'
+add2='kvctl --token-file /var/lib/kvd/admin-token member add 2 http://127.0.0.1:7390 --client-url http://127.0.0.1:7389'
+out=$(inside "$add2" 2>&1) && fail "member add of another cluster's node succeeded: $out"
+grep -q 'without --bootstrap' <<<"$out" || fail "the refusal does not say how to join: $out"
+inside 'kvctl health' || fail "the refused member add harmed the cluster"
+inside 'systemctl stop kvd@two.service'
+inside 'sed -i "s/^bootstrap = true/bootstrap = false/" /etc/kvd/two.toml && rm -rf /var/lib/kvd/two/*'
+# NOTE: --no-block, as the README says: an empty node is not ready until it
+# is added, and a plain start would wait for that until it timed out.
+inside 'systemctl start --no-block kvd@two.service'
+waitfor "kvd@two does not listen" 'test -s /var/lib/kvd/two/peer.addr'
+inside "$add2"
+waitfor "the second host did not catch up" '[ "$(kvctl --endpoints http://127.0.0.1:7389 get app/greeting)" = hello ]'
+inside 'kvctl --token-file /var/lib/kvd/admin-token member remove 2'
+inside 'systemctl stop kvd@two.service'
 
 step "the fstab mount and an application ordered after it"
 inside 'systemctl daemon-reload'
