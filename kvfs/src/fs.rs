@@ -389,7 +389,7 @@ impl Filesystem for KvFs {
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         // The listing carries each entry's attributes: `ls -l` of a directory
         // needs no LOOKUP per name.
-        let (list, dir) = match (self.core.readdir(ino.0, fh.0, offset), self.core.dir_of(ino.0)) {
+        let (list, dir) = match (self.core.readdir(ino.0, fh.0, offset), self.core.dir_path(ino.0)) {
             (Ok(l), Ok(d)) => (l, d),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };

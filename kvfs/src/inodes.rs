@@ -190,6 +190,12 @@ impl Inodes {
         v
     }
 
+    /// The inodes that stand for the file at `path`: its attached one and
+    /// older versions held open.
+    pub fn versions_of(&self, path: &str) -> Vec<u64> {
+        self.versions_under(path).into_iter().filter(|(p, _)| p == path).map(|(_, i)| i).collect()
+    }
+
     /// Moves the inodes of `from` and everything below it to `to` (a rename
     /// here: open files follow their name, older versions held open too).
     pub fn rename(&mut self, from: &str, to: &str) {
@@ -210,16 +216,6 @@ impl Inodes {
                 }
             }
         }
-    }
-
-    /// Number of inodes held (attached or not).
-    pub fn len(&self) -> usize {
-        self.by_ino.len()
-    }
-
-    /// Whether only the root is held.
-    pub fn is_empty(&self) -> bool {
-        self.by_ino.len() <= 1
     }
 }
 

@@ -259,8 +259,9 @@ impl Core {
         self.cluster.probe().map_err(|f| f.errno(Errno::EIO))
     }
 
-    /// The path of an attached inode (a directory to look names up in).
-    fn dir_path(&self, ino: u64) -> Result<String, Errno> {
+    /// The path of an attached inode (a directory to look names up in, or
+    /// READDIRPLUS's per-name entries).
+    pub fn dir_path(&self, ino: u64) -> Result<String, Errno> {
         let s = self.state()?;
         let i = s.inodes.get(ino).ok_or(Errno::ENOENT)?;
         match i.binding {
@@ -726,11 +727,6 @@ impl Core {
         let list = Arc::new(self.list_dir(ino)?);
         self.listings.lock().map_err(|_| Errno::EIO)?.insert(fh, list.clone());
         Ok(list)
-    }
-
-    /// The path of a directory inode, for READDIRPLUS's per-name entries.
-    pub fn dir_of(&self, ino: u64) -> Result<String, Errno> {
-        self.dir_path(ino)
     }
 
     /// How many entries came from the cluster (STATFS).

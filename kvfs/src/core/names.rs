@@ -254,14 +254,7 @@ impl Core {
         };
         // IMPORTANT: no commit of the file runs meanwhile: it would put over
         // the revision this change replaces, and fail.
-        let versions: Vec<u64> = self
-            .state()?
-            .inodes
-            .versions_under(&path)
-            .into_iter()
-            .filter(|(p, _)| *p == path)
-            .map(|(_, i)| i)
-            .collect();
+        let versions = self.state()?.inodes.versions_of(&path);
         let locks = self.writer_locks(versions.iter().copied())?;
         let _held = locks.iter().map(|l| l.lock().map_err(|_| Errno::EIO)).collect::<Result<Vec<_>, _>>()?;
         let resp = self.cluster.txn(&txn).map_err(|f| f.errno(Errno::EIO))?;
