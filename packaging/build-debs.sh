@@ -75,6 +75,9 @@ ln -s ../bin/kvfs "$out/kvfs/usr/sbin/mount.kvfs"
 ln -s ../bin/kvfs "$out/kvfs/usr/sbin/mount.fuse.kvfs"
 man kvfs kvfs 8
 man kvfs mount.kvfs 8
+for f in fstab etc-app.mount kv-app.service; do
+    install -D -m 644 "packaging/examples/$f" "$out/kvfs/usr/share/doc/kvfs/examples/$f"
+done
 ln -s mount.kvfs.8.gz "$out/kvfs/usr/share/man/man8/mount.fuse.kvfs.8.gz"
 control kvfs utils "Depends: fuse3, $(shlibs "$out/kvfs/usr/bin/kvfs")
 Description: mount a kv key prefix as a filesystem

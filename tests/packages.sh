@@ -2,8 +2,9 @@
 # End-to-end test of the Debian packages: builds them, boots a minimal
 # Debian 12 root (debootstrap, cached between runs) with systemd-nspawn, and
 # inside it installs the packages and checks that kvd.service runs, kvctl
-# health passes, the /etc/fstab mount at /etc/app is live, a unit ordered
-# after it reads a value written with kvctl, an upgrade keeps the data and a
+# health passes, the packaged /etc/fstab line mounts /etc/app, a unit with
+# User=app ordered after it reads a 0640 root:app file there (and nobody
+# else does), an upgrade keeps the data and a
 # purge leaves no running unit, and that a second host joins as the README
 # says. Also: lintian, mandoc/man lint, and
 # systemd-analyze verify/security. Needs root. Usage: tests/packages.sh
@@ -79,8 +80,8 @@ root=$work/root
 echo kvtest > "$root/etc/hostname"
 mkdir -p "$root/opt/debs" && cp -r "$work/v1" "$work/v2" "$root/opt/debs/"
 mkdir -p "$root/etc/app"
-# The mount of the README: /etc/fstab, after the local node.
-echo 'http://127.0.0.1:7379/app /etc/app fuse.kvfs _netdev,x-systemd.requires=kvd.service 0 0' >> "$root/etc/fstab"
+# An application running as its own user (User=app): it reads a 0640
+# root:app file and a 0644 one through the mount.
 cat > "$root/etc/systemd/system/kv-app.service" <<'EOF'
 [Unit]
 Description=An application that reads its config from /etc/app
@@ -89,8 +90,10 @@ RequiresMountsFor=/etc/app
 [Service]
 Type=oneshot
 RemainAfterExit=yes
+User=app
+Group=app
 StateDirectory=kv-app
-ExecStart=/bin/sh -c 'cat /etc/app/greeting > /var/lib/kv-app/seen'
+ExecStart=/bin/sh -c 'cat /etc/app/app.conf > /var/lib/kv-app/conf && cat /etc/app/greeting > /var/lib/kv-app/seen'
 EOF
 
 step "boot it"
@@ -155,13 +158,24 @@ waitfor "the second host did not catch up" '[ "$(kvctl --endpoints http://127.0.
 inside 'kvctl --token-file /var/lib/kvd/admin-token member remove 2'
 inside 'systemctl stop kvd@two.service'
 
-step "the fstab mount and an application ordered after it"
+step "the packaged fstab line, and an application with User= ordered after it"
+# The mount of the README: the packaged example's line in /etc/fstab.
+inside 'grep "^http.*fuse.kvfs" /usr/share/doc/kvfs/examples/fstab >> /etc/fstab && tail -1 /etc/fstab'
+inside 'adduser --system --group --no-create-home --quiet app'
 inside 'systemctl daemon-reload'
-inside 'systemctl start kv-app.service'
+inside 'systemctl start etc-app.mount'
 inside 'findmnt -t fuse.kvfs /etc/app' || fail "/etc/app is not a kvfs mount"
+# (the cluster takes writes with a token only, as packaged: kvctl puts it)
+inside 'printf "db=secret\n" | kvctl --token-file /var/lib/kvd/admin-token put app/app.conf - \
+    --mode 0640 --gid "$(getent group app | cut -d: -f3)"'
+waitfor "the mount does not show app.conf as 0640 root:app" '[ "$(stat -c "%a %U %G" /etc/app/app.conf)" = "640 root app" ]'
+inside 'systemctl start kv-app.service' || { inside 'journalctl --no-pager -n 30 -u kv-app.service'; fail "kv-app failed"; }
 inside 'systemctl show -p After kv-app.service' | grep -q 'etc-app.mount' || fail "kv-app is not ordered after etc-app.mount"
 [ "$(inside 'cat /var/lib/kv-app/seen')" = hello ] || fail "the application did not read the value"
+[ "$(inside 'cat /var/lib/kv-app/conf')" = db=secret ] || fail "the application (User=app) did not read its 0640 root:app config"
 [ "$(inside 'cat /etc/app/greeting')" = hello ] || fail "cat through the mount"
+[ "$(inside 'runuser -u nobody -- cat /etc/app/greeting')" = hello ] || fail "nobody cannot read a 0644 file"
+inside 'runuser -u nobody -- cat /etc/app/app.conf' 2>/dev/null && fail "nobody read a 0640 root:app file"
 # The old fstab form, through mount.fuse: kvfs#SOURCE with type fuse.
 inside 'mkdir -p /mnt/app && mount -t fuse "kvfs#http://127.0.0.1:7379/app" /mnt/app -o _netdev'
 [ "$(inside 'cat /mnt/app/greeting')" = hello ] || fail "the kvfs# form"

@@ -2,7 +2,7 @@
 # Runs every test of the workspace: unit tests, openraft's storage suite, and
 # the integration tests that start real kvd processes and real FUSE mounts.
 # Works on a fresh Debian 12 machine with the Rust toolchain: as root it
-# installs what the mount tests drive (fuse3, vim, rsync) and openssl; the
+# installs what the mount tests drive (fuse3, vim, rsync, nginx) and openssl; the
 # package test (tests/packages.sh) installs debootstrap, systemd-container,
 # lintian and mandoc.
 set -euo pipefail
@@ -14,13 +14,27 @@ command -v vim >/dev/null 2>&1 || need+=(vim-nox)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
 # The TLS tests make their certificates with openssl.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# A mount test runs its own nginx, whose workers read the mount as www-data.
+[ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: please install: ${need[*]}" >&2
         exit 1
     fi
+    # NOTE: installing nginx would start the system's nginx on port 80;
+    # policy-rc.d tells the package scripts not to start services.
+    made_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        made_policy=1
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    if [ -n "$made_policy" ]; then
+        rm -f /usr/sbin/policy-rc.d
+        trap - EXIT
+    fi
 fi
 
 # The integration tests run the binaries (and the fsync-fault library), so build them first.

@@ -21,7 +21,8 @@ pub struct GetArgs {
 
 /// `kvctl put KEY [VALUE|-]`
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  kvctl put app/port 8080\n  kvctl put app/cert.pem - < cert.pem")]
+#[command(after_help = "Examples:\n  kvctl put app/port 8080\n  kvctl put app/cert.pem - < cert.pem\n  \
+                  kvctl put app/db.password - --mode 0640 --gid \"$(getent group app | cut -d: -f3)\" < pw")]
 pub struct PutArgs {
     /// The key.
     key: String,
@@ -33,6 +34,24 @@ pub struct PutArgs {
     /// Only write if the key does not exist yet.
     #[arg(long)]
     create_only: bool,
+    /// Permission bits, in octal, that a kvfs mount enforces (default: the
+    /// key's current mode, 0644 for a new key).
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    mode: Option<u32>,
+    /// Owner's numeric user id (default: the key's current one, 0 for a new key).
+    #[arg(long, value_name = "UID")]
+    uid: Option<u32>,
+    /// Owner's numeric group id (default: the key's current one, 0 for a new key).
+    #[arg(long, value_name = "GID")]
+    gid: Option<u32>,
+}
+
+/// Octal permission bits, at most 7777.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s, 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(format!("{s:?} is not octal permission bits (0000 to 7777), e.g. 0640")),
+    }
 }
 
 /// `kvctl del KEY [--recursive]`
@@ -82,7 +101,8 @@ pub async fn put(client: &Client, a: PutArgs, fmt: Format) -> Result<(), Failure
         }
         Some(v) => v.as_bytes().to_vec(),
     };
-    let opts = PutOptions { if_match: a.if_revision, create_only: a.create_only, ..PutOptions::default() };
+    let attrs = kv_client::Attrs { mode: a.mode, uid: a.uid, gid: a.gid, ..Default::default() };
+    let opts = PutOptions { attrs, if_match: a.if_revision, create_only: a.create_only, ..PutOptions::default() };
     let r = client.put(&a.key, value, &opts).await?;
     match fmt {
         Format::Json => output::json(&r)?,

@@ -28,12 +28,19 @@ const INVAL_THREADS: usize = 4;
 /// The filesystem.
 pub struct KvFs {
     core: Arc<Core>,
+    no_open: bool,
 }
 
 impl KvFs {
-    /// A filesystem over a mount's core.
-    pub fn new(core: Arc<Core>) -> KvFs {
-        KvFs { core }
+    /// A filesystem over a mount's core. `everyone`: every local user may
+    /// use the mount (allow_other), as far as the kernel's mode checks let
+    /// them.
+    pub fn new(core: Arc<Core>, everyone: bool) -> KvFs {
+        // IMPORTANT: FUSE's no-open mode only where every user may use the
+        // mount: where only root and the owner may, fuser turns the others
+        // away by their OPENs, and lets READs that come without one through.
+        let no_open = core.read_only() && everyone;
+        KvFs { core, no_open }
     }
 }
 
@@ -271,7 +278,7 @@ impl Filesystem for KvFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if self.core.read_only() && flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
+        if self.no_open && flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
             // NOTE: FUSE's no-open mode: the kernel takes ENOSYS as success
             // and stops sending OPEN and RELEASE for this mount; reads come
             // with no handle and are served by inode, whose version never

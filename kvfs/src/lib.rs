@@ -21,7 +21,7 @@ mod tree;
 
 pub use crate::cluster::{Batch, Cluster, Events, Failure, Page};
 pub use crate::core::{
-    loaded, node_of, path_in, Core, Inval, InvalSink, Invalidate, Options, RenameMode, SetAttr, State,
+    loaded, node_of, path_in, AttrMap, Core, Inval, InvalSink, Invalidate, Options, RenameMode, SetAttr, State,
 };
 pub use crate::fake::FakeCluster;
 pub use crate::fs::{invalidator, Invalidator, KvFs};

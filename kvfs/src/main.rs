@@ -188,7 +188,8 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         .unwrap_or_else(|| default_dir("/run/kvfs", "XDG_RUNTIME_DIR", ".cache"))
         .join(format!("{}.status", escape(&inv.mountpoint)));
 
-    let opts = kvfs::Options { prefix: inv.prefix.clone(), ro: inv.ro, local: inv.local.clone() };
+    let opts =
+        kvfs::Options { prefix: inv.prefix.clone(), ro: inv.ro, local: inv.local.clone(), attr_map: inv.attr_map };
     // The kernel's side of invalidations exists once the session does.
     let notifier: Arc<OnceLock<fuser::Notifier>> = Arc::default();
     let n = notifier.clone();
@@ -236,7 +237,10 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     });
     sync.save_lkg();
 
-    let fs = KvFs::new(core.clone());
+    // SAFETY: geteuid cannot fail and touches no memory.
+    #[allow(unsafe_code)]
+    let access = inv.access(unsafe { libc::geteuid() } == 0);
+    let fs = KvFs::new(core.clone(), access.others);
     let mut config = fuser::Config::default();
     let mut mo = vec![
         MountOption::FSName(inv.source.clone()),
@@ -249,16 +253,28 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     if inv.ro {
         mo.push(MountOption::RO);
     }
-    if inv.default_permissions {
+    if access.default_permissions {
         mo.push(MountOption::DefaultPermissions);
+    } else if access.others {
+        tracing::warn!(
+            "nodefault_permissions with other users allowed: every local user may read and write every file"
+        );
     }
     config.mount_options = mo;
-    config.acl = if inv.allow_other { SessionACL::All } else { SessionACL::RootAndOwner };
+    // NOTE: the kernel knows only allow_other; "root and the owner" is
+    // fuser's check (and auto_unmount needs one of the two).
+    config.acl = if access.others { SessionACL::All } else { SessionACL::RootAndOwner };
     config.n_threads = Some(4);
     let session = Session::new(fs, &inv.mountpoint, &config)
         .with_context(|| format!("cannot mount at {} (is fuse3 installed?)", inv.mountpoint.display()))?;
     let mountpoint = inv.mountpoint.clone();
-    tracing::info!(source = %inv.source, mountpoint = %inv.mountpoint.display(), "mounted");
+    tracing::info!(
+        source = %inv.source,
+        mountpoint = %inv.mountpoint.display(),
+        other_users = access.others,
+        default_permissions = access.default_permissions,
+        "mounted"
+    );
     // IMPORTANT: written once the mount is live (a kvfs that fails to mount
     // over a live one leaves that one's file alone), and from here on,
     // however this function ends, the status file goes with it.

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use kvfs::AttrMap;
+
 /// Default names kept local to the mount: vim swap files, vim's write probe,
 /// backup files.
 pub const DEFAULT_LOCAL: &[&str] = &[".*.sw?", "4913", "*~"];
@@ -16,8 +18,17 @@ SOURCE is a client URL whose path is the key prefix, e.g. http://127.0.0.1:7379/
 
   -f                  stay in the foreground (otherwise return once mounted)
   -o ro               read-only mount
-  -o allow_other      let other users use the mount
-  -o default_permissions  let the kernel check permissions from the modes
+  -o allow_other      let other users use the mount (the default when root mounts)
+  -o allow_root       only root and the mounting user may use the mount
+  -o default_permissions  the kernel checks the stored modes and owners
+                      (the default whenever other users can use the mount)
+  -o nodefault_permissions  no mode checks: with allow_other, every local
+                      user may read and write every file the token reaches
+  -o uid=USER         show every entry as owned by USER (name or number)
+  -o gid=GROUP        show every entry as owned by GROUP (name or number)
+  -o umask=OCTAL      clear these bits of every stored mode (e.g. 027)
+  -o fmode=OCTAL      show every file with this mode
+  -o dmode=OCTAL      show every directory with this mode
   -o endpoints=URL+URL    more cluster members to fail over to
   -o local=GLOB:GLOB  names kept local to the mount (default .*.sw?:4913:*~)
   -o timeout=SECS     how long a write may wait for the cluster (default 5)
@@ -49,10 +60,12 @@ pub struct Invocation {
     pub mountpoint: PathBuf,
     /// Read-only.
     pub ro: bool,
-    /// allow_other.
-    pub allow_other: bool,
-    /// default_permissions.
-    pub default_permissions: bool,
+    /// Who may use the mount besides its owner (`None`: the default).
+    pub allow: Option<Allow>,
+    /// Whether the kernel checks modes (`None`: the default).
+    pub default_permissions: Option<bool>,
+    /// How stored owners and modes are shown.
+    pub attr_map: AttrMap,
     /// Names kept local.
     pub local: Vec<String>,
     /// Bound on waiting for the cluster.
@@ -65,6 +78,44 @@ pub struct Invocation {
     pub token_file: Option<PathBuf>,
     /// CA certificates for https:// endpoints.
     pub ca_file: Option<PathBuf>,
+}
+
+/// `allow_other` or `allow_root`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allow {
+    /// Every local user.
+    Other,
+    /// Root and the mounting user.
+    Root,
+}
+
+/// Who may use a mount, as the kernel is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// Users other than root and the mounting one may use it.
+    pub others: bool,
+    /// The kernel checks the stored modes and owners.
+    pub default_permissions: bool,
+}
+
+impl Invocation {
+    /// Who may use the mount. A mount made by root is for the services of
+    /// the host (nginx's workers, a unit with `User=`), so others may use it
+    /// unless `allow_root` says not; a user's own mount stays theirs unless
+    /// `allow_other` says so. The kernel checks modes unless
+    /// `nodefault_permissions` says not.
+    pub fn access(&self, root: bool) -> Access {
+        let others = match self.allow {
+            Some(Allow::Other) => true,
+            Some(Allow::Root) => false,
+            None => root,
+        };
+        // IMPORTANT: on by default even where only root and the owner may
+        // use the mount: the kernel is told allow_other then too (fuser
+        // turns those others away itself, but not their READs and
+        // READDIRs, which need no OPEN once the kernel skips OPEN).
+        Access { others, default_permissions: self.default_permissions.unwrap_or(true) }
+    }
 }
 
 /// What parsing decided.
@@ -106,8 +157,9 @@ pub fn parse(args: &[String], helper: bool) -> Result<Parsed, String> {
         source: source.clone(),
         mountpoint: PathBuf::from(mountpoint),
         ro: false,
-        allow_other: false,
-        default_permissions: false,
+        allow: None,
+        default_permissions: None,
+        attr_map: AttrMap::default(),
         local: DEFAULT_LOCAL.iter().map(|s| s.to_string()).collect(),
         timeout: Duration::from_secs(5),
         cache_dir: None,
@@ -117,11 +169,31 @@ pub fn parse(args: &[String], helper: bool) -> Result<Parsed, String> {
     };
     for o in opts.iter().filter(|o| !o.is_empty()) {
         let (k, v) = o.split_once('=').map_or((o.as_str(), None), |(k, v)| (k, Some(v)));
+        // NOTE: in both forms: mount(8)'s form ignores what it does not
+        // know, never a known option of the wrong shape (`allow_root=1`).
+        if FLAGS.contains(&k) && v.is_some() {
+            return Err(format!("{o}: {k} takes no value"));
+        }
+        if VALUED.contains(&k) && v.is_none() {
+            return Err(format!("{k} needs a value ({k}=...)"));
+        }
         match (k, v) {
             ("ro", None) => inv.ro = true,
             ("rw", None) => inv.ro = false,
-            ("allow_other", None) => inv.allow_other = true,
-            ("default_permissions", None) => inv.default_permissions = true,
+            ("allow_other" | "allow_root", None) => {
+                let a = if k == "allow_other" { Allow::Other } else { Allow::Root };
+                if inv.allow.is_some_and(|b| b != a) {
+                    return Err("allow_other and allow_root exclude each other".into());
+                }
+                inv.allow = Some(a);
+            }
+            ("default_permissions", None) => inv.default_permissions = Some(true),
+            ("nodefault_permissions", None) => inv.default_permissions = Some(false),
+            ("uid", Some(v)) => inv.attr_map.uid = Some(user_id(v)?),
+            ("gid", Some(v)) => inv.attr_map.gid = Some(group_id(v)?),
+            ("umask", Some(v)) => inv.attr_map.umask = octal(k, v, 0o777)?,
+            ("fmode", Some(v)) => inv.attr_map.fmode = Some(octal(k, v, 0o7777)?),
+            ("dmode", Some(v)) => inv.attr_map.dmode = Some(octal(k, v, 0o7777)?),
             ("endpoints", Some(v)) => {
                 for e in v.split(['+', ';']).filter(|e| !e.is_empty()) {
                     inv.endpoints.push(split_source(e)?.0);
@@ -145,12 +217,96 @@ pub fn parse(args: &[String], helper: bool) -> Result<Parsed, String> {
                 | "suid" | "nosuid" | "exec" | "noexec" | "atime" | "noatime" | "relatime" | "async",
                 None,
             ) => {}
-            (k, _) if k.starts_with("x-") || k.starts_with("comment=") => {}
+            (k, _) if k.starts_with("x-") || k == "comment" => {}
             _ if helper => {}
             _ => return Err(format!("unknown mount option {o:?}\n\n{USAGE}")),
         }
     }
     Ok(Parsed::Run(Box::new(inv)))
+}
+
+/// The options kvfs knows that take no value.
+const FLAGS: &[&str] = &["ro", "rw", "allow_other", "allow_root", "default_permissions", "nodefault_permissions"];
+/// The options kvfs knows that take one.
+const VALUED: &[&str] = &[
+    "uid",
+    "gid",
+    "umask",
+    "fmode",
+    "dmode",
+    "endpoints",
+    "local",
+    "timeout",
+    "cache_dir",
+    "status_dir",
+    "token_file",
+    "ca_file",
+];
+
+/// `KEY=VALUE` as octal bits, at most `max`.
+fn octal(k: &str, v: &str, max: u32) -> Result<u32, String> {
+    match u32::from_str_radix(v, 8) {
+        Ok(m) if m <= max => Ok(m),
+        _ => Err(format!("{k}={v}: expected octal permission bits up to {max:o}")),
+    }
+}
+
+/// A user name or number, as this host knows it.
+fn user_id(v: &str) -> Result<u32, String> {
+    let id = match v.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => nss_id(true, v).ok_or_else(|| format!("uid={v}: no such user on this host"))?,
+    };
+    // (u32::MAX is the kernel's "no id")
+    if id == u32::MAX {
+        return Err(format!("uid={v}: not a user id"));
+    }
+    Ok(id)
+}
+
+/// A group name or number, as this host knows it.
+fn group_id(v: &str) -> Result<u32, String> {
+    let id = match v.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => nss_id(false, v).ok_or_else(|| format!("gid={v}: no such group on this host"))?,
+    };
+    if id == u32::MAX {
+        return Err(format!("gid={v}: not a group id"));
+    }
+    Ok(id)
+}
+
+/// The id of a user (or group) name through the host's name service
+/// (getpwnam_r / getgrnam_r: files, LDAP, whatever nsswitch.conf says).
+#[allow(unsafe_code)]
+fn nss_id(user: bool, name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut size = 16 * 1024;
+    loop {
+        let mut buf = vec![0u8; size];
+        // SAFETY: the out-structs, the buffer and the result pointer outlive
+        // the calls, the buffer's length is passed with it, and the id is
+        // read only when the call returned 0 and a non-null result.
+        let (r, id) = unsafe {
+            if user {
+                let mut pw: libc::passwd = std::mem::zeroed();
+                let mut out: *mut libc::passwd = std::ptr::null_mut();
+                let r = libc::getpwnam_r(name.as_ptr(), &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut out);
+                (r, (r == 0 && !out.is_null()).then_some(pw.pw_uid))
+            } else {
+                let mut gr: libc::group = std::mem::zeroed();
+                let mut out: *mut libc::group = std::ptr::null_mut();
+                let r = libc::getgrnam_r(name.as_ptr(), &mut gr, buf.as_mut_ptr().cast(), buf.len(), &mut out);
+                (r, (r == 0 && !out.is_null()).then_some(gr.gr_gid))
+            }
+        };
+        // A group with many members needs a larger buffer.
+        if r == libc::ERANGE && size < 16 << 20 {
+            size *= 4;
+            continue;
+        }
+        return id;
+    }
 }
 
 /// Splits `http://host:port/a/b` into `http://host:port` and the prefix `a/b`.
@@ -191,7 +347,7 @@ mod tests {
     fn kvfs_form_with_options() {
         let i =
             run(parse(&args("-f -o ro,allow_other,timeout=2.5,local=*.tmp http://h:1/app/x /mnt"), false).expect("ok"));
-        assert!(i.foreground && i.ro && i.allow_other && !i.fake);
+        assert!(i.foreground && i.ro && i.allow == Some(Allow::Other) && !i.fake);
         assert_eq!((i.endpoints[0].as_str(), i.prefix.as_str()), ("http://h:1", "app/x"));
         assert_eq!(i.timeout, Duration::from_millis(2500));
         assert_eq!(i.local, vec!["*.tmp".to_owned()]);
@@ -220,6 +376,35 @@ mod tests {
         assert!(split_source("http://h:1/a//b").is_err());
         let i = run(parse(&args("-o endpoints=http://h:2+http://h:3 http://h:1/a /m"), false).expect("ok"));
         assert_eq!(i.endpoints, vec!["http://h:1", "http://h:2", "http://h:3"]);
+    }
+
+    #[test]
+    fn root_mounts_are_for_every_user_and_modes_are_checked_whenever_they_are() {
+        let access =
+            |o: &str, root| run(parse(&args(&format!("{o} http://h:1/a /m")), false).expect("ok")).access(root);
+        let a = |others, default_permissions| Access { others, default_permissions };
+        assert_eq!(access("", true), a(true, true));
+        assert_eq!(access("", false), a(false, true));
+        assert_eq!(access("-o allow_other", false), a(true, true));
+        assert_eq!(access("-o allow_root", true), a(false, true));
+        assert_eq!(access("-o allow_root,nodefault_permissions", true), a(false, false));
+        assert_eq!(access("-o nodefault_permissions", true), a(true, false));
+        assert!(parse(&args("-o allow_other,allow_root http://h:1 /m"), false).is_err());
+    }
+
+    #[test]
+    fn ownership_and_modes_are_mapped_by_name_or_number() {
+        let map = |o: &str| parse(&args(&format!("-o {o} http://h:1/a /m")), false).map(|p| run(p).attr_map);
+        let m = map("uid=root,gid=0,umask=027").expect("ok");
+        assert_eq!((m.uid, m.gid, m.umask, m.fmode, m.dmode), (Some(0), Some(0), 0o27, None, None));
+        let m = map("uid=1001,gid=4711,fmode=0640,dmode=2750").expect("ok");
+        assert_eq!((m.uid, m.gid, m.fmode, m.dmode), (Some(1001), Some(4711), Some(0o640), Some(0o2750)));
+        for bad in
+            ["uid=no-such-user-here", "gid=no-such-group-here", "umask=999", "umask=1777", "fmode=rw", "dmode=17777"]
+        {
+            let e = map(bad).expect_err(bad);
+            assert!(e.starts_with(bad.split('=').next().unwrap_or_default()), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -575,6 +575,9 @@ impl Mount {
     /// the mount is live.
     pub fn start(source: &str, opts: &[&str]) -> Mount {
         let tmp = tempfile::tempdir().expect("tempdir");
+        // Other users (the permission tests' services) may pass through to
+        // the mount point, and list nothing else here.
+        std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).expect("chmod");
         let dir = tmp.path().join("mnt");
         std::fs::create_dir(&dir).expect("mount dir");
         let mut m = Mount {
@@ -638,6 +641,14 @@ impl Mount {
     /// the mount and fails the test.
     pub fn sh(&self, script: &str) -> std::process::Output {
         run_sh(&self.dir, script, &self.dir)
+    }
+
+    /// Runs `sh -c script` in the mount as the user and group `who` (uid,
+    /// gid).
+    /// (A user the mount's root refuses gets that from the `cd`.)
+    pub fn sh_as(&self, who: (u32, u32), script: &str) -> std::process::Output {
+        let script = format!("cd '{}' && {script}", self.dir.display());
+        run_sh_as(Some(who), Path::new("/"), &script, &self.dir)
     }
 
     /// Like [`Mount::sh`], and asserts success.
@@ -706,7 +717,19 @@ impl Drop for Mount {
 /// Runs `sh -c script` in `cwd`; past [`SH_TIMEOUT`] the mount at `mnt` is
 /// aborted and the test fails instead of hanging.
 pub fn run_sh(cwd: &Path, script: &str, mnt: &Path) -> std::process::Output {
-    let mut child = Command::new("sh")
+    run_sh_as(None, cwd, script, mnt)
+}
+
+/// Like [`run_sh`], as the user and group `who` (uid, gid; no
+/// supplementary groups) when given.
+pub fn run_sh_as(who: Option<(u32, u32)>, cwd: &Path, script: &str, mnt: &Path) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("sh");
+    if let Some((uid, gid)) = who {
+        // NOTE: std drops the supplementary groups when root sets a uid.
+        cmd.uid(uid).gid(gid).env("HOME", "/");
+    }
+    let mut child = cmd
         .arg("-c")
         .arg(script)
         .current_dir(cwd)

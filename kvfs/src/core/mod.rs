@@ -81,6 +81,43 @@ pub struct Options {
     pub ro: bool,
     /// Globs of names that stay local (editor scratch files).
     pub local: Vec<String>,
+    /// How stored owners and modes are shown.
+    pub attr_map: AttrMap,
+}
+
+/// How the stored owners and modes are shown on this host (`-o uid=, gid=,
+/// umask=, fmode=, dmode=`), for fleets whose numeric ids differ between
+/// hosts. Only what the kernel is told changes: what is stored does not,
+/// and chmod and chown still store what they are given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttrMap {
+    /// Every entry's owner.
+    pub uid: Option<u32>,
+    /// Every entry's group.
+    pub gid: Option<u32>,
+    /// Bits cleared from every stored mode (files and directories).
+    pub umask: u32,
+    /// Every file's mode (over `umask`).
+    pub fmode: Option<u32>,
+    /// Every directory's mode (over `umask`).
+    pub dmode: Option<u32>,
+}
+
+impl AttrMap {
+    /// `a` as this host shows it. A symlink's mode means nothing and stays.
+    pub fn apply(&self, a: &mut FileAttr) {
+        a.uid = self.uid.unwrap_or(a.uid);
+        a.gid = self.gid.unwrap_or(a.gid);
+        let fixed = match a.kind {
+            FileType::RegularFile => self.fmode,
+            FileType::Directory => self.dmode,
+            _ => return,
+        };
+        a.perm = match fixed {
+            Some(m) => (m & 0o7777) as u16,
+            None => a.perm & !((self.umask & 0o777) as u16),
+        };
+    }
 }
 
 /// The mount.
@@ -123,12 +160,18 @@ pub fn file_type(k: Kind) -> FileType {
     }
 }
 
+/// Whether two versions of an entry let the same users in.
+pub fn same_access(a: &Meta, b: &Meta) -> bool {
+    (a.kind, a.mode & 0o7777, a.uid, a.gid) == (b.kind, b.mode & 0o7777, b.uid, b.gid)
+}
+
 /// Metadata of an entry made here, before the cluster numbers it.
 pub fn new_meta(kind: Kind, mode: u32, uid: u32, gid: u32) -> Meta {
     Meta { kind, mode, uid, gid, mtime_ns: now_ns(), create_revision: 0, mod_revision: 0, version: 0, size: 0 }
 }
 
-fn attr_of(ino: u64, meta: &Meta, size: u64) -> FileAttr {
+/// The attributes of an entry as stored.
+fn stored_attr(ino: u64, meta: &Meta, size: u64) -> FileAttr {
     let t = time_of(meta.mtime_ns);
     FileAttr {
         ino: INodeNo(ino),
@@ -287,14 +330,23 @@ impl Core {
         Ok(path)
     }
 
+    /// The attributes of an entry as this host shows them.
+    fn attr_of(&self, ino: u64, meta: &Meta, size: u64) -> FileAttr {
+        let mut a = stored_attr(ino, meta, size);
+        self.opts.attr_map.apply(&mut a);
+        a
+    }
+
     /// Attributes of an attached path.
     fn path_attr(&self, s: &State, path: &str, ino: u64) -> Result<FileAttr, Errno> {
         match s.tree.get(path) {
-            Some(n) => Ok(attr_of(ino, &n.meta, if n.meta.kind == Kind::Dir { 4096 } else { n.value.len() as u64 })),
+            Some(n) => {
+                Ok(self.attr_of(ino, &n.meta, if n.meta.kind == Kind::Dir { 4096 } else { n.value.len() as u64 }))
+            }
             None if s.tree.kind(path) == Some(Kind::Dir) => {
                 let mut m = new_meta(Kind::Dir, 0o755, 0, 0);
                 m.mtime_ns = self.started_ns;
-                Ok(attr_of(ino, &m, 4096))
+                Ok(self.attr_of(ino, &m, 4096))
             }
             None => Err(Errno::ENOENT),
         }
@@ -351,8 +403,8 @@ impl Core {
         let (path, node, attached) = Self::node_of_ino(&s, ino)?;
         match (attached, node) {
             (true, _) => self.path_attr(&s, &path, ino),
-            (false, Some(n)) => Ok(attr_of(ino, &n.meta, n.value.len() as u64)),
-            (false, None) => Ok(attr_of(ino, &new_meta(Kind::Dir, 0o755, 0, 0), 4096)),
+            (false, Some(n)) => Ok(self.attr_of(ino, &n.meta, n.value.len() as u64)),
+            (false, None) => Ok(self.attr_of(ino, &new_meta(Kind::Dir, 0o755, 0, 0), 4096)),
         }
     }
 
@@ -391,7 +443,12 @@ impl Core {
             // A writer edits what the name holds now, if the name still
             // stands for this file; a reader reads the inode's version.
             let node = match (writable, s.inodes.get(ino).map(|i| &i.binding)) {
-                (true, Some(Binding::Detached { gone: false, .. })) => s.tree.get(&path).cloned().or(node),
+                (true, Some(Binding::Detached { gone: false, .. })) => match (node, s.tree.get(&path)) {
+                    // IMPORTANT: the kernel checked the opener against this
+                    // version's mode and owner, not the name's file's.
+                    (Some(old), Some(now)) if !same_access(&old.meta, &now.meta) => return Err(Errno::ESTALE),
+                    (old, now) => now.cloned().or(old),
+                },
                 _ => node,
             };
             (path, node)

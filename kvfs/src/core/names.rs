@@ -6,7 +6,7 @@ use std::sync::Arc;
 use fuser::{Errno, FileAttr};
 use kv_client::{Attrs, Compare, EntryInfo, Kind, Meta, PutOptions, TxnOp, TxnRequest};
 
-use super::{new_meta, now_ns, Core};
+use super::{new_meta, now_ns, same_access, Core};
 use crate::handles::{Handle, Io, Writer};
 use crate::tree::{split, Node};
 
@@ -40,6 +40,16 @@ pub struct SetAttr {
     pub mtime: Option<i64>,
 }
 
+/// What CREATE answers for a name that exists (the kernel looked it up and
+/// found none, and it came from elsewhere since).
+///
+/// IMPORTANT: never an open of the existing file: the kernel checks no
+/// permission on a file CREATE opens (it made it, it thinks), so a user who
+/// may write the directory would get any file in it. ESTALE makes the
+/// kernel walk the path again, with a fresh LOOKUP, and open the file the
+/// usual way, checking its mode.
+pub const CREATED_ELSEWHERE: Errno = Errno::ESTALE;
+
 impl Core {
     /// CREATE: a new file lives in this mount until its first commit (so
     /// `cmd > new` publishes one revision, the full one); an existing name
@@ -58,7 +68,7 @@ impl Core {
             if flags & libc::O_EXCL != 0 {
                 return Err(Errno::EEXIST);
             }
-            return self.open_existing(&path, flags);
+            return Err(CREATED_ELSEWHERE);
         }
         let local = self.is_local(split(&path).1);
         if !local {
@@ -68,7 +78,7 @@ impl Core {
             }
             self.check_reachable()?;
         }
-        let meta = new_meta(Kind::File, mode & 0o7777, uid, gid);
+        let meta = self.new_entry_meta(&path, Kind::File, mode, (uid, gid))?;
         let attrs =
             Attrs { kind: None, mode: Some(meta.mode), uid: Some(meta.uid), gid: Some(meta.gid), mtime_ns: None };
         // IMPORTANT: O_EXCL is exclusive across mounts at open(), where a
@@ -84,10 +94,9 @@ impl Core {
         {
             let mut s = self.state_mut()?;
             if created.is_none() && s.tree.kind(&path).is_some() {
-                // The watch brought the name meanwhile: it is opened, not
-                // replaced by an empty file of this mount's.
-                drop(s);
-                return self.open_existing(&path, flags);
+                // The watch brought the name meanwhile: not replaced by an
+                // empty file of this mount's.
+                return Err(CREATED_ELSEWHERE);
             }
             let mut meta = meta;
             if let Some(rev) = created {
@@ -110,17 +119,21 @@ impl Core {
         Ok((attr, fh))
     }
 
-    /// CREATE of a name that exists: an OPEN; the lookup the reply hands
-    /// the kernel is counted only if the open succeeds.
-    fn open_existing(&self, path: &str, flags: i32) -> Result<(FileAttr, u64), Errno> {
-        let attr = self.entry(path)?;
-        match self.open(attr.ino.0, flags) {
-            Ok(fh) => Ok((attr, fh)),
-            Err(e) => {
-                self.forget(attr.ino.0, 1);
-                Err(e)
+    /// The metadata of a new entry at `path` made by `owner` (the caller's
+    /// uid and gid): a setgid directory hands down its group, and to a
+    /// directory its setgid bit too, as on any Unix filesystem.
+    fn new_entry_meta(&self, path: &str, kind: Kind, mode: u32, owner: (u32, u32)) -> Result<Meta, Errno> {
+        let (mut mode, mut gid) = (mode & 0o7777, owner.1);
+        let s = self.state()?;
+        if let Some(p) = s.tree.get(split(path).0).filter(|p| p.meta.kind == Kind::Dir) {
+            if p.meta.mode & libc::S_ISGID != 0 {
+                gid = p.meta.gid;
+                if kind == Kind::Dir {
+                    mode |= libc::S_ISGID;
+                }
             }
         }
+        Ok(new_meta(kind, mode, owner.0, gid))
     }
 
     /// mkdir, mknod, symlink: a whole new entry, written at once.
@@ -138,7 +151,7 @@ impl Core {
         if self.state()?.tree.kind(&path).is_some() {
             return Err(Errno::EEXIST);
         }
-        let meta = new_meta(kind, mode & 0o7777, owner.0, owner.1);
+        let meta = self.new_entry_meta(&path, kind, mode, owner)?;
         let opts = PutOptions {
             attrs: Attrs {
                 kind: Some(kind),
@@ -169,7 +182,27 @@ impl Core {
 
     /// SETATTR. A size change through a writable handle stays in its buffer;
     /// without one it is written at once.
-    pub fn setattr(&self, ino: u64, fh: Option<u64>, a: SetAttr) -> Result<FileAttr, Errno> {
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, mut a: SetAttr) -> Result<FileAttr, Errno> {
+        let owner_or_mode = a.mode.is_some() || a.uid.is_some() || a.gid.is_some();
+        if ino == crate::inodes::ROOT && owner_or_mode {
+            // The mount's root is the prefix, which no entry stores.
+            return Err(Errno::EPERM);
+        }
+        // What `-o uid=, gid=, fmode=, dmode=` shows is not stored: a chown
+        // to it (`cp -p`, `rsync -a`, `tar x` by its shown owner) would store
+        // this host's number for every host.
+        let map = self.opts.attr_map;
+        if owner_or_mode {
+            let kind = self.getattr(ino)?.kind;
+            a.uid = a.uid.filter(|_| map.uid.is_none());
+            a.gid = a.gid.filter(|_| map.gid.is_none());
+            let fixed = match kind {
+                fuser::FileType::RegularFile => map.fmode.is_some(),
+                fuser::FileType::Directory => map.dmode.is_some(),
+                _ => false,
+            };
+            a.mode = a.mode.filter(|_| !fixed);
+        }
         if let Some(size) = a.size {
             let in_handle = match fh {
                 Some(fh) => match self.handles()?.writer(fh) {
@@ -194,8 +227,14 @@ impl Core {
         let i = s.inodes.get(ino).ok_or(Errno::ENOENT)?;
         match &i.binding {
             crate::inodes::Binding::Attached => Ok(i.path.clone()),
-            crate::inodes::Binding::Detached { gone: false, .. } if s.inodes.attached(&i.path).is_none() => {
-                Ok(i.path.clone())
+            crate::inodes::Binding::Detached { gone: false, node } if s.inodes.attached(&i.path).is_none() => {
+                // IMPORTANT: the kernel checked the caller against this
+                // version's mode and owner: a change by inode goes to the
+                // name's file only if it has the same.
+                match (node, s.tree.get(&i.path)) {
+                    (Some(old), Some(now)) if !same_access(&old.meta, &now.meta) => Err(Errno::ESTALE),
+                    _ => Ok(i.path.clone()),
+                }
             }
             _ => Err(Errno::ESTALE),
         }

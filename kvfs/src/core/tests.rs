@@ -114,10 +114,18 @@ impl Mount {
         (ino, self.core.open(ino, flags).expect("open"))
     }
 
-    /// CREATE: (inode, handle).
+    /// open(O_CREAT) as the kernel does it: CREATE, and for a name that
+    /// exists a fresh LOOKUP and OPEN (the kernel sends CREATE only for a
+    /// name it found none of; ESTALE makes it walk again): (inode, handle).
     fn create(&self, name: &str, flags: i32) -> Result<(u64, u64), Errno> {
         let flags = flags | libc::O_CREAT | libc::O_WRONLY;
-        self.core.create(ROOT, OsStr::new(name), 0o644, flags, 0, 0).map(|(a, fh)| (a.ino.0, fh))
+        match self.core.create(ROOT, OsStr::new(name), 0o644, flags, 0, 0) {
+            Err(e) if e == super::names::CREATED_ELSEWHERE => {
+                let ino = self.ino(name)?;
+                Ok((ino, self.core.open(ino, flags & !libc::O_CREAT)?))
+            }
+            r => r.map(|(a, fh)| (a.ino.0, fh)),
+        }
     }
 
     /// A read(2) of the whole handle.
@@ -541,4 +549,130 @@ fn the_attrs_a_put_leaves_out_stay_as_they_were() {
     let a = mount(fake.clone());
     a.echo("f", "2").expect("echo");
     assert_eq!(fake.get(&key("f")).map(|e| e.meta.mode & 0o7777), Some(0o640));
+}
+
+#[test]
+fn a_setgid_directory_hands_its_group_down() {
+    let fake = fake();
+    let dir =
+        Attrs { kind: Some(kv_client::Kind::Dir), mode: Some(0o2775), uid: Some(0), gid: Some(4711), mtime_ns: None };
+    fake.put(&key("shared"), Vec::new(), &PutOptions { attrs: dir, ..PutOptions::default() }).expect("put");
+    let plain =
+        Attrs { kind: Some(kv_client::Kind::Dir), mode: Some(0o777), uid: Some(0), gid: Some(0), mtime_ns: None };
+    fake.put(&key("plain"), Vec::new(), &PutOptions { attrs: plain, ..PutOptions::default() }).expect("put");
+    let m = mount(fake.clone());
+    let shared = m.ino("shared").expect("shared");
+    let plain = m.ino("plain").expect("plain");
+    let meta = |name: &str| fake.get(&key(name)).expect(name).meta;
+
+    // A file made by uid 1000, gid 1000.
+    let (_, fh) = m.core.create(shared, OsStr::new("f"), 0o640, libc::O_CREAT | libc::O_WRONLY, 1000, 1000).expect("f");
+    m.core.write(fh, 0, b"x", Some(SHELL)).expect("write");
+    m.core.flush(fh, SHELL).expect("flush");
+    m.core.release(fh);
+    let f = meta("shared/f");
+    assert_eq!((f.uid, f.gid, f.mode & 0o7777), (1000, 4711, 0o640));
+    // A directory takes the group and the setgid bit.
+    m.core.new_child(shared, OsStr::new("d"), kv_client::Kind::Dir, 0o755, Vec::new(), (1000, 1000)).expect("mkdir");
+    let d = meta("shared/d");
+    assert_eq!((d.uid, d.gid, d.mode & 0o7777), (1000, 4711, 0o2755));
+    // Without setgid, the creator's group.
+    m.core.new_child(plain, OsStr::new("d"), kv_client::Kind::Dir, 0o755, Vec::new(), (1000, 1000)).expect("mkdir");
+    let d = meta("plain/d");
+    assert_eq!((d.uid, d.gid, d.mode & 0o7777), (1000, 1000, 0o755));
+}
+
+#[test]
+fn the_attribute_map_changes_what_is_shown_and_not_what_is_stored() {
+    use super::AttrMap;
+    let fake = fake();
+    let file = Attrs { mode: Some(0o664), uid: Some(0), gid: Some(0), ..Attrs::default() };
+    fake.put(&key("f"), b"x".to_vec(), &PutOptions { attrs: file, ..PutOptions::default() }).expect("put");
+    fake.put(&key("d/g"), b"y".to_vec(), &PutOptions::default()).expect("put");
+    fake.put(
+        &key("l"),
+        b"f".to_vec(),
+        &PutOptions {
+            attrs: Attrs { kind: Some(kv_client::Kind::Symlink), ..Attrs::default() },
+            ..PutOptions::default()
+        },
+    )
+    .expect("put");
+    let shown = |map: AttrMap| {
+        let (cursor, entries) = crate::sync::load(fake.as_ref(), PREFIX, path_of).expect("load");
+        let opts = Options { prefix: PREFIX.into(), attr_map: map, ..Options::default() };
+        let core = Core::new(fake.clone(), opts, loaded(entries, cursor), Box::new(Sent::default()));
+        ["f", "d", "l"].map(|n| {
+            let a = core.lookup(ROOT, OsStr::new(n)).expect(n);
+            (a.uid, a.gid, a.perm)
+        })
+    };
+    assert_eq!(shown(AttrMap::default()), [(0, 0, 0o664), (0, 0, 0o755), (0, 0, 0o777)]);
+    let ids = AttrMap { uid: Some(998), gid: Some(997), umask: 0o027, ..AttrMap::default() };
+    assert_eq!(shown(ids), [(998, 997, 0o640), (998, 997, 0o750), (998, 997, 0o777)]);
+    let fixed = AttrMap { fmode: Some(0o600), dmode: Some(0o700), umask: 0o077, ..AttrMap::default() };
+    assert_eq!(shown(fixed), [(0, 0, 0o600), (0, 0, 0o700), (0, 0, 0o777)]);
+    let f = fake.get(&key("f")).expect("f").meta;
+    assert_eq!((f.uid, f.gid, f.mode & 0o7777), (0, 0, 0o664));
+}
+
+#[test]
+fn an_old_version_whose_mode_or_owner_changed_opens_no_writer_and_takes_no_chmod() {
+    let fake = fake();
+    let open_to_all = Attrs { mode: Some(0o666), uid: Some(1000), gid: Some(1000), ..Attrs::default() };
+    fake.put(&key("f"), b"mine".to_vec(), &PutOptions { attrs: open_to_all, ..PutOptions::default() }).expect("put");
+    let a = mount(fake.clone());
+    // A user holds the file (the kernel let them in by this version's mode).
+    let old = a.ino("f").expect("lookup");
+    // Root replaces it elsewhere with a secret of its own.
+    let secret = Attrs { mode: Some(0o600), uid: Some(0), gid: Some(0), ..Attrs::default() };
+    fake.put(&key("f"), b"secret".to_vec(), &PutOptions { attrs: secret, ..PutOptions::default() }).expect("put");
+    catch_up(&a.core, &fake);
+    assert_ne!(a.ino("f"), Ok(old), "a new version, a new inode");
+    // Through the old inode (fchmod on a held fd, or /proc/self/fd/N
+    // opened again for writing): nothing reaches root's file.
+    assert_eq!(a.core.open(old, libc::O_RDWR), Err(Errno::ESTALE));
+    let chmod = SetAttr { mode: Some(0o666), ..SetAttr::default() };
+    assert_eq!(a.core.setattr(old, None, chmod).map(|_| ()), Err(Errno::ESTALE));
+    let truncate = SetAttr { size: Some(0), ..SetAttr::default() };
+    assert_eq!(a.core.setattr(old, None, truncate).map(|_| ()), Err(Errno::ESTALE));
+    let e = fake.get(&key("f")).expect("f");
+    assert_eq!((e.value_bytes(), e.meta.mode & 0o7777, e.meta.uid), (Some(b"secret".to_vec()), 0o600, 0));
+    // A content change that keeps mode and owner lets them on as before.
+    put(&fake, "f", "secret 2");
+    catch_up(&a.core, &fake);
+    let newer = a.ino("f").expect("lookup");
+    put(&fake, "f", "secret 3");
+    catch_up(&a.core, &fake);
+    let fh = a.core.open(newer, libc::O_RDWR).expect("same mode and owner: opened");
+    assert_eq!(a.read(newer, fh), b"secret 3".to_vec());
+    a.core.release(fh);
+}
+
+#[test]
+fn the_root_takes_no_chmod_and_a_mapped_owner_or_mode_is_not_stored() {
+    use super::AttrMap;
+    let fake = fake();
+    fake.put(&key("f"), b"x".to_vec(), &PutOptions::default()).expect("put");
+    fake.put(&key("d/g"), b"y".to_vec(), &PutOptions::default()).expect("put");
+    let a = mount(fake.clone());
+    let chmod = SetAttr { mode: Some(0o700), ..SetAttr::default() };
+    assert_eq!(a.core.setattr(ROOT, None, chmod).map(|_| ()), Err(Errno::EPERM));
+
+    let (cursor, entries) = crate::sync::load(fake.as_ref(), PREFIX, path_of).expect("load");
+    let map = AttrMap { uid: Some(998), gid: Some(997), fmode: Some(0o640), ..AttrMap::default() };
+    let opts = Options { prefix: PREFIX.into(), attr_map: map, ..Options::default() };
+    let core = Core::new(fake.clone(), opts, loaded(entries, cursor), Box::new(Sent::default()));
+    let f = core.lookup(ROOT, OsStr::new("f")).expect("f").ino.0;
+    let d = core.lookup(ROOT, OsStr::new("d")).expect("d").ino.0;
+    // `cp -p` by the shown owner: chown to what is shown, chmod of a file
+    // whose mode is fixed: accepted, nothing stored.
+    let cp = SetAttr { mode: Some(0o600), uid: Some(998), gid: Some(997), ..SetAttr::default() };
+    let shown = core.setattr(f, None, cp).expect("setattr");
+    assert_eq!((shown.uid, shown.gid, shown.perm), (998, 997, 0o640));
+    let m = fake.get(&key("f")).expect("f").meta;
+    assert_eq!((m.mode & 0o7777, m.uid, m.gid), (0o644, 0, 0));
+    // A directory's mode is not fixed here (no dmode): stored.
+    core.setattr(d, None, SetAttr { mode: Some(0o750), ..SetAttr::default() }).expect("chmod");
+    assert_eq!(fake.get(&key("d")).map(|e| e.meta.mode & 0o7777), Some(0o750));
 }

@@ -49,6 +49,34 @@ fn data_commands_work_end_to_end() {
 }
 
 #[test]
+fn put_sets_the_mode_and_owner_a_mount_enforces_and_keeps_them_on_rewrite() {
+    let k = Kvd::bootstrap(&[]);
+    let meta = |key: &str| {
+        let m = crate::mount::get(&k, key).expect(key).meta;
+        (m.mode & 0o7777, m.uid, m.gid)
+    };
+    let out = kvctl(&k, &["put", "app/db.password", "-", "--mode", "0640", "--gid", "4711"], Some(b"s3cret"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(meta("app/db.password"), (0o640, 0, 4711));
+    // A rewrite without them keeps them.
+    assert!(kvctl(&k, &["put", "app/db.password", "n3w"], None).status.success());
+    assert_eq!(meta("app/db.password"), (0o640, 0, 4711));
+    assert!(kvctl(&k, &["put", "app/db.password", "n3w", "--uid", "998", "--mode", "600"], None).status.success());
+    assert_eq!(meta("app/db.password"), (0o600, 998, 4711));
+    // Bad input: a usage error, and nothing written.
+    for bad in [["--mode", "0999"], ["--mode", "17777"], ["--mode", "rw"], ["--uid", "app"], ["--gid", "4294967296"]] {
+        let out = kvctl(&k, &["put", "app/other", "x", bad[0], bad[1]], None);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(bad[0]),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(crate::mount::get(&k, "app/other").is_none());
+}
+
+#[test]
 fn exit_codes_follow_the_contract() {
     let k = Kvd::bootstrap(&[]);
     assert_eq!(kvctl(&k, &["frobnicate"], None).status.code(), Some(2));

@@ -13,6 +13,7 @@ mod hostile;
 mod identity;
 mod kvctl;
 mod mount;
+mod permissions;
 mod powercut;
 mod readers;
 mod security;

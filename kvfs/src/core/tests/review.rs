@@ -316,7 +316,7 @@ fn getattr_through_a_writer_s_handle_reports_its_buffer_s_size() {
 }
 
 #[test]
-fn a_create_racing_the_watch_bringing_the_name_opens_the_existing_file() {
+fn a_create_racing_the_watch_bringing_the_name_is_sent_back_to_a_fresh_lookup() {
     let fake = fake();
     let hooked = Hooked::new(fake.clone());
     let a = mount(hooked.clone());
@@ -328,6 +328,12 @@ fn a_create_racing_the_watch_bringing_the_name_opens_the_existing_file() {
         put(&f2, "f", "theirs");
         catch_up(&core, &f2);
     });
+    // Never opened by CREATE, where the kernel checks no mode: the kernel
+    // walks again, and opens it the usual way.
+    let flags = libc::O_CREAT | libc::O_RDWR;
+    let r = a.core.create(ROOT, OsStr::new("f"), 0o644, flags, 0, 0).map(|(_, fh)| fh);
+    assert_eq!(r, Err(Errno::ESTALE));
+    assert_eq!(stored(&fake, "f"), Some(b"theirs".to_vec()));
     let (ino, fh) = a.create("f", 0).expect("create");
     assert_eq!(a.read(ino, fh), b"theirs".to_vec(), "the create replaced the file with an empty one");
     assert_eq!(a.core.flush(fh, SHELL), Ok(()));
