@@ -186,7 +186,7 @@ impl Filesystem for KvFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -202,7 +202,7 @@ impl Filesystem for KvFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let a = SetAttr { mode, uid, gid, size, mtime: mtime.map(ns_of) };
+        let a = SetAttr { caller: req.uid(), mode, uid, gid, size, mtime: mtime.map(ns_of) };
         match self.core.setattr(ino.0, fh.map(|f| f.0), a) {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),
@@ -277,7 +277,7 @@ impl Filesystem for KvFs {
         reply.error(Errno::EPERM);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if self.no_open && flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
             // NOTE: FUSE's no-open mode: the kernel takes ENOSYS as success
             // and stops sending OPEN and RELEASE for this mount; reads come
@@ -295,7 +295,7 @@ impl Filesystem for KvFs {
         if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
             o |= FopenFlags::FOPEN_NOFLUSH;
         }
-        match self.core.open(ino.0, flags.0) {
+        match self.core.open_as(ino.0, flags.0, req.uid()) {
             Ok(fh) => reply.opened(FileHandle(fh), o),
             Err(e) => reply.error(e),
         }
@@ -369,6 +369,8 @@ impl Filesystem for KvFs {
         // NOTE: FUSE's no-opendir mode would save two round trips per `ls`,
         // but fusermount3 then cannot tell a crashed kvfs (it opens the
         // mountpoint and unmounts only on ENOTCONN), and leaves a dead mount.
+        // (Nor could fuser then turn other users away from an allow_root
+        // mount: it refuses their OPENDIR, not their READDIR.)
         // The kernel keeps the listing in its page cache until this mount
         // or an invalidation (a change seen in the cluster) says otherwise.
         reply.opened(FileHandle(self.core.opendir()), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);

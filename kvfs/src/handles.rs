@@ -66,6 +66,8 @@ pub struct Writer {
     pub failed: Option<Errno>,
     /// Held across a commit, so commits of one handle run one at a time.
     pub commit_lock: Arc<Mutex<()>>,
+    /// The uid of the process that opened it (0: root).
+    pub opener: u32,
 }
 
 impl Writer {
@@ -83,6 +85,7 @@ impl Writer {
             gen: 0,
             failed: None,
             commit_lock: Arc::default(),
+            opener: 0,
         }
     }
 

@@ -160,6 +160,15 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     let token = match &inv.token_file {
         Some(p) => {
             let t = std::fs::read_to_string(p).with_context(|| format!("cannot read token_file {}", p.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            if std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o044 != 0) {
+                // NOTE: the modes keep other users out of the mount, not out
+                // of the cluster's API, which takes the token from anyone.
+                tracing::warn!(
+                    token_file = %p.display(),
+                    "the token file is readable by users other than its owner: they can read what the token reads through the API"
+                );
+            }
             Some(t.trim().to_owned()).filter(|t| !t.is_empty())
         }
         None => None,

@@ -102,19 +102,18 @@ impl Invocation {
     /// Who may use the mount. A mount made by root is for the services of
     /// the host (nginx's workers, a unit with `User=`), so others may use it
     /// unless `allow_root` says not; a user's own mount stays theirs unless
-    /// `allow_other` says so. The kernel checks modes unless
-    /// `nodefault_permissions` says not.
+    /// `allow_other` says so. Whenever others may use it, the kernel checks
+    /// modes unless `nodefault_permissions` says not.
     pub fn access(&self, root: bool) -> Access {
         let others = match self.allow {
             Some(Allow::Other) => true,
             Some(Allow::Root) => false,
             None => root,
         };
-        // IMPORTANT: on by default even where only root and the owner may
-        // use the mount: the kernel is told allow_other then too (fuser
-        // turns those others away itself, but not their READs and
-        // READDIRs, which need no OPEN once the kernel skips OPEN).
-        Access { others, default_permissions: self.default_permissions.unwrap_or(true) }
+        // NOTE: where only root and the owner may use the mount, fuser
+        // turns the others away by their LOOKUPs and OPENs, and the owner
+        // is held to what the mount's token allows, not to modes.
+        Access { others, default_permissions: self.default_permissions.unwrap_or(others) }
     }
 }
 
@@ -189,8 +188,8 @@ pub fn parse(args: &[String], helper: bool) -> Result<Parsed, String> {
             }
             ("default_permissions", None) => inv.default_permissions = Some(true),
             ("nodefault_permissions", None) => inv.default_permissions = Some(false),
-            ("uid", Some(v)) => inv.attr_map.uid = Some(user_id(v)?),
-            ("gid", Some(v)) => inv.attr_map.gid = Some(group_id(v)?),
+            ("uid", Some(v)) => inv.attr_map.uid = Some(owner_id(true, v)?),
+            ("gid", Some(v)) => inv.attr_map.gid = Some(owner_id(false, v)?),
             ("umask", Some(v)) => inv.attr_map.umask = octal(k, v, 0o777)?,
             ("fmode", Some(v)) => inv.attr_map.fmode = Some(octal(k, v, 0o7777)?),
             ("dmode", Some(v)) => inv.attr_map.dmode = Some(octal(k, v, 0o7777)?),
@@ -251,27 +250,16 @@ fn octal(k: &str, v: &str, max: u32) -> Result<u32, String> {
     }
 }
 
-/// A user name or number, as this host knows it.
-fn user_id(v: &str) -> Result<u32, String> {
+/// A user (`user`) or group name or number, as this host knows it.
+fn owner_id(user: bool, v: &str) -> Result<u32, String> {
+    let (key, what) = if user { ("uid", "user") } else { ("gid", "group") };
     let id = match v.parse::<u32>() {
         Ok(n) => n,
-        Err(_) => nss_id(true, v).ok_or_else(|| format!("uid={v}: no such user on this host"))?,
+        Err(_) => nss_id(user, v).ok_or_else(|| format!("{key}={v}: no such {what} on this host"))?,
     };
     // (u32::MAX is the kernel's "no id")
     if id == u32::MAX {
-        return Err(format!("uid={v}: not a user id"));
-    }
-    Ok(id)
-}
-
-/// A group name or number, as this host knows it.
-fn group_id(v: &str) -> Result<u32, String> {
-    let id = match v.parse::<u32>() {
-        Ok(n) => n,
-        Err(_) => nss_id(false, v).ok_or_else(|| format!("gid={v}: no such group on this host"))?,
-    };
-    if id == u32::MAX {
-        return Err(format!("gid={v}: not a group id"));
+        return Err(format!("{key}={v}: not a {what} id"));
     }
     Ok(id)
 }
@@ -384,10 +372,10 @@ mod tests {
             |o: &str, root| run(parse(&args(&format!("{o} http://h:1/a /m")), false).expect("ok")).access(root);
         let a = |others, default_permissions| Access { others, default_permissions };
         assert_eq!(access("", true), a(true, true));
-        assert_eq!(access("", false), a(false, true));
+        assert_eq!(access("", false), a(false, false));
         assert_eq!(access("-o allow_other", false), a(true, true));
-        assert_eq!(access("-o allow_root", true), a(false, true));
-        assert_eq!(access("-o allow_root,nodefault_permissions", true), a(false, false));
+        assert_eq!(access("-o allow_root", true), a(false, false));
+        assert_eq!(access("-o allow_root,default_permissions", true), a(false, true));
         assert_eq!(access("-o nodefault_permissions", true), a(true, false));
         assert!(parse(&args("-o allow_other,allow_root http://h:1 /m"), false).is_err());
     }

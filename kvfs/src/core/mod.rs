@@ -436,6 +436,11 @@ impl Core {
     /// OPEN: a reader gets the version the inode shows now, whole; a writer
     /// a buffer over the path's current value.
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+        self.open_as(ino, flags, 0)
+    }
+
+    /// OPEN by the process of uid `opener`.
+    pub fn open_as(&self, ino: u64, flags: i32, opener: u32) -> Result<u64, Errno> {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let (path, node) = {
             let s = self.state()?;
@@ -470,6 +475,7 @@ impl Core {
             w.base_rev = node.meta.mod_revision;
             w.replace |= node.provisional;
             w.append = flags & libc::O_APPEND != 0;
+            w.opener = opener;
             Io::Write(w)
         } else {
             Io::Read(node.value.clone())
@@ -591,7 +597,7 @@ impl Core {
     fn commit(&self, fh: u64) -> Result<Vec<Inval>, Errno> {
         let lock = self.handles()?.writer(fh)?.commit_lock.clone();
         let _serial = lock.lock().map_err(|_| Errno::EIO)?;
-        let (ino, data, opts, gen) = {
+        let (ino, data, opts, gen, opener) = {
             let mut hs = self.handles()?;
             let ino = hs.get(fh)?.ino;
             let w = hs.writer(fh)?;
@@ -607,7 +613,7 @@ impl Core {
                 create_only: false,
                 request_id: None,
             };
-            (ino, w.buf.clone(), opts, w.gen)
+            (ino, w.buf.clone(), opts, w.gen, w.opener)
         };
         let (path, node) = {
             let s = self.state()?;
@@ -617,7 +623,21 @@ impl Core {
             if matches!(i.binding, Binding::Detached { gone: true, .. }) {
                 return Ok(vec![]);
             }
-            (i.path.clone(), s.tree.get(&i.path).cloned())
+            let now = s.tree.get(&i.path).cloned();
+            // IMPORTANT: the kernel let this writer in by the mode and owner
+            // of the version it opened; a newer version with others (root's
+            // secret put over a file this user could write) is not theirs,
+            // unless they are root or its owner.
+            if let (Binding::Detached { node: Some(old), .. }, Some(now)) = (&i.binding, &now) {
+                if !same_access(&old.meta, &now.meta) && opener != 0 && opener != now.meta.uid {
+                    drop(s);
+                    if let Ok(w) = self.handles()?.writer(fh) {
+                        w.failed = Some(Errno::EACCES);
+                    }
+                    return Err(Errno::EACCES);
+                }
+            }
+            (i.path.clone(), now)
         };
         let Some(node) = node else { return Ok(vec![]) };
         let size = data.len() as u64;

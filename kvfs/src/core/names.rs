@@ -28,6 +28,8 @@ pub(super) fn put_op(key: String, n: &Node) -> TxnOp {
 /// What a SETATTR changes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SetAttr {
+    /// The uid of the process asking (0: root).
+    pub caller: u32,
     /// New permission bits.
     pub mode: Option<u32>,
     /// New owner.
@@ -112,6 +114,7 @@ impl Core {
         // Created: replaces whatever the name holds, for the handle's life.
         w.replace = true;
         w.append = flags & libc::O_APPEND != 0;
+        w.opener = uid;
         if created.is_none() {
             w.attrs = attrs;
         }
@@ -122,18 +125,29 @@ impl Core {
     /// The metadata of a new entry at `path` made by `owner` (the caller's
     /// uid and gid): a setgid directory hands down its group, and to a
     /// directory its setgid bit too, as on any Unix filesystem.
+    ///
+    /// On a mount that shows every entry as one user's (`-o uid=`, `gid=`),
+    /// the caller's number means nothing on other hosts: a new entry takes
+    /// its directory's stored owner (root's for an implied directory).
     fn new_entry_meta(&self, path: &str, kind: Kind, mode: u32, owner: (u32, u32)) -> Result<Meta, Errno> {
-        let (mut mode, mut gid) = (mode & 0o7777, owner.1);
+        let (mut mode, (mut uid, mut gid)) = (mode & 0o7777, owner);
         let s = self.state()?;
-        if let Some(p) = s.tree.get(split(path).0).filter(|p| p.meta.kind == Kind::Dir) {
-            if p.meta.mode & libc::S_ISGID != 0 {
-                gid = p.meta.gid;
-                if kind == Kind::Dir {
-                    mode |= libc::S_ISGID;
-                }
+        let parent = s.tree.get(split(path).0).filter(|p| p.meta.kind == Kind::Dir);
+        let (puid, pgid) = parent.map_or((0, 0), |p| (p.meta.uid, p.meta.gid));
+        if parent.is_some_and(|p| p.meta.mode & libc::S_ISGID != 0) {
+            gid = pgid;
+            if kind == Kind::Dir {
+                mode |= libc::S_ISGID;
             }
         }
-        Ok(new_meta(kind, mode, owner.0, gid))
+        let map = self.opts.attr_map;
+        if map.uid.is_some() {
+            uid = puid;
+        }
+        if map.gid.is_some() {
+            gid = pgid;
+        }
+        Ok(new_meta(kind, mode, uid, gid))
     }
 
     /// mkdir, mknod, symlink: a whole new entry, written at once.
@@ -183,25 +197,38 @@ impl Core {
     /// SETATTR. A size change through a writable handle stays in its buffer;
     /// without one it is written at once.
     pub fn setattr(&self, ino: u64, fh: Option<u64>, mut a: SetAttr) -> Result<FileAttr, Errno> {
-        let owner_or_mode = a.mode.is_some() || a.uid.is_some() || a.gid.is_some();
-        if ino == crate::inodes::ROOT && owner_or_mode {
-            // The mount's root is the prefix, which no entry stores.
-            return Err(Errno::EPERM);
-        }
-        // What `-o uid=, gid=, fmode=, dmode=` shows is not stored: a chown
-        // to it (`cp -p`, `rsync -a`, `tar x` by its shown owner) would store
-        // this host's number for every host.
-        let map = self.opts.attr_map;
-        if owner_or_mode {
-            let kind = self.getattr(ino)?.kind;
+        if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() {
+            let shown = self.getattr(ino)?;
+            // What `-o uid=, gid=, fmode=, dmode=` shows is not stored: a
+            // chown to it (`cp -p`, `rsync -a`, `tar x` by its shown owner)
+            // would store this host's number for every host.
+            let map = self.opts.attr_map;
             a.uid = a.uid.filter(|_| map.uid.is_none());
             a.gid = a.gid.filter(|_| map.gid.is_none());
-            let fixed = match kind {
+            let fixed = match shown.kind {
                 fuser::FileType::RegularFile => map.fmode.is_some(),
                 fuser::FileType::Directory => map.dmode.is_some(),
                 _ => false,
             };
             a.mode = a.mode.filter(|_| !fixed);
+            // NOTE: on a uid= mount every user it names owns every entry
+            // here; only root changes what every host sees.
+            // (The kernel's own clearing of set-id bits on a write is let be.)
+            let kills_setid = a.mode.is_some_and(|m| m & 0o7777 == u32::from(shown.perm) & !0o6000);
+            if a.mode.is_some() && map.uid.is_some() && a.caller != 0 && !kills_setid {
+                return Err(Errno::EPERM);
+            }
+            if ino == crate::inodes::ROOT {
+                // The mount's root is the prefix, which no entry stores: it
+                // keeps what it shows (`cp -a src/. /etc/app` sets that).
+                let same = a.mode.is_none_or(|m| m & 0o7777 == u32::from(shown.perm))
+                    && a.uid.is_none_or(|u| u == shown.uid)
+                    && a.gid.is_none_or(|g| g == shown.gid);
+                if !same {
+                    return Err(Errno::EPERM);
+                }
+                (a.mode, a.uid, a.gid) = (None, None, None);
+            }
         }
         if let Some(size) = a.size {
             let in_handle = match fh {
@@ -221,33 +248,37 @@ impl Core {
         self.getattr(ino)
     }
 
-    /// The attached path of `ino` (the name a change by inode goes to).
-    fn attached_path(&self, ino: u64) -> Result<String, Errno> {
+    /// The attached path of `ino` (the name a change by inode goes to), its
+    /// entry and its kind, as checked.
+    fn attached(&self, ino: u64) -> Result<(String, Option<Node>, Kind), Errno> {
         let s = self.state()?;
         let i = s.inodes.get(ino).ok_or(Errno::ENOENT)?;
+        let now = s.tree.get(&i.path);
         match &i.binding {
-            crate::inodes::Binding::Attached => Ok(i.path.clone()),
+            crate::inodes::Binding::Attached => {}
             crate::inodes::Binding::Detached { gone: false, node } if s.inodes.attached(&i.path).is_none() => {
                 // IMPORTANT: the kernel checked the caller against this
                 // version's mode and owner: a change by inode goes to the
                 // name's file only if it has the same.
-                match (node, s.tree.get(&i.path)) {
-                    (Some(old), Some(now)) if !same_access(&old.meta, &now.meta) => Err(Errno::ESTALE),
-                    _ => Ok(i.path.clone()),
+                if let (Some(old), Some(now)) = (node, now) {
+                    if !same_access(&old.meta, &now.meta) {
+                        return Err(Errno::ESTALE);
+                    }
                 }
             }
-            _ => Err(Errno::ESTALE),
+            _ => return Err(Errno::ESTALE),
         }
+        Ok((i.path.clone(), now.cloned(), s.tree.kind(&i.path).ok_or(Errno::ENOENT)?))
     }
 
     /// chmod, chown, utimens: stored in the entry.
     fn set_attrs(&self, ino: u64, a: SetAttr) -> Result<(), Errno> {
-        let path = self.attached_path(ino)?;
-        let mode = a.mode.map(|m| m & 0o7777);
-        let (node, kind) = {
-            let s = self.state()?;
-            (s.tree.get(&path).cloned(), s.tree.kind(&path).ok_or(Errno::ENOENT)?)
-        };
+        let (path, node, kind) = self.attached(ino)?;
+        // NOTE: the bits `-o umask=` hides are this host's to keep, not to
+        // clear: `chmod u+x` here leaves g+r where other hosts see it.
+        let umask = self.opts.attr_map.umask & 0o777;
+        let stored = node.as_ref().map_or(kind.default_mode(), |n| n.meta.mode);
+        let mode = a.mode.map(|m| (m & !umask | stored & umask) & 0o7777);
         let apply = |m: &mut Meta| {
             m.mode = mode.unwrap_or(m.mode);
             m.uid = a.uid.unwrap_or(m.uid);
@@ -337,8 +368,8 @@ impl Core {
 
     /// truncate(2) without an open handle: written at once.
     fn truncate_now(&self, ino: u64, size: u64) -> Result<(), Errno> {
-        let path = self.attached_path(ino)?;
-        let node = self.state()?.tree.get(&path).cloned().ok_or(Errno::ENOENT)?;
+        let (path, node, _) = self.attached(ino)?;
+        let node = node.ok_or(Errno::ENOENT)?;
         if node.meta.kind != Kind::File {
             return Err(Errno::EISDIR);
         }

@@ -622,31 +622,37 @@ fn an_old_version_whose_mode_or_owner_changed_opens_no_writer_and_takes_no_chmod
     let open_to_all = Attrs { mode: Some(0o666), uid: Some(1000), gid: Some(1000), ..Attrs::default() };
     fake.put(&key("f"), b"mine".to_vec(), &PutOptions { attrs: open_to_all, ..PutOptions::default() }).expect("put");
     let a = mount(fake.clone());
-    // A user holds the file (the kernel let them in by this version's mode).
+    // A user holds the file (the kernel let them in by this version's
+    // mode), one handle writing.
     let old = a.ino("f").expect("lookup");
+    let wfh = a.core.open_as(old, libc::O_WRONLY | libc::O_TRUNC, 1000).expect("open");
+    a.core.write(wfh, 0, b"overwritten", Some(SHELL)).expect("write");
     // Root replaces it elsewhere with a secret of its own.
     let secret = Attrs { mode: Some(0o600), uid: Some(0), gid: Some(0), ..Attrs::default() };
     fake.put(&key("f"), b"secret".to_vec(), &PutOptions { attrs: secret, ..PutOptions::default() }).expect("put");
     catch_up(&a.core, &fake);
-    assert_ne!(a.ino("f"), Ok(old), "a new version, a new inode");
-    // Through the old inode (fchmod on a held fd, or /proc/self/fd/N
-    // opened again for writing): nothing reaches root's file.
-    assert_eq!(a.core.open(old, libc::O_RDWR), Err(Errno::ESTALE));
+    // Through the old inode (fchmod on a held fd, /proc/self/fd/N opened
+    // again for writing, the writer's close): nothing reaches root's file.
+    // (No lookup of the name meanwhile: the old inode is the only one.)
     let chmod = SetAttr { mode: Some(0o666), ..SetAttr::default() };
     assert_eq!(a.core.setattr(old, None, chmod).map(|_| ()), Err(Errno::ESTALE));
     let truncate = SetAttr { size: Some(0), ..SetAttr::default() };
     assert_eq!(a.core.setattr(old, None, truncate).map(|_| ()), Err(Errno::ESTALE));
+    assert_eq!(a.core.open(old, libc::O_RDWR), Err(Errno::ESTALE));
+    assert_eq!(a.core.flush(wfh, SHELL), Err(Errno::EACCES));
+    a.core.release(wfh);
     let e = fake.get(&key("f")).expect("f");
     assert_eq!((e.value_bytes(), e.meta.mode & 0o7777, e.meta.uid), (Some(b"secret".to_vec()), 0o600, 0));
+
     // A content change that keeps mode and owner lets them on as before.
+    let newer = a.ino("f").expect("lookup");
     put(&fake, "f", "secret 2");
     catch_up(&a.core, &fake);
-    let newer = a.ino("f").expect("lookup");
-    put(&fake, "f", "secret 3");
-    catch_up(&a.core, &fake);
     let fh = a.core.open(newer, libc::O_RDWR).expect("same mode and owner: opened");
-    assert_eq!(a.read(newer, fh), b"secret 3".to_vec());
+    assert_eq!(a.read(newer, fh), b"secret 2".to_vec());
     a.core.release(fh);
+    a.core.setattr(newer, None, SetAttr { mode: Some(0o640), ..SetAttr::default() }).expect("chmod");
+    assert_eq!(fake.get(&key("f")).map(|e| e.meta.mode & 0o7777), Some(0o640));
 }
 
 #[test]
@@ -654,25 +660,53 @@ fn the_root_takes_no_chmod_and_a_mapped_owner_or_mode_is_not_stored() {
     use super::AttrMap;
     let fake = fake();
     fake.put(&key("f"), b"x".to_vec(), &PutOptions::default()).expect("put");
+    let dir = Attrs { kind: Some(kv_client::Kind::Dir), uid: Some(7), gid: Some(8), ..Attrs::default() };
+    fake.put(&key("d"), Vec::new(), &PutOptions { attrs: dir, ..PutOptions::default() }).expect("put");
     fake.put(&key("d/g"), b"y".to_vec(), &PutOptions::default()).expect("put");
     let a = mount(fake.clone());
-    let chmod = SetAttr { mode: Some(0o700), ..SetAttr::default() };
-    assert_eq!(a.core.setattr(ROOT, None, chmod).map(|_| ()), Err(Errno::EPERM));
+    let chmod = |mode| SetAttr { mode: Some(mode), ..SetAttr::default() };
+    assert_eq!(a.core.setattr(ROOT, None, chmod(0o700)).map(|_| ()), Err(Errno::EPERM));
+    // What it shows already (`cp -a src/. mnt/`): accepted.
+    let same = SetAttr { mode: Some(0o755), uid: Some(0), gid: Some(0), ..SetAttr::default() };
+    assert_eq!(a.core.setattr(ROOT, None, same).map(|a| a.perm), Ok(0o755));
 
-    let (cursor, entries) = crate::sync::load(fake.as_ref(), PREFIX, path_of).expect("load");
-    let map = AttrMap { uid: Some(998), gid: Some(997), fmode: Some(0o640), ..AttrMap::default() };
-    let opts = Options { prefix: PREFIX.into(), attr_map: map, ..Options::default() };
-    let core = Core::new(fake.clone(), opts, loaded(entries, cursor), Box::new(Sent::default()));
+    let with = |map: AttrMap| {
+        let (cursor, entries) = crate::sync::load(fake.as_ref(), PREFIX, path_of).expect("load");
+        let opts = Options { prefix: PREFIX.into(), attr_map: map, ..Options::default() };
+        Core::new(fake.clone(), opts, loaded(entries, cursor), Box::new(Sent::default()))
+    };
+    let meta = |k: &str| {
+        let m = fake.get(&key(k)).expect(k).meta;
+        (m.mode & 0o7777, m.uid, m.gid)
+    };
+    let core = with(AttrMap { uid: Some(998), gid: Some(997), fmode: Some(0o640), ..AttrMap::default() });
     let f = core.lookup(ROOT, OsStr::new("f")).expect("f").ino.0;
     let d = core.lookup(ROOT, OsStr::new("d")).expect("d").ino.0;
     // `cp -p` by the shown owner: chown to what is shown, chmod of a file
     // whose mode is fixed: accepted, nothing stored.
-    let cp = SetAttr { mode: Some(0o600), uid: Some(998), gid: Some(997), ..SetAttr::default() };
+    let cp = SetAttr { caller: 998, mode: Some(0o600), uid: Some(998), gid: Some(997), ..SetAttr::default() };
     let shown = core.setattr(f, None, cp).expect("setattr");
     assert_eq!((shown.uid, shown.gid, shown.perm), (998, 997, 0o640));
-    let m = fake.get(&key("f")).expect("f").meta;
-    assert_eq!((m.mode & 0o7777, m.uid, m.gid), (0o644, 0, 0));
-    // A directory's mode is not fixed here (no dmode): stored.
-    core.setattr(d, None, SetAttr { mode: Some(0o750), ..SetAttr::default() }).expect("chmod");
-    assert_eq!(fake.get(&key("d")).map(|e| e.meta.mode & 0o7777), Some(0o750));
+    assert_eq!(meta("f"), (0o644, 0, 0));
+    // A directory's mode is not fixed here, but only root changes it for
+    // every host.
+    let chmod_by = |caller, mode| SetAttr { caller, mode: Some(mode), ..SetAttr::default() };
+    assert_eq!(core.setattr(d, None, chmod_by(998, 0o777)).map(|_| ()), Err(Errno::EPERM));
+    core.setattr(d, None, chmod_by(0, 0o750)).expect("chmod by root");
+    assert_eq!(meta("d"), (0o750, 7, 8));
+    // The root: a chown is what the mapping shows, so nothing to refuse.
+    let chown = SetAttr { uid: Some(5), gid: Some(5), ..SetAttr::default() };
+    assert_eq!(core.setattr(ROOT, None, chown).map(|a| a.uid), Ok(998));
+    // A new entry takes its directory's stored owner, not the caller's
+    // number on this host.
+    core.new_child(d, OsStr::new("sub"), kv_client::Kind::Dir, 0o755, Vec::new(), (998, 997)).expect("mkdir");
+    assert_eq!(meta("d/sub"), (0o755, 7, 8));
+
+    // umask= hides bits this host may not clear: `chmod u+x` keeps g+r.
+    let core = with(AttrMap { umask: 0o077, ..AttrMap::default() });
+    let d = core.lookup(ROOT, OsStr::new("d")).expect("d").ino.0;
+    let g = core.lookup(d, OsStr::new("g")).expect("g").ino.0;
+    assert_eq!(core.getattr(g).map(|a| a.perm), Ok(0o600));
+    assert_eq!(core.setattr(g, None, chmod(0o700)).map(|a| a.perm), Ok(0o700));
+    assert_eq!(meta("d/g"), (0o744, 0, 0));
 }

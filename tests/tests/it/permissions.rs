@@ -140,20 +140,28 @@ fn a_service_reads_a_file_its_group_may_read_and_setgid_directories_hand_the_gro
 fn allow_root_keeps_others_out_and_nodefault_permissions_turns_the_checks_off() {
     let k = Kvd::bootstrap(&[]);
     crate::put_sync(&k, "app/public", "p");
+    put_mode(&k, "app/secret", "s", 0o600);
+    // (by absolute paths: whether nobody's `cd` is refused depends on what
+    // the kernel has cached of the root)
+    let refused_all = |m: &Mount, script: &str| {
+        let script = script.replace("DIR", &m.dir.display().to_string());
+        let out = kv_tests::run_sh_as(Some(NOBODY), Path::new("/"), &script, &m.dir);
+        assert!(!out.status.success() && out.stdout.is_empty(), "{script:?} through allow_root: {out:?}");
+    };
     let m = Mount::start(&format!("{}/app", k.url), &["allow_root"]);
-    assert_eq!(m.sh_ok("cat public"), "p");
-    refused(&m, NOBODY, "cat public", "Permission denied");
+    assert_eq!(m.sh_ok("cat public secret"), "ps");
+    for script in ["cat DIR/public", "cat DIR/secret", "ls DIR", "printf x >> DIR/public"] {
+        refused_all(&m, script);
+    }
     drop(m);
+    assert_eq!(text(&k, "app/public"), "p");
 
     // Read-only, where reads may come without an open: still root's alone,
     // after root has read (and the kernel has cached) everything.
-    put_mode(&k, "app/secret", "s", 0o600);
     let m = Mount::start(&format!("{}/app", k.url), &["ro", "allow_root"]);
     assert_eq!(m.sh_ok("cat public secret"), "ps");
-    let abs = m.dir.display().to_string();
-    for f in ["public", "secret"] {
-        let out = kv_tests::run_sh_as(Some(NOBODY), Path::new("/"), &format!("cat {abs}/{f}"), &m.dir);
-        assert!(!out.status.success() && out.stdout.is_empty(), "nobody read {f} through allow_root: {out:?}");
+    for script in ["cat DIR/public", "cat DIR/secret", "ls DIR"] {
+        refused_all(&m, script);
     }
     drop(m);
 
@@ -190,6 +198,13 @@ fn uid_gid_and_umask_change_what_this_host_shows_and_not_what_is_stored() {
     // stored (this host's number means nothing elsewhere).
     allowed(&m, NOBODY, &format!("chown nobody:{} conf", APP.1));
     m.sh_ok("chown 5:5 conf");
+    // The shown owner owns every entry here: only root changes modes for
+    // every host, and what it makes is stored as its directory's.
+    refused(&m, NOBODY, "chmod 666 conf", "Operation not permitted");
+    m.sh_ok("chmod 664 conf");
+    allowed(&m, NOBODY, "printf n > dir/new");
+    assert_eq!(stored(&k, "app/dir/new").1, 0);
+    m.sh_ok("chmod 644 conf");
     // What is stored is what was there.
     assert_eq!(stored(&k, "app/conf"), (0o644, 0, 0));
     drop(m);
@@ -352,7 +367,15 @@ fn the_token_decides_what_the_mount_sees_and_the_modes_which_user_sees_what() {
         let t = admin.create_token(&spec).await.expect("token").token;
         std::fs::write(&token_file, t).expect("token file");
     });
+    // A token file every user may read is one they may use: said at mount.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let m = Mount::start(&format!("{}/app", k.url), &[&format!("token_file={}", token_file.display())]);
+    assert!(m.log_text().contains("the token file is readable by users other than its owner"), "{}", m.log_text());
+    drop(m);
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let m = Mount::start(&format!("{}/app", k.url), &[&format!("token_file={}", token_file.display())]);
+    assert!(!m.log_text().contains("readable by users other than its owner"), "{}", m.log_text());
     // What the token may not read, no one on the host reads, root included.
     let out = m.sh("cat hidden/key");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
@@ -457,4 +480,101 @@ fn random_changes_of_modes_and_owners_hold_every_user_to_the_current_ones() {
             }
         }
     }
+}
+
+/// Runs `f` on a thread of its own whose filesystem ids are `who`'s: the
+/// kernel checks (and FUSE reports) that thread as that user.
+#[allow(unsafe_code)]
+fn on_thread_as<T: Send + 'static>(who: (u32, u32), f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: setfsgid/setfsuid change only this thread's filesystem
+        // ids (the raw syscalls); the thread ends with the closure.
+        unsafe {
+            libc::setfsgid(who.1);
+            libc::setfsuid(who.0);
+        }
+        f()
+    })
+    .join()
+    .expect("thread")
+}
+
+#[test]
+fn a_writer_let_in_by_an_old_version_cannot_close_over_a_new_owner_s_file() {
+    let k = Kvd::bootstrap(&[]);
+    let m = Mount::start(&format!("{}/app", k.url), &[]);
+    m.sh_ok("mkdir box && chmod 777 box && printf mine > box/f && chmod 666 box/f");
+    let path = m.dir.join("box/f");
+    let url = k.url.clone();
+    let (closed, opened_as) = on_thread_as(NOBODY, move || {
+        use std::os::unix::fs::MetadataExt;
+        // nobody may write the 0666 file, and opens it to replace it...
+        let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&path).expect("open as nobody");
+        let opened_as = std::fs::metadata(&path).map(|m| m.uid()).unwrap_or(u32::MAX);
+        f.write_all(b"pwn").expect("write");
+        // ...when root puts a secret of its own there from elsewhere.
+        let attrs = kv_client::Attrs { mode: Some(0o600), uid: Some(0), gid: Some(0), ..Default::default() };
+        let opts = kv_client::PutOptions { attrs, ..Default::default() };
+        let rt = tokio::runtime::Runtime::new().expect("rt");
+        let c = kv_client::Client::new(&[url]).expect("client");
+        rt.block_on(c.put("app/box/f", "secret".to_owned(), &opts)).expect("put");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(&path).map(|m| m.mode() & 0o7777).ok() != Some(0o600) {
+            assert!(Instant::now() < deadline, "the mount never showed the new version");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (kv_tests::close_checked(f).map_err(|e| e.raw_os_error()), opened_as)
+    });
+    assert_eq!(opened_as, 0, "the file was root's");
+    assert_eq!(closed, Err(Some(libc::EACCES)), "close() did not refuse");
+    assert_eq!(text(&k, "app/box/f"), "secret");
+    assert_eq!(stored(&k, "app/box/f"), (0o600, 0, 0));
+}
+
+#[test]
+fn opens_with_o_creat_racing_a_secret_s_creation_elsewhere_never_read_it() {
+    let k = Kvd::bootstrap(&[]);
+    let m = Mount::start(&format!("{}/app", k.url), &[]);
+    m.sh_ok("mkdir box && chmod 777 box");
+    let path = m.dir.join("box/s");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url, halt) = (k.url.clone(), stop.clone());
+    // Root, elsewhere: the secret appears and goes, over and over.
+    let root = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("rt");
+        let c = kv_client::Client::new(&[url]).expect("client");
+        let attrs = kv_client::Attrs { mode: Some(0o600), uid: Some(0), gid: Some(0), ..Default::default() };
+        let opts = kv_client::PutOptions { attrs, ..Default::default() };
+        let mut rounds = 0;
+        while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+            rt.block_on(c.put("app/box/s", "secret".to_owned(), &opts)).expect("put");
+            rt.block_on(c.delete("app/box/s", false, None)).expect("delete");
+            rounds += 1;
+        }
+        rounds
+    });
+    // nobody: open(O_CREAT|O_RDWR) and read, as fast as it can, for 3 s.
+    let seen = on_thread_as(NOBODY, move || {
+        let mut seen = std::collections::BTreeMap::<String, u32>::new();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            let what = match std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)
+            {
+                Ok(mut f) => {
+                    let mut s = String::new();
+                    let r = f.read_to_string(&mut s).map(|_| format!("read {s:?}"));
+                    drop(f);
+                    r.unwrap_or_else(|e| format!("read failed: {e}"))
+                }
+                Err(e) => format!("open: {:?}", e.kind()),
+            };
+            *seen.entry(what).or_default() += 1;
+        }
+        seen
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = root.join().expect("root");
+    println!("{rounds} rounds of the secret; nobody saw {seen:?}");
+    assert!(!seen.keys().any(|k| k.contains("secret")), "nobody read the secret: {seen:?}");
+    assert!(seen.keys().any(|k| k.starts_with("open: PermissionDenied")), "the race was never run: {seen:?}");
 }
