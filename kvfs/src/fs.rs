@@ -16,6 +16,7 @@ use fuser::{
 use kv_client::Kind;
 
 use crate::core::{now_ns, Core, Inval, Invalidate, RenameMode, SetAttr};
+use crate::handles::Caller;
 use crate::tree::join;
 
 /// How long the kernel may keep attributes and names: long, because every
@@ -24,6 +25,21 @@ const TTL: Duration = Duration::from_secs(3600);
 
 /// Threads that carry invalidations to the kernel.
 const INVAL_THREADS: usize = 4;
+
+/// Who sends `req`: its uid and gid, and the process's other groups (from
+/// /proc; none if it is gone).
+fn caller(req: &Request) -> Caller {
+    let mut gids = vec![req.gid()];
+    if req.uid() == 0 {
+        // (root's groups decide nothing)
+        return Caller { uid: 0, gids };
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", req.pid())).unwrap_or_default();
+    if let Some(groups) = status.lines().find_map(|l| l.strip_prefix("Groups:")) {
+        gids.extend(groups.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
+    }
+    Caller { uid: req.uid(), gids }
+}
 
 /// The filesystem.
 pub struct KvFs {
@@ -295,7 +311,8 @@ impl Filesystem for KvFs {
         if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
             o |= FopenFlags::FOPEN_NOFLUSH;
         }
-        match self.core.open_as(ino.0, flags.0, req.uid()) {
+        let who = if flags.0 & libc::O_ACCMODE == libc::O_RDONLY { Caller::default() } else { caller(req) };
+        match self.core.open_as(ino.0, flags.0, who) {
             Ok(fh) => reply.opened(FileHandle(fh), o),
             Err(e) => reply.error(e),
         }
@@ -471,7 +488,7 @@ impl Filesystem for KvFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.core.create(parent.0, name, mode & !umask, flags, req.uid(), req.gid()) {
+        match self.core.create_as(parent.0, name, mode & !umask, flags, caller(req)) {
             Ok((a, fh)) => reply.created(
                 &TTL,
                 &a,

@@ -66,8 +66,34 @@ pub struct Writer {
     pub failed: Option<Errno>,
     /// Held across a commit, so commits of one handle run one at a time.
     pub commit_lock: Arc<Mutex<()>>,
-    /// The uid of the process that opened it (0: root).
-    pub opener: u32,
+    /// Who opened it.
+    pub opener: Caller,
+}
+
+/// The user a request comes from, as the kernel checks it: uid, and the
+/// primary and supplementary gids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// User id (0: root).
+    pub uid: u32,
+    /// Group ids, the primary first.
+    pub gids: Vec<u32>,
+}
+
+impl Caller {
+    /// Whether POSIX's rule lets this user write a file shown as `a`.
+    pub fn may_write(&self, a: &fuser::FileAttr) -> bool {
+        let bit = if self.uid == 0 {
+            return true;
+        } else if self.uid == a.uid {
+            0o200
+        } else if self.gids.contains(&a.gid) {
+            0o020
+        } else {
+            0o002
+        };
+        a.perm & bit != 0
+    }
 }
 
 impl Writer {
@@ -85,7 +111,7 @@ impl Writer {
             gen: 0,
             failed: None,
             commit_lock: Arc::default(),
-            opener: 0,
+            opener: Caller::default(),
         }
     }
 

@@ -25,5 +25,6 @@ pub use crate::core::{
 };
 pub use crate::fake::FakeCluster;
 pub use crate::fs::{invalidator, Invalidator, KvFs};
+pub use crate::handles::Caller;
 pub use crate::remote::Remote;
 pub use crate::sync::{load, load_lkg, Status, Sync};

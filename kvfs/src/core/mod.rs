@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 use kv_client::{Kind, Meta, PutOptions};
 
-use crate::cluster::Cluster;
-use crate::handles::{Handle, Handles, Io, Writer};
+use crate::cluster::{Cluster, Failure};
+use crate::handles::{Caller, Handle, Handles, Io, Writer};
 use crate::inodes::{Binding, Inodes, ROOT};
 use crate::tree::{glob_match, join, split, Node, Tree};
 
@@ -54,6 +54,10 @@ pub trait Invalidate: Send + Sync {
 
 /// The invalidation sink of a mount.
 pub type InvalSink = Box<dyn Invalidate>;
+
+/// How long a close of a writer other than root waits for the watch to
+/// bring the version that won over the one it was checked against.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a close waits for the kernel to forget the name of the file it
 /// just wrote, so that the next open on this mount finds the new version.
@@ -158,11 +162,6 @@ pub fn file_type(k: Kind) -> FileType {
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
     }
-}
-
-/// Whether two versions of an entry let the same users in.
-pub fn same_access(a: &Meta, b: &Meta) -> bool {
-    (a.kind, a.mode & 0o7777, a.uid, a.gid) == (b.kind, b.mode & 0o7777, b.uid, b.gid)
 }
 
 /// Metadata of an entry made here, before the cluster numbers it.
@@ -330,6 +329,16 @@ impl Core {
         Ok(path)
     }
 
+    /// Whether two versions of an entry let the same users in here (as
+    /// this host shows them).
+    pub(crate) fn same_access(&self, a: &Meta, b: &Meta) -> bool {
+        let shown = |m: &Meta| {
+            let a = self.attr_of(0, m, 0);
+            (a.kind, a.perm, a.uid, a.gid)
+        };
+        shown(a) == shown(b)
+    }
+
     /// The attributes of an entry as this host shows them.
     fn attr_of(&self, ino: u64, meta: &Meta, size: u64) -> FileAttr {
         let mut a = stored_attr(ino, meta, size);
@@ -436,11 +445,12 @@ impl Core {
     /// OPEN: a reader gets the version the inode shows now, whole; a writer
     /// a buffer over the path's current value.
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
-        self.open_as(ino, flags, 0)
+        self.open_as(ino, flags, Caller::default())
     }
 
-    /// OPEN by the process of uid `opener`.
-    pub fn open_as(&self, ino: u64, flags: i32, opener: u32) -> Result<u64, Errno> {
+    /// OPEN by `opener` (the kernel has checked it against the inode's
+    /// mode and owner).
+    pub fn open_as(&self, ino: u64, flags: i32, opener: Caller) -> Result<u64, Errno> {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let (path, node) = {
             let s = self.state()?;
@@ -451,7 +461,7 @@ impl Core {
                 (true, Some(Binding::Detached { gone: false, .. })) => match (node, s.tree.get(&path)) {
                     // IMPORTANT: the kernel checked the opener against this
                     // version's mode and owner, not the name's file's.
-                    (Some(old), Some(now)) if !same_access(&old.meta, &now.meta) => return Err(Errno::ESTALE),
+                    (Some(old), Some(now)) if !self.same_access(&old.meta, &now.meta) => return Err(Errno::ESTALE),
                     (old, now) => now.cloned().or(old),
                 },
                 _ => node,
@@ -613,33 +623,62 @@ impl Core {
                 create_only: false,
                 request_id: None,
             };
-            (ino, w.buf.clone(), opts, w.gen, w.opener)
+            (ino, w.buf.clone(), opts, w.gen, w.opener.clone())
         };
-        let (path, node) = {
-            let s = self.state()?;
-            let Some(i) = s.inodes.get(ino) else { return Ok(vec![]) };
-            // Deleted (or renamed over) while open: the data goes nowhere,
-            // as on any filesystem.
-            if matches!(i.binding, Binding::Detached { gone: true, .. }) {
-                return Ok(vec![]);
-            }
-            let now = s.tree.get(&i.path).cloned();
-            // IMPORTANT: the kernel let this writer in by the mode and owner
-            // of the version it opened; a newer version with others (root's
-            // secret put over a file this user could write) is not theirs,
-            // unless they are root or its owner.
-            if let (Binding::Detached { node: Some(old), .. }, Some(now)) = (&i.binding, &now) {
-                if !same_access(&old.meta, &now.meta) && opener != 0 && opener != now.meta.uid {
-                    drop(s);
-                    if let Ok(w) = self.handles()?.writer(fh) {
-                        w.failed = Some(Errno::EACCES);
+        // IMPORTANT: a writer other than root puts only over the version it
+        // was checked against here: one that won in the cluster meanwhile
+        // (root's secret, put over a file this user could write) is checked
+        // once the watch brings it, and the put is tried again over it.
+        let guarded = opener.uid != 0 && opts.if_match.is_none();
+        let deadline = std::time::Instant::now() + CATCH_UP_WAIT;
+        let (path, node, rev) = loop {
+            let (path, node) = {
+                let s = self.state()?;
+                let Some(i) = s.inodes.get(ino) else { return Ok(vec![]) };
+                // Deleted (or renamed over) while open: the data goes
+                // nowhere, as on any filesystem.
+                if matches!(i.binding, Binding::Detached { gone: true, .. }) {
+                    return Ok(vec![]);
+                }
+                let now = s.tree.get(&i.path).cloned();
+                // IMPORTANT: the kernel let this writer in by the mode and
+                // owner of the version it opened; a newer version with
+                // others takes only a writer they would let in.
+                if let (Binding::Detached { node: Some(old), .. }, Some(now)) = (&i.binding, &now) {
+                    if !self.same_access(&old.meta, &now.meta) && !opener.may_write(&self.attr_of(0, &now.meta, 0)) {
+                        drop(s);
+                        if let Ok(w) = self.handles()?.writer(fh) {
+                            w.failed = Some(Errno::EACCES);
+                        }
+                        return Err(Errno::EACCES);
                     }
-                    return Err(Errno::EACCES);
+                }
+                (i.path.clone(), now)
+            };
+            let Some(node) = node else { return Ok(vec![]) };
+            if node.local {
+                break (path, node, 0);
+            }
+            let mut o = opts.clone();
+            if guarded {
+                if node.provisional {
+                    o.create_only = true;
+                } else {
+                    o.if_match = Some(node.meta.mod_revision);
                 }
             }
-            (i.path.clone(), now)
+            let failure = match self.cluster.put(&self.key(&path), data.clone(), &o) {
+                Ok(rev) => break (path, node, rev),
+                Err(Failure::Conflict) if guarded && self.wait_for_newer(&path, &node, deadline) => continue,
+                Err(f) => f,
+            };
+            // IMPORTANT: a failure close() reports is never applied later.
+            let e = failure.errno(Errno::EIO);
+            if let Ok(w) = self.handles()?.writer(fh) {
+                w.failed = Some(e);
+            }
+            return Err(e);
         };
-        let Some(node) = node else { return Ok(vec![]) };
         let size = data.len() as u64;
         let (rev, fresh) = if node.local {
             let mut n = node.clone();
@@ -648,18 +687,6 @@ impl Core {
             n.value = Arc::new(data);
             (0, n)
         } else {
-            let rev = match self.cluster.put(&self.key(&path), data.clone(), &opts) {
-                Ok(rev) => rev,
-                Err(f) => {
-                    // IMPORTANT: a failure close() reports is never applied
-                    // later.
-                    let e = f.errno(Errno::EIO);
-                    if let Ok(w) = self.handles()?.writer(fh) {
-                        w.failed = Some(e);
-                    }
-                    return Err(e);
-                }
-            };
             let mut meta = node.meta.clone();
             meta.kind = Kind::File;
             meta.mod_revision = rev;
@@ -713,6 +740,27 @@ impl Core {
         self.changed();
         self.handles()?.writer(fh)?.committed(rev, gen);
         Ok(wait)
+    }
+
+    /// Waits (until `deadline`) for the watch to bring a version of `path`
+    /// other than `seen`; whether it did.
+    fn wait_for_newer(&self, path: &str, seen: &Node, deadline: std::time::Instant) -> bool {
+        loop {
+            let newer = match self.state() {
+                Ok(s) => match s.tree.get(path) {
+                    None => true,
+                    Some(n) => n.meta.mod_revision != seen.meta.mod_revision || n.provisional != seen.provisional,
+                },
+                Err(_) => return false,
+            };
+            if newer {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// After this mount wrote `path` at `rev` through inode `ino`: if the

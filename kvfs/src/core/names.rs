@@ -6,8 +6,8 @@ use std::sync::Arc;
 use fuser::{Errno, FileAttr};
 use kv_client::{Attrs, Compare, EntryInfo, Kind, Meta, PutOptions, TxnOp, TxnRequest};
 
-use super::{new_meta, now_ns, same_access, Core};
-use crate::handles::{Handle, Io, Writer};
+use super::{new_meta, now_ns, Core};
+use crate::handles::{Caller, Handle, Io, Writer};
 use crate::tree::{split, Node};
 
 /// A put operation carrying a node's value and attributes.
@@ -53,9 +53,7 @@ pub struct SetAttr {
 pub const CREATED_ELSEWHERE: Errno = Errno::ESTALE;
 
 impl Core {
-    /// CREATE: a new file lives in this mount until its first commit (so
-    /// `cmd > new` publishes one revision, the full one); an existing name
-    /// opens like OPEN.
+    /// CREATE by `uid`, `gid` (with no other groups).
     pub fn create(
         &self,
         parent: u64,
@@ -65,6 +63,21 @@ impl Core {
         uid: u32,
         gid: u32,
     ) -> Result<(FileAttr, u64), Errno> {
+        self.create_as(parent, name, mode, flags, Caller { uid, gids: vec![gid] })
+    }
+
+    /// CREATE by `caller`, who owns the new file: it lives in this mount
+    /// until its first commit (so `cmd > new` publishes one revision, the
+    /// full one). A name that exists is [`CREATED_ELSEWHERE`].
+    pub fn create_as(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> Result<(FileAttr, u64), Errno> {
+        let (uid, gid) = (caller.uid, caller.gids.first().copied().unwrap_or(0));
         let path = self.child(parent, name)?;
         if self.state()?.tree.kind(&path).is_some() {
             if flags & libc::O_EXCL != 0 {
@@ -114,7 +127,7 @@ impl Core {
         // Created: replaces whatever the name holds, for the handle's life.
         w.replace = true;
         w.append = flags & libc::O_APPEND != 0;
-        w.opener = uid;
+        w.opener = caller;
         if created.is_none() {
             w.attrs = attrs;
         }
@@ -211,12 +224,21 @@ impl Core {
                 _ => false,
             };
             a.mode = a.mode.filter(|_| !fixed);
-            // NOTE: on a uid= mount every user it names owns every entry
-            // here; only root changes what every host sees.
-            // (The kernel's own clearing of set-id bits on a write is let be.)
-            let kills_setid = a.mode.is_some_and(|m| m & 0o7777 == u32::from(shown.perm) & !0o6000);
-            if a.mode.is_some() && map.uid.is_some() && a.caller != 0 && !kills_setid {
-                return Err(Errno::EPERM);
+            // NOTE: on a uid= mount the user it names owns every entry here;
+            // only root adds permission bits every host sees. Taking bits
+            // away (the kernel's own clearing of set-id bits on a write
+            // among them), and the mode of a file made here and not yet
+            // published (`install -m`, `cp -p`), are the owner's.
+            if let Some(m) = a.mode.filter(|_| map.uid.is_some() && a.caller != 0) {
+                let adds = m & 0o7777 & !u32::from(shown.perm) != 0;
+                let unpublished = {
+                    let s = self.state()?;
+                    let path = s.inodes.get(ino).map(|i| i.path.clone()).unwrap_or_default();
+                    s.tree.get(&path).is_some_and(|n| n.local || n.provisional)
+                };
+                if adds && !unpublished {
+                    return Err(Errno::EPERM);
+                }
             }
             if ino == crate::inodes::ROOT {
                 // The mount's root is the prefix, which no entry stores: it
@@ -261,7 +283,7 @@ impl Core {
                 // version's mode and owner: a change by inode goes to the
                 // name's file only if it has the same.
                 if let (Some(old), Some(now)) = (node, now) {
-                    if !same_access(&old.meta, &now.meta) {
+                    if !self.same_access(&old.meta, &now.meta) {
                         return Err(Errno::ESTALE);
                     }
                 }

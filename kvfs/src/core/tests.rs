@@ -625,7 +625,8 @@ fn an_old_version_whose_mode_or_owner_changed_opens_no_writer_and_takes_no_chmod
     // A user holds the file (the kernel let them in by this version's
     // mode), one handle writing.
     let old = a.ino("f").expect("lookup");
-    let wfh = a.core.open_as(old, libc::O_WRONLY | libc::O_TRUNC, 1000).expect("open");
+    let user = crate::handles::Caller { uid: 1000, gids: vec![1000] };
+    let wfh = a.core.open_as(old, libc::O_WRONLY | libc::O_TRUNC, user).expect("open");
     a.core.write(wfh, 0, b"overwritten", Some(SHELL)).expect("write");
     // Root replaces it elsewhere with a secret of its own.
     let secret = Attrs { mode: Some(0o600), uid: Some(0), gid: Some(0), ..Attrs::default() };
@@ -692,6 +693,9 @@ fn the_root_takes_no_chmod_and_a_mapped_owner_or_mode_is_not_stored() {
     // every host.
     let chmod_by = |caller, mode| SetAttr { caller, mode: Some(mode), ..SetAttr::default() };
     assert_eq!(core.setattr(d, None, chmod_by(998, 0o777)).map(|_| ()), Err(Errno::EPERM));
+    // Taking bits away is the shown owner's; adding them, root's.
+    core.setattr(d, None, chmod_by(998, 0o700)).expect("chmod go-rx");
+    assert_eq!(meta("d"), (0o700, 7, 8));
     core.setattr(d, None, chmod_by(0, 0o750)).expect("chmod by root");
     assert_eq!(meta("d"), (0o750, 7, 8));
     // The root: a chown is what the mapping shows, so nothing to refuse.

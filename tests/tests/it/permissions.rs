@@ -146,7 +146,10 @@ fn allow_root_keeps_others_out_and_nodefault_permissions_turns_the_checks_off() 
     let refused_all = |m: &Mount, script: &str| {
         let script = script.replace("DIR", &m.dir.display().to_string());
         let out = kv_tests::run_sh_as(Some(NOBODY), Path::new("/"), &script, &m.dir);
-        assert!(!out.status.success() && out.stdout.is_empty(), "{script:?} through allow_root: {out:?}");
+        let refused = String::from_utf8_lossy(&out.stderr).contains("Permission denied");
+        assert!(!out.status.success() && out.stdout.is_empty() && refused, "{script:?} through allow_root: {out:?}");
+        // ...by the mount, which still serves root.
+        assert_eq!(m.sh_ok("cat public"), "p");
     };
     let m = Mount::start(&format!("{}/app", k.url), &["allow_root"]);
     assert_eq!(m.sh_ok("cat public secret"), "ps");
@@ -201,10 +204,12 @@ fn uid_gid_and_umask_change_what_this_host_shows_and_not_what_is_stored() {
     // The shown owner owns every entry here: only root changes modes for
     // every host, and what it makes is stored as its directory's.
     refused(&m, NOBODY, "chmod 666 conf", "Operation not permitted");
-    m.sh_ok("chmod 664 conf");
     allowed(&m, NOBODY, "printf n > dir/new");
     assert_eq!(stored(&k, "app/dir/new").1, 0);
-    m.sh_ok("chmod 644 conf");
+    // Root's chmod is stored, with the bits umask= hides kept as stored.
+    m.sh_ok("chmod 600 conf");
+    assert_eq!(stored(&k, "app/conf"), (0o604, 0, 0));
+    m.sh_ok("chmod 640 conf");
     // What is stored is what was there.
     assert_eq!(stored(&k, "app/conf"), (0o644, 0, 0));
     drop(m);
@@ -487,12 +492,16 @@ fn random_changes_of_modes_and_owners_hold_every_user_to_the_current_ones() {
 #[allow(unsafe_code)]
 fn on_thread_as<T: Send + 'static>(who: (u32, u32), f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
-        // SAFETY: setfsgid/setfsuid change only this thread's filesystem
-        // ids (the raw syscalls); the thread ends with the closure.
-        unsafe {
+        // SAFETY: raw syscalls that change only this thread's groups and
+        // filesystem ids (glibc's setgroups would change every thread's);
+        // the thread ends with the closure.
+        let fsuid = unsafe {
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
             libc::setfsgid(who.1);
             libc::setfsuid(who.0);
-        }
+            libc::setfsuid(u32::MAX)
+        };
+        assert_eq!(fsuid as u32, who.0, "the thread's filesystem uid");
         f()
     })
     .join()
@@ -545,13 +554,20 @@ fn opens_with_o_creat_racing_a_secret_s_creation_elsewhere_never_read_it() {
         let c = kv_client::Client::new(&[url]).expect("client");
         let attrs = kv_client::Attrs { mode: Some(0o600), uid: Some(0), gid: Some(0), ..Default::default() };
         let opts = kv_client::PutOptions { attrs, ..Default::default() };
-        let mut rounds = 0;
+        let (mut rounds, mut replaced) = (0, Vec::new());
         while !halt.load(std::sync::atomic::Ordering::Relaxed) {
             rt.block_on(c.put("app/box/s", "secret".to_owned(), &opts)).expect("put");
+            // Nothing of nobody's may replace it (a file nobody created
+            // just before, closed just after).
+            if let Some(v) = rt.block_on(c.get("app/box/s")).expect("get") {
+                if v.value != "secret".as_bytes() || v.meta.uid != 0 {
+                    replaced.push(format!("{:?} uid {}", v.value, v.meta.uid));
+                }
+            }
             rt.block_on(c.delete("app/box/s", false, None)).expect("delete");
             rounds += 1;
         }
-        rounds
+        (rounds, replaced)
     });
     // nobody: open(O_CREAT|O_RDWR) and read, as fast as it can, for 3 s.
     let seen = on_thread_as(NOBODY, move || {
@@ -573,8 +589,9 @@ fn opens_with_o_creat_racing_a_secret_s_creation_elsewhere_never_read_it() {
         seen
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let rounds = root.join().expect("root");
+    let (rounds, replaced) = root.join().expect("root");
     println!("{rounds} rounds of the secret; nobody saw {seen:?}");
+    assert!(replaced.is_empty(), "nobody's file replaced root's secret: {replaced:?}");
     assert!(!seen.keys().any(|k| k.contains("secret")), "nobody read the secret: {seen:?}");
     assert!(seen.keys().any(|k| k.starts_with("open: PermissionDenied")), "the race was never run: {seen:?}");
 }

@@ -340,3 +340,53 @@ fn a_create_racing_the_watch_bringing_the_name_is_sent_back_to_a_fresh_lookup() 
     a.core.release(fh);
     assert_eq!((stored(&fake, "f"), a.cat("f")), (Some(b"theirs".to_vec()), Ok(b"theirs".to_vec())));
 }
+
+/// `f` as `mode` owned by `uid`:`gid`, from elsewhere.
+fn put_owned(fake: &FakeCluster, name: &str, value: &str, (mode, uid, gid): (u32, u32, u32)) {
+    let attrs = Attrs { mode: Some(mode), uid: Some(uid), gid: Some(gid), ..Attrs::default() };
+    fake.put(&key(name), value.as_bytes().to_vec(), &PutOptions { attrs, ..PutOptions::default() }).expect("put");
+}
+
+#[test]
+fn a_writer_other_than_root_puts_only_over_the_version_it_was_checked_against() {
+    let nobody = crate::handles::Caller { uid: 65534, gids: vec![65534] };
+    for (theirs, want) in [((0o600, 0, 0), ("secret", Err(Errno::EACCES))), ((0o666, 0, 0), ("pwn", Ok(())))] {
+        let fake = fake();
+        let hooked = Hooked::new(fake.clone());
+        put_owned(&fake, "f", "mine", (0o666, 0, 0));
+        let a = mount(hooked.clone());
+        let ino = a.ino("f").expect("lookup");
+        let fh = a.core.open_as(ino, libc::O_WRONLY | libc::O_TRUNC, nobody.clone()).expect("open");
+        a.core.write(fh, 0, b"pwn", Some(SHELL)).expect("write");
+        // Root's version is in the cluster; this mount has not seen it yet,
+        // and does once the close's put fails over it.
+        put_owned(&fake, "f", "secret", theirs);
+        let (core, f2) = (a.core.clone(), fake.clone());
+        hook(&hooked.after_put, move || catch_up(&core, &f2));
+        assert_eq!(a.core.flush(fh, SHELL), want.1, "over {theirs:?}");
+        a.core.release(fh);
+        assert_eq!(stored(&fake, "f"), Some(want.0.as_bytes().to_vec()), "over {theirs:?}");
+    }
+}
+
+#[test]
+fn a_group_member_s_writer_is_held_to_the_owner_s_chmod_only_where_it_takes_their_write() {
+    let member = crate::handles::Caller { uid: 1000, gids: vec![1000, 50] };
+    for (chmod, want) in [(0o775, Ok(())), (0o644, Err(Errno::EACCES))] {
+        let fake = fake();
+        put_owned(&fake, "f", "", (0o664, 0, 50));
+        let a = mount(fake.clone());
+        let ino = a.ino("f").expect("lookup");
+        let fh = a.core.open_as(ino, libc::O_WRONLY | libc::O_TRUNC, member.clone()).expect("open");
+        a.core.write(fh, 0, b"a", Some(SHELL)).expect("write");
+        assert_eq!(a.core.fsync(fh), Ok(()));
+        // The owner (root) chmods the file through this mount meanwhile.
+        let now = a.ino("f").expect("lookup");
+        a.core.setattr(now, None, SetAttr { mode: Some(chmod), ..SetAttr::default() }).expect("chmod");
+        a.core.write(fh, 1, b"b", Some(SHELL)).expect("write");
+        assert_eq!(a.core.flush(fh, SHELL), want, "after chmod {chmod:o}");
+        a.core.release(fh);
+        let want_value: &[u8] = if want.is_ok() { b"ab" } else { b"a" };
+        assert_eq!(stored(&fake, "f"), Some(want_value.to_vec()), "after chmod {chmod:o}");
+    }
+}
