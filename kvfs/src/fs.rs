@@ -27,36 +27,37 @@ const TTL: Duration = Duration::from_secs(3600);
 const INVAL_THREADS: usize = 4;
 
 /// Who sends `req`: its uid and gid, and the process's other groups (from
-/// /proc; none if it is gone).
-fn caller(req: &Request) -> Caller {
+/// /proc; none if it is gone). `held`: the kernel holds them to the modes.
+fn caller(req: &Request, held: bool) -> Caller {
     let mut gids = vec![req.gid()];
-    if req.uid() == 0 {
-        // (root's groups decide nothing)
-        return Caller { uid: 0, gids };
+    if req.uid() == 0 || !held {
+        // (their groups decide nothing)
+        return Caller { uid: req.uid(), gids, held };
     }
     let status = std::fs::read_to_string(format!("/proc/{}/status", req.pid())).unwrap_or_default();
     if let Some(groups) = status.lines().find_map(|l| l.strip_prefix("Groups:")) {
         gids.extend(groups.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
     }
-    Caller { uid: req.uid(), gids }
+    Caller { uid: req.uid(), gids, held }
 }
 
 /// The filesystem.
 pub struct KvFs {
     core: Arc<Core>,
     no_open: bool,
+    checks_modes: bool,
 }
 
 impl KvFs {
     /// A filesystem over a mount's core. `everyone`: every local user may
     /// use the mount (allow_other), as far as the kernel's mode checks let
-    /// them.
-    pub fn new(core: Arc<Core>, everyone: bool) -> KvFs {
+    /// them; `checks_modes`: the kernel checks them (default_permissions).
+    pub fn new(core: Arc<Core>, everyone: bool, checks_modes: bool) -> KvFs {
         // IMPORTANT: FUSE's no-open mode only where every user may use the
         // mount: where only root and the owner may, fuser turns the others
         // away by their OPENs, and lets READs that come without one through.
         let no_open = core.read_only() && everyone;
-        KvFs { core, no_open }
+        KvFs { core, no_open, checks_modes }
     }
 }
 
@@ -311,7 +312,8 @@ impl Filesystem for KvFs {
         if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
             o |= FopenFlags::FOPEN_NOFLUSH;
         }
-        let who = if flags.0 & libc::O_ACCMODE == libc::O_RDONLY { Caller::default() } else { caller(req) };
+        let reads = flags.0 & libc::O_ACCMODE == libc::O_RDONLY;
+        let who = if reads { Caller::default() } else { caller(req, self.checks_modes) };
         match self.core.open_as(ino.0, flags.0, who) {
             Ok(fh) => reply.opened(FileHandle(fh), o),
             Err(e) => reply.error(e),
@@ -488,7 +490,7 @@ impl Filesystem for KvFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.core.create_as(parent.0, name, mode & !umask, flags, caller(req)) {
+        match self.core.create_as(parent.0, name, mode & !umask, flags, caller(req, self.checks_modes)) {
             Ok((a, fh)) => reply.created(
                 &TTL,
                 &a,

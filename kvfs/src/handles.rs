@@ -68,6 +68,28 @@ pub struct Writer {
     pub commit_lock: Arc<Mutex<()>>,
     /// Who opened it.
     pub opener: Caller,
+    /// The attributes (as shown) the kernel let the opener in by.
+    pub checked: Option<Shown>,
+}
+
+/// What of an entry's attributes decides who may use it, as this host
+/// shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shown {
+    /// Its kind.
+    pub kind: fuser::FileType,
+    /// Its permission bits.
+    pub perm: u16,
+    /// Its owner.
+    pub uid: u32,
+    /// Its group.
+    pub gid: u32,
+}
+
+impl From<&fuser::FileAttr> for Shown {
+    fn from(a: &fuser::FileAttr) -> Shown {
+        Shown { kind: a.kind, perm: a.perm, uid: a.uid, gid: a.gid }
+    }
 }
 
 /// The user a request comes from, as the kernel checks it: uid, and the
@@ -78,12 +100,20 @@ pub struct Caller {
     pub uid: u32,
     /// Group ids, the primary first.
     pub gids: Vec<u32>,
+    /// The kernel holds this user to the modes (a mount with
+    /// default_permissions); kvfs then does too, where the kernel cannot.
+    pub held: bool,
 }
 
 impl Caller {
+    /// Whether kvfs holds this user to the modes.
+    pub fn is_held(&self) -> bool {
+        self.held && self.uid != 0
+    }
+
     /// Whether POSIX's rule lets this user write a file shown as `a`.
-    pub fn may_write(&self, a: &fuser::FileAttr) -> bool {
-        let bit = if self.uid == 0 {
+    pub fn may_write(&self, a: &Shown) -> bool {
+        let bit = if !self.is_held() {
             return true;
         } else if self.uid == a.uid {
             0o200
@@ -112,6 +142,7 @@ impl Writer {
             failed: None,
             commit_lock: Arc::default(),
             opener: Caller::default(),
+            checked: None,
         }
     }
 

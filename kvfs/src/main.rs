@@ -249,7 +249,7 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     // SAFETY: geteuid cannot fail and touches no memory.
     #[allow(unsafe_code)]
     let access = inv.access(unsafe { libc::geteuid() } == 0);
-    let fs = KvFs::new(core.clone(), access.others);
+    let fs = KvFs::new(core.clone(), access.others, access.default_permissions);
     let mut config = fuser::Config::default();
     let mut mo = vec![
         MountOption::FSName(inv.source.clone()),

@@ -22,7 +22,7 @@ use fuser::{Errno, FileAttr, FileType, INodeNo};
 use kv_client::{Kind, Meta, PutOptions};
 
 use crate::cluster::{Cluster, Failure};
-use crate::handles::{Caller, Handle, Handles, Io, Writer};
+use crate::handles::{Caller, Handle, Handles, Io, Shown, Writer};
 use crate::inodes::{Binding, Inodes, ROOT};
 use crate::tree::{glob_match, join, split, Node, Tree};
 
@@ -332,11 +332,12 @@ impl Core {
     /// Whether two versions of an entry let the same users in here (as
     /// this host shows them).
     pub(crate) fn same_access(&self, a: &Meta, b: &Meta) -> bool {
-        let shown = |m: &Meta| {
-            let a = self.attr_of(0, m, 0);
-            (a.kind, a.perm, a.uid, a.gid)
-        };
-        shown(a) == shown(b)
+        self.shown(a) == self.shown(b)
+    }
+
+    /// What of an entry decides who may use it, as this host shows it.
+    pub(crate) fn shown(&self, m: &Meta) -> Shown {
+        Shown::from(&self.attr_of(0, m, 0))
     }
 
     /// The attributes of an entry as this host shows them.
@@ -480,11 +481,18 @@ impl Core {
                 }
                 self.check_reachable()?;
             }
+            let shown = self.shown(&node.meta);
+            // (The kernel checked an attribute it had cached: a version that
+            // came since is checked here.)
+            if !opener.may_write(&shown) {
+                return Err(Errno::EACCES);
+            }
             let trunc = flags & libc::O_TRUNC != 0;
             let mut w = Writer::new(if trunc { Vec::new() } else { node.value.as_ref().clone() }, trunc, 0);
             w.base_rev = node.meta.mod_revision;
             w.replace |= node.provisional;
             w.append = flags & libc::O_APPEND != 0;
+            w.checked = Some(shown);
             w.opener = opener;
             Io::Write(w)
         } else {
@@ -607,7 +615,7 @@ impl Core {
     fn commit(&self, fh: u64) -> Result<Vec<Inval>, Errno> {
         let lock = self.handles()?.writer(fh)?.commit_lock.clone();
         let _serial = lock.lock().map_err(|_| Errno::EIO)?;
-        let (ino, data, opts, gen, opener) = {
+        let (ino, data, opts, gen, opener, checked) = {
             let mut hs = self.handles()?;
             let ino = hs.get(fh)?.ino;
             let w = hs.writer(fh)?;
@@ -623,13 +631,13 @@ impl Core {
                 create_only: false,
                 request_id: None,
             };
-            (ino, w.buf.clone(), opts, w.gen, w.opener.clone())
+            (ino, w.buf.clone(), opts, w.gen, w.opener.clone(), w.checked)
         };
         // IMPORTANT: a writer other than root puts only over the version it
         // was checked against here: one that won in the cluster meanwhile
         // (root's secret, put over a file this user could write) is checked
         // once the watch brings it, and the put is tried again over it.
-        let guarded = opener.uid != 0 && opts.if_match.is_none();
+        let guarded = opener.is_held() && opts.if_match.is_none();
         let deadline = std::time::Instant::now() + CATCH_UP_WAIT;
         let (path, node, rev) = loop {
             let (path, node) = {
@@ -642,10 +650,12 @@ impl Core {
                 }
                 let now = s.tree.get(&i.path).cloned();
                 // IMPORTANT: the kernel let this writer in by the mode and
-                // owner of the version it opened; a newer version with
-                // others takes only a writer they would let in.
-                if let (Binding::Detached { node: Some(old), .. }, Some(now)) = (&i.binding, &now) {
-                    if !self.same_access(&old.meta, &now.meta) && !opener.may_write(&self.attr_of(0, &now.meta, 0)) {
+                // owner it checked at open; a version with others (a chmod
+                // or chown since, or root's secret put over the file) takes
+                // only a writer they would let in.
+                if let (Some(checked), Some(now)) = (&checked, &now) {
+                    let shown = self.shown(&now.meta);
+                    if *checked != shown && !opener.may_write(&shown) {
                         drop(s);
                         if let Ok(w) = self.handles()?.writer(fh) {
                             w.failed = Some(Errno::EACCES);
@@ -665,11 +675,21 @@ impl Core {
                     o.create_only = true;
                 } else {
                     o.if_match = Some(node.meta.mod_revision);
+                    // A created file's owner and mode are not put over
+                    // someone else's version: O_CREAT of an existing file
+                    // keeps its owner.
+                    (o.attrs.mode, o.attrs.uid, o.attrs.gid) = (None, None, None);
                 }
             }
             let failure = match self.cluster.put(&self.key(&path), data.clone(), &o) {
                 Ok(rev) => break (path, node, rev),
-                Err(Failure::Conflict) if guarded && self.wait_for_newer(&path, &node, deadline) => continue,
+                Err(Failure::Conflict)
+                    if guarded
+                        && std::time::Instant::now() < deadline
+                        && self.wait_for_newer(&path, &node, deadline) =>
+                {
+                    continue
+                }
                 Err(f) => f,
             };
             // IMPORTANT: a failure close() reports is never applied later.

@@ -53,7 +53,7 @@ pub struct SetAttr {
 pub const CREATED_ELSEWHERE: Errno = Errno::ESTALE;
 
 impl Core {
-    /// CREATE by `uid`, `gid` (with no other groups).
+    /// CREATE by `uid`, `gid` (with no other groups), held to the modes.
     pub fn create(
         &self,
         parent: u64,
@@ -63,7 +63,7 @@ impl Core {
         uid: u32,
         gid: u32,
     ) -> Result<(FileAttr, u64), Errno> {
-        self.create_as(parent, name, mode, flags, Caller { uid, gids: vec![gid] })
+        self.create_as(parent, name, mode, flags, Caller { uid, gids: vec![gid], held: true })
     }
 
     /// CREATE by `caller`, who owns the new file: it lives in this mount
@@ -127,6 +127,7 @@ impl Core {
         // Created: replaces whatever the name holds, for the handle's life.
         w.replace = true;
         w.append = flags & libc::O_APPEND != 0;
+        w.checked = Some(crate::handles::Shown::from(&attr));
         w.opener = caller;
         if created.is_none() {
             w.attrs = attrs;
@@ -321,7 +322,8 @@ impl Core {
                 w.attrs.gid = a.gid.or(w.attrs.gid);
                 w.attrs.mtime_ns = a.mtime.or(w.attrs.mtime_ns);
             }
-            return Ok(());
+            drop(hs);
+            return self.recheck_writers(&path, a.caller);
         }
         self.writable()?;
         let key = self.key(&path);
@@ -366,7 +368,7 @@ impl Core {
         {
             let mut s = self.state_mut()?;
             if !s.tree.knows_newer(&path, resp.revision) {
-                s.tree.insert(path, n);
+                s.tree.insert(path.clone(), n);
             }
         }
         // The content did not change: writers of it go on editing it, and
@@ -385,6 +387,25 @@ impl Core {
             }
         }
         self.changed();
+        self.recheck_writers(&path, a.caller)
+    }
+
+    /// After `by` changed the mode or owner of `path` here: their own
+    /// writers of it (`cp -p`'s fchmod before its close) are held to what
+    /// they made it.
+    fn recheck_writers(&self, path: &str, by: u32) -> Result<(), Errno> {
+        let (versions, shown) = {
+            let s = self.state()?;
+            let shown = s.tree.get(path).map(|n| self.shown(&n.meta));
+            (s.inodes.versions_of(path), shown)
+        };
+        let Some(shown) = shown else { return Ok(()) };
+        let mut hs = self.handles()?;
+        for v in versions {
+            for (_, w) in hs.writers_on(v).filter(|(_, w)| w.opener.uid == by) {
+                w.checked = Some(shown);
+            }
+        }
         Ok(())
     }
 

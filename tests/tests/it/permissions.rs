@@ -84,6 +84,9 @@ fn a_root_mount_serves_other_users_as_the_modes_allow() {
     refused(&m, NOBODY, "chown 65534 public", "Operation not permitted");
     refused(&m, NOBODY, "chown 0 box/mine", "Operation not permitted");
     refused(&m, (1000, 1000), "cat box/mine", "Permission denied");
+    // `cp -p` of a read-only file over one's own (write, fchmod, close).
+    allowed(&m, NOBODY, "printf s > box/src && chmod 444 box/src && printf d > box/dst && cp -p box/src box/dst");
+    assert_eq!((text(&k, "app/box/dst").as_str(), stored(&k, "app/box/dst")), ("s", (0o444, NOBODY.0, NOBODY.1)));
     // A write by someone the mode lets write leaves the owner alone.
     m.sh_ok("printf r > box/shared && chmod 666 box/shared");
     allowed(&m, NOBODY, "printf n > box/shared");

@@ -349,7 +349,7 @@ fn put_owned(fake: &FakeCluster, name: &str, value: &str, (mode, uid, gid): (u32
 
 #[test]
 fn a_writer_other_than_root_puts_only_over_the_version_it_was_checked_against() {
-    let nobody = crate::handles::Caller { uid: 65534, gids: vec![65534] };
+    let nobody = crate::handles::Caller { uid: 65534, gids: vec![65534], held: true };
     for (theirs, want) in [((0o600, 0, 0), ("secret", Err(Errno::EACCES))), ((0o666, 0, 0), ("pwn", Ok(())))] {
         let fake = fake();
         let hooked = Hooked::new(fake.clone());
@@ -371,22 +371,80 @@ fn a_writer_other_than_root_puts_only_over_the_version_it_was_checked_against() 
 
 #[test]
 fn a_group_member_s_writer_is_held_to_the_owner_s_chmod_only_where_it_takes_their_write() {
-    let member = crate::handles::Caller { uid: 1000, gids: vec![1000, 50] };
-    for (chmod, want) in [(0o775, Ok(())), (0o644, Err(Errno::EACCES))] {
+    let member = crate::handles::Caller { uid: 1000, gids: vec![1000, 50], held: true };
+    let cases = [(0o775, Ok(())), (0o644, Err(Errno::EACCES))];
+    for ((chmod, want), fsync) in cases.iter().flat_map(|c| [(*c, true), (*c, false)]) {
         let fake = fake();
         put_owned(&fake, "f", "", (0o664, 0, 50));
         let a = mount(fake.clone());
         let ino = a.ino("f").expect("lookup");
         let fh = a.core.open_as(ino, libc::O_WRONLY | libc::O_TRUNC, member.clone()).expect("open");
         a.core.write(fh, 0, b"a", Some(SHELL)).expect("write");
-        assert_eq!(a.core.fsync(fh), Ok(()));
+        // (an fsync leaves the writer on an older version of the file)
+        if fsync {
+            assert_eq!(a.core.fsync(fh), Ok(()));
+        }
         // The owner (root) chmods the file through this mount meanwhile.
         let now = a.ino("f").expect("lookup");
         a.core.setattr(now, None, SetAttr { mode: Some(chmod), ..SetAttr::default() }).expect("chmod");
         a.core.write(fh, 1, b"b", Some(SHELL)).expect("write");
         assert_eq!(a.core.flush(fh, SHELL), want, "after chmod {chmod:o}");
         a.core.release(fh);
-        let want_value: &[u8] = if want.is_ok() { b"ab" } else { b"a" };
-        assert_eq!(stored(&fake, "f"), Some(want_value.to_vec()), "after chmod {chmod:o}");
+        let want_value: &[u8] = match (want.is_ok(), fsync) {
+            (true, _) => b"ab",
+            (false, true) => b"a",
+            (false, false) => b"",
+        };
+        assert_eq!(stored(&fake, "f"), Some(want_value.to_vec()), "after chmod {chmod:o}, fsync {fsync}");
     }
+}
+
+#[test]
+fn a_file_created_here_over_a_version_that_won_elsewhere_keeps_its_owner() {
+    let nobody = crate::handles::Caller { uid: 65534, gids: vec![65534], held: true };
+    let fake = fake();
+    let hooked = Hooked::new(fake.clone());
+    let a = mount(hooked.clone());
+    let flags = libc::O_CREAT | libc::O_WRONLY;
+    let (attr, fh) = a.core.create_as(ROOT, OsStr::new("s"), 0o644, flags, nobody).expect("create");
+    assert_eq!(attr.uid, 65534);
+    a.core.write(fh, 0, b"mine", Some(SHELL)).expect("write");
+    // Alice's file, which everyone may write, won the name meanwhile.
+    put_owned(&fake, "s", "alice's", (0o666, 1001, 1001));
+    let (core, f2) = (a.core.clone(), fake.clone());
+    hook(&hooked.after_put, move || catch_up(&core, &f2));
+    assert_eq!(a.core.flush(fh, SHELL), Ok(()));
+    a.core.release(fh);
+    let e = fake.get(&key("s")).expect("s");
+    assert_eq!((e.value_bytes(), e.meta.mode & 0o7777, e.meta.uid), (Some(b"mine".to_vec()), 0o666, 1001));
+}
+
+#[test]
+fn a_user_s_own_chmod_through_its_writer_holds_it_to_what_they_made_it_and_an_unheld_user_is_not_held() {
+    let user = crate::handles::Caller { uid: 1000, gids: vec![1000], held: true };
+    let fake = fake();
+    put_owned(&fake, "f", "", (0o644, 1000, 1000));
+    let a = mount(fake.clone());
+    // `cp -p` of a 0444 file over one's own: write, fchmod, close.
+    let ino = a.ino("f").expect("lookup");
+    let fh = a.core.open_as(ino, libc::O_WRONLY | libc::O_TRUNC, user.clone()).expect("open");
+    a.core.write(fh, 0, b"copy", Some(SHELL)).expect("write");
+    let chmod = SetAttr { caller: 1000, mode: Some(0o444), ..SetAttr::default() };
+    a.core.setattr(ino, Some(fh), chmod).expect("fchmod");
+    assert_eq!(a.core.flush(fh, SHELL), Ok(()));
+    a.core.release(fh);
+    assert_eq!(stored(&fake, "f"), Some(b"copy".to_vec()));
+
+    // On a mount without mode checks the token decides, not kvfs.
+    let unheld = crate::handles::Caller { held: false, ..user };
+    put_owned(&fake, "g", "", (0o666, 0, 0));
+    catch_up(&a.core, &fake);
+    let ino = a.ino("g").expect("lookup");
+    let fh = a.core.open_as(ino, libc::O_WRONLY | libc::O_TRUNC, unheld).expect("open");
+    a.core.write(fh, 0, b"x", Some(SHELL)).expect("write");
+    put_owned(&fake, "g", "root's", (0o600, 0, 0));
+    catch_up(&a.core, &fake);
+    assert_eq!(a.core.flush(fh, SHELL), Ok(()));
+    a.core.release(fh);
+    assert_eq!(stored(&fake, "g"), Some(b"x".to_vec()));
 }
