@@ -26,19 +26,34 @@ const TTL: Duration = Duration::from_secs(3600);
 /// Threads that carry invalidations to the kernel.
 const INVAL_THREADS: usize = 4;
 
-/// Who sends `req`: its uid and gid, and the process's other groups (from
-/// /proc; none if it is gone). `held`: the kernel holds them to the modes.
+/// capability(7)'s number of CAP_DAC_OVERRIDE.
+const CAP_DAC_OVERRIDE: u32 = 1;
+
+/// Who sends `req`: its uid and gid, and the thread's other groups (from
+/// /proc). `held`: the kernel holds them to the modes.
 fn caller(req: &Request, held: bool) -> Caller {
-    let mut gids = vec![req.gid()];
+    let mut c = Caller { uid: req.uid(), gids: vec![req.gid()], held, all_groups: true };
     if req.uid() == 0 || !held {
         // (their groups decide nothing)
-        return Caller { uid: req.uid(), gids, held };
+        return c;
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", req.pid())).unwrap_or_default();
-    if let Some(groups) = status.lines().find_map(|l| l.strip_prefix("Groups:")) {
-        gids.extend(groups.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", req.pid())) else {
+        // (another pid namespace's process, or hidepid)
+        c.all_groups = false;
+        return c;
+    };
+    for l in status.lines() {
+        if let Some(groups) = l.strip_prefix("Groups:") {
+            c.gids.extend(groups.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
+        } else if let Some(caps) = l.strip_prefix("CapEff:") {
+            // A service given CAP_DAC_OVERRIDE passes the kernel's checks.
+            let caps = u64::from_str_radix(caps.trim(), 16).unwrap_or(0);
+            if caps & (1 << CAP_DAC_OVERRIDE) != 0 {
+                c.held = false;
+            }
+        }
     }
-    Caller { uid: req.uid(), gids, held }
+    c
 }
 
 /// The filesystem.

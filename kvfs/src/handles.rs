@@ -103,6 +103,8 @@ pub struct Caller {
     /// The kernel holds this user to the modes (a mount with
     /// default_permissions); kvfs then does too, where the kernel cannot.
     pub held: bool,
+    /// `gids` are all of the user's groups (false: /proc could not say).
+    pub all_groups: bool,
 }
 
 impl Caller {

@@ -483,8 +483,9 @@ impl Core {
             }
             let shown = self.shown(&node.meta);
             // (The kernel checked an attribute it had cached: a version that
-            // came since is checked here.)
-            if !opener.may_write(&shown) {
+            // came since is checked here, where all the opener's groups are
+            // known.)
+            if opener.all_groups && !opener.may_write(&shown) {
                 return Err(Errno::EACCES);
             }
             let trunc = flags & libc::O_TRUNC != 0;
@@ -639,7 +640,7 @@ impl Core {
         // once the watch brings it, and the put is tried again over it.
         let guarded = opener.is_held() && opts.if_match.is_none();
         let deadline = std::time::Instant::now() + CATCH_UP_WAIT;
-        let (path, node, rev) = loop {
+        let (path, node, rev, sent) = loop {
             let (path, node) = {
                 let s = self.state()?;
                 let Some(i) = s.inodes.get(ino) else { return Ok(vec![]) };
@@ -667,7 +668,7 @@ impl Core {
             };
             let Some(node) = node else { return Ok(vec![]) };
             if node.local {
-                break (path, node, 0);
+                break (path, node, 0, opts.clone());
             }
             let mut o = opts.clone();
             if guarded {
@@ -682,7 +683,7 @@ impl Core {
                 }
             }
             let failure = match self.cluster.put(&self.key(&path), data.clone(), &o) {
-                Ok(rev) => break (path, node, rev),
+                Ok(rev) => break (path, node, rev, o),
                 Err(Failure::Conflict)
                     if guarded
                         && std::time::Instant::now() < deadline
@@ -715,10 +716,11 @@ impl Core {
             }
             meta.version += 1;
             meta.size = size;
-            meta.mtime_ns = opts.attrs.mtime_ns.unwrap_or_else(now_ns);
-            meta.mode = opts.attrs.mode.unwrap_or(meta.mode);
-            meta.uid = opts.attrs.uid.unwrap_or(meta.uid);
-            meta.gid = opts.attrs.gid.unwrap_or(meta.gid);
+            // What was put: the version put over keeps what it left out.
+            meta.mtime_ns = sent.attrs.mtime_ns.unwrap_or_else(now_ns);
+            meta.mode = sent.attrs.mode.unwrap_or(meta.mode);
+            meta.uid = sent.attrs.uid.unwrap_or(meta.uid);
+            meta.gid = sent.attrs.gid.unwrap_or(meta.gid);
             (rev, Node { meta, value: Arc::new(data), local: false, provisional: false })
         };
         let wait = {

@@ -63,7 +63,7 @@ impl Core {
         uid: u32,
         gid: u32,
     ) -> Result<(FileAttr, u64), Errno> {
-        self.create_as(parent, name, mode, flags, Caller { uid, gids: vec![gid], held: true })
+        self.create_as(parent, name, mode, flags, Caller { uid, gids: vec![gid], held: true, all_groups: true })
     }
 
     /// CREATE by `caller`, who owns the new file: it lives in this mount
@@ -94,6 +94,9 @@ impl Core {
             self.check_reachable()?;
         }
         let meta = self.new_entry_meta(&path, Kind::File, mode, (uid, gid))?;
+        // (what the caller is checked against: the file it makes, whatever
+        // the watch brings in its place meanwhile)
+        let checked = self.shown(&meta);
         let attrs =
             Attrs { kind: None, mode: Some(meta.mode), uid: Some(meta.uid), gid: Some(meta.gid), mtime_ns: None };
         // IMPORTANT: O_EXCL is exclusive across mounts at open(), where a
@@ -127,7 +130,7 @@ impl Core {
         // Created: replaces whatever the name holds, for the handle's life.
         w.replace = true;
         w.append = flags & libc::O_APPEND != 0;
-        w.checked = Some(crate::handles::Shown::from(&attr));
+        w.checked = Some(checked);
         w.opener = caller;
         if created.is_none() {
             w.attrs = attrs;
@@ -314,6 +317,11 @@ impl Core {
             if let Some(n) = self.state_mut()?.tree.get_mut(&path) {
                 apply(&mut n.meta);
             }
+            let after = node.as_ref().map(|n| {
+                let mut m = n.meta.clone();
+                apply(&mut m);
+                m
+            });
             let mut hs = self.handles()?;
             for (_, w) in hs.writers_on(ino).filter(|(_, w)| w.dirty) {
                 w.gen += 1;
@@ -323,7 +331,10 @@ impl Core {
                 w.attrs.mtime_ns = a.mtime.or(w.attrs.mtime_ns);
             }
             drop(hs);
-            return self.recheck_writers(&path, a.caller);
+            if let (Some(before), Some(after)) = (&node, &after) {
+                self.recheck_writers(&path, &a, &before.meta, after)?;
+            }
+            return Ok(());
         }
         self.writable()?;
         let key = self.key(&path);
@@ -356,6 +367,7 @@ impl Core {
             return Err(Errno::EIO);
         }
         let old_rev = node.as_ref().map(|n| n.meta.mod_revision).unwrap_or(0);
+        let before = node.as_ref().map(|n| n.meta.clone());
         let mut n = node.unwrap_or_else(|| Node {
             meta: new_meta(Kind::Dir, 0o755, 0, 0),
             value: Arc::default(),
@@ -365,6 +377,7 @@ impl Core {
         apply(&mut n.meta);
         n.meta.mod_revision = resp.revision;
         n.meta.version += 1;
+        let after = n.meta.clone();
         {
             let mut s = self.state_mut()?;
             if !s.tree.knows_newer(&path, resp.revision) {
@@ -387,19 +400,22 @@ impl Core {
             }
         }
         self.changed();
-        self.recheck_writers(&path, a.caller)
+        if let Some(before) = &before {
+            self.recheck_writers(&path, &a, before, &after)?;
+        }
+        Ok(())
     }
 
-    /// After `by` changed the mode or owner of `path` here: their own
-    /// writers of it (`cp -p`'s fchmod before its close) are held to what
-    /// they made it.
-    fn recheck_writers(&self, path: &str, by: u32) -> Result<(), Errno> {
-        let (versions, shown) = {
-            let s = self.state()?;
-            let shown = s.tree.get(path).map(|n| self.shown(&n.meta));
-            (s.inodes.versions_of(path), shown)
-        };
-        let Some(shown) = shown else { return Ok(()) };
+    /// After `a.caller` changed the mode or owner of `path` here from
+    /// `before` to `after`: if the file was theirs, their own writers of it
+    /// (`cp -p`'s fchmod before its close) are held to what they made it.
+    fn recheck_writers(&self, path: &str, a: &SetAttr, before: &Meta, after: &Meta) -> Result<(), Errno> {
+        let by = a.caller;
+        if a.mode.is_none() && a.uid.is_none() && a.gid.is_none() || self.shown(before).uid != by {
+            return Ok(());
+        }
+        let shown = self.shown(after);
+        let versions = self.state()?.inodes.versions_of(path);
         let mut hs = self.handles()?;
         for v in versions {
             for (_, w) in hs.writers_on(v).filter(|(_, w)| w.opener.uid == by) {
