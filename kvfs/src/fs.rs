@@ -26,8 +26,9 @@ const TTL: Duration = Duration::from_secs(3600);
 /// Threads that carry invalidations to the kernel.
 const INVAL_THREADS: usize = 4;
 
-/// capability(7)'s number of CAP_DAC_OVERRIDE.
-const CAP_DAC_OVERRIDE: u32 = 1;
+/// capability(7)'s CAP_CHOWN, CAP_DAC_OVERRIDE and CAP_FOWNER: a process
+/// with one passes the kernel's mode checks it stands for.
+const CAPS_OVER_MODES: u64 = 1 << 0 | 1 << 1 | 1 << 3;
 
 /// Who sends `req`: its uid and gid, and the thread's other groups (from
 /// /proc). `held`: the kernel holds them to the modes.
@@ -46,9 +47,9 @@ fn caller(req: &Request, held: bool) -> Caller {
         if let Some(groups) = l.strip_prefix("Groups:") {
             c.gids.extend(groups.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
         } else if let Some(caps) = l.strip_prefix("CapEff:") {
-            // A service given CAP_DAC_OVERRIDE passes the kernel's checks.
+            // A service given such a capability passes the kernel's checks.
             let caps = u64::from_str_radix(caps.trim(), 16).unwrap_or(0);
-            if caps & (1 << CAP_DAC_OVERRIDE) != 0 {
+            if caps & CAPS_OVER_MODES != 0 {
                 c.held = false;
             }
         }
@@ -234,7 +235,12 @@ impl Filesystem for KvFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let a = SetAttr { caller: req.uid(), mode, uid, gid, size, mtime: mtime.map(ns_of) };
+        let who = if mode.is_some() || uid.is_some() || gid.is_some() {
+            caller(req, self.checks_modes)
+        } else {
+            Caller { uid: req.uid(), ..Caller::default() }
+        };
+        let a = SetAttr { caller: who.uid, held: who.held, mode, uid, gid, size, mtime: mtime.map(ns_of) };
         match self.core.setattr(ino.0, fh.map(|f| f.0), a) {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),

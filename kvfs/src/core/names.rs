@@ -30,6 +30,8 @@ pub(super) fn put_op(key: String, n: &Node) -> TxnOp {
 pub struct SetAttr {
     /// The uid of the process asking (0: root).
     pub caller: u32,
+    /// kvfs holds the caller to the modes (see [`Caller::held`]).
+    pub held: bool,
     /// New permission bits.
     pub mode: Option<u32>,
     /// New owner.
@@ -109,7 +111,7 @@ impl Core {
         } else {
             None
         };
-        {
+        let attr = {
             let mut s = self.state_mut()?;
             if created.is_none() && s.tree.kind(&path).is_some() {
                 // The watch brought the name meanwhile: not replaced by an
@@ -120,12 +122,27 @@ impl Core {
             if let Some(rev) = created {
                 (meta.create_revision, meta.mod_revision, meta.version) = (rev, rev, 1);
             }
-            if created.is_none_or(|rev| !s.tree.knows_newer(&path, rev)) {
-                let provisional = created.is_none() && !local;
-                s.tree.insert(path.clone(), Node { meta, value: Arc::default(), local, provisional });
+            match created {
+                Some(rev) if s.tree.knows_newer(&path, rev) => {
+                    // The watch brought the empty file first (then it is
+                    // attached as it came), or someone else's version
+                    // followed it at once.
+                    if s.tree.get(&path).is_none_or(|n| n.meta.mod_revision != rev) {
+                        return Err(CREATED_ELSEWHERE);
+                    }
+                }
+                _ => {
+                    let provisional = created.is_none() && !local;
+                    s.tree.insert(path.clone(), Node { meta, value: Arc::default(), local, provisional });
+                }
             }
-        }
-        let attr = self.entry(&path)?;
+            // IMPORTANT: the inode the reply hands the kernel is this file's,
+            // under the same lock: not a version the watch brings next.
+            let ino = s.inodes.attach(&path);
+            let attr = self.path_attr(&s, &path, ino)?;
+            s.inodes.looked_up(ino);
+            attr
+        };
         let mut w = Writer::new(Vec::new(), created.is_none(), created.unwrap_or(0));
         // Created: replaces whatever the name holds, for the handle's life.
         w.replace = true;
@@ -216,6 +233,23 @@ impl Core {
     pub fn setattr(&self, ino: u64, fh: Option<u64>, mut a: SetAttr) -> Result<FileAttr, Errno> {
         if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() {
             let shown = self.getattr(ino)?;
+            // IMPORTANT: the kernel checked the owner it had cached; an owner
+            // changed elsewhere since (root taking a file over) is checked
+            // here: only root chowns, only the owner chmods or chgrps (a
+            // mode that only clears set-id bits is the kernel's own).
+            if a.held && a.caller != 0 {
+                let owner = shown.uid == a.caller;
+                let kills_setid = |m: u32| {
+                    let perm = u32::from(shown.perm);
+                    m & 0o7777 & !perm == 0 && (perm ^ m & 0o7777) & !0o6000 == 0
+                };
+                let chown = a.uid.is_some_and(|u| u != shown.uid);
+                let chgrp = a.gid.is_some_and(|g| g != shown.gid) && !owner;
+                let chmod = a.mode.is_some_and(|m| m & 0o7777 != u32::from(shown.perm) && !kills_setid(m)) && !owner;
+                if chown || chgrp || chmod {
+                    return Err(Errno::EPERM);
+                }
+            }
             // What `-o uid=, gid=, fmode=, dmode=` shows is not stored: a
             // chown to it (`cp -p`, `rsync -a`, `tar x` by its shown owner)
             // would store this host's number for every host.

@@ -454,7 +454,7 @@ fn a_user_s_own_chmod_through_its_writer_holds_it_to_what_they_made_it_and_an_un
     let ino = a.ino("f").expect("lookup");
     let fh = a.core.open_as(ino, libc::O_WRONLY | libc::O_TRUNC, user.clone()).expect("open");
     a.core.write(fh, 0, b"copy", Some(SHELL)).expect("write");
-    let chmod = SetAttr { caller: 1000, mode: Some(0o444), ..SetAttr::default() };
+    let chmod = SetAttr { caller: 1000, held: true, mode: Some(0o444), ..SetAttr::default() };
     a.core.setattr(ino, Some(fh), chmod).expect("fchmod");
     assert_eq!(a.core.flush(fh, SHELL), Ok(()));
     a.core.release(fh);
@@ -472,4 +472,28 @@ fn a_user_s_own_chmod_through_its_writer_holds_it_to_what_they_made_it_and_an_un
     assert_eq!(a.core.flush(fh, SHELL), Ok(()));
     a.core.release(fh);
     assert_eq!(stored(&fake, "g"), Some(b"x".to_vec()));
+}
+
+#[test]
+fn a_former_owner_s_chmod_or_chown_of_root_s_lockdown_is_refused() {
+    let fake = fake();
+    put_owned(&fake, "f", "v", (0o644, 1000, 1000));
+    put_owned(&fake, "s", "v", (0o4755, 0, 0));
+    let a = mount(fake.clone());
+    let ino = a.ino("f").expect("lookup");
+    // Root takes the file over elsewhere; the kernel may still have the
+    // old owner cached when the former owner's chmod comes.
+    put_owned(&fake, "f", "v", (0o600, 0, 0));
+    catch_up(&a.core, &fake);
+    let by_user = |mode, uid, gid| SetAttr { caller: 1000, held: true, mode, uid, gid, ..SetAttr::default() };
+    for a_ in [by_user(Some(0o666), None, None), by_user(None, None, Some(1000)), by_user(None, Some(1000), None)] {
+        assert_eq!(a.core.setattr(ino, None, a_).map(|_| ()), Err(Errno::EPERM), "{a_:?}");
+    }
+    assert_eq!(fake.get(&key("f")).map(|e| (e.meta.mode & 0o7777, e.meta.uid, e.meta.gid)), Some((0o600, 0, 0)));
+    // The kernel's own clearing of set-id bits on a write by another user.
+    let s = a.ino("s").expect("lookup");
+    a.core.setattr(s, None, by_user(Some(0o755), None, None)).expect("kill suid");
+    assert_eq!(fake.get(&key("s")).map(|e| e.meta.mode & 0o7777), Some(0o755));
+    // (and nothing more than that)
+    assert_eq!(a.core.setattr(s, None, by_user(Some(0o777), None, None)).map(|_| ()), Err(Errno::EPERM));
 }
