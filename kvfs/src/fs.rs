@@ -16,7 +16,7 @@ use fuser::{
 use kv_client::Kind;
 
 use crate::core::{now_ns, Core, Inval, Invalidate, RenameMode, SetAttr};
-use crate::handles::Caller;
+use crate::handles::{Caller, CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER};
 use crate::tree::join;
 
 /// How long the kernel may keep attributes and names: long, because every
@@ -26,33 +26,35 @@ const TTL: Duration = Duration::from_secs(3600);
 /// Threads that carry invalidations to the kernel.
 const INVAL_THREADS: usize = 4;
 
-/// capability(7)'s CAP_CHOWN, CAP_DAC_OVERRIDE and CAP_FOWNER: a process
-/// with one passes the kernel's mode checks it stands for.
-const CAPS_OVER_MODES: u64 = 1 << 0 | 1 << 1 | 1 << 3;
-
-/// Who sends `req`: its uid and gid, and the thread's other groups (from
-/// /proc). `held`: the kernel holds them to the modes.
+/// Who sends `req`: its uid and gid, the thread's other groups and its
+/// capabilities over modes (from /proc). `held`: the kernel holds them to
+/// the modes.
 fn caller(req: &Request, held: bool) -> Caller {
-    let mut c = Caller { uid: req.uid(), gids: vec![req.gid()], held, all_groups: true };
+    let mut c = Caller { uid: req.uid(), gids: vec![req.gid()], held, all_groups: true, caps: 0 };
     if req.uid() == 0 || !held {
         // (their groups decide nothing)
         return c;
     }
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", req.pid())) else {
+    let proc = format!("/proc/{}", req.pid());
+    let Ok(status) = std::fs::read_to_string(format!("{proc}/status")) else {
         // (another pid namespace's process, or hidepid)
         c.all_groups = false;
         return c;
     };
+    // IMPORTANT: capabilities count only in this mount's user namespace:
+    // `unshare -r` gives any user all of them in a namespace of its own.
+    let ns = |p: &str| std::fs::read_link(format!("{p}/ns/user")).ok();
+    let own_namespace = ns(&proc).is_some_and(|theirs| Some(theirs) == ns("/proc/self"));
     for l in status.lines() {
         if let Some(groups) = l.strip_prefix("Groups:") {
             c.gids.extend(groups.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
-        } else if let Some(caps) = l.strip_prefix("CapEff:") {
-            // A service given such a capability passes the kernel's checks.
-            let caps = u64::from_str_radix(caps.trim(), 16).unwrap_or(0);
-            if caps & CAPS_OVER_MODES != 0 {
-                c.held = false;
-            }
+        } else if let Some(caps) = l.strip_prefix("CapEff:").filter(|_| own_namespace) {
+            c.caps = u64::from_str_radix(caps.trim(), 16).unwrap_or(0) & (CAP_CHOWN | CAP_DAC_OVERRIDE | CAP_FOWNER);
         }
+    }
+    // A service given CAP_DAC_OVERRIDE passes the kernel's checks of writes.
+    if c.caps & CAP_DAC_OVERRIDE != 0 {
+        c.held = false;
     }
     c
 }
@@ -240,7 +242,8 @@ impl Filesystem for KvFs {
         } else {
             Caller { uid: req.uid(), ..Caller::default() }
         };
-        let a = SetAttr { caller: who.uid, held: who.held, mode, uid, gid, size, mtime: mtime.map(ns_of) };
+        let a =
+            SetAttr { caller: who.uid, held: who.held, caps: who.caps, mode, uid, gid, size, mtime: mtime.map(ns_of) };
         match self.core.setattr(ino.0, fh.map(|f| f.0), a) {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),

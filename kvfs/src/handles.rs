@@ -105,7 +105,17 @@ pub struct Caller {
     pub held: bool,
     /// `gids` are all of the user's groups (false: /proc could not say).
     pub all_groups: bool,
+    /// Its effective [`CAP_CHOWN`], [`CAP_DAC_OVERRIDE`] and [`CAP_FOWNER`]
+    /// in this mount's user namespace.
+    pub caps: u64,
 }
+
+/// capability(7)'s CAP_CHOWN, as a bit of a capability set.
+pub const CAP_CHOWN: u64 = 1 << 0;
+/// CAP_DAC_OVERRIDE.
+pub const CAP_DAC_OVERRIDE: u64 = 1 << 1;
+/// CAP_FOWNER.
+pub const CAP_FOWNER: u64 = 1 << 3;
 
 impl Caller {
     /// Whether kvfs holds this user to the modes.

@@ -284,6 +284,13 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         default_permissions = access.default_permissions,
         "mounted"
     );
+    // NOTE: SIGTERM and SIGINT are caught from before the status file says
+    // the mount is live: one that comes right after must unmount cleanly.
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _rt = rt.enter();
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    };
     // IMPORTANT: written once the mount is live (a kvfs that fails to mount
     // over a live one leaves that one's file alone), and from here on,
     // however this function ends, the status file goes with it.
@@ -306,8 +313,7 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         }
     });
     rt.spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = signals else {
             return;
         };
         tokio::select! {

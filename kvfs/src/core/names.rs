@@ -7,7 +7,7 @@ use fuser::{Errno, FileAttr};
 use kv_client::{Attrs, Compare, EntryInfo, Kind, Meta, PutOptions, TxnOp, TxnRequest};
 
 use super::{new_meta, now_ns, Core};
-use crate::handles::{Caller, Handle, Io, Writer};
+use crate::handles::{Caller, Handle, Io, Writer, CAP_CHOWN, CAP_FOWNER};
 use crate::tree::{split, Node};
 
 /// A put operation carrying a node's value and attributes.
@@ -32,6 +32,8 @@ pub struct SetAttr {
     pub caller: u32,
     /// kvfs holds the caller to the modes (see [`Caller::held`]).
     pub held: bool,
+    /// The caller's capabilities over modes (see [`Caller::caps`]).
+    pub caps: u64,
     /// New permission bits.
     pub mode: Option<u32>,
     /// New owner.
@@ -65,7 +67,13 @@ impl Core {
         uid: u32,
         gid: u32,
     ) -> Result<(FileAttr, u64), Errno> {
-        self.create_as(parent, name, mode, flags, Caller { uid, gids: vec![gid], held: true, all_groups: true })
+        self.create_as(
+            parent,
+            name,
+            mode,
+            flags,
+            Caller { uid, gids: vec![gid], held: true, all_groups: true, caps: 0 },
+        )
     }
 
     /// CREATE by `caller`, who owns the new file: it lives in this mount
@@ -243,9 +251,11 @@ impl Core {
                     let perm = u32::from(shown.perm);
                     m & 0o7777 & !perm == 0 && (perm ^ m & 0o7777) & !0o6000 == 0
                 };
-                let chown = a.uid.is_some_and(|u| u != shown.uid);
-                let chgrp = a.gid.is_some_and(|g| g != shown.gid) && !owner;
-                let chmod = a.mode.is_some_and(|m| m & 0o7777 != u32::from(shown.perm) && !kills_setid(m)) && !owner;
+                let (may_chown, fowner) = (a.caps & CAP_CHOWN != 0, a.caps & CAP_FOWNER != 0);
+                let chown = a.uid.is_some_and(|u| u != shown.uid) && !may_chown;
+                let chgrp = a.gid.is_some_and(|g| g != shown.gid) && !owner && !may_chown;
+                let chmod =
+                    a.mode.is_some_and(|m| m & 0o7777 != u32::from(shown.perm) && !kills_setid(m)) && !owner && !fowner;
                 if chown || chgrp || chmod {
                     return Err(Errno::EPERM);
                 }

@@ -625,7 +625,7 @@ fn an_old_version_whose_mode_or_owner_changed_opens_no_writer_and_takes_no_chmod
     // A user holds the file (the kernel let them in by this version's
     // mode), one handle writing.
     let old = a.ino("f").expect("lookup");
-    let user = crate::handles::Caller { uid: 1000, gids: vec![1000], held: true, all_groups: true };
+    let user = crate::handles::Caller { uid: 1000, gids: vec![1000], held: true, all_groups: true, caps: 0 };
     let wfh = a.core.open_as(old, libc::O_WRONLY | libc::O_TRUNC, user).expect("open");
     a.core.write(wfh, 0, b"overwritten", Some(SHELL)).expect("write");
     // Root replaces it elsewhere with a secret of its own.

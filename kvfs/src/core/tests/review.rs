@@ -349,7 +349,7 @@ fn put_owned(fake: &FakeCluster, name: &str, value: &str, (mode, uid, gid): (u32
 
 #[test]
 fn a_writer_other_than_root_puts_only_over_the_version_it_was_checked_against() {
-    let nobody = crate::handles::Caller { uid: 65534, gids: vec![65534], held: true, all_groups: true };
+    let nobody = crate::handles::Caller { uid: 65534, gids: vec![65534], held: true, all_groups: true, caps: 0 };
     for (theirs, want) in [((0o600, 0, 0), ("secret", Err(Errno::EACCES))), ((0o666, 0, 0), ("pwn", Ok(())))] {
         let fake = fake();
         let hooked = Hooked::new(fake.clone());
@@ -371,7 +371,7 @@ fn a_writer_other_than_root_puts_only_over_the_version_it_was_checked_against() 
 
 #[test]
 fn a_group_member_s_writer_is_held_to_the_owner_s_chmod_only_where_it_takes_their_write() {
-    let member = crate::handles::Caller { uid: 1000, gids: vec![1000, 50], held: true, all_groups: true };
+    let member = crate::handles::Caller { uid: 1000, gids: vec![1000, 50], held: true, all_groups: true, caps: 0 };
     let cases = [(0o775, Ok(())), (0o644, Err(Errno::EACCES))];
     for ((chmod, want), fsync) in cases.iter().flat_map(|c| [(*c, true), (*c, false)]) {
         let fake = fake();
@@ -401,7 +401,7 @@ fn a_group_member_s_writer_is_held_to_the_owner_s_chmod_only_where_it_takes_thei
 
 #[test]
 fn a_file_created_here_over_a_version_that_won_elsewhere_keeps_its_owner() {
-    let nobody = crate::handles::Caller { uid: 65534, gids: vec![65534], held: true, all_groups: true };
+    let nobody = crate::handles::Caller { uid: 65534, gids: vec![65534], held: true, all_groups: true, caps: 0 };
     let fake = fake();
     let hooked = Hooked::new(fake.clone());
     let a = mount(hooked.clone());
@@ -424,7 +424,7 @@ fn a_file_created_here_over_a_version_that_won_elsewhere_keeps_its_owner() {
 
 #[test]
 fn a_touch_by_the_writer_does_not_make_root_s_lockdown_theirs() {
-    let user = crate::handles::Caller { uid: 1000, gids: vec![1000], held: true, all_groups: true };
+    let user = crate::handles::Caller { uid: 1000, gids: vec![1000], held: true, all_groups: true, caps: 0 };
     let fake = fake();
     put_owned(&fake, "f", "v", (0o644, 1000, 1000));
     let a = mount(fake.clone());
@@ -446,7 +446,7 @@ fn a_touch_by_the_writer_does_not_make_root_s_lockdown_theirs() {
 
 #[test]
 fn a_user_s_own_chmod_through_its_writer_holds_it_to_what_they_made_it_and_an_unheld_user_is_not_held() {
-    let user = crate::handles::Caller { uid: 1000, gids: vec![1000], held: true, all_groups: true };
+    let user = crate::handles::Caller { uid: 1000, gids: vec![1000], held: true, all_groups: true, caps: 0 };
     let fake = fake();
     put_owned(&fake, "f", "", (0o644, 1000, 1000));
     let a = mount(fake.clone());
