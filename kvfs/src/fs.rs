@@ -29,7 +29,7 @@ const INVAL_THREADS: usize = 4;
 /// Who sends `req`: its uid and gid, the thread's other groups and its
 /// capabilities over modes (from /proc). `held`: the kernel holds them to
 /// the modes.
-fn caller(req: &Request, held: bool) -> Caller {
+fn caller(req: &Request, held: bool, own_userns: &Option<std::path::PathBuf>) -> Caller {
     let mut c = Caller { uid: req.uid(), gids: vec![req.gid()], held, all_groups: true, caps: 0 };
     if req.uid() == 0 || !held {
         // (their groups decide nothing)
@@ -41,16 +41,17 @@ fn caller(req: &Request, held: bool) -> Caller {
         c.all_groups = false;
         return c;
     };
-    // IMPORTANT: capabilities count only in this mount's user namespace:
-    // `unshare -r` gives any user all of them in a namespace of its own.
-    let ns = |p: &str| std::fs::read_link(format!("{p}/ns/user")).ok();
-    let own_namespace = ns(&proc).is_some_and(|theirs| Some(theirs) == ns("/proc/self"));
     for l in status.lines() {
         if let Some(groups) = l.strip_prefix("Groups:") {
             c.gids.extend(groups.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
-        } else if let Some(caps) = l.strip_prefix("CapEff:").filter(|_| own_namespace) {
+        } else if let Some(caps) = l.strip_prefix("CapEff:") {
             c.caps = u64::from_str_radix(caps.trim(), 16).unwrap_or(0) & (CAP_CHOWN | CAP_DAC_OVERRIDE | CAP_FOWNER);
         }
+    }
+    // IMPORTANT: capabilities count only in this mount's user namespace:
+    // `unshare -r` gives any user all of them in a namespace of its own.
+    if c.caps != 0 && std::fs::read_link(format!("{proc}/ns/user")).ok() != *own_userns {
+        c.caps = 0;
     }
     // A service given CAP_DAC_OVERRIDE passes the kernel's checks of writes.
     if c.caps & CAP_DAC_OVERRIDE != 0 {
@@ -64,6 +65,8 @@ pub struct KvFs {
     core: Arc<Core>,
     no_open: bool,
     checks_modes: bool,
+    /// This process's user namespace (/proc/self/ns/user).
+    own_userns: Option<std::path::PathBuf>,
 }
 
 impl KvFs {
@@ -75,7 +78,8 @@ impl KvFs {
         // mount: where only root and the owner may, fuser turns the others
         // away by their OPENs, and lets READs that come without one through.
         let no_open = core.read_only() && everyone;
-        KvFs { core, no_open, checks_modes }
+        let own_userns = std::fs::read_link("/proc/self/ns/user").ok();
+        KvFs { core, no_open, checks_modes, own_userns }
     }
 }
 
@@ -238,12 +242,11 @@ impl Filesystem for KvFs {
         reply: ReplyAttr,
     ) {
         let who = if mode.is_some() || uid.is_some() || gid.is_some() {
-            caller(req, self.checks_modes)
+            caller(req, self.checks_modes, &self.own_userns)
         } else {
             Caller { uid: req.uid(), ..Caller::default() }
         };
-        let a =
-            SetAttr { caller: who.uid, held: who.held, caps: who.caps, mode, uid, gid, size, mtime: mtime.map(ns_of) };
+        let a = SetAttr { who, mode, uid, gid, size, mtime: mtime.map(ns_of) };
         match self.core.setattr(ino.0, fh.map(|f| f.0), a) {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),
@@ -337,7 +340,7 @@ impl Filesystem for KvFs {
             o |= FopenFlags::FOPEN_NOFLUSH;
         }
         let reads = flags.0 & libc::O_ACCMODE == libc::O_RDONLY;
-        let who = if reads { Caller::default() } else { caller(req, self.checks_modes) };
+        let who = if reads { Caller::default() } else { caller(req, self.checks_modes, &self.own_userns) };
         match self.core.open_as(ino.0, flags.0, who) {
             Ok(fh) => reply.opened(FileHandle(fh), o),
             Err(e) => reply.error(e),
@@ -514,7 +517,13 @@ impl Filesystem for KvFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.core.create_as(parent.0, name, mode & !umask, flags, caller(req, self.checks_modes)) {
+        match self.core.create_as(
+            parent.0,
+            name,
+            mode & !umask,
+            flags,
+            caller(req, self.checks_modes, &self.own_userns),
+        ) {
             Ok((a, fh)) => reply.created(
                 &TTL,
                 &a,

@@ -118,6 +118,12 @@ pub const CAP_DAC_OVERRIDE: u64 = 1 << 1;
 pub const CAP_FOWNER: u64 = 1 << 3;
 
 impl Caller {
+    /// A user with no capabilities over modes, held to them, all of whose
+    /// groups are `gids` (the primary first).
+    pub fn held(uid: u32, gids: Vec<u32>) -> Caller {
+        Caller { uid, gids, held: true, all_groups: true, caps: 0 }
+    }
+
     /// Whether kvfs holds this user to the modes.
     pub fn is_held(&self) -> bool {
         self.held && self.uid != 0

@@ -47,7 +47,7 @@ pub fn load(
 }
 
 /// What the mount tells about itself in its status file.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Status {
     /// The mount's source.
     pub source: String,
@@ -222,9 +222,9 @@ impl Sync {
     /// Applies `f` to the status and writes the file if that changed it.
     fn update_status(&self, f: impl FnOnce(&mut Status)) -> bool {
         let Ok(mut s) = self.status.lock() else { return false };
-        let before = serde_json::to_vec(&*s).unwrap_or_default();
+        let before = s.clone();
         f(&mut s);
-        let changed = serde_json::to_vec(&*s).unwrap_or_default() != before;
+        let changed = *s != before;
         if changed {
             self.write_locked(&s);
         }

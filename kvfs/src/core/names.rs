@@ -26,14 +26,10 @@ pub(super) fn put_op(key: String, n: &Node) -> TxnOp {
 }
 
 /// What a SETATTR changes.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SetAttr {
-    /// The uid of the process asking (0: root).
-    pub caller: u32,
-    /// kvfs holds the caller to the modes (see [`Caller::held`]).
-    pub held: bool,
-    /// The caller's capabilities over modes (see [`Caller::caps`]).
-    pub caps: u64,
+    /// Who asks (the default: root).
+    pub who: Caller,
     /// New permission bits.
     pub mode: Option<u32>,
     /// New owner.
@@ -58,6 +54,7 @@ pub const CREATED_ELSEWHERE: Errno = Errno::ESTALE;
 
 impl Core {
     /// CREATE by `uid`, `gid` (with no other groups), held to the modes.
+    #[cfg(test)]
     pub fn create(
         &self,
         parent: u64,
@@ -67,13 +64,7 @@ impl Core {
         uid: u32,
         gid: u32,
     ) -> Result<(FileAttr, u64), Errno> {
-        self.create_as(
-            parent,
-            name,
-            mode,
-            flags,
-            Caller { uid, gids: vec![gid], held: true, all_groups: true, caps: 0 },
-        )
+        self.create_as(parent, name, mode, flags, Caller::held(uid, vec![gid]))
     }
 
     /// CREATE by `caller`, who owns the new file: it lives in this mount
@@ -245,13 +236,13 @@ impl Core {
             // changed elsewhere since (root taking a file over) is checked
             // here: only root chowns, only the owner chmods or chgrps (a
             // mode that only clears set-id bits is the kernel's own).
-            if a.held && a.caller != 0 {
-                let owner = shown.uid == a.caller;
+            if a.who.is_held() {
+                let owner = shown.uid == a.who.uid;
                 let kills_setid = |m: u32| {
                     let perm = u32::from(shown.perm);
                     m & 0o7777 & !perm == 0 && (perm ^ m & 0o7777) & !0o6000 == 0
                 };
-                let (may_chown, fowner) = (a.caps & CAP_CHOWN != 0, a.caps & CAP_FOWNER != 0);
+                let (may_chown, fowner) = (a.who.caps & CAP_CHOWN != 0, a.who.caps & CAP_FOWNER != 0);
                 let chown = a.uid.is_some_and(|u| u != shown.uid) && !may_chown;
                 let chgrp = a.gid.is_some_and(|g| g != shown.gid) && !owner && !may_chown;
                 let chmod =
@@ -277,7 +268,7 @@ impl Core {
             // away (the kernel's own clearing of set-id bits on a write
             // among them), and the mode of a file made here and not yet
             // published (`install -m`, `cp -p`), are the owner's.
-            if let Some(m) = a.mode.filter(|_| map.uid.is_some() && a.caller != 0) {
+            if let Some(m) = a.mode.filter(|_| map.uid.is_some() && a.who.uid != 0) {
                 let adds = m & 0o7777 & !u32::from(shown.perm) != 0;
                 let unpublished = {
                     let s = self.state()?;
@@ -450,11 +441,11 @@ impl Core {
         Ok(())
     }
 
-    /// After `a.caller` changed the mode or owner of `path` here from
+    /// After `a.who` changed the mode or owner of `path` here from
     /// `before` to `after`: if the file was theirs, their own writers of it
     /// (`cp -p`'s fchmod before its close) are held to what they made it.
     fn recheck_writers(&self, path: &str, a: &SetAttr, before: &Meta, after: &Meta) -> Result<(), Errno> {
-        let by = a.caller;
+        let by = a.who.uid;
         if a.mode.is_none() && a.uid.is_none() && a.gid.is_none() || self.shown(before).uid != by {
             return Ok(());
         }

@@ -20,7 +20,7 @@ use kv_client::{Attrs, PutOptions, TxnRequest, TxnResponse};
 use super::{loaded, Core, Inval, Invalidate, Options, RenameMode, SetAttr};
 use crate::cluster::{Cluster, Events, Failure, Page};
 use crate::fake::FakeCluster;
-use crate::handles::MAX_BUFFER;
+use crate::handles::{Caller, MAX_BUFFER};
 use crate::inodes::ROOT;
 
 const PREFIX: &str = "app";
@@ -64,11 +64,22 @@ fn key(name: &str) -> String {
 
 /// A new mount of [`PREFIX`], loaded from `cluster` as kvfs starts one.
 fn mount(cluster: Arc<dyn Cluster>) -> Mount {
+    mount_mapped(cluster, super::AttrMap::default())
+}
+
+/// [`mount`] with `-o uid=, gid=, umask=, fmode=, dmode=` as `map` says.
+fn mount_mapped(cluster: Arc<dyn Cluster>, map: super::AttrMap) -> Mount {
     let (cursor, entries) = crate::sync::load(cluster.as_ref(), PREFIX, path_of).expect("load");
     let sent = Sent::default();
-    let opts = Options { prefix: PREFIX.into(), ..Options::default() };
+    let opts = Options { prefix: PREFIX.into(), attr_map: map, ..Options::default() };
     let core = Core::new(cluster, opts, loaded(entries, cursor), Box::new(sent.clone()));
     Mount { core: Arc::new(core), sent }
+}
+
+/// `name` with `value`, `mode` and owner `uid`:`gid`, from elsewhere.
+fn put_owned(fake: &FakeCluster, name: &str, value: &str, (mode, uid, gid): (u32, u32, u32)) {
+    let attrs = Attrs { mode: Some(mode), uid: Some(uid), gid: Some(gid), ..Attrs::default() };
+    fake.put(&key(name), value.as_bytes().to_vec(), &PutOptions { attrs, ..PutOptions::default() }).expect("put");
 }
 
 fn fake() -> Arc<FakeCluster> {
@@ -126,6 +137,14 @@ impl Mount {
             }
             r => r.map(|(a, fh)| (a.ino.0, fh)),
         }
+    }
+
+    /// `who` opens `name` with O_TRUNC and writes `data`: (inode, handle).
+    fn writer_as(&self, name: &str, who: Caller, data: &[u8]) -> (u64, u64) {
+        let ino = self.ino(name).expect("lookup");
+        let fh = self.core.open_as(ino, libc::O_WRONLY | libc::O_TRUNC, who).expect("open");
+        self.core.write(fh, 0, data, Some(SHELL)).expect("write");
+        (ino, fh)
     }
 
     /// A read(2) of the whole handle.
@@ -586,8 +605,7 @@ fn a_setgid_directory_hands_its_group_down() {
 fn the_attribute_map_changes_what_is_shown_and_not_what_is_stored() {
     use super::AttrMap;
     let fake = fake();
-    let file = Attrs { mode: Some(0o664), uid: Some(0), gid: Some(0), ..Attrs::default() };
-    fake.put(&key("f"), b"x".to_vec(), &PutOptions { attrs: file, ..PutOptions::default() }).expect("put");
+    put_owned(&fake, "f", "x", (0o664, 0, 0));
     fake.put(&key("d/g"), b"y".to_vec(), &PutOptions::default()).expect("put");
     fake.put(
         &key("l"),
@@ -599,9 +617,7 @@ fn the_attribute_map_changes_what_is_shown_and_not_what_is_stored() {
     )
     .expect("put");
     let shown = |map: AttrMap| {
-        let (cursor, entries) = crate::sync::load(fake.as_ref(), PREFIX, path_of).expect("load");
-        let opts = Options { prefix: PREFIX.into(), attr_map: map, ..Options::default() };
-        let core = Core::new(fake.clone(), opts, loaded(entries, cursor), Box::new(Sent::default()));
+        let core = mount_mapped(fake.clone(), map).core;
         ["f", "d", "l"].map(|n| {
             let a = core.lookup(ROOT, OsStr::new(n)).expect(n);
             (a.uid, a.gid, a.perm)
@@ -619,18 +635,16 @@ fn the_attribute_map_changes_what_is_shown_and_not_what_is_stored() {
 #[test]
 fn an_old_version_whose_mode_or_owner_changed_opens_no_writer_and_takes_no_chmod() {
     let fake = fake();
-    let open_to_all = Attrs { mode: Some(0o666), uid: Some(1000), gid: Some(1000), ..Attrs::default() };
-    fake.put(&key("f"), b"mine".to_vec(), &PutOptions { attrs: open_to_all, ..PutOptions::default() }).expect("put");
+    put_owned(&fake, "f", "mine", (0o666, 1000, 1000));
     let a = mount(fake.clone());
     // A user holds the file (the kernel let them in by this version's
     // mode), one handle writing.
     let old = a.ino("f").expect("lookup");
-    let user = crate::handles::Caller { uid: 1000, gids: vec![1000], held: true, all_groups: true, caps: 0 };
+    let user = Caller::held(1000, vec![1000]);
     let wfh = a.core.open_as(old, libc::O_WRONLY | libc::O_TRUNC, user).expect("open");
     a.core.write(wfh, 0, b"overwritten", Some(SHELL)).expect("write");
     // Root replaces it elsewhere with a secret of its own.
-    let secret = Attrs { mode: Some(0o600), uid: Some(0), gid: Some(0), ..Attrs::default() };
-    fake.put(&key("f"), b"secret".to_vec(), &PutOptions { attrs: secret, ..PutOptions::default() }).expect("put");
+    put_owned(&fake, "f", "secret", (0o600, 0, 0));
     catch_up(&a.core, &fake);
     // Through the old inode (fchmod on a held fd, /proc/self/fd/N opened
     // again for writing, the writer's close): nothing reaches root's file.
@@ -671,11 +685,7 @@ fn the_root_takes_no_chmod_and_a_mapped_owner_or_mode_is_not_stored() {
     let same = SetAttr { mode: Some(0o755), uid: Some(0), gid: Some(0), ..SetAttr::default() };
     assert_eq!(a.core.setattr(ROOT, None, same).map(|a| a.perm), Ok(0o755));
 
-    let with = |map: AttrMap| {
-        let (cursor, entries) = crate::sync::load(fake.as_ref(), PREFIX, path_of).expect("load");
-        let opts = Options { prefix: PREFIX.into(), attr_map: map, ..Options::default() };
-        Core::new(fake.clone(), opts, loaded(entries, cursor), Box::new(Sent::default()))
-    };
+    let with = |map: AttrMap| mount_mapped(fake.clone(), map).core;
     let meta = |k: &str| {
         let m = fake.get(&key(k)).expect(k).meta;
         (m.mode & 0o7777, m.uid, m.gid)
@@ -685,13 +695,23 @@ fn the_root_takes_no_chmod_and_a_mapped_owner_or_mode_is_not_stored() {
     let d = core.lookup(ROOT, OsStr::new("d")).expect("d").ino.0;
     // `cp -p` by the shown owner: chown to what is shown, chmod of a file
     // whose mode is fixed: accepted, nothing stored.
-    let cp = SetAttr { caller: 998, mode: Some(0o600), uid: Some(998), gid: Some(997), ..SetAttr::default() };
+    let cp = SetAttr {
+        who: Caller { uid: 998, ..Caller::default() },
+        mode: Some(0o600),
+        uid: Some(998),
+        gid: Some(997),
+        ..SetAttr::default()
+    };
     let shown = core.setattr(f, None, cp).expect("setattr");
     assert_eq!((shown.uid, shown.gid, shown.perm), (998, 997, 0o640));
     assert_eq!(meta("f"), (0o644, 0, 0));
     // A directory's mode is not fixed here, but only root changes it for
     // every host.
-    let chmod_by = |caller, mode| SetAttr { caller, mode: Some(mode), ..SetAttr::default() };
+    let chmod_by = |caller, mode| SetAttr {
+        who: Caller { uid: caller, ..Caller::default() },
+        mode: Some(mode),
+        ..SetAttr::default()
+    };
     assert_eq!(core.setattr(d, None, chmod_by(998, 0o777)).map(|_| ()), Err(Errno::EPERM));
     // Taking bits away is the shown owner's; adding them, root's.
     core.setattr(d, None, chmod_by(998, 0o700)).expect("chmod go-rx");

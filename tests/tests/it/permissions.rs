@@ -25,12 +25,27 @@ fn stored(k: &Kvd, key: &str) -> (u32, u32, u32) {
     (m.mode & 0o7777, m.uid, m.gid)
 }
 
-/// Puts `value` at `key` with `mode` (owner root), through the API.
-fn put_mode(k: &Kvd, key: &str, value: &str, mode: u32) {
-    let attrs = kv_client::Attrs { mode: Some(mode), ..Default::default() };
-    let opts = kv_client::PutOptions { attrs, ..Default::default() };
+/// A put's options that set `mode`, and the owner `(uid, gid)` if given.
+fn with_mode(mode: u32, owner: Option<(u32, u32)>) -> kv_client::PutOptions {
+    let attrs =
+        kv_client::Attrs { mode: Some(mode), uid: owner.map(|o| o.0), gid: owner.map(|o| o.1), ..Default::default() };
+    kv_client::PutOptions { attrs, ..Default::default() }
+}
+
+/// Puts `value` at `key` through `c`, from synchronous code.
+fn put_via(c: &kv_client::Client, key: &str, value: &str, opts: &kv_client::PutOptions) {
     let rt = tokio::runtime::Runtime::new().expect("rt");
-    rt.block_on(k.client().put(key, value.to_owned(), &opts)).expect("put");
+    rt.block_on(c.put(key, value.to_owned(), opts)).expect("put");
+}
+
+/// Puts `value` at `key` with `mode` (the owner kept), through the API.
+fn put_mode(k: &Kvd, key: &str, value: &str, mode: u32) {
+    put_via(&k.client(), key, value, &with_mode(mode, None));
+}
+
+/// A mount of `k`'s prefix `app` with `-o opts`.
+fn app_mount(k: &Kvd, opts: &[&str]) -> Mount {
+    Mount::start(&format!("{}/app", k.url), opts)
 }
 
 /// Runs `script` in the mount as `who`; (succeeded, stdout, stderr).
@@ -59,7 +74,7 @@ fn allowed(m: &Mount, who: (u32, u32), script: &str) -> String {
 fn a_root_mount_serves_other_users_as_the_modes_allow() {
     let k = Kvd::bootstrap(&[]);
     // Mounted by root with no options, as the README and the fstab line do.
-    let m = Mount::start(&format!("{}/app", k.url), &[]);
+    let m = app_mount(&k, &[]);
     m.sh_ok("printf s > secret && chmod 600 secret && printf p > public && mkdir box && chmod 777 box");
     assert_eq!(stored(&k, "app/secret"), (0o600, 0, 0));
 
@@ -116,7 +131,7 @@ fn a_root_mount_serves_other_users_as_the_modes_allow() {
 #[test]
 fn a_service_reads_a_file_its_group_may_read_and_setgid_directories_hand_the_group_down() {
     let k = Kvd::bootstrap(&[]);
-    let m = Mount::start(&format!("{}/app", k.url), &[]);
+    let m = app_mount(&k, &[]);
     m.sh_ok(&format!(
         "printf 'db=secret' > app.conf && chown 0:{g} app.conf && chmod 640 app.conf && \
          mkdir shared && chown 0:{g} shared && chmod 2777 shared",
@@ -154,7 +169,7 @@ fn allow_root_keeps_others_out_and_nodefault_permissions_turns_the_checks_off() 
         // ...by the mount, which still serves root.
         assert_eq!(m.sh_ok("cat public"), "p");
     };
-    let m = Mount::start(&format!("{}/app", k.url), &["allow_root"]);
+    let m = app_mount(&k, &["allow_root"]);
     assert_eq!(m.sh_ok("cat public secret"), "ps");
     for script in ["cat DIR/public", "cat DIR/secret", "ls DIR", "printf x >> DIR/public"] {
         refused_all(&m, script);
@@ -164,7 +179,7 @@ fn allow_root_keeps_others_out_and_nodefault_permissions_turns_the_checks_off() 
 
     // Read-only, where reads may come without an open: still root's alone,
     // after root has read (and the kernel has cached) everything.
-    let m = Mount::start(&format!("{}/app", k.url), &["ro", "allow_root"]);
+    let m = app_mount(&k, &["ro", "allow_root"]);
     assert_eq!(m.sh_ok("cat public secret"), "ps");
     for script in ["cat DIR/public", "cat DIR/secret", "ls DIR"] {
         refused_all(&m, script);
@@ -173,13 +188,13 @@ fn allow_root_keeps_others_out_and_nodefault_permissions_turns_the_checks_off() 
 
     // A read-only mount for everyone (no FUSE open at all) is held to the
     // modes too.
-    let m = Mount::start(&format!("{}/app", k.url), &["ro"]);
+    let m = app_mount(&k, &["ro"]);
     assert_eq!(allowed(&m, NOBODY, "cat public"), "p");
     refused(&m, NOBODY, "cat secret", "Permission denied");
     drop(m);
 
     // Only for someone who knows why: every user reads and writes all.
-    let m = Mount::start(&format!("{}/app", k.url), &["nodefault_permissions"]);
+    let m = app_mount(&k, &["nodefault_permissions"]);
     assert_eq!(allowed(&m, NOBODY, "cat secret"), "s");
     assert!(m.log_text().contains("every local user may read and write every file"), "{}", m.log_text());
 }
@@ -358,14 +373,10 @@ fn the_token_decides_what_the_mount_sees_and_the_modes_which_user_sees_what() {
     let admin = k.client_with(Some(&k.admin_token()));
     let tokens = tempfile::tempdir().expect("tempdir");
     let token_file = tokens.path().join("app");
+    for (key, value, mode) in [("app/public", "p", 0o644), ("app/secret", "s", 0o600), ("app/hidden/key", "h", 0o644)] {
+        put_via(&admin, key, value, &with_mode(mode, None));
+    }
     rt.block_on(async {
-        for (key, value, mode) in
-            [("app/public", "p", 0o644), ("app/secret", "s", 0o600), ("app/hidden/key", "h", 0o644)]
-        {
-            let attrs = kv_client::Attrs { mode: Some(mode), ..Default::default() };
-            let opts = kv_client::PutOptions { attrs, ..Default::default() };
-            admin.put(key, value.to_owned(), &opts).await.expect("put");
-        }
         let spec = kv_client::TokenSpec {
             name: "app-mount".into(),
             read: vec!["app/public".into(), "app/secret".into()],
@@ -378,11 +389,11 @@ fn the_token_decides_what_the_mount_sees_and_the_modes_which_user_sees_what() {
     // A token file every user may read is one they may use: said at mount.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let m = Mount::start(&format!("{}/app", k.url), &[&format!("token_file={}", token_file.display())]);
+    let m = app_mount(&k, &[&format!("token_file={}", token_file.display())]);
     assert!(m.log_text().contains("the token file is readable by users other than its owner"), "{}", m.log_text());
     drop(m);
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let m = Mount::start(&format!("{}/app", k.url), &[&format!("token_file={}", token_file.display())]);
+    let m = app_mount(&k, &[&format!("token_file={}", token_file.display())]);
     assert!(!m.log_text().contains("readable by users other than its owner"), "{}", m.log_text());
     // What the token may not read, no one on the host reads, root included.
     let out = m.sh("cat hidden/key");
@@ -428,7 +439,7 @@ fn random_changes_of_modes_and_owners_hold_every_user_to_the_current_ones() {
         (rng % n as u64) as usize
     };
     let k = Kvd::bootstrap(&[]);
-    let m = Mount::start(&format!("{}/app", k.url), &[]);
+    let m = app_mount(&k, &[]);
     const FILES: [&str; 3] = ["a", "b", "c"];
     const MODES: [u32; 8] = [0o600, 0o640, 0o644, 0o660, 0o664, 0o666, 0o604, 0o400];
     const UIDS: [u32; 4] = [0, NOBODY.0, APP.0, OTHER.0];
@@ -456,10 +467,7 @@ fn random_changes_of_modes_and_owners_hold_every_user_to_the_current_ones() {
             }
             2 => {
                 // A new version from elsewhere, with its own attributes.
-                let attrs = kv_client::Attrs { mode: Some(mode), uid: Some(uid), gid: Some(gid), ..Default::default() };
-                let opts = kv_client::PutOptions { attrs, ..Default::default() };
-                let rt = tokio::runtime::Runtime::new().expect("rt");
-                rt.block_on(k.client().put(&format!("app/{f}"), format!("{f}{step}"), &opts)).expect("put");
+                put_via(&k.client(), &format!("app/{f}"), &format!("{f}{step}"), &with_mode(mode, Some((uid, gid))));
                 model[i] = (mode, uid, gid);
                 "put elsewhere"
             }
@@ -514,7 +522,7 @@ fn on_thread_as<T: Send + 'static>(who: (u32, u32), f: impl FnOnce() -> T + Send
 #[test]
 fn a_writer_let_in_by_an_old_version_cannot_close_over_a_new_owner_s_file() {
     let k = Kvd::bootstrap(&[]);
-    let m = Mount::start(&format!("{}/app", k.url), &[]);
+    let m = app_mount(&k, &[]);
     m.sh_ok("mkdir box && chmod 777 box && printf mine > box/f && chmod 666 box/f");
     let path = m.dir.join("box/f");
     let url = k.url.clone();
@@ -525,16 +533,11 @@ fn a_writer_let_in_by_an_old_version_cannot_close_over_a_new_owner_s_file() {
         let opened_as = std::fs::metadata(&path).map(|m| m.uid()).unwrap_or(u32::MAX);
         f.write_all(b"pwn").expect("write");
         // ...when root puts a secret of its own there from elsewhere.
-        let attrs = kv_client::Attrs { mode: Some(0o600), uid: Some(0), gid: Some(0), ..Default::default() };
-        let opts = kv_client::PutOptions { attrs, ..Default::default() };
-        let rt = tokio::runtime::Runtime::new().expect("rt");
         let c = kv_client::Client::new(&[url]).expect("client");
-        rt.block_on(c.put("app/box/f", "secret".to_owned(), &opts)).expect("put");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::fs::metadata(&path).map(|m| m.mode() & 0o7777).ok() != Some(0o600) {
-            assert!(Instant::now() < deadline, "the mount never showed the new version");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        put_via(&c, "app/box/f", "secret", &with_mode(0o600, Some((0, 0))));
+        eventually("the mount shows the new version", || {
+            std::fs::metadata(&path).map(|m| m.mode() & 0o7777).ok() == Some(0o600)
+        });
         (kv_tests::close_checked(f).map_err(|e| e.raw_os_error()), opened_as)
     });
     assert_eq!(opened_as, 0, "the file was root's");
@@ -546,7 +549,7 @@ fn a_writer_let_in_by_an_old_version_cannot_close_over_a_new_owner_s_file() {
 #[test]
 fn opens_with_o_creat_racing_a_secret_s_creation_elsewhere_never_read_it() {
     let k = Kvd::bootstrap(&[]);
-    let m = Mount::start(&format!("{}/app", k.url), &[]);
+    let m = app_mount(&k, &[]);
     m.sh_ok("mkdir box && chmod 777 box");
     let path = m.dir.join("box/s");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -555,8 +558,7 @@ fn opens_with_o_creat_racing_a_secret_s_creation_elsewhere_never_read_it() {
     let root = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("rt");
         let c = kv_client::Client::new(&[url]).expect("client");
-        let attrs = kv_client::Attrs { mode: Some(0o600), uid: Some(0), gid: Some(0), ..Default::default() };
-        let opts = kv_client::PutOptions { attrs, ..Default::default() };
+        let opts = with_mode(0o600, Some((0, 0)));
         let (mut rounds, mut replaced) = (0, Vec::new());
         while !halt.load(std::sync::atomic::Ordering::Relaxed) {
             rt.block_on(c.put("app/box/s", "secret".to_owned(), &opts)).expect("put");

@@ -341,23 +341,15 @@ fn a_create_racing_the_watch_bringing_the_name_is_sent_back_to_a_fresh_lookup() 
     assert_eq!((stored(&fake, "f"), a.cat("f")), (Some(b"theirs".to_vec()), Ok(b"theirs".to_vec())));
 }
 
-/// `f` as `mode` owned by `uid`:`gid`, from elsewhere.
-fn put_owned(fake: &FakeCluster, name: &str, value: &str, (mode, uid, gid): (u32, u32, u32)) {
-    let attrs = Attrs { mode: Some(mode), uid: Some(uid), gid: Some(gid), ..Attrs::default() };
-    fake.put(&key(name), value.as_bytes().to_vec(), &PutOptions { attrs, ..PutOptions::default() }).expect("put");
-}
-
 #[test]
 fn a_writer_other_than_root_puts_only_over_the_version_it_was_checked_against() {
-    let nobody = crate::handles::Caller { uid: 65534, gids: vec![65534], held: true, all_groups: true, caps: 0 };
+    let nobody = Caller::held(65534, vec![65534]);
     for (theirs, want) in [((0o600, 0, 0), ("secret", Err(Errno::EACCES))), ((0o666, 0, 0), ("pwn", Ok(())))] {
         let fake = fake();
         let hooked = Hooked::new(fake.clone());
         put_owned(&fake, "f", "mine", (0o666, 0, 0));
         let a = mount(hooked.clone());
-        let ino = a.ino("f").expect("lookup");
-        let fh = a.core.open_as(ino, libc::O_WRONLY | libc::O_TRUNC, nobody.clone()).expect("open");
-        a.core.write(fh, 0, b"pwn", Some(SHELL)).expect("write");
+        let (_, fh) = a.writer_as("f", nobody.clone(), b"pwn");
         // Root's version is in the cluster; this mount has not seen it yet,
         // and does once the close's put fails over it.
         put_owned(&fake, "f", "secret", theirs);
@@ -371,15 +363,13 @@ fn a_writer_other_than_root_puts_only_over_the_version_it_was_checked_against() 
 
 #[test]
 fn a_group_member_s_writer_is_held_to_the_owner_s_chmod_only_where_it_takes_their_write() {
-    let member = crate::handles::Caller { uid: 1000, gids: vec![1000, 50], held: true, all_groups: true, caps: 0 };
+    let member = Caller::held(1000, vec![1000, 50]);
     let cases = [(0o775, Ok(())), (0o644, Err(Errno::EACCES))];
     for ((chmod, want), fsync) in cases.iter().flat_map(|c| [(*c, true), (*c, false)]) {
         let fake = fake();
         put_owned(&fake, "f", "", (0o664, 0, 50));
         let a = mount(fake.clone());
-        let ino = a.ino("f").expect("lookup");
-        let fh = a.core.open_as(ino, libc::O_WRONLY | libc::O_TRUNC, member.clone()).expect("open");
-        a.core.write(fh, 0, b"a", Some(SHELL)).expect("write");
+        let (_, fh) = a.writer_as("f", member.clone(), b"a");
         // (an fsync leaves the writer on an older version of the file)
         if fsync {
             assert_eq!(a.core.fsync(fh), Ok(()));
@@ -401,7 +391,7 @@ fn a_group_member_s_writer_is_held_to_the_owner_s_chmod_only_where_it_takes_thei
 
 #[test]
 fn a_file_created_here_over_a_version_that_won_elsewhere_keeps_its_owner() {
-    let nobody = crate::handles::Caller { uid: 65534, gids: vec![65534], held: true, all_groups: true, caps: 0 };
+    let nobody = Caller::held(65534, vec![65534]);
     let fake = fake();
     let hooked = Hooked::new(fake.clone());
     let a = mount(hooked.clone());
@@ -424,20 +414,18 @@ fn a_file_created_here_over_a_version_that_won_elsewhere_keeps_its_owner() {
 
 #[test]
 fn a_touch_by_the_writer_does_not_make_root_s_lockdown_theirs() {
-    let user = crate::handles::Caller { uid: 1000, gids: vec![1000], held: true, all_groups: true, caps: 0 };
+    let user = Caller::held(1000, vec![1000]);
     let fake = fake();
     put_owned(&fake, "f", "v", (0o644, 1000, 1000));
     let a = mount(fake.clone());
-    let ino = a.ino("f").expect("lookup");
-    let fh = a.core.open_as(ino, libc::O_WRONLY | libc::O_TRUNC, user).expect("open");
-    a.core.write(fh, 0, b"mine", Some(SHELL)).expect("write");
+    let (ino, fh) = a.writer_as("f", user, b"mine");
     // Root takes the file over elsewhere (attributes only: the same inode).
     put_owned(&fake, "f", "v", (0o600, 0, 0));
     catch_up(&a.core, &fake);
     assert_eq!(a.ino("f"), Ok(ino));
     // The writer's touch (utimensat through the mount, checked by the
     // kernel against what it had cached) changes no mode or owner.
-    let touch = SetAttr { caller: 1000, mtime: Some(1), ..SetAttr::default() };
+    let touch = SetAttr { who: Caller::held(1000, vec![1000]), mtime: Some(1), ..SetAttr::default() };
     let _ = a.core.setattr(ino, Some(fh), touch);
     assert_eq!(a.core.flush(fh, SHELL), Err(Errno::EACCES));
     a.core.release(fh);
@@ -446,27 +434,23 @@ fn a_touch_by_the_writer_does_not_make_root_s_lockdown_theirs() {
 
 #[test]
 fn a_user_s_own_chmod_through_its_writer_holds_it_to_what_they_made_it_and_an_unheld_user_is_not_held() {
-    let user = crate::handles::Caller { uid: 1000, gids: vec![1000], held: true, all_groups: true, caps: 0 };
+    let user = Caller::held(1000, vec![1000]);
     let fake = fake();
     put_owned(&fake, "f", "", (0o644, 1000, 1000));
     let a = mount(fake.clone());
     // `cp -p` of a 0444 file over one's own: write, fchmod, close.
-    let ino = a.ino("f").expect("lookup");
-    let fh = a.core.open_as(ino, libc::O_WRONLY | libc::O_TRUNC, user.clone()).expect("open");
-    a.core.write(fh, 0, b"copy", Some(SHELL)).expect("write");
-    let chmod = SetAttr { caller: 1000, held: true, mode: Some(0o444), ..SetAttr::default() };
+    let (ino, fh) = a.writer_as("f", user.clone(), b"copy");
+    let chmod = SetAttr { who: Caller::held(1000, vec![1000]), mode: Some(0o444), ..SetAttr::default() };
     a.core.setattr(ino, Some(fh), chmod).expect("fchmod");
     assert_eq!(a.core.flush(fh, SHELL), Ok(()));
     a.core.release(fh);
     assert_eq!(stored(&fake, "f"), Some(b"copy".to_vec()));
 
     // On a mount without mode checks the token decides, not kvfs.
-    let unheld = crate::handles::Caller { held: false, ..user };
+    let unheld = Caller { held: false, ..user };
     put_owned(&fake, "g", "", (0o666, 0, 0));
     catch_up(&a.core, &fake);
-    let ino = a.ino("g").expect("lookup");
-    let fh = a.core.open_as(ino, libc::O_WRONLY | libc::O_TRUNC, unheld).expect("open");
-    a.core.write(fh, 0, b"x", Some(SHELL)).expect("write");
+    let (_, fh) = a.writer_as("g", unheld, b"x");
     put_owned(&fake, "g", "root's", (0o600, 0, 0));
     catch_up(&a.core, &fake);
     assert_eq!(a.core.flush(fh, SHELL), Ok(()));
@@ -485,9 +469,10 @@ fn a_former_owner_s_chmod_or_chown_of_root_s_lockdown_is_refused() {
     // old owner cached when the former owner's chmod comes.
     put_owned(&fake, "f", "v", (0o600, 0, 0));
     catch_up(&a.core, &fake);
-    let by_user = |mode, uid, gid| SetAttr { caller: 1000, held: true, mode, uid, gid, ..SetAttr::default() };
+    let by_user =
+        |mode, uid, gid| SetAttr { who: Caller::held(1000, vec![1000]), mode, uid, gid, ..SetAttr::default() };
     for a_ in [by_user(Some(0o666), None, None), by_user(None, None, Some(1000)), by_user(None, Some(1000), None)] {
-        assert_eq!(a.core.setattr(ino, None, a_).map(|_| ()), Err(Errno::EPERM), "{a_:?}");
+        assert_eq!(a.core.setattr(ino, None, a_.clone()).map(|_| ()), Err(Errno::EPERM), "{a_:?}");
     }
     assert_eq!(fake.get(&key("f")).map(|e| (e.meta.mode & 0o7777, e.meta.uid, e.meta.gid)), Some((0o600, 0, 0)));
     // The kernel's own clearing of set-id bits on a write by another user.
