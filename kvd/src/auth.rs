@@ -2,13 +2,11 @@
 //! tokens kept hashed in the replicated system area, and JWTs.
 
 use axum::http::{header, HeaderMap};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use kv_client::{Access, Grants};
 use serde::{Deserialize, Serialize};
 
 use crate::jwt::{looks_like_jwt, Verifier};
-use crate::sm::TokenTable;
+use crate::token::{hash_token, TokenTable};
 use crate::types::{Cmp, Op, Txn};
 
 /// Which requests need a credential.
@@ -229,19 +227,6 @@ impl Caller {
     }
 }
 
-/// SHA-256 of a token, hex: what the system area stores.
-pub fn hash_token(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A new random token: `kv_` and 256 bits in base64url.
-pub fn new_token() -> anyhow::Result<String> {
-    let mut b = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
-        .map_err(|_| anyhow::anyhow!("no randomness for a token"))?;
-    Ok(format!("kv_{}", URL_SAFE_NO_PAD.encode(b)))
-}
-
 fn now_s() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -311,7 +296,7 @@ mod tests {
 
     #[test]
     fn modes_decide_what_is_open() {
-        let t = new_token().expect("token");
+        let t = crate::token::new_token().expect("token");
         assert!(t.starts_with("kv_") && t.len() > 40);
         let tokens = table(&t);
         let none = Auth { mode: Mode::None, ..Auth::default() };
@@ -337,7 +322,7 @@ mod tests {
 
     #[test]
     fn a_transaction_needs_every_right_it_uses_and_a_live_credential() {
-        let t = new_token().expect("token");
+        let t = crate::token::new_token().expect("token");
         let rec = TokenRecord::new(
             "app",
             Grants { read: vec!["app".into()], write: vec!["app".into()], admin: false },

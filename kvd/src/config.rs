@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use crate::error::{invalid, Context};
 use serde::Deserialize;
 
 use crate::auth::Mode;
@@ -203,7 +203,7 @@ pub struct TlsFiles {
 
 impl Config {
     /// Resolves flags over the config file over defaults.
-    pub fn resolve(flags: &Flags) -> anyhow::Result<Config> {
+    pub fn resolve(flags: &Flags) -> crate::error::Result<Config> {
         let file = match &flags.config {
             Some(p) => {
                 let text =
@@ -214,16 +214,16 @@ impl Config {
         };
         let dev_id = flags.dev.then_some(1);
         let Some(id) = flags.id.or(file.id).or(dev_id) else {
-            bail!("--id is required (a non-zero integer unique in the cluster)");
+            invalid!("--id is required (a non-zero integer unique in the cluster)");
         };
         if id == 0 {
-            bail!("--id must be non-zero");
+            invalid!("--id must be non-zero");
         }
         let dev_dir = flags.dev.then(|| std::env::temp_dir().join(format!("kvd-dev-{}", std::process::id())));
         let configured_dir = flags.data_dir.clone().or(file.data_dir);
         let ephemeral = configured_dir.is_none() && dev_dir.is_some();
         let Some(data_dir) = configured_dir.or(dev_dir) else {
-            bail!("--data-dir is required");
+            invalid!("--data-dir is required");
         };
         let client_addr = flags.client_addr.clone().or(file.client_addr).unwrap_or("127.0.0.1:7379".into());
         let peer_addr = flags.peer_addr.clone().or(file.peer_addr).unwrap_or("127.0.0.1:7380".into());
@@ -233,11 +233,11 @@ impl Config {
         }
         let max_value_size = flags.max_value_size.or(file.max_value_size).unwrap_or(1 << 20);
         if max_value_size == 0 {
-            bail!("max_value_size must be positive");
+            invalid!("max_value_size must be positive");
         }
         let dedup_window_ms = flags.dedup_window_ms.or(file.dedup_window_ms).unwrap_or(dedup::DEFAULT_WINDOW_MS);
         if !(dedup::MIN_WINDOW_MS..=dedup::MAX_WINDOW_MS).contains(&dedup_window_ms) {
-            bail!(
+            invalid!(
                 "dedup_window_ms must be from {} (1 s) to {} (30 days), not {dedup_window_ms}",
                 dedup::MIN_WINDOW_MS,
                 dedup::MAX_WINDOW_MS
@@ -250,7 +250,7 @@ impl Config {
         ) {
             (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
             (None, None, None) => None,
-            _ => bail!("TLS needs all three of --tls-cert, --tls-key and --tls-ca"),
+            _ => invalid!("TLS needs all three of --tls-cert, --tls-key and --tls-ca"),
         };
         let cfg = Config {
             id,
@@ -276,7 +276,7 @@ impl Config {
             jwt: file.jwt,
         };
         if cfg.election_timeout_ms <= 2 * cfg.heartbeat_ms {
-            bail!("election timeout must be more than twice the heartbeat interval");
+            invalid!("election timeout must be more than twice the heartbeat interval");
         }
         Ok(cfg)
     }

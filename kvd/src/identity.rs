@@ -53,10 +53,10 @@ impl FromStr for ClusterId {
 
 impl ClusterId {
     /// A new random id.
-    pub fn random() -> anyhow::Result<ClusterId> {
+    pub fn random() -> crate::error::Result<ClusterId> {
         let mut b = [0u8; 8];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
-            .map_err(|_| anyhow::anyhow!("no randomness for a cluster id"))?;
+            .map_err(|_| crate::error::Error::Invalid("no randomness for a cluster id".into()))?;
         Ok(ClusterId(u64::from_be_bytes(b)))
     }
 }
@@ -95,9 +95,14 @@ pub enum Refusal {
 
 impl Identity {
     /// Reads the id from the data dir's store, if it has one.
-    pub fn load(store: Store) -> anyhow::Result<Identity> {
+    pub fn load(store: Store) -> crate::error::Result<Identity> {
         let id = match store.raft.get(KEY)? {
-            Some(v) => Some(std::str::from_utf8(&v)?.parse::<ClusterId>().map_err(anyhow::Error::msg)?),
+            Some(v) => Some(
+                std::str::from_utf8(&v)
+                    .map_err(|e| crate::error::Error::Invalid(format!("the stored cluster id is not text: {e}")))?
+                    .parse::<ClusterId>()
+                    .map_err(crate::error::Error::Invalid)?,
+            ),
             None => None,
         };
         Ok(Identity { store, id: Mutex::new(id), logged: Default::default() })
@@ -110,7 +115,7 @@ impl Identity {
 
     /// Makes a new cluster's id (bootstrap) and puts it on disk, replacing
     /// any id this node had.
-    pub fn create(&self) -> anyhow::Result<ClusterId> {
+    pub fn create(&self) -> crate::error::Result<ClusterId> {
         let id = ClusterId::random()?;
         let mut held = self.id.lock().unwrap_or_else(|e| e.into_inner());
         self.persist(id);

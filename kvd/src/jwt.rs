@@ -100,9 +100,11 @@ impl Key {
     }
 }
 
-fn b64(field: &Option<String>, what: &str) -> anyhow::Result<Vec<u8>> {
-    let s = field.as_deref().ok_or_else(|| anyhow::anyhow!("key has no {what:?}"))?;
-    URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).map_err(|_| anyhow::anyhow!("key field {what:?} is not base64url"))
+fn b64(field: &Option<String>, what: &str) -> crate::error::Result<Vec<u8>> {
+    let s = field.as_deref().ok_or_else(|| crate::error::Error::Invalid(format!("key has no {what:?}")))?;
+    URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .map_err(|_| crate::error::Error::Invalid(format!("key field {what:?} is not base64url")))
 }
 
 /// Checks JWTs for one issuer.
@@ -127,32 +129,32 @@ pub fn looks_like_jwt(token: &str) -> bool {
 impl Verifier {
     /// Loads the JWKS file; a key of an unsupported type is an error, so a
     /// typo never silently disables a key.
-    pub fn load(cfg: JwtConfig) -> anyhow::Result<Verifier> {
-        use anyhow::Context;
+    pub fn load(cfg: JwtConfig) -> crate::error::Result<Verifier> {
+        use crate::error::{invalid, Context};
         let text = std::fs::read(&cfg.jwks_file)
             .with_context(|| format!("cannot read the JWKS file {}", cfg.jwks_file.display()))?;
         let jwks: Jwks = serde_json::from_slice(&text)
             .with_context(|| format!("{} is not a JWKS document", cfg.jwks_file.display()))?;
         let mut keys = Vec::new();
         for (i, k) in jwks.keys.iter().enumerate() {
-            let key = (|| -> anyhow::Result<Key> {
+            let key = (|| -> crate::error::Result<Key> {
                 Ok(match (k.kty.as_str(), k.crv.as_deref()) {
                     ("RSA", _) => Key::Rsa { n: b64(&k.n, "n")?, e: b64(&k.e, "e")? },
                     ("EC", Some("P-256")) => Key::Ec([vec![4u8], b64(&k.x, "x")?, b64(&k.y, "y")?].concat()),
                     ("OKP", Some("Ed25519")) => Key::Ed(b64(&k.x, "x")?),
-                    (kty, crv) => anyhow::bail!("unsupported key type {kty} {crv:?} (RSA, EC P-256, OKP Ed25519)"),
+                    (kty, crv) => invalid!("unsupported key type {kty} {crv:?} (RSA, EC P-256, OKP Ed25519)"),
                 })
             })()
             .with_context(|| format!("{}: key {i}", cfg.jwks_file.display()))?;
             if let Some(alg) = &k.alg {
                 if alg != key.alg() {
-                    anyhow::bail!("{}: key {i} says alg {alg} but is a {} key", cfg.jwks_file.display(), key.alg());
+                    invalid!("{}: key {i} says alg {alg} but is a {} key", cfg.jwks_file.display(), key.alg());
                 }
             }
             keys.push((k.kid.clone(), key));
         }
         if keys.is_empty() {
-            anyhow::bail!("{} holds no keys", cfg.jwks_file.display());
+            invalid!("{} holds no keys", cfg.jwks_file.display());
         }
         Ok(Verifier { cfg, keys })
     }

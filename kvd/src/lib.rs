@@ -11,15 +11,35 @@
 // NOTE: openraft's storage traits return its large `StorageError` by value.
 #![allow(clippy::result_large_err)]
 
+// Map of the crate, outside in (each layer only uses the ones below it):
+//
+// - boot: the composition root; builds every part, wires them into a Node,
+//   serves both APIs until a signal; `kvd restore`.
+// - api/: the client API over HTTP (DESIGN.md §4), one file per audience;
+//   api/parse.rs turns requests into domain values, api/error.rs is the one
+//   map from domain errors to codes and statuses.
+// - peer: the peer API's server; network: its client (and openraft's
+//   RaftNetwork); rpc: the peer protocol both declare their RPCs from.
+// - node/: the Node service: writes and linearizable reads through the
+//   leader (cluster.rs), leadership transfer, watch liveness, status.
+// - proposer: batches writes into log entries; rounds: shared waits.
+// - auth, jwt, token: callers, rights, tokens.
+// - sm: the state machine over fjall; txn: transaction semantics over a
+//   read view; dedup: request-id records; snapfile: the snapshot format.
+// - log_store, store, identity, disk: the Raft log, the fjall database,
+//   the cluster id, free space.
+// - types: the Raft type config and what travels through the log;
+//   config, tls, metrics, error: settings, certificates, counters, errors.
+
 mod api;
 mod auth;
-mod cluster;
+mod boot;
 mod config;
 mod dedup;
 mod disk;
+mod error;
 mod identity;
 mod jwt;
-mod liveness;
 mod log_store;
 mod metrics;
 mod network;
@@ -27,16 +47,18 @@ mod node;
 mod peer;
 mod proposer;
 mod rounds;
+mod rpc;
 mod sm;
 mod snapfile;
 mod store;
 mod tls;
-mod transfer;
+mod token;
 mod types;
 
+pub use boot::{restore, run};
 pub use config::{Config, FileConfig, Flags};
+pub use error::Error;
 pub use log_store::LogStore;
-pub use node::{restore, run, Node};
 pub use sm::StateMachine;
 pub use store::{lock_dir, OpenError, Store};
 pub use types::{Member, Request, Response, TypeConfig};
@@ -47,7 +69,7 @@ pub use types::{Member, Request, Response, TypeConfig};
 #[doc(hidden)]
 pub mod fuzz {
     pub use crate::api::fuzz_request as request;
-    pub use crate::peer::fuzz_peer as peer;
+    pub use crate::rpc::decode_all as peer;
     pub use crate::sm::fuzz_snapshot as snapshot;
 
     #[cfg(test)]
@@ -83,5 +105,7 @@ pub mod fuzz {
     }
 }
 
+#[cfg(test)]
+mod layers;
 #[cfg(test)]
 mod suite;

@@ -13,35 +13,11 @@ use openraft::raft::{
     VoteResponse,
 };
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::identity::{from_headers, Identity, Refusal, HEADER};
+use crate::rpc::{self, Rpc};
 use crate::store::Durability;
 use crate::types::{decode, encode, Entry, Member, NodeId, TypeConfig};
-
-/// Paths of the peer API.
-pub mod path {
-    /// Raft AppendEntries.
-    pub const APPEND: &str = "/peer/v1/append";
-    /// Raft RequestVote.
-    pub const VOTE: &str = "/peer/v1/vote";
-    /// One chunk of InstallSnapshot.
-    pub const SNAPSHOT: &str = "/peer/v1/snapshot";
-    /// A client write forwarded to the leader, with the client's credential
-    /// (`crate::cluster::Forwarded`); the leader authorizes it.
-    pub const PROPOSE: &str = "/peer/v1/propose";
-    /// The leader's read index, for a follower's linearizable read.
-    pub const READ_INDEX: &str = "/peer/v1/read-index";
-    /// Hold back elections for a while (leadership transfer).
-    pub const HOLD_ELECTIONS: &str = "/peer/v1/hold-elections";
-    /// Start an election now (leadership transfer).
-    pub const ELECT: &str = "/peer/v1/elect";
-    /// The member's own status (JSON).
-    pub const STATUS: &str = "/peer/v1/status";
-    /// Who the node is: id, cluster id, whether it holds data (taken
-    /// from any cluster).
-    pub const IDENTITY: &str = "/peer/v1/identity";
-}
 
 /// Longest a heartbeat or a commit notice waits for this node's fsync under
 /// way before it goes with the commit index held back.
@@ -100,7 +76,7 @@ impl Network {
         tls: Option<rustls::ClientConfig>,
         durable: Arc<Durability>,
         identity: Arc<Identity>,
-    ) -> anyhow::Result<Network> {
+    ) -> crate::error::Result<Network> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             // NOTE: a member closes a connection idle this long; one reused
@@ -110,30 +86,35 @@ impl Network {
         if let Some(cfg) = tls {
             b = b.use_preconfigured_tls(cfg);
         }
-        let http = b.build()?;
+        let http = b.build().map_err(|e| crate::error::Error::Failed {
+            what: "cannot set up the peer client".into(),
+            source: Box::new(e),
+        })?;
         Ok(Network { http, durable, identity })
     }
 
-    /// POSTs `req` (bincode) to `base + path` and decodes the answer.
-    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    /// Sends `req` as RPC `R` to the peer at `base` and decodes its answer.
+    pub async fn call<R: Rpc>(
         &self,
         base: &str,
-        path: &str,
-        req: &Req,
+        req: &R::Request,
         timeout: Duration,
-    ) -> Result<Resp, CallError> {
-        self.post(base, peer_url(base, path), req, timeout).await
+    ) -> Result<R::Response, CallError> {
+        if R::JSON_GET {
+            return self.get_json(base, R::PATH, timeout).await;
+        }
+        self.post::<R>(base, peer_url(base, R::PATH), req, timeout).await
     }
 
-    /// POSTs `req` (bincode) to `url`, a URL of the peer at `base`, and
-    /// decodes the answer.
-    async fn post<Req: Serialize, Resp: DeserializeOwned>(
+    /// POSTs `req` (bincode) to `url`, RPC `R`'s URL at the peer at `base`,
+    /// and decodes the answer.
+    async fn post<R: Rpc>(
         &self,
         base: &str,
         url: Result<reqwest::Url, String>,
-        req: &Req,
+        req: &R::Request,
         timeout: Duration,
-    ) -> Result<Resp, CallError> {
+    ) -> Result<R::Response, CallError> {
         let url = url.map_err(|e| CallError::Failed(base.to_owned(), e))?;
         let resp = self
             .with_id(self.http.post(url))
@@ -194,12 +175,7 @@ impl Network {
     }
 
     /// GETs JSON from another member.
-    pub async fn get_json<T: DeserializeOwned>(
-        &self,
-        base: &str,
-        path: &str,
-        timeout: Duration,
-    ) -> Result<T, CallError> {
+    async fn get_json<T: DeserializeOwned>(&self, base: &str, path: &str, timeout: Duration) -> Result<T, CallError> {
         let url = format!("{}{path}", base.trim_end_matches('/'));
         let resp = self.with_id(self.http.get(&url)).timeout(timeout).send().await.map_err(|e| send_error(base, e))?;
         let body = resp.bytes().await.map_err(|e| CallError::Failed(base.to_owned(), e.to_string()))?;
@@ -252,7 +228,7 @@ impl AppendCap {
 
 /// The Raft RPCs, in the order of `PeerClient::rpc_urls`.
 #[derive(Debug, Clone, Copy)]
-enum Rpc {
+enum RaftRpc {
     Append,
     Vote,
     Snapshot,
@@ -263,25 +239,25 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
         let url = node.peer_url.clone();
-        let rpc_urls = [path::APPEND, path::VOTE, path::SNAPSHOT].map(|p| peer_url(&url, p));
+        let rpc_urls = rpc::RAFT_PATHS.map(|p| peer_url(&url, p));
         PeerClient { target, url, rpc_urls, net: self.clone(), append_cap: AppendCap::new() }
     }
 }
 
 impl PeerClient {
-    async fn rpc<Req, Resp, E>(
+    async fn rpc<R, Resp, E>(
         &self,
-        which: Rpc,
-        req: &Req,
+        which: RaftRpc,
+        req: &R::Request,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
     where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
+        R: Rpc<Response = Result<Resp, RaftError<NodeId, E>>>,
+        E: std::error::Error,
     {
+        debug_assert_eq!(rpc::RAFT_PATHS[which as usize], R::PATH);
         let url = self.rpc_urls[which as usize].clone();
-        match self.net.post::<Req, Result<Resp, RaftError<NodeId, E>>>(&self.url, url, req, option.hard_ttl()).await {
+        match self.net.post::<R>(&self.url, url, req, option.hard_ttl()).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             // NOTE: a peer of another cluster is as good as unreachable:
@@ -314,7 +290,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             rpc.leader_commit = rpc.leader_commit.min(durable.synced());
         }
         if rpc.entries.is_empty() {
-            return self.rpc(Rpc::Append, &rpc, &option).await;
+            return self.rpc::<rpc::Append, _, _>(RaftRpc::Append, &rpc, &option).await;
         }
         // Entries go in parts that fit the RPC's time (see AppendCap and
         // APPEND_MAX_BYTES). openraft hears of a part as a partial success
@@ -322,7 +298,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let keep = fitting(&rpc.entries, self.append_cap.start(), APPEND_MAX_BYTES);
         let part = (keep < rpc.entries.len()).then(|| rpc.entries[keep - 1].log_id);
         rpc.entries.truncate(keep);
-        let sent = self.rpc(Rpc::Append, &rpc, &option).await;
+        let sent = self.rpc::<rpc::Append, _, _>(RaftRpc::Append, &rpc, &option).await;
         self.append_cap.finish(sent.is_ok());
         match (sent, part) {
             (Ok(AppendEntriesResponse::Success), Some(last)) => Ok(AppendEntriesResponse::PartialSuccess(Some(last))),
@@ -336,7 +312,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
     {
-        self.rpc(Rpc::Snapshot, &rpc, &option).await
+        self.rpc::<rpc::Snapshot, _, _>(RaftRpc::Snapshot, &rpc, &option).await
     }
 
     async fn vote(
@@ -344,7 +320,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.rpc(Rpc::Vote, &rpc, &option).await
+        self.rpc::<rpc::Vote, _, _>(RaftRpc::Vote, &rpc, &option).await
     }
 }
 
@@ -414,9 +390,9 @@ mod tests {
 
     #[test]
     fn peer_urls_join_base_and_path_and_say_what_is_wrong() {
-        let u = peer_url("http://127.0.0.1:7380/", path::APPEND).expect("a good URL");
+        let u = peer_url("http://127.0.0.1:7380/", rpc::Append::PATH).expect("a good URL");
         assert_eq!(u.as_str(), "http://127.0.0.1:7380/peer/v1/append");
-        let e = peer_url("127.0.0.1:7380", path::VOTE).expect_err("no scheme");
+        let e = peer_url("127.0.0.1:7380", rpc::Vote::PATH).expect_err("no scheme");
         assert!(e.contains("bad peer URL 127.0.0.1:7380/peer/v1/vote"), "{e}");
     }
 }

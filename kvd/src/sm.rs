@@ -76,8 +76,7 @@ struct Overlay {
     sys: BTreeMap<Vec<u8>, Option<TokenRecord>>,
 }
 
-/// Tokens by the hash of their secret.
-pub type TokenTable = std::collections::HashMap<String, TokenRecord>;
+pub use crate::token::TokenTable;
 
 fn token_key(name: &str) -> Vec<u8> {
     [b"token/".as_slice(), name.as_bytes()].concat()

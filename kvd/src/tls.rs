@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::error::{invalid, Context};
 use axum::Router;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -35,12 +35,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 impl Tls {
     /// Loads the node's certificate chain, key and the cluster CA (PEM).
-    pub fn load(cert: &Path, key: &Path, ca: &Path) -> anyhow::Result<Tls> {
+    pub fn load(cert: &Path, key: &Path, ca: &Path) -> crate::error::Result<Tls> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
             .and_then(|i| i.collect::<Result<_, _>>())
             .with_context(|| format!("cannot read certificates from {}", cert.display()))?;
         if certs.is_empty() {
-            anyhow::bail!("{} holds no certificate", cert.display());
+            invalid!("{} holds no certificate", cert.display());
         }
         let key = PrivateKeyDer::from_pem_file(key)
             .with_context(|| format!("cannot read a private key from {}", key.display()))?;
@@ -52,7 +52,7 @@ impl Tls {
             roots.add(c).with_context(|| format!("bad CA certificate in {}", ca.display()))?;
         }
         if roots.is_empty() {
-            anyhow::bail!("{} holds no CA certificate", ca.display());
+            invalid!("{} holds no CA certificate", ca.display());
         }
         let roots = Arc::new(roots);
         let server = || {

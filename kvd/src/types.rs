@@ -4,6 +4,8 @@ use kv_client::Kind;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+pub use crate::token::TokenRecord;
+
 openraft::declare_raft_types!(
     /// kv's Raft types: requests are transactions, snapshots are files.
     pub TypeConfig:
@@ -130,26 +132,6 @@ pub enum Op {
     SetDedupWindow(u64),
 }
 
-/// A token as the system area stores it: a hash, never the secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    /// Unique name.
-    pub name: String,
-    /// SHA-256 of the secret, hex.
-    pub hash: String,
-    /// Rights.
-    pub grants: kv_client::Grants,
-    /// Creation time, ns.
-    pub created_ns: i64,
-}
-
-impl TokenRecord {
-    /// The record of a token: its hash, never the secret itself.
-    pub fn new(name: &str, grants: kv_client::Grants, secret: &str, created_ns: i64) -> TokenRecord {
-        TokenRecord { name: name.to_owned(), hash: crate::auth::hash_token(secret), grants, created_ns }
-    }
-}
-
 /// Result of one operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -241,4 +223,9 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 /// Decodes bincode, reporting corruption as an io error.
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> std::io::Result<T> {
     bincode::deserialize(b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Now, in ns since the epoch.
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }

@@ -6,8 +6,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::cluster::ClusterError;
-use crate::node::Node;
+use super::{ClusterError, Node};
 
 /// When this node last went without a known leader (fed by the leader
 /// watcher in crate::node, and by every check).

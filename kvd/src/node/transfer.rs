@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedRwLockWriteGuard;
 
-use crate::cluster::{unavailable, ClusterError, STATUS_TIMEOUT};
-use crate::network::path;
-use crate::node::Node;
+use super::cluster::{unavailable, ClusterError, STATUS_TIMEOUT};
+use super::Node;
+use crate::rpc;
 use crate::types::NodeId;
 
 /// A switch of a running node (its heartbeats, its elections) that is on
@@ -144,7 +144,7 @@ impl Drop for TransferHolds {
 /// Asks each peer at once to hold its elections for `ms` (0: stop holding).
 async fn hold_peers(node: &Node, peers: &[String], ms: u64) {
     let asks = peers.iter().map(|url| async move {
-        if let Err(e) = node.net.call::<_, ()>(url, path::HOLD_ELECTIONS, &ms, STATUS_TIMEOUT).await {
+        if let Err(e) = node.net.call::<rpc::HoldElections>(url, &ms, STATUS_TIMEOUT).await {
             tracing::warn!(peer = %url, hold_ms = ms, error = %e, "cannot set a peer's election hold");
         }
     });
@@ -264,10 +264,7 @@ impl Node {
             let lease = self.cfg.election_timeout_ms * 2 + self.cfg.heartbeat_ms * 2;
             tokio::time::sleep(Duration::from_millis(lease)).await;
             loop {
-                let _ = self
-                    .net
-                    .call::<_, std::result::Result<(), String>>(&target_url, path::ELECT, &(), STATUS_TIMEOUT)
-                    .await;
+                let _ = self.net.call::<rpc::Elect>(&target_url, &(), STATUS_TIMEOUT).await;
                 let wait = self.raft.wait(Some(Duration::from_millis(self.cfg.election_timeout_ms * 2)));
                 if wait.metrics(|m| m.current_leader == Some(target), "new leader").await.is_ok() {
                     return Ok(());

@@ -1,22 +1,24 @@
-//! Starting and running one node: storage, Raft, the client API.
+//! The composition root: builds a node's parts (store, state machine, Raft,
+//! proposer, peer network), wires them into a [`Node`], and serves the client
+//! and peer APIs until a signal; also `kvd restore`. The only module that
+//! knows every layer.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::error::{invalid, Context, Result};
 use crate::log_store::LogStore;
 use crate::network::Network;
+use crate::node::{Node, Parts};
 use crate::proposer::Proposer;
-use crate::sm::{Shared, StateMachine};
-use crate::store::{lock_dir, DirLock, Store};
+use crate::sm::StateMachine;
+use crate::store::{lock_dir, Store};
 use crate::tls::{serve, Tls};
-use crate::transfer::Holds;
 use crate::types::{Member, NodeId, Raft};
 
 /// File `kvd restore` leaves in a data dir it built.
@@ -29,12 +31,12 @@ const ADMIN_TOKEN_PENDING: &str = "admin-token.pending";
 /// Builds a data dir from a snapshot file (offline, like `etcdutl snapshot
 /// restore`); the node started on it forms a new one-member cluster holding
 /// the snapshot's data. Returns the snapshot's revision.
-pub fn restore(snapshot: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<u64> {
+pub fn restore(snapshot: &std::path::Path, data_dir: &std::path::Path) -> Result<u64> {
     let fresh = !data_dir.exists();
     if !fresh && std::fs::read_dir(data_dir)?.next().is_some() {
-        anyhow::bail!("data dir {} is not empty; restore needs a new one", data_dir.display());
+        invalid!("data dir {} is not empty; restore needs a new one", data_dir.display());
     }
-    let result = (|| -> anyhow::Result<u64> {
+    let result = (|| -> Result<u64> {
         let _lock = lock_dir(data_dir)?;
         let store = Store::open(data_dir)?;
         let rev =
@@ -53,98 +55,6 @@ pub fn restore(snapshot: &std::path::Path, data_dir: &std::path::Path) -> anyhow
         }
     }
     result
-}
-
-/// A running node.
-pub struct Node {
-    /// The Raft handle.
-    pub raft: Raft,
-    /// Read access to the state machine.
-    pub sm: Arc<Shared>,
-    /// Resolved configuration.
-    pub cfg: Config,
-    /// Where writes go.
-    pub proposer: Proposer,
-    /// Connections to peers.
-    pub net: Network,
-    /// Advertised peer URL.
-    pub peer_url: String,
-    /// Advertised client URL.
-    pub client_url: String,
-    /// Start time, ns: part of server-made request ids.
-    pub started_ns: u128,
-    /// Counter of server-made request ids.
-    pub seq: AtomicU64,
-    /// This node's heartbeats as leader, paused by a leadership transfer.
-    pub heartbeats: Arc<Holds>,
-    /// This node's elections, held by a leadership transfer (its own, or a
-    /// peer's for a while).
-    pub elections: Arc<Holds>,
-    /// Auth mode, JWT verification.
-    pub auth: crate::auth::Auth,
-    /// Free space of the data dir's filesystem.
-    pub disk: Arc<crate::disk::Disk>,
-    /// Leader side: one quorum check answers every read index asked meanwhile.
-    pub read_index_rounds: crate::rounds::Rounds<Result<u64, crate::cluster::ForwardError>>,
-    /// One read index fetched for every linearizable read waiting meanwhile.
-    pub linearize_rounds: crate::rounds::Rounds<Result<u64, crate::cluster::ClusterError>>,
-    /// Watch events encoded once for every stream.
-    pub watch_pages: crate::api::WatchPages,
-    /// Since when no leader is known (see crate::liveness).
-    pub leader_contact: crate::liveness::LeaderContact,
-    /// The last log index on disk at start: stale reads wait until the
-    /// state machine reaches it (see [`Node::check_stale`]).
-    pub stale_from: u64,
-    /// Set once stale reads may be answered.
-    pub stale_open: AtomicBool,
-    store: Store,
-    _lock: DirLock,
-}
-
-impl std::fmt::Debug for Node {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("id", &self.cfg.id).finish()
-    }
-}
-
-impl Node {
-    /// How long a request waits for the cluster.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.cfg.request_timeout_ms)
-    }
-
-    /// Disk space used by the database.
-    pub fn db_size(&self) -> u64 {
-        self.store.db.disk_space().unwrap_or(0)
-    }
-
-    /// Whether the node is ready, and why (not): it has a leader, and it
-    /// has applied everything the leader had committed when asked.
-    pub async fn readiness(&self) -> (bool, String) {
-        if let Err(e) = self.check_member() {
-            return (false, e.to_string());
-        }
-        let Some(leader) = self.raft.metrics().borrow().current_leader else {
-            return (false, "no leader known".into());
-        };
-        // NOTE: what the leader has committed, not what this node has heard
-        // of: a member that is catching up (new, or re-added after a wipe)
-        // has applied all it has heard of long before it holds the latest
-        // membership and data, and would answer 503 a moment later.
-        let wait = Duration::from_millis(self.cfg.election_timeout_ms);
-        match tokio::time::timeout(wait, self.linearize()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return (false, format!("not caught up with the leader: {e}")),
-            Err(_) => {
-                return (false, format!("not caught up with the leader's commit index within {} ms", wait.as_millis()))
-            }
-        }
-        if let Err(e) = self.check_member() {
-            return (false, e.to_string());
-        }
-        let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
-        (true, format!("leader {leader}, applied index {applied}"))
-    }
 }
 
 /// Every client connection holds a file descriptor: take the hard limit
@@ -166,7 +76,7 @@ fn raise_fd_limit() {
 }
 
 /// Runs a node until SIGINT or SIGTERM.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub async fn run(cfg: Config) -> Result<()> {
     raise_fd_limit();
     // Bad certificates or JWT settings stop the node before it touches its data dir.
     let tls = match &cfg.tls {
@@ -252,7 +162,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     write_addr_file(&cfg, "client.addr", client_local)?;
     write_addr_file(&cfg, "peer.addr", peer_local)?;
     let proposer = Proposer::start(raft.clone(), shared.clone(), cfg.dedup_window_ms);
-    let node = Arc::new(Node {
+    let node = Arc::new(Node::new(Parts {
         raft: raft.clone(),
         sm: shared,
         cfg: cfg.clone(),
@@ -260,32 +170,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         net,
         peer_url,
         client_url,
-        started_ns: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-        seq: AtomicU64::new(0),
-        heartbeats: {
-            let raft = raft.clone();
-            Holds::new(move |on| raft.runtime_config().heartbeat(on))
-        },
-        elections: {
-            let raft = raft.clone();
-            Holds::new(move |on| raft.runtime_config().elect(on))
-        },
         auth,
-        disk: Arc::new(crate::disk::Disk::new(&cfg.data_dir, cfg.min_free_space)),
-        read_index_rounds: Default::default(),
-        linearize_rounds: Default::default(),
-        watch_pages: Default::default(),
-        leader_contact: Default::default(),
         stale_from,
-        stale_open: AtomicBool::new(false),
         store: store.clone(),
-        _lock: lock,
-    });
-    node.disk.watch();
-    tokio::spawn(watch_leader(node.clone()));
+        lock,
+    }));
+    node.watch_disk();
+    tokio::spawn(node.clone().watch_leader(sd_notify_ready));
     if cfg.data_dir.join(ADMIN_TOKEN_PENDING).exists() {
         tokio::spawn(store_admin_token(node.clone()));
     }
@@ -305,15 +196,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "peer API",
     );
     tokio::select! {
-        () = server => anyhow::bail!("the client API server stopped"),
-        () = peer_server => anyhow::bail!("the peer API server stopped"),
+        () = server => invalid!("the client API server stopped"),
+        () = peer_server => invalid!("the peer API server stopped"),
         s = shutdown_signal() => tracing::info!(signal = s, "shutting down"),
     }
-    if let Err(e) = raft.shutdown().await {
-        tracing::warn!(error = %e, "raft did not shut down cleanly");
-    }
-    store.sync();
-    store.flush_memtables();
+    node.shutdown().await;
     if cfg.ephemeral {
         // NOTE: --dev data is throwaway by design.
         let _ = std::fs::remove_dir_all(&cfg.data_dir);
@@ -327,10 +214,10 @@ fn now_s() -> u64 {
 
 /// Writes a new admin token to `<data-dir>/admin-token` (0600, fsync'd)
 /// and marks it pending until its hash is committed.
-fn write_admin_token(dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
+fn write_admin_token(dir: &std::path::Path, name: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let token = crate::auth::new_token()?;
+    let token = crate::token::new_token().context("cannot make the admin token")?;
     let path = dir.join(ADMIN_TOKEN_FILE);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -368,7 +255,7 @@ async fn elect_if_sole_voter(raft: Raft, id: NodeId) {
 /// Commits the bootstrap admin token's hash (retrying until there is a
 /// leader), then drops the pending marker.
 async fn store_admin_token(node: Arc<Node>) {
-    let dir = &node.cfg.data_dir;
+    let dir = &node.config().data_dir;
     let (Ok(token), Ok(name)) =
         (std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE)), std::fs::read_to_string(dir.join(ADMIN_TOKEN_PENDING)))
     else {
@@ -395,53 +282,11 @@ async fn store_admin_token(node: Arc<Node>) {
 
 /// Writes `<data-dir>/{client,peer}.addr` with a bound address, so tools and
 /// tests that asked for port 0 learn the real one.
-fn write_addr_file(cfg: &Config, name: &str, addr: SocketAddr) -> anyhow::Result<()> {
+fn write_addr_file(cfg: &Config, name: &str, addr: SocketAddr) -> Result<()> {
     let tmp = cfg.data_dir.join(format!("{name}.tmp"));
     std::fs::write(&tmp, format!("{addr}\n"))?;
     std::fs::rename(&tmp, cfg.data_dir.join(name))?;
     Ok(())
-}
-
-/// Counts leader changes and tells systemd once the node is ready.
-async fn watch_leader(node: Arc<Node>) {
-    let mut rx = node.raft.metrics();
-    let mut leader = None;
-    let mut notified = false;
-    loop {
-        let (now, voters) = {
-            let m = rx.borrow_and_update();
-            (m.current_leader, m.membership_config.membership().voter_ids().count())
-        };
-        node.store.durable.set_replicated(voters > 1);
-        node.leader_contact.observe(now.is_some());
-        if now != leader {
-            // NOTE: a data dir from a kvd that predates cluster ids stays
-            // without one (its messages carry none, and are taken): an id
-            // made by whichever member leads first is not replicated, and
-            // two members could make two, each then refusing the other.
-            if now.is_some() {
-                crate::metrics::METRICS.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            tracing::info!(leader = ?now, "leader changed");
-            leader = now;
-        }
-        if !notified && node.readiness().await.0 {
-            notified = true;
-            sd_notify_ready();
-        }
-        // NOTE: openraft publishes its metrics after every write, and a
-        // wake-up here for each cost every write a thread wake-up (perf
-        // stat: 8.1 context switches per put instead of 6.2). While the node
-        // is ready and has a leader, look at most every 50 ms: leader
-        // changes are an election timeout apart at least, so none is
-        // missed, and each shows here within 50 ms.
-        if notified && leader.is_some() {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 /// `READY=1` to systemd when started with `Type=notify`.

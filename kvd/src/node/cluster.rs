@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 use kv_client::{AddMember, ClusterInfo, MemberInfo, NodeStatus};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ChangeMembers, ServerState};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
+use super::Node;
 use crate::auth::{Authority, Denied, Mode};
-use crate::network::{path, CallError};
-use crate::node::Node;
+use crate::network::CallError;
 use crate::proposer::ProposeError;
+use crate::rpc::{self, ForwardError, Forwarded, NodeIdentity, Rpc};
 use crate::types::{Member, NodeId, Request, Response};
 
 /// Pause between attempts while the leader changes.
@@ -25,46 +24,6 @@ pub(crate) const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a new member may take to catch up before it is promoted.
 pub(crate) const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Why the leader did not take a forwarded request (peer API wire type).
-#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
-pub enum ForwardError {
-    /// The receiver is not the leader; the leader it knows is given.
-    #[error("not the leader (leader: {0:?})")]
-    NotLeader(Option<NodeId>),
-    /// The leader failed the request.
-    #[error("{0}")]
-    Failed(String),
-    /// The leader's disk is nearly full: writes are refused.
-    #[error("{0}")]
-    NoSpace(String),
-    /// The leader has not heard from a quorum for an election timeout: it
-    /// refused the write without taking it.
-    #[error("{0}")]
-    NoQuorum(String),
-    /// The leader refused the caller (401) or the right (403), against its
-    /// own token table; nothing was written.
-    #[error("{0}")]
-    Denied(Denied),
-    /// The leader has not yet applied what was committed before its term,
-    /// so it cannot authorize yet; it refused the write without taking it.
-    #[error("{0}")]
-    NotReady(String),
-}
-
-/// A client write forwarded to the leader (peer API wire type).
-///
-/// IMPORTANT: it carries the client's credential as the client sent it, and
-/// nothing that says "already authorized": the leader authorizes every
-/// write itself (see [`Node::propose_local`]), so neither a member with an
-/// old token table nor anyone who reaches the peer port gets a write past it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Forwarded {
-    /// The write.
-    pub req: Request,
-    /// The value of the client's `Authorization` header, if it sent one.
-    pub authorization: Option<String>,
-}
-
 impl From<ProposeError> for ForwardError {
     fn from(e: ProposeError) -> ForwardError {
         match e {
@@ -72,18 +31,6 @@ impl From<ProposeError> for ForwardError {
             ProposeError::Failed(m) => ForwardError::Failed(m),
         }
     }
-}
-
-/// Who a node is, as `member add` asks it before proposing anything (peer
-/// API wire type).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeIdentity {
-    /// Its `--id`.
-    pub node_id: NodeId,
-    /// Its cluster id (crate::identity), if it has one.
-    pub cluster_id: Option<String>,
-    /// Whether it holds a Raft log, vote or snapshot.
-    pub holds_data: bool,
 }
 
 /// Why a cluster operation failed; the API maps each to its status.
@@ -208,9 +155,8 @@ impl Node {
         }
         let ms = self.cfg.request_timeout_ms;
         let forwarded = Forwarded { authorization: authority.forwarded(), req };
-        self.on_leader(
+        self.on_leader::<rpc::Propose, _, _, _>(
             deadline,
-            path::PROPOSE,
             &forwarded,
             |left| self.propose_local(forwarded.req.clone(), &authority, left),
             |e, maybe| {
@@ -239,9 +185,8 @@ impl Node {
         // them began, as etcd does: one round trip to the leader, and one
         // quorum check there, for a burst of reads instead of one each.
         let fetch = || async move {
-            self.on_leader(
+            self.on_leader::<rpc::ReadIndex, _, _, _>(
                 Instant::now() + timeout,
-                path::READ_INDEX,
                 &(),
                 |left| self.read_index_local(left),
                 |e, _| ClusterError::Unavailable(format!("cannot confirm a read index with the leader: {e}")),
@@ -366,22 +311,20 @@ impl Node {
             .unwrap_or_else(|_| Err(ForwardError::Failed("timeout".into())))
     }
 
-    /// Runs `local` if this node leads, else sends `req` to the leader's
-    /// peer API at `path`; tries again across leader changes until
+    /// Runs `local` if this node leads, else sends `req` to the leader as
+    /// RPC `R`; tries again across leader changes until
     /// `deadline`, then reports the last failure through `fail`, with
     /// whether a leader may have taken the request (an attempt failed other
     /// than by "not the leader").
-    async fn on_leader<Req, T, L, Fut>(
+    async fn on_leader<R, T, L, Fut>(
         &self,
         deadline: Instant,
-        path: &str,
-        req: &Req,
+        req: &R::Request,
         local: L,
         fail: impl FnOnce(ForwardError, bool) -> ClusterError,
     ) -> Result<T>
     where
-        Req: Serialize,
-        T: DeserializeOwned,
+        R: Rpc<Response = std::result::Result<T, ForwardError>>,
         L: Fn(Duration) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, ForwardError>>,
     {
@@ -399,7 +342,7 @@ impl Node {
                 match self.member(leader) {
                     Some(m) => self
                         .net
-                        .call::<_, std::result::Result<T, ForwardError>>(&m.peer_url, path, req, left)
+                        .call::<R>(&m.peer_url, req, left)
                         .await
                         .unwrap_or_else(|e| Err(ForwardError::Failed(e.to_string()))),
                     None => Err(ForwardError::NotLeader(None)),
@@ -417,7 +360,7 @@ impl Node {
                     if Instant::now() + RETRY_PAUSE >= deadline {
                         return Err(fail(e, maybe_taken));
                     }
-                    tracing::debug!(error = %e, leader, path, "attempt through the leader failed; retrying");
+                    tracing::debug!(error = %e, leader, path = R::PATH, "attempt through the leader failed; retrying");
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
             }
@@ -468,7 +411,7 @@ impl Node {
                 let status = if id == me.id {
                     Ok(me)
                 } else {
-                    self.net.get_status(&member.peer_url, STATUS_TIMEOUT).await.map_err(|e| e.to_string())
+                    self.net.call::<rpc::Status>(&member.peer_url, &(), STATUS_TIMEOUT).await.map_err(|e| e.to_string())
                 };
                 (id, member, status)
             }
@@ -540,7 +483,7 @@ impl Node {
     /// id it is added as, and be empty (or hold this cluster's data).
     async fn check_joinable(&self, req: &AddMember) -> Result<()> {
         let url = &req.peer_url;
-        let theirs: NodeIdentity = match self.net.call(url, path::IDENTITY, &(), STATUS_TIMEOUT).await {
+        let theirs: NodeIdentity = match self.net.call::<rpc::Identity>(url, &(), STATUS_TIMEOUT).await {
             Ok(i) => i,
             Err(e @ CallError::Unreachable(..)) => {
                 return Err(unavailable(format!(
@@ -641,13 +584,5 @@ fn check_url(u: &str, what: &str) -> Result<()> {
         Ok(())
     } else {
         Err(ClusterError::Invalid(format!("{what} {u:?} must look like http://HOST:PORT")))
-    }
-}
-
-impl crate::network::Network {
-    /// Another member's own status, over the peer API (mutually
-    /// authenticated with TLS, and needing no client token).
-    pub async fn get_status(&self, peer_url: &str, timeout: Duration) -> std::result::Result<NodeStatus, CallError> {
-        self.get_json(peer_url, crate::network::path::STATUS, timeout).await
     }
 }

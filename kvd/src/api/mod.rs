@@ -1,0 +1,271 @@
+//! The client API (DESIGN.md §4) over HTTP/1.1.
+//!
+//! Handlers validate, turn writes into one transaction proposed to Raft, and
+//! read from the state machine after a read-index barrier (or locally with
+//! `?stale=true`). Errors become the JSON body of §4 in one place: [`ApiError`].
+
+mod auth;
+mod cluster;
+mod error;
+mod health;
+mod kv;
+mod parse;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Extension, Request as HttpRequest, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post};
+use axum::Router;
+use kv_client::{header as kvh, OpResult, TxnResponse};
+
+use crate::auth::{Authority, Caller};
+use crate::metrics::METRICS;
+use crate::node::Node;
+use crate::types::now_ns;
+use crate::types::{Outcome, Request, Response, Txn};
+use auth::{create_token, list_tokens, revoke_token, whoami};
+use cluster::{add_member, cluster, promote_member, remove_member, snapshot, status, transfer_leader};
+use error::{ApiError, ApiResult};
+use health::{live, metrics, ready};
+use kv::{kv_delete, kv_get, kv_put, list, txn};
+use parse::valid_request_id;
+use watch::{watch, WatchPages};
+
+#[cfg(any(test, fuzzing))]
+pub use parse::fuzz_request;
+
+/// Builds the router of the client API.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/kv", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/kv/", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/list", get(list))
+        .route("/v1/list/", get(list))
+        .route("/v1/list/{*prefix}", get(list))
+        .route("/v1/txn", post(txn))
+        .route("/v1/watch", get(watch))
+        .route("/v1/watch/", get(watch))
+        .route("/v1/watch/{*prefix}", get(watch))
+        .route("/v1/status", get(status))
+        .route("/v1/snapshot", get(snapshot))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/members", post(add_member))
+        .route("/v1/cluster/members/{id}", axum::routing::delete(remove_member))
+        .route("/v1/cluster/members/{id}/promote", post(promote_member))
+        .route("/v1/cluster/leader", post(transfer_leader))
+        .route("/v1/auth/whoami", get(whoami))
+        .route("/v1/auth/tokens", get(list_tokens).post(create_token))
+        .route("/v1/auth/tokens/{name}", axum::routing::delete(revoke_token))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see DESIGN.md §4 for the API") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
+        })
+        .layer(axum::middleware::from_fn_with_state(node.clone(), request_id))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), leader_hint))
+        .layer(axum::middleware::from_fn(observe))
+        .layer(Extension(Arc::new(WatchPages::default())))
+        .with_state(node)
+}
+
+/// Works out who is calling (DESIGN.md §10) and hands it to the handler as
+/// an `Extension<Caller>`; a bad credential is refused here with 401.
+pub(crate) async fn authenticate(State(node): State<Arc<Node>>, mut req: HttpRequest, next: Next) -> HttpResponse {
+    if req.uri().path().starts_with("/health/") {
+        return next.run(req).await;
+    }
+    match node.caller(req.headers()) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(d) => ApiError::from(d).into_response(),
+    }
+}
+
+/// A write that a follower forwarded to the leader is answered with the
+/// leader's client URL: a client that knows it sends its next writes there,
+/// which saves the follower a request and the leader a peer call per write.
+pub(crate) async fn leader_hint(State(node): State<Arc<Node>>, req: HttpRequest, next: Next) -> HttpResponse {
+    let write = matches!(*req.method(), Method::PUT | Method::DELETE | Method::POST)
+        && (req.uri().path().starts_with("/v1/kv/") || req.uri().path() == "/v1/txn");
+    let mut resp = next.run(req).await;
+    if write && (resp.status().is_success() || resp.status() == StatusCode::PRECONDITION_FAILED) {
+        let leader = node.known_leader().filter(|l| *l != node.id());
+        if let Some(url) = leader.and_then(|l| node.member(l)).and_then(|m| HeaderValue::from_str(&m.client_url).ok()) {
+            resp.headers_mut().insert(kvh::LEADER, url);
+        }
+    }
+    resp
+}
+
+/// Whether a request is a write proposed to Raft (one that a request id
+/// deduplicates).
+pub(crate) fn proposes(method: &Method, path: &str) -> bool {
+    match *method {
+        Method::PUT => path == "/v1/kv" || path.starts_with("/v1/kv/"),
+        Method::DELETE => path == "/v1/kv" || path.starts_with("/v1/kv/") || path.starts_with("/v1/auth/tokens/"),
+        Method::POST => path == "/v1/txn" || path == "/v1/auth/tokens",
+        _ => false,
+    }
+}
+
+/// A write sent without `X-Kv-Request-Id` gets one of this node's (stamped
+/// with its time, see crate::dedup); the answer to every write, errors
+/// included, carries the id that was used, so a client told the outcome is
+/// unknown (504) can resend the write with it.
+pub(crate) async fn request_id(State(node): State<Arc<Node>>, mut req: HttpRequest, next: Next) -> HttpResponse {
+    if !proposes(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    if !req.headers().contains_key(kvh::REQUEST_ID) {
+        if let Ok(v) = HeaderValue::from_str(&node.new_request_id(now_ns())) {
+            req.headers_mut().insert(kvh::REQUEST_ID, v);
+        }
+    }
+    let id = req.headers().get(kvh::REQUEST_ID).filter(|v| v.to_str().is_ok_and(valid_request_id)).cloned();
+    let mut resp = next.run(req).await;
+    if let Some(id) = id {
+        resp.headers_mut().insert(kvh::REQUEST_ID, id);
+    }
+    resp
+}
+
+/// Records request latency, reads and writes apart (watches excluded).
+pub(crate) async fn observe(req: HttpRequest, next: Next) -> HttpResponse {
+    let start = Instant::now();
+    let write = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let watch = req.uri().path().starts_with("/v1/watch");
+    let resp = next.run(req).await;
+    if !watch {
+        let h = if write { &METRICS.write_latency } else { &METRICS.read_latency };
+        h.observe(start.elapsed());
+    }
+    resp
+}
+
+/// Waits until this node may answer a linearizable read (read index,
+/// through the leader when this node is not it), then checks the caller's
+/// credential again.
+///
+/// IMPORTANT: the check before the wait used this node's token table as it
+/// was; after the wait the table holds everything committed before the read
+/// began, a revocation on the leader included, so a revoked token reads
+/// nothing even through a member that was behind. A stale read is answered
+/// from this node's state as it is, its token table included.
+pub(crate) async fn read_barrier(node: &Node, caller: &Caller, stale: bool) -> ApiResult<()> {
+    if stale {
+        node.check_member()?;
+        return node.check_stale().map_err(ApiError::from);
+    }
+    node.linearize().await?;
+    Ok(caller.need_valid(&node.tokens())?)
+}
+
+/// Proposes a transaction, whose rights `caller` was checked for, and waits
+/// until it is committed and applied; the leader checks the caller's
+/// credential again (with `headers`' when it is another member).
+pub(crate) async fn propose(node: &Node, caller: &Caller, headers: &HeaderMap, txn: Txn) -> ApiResult<Response> {
+    // NOTE: `request_id` gave the request an id if it came without; the
+    // node gives one too if it is still empty.
+    let id = match headers.get(kvh::REQUEST_ID) {
+        None => String::new(),
+        Some(v) => {
+            let s = v.to_str().unwrap_or("");
+            if !valid_request_id(s) {
+                return Err(ApiError::bad(
+                    "bad_request",
+                    "X-Kv-Request-Id must be 1 to 128 printable ASCII characters",
+                ));
+            }
+            s.to_owned()
+        }
+    };
+    let req = Request { id: id.clone(), now_ns: now_ns(), txn };
+    let r = node.write(req, Authority::checked(caller, headers)).await.map_err(ApiError::from)?;
+    if let Some(Outcome::RequestIdExpired(first_ns)) = r.outcomes.first() {
+        let window_s = node.state().dedup_window_ms() as f64 / 1000.0;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "request_id_expired",
+            format!(
+                "request id {id:?} was first used at {}, longer ago than the {window_s} s the cluster \
+                 remembers request ids for (less a tenth); whether a write with it was applied is no \
+                 longer known, so this one was refused and nothing was written: read the keys to learn \
+                 their state, and send any new write with a new request id",
+                http_date(*first_ns)
+            ),
+        ));
+    }
+    Ok(r)
+}
+
+pub(crate) fn wire_response(r: &Response) -> TxnResponse {
+    TxnResponse {
+        succeeded: r.succeeded,
+        revision: r.revision,
+        results: r
+            .outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Put(k, rev) => {
+                    OpResult { op: "put".into(), key: k.clone(), mod_revision: Some(*rev), deleted: None }
+                }
+                Outcome::Delete(k, n) => {
+                    OpResult { op: "delete".into(), key: k.clone(), mod_revision: None, deleted: Some(*n) }
+                }
+                Outcome::Token(name, _) | Outcome::TokenCreated(name, _) => {
+                    OpResult { op: "token".into(), key: name.clone(), mod_revision: None, deleted: None }
+                }
+                // NOTE: `propose` turns this into an error; it never gets here.
+                Outcome::RequestIdExpired(_) => {
+                    OpResult { op: "refused".into(), key: String::new(), mod_revision: None, deleted: None }
+                }
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn json_with_revision(status: StatusCode, rev: u64, body: &impl serde::Serialize) -> HttpResponse {
+    let mut resp = (status, axum::Json(body)).into_response();
+    resp.headers_mut().insert(kvh::REVISION, rev.into());
+    resp
+}
+
+/// An RFC 7231 date (`Sun, 06 Nov 1994 08:49:37 GMT`) from ns since the epoch.
+pub(crate) fn http_date(ns: i64) -> String {
+    const WD: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const MON: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let t = kv_client::Utc::from_ns(ns);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        WD[t.weekday as usize],
+        t.day,
+        MON[(t.month - 1) as usize],
+        t.year,
+        t.hour,
+        t.minute,
+        t.second
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_are_rfc7231() {
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(784_111_777_000_000_000), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(951_782_400_000_000_000), "Tue, 29 Feb 2000 00:00:00 GMT");
+    }
+}

@@ -1,0 +1,413 @@
+//! Request parsing: turns paths, queries, headers and bodies into domain
+//! values, or a 400/413 that names what is wrong. Nothing here reads or
+//! writes state; it is the whole surface of the `request` fuzz target.
+
+use axum::body::{Body, Bytes};
+use axum::extract::Query;
+use axum::http::{header, HeaderMap, HeaderValue, Uri};
+use futures_util::StreamExt;
+use kv_client::{decode_key, decode_value, header as kvh, normalize_prefix, validate_key, Kind, TxnOp, TxnRequest};
+use serde::Deserialize;
+use serde_bytes::ByteBuf;
+
+use super::error::{ApiError, ApiResult};
+use crate::types::{Cmp, Op, PutAttrs, Txn};
+
+/// Most operations a transaction may hold.
+pub(crate) const MAX_TXN_OPS: usize = 1024;
+/// Default and largest page of a list.
+pub(crate) const LIST_DEFAULT_LIMIT: usize = 10_000;
+pub(crate) const LIST_MAX_LIMIT: usize = 100_000;
+
+/// What `X-Kv-Request-Id` may hold.
+pub(crate) fn valid_request_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The key (or prefix) in a path after `/v1/{what}/`, percent-decoded.
+pub(crate) fn path_key(uri: &Uri, what: &str) -> ApiResult<String> {
+    let path = uri.path();
+    let rest = path
+        .strip_prefix("/v1/")
+        .and_then(|p| p.strip_prefix(what))
+        .map(|p| p.strip_prefix('/').unwrap_or(p))
+        .unwrap_or("");
+    decode_key(rest).ok_or_else(|| ApiError::bad("invalid_key", "key is not valid percent-encoded UTF-8"))
+}
+
+pub(crate) fn check_key(key: &str) -> ApiResult<()> {
+    validate_key(key).map_err(|e| ApiError::bad("invalid_key", e.to_string()))
+}
+
+/// What a delete removes: a key, or with `recursive` a prefix (normalized).
+pub(crate) fn delete_target(raw: String, recursive: bool) -> ApiResult<String> {
+    if recursive {
+        return check_prefix(&raw);
+    }
+    check_key(&raw)?;
+    Ok(raw)
+}
+
+pub(crate) fn check_prefix(p: &str) -> ApiResult<String> {
+    normalize_prefix(p).map(str::to_owned).map_err(|e| ApiError::bad("invalid_key", e.to_string()))
+}
+
+pub(crate) fn query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> ApiResult<T> {
+    if uri.query().is_none() {
+        return Ok(T::default());
+    }
+    Query::<T>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::bad("bad_query", format!("bad query string: {}", e.body_text())))
+}
+
+pub(crate) fn flag(v: &Option<String>, name: &str) -> ApiResult<bool> {
+    match v.as_deref() {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::bad("bad_query", format!("{name}={other:?}: expected true or false"))),
+    }
+}
+
+/// Reads a request body of at most `limit` bytes. Refuses a larger declared
+/// Content-Length before reading anything, and stops reading a chunked body
+/// as soon as it passes the limit.
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: u64, what: &str) -> ApiResult<Bytes> {
+    let too_large = || ApiError::too_large(format!("{what} is larger than the limit of {limit} bytes"));
+    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ApiError::bad("bad_request", "bad Content-Length"))?;
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad("bad_request", format!("reading the body failed: {e}")))?;
+        if buf.len() as u64 + chunk.len() as u64 > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// `"N"` (or `W/"N"`) from an entity tag; `None` for `*`.
+pub(crate) fn parse_etag(v: &HeaderValue) -> ApiResult<Option<u64>> {
+    let s = v.to_str().unwrap_or("").trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    s.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| ApiError::bad("bad_request", format!("bad entity tag {s:?}: expected \"REVISION\"")))
+}
+
+/// Compares from `If-Match` and `If-None-Match: *` on a write.
+pub(crate) fn conditions(key: &str, headers: &HeaderMap) -> ApiResult<Vec<Cmp>> {
+    let mut c = Vec::new();
+    if let Some(v) = headers.get(header::IF_MATCH) {
+        c.push(match parse_etag(v)? {
+            Some(rev) => Cmp::ModRevision(key.to_owned(), rev),
+            None => Cmp::Exists(key.to_owned(), true),
+        });
+    }
+    if let Some(v) = headers.get(header::IF_NONE_MATCH) {
+        if v.to_str().map(str::trim).ok() != Some("*") {
+            return Err(ApiError::bad("bad_request", "on writes If-None-Match supports only *"));
+        }
+        c.push(Cmp::Exists(key.to_owned(), false));
+    }
+    Ok(c)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ReadParams {
+    pub(crate) stale: Option<String>,
+}
+
+/// The key and `stale` flag of a get.
+pub(crate) fn parse_get(uri: &Uri) -> ApiResult<(String, bool)> {
+    let key = path_key(uri, "kv")?;
+    check_key(&key)?;
+    let p: ReadParams = query(uri)?;
+    Ok((key, flag(&p.stale, "stale")?))
+}
+
+/// Parses the attribute headers of a PUT.
+pub(crate) fn attrs_from_headers(h: &HeaderMap) -> ApiResult<PutAttrs> {
+    fn get<'a>(h: &'a HeaderMap, name: &str) -> ApiResult<Option<&'a str>> {
+        h.get(name)
+            .map(|v| {
+                v.to_str()
+                    .map(str::trim)
+                    .map_err(|_| ApiError::bad("bad_request", format!("header {name} is not ASCII")))
+            })
+            .transpose()
+    }
+    let bad = |name: &str, want: &str| ApiError::bad("bad_request", format!("header {name}: expected {want}"));
+    let attrs = PutAttrs {
+        kind: get(h, kvh::KIND)?
+            .map(|v| Kind::parse(v).ok_or_else(|| bad(kvh::KIND, "file, dir or symlink")))
+            .transpose()?,
+        mode: get(h, kvh::MODE)?
+            .map(|v| u32::from_str_radix(v, 8).map_err(|_| bad(kvh::MODE, "octal permission bits")))
+            .transpose()?,
+        uid: get(h, kvh::UID)?.map(|v| v.parse().map_err(|_| bad(kvh::UID, "a user id"))).transpose()?,
+        gid: get(h, kvh::GID)?.map(|v| v.parse().map_err(|_| bad(kvh::GID, "a group id"))).transpose()?,
+        mtime_ns: get(h, kvh::MTIME)?
+            .map(|v| v.parse().map_err(|_| bad(kvh::MTIME, "nanoseconds since the epoch")))
+            .transpose()?,
+    };
+    Ok(attrs)
+}
+
+/// Checks a put's attributes and value against each other.
+pub(crate) fn check_put(key: &str, value: Option<&[u8]>, attrs: &PutAttrs) -> ApiResult<()> {
+    if attrs.mode.is_some_and(|m| m > 0o7777) {
+        return Err(ApiError::bad("bad_request", "mode must be at most 07777"));
+    }
+    match attrs.kind {
+        Some(Kind::Dir) if value.is_some_and(|v| !v.is_empty()) => {
+            Err(ApiError::bad("bad_request", format!("{key:?}: a dir entry has no value")))
+        }
+        Some(Kind::Symlink) if value.is_some_and(<[u8]>::is_empty) => {
+            Err(ApiError::bad("bad_request", format!("{key:?}: a symlink needs a target as its value")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The key, attributes and conditions of a put (the value is checked with
+/// [`check_put`] once read).
+pub(crate) fn parse_put(uri: &Uri, headers: &HeaderMap) -> ApiResult<(String, PutAttrs, Vec<Cmp>)> {
+    let key = path_key(uri, "kv")?;
+    check_key(&key)?;
+    let attrs = attrs_from_headers(headers)?;
+    let compare = conditions(&key, headers)?;
+    Ok((key, attrs, compare))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct DeleteParams {
+    pub(crate) recursive: Option<String>,
+}
+
+/// The key (or prefix), `recursive` flag and conditions of a delete.
+pub(crate) fn parse_delete(uri: &Uri, headers: &HeaderMap) -> ApiResult<(String, bool, Vec<Cmp>)> {
+    let raw = path_key(uri, "kv")?;
+    let p: DeleteParams = query(uri)?;
+    let recursive = flag(&p.recursive, "recursive")?;
+    let key = delete_target(raw, recursive)?;
+    let compare = conditions(&key, headers)?;
+    Ok((key, recursive, compare))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ListParams {
+    pub(crate) recursive: Option<String>,
+    pub(crate) values: Option<String>,
+    pub(crate) stale: Option<String>,
+    pub(crate) limit: Option<String>,
+    pub(crate) after: Option<String>,
+}
+
+/// A checked list request.
+#[derive(Debug)]
+pub(crate) struct ListRequest {
+    pub(crate) prefix: String,
+    pub(crate) recursive: bool,
+    pub(crate) values: bool,
+    pub(crate) stale: bool,
+    pub(crate) limit: usize,
+    pub(crate) after: Option<String>,
+}
+
+pub(crate) fn parse_list(uri: &Uri) -> ApiResult<ListRequest> {
+    let prefix = check_prefix(&path_key(uri, "list")?)?;
+    let p: ListParams = query(uri)?;
+    let limit = match p.limit.as_deref() {
+        None => LIST_DEFAULT_LIMIT,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=LIST_MAX_LIMIT).contains(&n) => n,
+            _ => return Err(ApiError::bad("bad_query", format!("limit must be a number from 1 to {LIST_MAX_LIMIT}"))),
+        },
+    };
+    Ok(ListRequest {
+        prefix,
+        recursive: flag(&p.recursive, "recursive")?,
+        values: flag(&p.values, "values")?,
+        stale: flag(&p.stale, "stale")?,
+        limit,
+        after: p.after,
+    })
+}
+
+/// Turns a wire transaction into a checked one.
+pub(crate) fn convert_txn(t: TxnRequest, max_value: u64) -> ApiResult<Txn> {
+    if t.compare.len() + t.success.len() + t.failure.len() > MAX_TXN_OPS {
+        return Err(ApiError::bad(
+            "bad_request",
+            format!("a transaction holds at most {MAX_TXN_OPS} compares and operations"),
+        ));
+    }
+    let mut compare = Vec::with_capacity(t.compare.len());
+    for c in t.compare {
+        check_key(&c.key)?;
+        compare.push(match (c.mod_revision, c.exists) {
+            (Some(rev), None) => Cmp::ModRevision(c.key, rev),
+            (None, Some(e)) => Cmp::Exists(c.key, e),
+            _ => {
+                return Err(ApiError::bad(
+                    "bad_request",
+                    format!("compare on {:?} needs exactly one of mod_revision and exists", c.key),
+                ))
+            }
+        });
+    }
+    let ops = |list: Vec<TxnOp>| -> ApiResult<Vec<Op>> {
+        list.into_iter()
+            .map(|op| match op {
+                TxnOp::Put { key, value, value_base64, kind, mode, uid, gid, mtime_ns } => {
+                    check_key(&key)?;
+                    let value = decode_value(value.as_deref(), value_base64.as_deref())
+                        .map_err(|m| ApiError::bad("bad_request", format!("{key:?}: {m}")))?;
+                    if value.as_ref().is_some_and(|v| v.len() as u64 > max_value) {
+                        return Err(ApiError::too_large(format!(
+                            "value of {key:?} is larger than the limit of {max_value} bytes"
+                        )));
+                    }
+                    let attrs = PutAttrs { kind, mode, uid, gid, mtime_ns };
+                    check_put(&key, value.as_deref(), &attrs)?;
+                    Ok(Op::Put { key, value: value.map(ByteBuf::from), attrs })
+                }
+                TxnOp::Delete { key, recursive } => Ok(Op::Delete { key: delete_target(key, recursive)?, recursive }),
+            })
+            .collect()
+    };
+    Ok(Txn { compare, success: ops(t.success)?, failure: ops(t.failure)? })
+}
+
+/// A transaction body, parsed and checked.
+pub(crate) fn parse_txn(raw: &[u8], max_value: u64) -> ApiResult<Txn> {
+    let t: TxnRequest =
+        serde_json::from_slice(raw).map_err(|e| ApiError::bad("bad_json", format!("transaction is not valid: {e}")))?;
+    convert_txn(t, max_value)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct WatchParams {
+    pub(crate) rev: Option<String>,
+}
+
+/// The prefix of a watch and the revision it resumes after (`rev=` or
+/// `Last-Event-ID`).
+pub(crate) fn parse_watch(uri: &Uri, headers: &HeaderMap) -> ApiResult<(String, Option<u64>)> {
+    let prefix = check_prefix(&path_key(uri, "watch")?)?;
+    let p: WatchParams = query(uri)?;
+    let bad_rev = |v: &str| ApiError::bad("bad_query", format!("revision {v:?} is not a number"));
+    let from = match (&p.rev, headers.get("last-event-id")) {
+        (Some(r), _) => Some(r.parse::<u64>().map_err(|_| bad_rev(r))?),
+        (None, Some(v)) => {
+            let s = v.to_str().unwrap_or("");
+            Some(s.trim().parse::<u64>().map_err(|_| bad_rev(s))?)
+        }
+        (None, None) => None,
+    };
+    Ok((prefix, from))
+}
+
+pub(crate) fn member_id(uri: &Uri) -> ApiResult<u64> {
+    uri.path()
+        .trim_start_matches("/v1/cluster/members/")
+        .split('/')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .filter(|id| *id != 0)
+        .ok_or_else(|| ApiError::bad("bad_request", "member id must be a non-zero integer"))
+}
+
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(raw: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(raw).map_err(|e| ApiError::bad("bad_json", format!("body is not valid: {e}")))
+}
+
+#[cfg(any(test, fuzzing))]
+/// Fuzzing entry: everything the client API checks in a request before it
+/// touches the node, on a request made of arbitrary bytes (`TARGET\n`,
+/// `NAME: VALUE` lines, an empty line, the body). Panics when a check panics
+/// or lets through what it must not.
+pub fn fuzz_request(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let Ok(uri) = lines.next().unwrap_or("").parse::<Uri>() else { return };
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let Some((n, v)) = line.split_once(':') else { continue };
+        if let (Ok(n), Ok(v)) =
+            (axum::http::HeaderName::from_bytes(n.trim().as_bytes()), HeaderValue::from_str(v.trim()))
+        {
+            headers.append(n, v);
+        }
+    }
+    let valid = |k: &str| assert!(validate_key(k).is_ok(), "{k:?} passed the checks but is not a valid key");
+    let prefix_ok = |p: &str| assert!(p.is_empty() || validate_key(p).is_ok(), "{p:?} is not a valid prefix");
+    if let Ok((key, _)) = parse_get(&uri) {
+        valid(&key);
+    }
+    if let Ok((key, attrs, _)) = parse_put(&uri, &headers) {
+        valid(&key);
+        let _ = check_put(&key, Some(body.as_bytes()), &attrs);
+    }
+    if let Ok((key, recursive, _)) = parse_delete(&uri, &headers) {
+        if recursive {
+            prefix_ok(&key);
+        } else {
+            valid(&key);
+        }
+    }
+    if let Ok(q) = parse_list(&uri) {
+        prefix_ok(&q.prefix);
+        assert!((1..=LIST_MAX_LIMIT).contains(&q.limit));
+    }
+    if let Ok((prefix, _)) = parse_watch(&uri, &headers) {
+        prefix_ok(&prefix);
+    }
+    if let Ok(t) = parse_txn(body.as_bytes(), 1 << 20) {
+        for op in t.success.iter().chain(&t.failure) {
+            match op {
+                Op::Put { key, value, .. } => {
+                    valid(key);
+                    assert!(value.as_ref().is_none_or(|v| v.len() <= 1 << 20));
+                }
+                Op::Delete { key, recursive: true } => prefix_ok(key),
+                Op::Delete { key, .. } => valid(key),
+                _ => panic!("a client transaction produced a system operation"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn txn_conversion_checks_every_op() {
+        let t = |s: &str| serde_json::from_str::<TxnRequest>(s).expect("json");
+        assert!(convert_txn(t(r#"{"success":[{"op":"put","key":"a/../b","value":"x"}]}"#), 10).is_err());
+        let e =
+            convert_txn(t(r#"{"success":[{"op":"put","key":"a","value":"0123456789x"}]}"#), 10).expect_err("too large");
+        assert_eq!(e.status, axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(convert_txn(t(r#"{"compare":[{"key":"a"}]}"#), 10).is_err());
+        assert!(convert_txn(t(r#"{"success":[{"op":"put","key":"d","kind":"dir","value":"x"}]}"#), 10).is_err());
+        assert!(convert_txn(t(r#"{"success":[{"op":"delete","key":"","recursive":true}]}"#), 10).is_ok());
+        assert!(convert_txn(t(r#"{"success":[{"op":"delete","key":""}]}"#), 10).is_err());
+    }
+}
