@@ -32,6 +32,7 @@ mod snapfile;
 mod store;
 mod tls;
 mod transfer;
+mod txn;
 mod types;
 
 pub use config::{Config, FileConfig, Flags};
