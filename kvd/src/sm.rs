@@ -899,3 +899,65 @@ mod snapshot_tests;
 #[cfg(test)]
 #[path = "sm_dedup_tests.rs"]
 mod dedup_tests;
+
+#[cfg(test)]
+mod view_tests {
+    //! The fjall store as a transaction's read view, against txn's in-memory one.
+
+    use openraft::CommittedLeaderId;
+    use serde_bytes::ByteBuf;
+
+    use super::*;
+    use crate::txn::{MemView, ReadView};
+    use crate::types::{Op, PutAttrs, Request, Txn};
+
+    fn only(ops: Vec<Op>) -> Request {
+        Request { id: String::new(), now_ns: 7, txn: Txn { compare: vec![], success: ops, failure: vec![] } }
+    }
+
+    fn put(key: &str) -> Op {
+        Op::Put { key: key.to_owned(), value: Some(ByteBuf::from(key.as_bytes())), attrs: PutAttrs::default() }
+    }
+
+    fn token(name: &str) -> Op {
+        Op::CreateToken(TokenRecord {
+            name: name.to_owned(),
+            hash: name.to_owned(),
+            grants: Default::default(),
+            created_ns: 0,
+        })
+    }
+
+    /// NOTE: keeps the in-memory view honest: the txn tests run over it.
+    #[test]
+    fn the_store_reads_like_the_in_memory_view() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sm = StateMachine::open(Store::open(dir.path()).expect("store"), 1000).expect("state machine");
+        let mut mem = MemView::default();
+        let mut st = sm.st.txn;
+        let keys = ["a", "a/b", "a/b/c", "a.b", "a0", "ab", "ab/c", "b"];
+        let entries = [
+            vec![only(keys.iter().map(|k| put(k)).collect()), only(vec![token("t"), token("u")])],
+            vec![only(vec![Op::Delete { key: "a/b".into(), recursive: true }, Op::RevokeToken("u".into())])],
+        ];
+        for (index, reqs) in entries.into_iter().enumerate() {
+            let mut changes = txn::Changes::default();
+            let want: Vec<Response> =
+                reqs.iter().map(|r| txn::exec(&mem, &mut changes, &mut st, r).expect("exec")).collect();
+            mem.commit(changes);
+            let log_id = LogId::new(CommittedLeaderId::new(1, 1), index as u64 + 1);
+            let e = Entry { log_id, payload: EntryPayload::Normal(Batch(reqs)) };
+            assert_eq!(sm.shared.apply_one(&mut sm.st, &e).expect("apply"), want);
+        }
+        let store = &sm.shared.store;
+        for k in keys.iter().chain(&["missing"]) {
+            assert_eq!(store.entry(k).expect("entry"), mem.entry(k).expect("entry"), "{k}");
+        }
+        for p in ["", "a", "a/", "a/b/", "ab", "b", "z"] {
+            assert_eq!(store.keys_with_prefix(p).expect("keys"), mem.keys_with_prefix(p).expect("keys"), "{p:?}");
+        }
+        for t in ["t", "u", "missing"] {
+            assert_eq!(store.token_exists(t).expect("token"), mem.token_exists(t).expect("token"), "{t}");
+        }
+    }
+}
