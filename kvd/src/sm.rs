@@ -146,10 +146,6 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-fn sm_read_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::read_state_machine(&io_err(e)).into()
-}
-
 fn u64_of(v: Option<fjall::UserValue>) -> u64 {
     v.and_then(|b| b.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
 }
@@ -794,7 +790,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // is on its disk (see crate::store::Durability); nothing of it
             // shows, to a client or a watcher, before it is.
             self.shared.store.durable.wait(entry.log_id.index).await;
-            let resp = self.shared.apply_one(&mut self.st, &entry).map_err(sm_read_err)?;
+            let resp =
+                self.shared.apply_one(&mut self.st, &entry).map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
             out.push(resp);
         }
         self.shared.rev_tx.send_replace(self.st.txn.revision);
