@@ -53,6 +53,7 @@ mod snapfile;
 mod store;
 mod tls;
 mod token;
+mod txn;
 mod types;
 
 pub use boot::{restore, run};

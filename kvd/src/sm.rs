@@ -6,7 +6,7 @@
 //! on their own: the Raft log is, and after a crash openraft re-applies from
 //! the last applied id recorded with the data.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,15 +16,16 @@ use fjall::Readable;
 use kv_client::{key_in_prefix, EntryInfo, Kind, ListResponse};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftLogId, StorageIOError};
-use serde_bytes::ByteBuf;
 use tokio::sync::watch;
 
 use crate::dedup;
 use crate::snapfile::{self, Header, TAG_DATA, TAG_DEDUP, TAG_SYS};
 use crate::store::{fatal, Store};
+use crate::token::TokenTable;
+use crate::txn;
 use crate::types::{
-    decode, encode, Batch, Cmp, Entry, LogId, Op, Outcome, Request, Response, Snapshot, SnapshotMeta, StorageError,
-    StoredEntry, StoredEvent, StoredMembership, TokenRecord, TypeConfig,
+    decode, encode, Batch, Entry, LogId, Outcome, Response, Snapshot, SnapshotMeta, StorageError, StoredEntry,
+    StoredEvent, StoredMembership, TokenRecord, TypeConfig,
 };
 
 const APPLIED: &[u8] = b"applied";
@@ -37,10 +38,9 @@ const COMPACT: &[u8] = b"compact";
 struct ApplyState {
     applied: Option<LogId>,
     membership: StoredMembership,
-    revision: u64,
     compact: u64,
-    /// The dedup window in effect, ms (crate::dedup).
-    dedup_window_ms: u64,
+    /// The revision and the dedup window.
+    txn: txn::State,
 }
 
 /// Why the state machine cannot answer a read.
@@ -67,19 +67,28 @@ impl Drop for LoadDone<'_> {
 /// Watch events (revision, event) and the last revision scanned.
 pub type EventPage = (Vec<(u64, StoredEvent)>, u64);
 
-/// Changes of the log entry being applied, not yet in the store.
-#[derive(Debug, Default)]
-struct Overlay {
-    data: BTreeMap<String, Option<StoredEntry>>,
-    events: Vec<([u8; 12], StoredEvent)>,
-    dedup: std::collections::HashMap<String, Response>,
-    sys: BTreeMap<Vec<u8>, Option<TokenRecord>>,
-}
-
-pub use crate::token::TokenTable;
-
 fn token_key(name: &str) -> Vec<u8> {
     [b"token/".as_slice(), name.as_bytes()].concat()
+}
+
+/// What a transaction reads: the store as last committed.
+impl txn::ReadView for Store {
+    fn entry(&self, key: &str) -> io::Result<Option<StoredEntry>> {
+        self.data.get(key).map_err(io_err)?.map(|b| decode(&b)).transpose()
+    }
+
+    fn keys_with_prefix(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let mut keys = Vec::new();
+        for item in self.data.prefix(prefix.as_bytes()) {
+            let k = item.key().map_err(io_err)?;
+            keys.push(String::from_utf8_lossy(&k).into_owned());
+        }
+        Ok(keys)
+    }
+
+    fn token_exists(&self, name: &str) -> io::Result<bool> {
+        Ok(self.sys.get(token_key(name)).map_err(io_err)?.is_some())
+    }
 }
 
 /// Read access to the state machine, shared by the API and openraft.
@@ -133,10 +142,6 @@ pub struct SnapshotBuilder {
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
-}
-
-fn sm_read_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::read_state_machine(&io_err(e)).into()
 }
 
 fn u64_of(v: Option<fjall::UserValue>) -> u64 {
@@ -363,138 +368,19 @@ impl Shared {
         Ok(ApplyState {
             applied: m.get(APPLIED).map_err(io_err)?.map(|b| decode(&b)).transpose()?.flatten(),
             membership: m.get(MEMBERSHIP).map_err(io_err)?.map(|b| decode(&b)).transpose()?.unwrap_or_default(),
-            revision: u64_of(m.get(REVISION).map_err(io_err)?),
             compact: u64_of(m.get(COMPACT).map_err(io_err)?),
-            dedup_window_ms: dedup::window_ms(&self.store)?,
+            txn: txn::State {
+                revision: u64_of(m.get(REVISION).map_err(io_err)?),
+                dedup_window_ms: dedup::window_ms(&self.store)?,
+            },
         })
-    }
-
-    /// An entry as the entry being applied sees it: its own earlier writes
-    /// first, then the store.
-    fn lookup(&self, ov: &Overlay, key: &str) -> io::Result<Option<StoredEntry>> {
-        match ov.data.get(key) {
-            Some(e) => Ok(e.clone()),
-            None => self.store.data.get(key).map_err(io_err)?.map(|b| decode(&b)).transpose(),
-        }
-    }
-
-    fn sys_exists(&self, ov: &Overlay, k: &[u8]) -> io::Result<bool> {
-        match ov.sys.get(k) {
-            Some(v) => Ok(v.is_some()),
-            None => Ok(self.store.sys.get(k).map_err(io_err)?.is_some()),
-        }
-    }
-
-    /// Runs one request against the state as `ov` sees it; updates `st`.
-    fn exec(&self, ov: &mut Overlay, st: &mut ApplyState, req: &Request) -> io::Result<Response> {
-        let mut ok = true;
-        for c in &req.txn.compare {
-            let rev = |k: &str| -> io::Result<u64> { Ok(self.lookup(ov, k)?.map(|e| e.mod_revision).unwrap_or(0)) };
-            ok &= match c {
-                Cmp::ModRevision(k, want) => rev(k)? == *want,
-                Cmp::Exists(k, want) => (rev(k)? != 0) == *want,
-            };
-        }
-        let ops = if ok { &req.txn.success } else { &req.txn.failure };
-        let new_rev = st.revision + 1;
-        let mut changes: Vec<(String, Option<StoredEntry>)> = Vec::new();
-        let mut outcomes = Vec::with_capacity(ops.len());
-        for op in ops {
-            match op {
-                Op::Put { key, value, attrs } => {
-                    let prev = self.lookup(ov, key)?;
-                    let prev = prev.as_ref();
-                    let kind = attrs.kind.or(prev.map(|p| p.kind)).unwrap_or(Kind::File);
-                    let e = StoredEntry {
-                        kind,
-                        mode: attrs.mode.or(prev.map(|p| p.mode)).unwrap_or(kind.default_mode()),
-                        uid: attrs.uid.or(prev.map(|p| p.uid)).unwrap_or(0),
-                        gid: attrs.gid.or(prev.map(|p| p.gid)).unwrap_or(0),
-                        mtime_ns: attrs.mtime_ns.unwrap_or(req.now_ns),
-                        create_revision: prev.map(|p| p.create_revision).unwrap_or(new_rev),
-                        mod_revision: new_rev,
-                        version: prev.map(|p| p.version + 1).unwrap_or(1),
-                        value: match value {
-                            Some(v) => v.clone(),
-                            // NOTE: a directory never has a value.
-                            None if kind == Kind::Dir => ByteBuf::new(),
-                            None => prev.map(|p| p.value.clone()).unwrap_or_default(),
-                        },
-                    };
-                    ov.data.insert(key.clone(), Some(e.clone()));
-                    changes.push((key.clone(), Some(e)));
-                    outcomes.push(Outcome::Put(key.clone(), new_rev));
-                }
-                Op::Delete { key, recursive } => {
-                    let mut gone: Vec<String> = Vec::new();
-                    if !key.is_empty() && self.lookup(ov, key)?.is_some() {
-                        gone.push(key.clone());
-                    }
-                    if *recursive {
-                        let base = if key.is_empty() { String::new() } else { format!("{key}/") };
-                        let mut below: BTreeMap<String, ()> = BTreeMap::new();
-                        for item in self.store.data.prefix(base.as_bytes()) {
-                            let k = item.key().map_err(io_err)?;
-                            below.insert(String::from_utf8_lossy(&k).into_owned(), ());
-                        }
-                        for (k, v) in ov.data.range(base.clone()..) {
-                            if !k.starts_with(&base) {
-                                break;
-                            }
-                            if v.is_some() {
-                                below.insert(k.clone(), ());
-                            } else {
-                                below.remove(k);
-                            }
-                        }
-                        gone.extend(below.into_keys());
-                    }
-                    outcomes.push(Outcome::Delete(key.clone(), gone.len() as u64));
-                    for k in gone {
-                        ov.data.insert(k.clone(), None);
-                        changes.push((k, None));
-                    }
-                }
-                Op::CreateToken(rec) => {
-                    let k = token_key(&rec.name);
-                    let exists = self.sys_exists(ov, &k)?;
-                    if !exists {
-                        ov.sys.insert(k, Some(rec.clone()));
-                    }
-                    outcomes.push(if exists {
-                        Outcome::Token(rec.name.clone(), false)
-                    } else {
-                        Outcome::TokenCreated(rec.name.clone(), rec.hash.clone())
-                    });
-                }
-                Op::RevokeToken(name) => {
-                    let k = token_key(name);
-                    let exists = self.sys_exists(ov, &k)?;
-                    if exists {
-                        ov.sys.insert(k, None);
-                    }
-                    outcomes.push(Outcome::Token(name.clone(), exists));
-                }
-                Op::SetDedupWindow(ms) => st.dedup_window_ms = (*ms).clamp(dedup::MIN_WINDOW_MS, dedup::MAX_WINDOW_MS),
-            }
-        }
-        if !changes.is_empty() {
-            st.revision = new_rev;
-            ov.events.extend(
-                changes
-                    .into_iter()
-                    .enumerate()
-                    .map(|(seq, (key, entry))| (event_key(new_rev, seq as u32), StoredEvent { key, entry })),
-            );
-        }
-        Ok(Response { succeeded: ok, revision: st.revision, outcomes })
     }
 
     /// Applies one log entry as one atomic fjall batch.
     fn apply_one(&self, st: &mut ApplyState, entry: &Entry) -> io::Result<Vec<Response>> {
         let log_id = *entry.get_log_id();
         let mut batch = self.store.db.batch();
-        let mut ov = Overlay::default();
+        let mut changes = txn::Changes::default();
         let mut out = Vec::new();
         match &entry.payload {
             EntryPayload::Blank => {}
@@ -507,9 +393,11 @@ impl Shared {
                 // proposing members' clocks), never from this member's clock:
                 // every member keeps and prunes the same records.
                 let now_ns = reqs.iter().map(|r| r.now_ns).max().unwrap_or(0);
-                let window_before = st.dedup_window_ms;
+                let window_before = st.txn.dedup_window_ms;
+                // Responses to the entry's requests with an id, recorded with it.
+                let mut answered: HashMap<String, Response> = HashMap::new();
                 for req in reqs {
-                    let seen = match ov.dedup.get(&req.id) {
+                    let seen = match answered.get(&req.id) {
                         _ if req.id.is_empty() => None,
                         Some(r) => Some(r.clone()),
                         None => dedup::lookup(&self.store, &req.id)?,
@@ -519,16 +407,16 @@ impl Shared {
                     // pruned is refused.
                     let resp = match seen {
                         Some(r) => r,
-                        None => match dedup::expired(&req.id, now_ns, st.dedup_window_ms) {
+                        None => match dedup::expired(&req.id, now_ns, st.txn.dedup_window_ms) {
                             Some(first_ns) => Response {
                                 succeeded: false,
-                                revision: st.revision,
+                                revision: st.txn.revision,
                                 outcomes: vec![Outcome::RequestIdExpired(first_ns)],
                             },
                             None => {
-                                let resp = self.exec(&mut ov, st, req)?;
+                                let resp = txn::exec(&self.store, &mut changes, &mut st.txn, req)?;
                                 if !req.id.is_empty() {
-                                    ov.dedup.insert(req.id.clone(), resp.clone());
+                                    answered.insert(req.id.clone(), resp.clone());
                                 }
                                 resp
                             }
@@ -536,46 +424,46 @@ impl Shared {
                     };
                     out.push(resp);
                 }
-                for (id, response) in std::mem::take(&mut ov.dedup) {
+                for (id, response) in answered {
                     dedup::record(&self.store, &mut batch, now_ns, &id, response);
                 }
-                if st.dedup_window_ms != window_before {
-                    dedup::set_window(&self.store, &mut batch, st.dedup_window_ms);
-                    self.dedup_window_ms.store(st.dedup_window_ms, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(window_ms = st.dedup_window_ms, "dedup window changed");
+                if st.txn.dedup_window_ms != window_before {
+                    dedup::set_window(&self.store, &mut batch, st.txn.dedup_window_ms);
+                    self.dedup_window_ms.store(st.txn.dedup_window_ms, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(window_ms = st.txn.dedup_window_ms, "dedup window changed");
                 }
-                dedup::prune(&self.store, &mut batch, now_ns, st.dedup_window_ms, log_id.index)?;
+                dedup::prune(&self.store, &mut batch, now_ns, st.txn.dedup_window_ms, log_id.index)?;
             }
         }
-        let tokens_changed = !ov.sys.is_empty();
-        for (k, v) in std::mem::take(&mut ov.sys) {
+        let tokens_changed = !changes.tokens.is_empty();
+        for (name, v) in changes.tokens {
             match v {
-                Some(rec) => batch.insert(&self.store.sys, k, encode(&rec)),
-                None => batch.remove(&self.store.sys, k),
+                Some(rec) => batch.insert(&self.store.sys, token_key(&name), encode(&rec)),
+                None => batch.remove(&self.store.sys, token_key(&name)),
             }
         }
-        for (k, v) in std::mem::take(&mut ov.data) {
+        for (k, v) in changes.entries {
             match v {
                 Some(e) => batch.insert(&self.store.data, k, encode(&e)),
                 None => batch.remove(&self.store.data, k),
             }
         }
-        let compact = st.revision.saturating_sub(self.history);
+        let compact = st.txn.revision.saturating_sub(self.history);
         if compact > st.compact {
             for item in self.store.events.range(event_key(st.compact + 1, 0)..event_key(compact + 1, 0)) {
                 batch.remove(&self.store.events, item.key().map_err(io_err)?);
             }
             st.compact = compact;
         }
-        for (k, ev) in ov.events {
+        for (rev, seq, ev) in changes.events {
             // Events already older than the history are not kept at all.
-            if u64::from_be_bytes([k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]]) > st.compact {
-                batch.insert(&self.store.events, k, encode(&ev));
+            if rev > st.compact {
+                batch.insert(&self.store.events, event_key(rev, seq), encode(&ev));
             }
         }
         st.applied = Some(log_id);
         batch.insert(&self.store.sm_meta, APPLIED, encode(&st.applied));
-        batch.insert(&self.store.sm_meta, REVISION, st.revision.to_be_bytes());
+        batch.insert(&self.store.sm_meta, REVISION, st.txn.revision.to_be_bytes());
         batch.insert(&self.store.sm_meta, COMPACT, st.compact.to_be_bytes());
         batch.commit().unwrap_or_else(|e| fatal("writing the state machine failed", &e));
         if tokens_changed {
@@ -672,22 +560,21 @@ impl Shared {
         let mut st = ApplyState {
             applied: header.meta.last_log_id,
             membership: header.meta.last_membership.clone(),
-            revision: header.revision,
             compact: header.revision,
-            dedup_window_ms: dedup::DEFAULT_WINDOW_MS,
+            txn: txn::State { revision: header.revision, dedup_window_ms: dedup::DEFAULT_WINDOW_MS },
         };
         // IMPORTANT: the applied id is written last, so a crash part-way leaves
         // `current.snap` ahead of it and the next start loads it again.
         batch.insert(&s.sm_meta, MEMBERSHIP, encode(&st.membership));
-        batch.insert(&s.sm_meta, REVISION, st.revision.to_be_bytes());
+        batch.insert(&s.sm_meta, REVISION, st.txn.revision.to_be_bytes());
         batch.insert(&s.sm_meta, COMPACT, st.compact.to_be_bytes());
         batch.insert(&s.sm_meta, APPLIED, encode(&st.applied));
         batch.commit().unwrap_or_else(|e| fatal("loading a snapshot failed", &e));
         s.sync();
         // NOTE: read once the last batch of records (the window's among them)
         // is in.
-        st.dedup_window_ms = dedup::window_ms(s)?;
-        self.dedup_window_ms.store(st.dedup_window_ms, std::sync::atomic::Ordering::Relaxed);
+        st.txn.dedup_window_ms = dedup::window_ms(s)?;
+        self.dedup_window_ms.store(st.txn.dedup_window_ms, std::sync::atomic::Ordering::Relaxed);
         self.reload_tokens()?;
         Ok(st)
     }
@@ -857,8 +744,8 @@ impl StateMachine {
             Err(e) => return Err(e),
         }
         shared.reload_tokens()?;
-        shared.rev_tx.send_replace(st.revision);
-        shared.dedup_window_ms.store(st.dedup_window_ms, std::sync::atomic::Ordering::Relaxed);
+        shared.rev_tx.send_replace(st.txn.revision);
+        shared.dedup_window_ms.store(st.txn.dedup_window_ms, std::sync::atomic::Ordering::Relaxed);
         Ok(StateMachine { shared, st, receiving: None })
     }
 
@@ -901,10 +788,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // is on its disk (see crate::store::Durability); nothing of it
             // shows, to a client or a watcher, before it is.
             self.shared.store.durable.wait(entry.log_id.index).await;
-            let resp = self.shared.apply_one(&mut self.st, &entry).map_err(sm_read_err)?;
+            let resp =
+                self.shared.apply_one(&mut self.st, &entry).map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
             out.push(resp);
         }
-        self.shared.rev_tx.send_replace(self.st.revision);
+        self.shared.rev_tx.send_replace(self.st.txn.revision);
         Ok(out)
     }
 
@@ -974,8 +862,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(werr)?;
         self.st = st;
-        self.shared.rev_tx.send_replace(self.st.revision);
-        tracing::info!(revision = self.st.revision, "installed snapshot");
+        self.shared.rev_tx.send_replace(self.st.txn.revision);
+        tracing::info!(revision = self.st.txn.revision, "installed snapshot");
         Ok(())
     }
 
@@ -1006,3 +894,65 @@ mod snapshot_tests;
 #[cfg(test)]
 #[path = "sm_dedup_tests.rs"]
 mod dedup_tests;
+
+#[cfg(test)]
+mod view_tests {
+    //! The fjall store as a transaction's read view, against txn's in-memory one.
+
+    use openraft::CommittedLeaderId;
+    use serde_bytes::ByteBuf;
+
+    use super::*;
+    use crate::txn::{MemView, ReadView};
+    use crate::types::{Op, PutAttrs, Request, Txn};
+
+    fn only(ops: Vec<Op>) -> Request {
+        Request { id: String::new(), now_ns: 7, txn: Txn { compare: vec![], success: ops, failure: vec![] } }
+    }
+
+    fn put(key: &str) -> Op {
+        Op::Put { key: key.to_owned(), value: Some(ByteBuf::from(key.as_bytes())), attrs: PutAttrs::default() }
+    }
+
+    fn token(name: &str) -> Op {
+        Op::CreateToken(TokenRecord {
+            name: name.to_owned(),
+            hash: name.to_owned(),
+            grants: Default::default(),
+            created_ns: 0,
+        })
+    }
+
+    /// NOTE: keeps the in-memory view honest: the txn tests run over it.
+    #[test]
+    fn the_store_reads_like_the_in_memory_view() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sm = StateMachine::open(Store::open(dir.path()).expect("store"), 1000).expect("state machine");
+        let mut mem = MemView::default();
+        let mut st = sm.st.txn;
+        let keys = ["a", "a/b", "a/b/c", "a.b", "a0", "ab", "ab/c", "b"];
+        let entries = [
+            vec![only(keys.iter().map(|k| put(k)).collect()), only(vec![token("t"), token("u")])],
+            vec![only(vec![Op::Delete { key: "a/b".into(), recursive: true }, Op::RevokeToken("u".into())])],
+        ];
+        for (index, reqs) in entries.into_iter().enumerate() {
+            let mut changes = txn::Changes::default();
+            let want: Vec<Response> =
+                reqs.iter().map(|r| txn::exec(&mem, &mut changes, &mut st, r).expect("exec")).collect();
+            mem.commit(changes);
+            let log_id = LogId::new(CommittedLeaderId::new(1, 1), index as u64 + 1);
+            let e = Entry { log_id, payload: EntryPayload::Normal(Batch(reqs)) };
+            assert_eq!(sm.shared.apply_one(&mut sm.st, &e).expect("apply"), want);
+        }
+        let store = &sm.shared.store;
+        for k in keys.iter().chain(&["missing"]) {
+            assert_eq!(store.entry(k).expect("entry"), mem.entry(k).expect("entry"), "{k}");
+        }
+        for p in ["", "a", "a/", "a/b/", "ab", "b", "z"] {
+            assert_eq!(store.keys_with_prefix(p).expect("keys"), mem.keys_with_prefix(p).expect("keys"), "{p:?}");
+        }
+        for t in ["t", "u", "missing"] {
+            assert_eq!(store.token_exists(t).expect("token"), mem.token_exists(t).expect("token"), "{t}");
+        }
+    }
+}

@@ -2,9 +2,10 @@
 //! expired, and carried by snapshots with their times.
 
 use openraft::CommittedLeaderId;
+use serde_bytes::ByteBuf;
 
 use super::*;
-use crate::types::{PutAttrs, Txn};
+use crate::types::{Op, PutAttrs, Request, Txn};
 
 const T0: i64 = 1_718_000_000_000 * 1_000_000;
 const SEC: i64 = 1_000_000_000;
@@ -46,7 +47,7 @@ fn retries_are_answered_for_the_window_of_log_time_then_refused() {
     // 200,000 entries on, within the window: answered, not applied.
     let again = apply(&mut sm, entry(200_001, vec![put(&timed, "k", "2", T0 + 59 * SEC)]));
     assert_eq!(again[0], first[1]);
-    assert_eq!(sm.st.revision, 2);
+    assert_eq!(sm.st.txn.revision, 2);
     // An entry past the window prunes both records...
     apply(&mut sm, entry(200_002, vec![put("", "other", "x", T0 + 61 * SEC)]));
     assert_eq!(dedup::lookup(&sm.shared.store, &timed).expect("lookup"), None);
@@ -68,7 +69,7 @@ fn a_member_with_another_flag_keeps_the_window_of_the_log() {
     drop(sm);
     let store = Store::open(dir.path()).expect("store");
     let sm = StateMachine::open(store, 1000).expect("state machine");
-    assert_eq!((sm.st.dedup_window_ms, sm.shared.dedup_window_ms()), (5_000, 5_000));
+    assert_eq!((sm.st.txn.dedup_window_ms, sm.shared.dedup_window_ms()), (5_000, 5_000));
 }
 
 #[test]
@@ -82,7 +83,7 @@ fn snapshots_carry_request_ids_with_their_times() {
     let store2 = Store::open(dir2.path()).expect("store");
     restore(&store2, &snap).expect("restore");
     let mut sm2 = StateMachine::open(store2, 1000).expect("state machine");
-    assert_eq!(sm2.st.dedup_window_ms, 60_000, "the window travels with the snapshot");
+    assert_eq!(sm2.st.txn.dedup_window_ms, 60_000, "the window travels with the snapshot");
     // At T0 + 61 s "old" is past its window and "new" is not: the times
     // came along.
     let out = apply(&mut sm2, entry(3, vec![put("new", "b", "2", T0 + 61 * SEC)]));
@@ -104,14 +105,14 @@ async fn a_member_that_installs_a_snapshot_keeps_the_window_of_the_log() {
     tokio::io::copy(&mut *snap.snapshot, &mut *recv).await.expect("copy the snapshot");
     recv.flush().await.expect("flush");
     other.install_snapshot(&snap.meta, recv).await.expect("install");
-    assert_eq!((other.st.dedup_window_ms, other.shared.dedup_window_ms()), (1_800_000, 1_800_000));
+    assert_eq!((other.st.txn.dedup_window_ms, other.shared.dedup_window_ms()), (1_800_000, 1_800_000));
 }
 
 #[test]
 fn a_window_out_of_bounds_in_the_log_is_held_to_the_bounds() {
     let (_dir, mut sm) = open();
     apply(&mut sm, entry(1, vec![req("", T0, Op::SetDedupWindow(0))]));
-    assert_eq!(sm.st.dedup_window_ms, dedup::MIN_WINDOW_MS);
+    assert_eq!(sm.st.txn.dedup_window_ms, dedup::MIN_WINDOW_MS);
     apply(&mut sm, entry(2, vec![req("", T0, Op::SetDedupWindow(u64::MAX))]));
-    assert_eq!(sm.st.dedup_window_ms, dedup::MAX_WINDOW_MS);
+    assert_eq!(sm.st.txn.dedup_window_ms, dedup::MAX_WINDOW_MS);
 }

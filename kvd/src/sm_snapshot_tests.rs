@@ -5,9 +5,10 @@
 use std::sync::mpsc;
 
 use openraft::CommittedLeaderId;
+use serde_bytes::ByteBuf;
 
 use super::*;
-use crate::types::Txn;
+use crate::types::{Op, Request, Txn};
 
 fn open() -> (tempfile::TempDir, StateMachine) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,0 +1,533 @@
+//! Transaction semantics: what one request's compares and operations do,
+//! over a read-only view of the committed state and the changes of the log
+//! entry being applied.
+//!
+//! It knows no storage: crate::sm gives it a view of the fjall store and
+//! writes the changes out as one batch; the tests here use an in-memory view.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+
+use kv_client::Kind;
+use serde_bytes::ByteBuf;
+
+use crate::dedup;
+use crate::types::{Cmp, Op, Outcome, Request, Response, StoredEntry, StoredEvent, TokenRecord};
+
+/// What a transaction reads from the committed state.
+pub(crate) trait ReadView {
+    /// The entry at `key`, if any.
+    fn entry(&self, key: &str) -> io::Result<Option<StoredEntry>>;
+    /// Every key that starts with `prefix` ("" for all), in order.
+    fn keys_with_prefix(&self, prefix: &str) -> io::Result<Vec<String>>;
+    /// Whether a token named `name` exists.
+    fn token_exists(&self, name: &str) -> io::Result<bool>;
+}
+
+/// Changes of the log entry being applied, not yet committed; later requests
+/// of the entry see them over the committed state.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    /// Entries written (`Some`) or deleted (`None`).
+    pub(crate) entries: BTreeMap<String, Option<StoredEntry>>,
+    /// Tokens created (`Some`) or revoked (`None`), by name.
+    pub(crate) tokens: BTreeMap<String, Option<TokenRecord>>,
+    /// Watch events in order: revision, sequence within it, event.
+    pub(crate) events: Vec<(u64, u32, StoredEvent)>,
+}
+
+impl Changes {
+    /// The entry at `key` as the entry being applied sees it: its own
+    /// earlier writes first, then the committed state.
+    fn entry(&self, view: &impl ReadView, key: &str) -> io::Result<Option<StoredEntry>> {
+        match self.entries.get(key) {
+            Some(e) => Ok(e.clone()),
+            None => view.entry(key),
+        }
+    }
+
+    /// Whether a token named `name` exists, as the entry being applied sees it.
+    fn token_exists(&self, view: &impl ReadView, name: &str) -> io::Result<bool> {
+        match self.tokens.get(name) {
+            Some(t) => Ok(t.is_some()),
+            None => view.token_exists(name),
+        }
+    }
+}
+
+/// What a transaction reads and moves besides entries and tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct State {
+    /// The store revision: raised by one for each request that writes or
+    /// deletes an entry.
+    pub(crate) revision: u64,
+    /// The dedup window in effect, ms (crate::dedup).
+    pub(crate) dedup_window_ms: u64,
+}
+
+/// Runs one request against the committed state in `view` as `changes` sees
+/// it; records what it changes in `changes` and `st`.
+pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, req: &Request) -> io::Result<Response> {
+    let mut ok = true;
+    for c in &req.txn.compare {
+        let rev = |k: &str| -> io::Result<u64> { Ok(changes.entry(view, k)?.map(|e| e.mod_revision).unwrap_or(0)) };
+        ok &= match c {
+            Cmp::ModRevision(k, want) => rev(k)? == *want,
+            Cmp::Exists(k, want) => (rev(k)? != 0) == *want,
+        };
+    }
+    let ops = if ok { &req.txn.success } else { &req.txn.failure };
+    let new_rev = st.revision + 1;
+    let mut written: Vec<(String, Option<StoredEntry>)> = Vec::new();
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for op in ops {
+        match op {
+            Op::Put { key, value, attrs } => {
+                let prev = changes.entry(view, key)?;
+                let prev = prev.as_ref();
+                let kind = attrs.kind.or(prev.map(|p| p.kind)).unwrap_or(Kind::File);
+                let e = StoredEntry {
+                    kind,
+                    mode: attrs.mode.or(prev.map(|p| p.mode)).unwrap_or(kind.default_mode()),
+                    uid: attrs.uid.or(prev.map(|p| p.uid)).unwrap_or(0),
+                    gid: attrs.gid.or(prev.map(|p| p.gid)).unwrap_or(0),
+                    mtime_ns: attrs.mtime_ns.unwrap_or(req.now_ns),
+                    create_revision: prev.map(|p| p.create_revision).unwrap_or(new_rev),
+                    mod_revision: new_rev,
+                    version: prev.map(|p| p.version + 1).unwrap_or(1),
+                    value: match value {
+                        Some(v) => v.clone(),
+                        // NOTE: a directory never has a value.
+                        None if kind == Kind::Dir => ByteBuf::new(),
+                        None => prev.map(|p| p.value.clone()).unwrap_or_default(),
+                    },
+                };
+                changes.entries.insert(key.clone(), Some(e.clone()));
+                written.push((key.clone(), Some(e)));
+                outcomes.push(Outcome::Put(key.clone(), new_rev));
+            }
+            Op::Delete { key, recursive } => {
+                let mut gone: Vec<String> = Vec::new();
+                if !key.is_empty() && changes.entry(view, key)?.is_some() {
+                    gone.push(key.clone());
+                }
+                if *recursive {
+                    let base = if key.is_empty() { String::new() } else { format!("{key}/") };
+                    let mut below: BTreeSet<String> = view.keys_with_prefix(&base)?.into_iter().collect();
+                    for (k, v) in changes.entries.range(base.clone()..) {
+                        if !k.starts_with(&base) {
+                            break;
+                        }
+                        if v.is_some() {
+                            below.insert(k.clone());
+                        } else {
+                            below.remove(k);
+                        }
+                    }
+                    gone.extend(below);
+                }
+                outcomes.push(Outcome::Delete(key.clone(), gone.len() as u64));
+                for k in gone {
+                    changes.entries.insert(k.clone(), None);
+                    written.push((k, None));
+                }
+            }
+            Op::CreateToken(rec) => {
+                let exists = changes.token_exists(view, &rec.name)?;
+                if !exists {
+                    changes.tokens.insert(rec.name.clone(), Some(rec.clone()));
+                }
+                outcomes.push(if exists {
+                    Outcome::Token(rec.name.clone(), false)
+                } else {
+                    Outcome::TokenCreated(rec.name.clone(), rec.hash.clone())
+                });
+            }
+            Op::RevokeToken(name) => {
+                let exists = changes.token_exists(view, name)?;
+                if exists {
+                    changes.tokens.insert(name.clone(), None);
+                }
+                outcomes.push(Outcome::Token(name.clone(), exists));
+            }
+            Op::SetDedupWindow(ms) => st.dedup_window_ms = (*ms).clamp(dedup::MIN_WINDOW_MS, dedup::MAX_WINDOW_MS),
+        }
+    }
+    if !written.is_empty() {
+        st.revision = new_rev;
+        changes.events.extend(
+            written
+                .into_iter()
+                .enumerate()
+                .map(|(seq, (key, entry))| (new_rev, seq as u32, StoredEvent { key, entry })),
+        );
+    }
+    Ok(Response { succeeded: ok, revision: st.revision, outcomes })
+}
+
+/// The committed state in memory, for tests of what runs over a
+/// [`ReadView`]; crate::sm checks that it reads like the fjall store.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct MemView {
+    entries: BTreeMap<String, StoredEntry>,
+    tokens: BTreeSet<String>,
+}
+
+#[cfg(test)]
+impl MemView {
+    /// Commits the changes of one log entry.
+    pub(crate) fn commit(&mut self, changes: Changes) {
+        for (k, e) in changes.entries {
+            match e {
+                Some(e) => self.entries.insert(k, e),
+                None => self.entries.remove(&k),
+            };
+        }
+        for (name, t) in changes.tokens {
+            match t {
+                Some(_) => self.tokens.insert(name),
+                None => self.tokens.remove(&name),
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+impl ReadView for MemView {
+    fn entry(&self, key: &str) -> io::Result<Option<StoredEntry>> {
+        Ok(self.entries.get(key).cloned())
+    }
+
+    fn keys_with_prefix(&self, prefix: &str) -> io::Result<Vec<String>> {
+        Ok(self
+            .entries
+            .range(prefix.to_owned()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+
+    fn token_exists(&self, name: &str) -> io::Result<bool> {
+        Ok(self.tokens.contains(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kv_client::Grants;
+
+    use super::*;
+    use crate::types::{PutAttrs, Txn};
+
+    const NOW: i64 = 1_718_000_000_000_000_000;
+
+    fn req(compare: Vec<Cmp>, success: Vec<Op>, failure: Vec<Op>) -> Request {
+        Request { id: String::new(), now_ns: NOW, txn: Txn { compare, success, failure } }
+    }
+
+    fn only(ops: Vec<Op>) -> Request {
+        req(vec![], ops, vec![])
+    }
+
+    fn put_attrs(key: &str, value: Option<&str>, attrs: PutAttrs) -> Op {
+        Op::Put { key: key.to_owned(), value: value.map(|v| ByteBuf::from(v.as_bytes())), attrs }
+    }
+
+    fn put(key: &str, value: &str) -> Op {
+        put_attrs(key, Some(value), PutAttrs::default())
+    }
+
+    fn del(key: &str, recursive: bool) -> Op {
+        Op::Delete { key: key.to_owned(), recursive }
+    }
+
+    fn token(name: &str) -> TokenRecord {
+        TokenRecord {
+            name: name.to_owned(),
+            hash: format!("hash-of-{name}"),
+            grants: Grants::default(),
+            created_ns: NOW,
+        }
+    }
+
+    fn mod_rev(key: &str, rev: u64) -> Cmp {
+        Cmp::ModRevision(key.to_owned(), rev)
+    }
+
+    fn exists(key: &str, want: bool) -> Cmp {
+        Cmp::Exists(key.to_owned(), want)
+    }
+
+    /// A view and state after one entry putting `keys`, each in a revision of its own.
+    fn with_keys(keys: &[&str]) -> (MemView, State) {
+        let mut view = MemView::default();
+        let mut st = State { revision: 0, dedup_window_ms: dedup::DEFAULT_WINDOW_MS };
+        let reqs: Vec<Request> = keys.iter().map(|k| only(vec![put(k, k)])).collect();
+        entry(&mut view, &mut st, &reqs);
+        (view, st)
+    }
+
+    /// Runs `reqs` as one log entry and commits it; returns the responses.
+    fn entry(view: &mut MemView, st: &mut State, reqs: &[Request]) -> Vec<Response> {
+        let (out, changes) = run(view, st, reqs);
+        view.commit(changes);
+        out
+    }
+
+    /// Runs `reqs` as one log entry without committing it.
+    fn run(view: &MemView, st: &mut State, reqs: &[Request]) -> (Vec<Response>, Changes) {
+        let mut changes = Changes::default();
+        let out = reqs.iter().map(|r| exec(view, &mut changes, st, r).expect("exec")).collect();
+        (out, changes)
+    }
+
+    fn get(view: &MemView, key: &str) -> Option<StoredEntry> {
+        view.entry(key).expect("entry")
+    }
+
+    fn keys(view: &MemView) -> Vec<String> {
+        view.keys_with_prefix("").expect("keys")
+    }
+
+    #[test]
+    fn mod_revision_compare_holds_only_at_the_keys_revision() {
+        let (view, mut st) = with_keys(&["k", "other"]);
+        let (out, _) = run(
+            &view,
+            &mut st,
+            &[req(vec![mod_rev("k", 1)], vec![], vec![]), req(vec![mod_rev("k", 2)], vec![], vec![])],
+        );
+        assert_eq!((out[0].succeeded, out[1].succeeded), (true, false));
+    }
+
+    #[test]
+    fn exists_compare_and_a_missing_key_at_revision_0() {
+        let (view, mut st) = with_keys(&["k"]);
+        let cases = [
+            (exists("k", true), true),
+            (exists("k", false), false),
+            (exists("missing", false), true),
+            (exists("missing", true), false),
+            (mod_rev("missing", 0), true),
+            (mod_rev("k", 0), false),
+        ];
+        for (cmp, want) in cases {
+            let (out, _) = run(&view, &mut st, &[req(vec![cmp.clone()], vec![], vec![])]);
+            assert_eq!(out[0].succeeded, want, "{cmp:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_compare_runs_the_failure_branch_only() {
+        let (mut view, mut st) = with_keys(&["k"]);
+        let out = entry(
+            &mut view,
+            &mut st,
+            &[req(vec![exists("k", true), mod_rev("k", 9)], vec![put("yes", "1")], vec![put("no", "1")])],
+        );
+        assert_eq!(out[0], Response { succeeded: false, revision: 2, outcomes: vec![Outcome::Put("no".into(), 2)] });
+        assert_eq!(keys(&view), ["k", "no"]);
+    }
+
+    #[test]
+    fn a_new_entry_takes_the_defaults() {
+        let (mut view, mut st) = with_keys(&["k"]);
+        entry(&mut view, &mut st, &[only(vec![put("f", "v"), put_attrs("d", None, dir())])]);
+        let f = StoredEntry {
+            kind: Kind::File,
+            mode: Kind::File.default_mode(),
+            uid: 0,
+            gid: 0,
+            mtime_ns: NOW,
+            create_revision: 2,
+            mod_revision: 2,
+            version: 1,
+            value: ByteBuf::from(b"v".to_vec()),
+        };
+        assert_eq!(get(&view, "f"), Some(f));
+        let d = get(&view, "d").expect("d");
+        assert_eq!((d.kind, d.mode, d.value.len()), (Kind::Dir, Kind::Dir.default_mode(), 0));
+    }
+
+    fn dir() -> PutAttrs {
+        PutAttrs { kind: Some(Kind::Dir), ..PutAttrs::default() }
+    }
+
+    #[test]
+    fn a_put_keeps_what_it_does_not_give() {
+        let mut view = MemView::default();
+        let mut st = State { revision: 0, dedup_window_ms: dedup::DEFAULT_WINDOW_MS };
+        let first =
+            PutAttrs { kind: Some(Kind::Symlink), mode: Some(0o600), uid: Some(7), gid: Some(8), mtime_ns: Some(5) };
+        entry(&mut view, &mut st, &[only(vec![put_attrs("k", Some("target"), first)])]);
+        let mut later = req(vec![], vec![put_attrs("k", None, PutAttrs::default())], vec![]);
+        later.now_ns = NOW + 1;
+        entry(&mut view, &mut st, &[later]);
+        let k = get(&view, "k").expect("k");
+        assert_eq!((k.kind, k.mode, k.uid, k.gid), (Kind::Symlink, 0o600, 7, 8));
+        assert_eq!(k.value.as_slice(), b"target", "no value given: the value is kept");
+        assert_eq!((k.create_revision, k.mod_revision, k.version), (1, 2, 2));
+        assert_eq!(k.mtime_ns, NOW + 1, "no mtime given: the request's time");
+        let mode_only = PutAttrs { mode: Some(0o640), mtime_ns: Some(42), ..PutAttrs::default() };
+        entry(&mut view, &mut st, &[only(vec![put_attrs("k", None, mode_only)])]);
+        let k = get(&view, "k").expect("k");
+        assert_eq!((k.kind, k.mode, k.uid, k.gid, k.mtime_ns), (Kind::Symlink, 0o640, 7, 8, 42));
+        assert_eq!((k.version, k.value.as_slice()), (3, b"target".as_slice()));
+    }
+
+    #[test]
+    fn a_directory_never_has_a_value() {
+        let (mut view, mut st) = with_keys(&["k"]);
+        entry(&mut view, &mut st, &[only(vec![put_attrs("k", None, dir())])]);
+        let k = get(&view, "k").expect("k");
+        assert_eq!((k.kind, k.mode, k.value.len()), (Kind::Dir, 0o644, 0), "the mode is kept from the file");
+    }
+
+    #[test]
+    fn a_delete_counts_what_went() {
+        let (view, mut st) = with_keys(&["a", "b"]);
+        let (out, changes) = run(&view, &mut st, &[only(vec![del("a", false), del("missing", false)])]);
+        assert_eq!(out[0].outcomes, [Outcome::Delete("a".into(), 1), Outcome::Delete("missing".into(), 0)]);
+        assert_eq!(changes.events, [(3, 0, StoredEvent { key: "a".into(), entry: None })]);
+        let (out, changes) = run(&view, &mut st, &[only(vec![del("missing", false), del("missing", true)])]);
+        assert_eq!(out[0].outcomes, [Outcome::Delete("missing".into(), 0), Outcome::Delete("missing".into(), 0)]);
+        assert_eq!((out[0].revision, changes.events.len()), (3, 0), "nothing went: no revision");
+    }
+
+    #[test]
+    fn a_recursive_delete_covers_the_store_and_the_entrys_own_writes() {
+        let (view, mut st) = with_keys(&["a", "a/1", "a/2", "a/2/x", "ab"]);
+        let (out, changes) =
+            run(&view, &mut st, &[only(vec![put("a/3", "new"), del("a/1", false)]), only(vec![del("a", true)])]);
+        assert_eq!(out[1].outcomes, [Outcome::Delete("a".into(), 4)]);
+        let gone: Vec<&str> = changes.events.iter().filter(|e| e.0 == 7).map(|e| e.2.key.as_str()).collect();
+        assert_eq!(gone, ["a", "a/2", "a/2/x", "a/3"], "the key first, then below it in order; a/1 went before");
+        let mut view = view;
+        view.commit(changes);
+        assert_eq!(keys(&view), ["ab"]);
+    }
+
+    #[test]
+    fn a_recursive_delete_of_a_does_not_touch_ab() {
+        let (mut view, mut st) = with_keys(&["a.b", "a/x", "a/x/y", "ab", "ab/y", "a0"]);
+        let out = entry(&mut view, &mut st, &[only(vec![del("a", true)])]);
+        assert_eq!(out[0].outcomes, [Outcome::Delete("a".into(), 2)], "no key `a` itself");
+        assert_eq!(keys(&view), ["a.b", "a0", "ab", "ab/y"]);
+    }
+
+    #[test]
+    fn a_recursive_delete_of_the_empty_key_deletes_everything() {
+        let (mut view, mut st) = with_keys(&["a", "b/c", "d"]);
+        entry(&mut view, &mut st, &[only(vec![del("b/c", false), put("e", "1")])]);
+        let out = entry(&mut view, &mut st, &[only(vec![put("f", "1")]), only(vec![del("", true)])]);
+        assert_eq!(out[1].outcomes, [Outcome::Delete(String::new(), 4)], "a, d, e and f");
+        assert!(keys(&view).is_empty());
+    }
+
+    #[test]
+    fn a_rename_is_one_revision() {
+        let (view, mut st) = with_keys(&["src", "x"]);
+        let src = get(&view, "src").expect("src");
+        let rename = req(
+            vec![mod_rev("src", src.mod_revision), exists("dst", false)],
+            vec![put("dst", "src"), del("src", false)],
+            vec![],
+        );
+        let (out, changes) = run(&view, &mut st, std::slice::from_ref(&rename));
+        assert_eq!(
+            out[0],
+            Response {
+                succeeded: true,
+                revision: 3,
+                outcomes: vec![Outcome::Put("dst".into(), 3), Outcome::Delete("src".into(), 1)]
+            }
+        );
+        assert_eq!(st.revision, 3);
+        let events: Vec<(u64, u32, &str, bool)> =
+            changes.events.iter().map(|(r, s, e)| (*r, *s, e.key.as_str(), e.entry.is_some())).collect();
+        assert_eq!(events, [(3, 0, "dst", true), (3, 1, "src", false)]);
+        let mut view = view;
+        view.commit(changes);
+        let (out, changes) = run(&view, &mut st, &[rename]);
+        assert_eq!((out[0].succeeded, out[0].revision, changes.events.len()), (false, 3, 0), "the source is gone");
+    }
+
+    #[test]
+    fn a_transaction_that_changes_no_entry_keeps_the_revision() {
+        let (view, mut st) = with_keys(&["k"]);
+        let reqs = [
+            req(vec![exists("k", false)], vec![put("k", "2")], vec![]),
+            only(vec![del("missing", true), Op::CreateToken(token("t")), Op::SetDedupWindow(60_000)]),
+        ];
+        let (out, changes) = run(&view, &mut st, &reqs);
+        assert_eq!((out[0].revision, out[1].revision, st.revision), (1, 1, 1));
+        assert!(changes.entries.is_empty() && changes.events.is_empty());
+    }
+
+    #[test]
+    fn tokens_are_created_once_and_revoked_once() {
+        let mut view = MemView::default();
+        let mut st = State { revision: 0, dedup_window_ms: dedup::DEFAULT_WINDOW_MS };
+        let out = entry(&mut view, &mut st, &[only(vec![Op::CreateToken(token("a")), Op::CreateToken(token("a"))])]);
+        assert_eq!(
+            out[0].outcomes,
+            [Outcome::TokenCreated("a".into(), "hash-of-a".into()), Outcome::Token("a".into(), false)]
+        );
+        assert!(view.token_exists("a").expect("token"));
+        let (out, changes) = run(
+            &view,
+            &mut st,
+            &[only(vec![
+                Op::CreateToken(token("a")),
+                Op::RevokeToken("a".into()),
+                Op::RevokeToken("a".into()),
+                Op::RevokeToken("missing".into()),
+                Op::CreateToken(token("a")),
+            ])],
+        );
+        assert_eq!(
+            out[0].outcomes,
+            [
+                Outcome::Token("a".into(), false),
+                Outcome::Token("a".into(), true),
+                Outcome::Token("a".into(), false),
+                Outcome::Token("missing".into(), false),
+                Outcome::TokenCreated("a".into(), "hash-of-a".into()),
+            ]
+        );
+        assert_eq!(changes.tokens.keys().collect::<Vec<_>>(), ["a"], "a missing token is not written");
+        assert_eq!((st.revision, changes.events.len()), (0, 0), "tokens are not entries");
+    }
+
+    #[test]
+    fn the_dedup_window_is_held_to_its_bounds() {
+        let mut st = State { revision: 5, dedup_window_ms: dedup::DEFAULT_WINDOW_MS };
+        for (ms, want) in [(0, dedup::MIN_WINDOW_MS), (u64::MAX, dedup::MAX_WINDOW_MS), (60_000, 60_000)] {
+            let (out, _) = run(&MemView::default(), &mut st, &[only(vec![Op::SetDedupWindow(ms)])]);
+            assert_eq!((st.dedup_window_ms, st.revision, out[0].outcomes.len()), (want, 5, 0), "{ms}");
+        }
+    }
+
+    #[test]
+    fn the_requests_of_one_entry_see_each_others_writes() {
+        let (view, mut st) = with_keys(&["old"]);
+        let (out, changes) = run(
+            &view,
+            &mut st,
+            &[
+                only(vec![put("k", "1"), del("old", false)]),
+                req(vec![mod_rev("k", 2), exists("old", false)], vec![put("k", "2")], vec![]),
+                only(vec![del("k", false)]),
+                req(vec![exists("k", false), mod_rev("old", 0)], vec![put("k", "3")], vec![]),
+            ],
+        );
+        assert!(out.iter().all(|r| r.succeeded));
+        assert_eq!(out.iter().map(|r| r.revision).collect::<Vec<_>>(), [2, 3, 4, 5]);
+        let k = changes.entries.get("k").cloned().flatten().expect("k");
+        assert_eq!((k.create_revision, k.version, k.value.as_slice()), (5, 1, b"3".as_slice()), "created again");
+        let events: Vec<(u64, u32, &str)> = changes.events.iter().map(|(r, s, e)| (*r, *s, e.key.as_str())).collect();
+        assert_eq!(events, [(2, 0, "k"), (2, 1, "old"), (3, 0, "k"), (4, 0, "k"), (5, 0, "k")]);
+    }
+}
