@@ -2,8 +2,8 @@
 
 use clap::Parser;
 
-// NOTE: glibc's malloc took about a sixth of a member's CPU under 64 writers
-// (profiled with perf): many small, short-lived buffers across threads.
+// NOTE: many small, short-lived buffers across threads make glibc's malloc a
+// large share of a member's CPU under many writers (BENCHMARKS.md).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
