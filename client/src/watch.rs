@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use crate::client::{error_chain, Error};
+use crate::error::{error_chain, Error};
 use crate::types::{ErrorBody, WatchEvent};
 
 type ByteStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>;
