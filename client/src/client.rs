@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use reqwest::{Method, RequestBuilder, Response};
 
 use crate::auth::{NewToken, TokenInfo, TokenSpec, WhoAmI};
-use crate::error::{body_error, check, error_chain, Error};
+use crate::error::{body_error, check, error_chain, Error, ErrorCode};
 use crate::key::{normalize_prefix, validate_key};
 use crate::path::encode_key;
 use crate::types::{header, AddMember, Attrs, ClusterInfo, Kind, ListResponse, Meta, TxnRequest, TxnResponse};
@@ -299,20 +299,14 @@ impl Client {
                 // IMPORTANT: a 503 says nothing was written, but only by the
                 // member that sent it; one that took the write unanswered
                 // may still apply it, so the outcome is unknown.
-                Sent::Answer(resp)
-                    if resp.status() == StatusCode::SERVICE_UNAVAILABLE
-                        && maybe_written
-                        && i + 1 == self.endpoints.len() =>
-                {
+                Sent::Answer(resp) if refused(&resp) && maybe_written && i + 1 == self.endpoints.len() => {
                     failures.push(format!("{endpoint}: HTTP 503"));
                     return Err(Error::Unreachable(failures.join("; ")));
                 }
                 // NOTE: writes carry a request id, so trying another member
                 // (or the same one again) is safe: a repeat is answered, not
                 // applied twice.
-                Sent::Answer(resp)
-                    if resp.status() == StatusCode::SERVICE_UNAVAILABLE && i + 1 < self.endpoints.len() =>
-                {
+                Sent::Answer(resp) if refused(&resp) && i + 1 < self.endpoints.len() => {
                     failures.push(format!("{endpoint}: HTTP 503"));
                 }
                 Sent::Answer(resp) => {
@@ -395,10 +389,10 @@ impl Client {
         validate_key(key)?;
         let q = if stale { "?stale=true" } else { "" };
         let resp = self.send(Method::GET, &format!("/v1/kv/{}{q}", encode_key(key)), |r| r).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let resp = check(resp).await?;
+        let resp = match check(resp).await {
+            Err(e) if e.is(&ErrorCode::NotFound) => return Ok(None),
+            r => r?,
+        };
         let meta = meta_from_headers(resp.headers())?;
         let revision = header_u64(resp.headers(), header::REVISION)?;
         let value = resp.bytes().await.map_err(|e| body_error(&e))?;
@@ -529,7 +523,7 @@ impl Client {
                     continue;
                 }
             };
-            if resp.status() == StatusCode::SERVICE_UNAVAILABLE && i + 1 < self.endpoints.len() {
+            if refused(&resp) && i + 1 < self.endpoints.len() {
                 last_err = format!("{}: HTTP 503", self.endpoints[idx]);
                 continue;
             }
@@ -659,6 +653,14 @@ impl Client {
         let resp = self.send(Method::GET, path, |r| r).await?;
         json(check(resp).await?).await
     }
+}
+
+/// Whether a member refused to serve (`unavailable`: no leader, no quorum,
+/// removed), which says it wrote nothing and another member may serve.
+///
+/// NOTE: told from the status alone, so the body stays for the caller.
+fn refused(resp: &Response) -> bool {
+    resp.status().as_u16() == ErrorCode::Unavailable.status()
 }
 
 /// A hint for the usual TLS mistakes, from the error's text.

@@ -19,7 +19,7 @@ mod watch;
 pub use auth::{validate_token_name, Access, Grants, NewToken, TokenInfo, TokenSpec, WhoAmI};
 pub use client::{Client, ClientOptions, ListOptions, PutOptions, Value, DEFAULT_REQUEST_TIMEOUT, MEMBER_IDLE_CLOSE};
 pub use clock::Utc;
-pub use error::Error;
+pub use error::{Error, ErrorCode};
 pub use key::{key_in_prefix, normalize_prefix, validate_key, KeyError, MAX_KEY_BYTES, MAX_SEGMENT_BYTES};
 pub use path::{decode_key, encode_key};
 /// HTTP methods, for [`Client::send`].

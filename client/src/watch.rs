@@ -189,13 +189,7 @@ impl Watch {
             "error" => {
                 let body: ErrorBody =
                     serde_json::from_str(&data).map_err(|e| Error::Protocol(format!("bad watch error: {e}")))?;
-                let status = match body.error.as_str() {
-                    "compacted" => 410,
-                    "unauthorized" => 401,
-                    "unavailable" => 503,
-                    _ => 500,
-                };
-                return Err(Error::Api { status, code: body.error, message: body.message });
+                return Err(Error::Api { status: body.error.status(), code: body.error, message: body.message });
             }
             _ => {}
         }

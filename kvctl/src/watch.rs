@@ -1,6 +1,6 @@
 //! `kvctl watch PREFIX [--exec CMD]`.
 
-use kv_client::{Client, EventType};
+use kv_client::{Client, ErrorCode, EventType};
 
 use crate::output::Format;
 use crate::Failure;
@@ -29,7 +29,7 @@ pub async fn run(client: &Client, a: WatchArgs, fmt: Format) -> Result<(), Failu
             let ev = match w.next().await {
                 Ok(Some(ev)) => ev,
                 Ok(None) => break,
-                Err(e) if e.status() == Some(410) => return Err(e.into()),
+                Err(e) if e.is(&ErrorCode::Compacted) => return Err(e.into()),
                 Err(e) => {
                     eprintln!("kvctl: watch interrupted ({e}); reconnecting");
                     break;

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_client::{Client, ListOptions, PutOptions, TxnRequest, TxnResponse, WatchMessage};
+use kv_client::{Client, ErrorCode, ListOptions, PutOptions, TxnRequest, TxnResponse, WatchMessage};
 
 use crate::cluster::{Batch, Cluster, Events, Failure, Page};
 
@@ -29,13 +29,16 @@ pub struct Remote {
 /// What a client error means to a mount.
 pub fn failure(e: &kv_client::Error) -> Failure {
     match e {
-        kv_client::Error::Api { status: 412, .. } => Failure::Conflict,
-        kv_client::Error::Api { status: 410, .. } => Failure::Compacted,
-        kv_client::Error::Api { status: 413, .. } => Failure::TooLarge,
-        kv_client::Error::Api { status: 507, .. } => Failure::NoSpace,
-        kv_client::Error::Api { status: 404, .. } => Failure::NotFound,
-        kv_client::Error::Api { status: 401 | 403, .. } => Failure::Denied,
-        kv_client::Error::Api { status: 400, .. } => Failure::Invalid { too_long: false },
+        kv_client::Error::Api { code, .. } => match code {
+            ErrorCode::CompareFailed => Failure::Conflict,
+            ErrorCode::Compacted => Failure::Compacted,
+            ErrorCode::TooLarge => Failure::TooLarge,
+            ErrorCode::NoSpace => Failure::NoSpace,
+            ErrorCode::NotFound => Failure::NotFound,
+            c if c.is_denied() => Failure::Denied,
+            c if c.is_invalid_request() => Failure::Invalid { too_long: false },
+            _ => Failure::Unavailable,
+        },
         kv_client::Error::InvalidKey(k) => Failure::Invalid { too_long: k.is_too_long() },
         _ => Failure::Unavailable,
     }

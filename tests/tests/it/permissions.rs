@@ -405,7 +405,7 @@ fn the_token_decides_what_the_mount_sees_and_the_modes_which_user_sees_what() {
     // And the API, to a user without a token, gives nothing with --auth all.
     let anonymous = k.client_with(None);
     let r = rt.block_on(anonymous.get("app/secret"));
-    assert!(matches!(&r, Err(e) if e.status() == Some(401)), "{r:?}");
+    assert!(matches!(&r, Err(e) if e.is(&kv_client::ErrorCode::Unauthorized)), "{r:?}");
 }
 
 /// A file's (mode, uid, gid), as the model holds it.
