@@ -202,9 +202,10 @@ fn client_of(nodes: &[Kvd]) -> Client {
 
 /// Seed from the environment, or from the clock (printed either way).
 fn seed() -> u64 {
-    std::env::var("KV_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7)
-    })
+    std::env::var("KV_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| (kv_client::clock::now_ns() as u64).max(7))
 }
 
 fn secs(default: u64) -> u64 {

@@ -427,9 +427,10 @@ fn may(a: Access, who: (u32, u32), bit: u32) -> bool {
 
 #[test]
 fn random_changes_of_modes_and_owners_hold_every_user_to_the_current_ones() {
-    let seed = std::env::var("KV_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    });
+    let seed = std::env::var("KV_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| (kv_client::clock::now_ns() as u64).max(1));
     println!("KV_SEED={seed}");
     let mut rng = seed | 1;
     let mut next = |n: usize| {

@@ -273,7 +273,7 @@ async fn jwts_from_the_configured_issuer_map_to_grants() {
     let admin = k.client_with(Some(&k.admin_token()));
     admin.put("app/x", "1", &Default::default()).await.expect("put");
     admin.put("db/x", "1", &Default::default()).await.expect("put");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let now = kv_client::clock::now_s();
     let claims = |groups: &[&str], exp: u64, aud: &str| {
         serde_json::json!({"iss": "https://idp.test", "aud": aud, "sub": "ann", "iat": now - 10, "exp": exp,
             "groups": groups})
