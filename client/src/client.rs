@@ -10,6 +10,7 @@ use reqwest::{Method, RequestBuilder, Response};
 use crate::auth::{NewToken, TokenInfo, TokenSpec, WhoAmI};
 use crate::error::{body_error, check, error_chain, Error, ErrorCode};
 use crate::key::{normalize_prefix, validate_key};
+use crate::pages::Cursor;
 use crate::path::encode_key;
 use crate::types::{header, AddMember, Attrs, ClusterInfo, Kind, ListResponse, Meta, TxnRequest, TxnResponse};
 use crate::watch::Watch;
@@ -474,6 +475,27 @@ impl Client {
         let qs = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
         let resp = self.send(Method::GET, &format!("/v1/list/{}{qs}", encode_key(prefix)), |r| r).await?;
         json(check(resp).await?).await
+    }
+
+    /// Lists every entry below a prefix, page by page (pages of
+    /// `opts.limit` entries, or the server's default) from `opts.after`.
+    /// The answer's `revision` is the lowest of its pages' (the first
+    /// page's): watching from it replays every change made while the pages
+    /// were read.
+    pub async fn list_all(&self, prefix: &str, opts: &ListOptions) -> Result<ListResponse, Error> {
+        let mut opts = opts.clone();
+        let mut cursor = Cursor::new(opts.after.take());
+        let mut all = ListResponse { revision: 0, entries: Vec::new(), more: false, next_after: None };
+        let mut revision = None::<u64>;
+        while cursor.pending() {
+            opts.after = cursor.after().map(str::to_owned);
+            let page = self.list(prefix, &opts).await?;
+            cursor.advance(&page);
+            revision = Some(revision.map_or(page.revision, |r| r.min(page.revision)));
+            all.entries.extend(page.entries);
+        }
+        all.revision = revision.unwrap_or(0);
+        Ok(all)
     }
 
     /// Runs a transaction.

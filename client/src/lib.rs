@@ -12,6 +12,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzz;
 mod key;
+mod pages;
 mod path;
 mod types;
 mod watch;
@@ -21,6 +22,7 @@ pub use client::{Client, ClientOptions, ListOptions, PutOptions, Value, DEFAULT_
 pub use clock::Utc;
 pub use error::{Error, ErrorCode};
 pub use key::{key_in_prefix, normalize_prefix, validate_key, KeyError, MAX_KEY_BYTES, MAX_SEGMENT_BYTES};
+pub use pages::{pages, Cursor, Paged, Pages};
 pub use path::{decode_key, encode_key};
 /// HTTP methods, for [`Client::send`].
 pub use reqwest::Method;

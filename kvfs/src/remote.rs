@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_client::{Client, ErrorCode, ListOptions, PutOptions, TxnRequest, TxnResponse, WatchMessage};
+use kv_client::{Client, ErrorCode, ListOptions, Paged, PutOptions, TxnRequest, TxnResponse, WatchMessage};
 
 use crate::cluster::{Batch, Cluster, Events, Failure, Page};
 
@@ -117,7 +117,7 @@ impl Cluster for Remote {
             ..Default::default()
         };
         let page = self.call("list", async |c| c.list(prefix, &opts).await)?;
-        let next_after = if page.more { page.next_after } else { None };
+        let next_after = page.next_cursor().map(str::to_owned);
         Ok(Page { revision: page.revision, entries: page.entries, next_after })
     }
 

@@ -29,18 +29,13 @@ pub fn load(
 ) -> Result<(u64, BTreeMap<String, Node>), Failure> {
     let mut out = BTreeMap::new();
     let mut cursor: Option<u64> = None;
-    let mut after: Option<String> = None;
-    loop {
-        let page = cluster.list_page(prefix, after.as_deref(), PAGE)?;
+    for page in kv_client::pages(|after| cluster.list_page(prefix, after, PAGE)) {
+        let page = page?;
         cursor = Some(cursor.map_or(page.revision, |c| c.min(page.revision)));
         for e in &page.entries {
             if let Some(p) = path_of(&e.key) {
                 out.insert(p, node_of(e));
             }
-        }
-        match page.next_after {
-            Some(a) => after = Some(a),
-            None => break,
         }
     }
     Ok((cursor.unwrap_or(0), out))
