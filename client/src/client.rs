@@ -13,7 +13,7 @@ use crate::key::{normalize_prefix, validate_key};
 use crate::pages::Cursor;
 use crate::path::encode_key;
 use crate::types::{header, AddMember, Attrs, ClusterInfo, Kind, ListResponse, Meta, TxnRequest, TxnResponse};
-use crate::watch::Watch;
+use crate::watch::{Resuming, Watch};
 
 /// A value read with its metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +202,17 @@ impl Client {
     /// A client of other member URLs with this one's token and CA.
     pub fn with_endpoints<S: AsRef<str>>(&self, endpoints: &[S]) -> Result<Client, Error> {
         Client::with_options(endpoints, &self.opts)
+    }
+
+    /// A client of the same members, token and CA, with connections of
+    /// its own, that shares this one's choice of member: a watch of either
+    /// that fails moves both past its member. A connection belongs to the
+    /// runtime that made it, so a runtime of its own needs a client of its
+    /// own.
+    pub fn with_own_connections(&self) -> Result<Client, Error> {
+        let mut c = Client::with_options(&self.endpoints, &self.opts)?;
+        c.current = self.current.clone();
+        Ok(c)
     }
 
     /// The member URLs this client uses.
@@ -573,6 +584,20 @@ impl Client {
             ));
         }
         Err(Error::Unreachable(last_err))
+    }
+
+    /// Watches a prefix for changes after revision `after` (from now when
+    /// `None`) across streams: when one fails or ends, the next resumes
+    /// after the last whole revision seen (or the revision the first began
+    /// at, should it fail before any event), from the endpoint after the
+    /// failing one ([`Client::watch`] moves past it), after a short pause.
+    ///
+    /// Errors another stream would meet again are returned, not retried:
+    /// a compacted start revision ([`ErrorCode::Compacted`]: list again),
+    /// a refused token, a bad request, and a first stream that cannot be
+    /// opened at all.
+    pub fn watch_from(&self, prefix: &str, after: Option<u64>) -> Resuming<'_> {
+        Resuming::new(self, prefix, after)
     }
 
     /// The members of the cluster with their status (`GET /v1/cluster`).

@@ -30,4 +30,4 @@ pub use types::{
     decode_value, header, AddMember, Attrs, ClusterInfo, Compare, EntryInfo, ErrorBody, EventType, Kind, ListResponse,
     MemberInfo, Meta, NodeStatus, OpResult, TransferLeader, TxnOp, TxnRequest, TxnResponse, WatchEvent,
 };
-pub use watch::{Watch, WatchMessage};
+pub use watch::{Resuming, Watch, WatchMessage};
