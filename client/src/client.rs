@@ -5,75 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use reqwest::{Method, RequestBuilder, Response};
 
 use crate::auth::{NewToken, TokenInfo, TokenSpec, WhoAmI};
-use crate::key::{normalize_prefix, validate_key, KeyError};
+use crate::error::{body_error, check, error_chain, Error, ErrorCode};
+use crate::key::{normalize_prefix, validate_key};
+use crate::pages::Cursor;
 use crate::path::encode_key;
-use crate::types::{
-    header, AddMember, Attrs, ClusterInfo, ErrorBody, Kind, ListResponse, Meta, TxnRequest, TxnResponse,
-};
-use crate::watch::Watch;
-
-/// What can go wrong talking to a cluster.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The server refused the request; `code` and `message` are its JSON
-    /// error body (DESIGN.md §4). Fix the request, or retry on 503.
-    #[error("{message} ({code}, HTTP {status})")]
-    Api {
-        /// HTTP status.
-        status: u16,
-        /// Machine-readable code.
-        code: String,
-        /// Human sentence.
-        message: String,
-    },
-    /// No endpoint could be reached, or none answered within the request
-    /// timeout; the message names each one with its reason. Check the
-    /// addresses and that kvd runs (a frozen or partitioned member accepts
-    /// connections but never answers).
-    #[error("no endpoint could be reached: {0}")]
-    Unreachable(String),
-    /// A member took a request that may not be sent twice (a membership
-    /// change) and gave no answer within the bound: the change may still
-    /// take effect. List the members before trying it again.
-    #[error("{0}")]
-    UnknownOutcome(String),
-    /// The key (or prefix) is malformed; nothing was sent.
-    #[error("invalid key: {0}")]
-    InvalidKey(#[from] KeyError),
-    /// An endpoint URL could not be used.
-    #[error("invalid endpoint {0:?}: it must look like http://HOST:PORT")]
-    Endpoint(String),
-    /// The client could not be set up (token, CA file).
-    #[error("{0}")]
-    Config(String),
-    /// The server answered something this client does not understand.
-    #[error("unexpected response: {0}")]
-    Protocol(String),
-    /// A watch stream sent nothing, not even a keepalive, for longer than
-    /// its bound: its member is frozen, cut off or overloaded. Watch again
-    /// from [`Watch::last_revision`]; the next watch starts at another
-    /// endpoint.
-    #[error("the watch stream from {endpoint} sent nothing for {} ms; watch again through another member", .silent.as_millis())]
-    Stalled {
-        /// The member the stream came from.
-        endpoint: String,
-        /// How long it was silent.
-        silent: Duration,
-    },
-}
-
-impl Error {
-    /// HTTP status of an API error.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            Error::Api { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-}
+use crate::types::{header, AddMember, Attrs, ClusterInfo, Kind, ListResponse, Meta, TxnRequest, TxnResponse};
+use crate::watch::{Resuming, Watch};
 
 /// A value read with its metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,6 +204,17 @@ impl Client {
         Client::with_options(endpoints, &self.opts)
     }
 
+    /// A client of the same members, token and CA, with connections of
+    /// its own, that shares this one's choice of member: a watch of either
+    /// that fails moves both past its member. A connection belongs to the
+    /// runtime that made it, so a runtime of its own needs a client of its
+    /// own.
+    pub fn with_own_connections(&self) -> Result<Client, Error> {
+        let mut c = Client::with_options(&self.endpoints, &self.opts)?;
+        c.current = self.current.clone();
+        Ok(c)
+    }
+
     /// The member URLs this client uses.
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
@@ -360,20 +311,14 @@ impl Client {
                 // IMPORTANT: a 503 says nothing was written, but only by the
                 // member that sent it; one that took the write unanswered
                 // may still apply it, so the outcome is unknown.
-                Sent::Answer(resp)
-                    if resp.status() == StatusCode::SERVICE_UNAVAILABLE
-                        && maybe_written
-                        && i + 1 == self.endpoints.len() =>
-                {
+                Sent::Answer(resp) if refused(&resp) && maybe_written && i + 1 == self.endpoints.len() => {
                     failures.push(format!("{endpoint}: HTTP 503"));
                     return Err(Error::Unreachable(failures.join("; ")));
                 }
                 // NOTE: writes carry a request id, so trying another member
                 // (or the same one again) is safe: a repeat is answered, not
                 // applied twice.
-                Sent::Answer(resp)
-                    if resp.status() == StatusCode::SERVICE_UNAVAILABLE && i + 1 < self.endpoints.len() =>
-                {
+                Sent::Answer(resp) if refused(&resp) && i + 1 < self.endpoints.len() => {
                     failures.push(format!("{endpoint}: HTTP 503"));
                 }
                 Sent::Answer(resp) => {
@@ -456,10 +401,10 @@ impl Client {
         validate_key(key)?;
         let q = if stale { "?stale=true" } else { "" };
         let resp = self.send(Method::GET, &format!("/v1/kv/{}{q}", encode_key(key)), |r| r).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let resp = check(resp).await?;
+        let resp = match check(resp).await {
+            Err(e) if e.is(&ErrorCode::NotFound) => return Ok(None),
+            r => r?,
+        };
         let meta = meta_from_headers(resp.headers())?;
         let revision = header_u64(resp.headers(), header::REVISION)?;
         let value = resp.bytes().await.map_err(|e| body_error(&e))?;
@@ -543,6 +488,27 @@ impl Client {
         json(check(resp).await?).await
     }
 
+    /// Lists every entry below a prefix, page by page (pages of
+    /// `opts.limit` entries, or the server's default) from `opts.after`.
+    /// The answer's `revision` is the lowest of its pages' (the first
+    /// page's): watching from it replays every change made while the pages
+    /// were read.
+    pub async fn list_all(&self, prefix: &str, opts: &ListOptions) -> Result<ListResponse, Error> {
+        let mut opts = opts.clone();
+        let mut cursor = Cursor::new(opts.after.take());
+        let mut all = ListResponse { revision: 0, entries: Vec::new(), more: false, next_after: None };
+        let mut revision = None::<u64>;
+        while cursor.pending() {
+            opts.after = cursor.after().map(str::to_owned);
+            let page = self.list(prefix, &opts).await?;
+            cursor.advance(&page);
+            revision = Some(revision.map_or(page.revision, |r| r.min(page.revision)));
+            all.entries.extend(page.entries);
+        }
+        all.revision = revision.unwrap_or(0);
+        Ok(all)
+    }
+
     /// Runs a transaction.
     pub async fn txn(&self, txn: &TxnRequest) -> Result<TxnResponse, Error> {
         let body = serde_json::to_vec(txn).map_err(|e| Error::Protocol(e.to_string()))?;
@@ -590,7 +556,7 @@ impl Client {
                     continue;
                 }
             };
-            if resp.status() == StatusCode::SERVICE_UNAVAILABLE && i + 1 < self.endpoints.len() {
+            if refused(&resp) && i + 1 < self.endpoints.len() {
                 last_err = format!("{}: HTTP 503", self.endpoints[idx]);
                 continue;
             }
@@ -618,6 +584,20 @@ impl Client {
             ));
         }
         Err(Error::Unreachable(last_err))
+    }
+
+    /// Watches a prefix for changes after revision `after` (from now when
+    /// `None`) across streams: when one fails or ends, the next resumes
+    /// after the last whole revision seen (or the revision the first began
+    /// at, should it fail before any event), from the endpoint after the
+    /// failing one ([`Client::watch`] moves past it), after a short pause.
+    ///
+    /// Errors another stream would meet again are returned, not retried:
+    /// a compacted start revision ([`ErrorCode::Compacted`]: list again),
+    /// a refused token, a bad request, and a first stream that cannot be
+    /// opened at all.
+    pub fn watch_from(&self, prefix: &str, after: Option<u64>) -> Resuming<'_> {
+        Resuming::new(self, prefix, after)
     }
 
     /// The members of the cluster with their status (`GET /v1/cluster`).
@@ -722,6 +702,14 @@ impl Client {
     }
 }
 
+/// Whether a member refused to serve (`unavailable`: no leader, no quorum,
+/// removed), which says it wrote nothing and another member may serve.
+///
+/// NOTE: told from the status alone, so the body stays for the caller.
+fn refused(resp: &Response) -> bool {
+    resp.status().as_u16() == ErrorCode::Unavailable.status()
+}
+
 /// A hint for the usual TLS mistakes, from the error's text.
 fn tls_hint(text: &str) -> &'static str {
     if text.contains("InvalidContentType") || text.contains("corrupt message") || text.contains("wrong version") {
@@ -737,41 +725,6 @@ fn tls_hint(text: &str) -> &'static str {
 /// by not reaching the member, timing out or being malformed.
 fn broke_after_connect(e: &reqwest::Error) -> bool {
     !e.is_connect() && !e.is_timeout() && !e.is_builder()
-}
-
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
-/// Turns an error status into [`Error::Api`].
-async fn check(resp: Response) -> Result<Response, Error> {
-    let status = resp.status();
-    if status.is_success() || status == StatusCode::NOT_MODIFIED {
-        return Ok(resp);
-    }
-    let body = resp.bytes().await.unwrap_or_default();
-    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
-        Ok(b) => (b.error, b.message),
-        Err(_) => ("http".to_owned(), String::from_utf8_lossy(&body).trim().to_owned()),
-    };
-    Err(Error::Api { status: status.as_u16(), code, message })
-}
-
-/// An answer's body that could not be read: cut off by the request
-/// timeout (the member stopped sending), or broken.
-fn body_error(e: &reqwest::Error) -> Error {
-    if e.is_timeout() {
-        Error::Unreachable(format!("the answer stopped coming before the request timeout: {}", error_chain(e)))
-    } else {
-        Error::Protocol(error_chain(e))
-    }
 }
 
 async fn json<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T, Error> {

@@ -7,25 +7,27 @@
 
 mod auth;
 mod client;
+pub mod clock;
+mod error;
 #[doc(hidden)]
 pub mod fuzz;
 mod key;
+mod pages;
 mod path;
-mod time;
 mod types;
 mod watch;
 
 pub use auth::{validate_token_name, Access, Grants, NewToken, TokenInfo, TokenSpec, WhoAmI};
-pub use client::{
-    Client, ClientOptions, Error, ListOptions, PutOptions, Value, DEFAULT_REQUEST_TIMEOUT, MEMBER_IDLE_CLOSE,
-};
+pub use client::{Client, ClientOptions, ListOptions, PutOptions, Value, DEFAULT_REQUEST_TIMEOUT, MEMBER_IDLE_CLOSE};
+pub use clock::Utc;
+pub use error::{Error, ErrorCode};
 pub use key::{key_in_prefix, normalize_prefix, validate_key, KeyError, MAX_KEY_BYTES, MAX_SEGMENT_BYTES};
+pub use pages::{pages, Cursor, Paged, Pages};
 pub use path::{decode_key, encode_key};
 /// HTTP methods, for [`Client::send`].
 pub use reqwest::Method;
-pub use time::Utc;
 pub use types::{
     decode_value, header, AddMember, Attrs, ClusterInfo, Compare, EntryInfo, ErrorBody, EventType, Kind, ListResponse,
     MemberInfo, Meta, NodeStatus, OpResult, TransferLeader, TxnOp, TxnRequest, TxnResponse, WatchEvent,
 };
-pub use watch::{Watch, WatchMessage};
+pub use watch::{Resuming, Watch, WatchMessage};

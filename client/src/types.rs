@@ -4,6 +4,8 @@
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use crate::error::ErrorCode;
+
 /// Header names used by the client API.
 pub mod header {
     /// The revision a response reflects.
@@ -410,11 +412,16 @@ pub struct TransferLeader {
     pub id: u64,
 }
 
-/// Error body of every failed request (DESIGN.md §4).
+/// Error body of every failed request (DESIGN.md §4): `{"error": "<code>",
+/// "message": "<sentence>"}`.
+///
+/// NOTE: `C` is [`ErrorCode`] (the default) everywhere; the parameter only
+/// lets a server that still builds the body from a string compile, and goes
+/// once kvd renders every error from an [`ErrorCode`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// Machine-readable code (`invalid_key`, `not_found`, ...).
-    pub error: String,
+pub struct ErrorBody<C = ErrorCode> {
+    /// What went wrong (`invalid_key`, `not_found`, ...).
+    pub error: C,
     /// A sentence for humans.
     pub message: String,
 }

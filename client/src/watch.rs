@@ -1,5 +1,6 @@
 //! A watch stream: server-sent events parsed into changes and keepalives,
-//! given up when its member goes silent.
+//! given up when its member goes silent; and a watch that outlives its
+//! streams, resuming each from where the last one stopped.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use crate::client::{error_chain, Error};
+use crate::client::Client;
+use crate::error::{error_chain, Error, ErrorCode};
 use crate::types::{ErrorBody, WatchEvent};
 
 type ByteStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>;
@@ -189,13 +191,7 @@ impl Watch {
             "error" => {
                 let body: ErrorBody =
                     serde_json::from_str(&data).map_err(|e| Error::Protocol(format!("bad watch error: {e}")))?;
-                let status = match body.error.as_str() {
-                    "compacted" => 410,
-                    "unauthorized" => 401,
-                    "unavailable" => 503,
-                    _ => 500,
-                };
-                return Err(Error::Api { status, code: body.error, message: body.message });
+                return Err(Error::Api { status: body.error.status(), code: body.error, message: body.message });
             }
             _ => {}
         }
@@ -206,12 +202,138 @@ impl Watch {
     }
 }
 
+/// How long a resuming watch waits before it opens another stream.
+const RESUME_PAUSE: Duration = Duration::from_millis(500);
+
+/// What a resuming watch calls with each error it gets past.
+type OnInterrupt<'c> = Box<dyn FnMut(&Error) + Send + 'c>;
+
+/// A watch that outlives its streams: made by [`Client::watch_from`].
+pub struct Resuming<'c> {
+    client: &'c Client,
+    prefix: String,
+    /// The last whole revision seen: where the next stream resumes.
+    after: Option<u64>,
+    watch: Option<Watch>,
+    /// Whether a stream was ever opened (a first one that cannot be is an
+    /// error, not a reason to wait).
+    opened: bool,
+    on_interrupt: Option<OnInterrupt<'c>>,
+}
+
+impl std::fmt::Debug for Resuming<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resuming").field("prefix", &self.prefix).field("after", &self.after).finish()
+    }
+}
+
+impl<'c> Resuming<'c> {
+    pub(crate) fn new(client: &'c Client, prefix: &str, after: Option<u64>) -> Resuming<'c> {
+        Resuming { client, prefix: prefix.to_owned(), after, watch: None, opened: false, on_interrupt: None }
+    }
+
+    /// Calls `f` with each error a new stream gets past (to tell a user
+    /// the watch reconnects).
+    pub fn on_interrupt(mut self, f: impl FnMut(&Error) + Send + 'c) -> Resuming<'c> {
+        self.on_interrupt = Some(Box::new(f));
+        self
+    }
+
+    /// The next event, across streams (see [`Client::watch_from`]).
+    pub async fn next(&mut self) -> Result<WatchEvent, Error> {
+        loop {
+            if let WatchMessage::Event(ev) = self.next_message().await? {
+                return Ok(ev);
+            }
+        }
+    }
+
+    /// The next event or keepalive, across streams (see
+    /// [`Client::watch_from`]).
+    ///
+    /// NOTE: cancel-safe, as [`Watch::next_message`] is: the resume point
+    /// is kept in `self` before each await.
+    pub async fn next_message(&mut self) -> Result<WatchMessage, Error> {
+        loop {
+            let w = match &mut self.watch {
+                Some(w) => w,
+                None => {
+                    if self.opened {
+                        tokio::time::sleep(RESUME_PAUSE).await;
+                    }
+                    match self.client.watch(&self.prefix, self.after).await {
+                        Ok(w) => {
+                            self.opened = true;
+                            self.after = w.last_revision().or(self.after);
+                            self.watch.insert(w)
+                        }
+                        Err(e) if !self.opened || !resumable(&e) => return Err(e),
+                        Err(e) => {
+                            self.interrupted(&e);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let r = w.next_message().await;
+            // IMPORTANT: also when the stream failed before any event: it
+            // began at a revision (or a keepalive moved it), and a new one
+            // "from now" would skip what came in between.
+            self.after = w.last_revision().or(self.after);
+            match r {
+                Ok(Some(m)) => return Ok(m),
+                Ok(None) => self.watch = None,
+                Err(e) => {
+                    self.watch = None;
+                    if !resumable(&e) {
+                        return Err(e);
+                    }
+                    self.interrupted(&e);
+                }
+            }
+        }
+    }
+
+    fn interrupted(&mut self, e: &Error) {
+        if let Some(f) = &mut self.on_interrupt {
+            f(e);
+        }
+    }
+
+    /// The last whole revision seen (or the one the first stream began
+    /// at): where the next stream resumes.
+    pub fn last_revision(&self) -> Option<u64> {
+        self.after
+    }
+
+    /// The member the current stream comes from, while one is open.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.watch.as_ref().map(Watch::endpoint)
+    }
+}
+
+/// Whether another stream may get past `e`: not when the server refused
+/// the watch itself (compacted history, a token, a bad request), nor for
+/// a mistake on this side.
+fn resumable(e: &Error) -> bool {
+    match e {
+        Error::Api { code, .. } => matches!(
+            code,
+            ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::UnknownOutcome | ErrorCode::Other(_)
+        ),
+        Error::Unreachable(_) | Error::UnknownOutcome(_) | Error::Protocol(_) | Error::Stalled { .. } => true,
+        Error::InvalidKey(_) | Error::Endpoint(_) | Error::Config(_) => false,
+    }
+}
+
 fn find_blank_line(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\n\n")
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
@@ -256,5 +378,74 @@ mod tests {
         assert!(matches!(err, Error::Stalled { .. }), "{err:?}");
         assert_eq!(w.last_revision(), Some(9), "the resume point stays");
         assert_eq!(c.current_endpoint(), "http://127.0.0.1:9", "the next watch goes to another member");
+    }
+
+    /// A member that answers each watch with `body` (a revision of 5, then
+    /// the stream ends) and records each request line.
+    async fn member_sending(
+        body: &'static str,
+    ) -> (String, Arc<std::sync::Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let lines: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let seen = lines.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.expect("accept");
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut b = [0u8; 1];
+                    if s.read(&mut b).await.expect("read") == 0 {
+                        break;
+                    }
+                    head.push(b[0]);
+                }
+                let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
+                seen.lock().expect("lock").push(line);
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nx-kv-revision: 5\r\n\
+                     x-kv-keepalive-ms: 1000\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(resp.as_bytes()).await.expect("answer");
+            }
+        });
+        (format!("http://{addr}"), lines, server)
+    }
+
+    #[tokio::test]
+    async fn a_resuming_watch_goes_on_from_where_a_stream_began_on_the_next_member() {
+        // The first member's stream ends before any event; the second has one.
+        let (a, asked_a, sa) = member_sending("").await;
+        let ev = "event: put\nid: 6\ndata: {\"type\":\"put\",\"key\":\"app/k\",\"revision\":6}\n\n";
+        let (b, asked_b, sb) = member_sending(ev).await;
+        let c = Client::new(&[a.clone(), b.clone()]).expect("client");
+        let mut w = c.watch_from("app", None);
+        let got = tokio::time::timeout(Duration::from_secs(10), w.next()).await;
+        sa.abort();
+        sb.abort();
+        let got = got.expect("the watch never resumed").expect("an event");
+        assert_eq!((got.key.as_str(), got.revision), ("app/k", 6));
+        assert_eq!(w.last_revision(), Some(6));
+        let (asked_a, asked_b) = (asked_a.lock().expect("lock").clone(), asked_b.lock().expect("lock").clone());
+        assert_eq!(asked_a, ["GET /v1/watch/app HTTP/1.1"], "the first stream starts from now");
+        assert_eq!(asked_b.first().map(String::as_str), Some("GET /v1/watch/app?rev=5 HTTP/1.1"), "{asked_b:?}");
+    }
+
+    #[tokio::test]
+    async fn a_resuming_watch_returns_a_compacted_history_instead_of_retrying() {
+        let compacted = "event: error\ndata: {\"error\":\"compacted\",\"message\":\"list again\"}\n\n";
+        let (a, asked, server) = member_sending(compacted).await;
+        let c = Client::new(&[a]).expect("client");
+        let mut interrupted = 0;
+        let mut w = c.watch_from("app", Some(2)).on_interrupt(|_| interrupted += 1);
+        let r = tokio::time::timeout(Duration::from_secs(10), w.next()).await;
+        server.abort();
+        let err = r.expect("bounded").expect_err("compacted");
+        assert!(err.is(&ErrorCode::Compacted), "{err:?}");
+        assert_eq!(err.status(), Some(410));
+        drop(w);
+        assert_eq!((interrupted, asked.lock().expect("lock").len()), (0, 1));
     }
 }

@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 
 use anyhow::Context;
-use kv_client::{Client, ListOptions, PutOptions};
+use kv_client::{Client, ListOptions, ListResponse, PutOptions};
 
 use crate::output::{self, Format};
 use crate::Failure;
@@ -124,18 +124,8 @@ pub async fn del(client: &Client, a: DelArgs, fmt: Format) -> Result<(), Failure
 }
 
 pub async fn ls(client: &Client, a: LsArgs, fmt: Format) -> Result<(), Failure> {
-    let mut opts = ListOptions { recursive: a.recursive, stale: a.stale, ..ListOptions::default() };
-    let mut entries = Vec::new();
-    let mut revision;
-    loop {
-        let page = client.list(&a.prefix, &opts).await?;
-        revision = page.revision;
-        entries.extend(page.entries);
-        match (page.more, page.next_after) {
-            (true, Some(next)) => opts.after = Some(next),
-            _ => break,
-        }
-    }
+    let opts = ListOptions { recursive: a.recursive, stale: a.stale, ..ListOptions::default() };
+    let ListResponse { revision, entries, .. } = client.list_all(&a.prefix, &opts).await?;
     match fmt {
         Format::Json => output::json(&serde_json::json!({"revision": revision, "entries": entries}))?,
         Format::Table => {

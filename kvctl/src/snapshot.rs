@@ -25,11 +25,7 @@ pub enum SnapshotCommand {
 pub async fn run(client: &Client, cmd: SnapshotCommand, fmt: Format) -> Result<(), Failure> {
     let SnapshotCommand::Save { file } = cmd;
     let resp = client.send_stream(kv_client::Method::GET, "/v1/snapshot", |r| r).await?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        return Err(anyhow::anyhow!("snapshot refused (HTTP {status}): {}", body.trim()).into());
-    }
+    let resp = kv_client::Error::check(resp).await.map_err(|e| anyhow::anyhow!("snapshot refused: {e}"))?;
     let revision = resp
         .headers()
         .get(kv_client::header::REVISION)

@@ -22,40 +22,23 @@ pub struct WatchArgs {
 }
 
 pub async fn run(client: &Client, a: WatchArgs, fmt: Format) -> Result<(), Failure> {
-    let mut after = a.rev;
+    let mut w =
+        client.watch_from(&a.prefix, a.rev).on_interrupt(|e| eprintln!("kvctl: watch interrupted ({e}); reconnecting"));
     loop {
-        let mut w = client.watch(&a.prefix, after).await?;
-        loop {
-            let ev = match w.next().await {
-                Ok(Some(ev)) => ev,
-                Ok(None) => break,
-                Err(e) if e.status() == Some(410) => return Err(e.into()),
-                Err(e) => {
-                    eprintln!("kvctl: watch interrupted ({e}); reconnecting");
-                    break;
+        let ev = w.next().await?;
+        let kind = if ev.kind == EventType::Put { "put" } else { "delete" };
+        match &a.exec {
+            Some(cmd) => {
+                let status = run_hook(cmd, kind, &ev.key, ev.revision)?;
+                if !status.success() {
+                    eprintln!("kvctl: {cmd:?} exited with {status} for {} at revision {}", ev.key, ev.revision);
                 }
-            };
-            let kind = if ev.kind == EventType::Put { "put" } else { "delete" };
-            match &a.exec {
-                Some(cmd) => {
-                    let status = run_hook(cmd, kind, &ev.key, ev.revision)?;
-                    if !status.success() {
-                        eprintln!("kvctl: {cmd:?} exited with {status} for {} at revision {}", ev.key, ev.revision);
-                    }
-                }
-                None => match fmt {
-                    Format::Json => println!("{}", serde_json::to_string(&ev).unwrap_or_default()),
-                    Format::Table => println!("{} {kind} {}", ev.revision, ev.key),
-                },
             }
-            // Resume after the last whole revision seen.
-            after = w.last_revision().or(after);
+            None => match fmt {
+                Format::Json => println!("{}", serde_json::to_string(&ev).unwrap_or_default()),
+                Format::Table => println!("{} {kind} {}", ev.revision, ev.key),
+            },
         }
-        // IMPORTANT: also when the stream failed before any event: it began
-        // at a revision (or a keepalive moved it), and a reconnect "from
-        // now" would skip what came in between.
-        after = w.last_revision().or(after);
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 

@@ -74,6 +74,12 @@ pub struct Page {
     pub next_after: Option<String>,
 }
 
+impl kv_client::Paged for Page {
+    fn next_cursor(&self) -> Option<&str> {
+        self.next_after.as_deref()
+    }
+}
+
 /// Every event of one revision (a transaction's changes share one).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {

@@ -190,14 +190,8 @@ impl<'a> Suite<'a> {
     /// The entry at `key`, read by a listing of its parent.
     fn entry(&self, key: &str) -> Option<EntryInfo> {
         let parent = key.rsplit_once('/').map_or("", |(p, _)| p);
-        let mut after = None;
-        loop {
-            let page = ok(self.c.list_page(parent, after.as_deref(), 1000), "listing");
-            if let Some(e) = page.entries.iter().find(|e| e.key == key) {
-                return Some(e.clone());
-            }
-            after = Some(page.next_after?);
-        }
+        kv_client::pages(|after| self.c.list_page(parent, after, 1000))
+            .find_map(|page| ok(page, "listing").entries.into_iter().find(|e| e.key == key))
     }
 
     fn meta(&self, key: &str) -> Meta {

@@ -118,10 +118,6 @@ fn invalid(e: KeyError) -> Failure {
     Failure::Invalid { too_long: e.is_too_long() }
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
-}
-
 /// kvd's `check_put`: the attributes against the value.
 fn check_put(value: Option<&[u8]>, attrs: &Attrs) -> Result<(), Failure> {
     let bad = attrs.mode.is_some_and(|m| m > 0o7777)
@@ -197,7 +193,7 @@ impl State {
             Cmp::Exists(k, want) => (rev_of(k) != 0) == *want,
         });
         let rev = self.revision + 1;
-        let now = now_ns();
+        let now = kv_client::clock::now_ns();
         let mut events = Vec::new();
         let mut results = Vec::new();
         for op in if ok { txn.success } else { txn.failure } {

@@ -13,9 +13,9 @@ use fuser::{
     LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use kv_client::Kind;
+use kv_client::{clock, Kind};
 
-use crate::core::{now_ns, Core, Inval, Invalidate, RenameMode, SetAttr};
+use crate::core::{Core, Inval, Invalidate, RenameMode, SetAttr};
 use crate::handles::{Caller, CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER};
 use crate::tree::join;
 
@@ -85,10 +85,8 @@ impl KvFs {
 
 fn ns_of(t: TimeOrNow) -> i64 {
     match t {
-        TimeOrNow::Now => now_ns(),
-        TimeOrNow::SpecificTime(t) => {
-            t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
-        }
+        TimeOrNow::Now => clock::now_ns(),
+        TimeOrNow::SpecificTime(t) => clock::ns_of(t),
     }
 }
 

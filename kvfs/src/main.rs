@@ -184,7 +184,7 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         &inv.endpoints,
         &kv_client::ClientOptions { token, ca_pem, request_timeout: Some(per_member) },
     )?;
-    let remote = Arc::new(Remote { client, timeout: inv.timeout, watch_start: Default::default() });
+    let remote = Arc::new(Remote { client, timeout: inv.timeout });
     let name = state_name(inv);
     let lkg_file = inv
         .cache_dir

@@ -1,11 +1,9 @@
 //! The real cluster: [`Cluster`] over the HTTP client, every call bounded
 //! in time.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use kv_client::{Client, ListOptions, PutOptions, TxnRequest, TxnResponse, WatchMessage};
+use kv_client::{Client, ErrorCode, ListOptions, Paged, PutOptions, TxnRequest, TxnResponse, WatchMessage};
 
 use crate::cluster::{Batch, Cluster, Events, Failure, Page};
 
@@ -21,21 +19,21 @@ pub struct Remote {
     pub client: Client,
     /// Bound on one call.
     pub timeout: Duration,
-    /// Index of the endpoint the next watch tries first: past the one
-    /// whose stream last failed.
-    pub watch_start: Arc<AtomicUsize>,
 }
 
 /// What a client error means to a mount.
 pub fn failure(e: &kv_client::Error) -> Failure {
     match e {
-        kv_client::Error::Api { status: 412, .. } => Failure::Conflict,
-        kv_client::Error::Api { status: 410, .. } => Failure::Compacted,
-        kv_client::Error::Api { status: 413, .. } => Failure::TooLarge,
-        kv_client::Error::Api { status: 507, .. } => Failure::NoSpace,
-        kv_client::Error::Api { status: 404, .. } => Failure::NotFound,
-        kv_client::Error::Api { status: 401 | 403, .. } => Failure::Denied,
-        kv_client::Error::Api { status: 400, .. } => Failure::Invalid { too_long: false },
+        kv_client::Error::Api { code, .. } => match code {
+            ErrorCode::CompareFailed => Failure::Conflict,
+            ErrorCode::Compacted => Failure::Compacted,
+            ErrorCode::TooLarge => Failure::TooLarge,
+            ErrorCode::NoSpace => Failure::NoSpace,
+            ErrorCode::NotFound => Failure::NotFound,
+            c if c.is_denied() => Failure::Denied,
+            c if c.is_invalid_request() => Failure::Invalid { too_long: false },
+            _ => Failure::Unavailable,
+        },
         kv_client::Error::InvalidKey(k) => Failure::Invalid { too_long: k.is_too_long() },
         _ => Failure::Unavailable,
     }
@@ -114,7 +112,7 @@ impl Cluster for Remote {
             ..Default::default()
         };
         let page = self.call("list", async |c| c.list(prefix, &opts).await)?;
-        let next_after = if page.more { page.next_after } else { None };
+        let next_after = page.next_cursor().map(str::to_owned);
         Ok(Page { revision: page.revision, entries: page.entries, next_after })
     }
 
@@ -124,26 +122,16 @@ impl Cluster for Remote {
             Failure::Unavailable
         })?;
         // NOTE: from the endpoint after the one whose stream failed, so a
-        // frozen member is not the first one asked again; the client bounds
-        // each member's answer and passes over those that refuse.
-        let all = self.client.endpoints();
-        let start = self.watch_start.load(Ordering::Relaxed) % all.len().max(1);
-        let rotated: Vec<&String> = all[start..].iter().chain(&all[..start]).collect();
-        let client = self.client.with_endpoints(&rotated).map_err(|_| Failure::Unavailable)?;
+        // frozen member is not the first one asked again: the watch moves
+        // the choice of member it shares with `self.client` past its own
+        // when it fails.
+        let client = self.client.with_own_connections().map_err(|_| Failure::Unavailable)?;
         let watch = rt.block_on(client.watch(prefix, Some(after))).map_err(|e| {
             tracing::warn!(error = %e, "cannot watch");
             failure(&e)
         })?;
-        let index = all.iter().position(|e| e == watch.endpoint()).unwrap_or(start);
         tracing::info!(endpoint = watch.endpoint(), after, "watching");
-        Ok(Box::new(RemoteEvents {
-            rt,
-            watch,
-            pending: Vec::new(),
-            index,
-            endpoints: all.len(),
-            watch_start: self.watch_start.clone(),
-        }))
+        Ok(Box::new(RemoteEvents { rt, watch, pending: Vec::new() }))
     }
 }
 
@@ -152,17 +140,6 @@ struct RemoteEvents {
     rt: tokio::runtime::Runtime,
     watch: kv_client::Watch,
     pending: Vec<kv_client::WatchEvent>,
-    /// The stream's endpoint among the mount's.
-    index: usize,
-    endpoints: usize,
-    watch_start: Arc<AtomicUsize>,
-}
-
-impl RemoteEvents {
-    /// The next watch starts past this stream's member.
-    fn leave(&self) {
-        self.watch_start.store((self.index + 1) % self.endpoints.max(1), Ordering::Relaxed);
-    }
 }
 
 impl Events for RemoteEvents {
@@ -176,13 +153,9 @@ impl Events for RemoteEvents {
                     }
                     continue;
                 }
-                Ok(None) => {
-                    self.leave();
-                    return Ok(None);
-                }
+                Ok(None) => return Ok(None),
                 Err(e) => {
                     tracing::warn!(error = %e, endpoint = self.watch.endpoint(), "watch stream failed");
-                    self.leave();
                     return Err(failure(&e));
                 }
             };

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use kv_client::EntryInfo;
+use kv_client::{clock, EntryInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, Failure};
@@ -29,18 +29,13 @@ pub fn load(
 ) -> Result<(u64, BTreeMap<String, Node>), Failure> {
     let mut out = BTreeMap::new();
     let mut cursor: Option<u64> = None;
-    let mut after: Option<String> = None;
-    loop {
-        let page = cluster.list_page(prefix, after.as_deref(), PAGE)?;
+    for page in kv_client::pages(|after| cluster.list_page(prefix, after, PAGE)) {
+        let page = page?;
         cursor = Some(cursor.map_or(page.revision, |c| c.min(page.revision)));
         for e in &page.entries {
             if let Some(p) = path_of(&e.key) {
                 out.insert(p, node_of(e));
             }
-        }
-        match page.next_after {
-            Some(a) => after = Some(a),
-            None => break,
         }
     }
     Ok((cursor.unwrap_or(0), out))
@@ -131,7 +126,7 @@ impl Backoff {
         // NOTE: std's hasher keys are random per process: enough to spread
         // mounts apart, with no crate for it.
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.write_i64(clock::now_ns());
         let half = self.next / 2;
         let d = half + Duration::from_nanos(h.finish() % (half.as_nanos() as u64).max(1));
         self.next = (self.next * 2).min(Self::MAX);
@@ -167,10 +162,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_data()?;
     std::fs::rename(&tmp, path)
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// The watch side of a mount.
@@ -243,7 +234,7 @@ impl Sync {
             if connected {
                 s.stale_since = None;
             } else if s.stale_since.is_none() {
-                s.stale_since = Some(now_secs());
+                s.stale_since = Some(clock::now_s());
             }
         });
         if flipped {
@@ -254,7 +245,7 @@ impl Sync {
     /// Records that the watch heard from the cluster now.
     fn heard(&self, quiet_after: Option<Option<Duration>>) {
         if let Ok(mut l) = self.liveness.lock() {
-            l.heard = Some((Instant::now(), now_secs()));
+            l.heard = Some((Instant::now(), clock::now_s()));
             if let Some(q) = quiet_after {
                 l.quiet_after = q;
             }

@@ -16,9 +16,10 @@ mod watch;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
+use kv_client::clock::{self, now_ns};
 use kv_client::{Kind, Meta, PutOptions};
 
 use crate::cluster::{Cluster, Failure};
@@ -149,19 +150,6 @@ pub struct Core {
     started_ns: i64,
 }
 
-/// Nanoseconds since the epoch, now.
-pub fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
-}
-
-fn time_of(ns: i64) -> SystemTime {
-    if ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    } else {
-        UNIX_EPOCH
-    }
-}
-
 /// The FUSE file type of an entry kind.
 pub fn file_type(k: Kind) -> FileType {
     match k {
@@ -178,7 +166,7 @@ pub fn new_meta(kind: Kind, mode: u32, uid: u32, gid: u32) -> Meta {
 
 /// The attributes of an entry as stored.
 fn stored_attr(ino: u64, meta: &Meta, size: u64) -> FileAttr {
-    let t = time_of(meta.mtime_ns);
+    let t = clock::system_time(meta.mtime_ns);
     FileAttr {
         ino: INodeNo(ino),
         size,

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use fuser::{Errno, FileAttr};
+use kv_client::clock::now_ns;
 use kv_client::{Attrs, Compare, EntryInfo, Kind, Meta, PutOptions, TxnOp, TxnRequest};
 
-use super::{new_meta, now_ns, Core};
+use super::{new_meta, Core};
 use crate::handles::{Caller, Handle, Io, Writer, CAP_CHOWN, CAP_FOWNER};
 use crate::tree::{split, Node};
 

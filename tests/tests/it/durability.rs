@@ -181,7 +181,7 @@ async fn a_retry_after_100_000_log_entries_still_applies_once() {
 #[tokio::test]
 async fn a_retry_after_the_dedup_window_is_refused_and_writes_nothing() {
     let k = Kvd::bootstrap(&["--dedup-window-ms", "1500"]);
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    let now_ms = kv_client::clock::now_ns() / 1_000_000;
     let id = format!("late-1~{now_ms}");
     let send = |body: &'static str| {
         http().put(format!("{}/v1/kv/late", k.url)).header("x-kv-request-id", id.clone()).body(body).send()
@@ -211,7 +211,7 @@ async fn a_retry_after_the_dedup_window_is_refused_and_writes_nothing() {
     let v = k.client().get("late").await.expect("get").expect("exists");
     assert_eq!((v.value.as_ref(), v.meta.version), (b"first".as_slice(), 1));
     // A new id goes through.
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    let now_ms = kv_client::clock::now_ns() / 1_000_000;
     let r = http()
         .put(format!("{}/v1/kv/late", k.url))
         .header("x-kv-request-id", format!("late-2~{now_ms}"))

@@ -8,7 +8,7 @@ use kv_tests::Kvd;
 use kvfs::{Cluster, Remote};
 
 fn remote(k: &Kvd) -> Remote {
-    Remote { client: k.client(), timeout: Duration::from_secs(10), watch_start: Default::default() }
+    Remote { client: k.client(), timeout: Duration::from_secs(10) }
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use kv_client::{Client, PutOptions};
+use kv_client::{Client, ErrorCode, PutOptions};
 use kv_tests::linearizability::{check, Event, Op};
 use kv_tests::net::Net;
 use kv_tests::{Kvd, Mount};
@@ -58,9 +58,9 @@ enum Outcome {
 }
 
 /// Whether an error answer says that nothing was written (DESIGN.md §4):
-/// a refusal such as 503, not 504 (unknown outcome) or 500.
+/// a refusal such as `unavailable`, not `unknown_outcome` or `internal`.
 fn wrote_nothing(e: &kv_client::Error) -> bool {
-    e.status().is_some_and(|s| s != 504 && s != 500)
+    e.code().is_some_and(|c| !matches!(c, ErrorCode::UnknownOutcome | ErrorCode::Internal))
 }
 
 /// A put that, when its outcome is unknown (a timeout, a broken connection,
@@ -75,7 +75,7 @@ async fn write(client: &Client, key: &str, value: &str, mut opts: PutOptions) ->
     loop {
         match tokio::time::timeout(Duration::from_secs(5), client.put(key, value.to_owned(), &opts)).await {
             Ok(Ok(_)) => return Outcome::Done,
-            Ok(Err(e)) if e.status() == Some(412) => return Outcome::Refused,
+            Ok(Err(e)) if e.is(&ErrorCode::CompareFailed) => return Outcome::Refused,
             Ok(Err(e)) if first && wrote_nothing(&e) => return Outcome::NotApplied,
             _ => {}
         }
@@ -164,7 +164,7 @@ async fn client_loop(
                 match r {
                     Ok(Ok(_)) => (Op::Delete, Some(now())),
                     // Not found: a delete of an absent key is a read of "absent".
-                    Ok(Err(e)) if e.status() == Some(404) => (Op::Read(None), Some(now())),
+                    Ok(Err(e)) if e.is(&ErrorCode::NotFound) => (Op::Read(None), Some(now())),
                     Ok(Err(e)) if wrote_nothing(&e) => continue,
                     _ => (Op::Delete, None),
                 }
@@ -202,9 +202,10 @@ fn client_of(nodes: &[Kvd]) -> Client {
 
 /// Seed from the environment, or from the clock (printed either way).
 fn seed() -> u64 {
-    std::env::var("KV_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7)
-    })
+    std::env::var("KV_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| (kv_client::clock::now_ns() as u64).max(7))
 }
 
 fn secs(default: u64) -> u64 {

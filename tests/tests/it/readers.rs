@@ -334,9 +334,10 @@ impl Drop for Finish<'_> {
 
 /// Seed from `KV_READERS_SEED`, or from the clock (printed either way).
 fn seed() -> u64 {
-    std::env::var("KV_READERS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7)
-    })
+    std::env::var("KV_READERS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| (kv_client::clock::now_ns() as u64).max(7))
 }
 
 #[test]

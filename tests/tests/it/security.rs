@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use kv_client::{AddMember, Client, Compare, Error, TokenSpec, TxnOp, TxnRequest};
+use kv_client::{AddMember, Client, Compare, Error, ErrorCode, TokenSpec, TxnOp, TxnRequest};
 use kv_tests::net::Net;
 use kv_tests::{bin, Kvd, Mount, Pki};
 
@@ -20,8 +20,8 @@ fn spec(name: &str, read: &[&str], write: &[&str]) -> TokenSpec {
     }
 }
 
-fn status<T: std::fmt::Debug>(r: Result<T, Error>) -> u16 {
-    r.expect_err("must be refused").status().expect("an HTTP refusal")
+fn code<T: std::fmt::Debug>(r: Result<T, Error>) -> ErrorCode {
+    r.expect_err("must be refused").code().cloned().expect("an HTTP refusal")
 }
 
 /// Runs kvctl; returns (exit code, stdout, stderr).
@@ -51,36 +51,36 @@ async fn tokens_grant_reads_and_writes_by_prefix() {
 
     // No token, or a wrong one: 401 everywhere but health.
     let anon = k.client();
-    assert_eq!(status(anon.get("app/x").await), 401);
-    assert_eq!(status(k.client_with(Some("kv_wrong")).get("app/x").await), 401);
-    assert_eq!(status(anon.cluster().await), 401);
+    assert_eq!(code(anon.get("app/x").await), ErrorCode::Unauthorized);
+    assert_eq!(code(k.client_with(Some("kv_wrong")).get("app/x").await), ErrorCode::Unauthorized);
+    assert_eq!(code(anon.cluster().await), ErrorCode::Unauthorized);
     assert_eq!(http().get(format!("{}/metrics", k.url)).send().await.expect("metrics").status(), 401);
     assert_eq!(http().get(format!("{}/health/ready", k.url)).send().await.expect("ready").status(), 200);
 
     let reader_secret = admin.create_token(&spec("reader", &["app"], &[])).await.expect("create").token;
     let writer_secret = admin.create_token(&spec("app-writer", &[], &["app"])).await.expect("create").token;
-    assert_eq!(status(admin.create_token(&spec("reader", &["x"], &[])).await), 409, "names are unique");
-    assert_eq!(status(admin.create_token(&spec("bad name", &["x"], &[])).await), 400);
-    assert_eq!(status(admin.create_token(&spec("nothing", &[], &[])).await), 400);
-    assert_eq!(status(admin.create_token(&spec("dots", &["a/../b"], &[])).await), 400);
+    assert_eq!(code(admin.create_token(&spec("reader", &["x"], &[])).await), ErrorCode::Exists, "names are unique");
+    assert_eq!(code(admin.create_token(&spec("bad name", &["x"], &[])).await), ErrorCode::BadRequest);
+    assert_eq!(code(admin.create_token(&spec("nothing", &[], &[])).await), ErrorCode::BadRequest);
+    assert_eq!(code(admin.create_token(&spec("dots", &["a/../b"], &[])).await), ErrorCode::InvalidKey);
     let reader = k.client_with(Some(&reader_secret));
     let writer = k.client_with(Some(&writer_secret));
 
     // The reader reads app/ and nothing else, and writes nothing.
     assert_eq!(reader.get("app/x").await.expect("read").expect("exists").value, "1");
-    assert_eq!(status(reader.get("db/x").await), 403);
-    assert_eq!(status(reader.put("app/x", "2", &Default::default()).await), 403);
-    assert_eq!(status(reader.delete("app/x", false, None).await), 403);
+    assert_eq!(code(reader.get("db/x").await), ErrorCode::Forbidden);
+    assert_eq!(code(reader.put("app/x", "2", &Default::default()).await), ErrorCode::Forbidden);
+    assert_eq!(code(reader.delete("app/x", false, None).await), ErrorCode::Forbidden);
     let all = kv_client::ListOptions { recursive: true, values: true, ..Default::default() };
     let root = reader.list("", &all).await.expect("filtered list");
     let keys: Vec<String> = root.entries.into_iter().map(|e| e.key).collect();
     assert_eq!(keys, vec!["app/x".to_owned()], "db/ stays hidden");
     let top = reader.list("", &Default::default()).await.expect("filtered list");
     assert_eq!(top.entries.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), vec!["app"]);
-    assert_eq!(status(reader.list("db", &Default::default()).await), 403);
-    assert_eq!(status(reader.watch("db", None).await), 403);
+    assert_eq!(code(reader.list("db", &Default::default()).await), ErrorCode::Forbidden);
+    assert_eq!(code(reader.watch("db", None).await), ErrorCode::Forbidden);
     reader.cluster().await.expect("any valid token sees the members");
-    assert_eq!(status(reader.snapshot_probe().await), 403);
+    assert_eq!(code(reader.snapshot_probe().await), ErrorCode::Forbidden);
     admin.snapshot_probe().await.expect("admin takes snapshots");
 
     // A transaction touching a forbidden key is refused whole.
@@ -89,18 +89,18 @@ async fn tokens_grant_reads_and_writes_by_prefix() {
         success: vec![TxnOp::put("app/y", "from-txn")],
         failure: vec![],
     };
-    assert_eq!(status(writer.txn(&txn).await), 403);
+    assert_eq!(code(writer.txn(&txn).await), ErrorCode::Forbidden);
     let txn = TxnRequest {
         compare: vec![],
         success: vec![TxnOp::put("app/y", "y"), TxnOp::put("db/y", "y")],
         failure: vec![],
     };
-    assert_eq!(status(writer.txn(&txn).await), 403);
+    assert_eq!(code(writer.txn(&txn).await), ErrorCode::Forbidden);
     assert!(admin.get("app/y").await.expect("get").is_none(), "nothing of a refused txn is written");
     assert!(admin.get("db/y").await.expect("get").is_none());
     writer.put("app/y", "ok", &Default::default()).await.expect("writer writes app/");
-    assert_eq!(status(writer.put("db/y", "no", &Default::default()).await), 403);
-    assert_eq!(status(writer.delete("", true, None).await), 403, "a recursive delete beyond the grant");
+    assert_eq!(code(writer.put("db/y", "no", &Default::default()).await), ErrorCode::Forbidden);
+    assert_eq!(code(writer.delete("", true, None).await), ErrorCode::Forbidden, "a recursive delete beyond the grant");
 
     // A watch on the whole keyspace never carries what the token cannot read.
     let mut w = reader.watch("", None).await.expect("partial watch");
@@ -111,9 +111,9 @@ async fn tokens_grant_reads_and_writes_by_prefix() {
 
     // Admin-only: membership, snapshots, tokens.
     let add = AddMember { id: 9, peer_url: "http://127.0.0.1:1".into(), client_url: None, learner: true };
-    assert_eq!(status(writer.add_member(&add).await), 403);
-    assert_eq!(status(writer.list_tokens().await), 403);
-    assert_eq!(status(writer.create_token(&spec("mine", &[""], &[])).await), 403);
+    assert_eq!(code(writer.add_member(&add).await), ErrorCode::Forbidden);
+    assert_eq!(code(writer.list_tokens().await), ErrorCode::Forbidden);
+    assert_eq!(code(writer.create_token(&spec("mine", &[""], &[])).await), ErrorCode::Forbidden);
     let me = writer.whoami().await.expect("whoami");
     assert_eq!((me.mode.as_str(), me.name.as_deref()), ("all", Some("app-writer")));
 
@@ -135,10 +135,7 @@ impl SnapshotProbe for Client {
     /// Status of `GET /v1/snapshot` as an error (admin only).
     async fn snapshot_probe(&self) -> Result<(), Error> {
         let r = self.send(kv_client::Method::GET, "/v1/snapshot", |r| r).await?;
-        match r.status().as_u16() {
-            200 => Ok(()),
-            s => Err(Error::Api { status: s, code: String::new(), message: String::new() }),
-        }
+        Error::check(r).await.map(|_| ())
     }
 }
 
@@ -150,12 +147,12 @@ async fn writes_mode_keeps_reads_open() {
     let anon = k.client();
     assert_eq!(anon.get("app/x").await.expect("open read").expect("exists").value, "1");
     anon.cluster().await.expect("open status");
-    assert_eq!(status(anon.put("app/x", "2", &Default::default()).await), 401);
-    assert_eq!(status(anon.snapshot_probe().await), 401);
+    assert_eq!(code(anon.put("app/x", "2", &Default::default()).await), ErrorCode::Unauthorized);
+    assert_eq!(code(anon.snapshot_probe().await), ErrorCode::Unauthorized);
     let reader = admin.create_token(&spec("r", &["app"], &[])).await.expect("create").token;
     let reader = k.client_with(Some(&reader));
     assert_eq!(reader.get("db/none").await.expect("reads stay open"), None);
-    assert_eq!(status(reader.put("app/x", "2", &Default::default()).await), 403);
+    assert_eq!(code(reader.put("app/x", "2", &Default::default()).await), ErrorCode::Forbidden);
     assert_eq!(admin.get("app/x").await.expect("get").expect("exists").value, "1", "nothing was written");
 }
 
@@ -226,11 +223,11 @@ async fn a_revoked_token_fails_on_every_member_within_a_second() {
     admin.revoke_token("app").await.expect("revoke");
     let revoked = Instant::now();
     let end = tokio::time::timeout(Duration::from_secs(1), watch.next()).await.expect("the watch ends at once");
-    assert_eq!(end.expect_err("ended by revocation").status(), Some(401));
+    assert_eq!(end.expect_err("ended by revocation").code(), Some(&ErrorCode::Unauthorized));
     for (i, c) in clients.iter().enumerate() {
         loop {
             match c.get_opts("app/x", true).await {
-                Err(e) if e.status() == Some(401) => break,
+                Err(e) if e.is(&ErrorCode::Unauthorized) => break,
                 _ => {
                     assert!(revoked.elapsed() < Duration::from_secs(1), "member {} still takes the token", i + 1);
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -276,7 +273,7 @@ async fn jwts_from_the_configured_issuer_map_to_grants() {
     let admin = k.client_with(Some(&k.admin_token()));
     admin.put("app/x", "1", &Default::default()).await.expect("put");
     admin.put("db/x", "1", &Default::default()).await.expect("put");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let now = kv_client::clock::now_s();
     let claims = |groups: &[&str], exp: u64, aud: &str| {
         serde_json::json!({"iss": "https://idp.test", "aud": aud, "sub": "ann", "iat": now - 10, "exp": exp,
             "groups": groups})
@@ -286,8 +283,8 @@ async fn jwts_from_the_configured_issuer_map_to_grants() {
 
     let reader = k.client_with(Some(&jwt("EdDSA", claims(&["app-readers"], now + 300, "kv"), ed_sign)));
     assert_eq!(reader.get("app/x").await.expect("valid JWT reads").expect("exists").value, "1");
-    assert_eq!(status(reader.get("db/x").await), 403);
-    assert_eq!(status(reader.put("app/x", "2", &Default::default()).await), 403);
+    assert_eq!(code(reader.get("db/x").await), ErrorCode::Forbidden);
+    assert_eq!(code(reader.put("app/x", "2", &Default::default()).await), ErrorCode::Forbidden);
     assert_eq!(reader.whoami().await.expect("whoami").name.as_deref(), Some("jwt:ann"));
     let writer = k.client_with(Some(&jwt("ES256", claims(&["app-writers"], now + 300, "kv"), ec_sign)));
     writer.put("app/x", "2", &Default::default()).await.expect("ES256 JWT writes");
@@ -304,7 +301,7 @@ async fn jwts_from_the_configured_issuer_map_to_grants() {
     ];
     for (why, t) in refused {
         let r = k.client_with(Some(&t)).get("app/x").await;
-        assert_eq!(status(r), 401, "{why}");
+        assert_eq!(code(r), ErrorCode::Unauthorized, "{why}");
     }
     let log = k.log_text();
     assert!(log.contains("JWT expired") && log.contains("bad JWT signature"), "{log}");
@@ -600,13 +597,17 @@ async fn a_revoked_token_is_refused_through_a_lagging_member() {
     assert_eq!(via_doomed.get_opts("app/x", true).await.expect("the member has not applied the revocation"), None);
 
     let put = via_doomed.put("app/revoked", "x", &Default::default()).await;
-    assert_eq!(status(put), 401, "a put with the revoked token, through the lagging member");
-    assert_eq!(status(via_doomed.delete("app", true, None).await), 401, "a delete");
+    assert_eq!(code(put), ErrorCode::Unauthorized, "a put with the revoked token, through the lagging member");
+    assert_eq!(code(via_doomed.delete("app", true, None).await), ErrorCode::Unauthorized, "a delete");
     let txn = TxnRequest { success: vec![TxnOp::put("app/txn", "x")], ..Default::default() };
-    assert_eq!(status(via_doomed.txn(&txn).await), 401, "a transaction");
-    assert_eq!(status(via_doomed.create_token(&spec("sneaky", &[""], &[""])).await), 401, "a token created");
-    assert_eq!(status(via_doomed.revoke_token("keeper").await), 401, "a token revoked");
-    assert_eq!(status(via_doomed.transfer_leader(2).await), 401, "a leader transfer");
+    assert_eq!(code(via_doomed.txn(&txn).await), ErrorCode::Unauthorized, "a transaction");
+    assert_eq!(
+        code(via_doomed.create_token(&spec("sneaky", &[""], &[""])).await),
+        ErrorCode::Unauthorized,
+        "a token created"
+    );
+    assert_eq!(code(via_doomed.revoke_token("keeper").await), ErrorCode::Unauthorized, "a token revoked");
+    assert_eq!(code(via_doomed.transfer_leader(2).await), ErrorCode::Unauthorized, "a leader transfer");
     for key in ["app/revoked", "app/txn"] {
         assert_eq!(admin.get(key).await.expect("read on the leader"), None, "{key} was written");
     }
@@ -616,7 +617,7 @@ async fn a_revoked_token_is_refused_through_a_lagging_member() {
     // A valid token still works through the member; no token does not.
     via_keeper.put("app/kept", "k", &Default::default()).await.expect("a valid token writes through the member");
     assert_eq!(admin.get("app/kept").await.expect("read").expect("written").value, "k");
-    assert_eq!(status(lagging.client().put("app/anon", "x", &Default::default()).await), 401);
+    assert_eq!(code(lagging.client().put("app/anon", "x", &Default::default()).await), ErrorCode::Unauthorized);
     assert_eq!(admin.get("app/anon").await.expect("read"), None);
 
     // A linearizable read with the revoked token waits for the member to
@@ -628,7 +629,11 @@ async fn a_revoked_token_is_refused_through_a_lagging_member() {
     // not, the check refuses it just the same.
     tokio::time::sleep(Duration::from_millis(300)).await;
     net.heal();
-    assert_eq!(status(read.await.expect("read task")), 401, "a linearizable read with the revoked token");
+    assert_eq!(
+        code(read.await.expect("read task")),
+        ErrorCode::Unauthorized,
+        "a linearizable read with the revoked token"
+    );
 }
 
 /// A bincode string.

@@ -1,4 +1,30 @@
-//! UTC calendar time from nanoseconds since the epoch, without a date crate.
+//! Wall-clock time as kv stores it: nanoseconds since the Unix epoch (an
+//! entry's `mtime_ns`), seconds for coarser stamps, and UTC calendar time
+//! from either, without a date crate. Every program of the workspace reads
+//! the clock here.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Now, in nanoseconds since the Unix epoch; 0 for a clock set before it.
+pub fn now_ns() -> i64 {
+    ns_of(SystemTime::now())
+}
+
+/// Now, in whole seconds since the Unix epoch; 0 for a clock set before it.
+pub fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `t` in nanoseconds since the Unix epoch; 0 for a time before it.
+pub fn ns_of(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// The time `ns` nanoseconds after the Unix epoch; the epoch for a
+/// negative `ns`.
+pub fn system_time(ns: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
+}
 
 /// A UTC time broken into its parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,5 +90,16 @@ mod tests {
         assert_eq!(Utc::from_ns(0).weekday, 4);
         assert_eq!(Utc::from_ns(951_782_400_000_000_000).rfc3339(), "2000-02-29T00:00:00Z");
         assert_eq!(Utc::from_ns(-1_000_000_000).rfc3339(), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn nanoseconds_and_system_time_convert_both_ways() {
+        let t = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
+        assert_eq!(ns_of(t), 1_700_000_000_123_456_789);
+        assert_eq!(system_time(ns_of(t)), t);
+        assert_eq!(system_time(-5), UNIX_EPOCH);
+        assert_eq!(ns_of(UNIX_EPOCH - Duration::from_secs(1)), 0);
+        let (ns, s) = (now_ns(), now_s());
+        assert!(ns > 0 && (ns / 1_000_000_000).abs_diff(s as i64) <= 1);
     }
 }
