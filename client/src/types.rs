@@ -415,13 +415,10 @@ pub struct TransferLeader {
 /// Error body of every failed request (DESIGN.md §4): `{"error": "<code>",
 /// "message": "<sentence>"}`.
 ///
-/// NOTE: `C` is [`ErrorCode`] (the default) everywhere; the parameter only
-/// lets a server that still builds the body from a string compile, and goes
-/// once kvd renders every error from an [`ErrorCode`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody<C = ErrorCode> {
+pub struct ErrorBody {
     /// What went wrong (`invalid_key`, `not_found`, ...).
-    pub error: C,
+    pub error: ErrorCode,
     /// A sentence for humans.
     pub message: String,
 }

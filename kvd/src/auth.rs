@@ -2,7 +2,7 @@
 //! tokens kept hashed in the replicated system area, and JWTs.
 
 use axum::http::{header, HeaderMap};
-use kv_client::{Access, Grants};
+use kv_client::{Access, ErrorCode, Grants};
 use serde::{Deserialize, Serialize};
 
 use crate::jwt::{looks_like_jwt, Verifier};
@@ -76,7 +76,7 @@ impl Validity {
         match self {
             Validity::Always => true,
             Validity::Token(h) => tokens.contains_key(h),
-            Validity::Until(t) => now_s() <= *t,
+            Validity::Until(t) => kv_client::clock::now_s() <= *t,
         }
     }
 }
@@ -130,10 +130,32 @@ fn authorization(headers: &HeaderMap) -> Option<&str> {
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
 pub struct Denied {
-    /// 401 or 403.
-    pub status: u16,
+    /// The status of its code, [`ErrorCode::Unauthorized`] or
+    /// [`ErrorCode::Forbidden`]: a number on the peer wire.
+    status: u16,
     /// Why, for the caller.
     pub message: String,
+}
+
+impl Denied {
+    /// Refused for want of a usable credential.
+    pub fn unauthorized(message: impl Into<String>) -> Denied {
+        Denied { status: ErrorCode::Unauthorized.status(), message: message.into() }
+    }
+
+    /// Refused for want of a right.
+    pub fn forbidden(message: impl Into<String>) -> Denied {
+        Denied { status: ErrorCode::Forbidden.status(), message: message.into() }
+    }
+
+    /// Its code in the client API's vocabulary.
+    pub fn code(&self) -> ErrorCode {
+        if self.status == ErrorCode::Unauthorized.status() {
+            ErrorCode::Unauthorized
+        } else {
+            ErrorCode::Forbidden
+        }
+    }
 }
 
 impl Caller {
@@ -145,9 +167,9 @@ impl Caller {
     fn deny(&self, action: &str, target: &str) -> Denied {
         tracing::warn!(who = self.who(), action, target, "request denied");
         if self.name.is_none() {
-            Denied { status: 401, message: format!("{action} {target:?} needs a token (Authorization: Bearer ...)") }
+            Denied::unauthorized(format!("{action} {target:?} needs a token (Authorization: Bearer ...)"))
         } else {
-            Denied { status: 403, message: format!("{} may not {action} {target:?}", self.who()) }
+            Denied::forbidden(format!("{} may not {action} {target:?}", self.who()))
         }
     }
 
@@ -213,7 +235,7 @@ impl Caller {
             Ok(())
         } else {
             tracing::warn!(who = self.who(), "revoked or expired credential refused");
-            Err(Denied { status: 401, message: "the token was revoked or has expired".into() })
+            Err(Denied::unauthorized("the token was revoked or has expired"))
         }
     }
 
@@ -225,10 +247,6 @@ impl Caller {
             Err(self.deny(action, "cluster"))
         }
     }
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Auth {
@@ -250,7 +268,7 @@ impl Auth {
         let Some(v) = authorization else {
             return Ok(Caller { name: None, grants: open, mode: self.mode, valid_while: Validity::Always });
         };
-        let unauthorized = |m: &str| Denied { status: 401, message: m.to_owned() };
+        let unauthorized = |m: &str| Denied::unauthorized(m.to_owned());
         let token = v
             .strip_prefix("Bearer ")
             .or_else(|| v.strip_prefix("bearer "))
@@ -260,7 +278,7 @@ impl Auth {
             let Some(jwt) = &self.jwt else {
                 return Err(unauthorized("this cluster accepts no JWTs (no [jwt] section in its config)"));
             };
-            let v = jwt.verify(token, now_s()).map_err(|reason| {
+            let v = jwt.verify(token, kv_client::clock::now_s()).map_err(|reason| {
                 tracing::warn!(reason, "JWT refused");
                 unauthorized(&format!("JWT refused: {reason}"))
             })?;
@@ -304,19 +322,19 @@ mod tests {
         let writes = Auth { mode: Mode::Writes, ..Auth::default() };
         let anon = writes.caller(&HeaderMap::new(), &tokens).expect("anonymous");
         assert!(anon.need_read("db/x").is_ok());
-        assert_eq!(anon.need_write("db/x").expect_err("no token").status, 401);
+        assert_eq!(anon.need_write("db/x").expect_err("no token").code(), ErrorCode::Unauthorized);
         let all = Auth { mode: Mode::All, ..Auth::default() };
         let anon = all.caller(&HeaderMap::new(), &tokens).expect("anonymous");
-        assert_eq!(anon.need_read("app/x").expect_err("no token").status, 401);
+        assert_eq!(anon.need_read("app/x").expect_err("no token").code(), ErrorCode::Unauthorized);
         assert!(anon.need_known("status").is_err());
         let reader = all.caller(&bearer(&t), &tokens).expect("known token");
         assert!(reader.need_read("app/x").is_ok());
-        assert_eq!(reader.need_read("db/x").expect_err("outside").status, 403);
-        assert_eq!(reader.need_write("app/x").expect_err("read-only").status, 403);
+        assert_eq!(reader.need_read("db/x").expect_err("outside").code(), ErrorCode::Forbidden);
+        assert_eq!(reader.need_write("app/x").expect_err("read-only").code(), ErrorCode::Forbidden);
         assert_eq!(reader.need_some_read("").expect("partial"), Access::Partial);
-        assert_eq!(all.caller(&bearer("kv_nope"), &tokens).expect_err("unknown").status, 401);
+        assert_eq!(all.caller(&bearer("kv_nope"), &tokens).expect_err("unknown").code(), ErrorCode::Unauthorized);
         let bad = HeaderMap::from_iter([(header::AUTHORIZATION, "Basic eA==".parse().expect("header"))]);
-        assert_eq!(all.caller(&bad, &tokens).expect_err("not bearer").status, 401);
+        assert_eq!(all.caller(&bad, &tokens).expect_err("not bearer").code(), ErrorCode::Unauthorized);
         assert!(all.caller(&bearer("eyJ.a.b"), &tokens).expect_err("no jwt").message.contains("JWT"));
     }
 
@@ -336,16 +354,22 @@ mod tests {
         let txn = |compare, success: Vec<Op>| Txn { compare, success, failure: vec![] };
         assert!(app.need_txn(&txn(vec![Cmp::Exists("app/a".into(), true)], vec![put("app/b")])).is_ok());
         assert_eq!(
-            app.need_txn(&txn(vec![Cmp::Exists("db/a".into(), true)], vec![])).expect_err("compare").status,
-            403
+            app.need_txn(&txn(vec![Cmp::Exists("db/a".into(), true)], vec![])).expect_err("compare").code(),
+            ErrorCode::Forbidden
         );
-        assert_eq!(app.need_txn(&txn(vec![], vec![put("app/b"), put("db/b")])).expect_err("one op").status, 403);
+        assert_eq!(
+            app.need_txn(&txn(vec![], vec![put("app/b"), put("db/b")])).expect_err("one op").code(),
+            ErrorCode::Forbidden
+        );
         let revoke = txn(vec![], vec![Op::RevokeToken("admin".into())]);
-        assert_eq!(app.need_txn(&revoke).expect_err("tokens need admin").status, 403);
+        assert_eq!(app.need_txn(&revoke).expect_err("tokens need admin").code(), ErrorCode::Forbidden);
         let anon = auth.caller_from(None, &tokens).expect("anonymous");
-        assert_eq!(anon.need_txn(&txn(vec![], vec![put("app/b")])).expect_err("no token").status, 401);
+        assert_eq!(
+            anon.need_txn(&txn(vec![], vec![put("app/b")])).expect_err("no token").code(),
+            ErrorCode::Unauthorized
+        );
         assert!(app.need_valid(&tokens).is_ok());
-        assert_eq!(app.need_valid(&TokenTable::new()).expect_err("revoked").status, 401);
+        assert_eq!(app.need_valid(&TokenTable::new()).expect_err("revoked").code(), ErrorCode::Unauthorized);
         assert!(anon.need_valid(&TokenTable::new()).is_ok(), "no credential, nothing to revoke");
     }
 }

@@ -140,7 +140,11 @@ pub async fn run(cfg: Config) -> Result<()> {
         if raft.is_initialized().await? {
             tracing::info!("data dir already holds a cluster; --bootstrap ignored");
         } else {
-            let name = if restored.exists() { format!("admin-restored-{}", now_s()) } else { "admin".to_owned() };
+            let name = if restored.exists() {
+                format!("admin-restored-{}", kv_client::clock::now_s())
+            } else {
+                "admin".to_owned()
+            };
             write_admin_token(&cfg.data_dir, &name)?;
             // IMPORTANT: a new cluster gets a new id, on disk before the
             // node serves; a restored data dir is a new cluster too (any id
@@ -208,10 +212,6 @@ pub async fn run(cfg: Config) -> Result<()> {
     Ok(())
 }
 
-fn now_s() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 /// Writes a new admin token to `<data-dir>/admin-token` (0600, fsync'd)
 /// and marks it pending until its hash is committed.
 fn write_admin_token(dir: &std::path::Path, name: &str) -> Result<()> {
@@ -261,7 +261,7 @@ async fn store_admin_token(node: Arc<Node>) {
     else {
         return tracing::error!("cannot read the bootstrap admin token; create one with kvctl token create");
     };
-    let now_ns = (now_s() * 1_000_000_000) as i64;
+    let now_ns = (kv_client::clock::now_s() * 1_000_000_000) as i64;
     let rec = crate::types::TokenRecord::new(name.trim(), kv_client::Grants::all(), token.trim(), now_ns);
     let req = crate::types::Request {
         id: format!("bootstrap-admin-{}", &rec.hash[..16]),

@@ -7,8 +7,8 @@ pub enum Error {
     /// A setting, file or data dir is not usable as it is; the message says why.
     #[error("{0}")]
     Invalid(String),
-    /// `what` failed because of `source`.
-    #[error("{what}: {source}")]
+    /// `what` failed because of `source` (and what caused that, in turn).
+    #[error("{what}: {}", chain(source.as_ref()))]
     Failed {
         /// What was being done.
         what: String,
@@ -16,6 +16,9 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A file or socket operation failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
     /// The data dir cannot be locked or opened.
     #[error(transparent)]
     Open(Box<crate::store::OpenError>),
@@ -30,10 +33,16 @@ pub enum Error {
     Raft(Box<openraft::error::Fatal<crate::types::NodeId>>),
 }
 
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Error {
-        Error::Failed { what: "I/O error".into(), source: Box::new(e) }
+/// An error and its causes, outermost first, joined by ": ".
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
     }
+    out
 }
 
 macro_rules! boxed_from {

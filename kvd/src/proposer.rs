@@ -123,7 +123,7 @@ async fn worker(raft: Raft, mut rx: mpsc::Receiver<Pending>, gate: Arc<RwLock<()
         // member took them. The entry's time (crate::dedup) then never mixes
         // clocks within an entry, and a member whose clock is off cannot
         // prune the cluster's request ids early unless it leads.
-        let now_ns = crate::types::now_ns();
+        let now_ns = kv_client::clock::now_ns();
         for r in &mut reqs {
             r.now_ns = now_ns;
         }

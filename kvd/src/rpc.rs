@@ -162,6 +162,7 @@ pub fn decode_all(data: &[u8]) {
     both::<HoldElections>(data);
     both::<Elect>(data);
     both::<Identity>(data);
+    let _ = crate::types::decode::<crate::types::Entry>(data);
     let _ = serde_json::from_slice::<<Status as Rpc>::Response>(data);
 }
 

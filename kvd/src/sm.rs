@@ -498,7 +498,7 @@ impl Shared {
 
     /// A fresh temp file name in the snapshot dir, for `what`.
     fn temp_path(&self, what: &str) -> PathBuf {
-        self.snap_dir.join(format!("{what}-{}.tmp", nanos_now()))
+        self.snap_dir.join(format!("{what}-{}.tmp", kv_client::clock::now_ns()))
     }
 
     /// Writes a snapshot of one consistent view of the state to `dest`.
@@ -512,7 +512,7 @@ impl Shared {
         let membership: StoredMembership =
             snap.get(m, MEMBERSHIP).map_err(io_err)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
         let revision = u64_of(snap.get(m, REVISION).map_err(io_err)?);
-        let nanos = nanos_now();
+        let nanos = kv_client::clock::now_ns();
         let snapshot_id = match applied {
             Some(l) => format!("{}-{}-{}-{nanos}", l.leader_id.term, l.leader_id.node_id, l.index),
             None => format!("0-0-0-{nanos}"),
@@ -578,12 +578,6 @@ impl Shared {
         self.reload_tokens()?;
         Ok(st)
     }
-}
-
-/// Now, in ns since the Unix epoch: unique enough for temp files and
-/// snapshot ids.
-fn nanos_now() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
 /// Offline restore: loads a verified snapshot file's data into an empty

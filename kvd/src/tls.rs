@@ -152,7 +152,11 @@ async fn refuse_plain(mut stream: TcpStream) {
     // NOTE: read the request first; closing with unread data would reset the
     // connection before the client sees the answer.
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
-    let body = r#"{"error":"tls_required","message":"this port speaks HTTPS (TLS); use an https:// URL"}"#;
+    let body = kv_client::ErrorBody {
+        error: kv_client::ErrorCode::TlsRequired,
+        message: "this port speaks HTTPS (TLS); use an https:// URL".into(),
+    };
+    let body = serde_json::to_string(&body).unwrap_or_default();
     let resp = format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()

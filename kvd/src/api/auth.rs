@@ -4,17 +4,17 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use kv_client::{decode_key, Grants, NewToken, TokenInfo, TokenSpec, WhoAmI};
+use kv_client::{decode_key, ErrorCode, Grants, NewToken, TokenInfo, TokenSpec, WhoAmI};
 
 use super::error::{ApiError, ApiResult};
 use super::parse::{parse_json, read_body};
 use super::{propose, read_barrier};
 use crate::auth::Caller;
 use crate::node::Node;
-use crate::types::now_ns;
 use crate::types::{Op, Outcome, TokenRecord, Txn};
+use kv_client::clock::now_ns;
 
 /// GET /v1/auth/whoami
 pub(crate) async fn whoami(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> HttpResponse {
@@ -49,10 +49,11 @@ pub(crate) async fn create_token(
     caller.need_admin("create a token in")?;
     let raw = read_body(&headers, body, 64 << 10, "the request").await?;
     let spec: TokenSpec = parse_json(&raw)?;
-    kv_client::validate_token_name(&spec.name).map_err(|m| ApiError::bad("bad_request", m))?;
-    let grants = spec.grants().normalized().map_err(|e| ApiError::bad("invalid_key", format!("bad prefix: {e}")))?;
+    kv_client::validate_token_name(&spec.name).map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
+    let grants =
+        spec.grants().normalized().map_err(|e| ApiError::new(ErrorCode::InvalidKey, format!("bad prefix: {e}")))?;
     if grants == Grants::default() {
-        return Err(ApiError::bad("bad_request", "a token needs at least one right: read, write or admin"));
+        return Err(ApiError::new(ErrorCode::BadRequest, "a token needs at least one right: read, write or admin"));
     }
     let (rec, token) = crate::token::new_token_record(&spec.name, grants, now_ns()).map_err(ApiError::internal)?;
     let txn = Txn { compare: vec![], success: vec![Op::CreateToken(rec.clone())], failure: vec![] };
@@ -66,8 +67,7 @@ pub(crate) async fn create_token(
         // never stored and must not be handed out as if it worked.
         Some(Outcome::TokenCreated(..)) => {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "token_created_earlier",
+                ErrorCode::TokenCreatedEarlier,
                 format!(
                     "token {:?} was created by an earlier attempt of this request (the same X-Kv-Request-Id), \
                      whose answer was lost; its secret is shown only once and is not stored, so it cannot be \
@@ -78,8 +78,7 @@ pub(crate) async fn create_token(
         }
         _ => {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "exists",
+                ErrorCode::Exists,
                 format!("a token named {:?} exists; revoke it first or pick another name", spec.name),
             ))
         }
@@ -97,7 +96,7 @@ pub(crate) async fn revoke_token(
 ) -> ApiResult<HttpResponse> {
     caller.need_admin("revoke a token in")?;
     let name = decode_key(uri.path().trim_start_matches("/v1/auth/tokens/")).unwrap_or_default();
-    kv_client::validate_token_name(&name).map_err(|m| ApiError::bad("bad_request", m))?;
+    kv_client::validate_token_name(&name).map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
     let txn = Txn { compare: vec![], success: vec![Op::RevokeToken(name.clone())], failure: vec![] };
     let r = propose(&node, &caller, &headers, txn).await?;
     if !matches!(r.outcomes.first(), Some(Outcome::Token(_, true))) {

@@ -2,54 +2,68 @@
 //! kv-client's vocabulary, its HTTP status and a sentence; also as the SSE
 //! `error` frame that ends a watch stream.
 
+use axum::body::Bytes;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use kv_client::ErrorBody;
+use kv_client::{ErrorBody, ErrorCode};
 
 use crate::auth::Denied;
 use crate::metrics::METRICS;
 use crate::node::ClusterError;
 use crate::sm::ReadError;
 
-/// An error answer: status plus the JSON body `{"error", "message"}`.
+/// An error answer: a code of kv-client's vocabulary, which decides the
+/// status, and a sentence for humans.
 #[derive(Debug)]
 pub(crate) struct ApiError {
-    pub(crate) status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
 impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
-    }
-    pub(crate) fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into() }
     }
     pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+        ApiError::new(ErrorCode::NotFound, message)
     }
     pub(crate) fn too_large(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+        ApiError::new(ErrorCode::TooLarge, message)
     }
     pub(crate) fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        ApiError::new(ErrorCode::Unavailable, message)
     }
     pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        ApiError::new(ErrorCode::Internal, e.to_string())
+    }
+
+    /// The HTTP status of the answer.
+    pub(crate) fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The JSON body of DESIGN.md §4.
+    fn body(self) -> ErrorBody {
+        ErrorBody { error: self.code, message: self.message }
+    }
+
+    /// The SSE `error` event that ends a watch stream, with the same body.
+    pub(crate) fn sse_event(self) -> Bytes {
+        let data = serde_json::to_string(&self.body()).unwrap_or_default();
+        Bytes::from(format!("event: error\ndata: {data}\n\n"))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> HttpResponse {
         METRICS.request_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let body = ErrorBody { error: self.code.to_owned(), message: self.message };
-        let mut resp = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        let status = self.status();
+        let mut resp = (status, axum::Json(self.body())).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"kv\""));
         }
         resp
@@ -58,11 +72,7 @@ impl IntoResponse for ApiError {
 
 impl From<Denied> for ApiError {
     fn from(d: Denied) -> ApiError {
-        if d.status == 401 {
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", d.message)
-        } else {
-            ApiError::new(StatusCode::FORBIDDEN, "forbidden", d.message)
-        }
+        ApiError::new(d.code(), d.message)
     }
 }
 
@@ -72,11 +82,11 @@ impl From<ClusterError> for ApiError {
     fn from(e: ClusterError) -> ApiError {
         match e {
             ClusterError::Unavailable(m) => ApiError::unavailable(m),
-            ClusterError::Invalid(m) => ApiError::bad("bad_request", m),
+            ClusterError::Invalid(m) => ApiError::new(ErrorCode::BadRequest, m),
             ClusterError::NotFound(m) => ApiError::not_found(m),
-            ClusterError::NotJoinable(m) => ApiError::new(StatusCode::CONFLICT, "not_joinable", m),
-            ClusterError::NoSpace(m) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", m),
-            ClusterError::UnknownOutcome(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "unknown_outcome", m),
+            ClusterError::NotJoinable(m) => ApiError::new(ErrorCode::NotJoinable, m),
+            ClusterError::NoSpace(m) => ApiError::new(ErrorCode::NoSpace, m),
+            ClusterError::UnknownOutcome(m) => ApiError::new(ErrorCode::UnknownOutcome, m),
             ClusterError::Denied(d) => ApiError::from(d),
         }
     }
@@ -92,9 +102,5 @@ impl From<ReadError> for ApiError {
 }
 
 pub(crate) fn compare_failed(key: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::PRECONDITION_FAILED,
-        "compare_failed",
-        format!("the condition on {key:?} does not hold; nothing was written"),
-    )
+    ApiError::new(ErrorCode::CompareFailed, format!("the condition on {key:?} does not hold; nothing was written"))
 }

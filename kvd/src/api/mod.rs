@@ -21,18 +21,18 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::Router;
-use kv_client::{header as kvh, OpResult, TxnResponse};
+use kv_client::{header as kvh, ErrorCode, OpResult, TxnResponse};
 
 use crate::auth::{Authority, Caller};
 use crate::metrics::METRICS;
 use crate::node::Node;
-use crate::types::now_ns;
 use crate::types::{Outcome, Request, Response, Txn};
 use auth::{create_token, list_tokens, revoke_token, whoami};
 use cluster::{add_member, cluster, promote_member, remove_member, snapshot, status, transfer_leader};
 use error::{ApiError, ApiResult};
 use health::{live, metrics, ready};
 use kv::{kv_delete, kv_get, kv_put, list, txn};
+use kv_client::clock::now_ns;
 use parse::valid_request_id;
 use watch::{watch, WatchPages};
 
@@ -67,7 +67,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint; see DESIGN.md §4 for the API") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
+            ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this path")
         })
         .layer(axum::middleware::from_fn_with_state(node.clone(), request_id))
         .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate))
@@ -182,8 +182,8 @@ pub(crate) async fn propose(node: &Node, caller: &Caller, headers: &HeaderMap, t
         Some(v) => {
             let s = v.to_str().unwrap_or("");
             if !valid_request_id(s) {
-                return Err(ApiError::bad(
-                    "bad_request",
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
                     "X-Kv-Request-Id must be 1 to 128 printable ASCII characters",
                 ));
             }
@@ -195,8 +195,7 @@ pub(crate) async fn propose(node: &Node, caller: &Caller, headers: &HeaderMap, t
     if let Some(Outcome::RequestIdExpired(first_ns)) = r.outcomes.first() {
         let window_s = node.state().dedup_window_ms() as f64 / 1000.0;
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "request_id_expired",
+            ErrorCode::RequestIdExpired,
             format!(
                 "request id {id:?} was first used at {}, longer ago than the {window_s} s the cluster \
                  remembers request ids for (less a tenth); whether a write with it was applied is no \

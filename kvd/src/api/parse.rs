@@ -6,7 +6,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::Query;
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use futures_util::StreamExt;
-use kv_client::{decode_key, decode_value, header as kvh, normalize_prefix, validate_key, Kind, TxnOp, TxnRequest};
+use kv_client::{
+    decode_key, decode_value, header as kvh, normalize_prefix, validate_key, ErrorCode, Kind, TxnOp, TxnRequest,
+};
 use serde::Deserialize;
 use serde_bytes::ByteBuf;
 
@@ -32,11 +34,11 @@ pub(crate) fn path_key(uri: &Uri, what: &str) -> ApiResult<String> {
         .and_then(|p| p.strip_prefix(what))
         .map(|p| p.strip_prefix('/').unwrap_or(p))
         .unwrap_or("");
-    decode_key(rest).ok_or_else(|| ApiError::bad("invalid_key", "key is not valid percent-encoded UTF-8"))
+    decode_key(rest).ok_or_else(|| ApiError::new(ErrorCode::InvalidKey, "key is not valid percent-encoded UTF-8"))
 }
 
 pub(crate) fn check_key(key: &str) -> ApiResult<()> {
-    validate_key(key).map_err(|e| ApiError::bad("invalid_key", e.to_string()))
+    validate_key(key).map_err(|e| ApiError::new(ErrorCode::InvalidKey, e.to_string()))
 }
 
 /// What a delete removes: a key, or with `recursive` a prefix (normalized).
@@ -49,7 +51,7 @@ pub(crate) fn delete_target(raw: String, recursive: bool) -> ApiResult<String> {
 }
 
 pub(crate) fn check_prefix(p: &str) -> ApiResult<String> {
-    normalize_prefix(p).map(str::to_owned).map_err(|e| ApiError::bad("invalid_key", e.to_string()))
+    normalize_prefix(p).map(str::to_owned).map_err(|e| ApiError::new(ErrorCode::InvalidKey, e.to_string()))
 }
 
 pub(crate) fn query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> ApiResult<T> {
@@ -58,14 +60,14 @@ pub(crate) fn query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> ApiR
     }
     Query::<T>::try_from_uri(uri)
         .map(|q| q.0)
-        .map_err(|e| ApiError::bad("bad_query", format!("bad query string: {}", e.body_text())))
+        .map_err(|e| ApiError::new(ErrorCode::BadQuery, format!("bad query string: {}", e.body_text())))
 }
 
 pub(crate) fn flag(v: &Option<String>, name: &str) -> ApiResult<bool> {
     match v.as_deref() {
         None | Some("false") | Some("0") => Ok(false),
         Some("true") | Some("1") | Some("") => Ok(true),
-        Some(other) => Err(ApiError::bad("bad_query", format!("{name}={other:?}: expected true or false"))),
+        Some(other) => Err(ApiError::new(ErrorCode::BadQuery, format!("{name}={other:?}: expected true or false"))),
     }
 }
 
@@ -79,7 +81,7 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: u64, what:
             .to_str()
             .ok()
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| ApiError::bad("bad_request", "bad Content-Length"))?;
+            .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "bad Content-Length"))?;
         if len > limit {
             return Err(too_large());
         }
@@ -87,7 +89,7 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: u64, what:
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad("bad_request", format!("reading the body failed: {e}")))?;
+        let chunk = chunk.map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("reading the body failed: {e}")))?;
         if buf.len() as u64 + chunk.len() as u64 > limit {
             return Err(too_large());
         }
@@ -106,7 +108,7 @@ pub(crate) fn parse_etag(v: &HeaderValue) -> ApiResult<Option<u64>> {
         .trim_matches('"')
         .parse()
         .map(Some)
-        .map_err(|_| ApiError::bad("bad_request", format!("bad entity tag {s:?}: expected \"REVISION\"")))
+        .map_err(|_| ApiError::new(ErrorCode::BadRequest, format!("bad entity tag {s:?}: expected \"REVISION\"")))
 }
 
 /// Compares from `If-Match` and `If-None-Match: *` on a write.
@@ -120,7 +122,7 @@ pub(crate) fn conditions(key: &str, headers: &HeaderMap) -> ApiResult<Vec<Cmp>> 
     }
     if let Some(v) = headers.get(header::IF_NONE_MATCH) {
         if v.to_str().map(str::trim).ok() != Some("*") {
-            return Err(ApiError::bad("bad_request", "on writes If-None-Match supports only *"));
+            return Err(ApiError::new(ErrorCode::BadRequest, "on writes If-None-Match supports only *"));
         }
         c.push(Cmp::Exists(key.to_owned(), false));
     }
@@ -147,11 +149,11 @@ pub(crate) fn attrs_from_headers(h: &HeaderMap) -> ApiResult<PutAttrs> {
             .map(|v| {
                 v.to_str()
                     .map(str::trim)
-                    .map_err(|_| ApiError::bad("bad_request", format!("header {name} is not ASCII")))
+                    .map_err(|_| ApiError::new(ErrorCode::BadRequest, format!("header {name} is not ASCII")))
             })
             .transpose()
     }
-    let bad = |name: &str, want: &str| ApiError::bad("bad_request", format!("header {name}: expected {want}"));
+    let bad = |name: &str, want: &str| ApiError::new(ErrorCode::BadRequest, format!("header {name}: expected {want}"));
     let attrs = PutAttrs {
         kind: get(h, kvh::KIND)?
             .map(|v| Kind::parse(v).ok_or_else(|| bad(kvh::KIND, "file, dir or symlink")))
@@ -171,14 +173,14 @@ pub(crate) fn attrs_from_headers(h: &HeaderMap) -> ApiResult<PutAttrs> {
 /// Checks a put's attributes and value against each other.
 pub(crate) fn check_put(key: &str, value: Option<&[u8]>, attrs: &PutAttrs) -> ApiResult<()> {
     if attrs.mode.is_some_and(|m| m > 0o7777) {
-        return Err(ApiError::bad("bad_request", "mode must be at most 07777"));
+        return Err(ApiError::new(ErrorCode::BadRequest, "mode must be at most 07777"));
     }
     match attrs.kind {
         Some(Kind::Dir) if value.is_some_and(|v| !v.is_empty()) => {
-            Err(ApiError::bad("bad_request", format!("{key:?}: a dir entry has no value")))
+            Err(ApiError::new(ErrorCode::BadRequest, format!("{key:?}: a dir entry has no value")))
         }
         Some(Kind::Symlink) if value.is_some_and(<[u8]>::is_empty) => {
-            Err(ApiError::bad("bad_request", format!("{key:?}: a symlink needs a target as its value")))
+            Err(ApiError::new(ErrorCode::BadRequest, format!("{key:?}: a symlink needs a target as its value")))
         }
         _ => Ok(()),
     }
@@ -236,7 +238,12 @@ pub(crate) fn parse_list(uri: &Uri) -> ApiResult<ListRequest> {
         None => LIST_DEFAULT_LIMIT,
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=LIST_MAX_LIMIT).contains(&n) => n,
-            _ => return Err(ApiError::bad("bad_query", format!("limit must be a number from 1 to {LIST_MAX_LIMIT}"))),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::BadQuery,
+                    format!("limit must be a number from 1 to {LIST_MAX_LIMIT}"),
+                ))
+            }
         },
     };
     Ok(ListRequest {
@@ -252,8 +259,8 @@ pub(crate) fn parse_list(uri: &Uri) -> ApiResult<ListRequest> {
 /// Turns a wire transaction into a checked one.
 pub(crate) fn convert_txn(t: TxnRequest, max_value: u64) -> ApiResult<Txn> {
     if t.compare.len() + t.success.len() + t.failure.len() > MAX_TXN_OPS {
-        return Err(ApiError::bad(
-            "bad_request",
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
             format!("a transaction holds at most {MAX_TXN_OPS} compares and operations"),
         ));
     }
@@ -264,8 +271,8 @@ pub(crate) fn convert_txn(t: TxnRequest, max_value: u64) -> ApiResult<Txn> {
             (Some(rev), None) => Cmp::ModRevision(c.key, rev),
             (None, Some(e)) => Cmp::Exists(c.key, e),
             _ => {
-                return Err(ApiError::bad(
-                    "bad_request",
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
                     format!("compare on {:?} needs exactly one of mod_revision and exists", c.key),
                 ))
             }
@@ -277,7 +284,7 @@ pub(crate) fn convert_txn(t: TxnRequest, max_value: u64) -> ApiResult<Txn> {
                 TxnOp::Put { key, value, value_base64, kind, mode, uid, gid, mtime_ns } => {
                     check_key(&key)?;
                     let value = decode_value(value.as_deref(), value_base64.as_deref())
-                        .map_err(|m| ApiError::bad("bad_request", format!("{key:?}: {m}")))?;
+                        .map_err(|m| ApiError::new(ErrorCode::BadRequest, format!("{key:?}: {m}")))?;
                     if value.as_ref().is_some_and(|v| v.len() as u64 > max_value) {
                         return Err(ApiError::too_large(format!(
                             "value of {key:?} is larger than the limit of {max_value} bytes"
@@ -296,8 +303,8 @@ pub(crate) fn convert_txn(t: TxnRequest, max_value: u64) -> ApiResult<Txn> {
 
 /// A transaction body, parsed and checked.
 pub(crate) fn parse_txn(raw: &[u8], max_value: u64) -> ApiResult<Txn> {
-    let t: TxnRequest =
-        serde_json::from_slice(raw).map_err(|e| ApiError::bad("bad_json", format!("transaction is not valid: {e}")))?;
+    let t: TxnRequest = serde_json::from_slice(raw)
+        .map_err(|e| ApiError::new(ErrorCode::BadJson, format!("transaction is not valid: {e}")))?;
     convert_txn(t, max_value)
 }
 
@@ -311,7 +318,7 @@ pub(crate) struct WatchParams {
 pub(crate) fn parse_watch(uri: &Uri, headers: &HeaderMap) -> ApiResult<(String, Option<u64>)> {
     let prefix = check_prefix(&path_key(uri, "watch")?)?;
     let p: WatchParams = query(uri)?;
-    let bad_rev = |v: &str| ApiError::bad("bad_query", format!("revision {v:?} is not a number"));
+    let bad_rev = |v: &str| ApiError::new(ErrorCode::BadQuery, format!("revision {v:?} is not a number"));
     let from = match (&p.rev, headers.get("last-event-id")) {
         (Some(r), _) => Some(r.parse::<u64>().map_err(|_| bad_rev(r))?),
         (None, Some(v)) => {
@@ -330,11 +337,11 @@ pub(crate) fn member_id(uri: &Uri) -> ApiResult<u64> {
         .next()
         .and_then(|s| s.parse().ok())
         .filter(|id| *id != 0)
-        .ok_or_else(|| ApiError::bad("bad_request", "member id must be a non-zero integer"))
+        .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "member id must be a non-zero integer"))
 }
 
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(raw: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(raw).map_err(|e| ApiError::bad("bad_json", format!("body is not valid: {e}")))
+    serde_json::from_slice(raw).map_err(|e| ApiError::new(ErrorCode::BadJson, format!("body is not valid: {e}")))
 }
 
 #[cfg(any(test, fuzzing))]
@@ -404,7 +411,7 @@ mod tests {
         assert!(convert_txn(t(r#"{"success":[{"op":"put","key":"a/../b","value":"x"}]}"#), 10).is_err());
         let e =
             convert_txn(t(r#"{"success":[{"op":"put","key":"a","value":"0123456789x"}]}"#), 10).expect_err("too large");
-        assert_eq!(e.status, axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.status(), axum::http::StatusCode::PAYLOAD_TOO_LARGE);
         assert!(convert_txn(t(r#"{"compare":[{"key":"a"}]}"#), 10).is_err());
         assert!(convert_txn(t(r#"{"success":[{"op":"put","key":"d","kind":"dir","value":"x"}]}"#), 10).is_err());
         assert!(convert_txn(t(r#"{"success":[{"op":"delete","key":"","recursive":true}]}"#), 10).is_ok());

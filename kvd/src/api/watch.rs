@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use kv_client::{header as kvh, Access, EntryInfo, EventType, Grants, WatchEvent};
+use kv_client::{header as kvh, Access, EntryInfo, ErrorCode, EventType, Grants, WatchEvent};
 
 use super::error::{ApiError, ApiResult};
 use super::parse::parse_watch;
@@ -128,15 +128,13 @@ impl WatchState {
             // changes: the stream ends so that its client moves elsewhere.
             if let Err(e) = self.node.check_watchable() {
                 tracing::info!(reason = %e, prefix = %self.prefix, "ending a watch stream");
-                let body = serde_json::json!({"error": "unavailable", "message": e.to_string()});
-                self.out.push_back(sse("error", None, &body.to_string()));
+                self.out.push_back(ApiError::from(e).sse_event());
                 self.done = true;
                 return;
             }
             if !self.valid_while.holds(&self.node.tokens()) {
-                let body = serde_json::json!({"error": "unauthorized",
-                    "message": "the token was revoked or has expired"});
-                self.out.push_back(sse("error", None, &body.to_string()));
+                let e = ApiError::new(ErrorCode::Unauthorized, "the token was revoked or has expired");
+                self.out.push_back(e.sse_event());
                 self.done = true;
                 return;
             }
@@ -151,16 +149,17 @@ impl WatchState {
                     return;
                 }
                 Err(e) => {
-                    let body = serde_json::json!({"error": "internal", "message": e.to_string()});
-                    self.out.push_back(sse("error", None, &body.to_string()));
+                    self.out.push_back(ApiError::new(ErrorCode::Internal, e.to_string()).sse_event());
                     self.done = true;
                     return;
                 }
             };
             let Some(page) = page else {
-                let body = serde_json::json!({"error": "compacted",
-                    "message": format!("revision {} is compacted; list again and watch from the list's revision", self.cursor)});
-                self.out.push_back(sse("error", None, &body.to_string()));
+                let e = ApiError::new(
+                    ErrorCode::Compacted,
+                    format!("revision {} is compacted; list again and watch from the list's revision", self.cursor),
+                );
+                self.out.push_back(e.sse_event());
                 self.done = true;
                 return;
             };
@@ -248,9 +247,7 @@ pub(crate) async fn watch(
     let cursor = from.unwrap_or(current);
     let compact = node.state().compact_revision().map_err(ApiError::internal)?;
     if cursor < compact {
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            "compacted",
+        return Err(ApiError::new(ErrorCode::Compacted,
             format!("revision {cursor} is compacted (history starts after {compact}); list again and watch from the list's revision"),
         ));
     }

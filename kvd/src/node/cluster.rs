@@ -246,10 +246,7 @@ impl Node {
         // no client may, in any auth mode, not even through the peer port.
         let ops = || req.txn.success.iter().chain(&req.txn.failure);
         if ops().any(|op| matches!(op, crate::types::Op::SetDedupWindow(_))) && !matches!(authority, Authority::Node) {
-            return Err(ForwardError::Denied(Denied {
-                status: 403,
-                message: "the request-id window is set by the leader only".into(),
-            }));
+            return Err(ForwardError::Denied(Denied::forbidden("the request-id window is set by the leader only")));
         }
         if self.auth.mode != Mode::None && !matches!(authority, Authority::Node) {
             self.await_own_term_applied(left()).await.map_err(|e| ForwardError::NotReady(e.to_string()))?;

@@ -119,10 +119,7 @@ impl Node {
             net: p.net,
             peer_url: p.peer_url,
             client_url: p.client_url,
-            started_ns: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
+            started_ns: kv_client::clock::now_ns() as u128,
             seq: AtomicU64::new(0),
             auth: p.auth,
             read_index_rounds: Default::default(),
