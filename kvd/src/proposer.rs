@@ -20,7 +20,7 @@ use std::sync::Arc;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, RwLock};
 
-use crate::sm::Shared;
+use crate::sm::SmReader;
 use crate::types::{Batch, NodeId, Op, Raft, Request, Response, Txn};
 
 /// Most requests in one entry.
@@ -62,7 +62,7 @@ impl std::fmt::Debug for Pending {
 impl Proposer {
     /// Starts the worker; `dedup_window_ms` is the window this node writes
     /// into the log when it leads.
-    pub fn start(raft: Raft, sm: Arc<Shared>, dedup_window_ms: u64) -> Proposer {
+    pub fn start(raft: Raft, sm: Arc<SmReader>, dedup_window_ms: u64) -> Proposer {
         let (tx, rx) = mpsc::channel(8192);
         let gate = Arc::new(RwLock::new(()));
         tokio::spawn(worker(raft, rx, gate.clone(), sm, dedup_window_ms));
@@ -97,7 +97,7 @@ impl Proposer {
     }
 }
 
-async fn worker(raft: Raft, mut rx: mpsc::Receiver<Pending>, gate: Arc<RwLock<()>>, sm: Arc<Shared>, window_ms: u64) {
+async fn worker(raft: Raft, mut rx: mpsc::Receiver<Pending>, gate: Arc<RwLock<()>>, sm: Arc<SmReader>, window_ms: u64) {
     loop {
         let Some(first) = rx.recv().await else {
             return;

@@ -55,7 +55,7 @@ pub enum ReadError {
     Io(#[from] io::Error),
 }
 
-/// Ends a load (see [`Shared::view`]) when dropped, whatever happened.
+/// Ends a load (see [`SmReader::view`]) when dropped, whatever happened.
 struct LoadDone<'a>(&'a AtomicU64);
 
 impl Drop for LoadDone<'_> {
@@ -92,16 +92,16 @@ impl txn::ReadView for Store {
 }
 
 /// Read access to the state machine, shared by the API and openraft.
-pub struct Shared {
+pub struct SmReader {
     store: Store,
     tokens: std::sync::RwLock<Arc<TokenTable>>,
     snap_dir: PathBuf,
     rev_tx: watch::Sender<u64>,
     history: u64,
     /// Held to put a snapshot in place and load it, and to take the view a
-    /// snapshot is written from (see [`Shared::lock_snapshots`]).
+    /// snapshot is written from (see [`SmReader::lock_snapshots`]).
     snapshots: std::sync::Mutex<()>,
-    /// Odd while a snapshot is being loaded (see [`Shared::view`]).
+    /// Odd while a snapshot is being loaded (see [`SmReader::view`]).
     loads: AtomicU64,
     /// Called at each [`Step`], so that a test can force an interleaving.
     #[cfg(test)]
@@ -122,22 +122,22 @@ enum Step {
 #[cfg(test)]
 type Hook = Arc<dyn Fn(Step) + Send + Sync>;
 
-impl std::fmt::Debug for Shared {
+impl std::fmt::Debug for SmReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("snap_dir", &self.snap_dir).finish()
+        f.debug_struct("SmReader").field("snap_dir", &self.snap_dir).finish()
     }
 }
 
 /// The state machine handed to openraft.
 pub struct StateMachine {
-    shared: Arc<Shared>,
+    shared: Arc<SmReader>,
     st: ApplyState,
     receiving: Option<PathBuf>,
 }
 
 /// Builds snapshots from a consistent fjall snapshot.
 pub struct SnapshotBuilder {
-    shared: Arc<Shared>,
+    shared: Arc<SmReader>,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -155,7 +155,7 @@ fn event_key(rev: u64, seq: u32) -> [u8; 12] {
     k
 }
 
-impl Shared {
+impl SmReader {
     #[cfg(test)]
     fn at(&self, step: Step) {
         let hook = self.hook.lock().ok().and_then(|h| h.clone());
@@ -712,7 +712,7 @@ impl StateMachine {
             }
         }
         let (rev_tx, _) = watch::channel(0);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(SmReader {
             store,
             tokens: Default::default(),
             snap_dir,
@@ -744,7 +744,7 @@ impl StateMachine {
     }
 
     /// Read access for the API.
-    pub fn shared(&self) -> Arc<Shared> {
+    pub fn shared(&self) -> Arc<SmReader> {
         self.shared.clone()
     }
 }

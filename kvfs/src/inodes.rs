@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::tree::Node;
+use crate::tree::TreeNode;
 
 /// Inode number of the mount's root.
 pub const ROOT: u64 = 1;
@@ -31,7 +31,7 @@ pub enum Binding {
     /// such an inode goes nowhere); otherwise writes still go to the path.
     Detached {
         /// The entry as it was when detached (`None`: an implied directory).
-        node: Option<Node>,
+        node: Option<TreeNode>,
         /// The path no longer names this file.
         gone: bool,
     },
@@ -117,7 +117,7 @@ impl Inodes {
     /// Detaches the inode of `path` (if it has one), keeping `node` as what
     /// it shows from now on; with `gone`, the name no longer exists, for it
     /// and for every older version of it. Returns the inode.
-    pub fn detach(&mut self, path: &str, node: Option<Node>, gone: bool) -> Option<u64> {
+    pub fn detach(&mut self, path: &str, node: Option<TreeNode>, gone: bool) -> Option<u64> {
         if gone {
             self.mark_gone(path);
         }

@@ -27,4 +27,4 @@ pub use crate::fake::FakeCluster;
 pub use crate::fs::{invalidator, Invalidator, KvFs};
 pub use crate::handles::Caller;
 pub use crate::remote::Remote;
-pub use crate::sync::{load, load_lkg, Status, Sync};
+pub use crate::sync::{load, load_lkg, MountWatch, Status};

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use fuser::{MountOption, Session, SessionACL};
 
-use kvfs::{Core, Failure, KvFs, Remote, Status, Sync};
+use kvfs::{Core, Failure, KvFs, MountWatch, Remote, Status};
 
 use crate::opts::{Invocation, Parsed};
 
@@ -231,7 +231,7 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     }
     core.connected.store(from == "cluster", Ordering::Relaxed);
     core.dirty.store(from == "cluster", Ordering::Relaxed);
-    let sync = Arc::new(Sync {
+    let sync = Arc::new(MountWatch {
         core: core.clone(),
         prefix: inv.prefix.clone(),
         status: Mutex::new(Status {
@@ -346,7 +346,7 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
 }
 
 /// Removes the mount's status file when dropped.
-struct RemoveStatus(Arc<Sync>);
+struct RemoveStatus(Arc<MountWatch>);
 
 impl Drop for RemoveStatus {
     fn drop(&mut self) {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, Failure};
 use crate::core::{node_of, Core};
-use crate::tree::Node;
+use crate::tree::TreeNode;
 
 /// Entries per page of a load.
 const PAGE: usize = 10_000;
@@ -26,7 +26,7 @@ pub fn load(
     cluster: &dyn Cluster,
     prefix: &str,
     path_of: impl Fn(&str) -> Option<String>,
-) -> Result<(u64, BTreeMap<String, Node>), Failure> {
+) -> Result<(u64, BTreeMap<String, TreeNode>), Failure> {
     let mut out = BTreeMap::new();
     let mut cursor: Option<u64> = None;
     for page in kv_client::pages(|after| cluster.list_page(prefix, after, PAGE)) {
@@ -145,7 +145,7 @@ struct Lkg {
 pub fn load_lkg(
     path: &Path,
     path_of: impl Fn(&str) -> Option<String>,
-) -> anyhow::Result<(u64, BTreeMap<String, Node>)> {
+) -> anyhow::Result<(u64, BTreeMap<String, TreeNode>)> {
     let lkg: Lkg = serde_json::from_slice(&std::fs::read(path)?)?;
     let entries = lkg.entries.iter().filter_map(|e| path_of(&e.key).map(|p| (p, node_of(e)))).collect();
     Ok((lkg.revision, entries))
@@ -165,7 +165,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// The watch side of a mount.
-pub struct Sync {
+pub struct MountWatch {
     /// The mount.
     pub core: Arc<Core>,
     /// Key prefix watched.
@@ -180,7 +180,7 @@ pub struct Sync {
     pub liveness: Mutex<Liveness>,
 }
 
-impl Sync {
+impl MountWatch {
     /// Writes the status file.
     pub fn write_status(&self) {
         let Ok(s) = self.status.lock() else { return };
@@ -188,7 +188,7 @@ impl Sync {
     }
 
     /// IMPORTANT: called with the status locked, so no write follows
-    /// [`Sync::remove_status`].
+    /// [`MountWatch::remove_status`].
     fn write_locked(&self, s: &Status) {
         let Some(path) = &self.status_file else { return };
         if s.retired {

@@ -8,7 +8,7 @@ use kv_client::{Kind, Meta};
 
 /// One cached entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Node {
+pub struct TreeNode {
     /// Metadata as the cluster (or this mount, for its own writes) knows it.
     pub meta: Meta,
     /// File content or link target.
@@ -19,9 +19,9 @@ pub struct Node {
     pub provisional: bool,
 }
 
-impl Node {
+impl TreeNode {
     /// Whether two entries hold the same bytes (attributes aside).
-    pub fn same_content(&self, other: &Node) -> bool {
+    pub fn same_content(&self, other: &TreeNode) -> bool {
         self.meta.kind == other.meta.kind && (Arc::ptr_eq(&self.value, &other.value) || self.value == other.value)
     }
 }
@@ -29,7 +29,7 @@ impl Node {
 /// The tree of one mount.
 #[derive(Debug, Default)]
 pub struct Tree {
-    entries: BTreeMap<String, Node>,
+    entries: BTreeMap<String, TreeNode>,
     /// IMPORTANT: where the watch resumes: every event up to here has been
     /// applied. Only the watch (and a load or re-list) moves it; this
     /// mount's own writes do not, or the watch would skip what others wrote
@@ -62,27 +62,27 @@ impl Tree {
     }
 
     /// The entry stored at a path.
-    pub fn get(&self, path: &str) -> Option<&Node> {
+    pub fn get(&self, path: &str) -> Option<&TreeNode> {
         self.entries.get(path)
     }
 
     /// Mutable access to the entry at a path.
-    pub fn get_mut(&mut self, path: &str) -> Option<&mut Node> {
+    pub fn get_mut(&mut self, path: &str) -> Option<&mut TreeNode> {
         self.entries.get_mut(path)
     }
 
     /// Stores an entry.
-    pub fn insert(&mut self, path: String, node: Node) {
+    pub fn insert(&mut self, path: String, node: TreeNode) {
         self.entries.insert(path, node);
     }
 
     /// Removes an entry.
-    pub fn remove(&mut self, path: &str) -> Option<Node> {
+    pub fn remove(&mut self, path: &str) -> Option<TreeNode> {
         self.entries.remove(path)
     }
 
     /// Removes an entry this mount deleted in the cluster at `revision`.
-    pub fn remove_at(&mut self, path: &str, revision: u64) -> Option<Node> {
+    pub fn remove_at(&mut self, path: &str, revision: u64) -> Option<TreeNode> {
         let r = self.gone.entry(path.to_owned()).or_insert(0);
         *r = (*r).max(revision);
         self.entries.remove(path)
@@ -148,9 +148,9 @@ impl Tree {
     }
 
     /// The entry at `path` and every entry below it.
-    pub fn subtree(&self, path: &str) -> Vec<(String, Node)> {
+    pub fn subtree(&self, path: &str) -> Vec<(String, TreeNode)> {
         let base = format!("{path}/");
-        let mut out: Vec<(String, Node)> =
+        let mut out: Vec<(String, TreeNode)> =
             self.entries.get(path).map(|n| (path.to_owned(), n.clone())).into_iter().collect();
         out.extend(
             self.entries
@@ -162,13 +162,13 @@ impl Tree {
     }
 
     /// Every entry that came from the cluster (for the last-known-good copy).
-    pub fn remote_entries(&self) -> impl Iterator<Item = (&String, &Node)> {
+    pub fn remote_entries(&self) -> impl Iterator<Item = (&String, &TreeNode)> {
         self.entries.iter().filter(|(_, n)| !n.local && !n.provisional)
     }
 
     /// Replaces every entry that came from the cluster with `fresh`, keeping
     /// local and provisional ones. Returns the paths that changed.
-    pub fn replace_remote(&mut self, fresh: BTreeMap<String, Node>) -> Vec<String> {
+    pub fn replace_remote(&mut self, fresh: BTreeMap<String, TreeNode>) -> Vec<String> {
         let mut changed = Vec::new();
         let old: Vec<String> = self.remote_entries().map(|(k, _)| k.clone()).collect();
         for k in old {
@@ -208,8 +208,8 @@ pub fn glob_match(glob: &str, name: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn node(kind: Kind, v: &str) -> Node {
-        Node {
+    fn node(kind: Kind, v: &str) -> TreeNode {
+        TreeNode {
             meta: Meta {
                 kind,
                 mode: 0o644,

@@ -20,7 +20,7 @@ use crate::metrics::Gauges;
 use crate::network::Network;
 use crate::proposer::Proposer;
 use crate::rpc::ForwardError;
-use crate::sm::Shared;
+use crate::sm::SmReader;
 use crate::store::{DirLock, Store};
 use crate::token::TokenTable;
 use crate::types::{NodeId, Raft, TypeConfig};
@@ -36,7 +36,7 @@ pub use transfer::Holds;
 /// What [`Node::new`] is built from (see crate::boot).
 pub(crate) struct Parts {
     pub raft: Raft,
-    pub sm: Arc<Shared>,
+    pub sm: Arc<SmReader>,
     pub cfg: Config,
     pub proposer: Proposer,
     pub net: Network,
@@ -53,7 +53,7 @@ pub struct Node {
     /// The Raft handle.
     raft: Raft,
     /// Read access to the state machine.
-    sm: Arc<Shared>,
+    sm: Arc<SmReader>,
     /// Resolved configuration.
     cfg: Config,
     /// Where writes go.
@@ -148,7 +148,7 @@ impl Node {
     }
 
     /// Read access to the state machine.
-    pub fn state(&self) -> &Arc<Shared> {
+    pub fn state(&self) -> &Arc<SmReader> {
         &self.sm
     }
 

@@ -25,7 +25,7 @@ use kv_client::{Kind, Meta, PutOptions};
 use crate::cluster::{Cluster, Failure};
 use crate::handles::{Caller, Handle, Handles, Io, Shown, Writer};
 use crate::inodes::{Binding, Inodes, ROOT};
-use crate::tree::{glob_match, join, split, Node, Tree};
+use crate::tree::{glob_match, join, split, Tree, TreeNode};
 
 pub use names::SetAttr;
 pub use rename::RenameMode;
@@ -361,7 +361,7 @@ impl Core {
     /// The entry an inode shows: the tree's for an attached inode, the
     /// frozen one for a detached inode (`None`: a directory implied by keys
     /// below it).
-    fn node_of_ino(s: &State, ino: u64) -> Result<(String, Option<Node>, bool), Errno> {
+    fn node_of_ino(s: &State, ino: u64) -> Result<(String, Option<TreeNode>, bool), Errno> {
         let i = s.inodes.get(ino).ok_or(Errno::ENOENT)?;
         match &i.binding {
             Binding::Attached => {
@@ -718,7 +718,7 @@ impl Core {
             meta.mode = sent.attrs.mode.unwrap_or(meta.mode);
             meta.uid = sent.attrs.uid.unwrap_or(meta.uid);
             meta.gid = sent.attrs.gid.unwrap_or(meta.gid);
-            (rev, Node { meta, value: Arc::new(data), local: false, provisional: false })
+            (rev, TreeNode { meta, value: Arc::new(data), local: false, provisional: false })
         };
         let wait = {
             let mut s = self.state_mut()?;
@@ -763,7 +763,7 @@ impl Core {
 
     /// Waits (until `deadline`) for the watch to bring a version of `path`
     /// other than `seen`; whether it did.
-    fn wait_for_newer(&self, path: &str, seen: &Node, deadline: std::time::Instant) -> bool {
+    fn wait_for_newer(&self, path: &str, seen: &TreeNode, deadline: std::time::Instant) -> bool {
         loop {
             let newer = match self.state() {
                 Ok(s) => match s.tree.get(path) {

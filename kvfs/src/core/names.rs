@@ -9,10 +9,10 @@ use kv_client::{Attrs, Compare, EntryInfo, Kind, Meta, PutOptions, TxnOp, TxnReq
 
 use super::{new_meta, Core};
 use crate::handles::{Caller, Handle, Io, Writer, CAP_CHOWN, CAP_FOWNER};
-use crate::tree::{split, Node};
+use crate::tree::{split, TreeNode};
 
 /// A put operation carrying a node's value and attributes.
-pub(super) fn put_op(key: String, n: &Node) -> TxnOp {
+pub(super) fn put_op(key: String, n: &TreeNode) -> TxnOp {
     let wire = EntryInfo::new(key.clone(), n.meta.clone(), (n.meta.kind != Kind::Dir).then_some(n.value.as_slice()));
     TxnOp::Put {
         key,
@@ -133,7 +133,7 @@ impl Core {
                 }
                 _ => {
                     let provisional = created.is_none() && !local;
-                    s.tree.insert(path.clone(), Node { meta, value: Arc::default(), local, provisional });
+                    s.tree.insert(path.clone(), TreeNode { meta, value: Arc::default(), local, provisional });
                 }
             }
             // IMPORTANT: the inode the reply hands the kernel is this file's,
@@ -221,7 +221,10 @@ impl Core {
         {
             let mut s = self.state_mut()?;
             if !s.tree.knows_newer(&path, rev) {
-                s.tree.insert(path.clone(), Node { meta: m, value: Arc::new(value), local: false, provisional: false });
+                s.tree.insert(
+                    path.clone(),
+                    TreeNode { meta: m, value: Arc::new(value), local: false, provisional: false },
+                );
             }
         }
         self.changed();
@@ -312,7 +315,7 @@ impl Core {
 
     /// The attached path of `ino` (the name a change by inode goes to), its
     /// entry and its kind, as checked.
-    fn attached(&self, ino: u64) -> Result<(String, Option<Node>, Kind), Errno> {
+    fn attached(&self, ino: u64) -> Result<(String, Option<TreeNode>, Kind), Errno> {
         let s = self.state()?;
         let i = s.inodes.get(ino).ok_or(Errno::ENOENT)?;
         let now = s.tree.get(&i.path);
@@ -404,7 +407,7 @@ impl Core {
         }
         let old_rev = node.as_ref().map(|n| n.meta.mod_revision).unwrap_or(0);
         let before = node.as_ref().map(|n| n.meta.clone());
-        let mut n = node.unwrap_or_else(|| Node {
+        let mut n = node.unwrap_or_else(|| TreeNode {
             meta: new_meta(Kind::Dir, 0o755, 0, 0),
             value: Arc::default(),
             local: false,

@@ -5,7 +5,7 @@ use kv_client::{Compare, Kind, TxnOp, TxnRequest};
 
 use super::names::put_op;
 use super::Core;
-use crate::tree::{split, Node};
+use crate::tree::{split, TreeNode};
 
 /// How a rename treats its target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,13 +97,13 @@ impl Core {
         self.writable()?;
         // One transaction: the source must be as this mount saw it; the
         // target is replaced (or swapped with RENAME_EXCHANGE).
-        let remote_only = |sub: &[(String, Node)]| -> Vec<(String, Node)> {
+        let remote_only = |sub: &[(String, TreeNode)]| -> Vec<(String, TreeNode)> {
             sub.iter().filter(|(_, n)| !n.local && !n.provisional).cloned().collect()
         };
         let src_sub = remote_only(&src_sub);
         let dst_sub = if dst_kind.is_some() { remote_only(&dst_sub) } else { vec![] };
         let key = |p: &str| self.key(p);
-        let moved = |sub: &[(String, Node)], from: &str, to: &str| -> Vec<(String, Node)> {
+        let moved = |sub: &[(String, TreeNode)], from: &str, to: &str| -> Vec<(String, TreeNode)> {
             sub.iter().map(|(p, n)| (format!("{to}{}", &p[from.len()..]), n.clone())).collect()
         };
         let mut compare: Vec<Compare> = src_sub
@@ -150,7 +150,7 @@ impl Core {
         {
             let mut s = self.state_mut()?;
             // The target's files as they were, for their inodes.
-            let replaced: Vec<(String, Option<Node>)> = if mode.exchange {
+            let replaced: Vec<(String, Option<TreeNode>)> = if mode.exchange {
                 vec![]
             } else {
                 s.inodes.attached_under(&dst).into_iter().map(|p| (p.clone(), s.tree.get(&p).cloned())).collect()
@@ -205,7 +205,14 @@ impl Core {
     /// Renames where one side is a local scratch name: local to local moves
     /// here only; local onto a real name commits the content; a real file
     /// onto a scratch name moves its content here and deletes the key.
-    fn rename_local(&self, src: &str, dst: &str, node: Node, src_local: bool, dst_local: bool) -> Result<(), Errno> {
+    fn rename_local(
+        &self,
+        src: &str,
+        dst: &str,
+        node: TreeNode,
+        src_local: bool,
+        dst_local: bool,
+    ) -> Result<(), Errno> {
         let mut n = node;
         if src_local && !dst_local {
             self.writable()?;

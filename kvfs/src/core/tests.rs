@@ -5,7 +5,7 @@
 //! A "mount" is a [`Core`] loaded from the fake, as kvfs starts one; "from
 //! elsewhere" is a second mount or a direct call on the fake. Changes reach a
 //! mount through [`Core::apply`] of the fake's watch batches ([`catch_up`]),
-//! or through [`crate::sync::Sync::run`] on a thread.
+//! or through [`crate::sync::MountWatch::run`] on a thread.
 
 mod readers;
 mod review;

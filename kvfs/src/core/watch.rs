@@ -9,11 +9,11 @@ use kv_client::{EntryInfo, EventType};
 
 use super::{Core, Inval, State};
 use crate::cluster::Batch;
-use crate::tree::{split, Node};
+use crate::tree::{split, TreeNode};
 
 /// A cache node from a wire entry.
-pub fn node_of(e: &EntryInfo) -> Node {
-    Node {
+pub fn node_of(e: &EntryInfo) -> TreeNode {
+    TreeNode {
         meta: e.meta.clone(),
         value: Arc::new(e.value_bytes().unwrap_or_default()),
         local: false,
@@ -44,7 +44,7 @@ impl Core {
     /// Puts `new` (or nothing) at `path` for a change from elsewhere: an
     /// inode whose content changes or goes is detached with the version it
     /// had; one whose attributes change is told to the kernel.
-    fn replace_entry(s: &mut State, path: &str, new: Option<Node>, out: &mut Vec<Inval>) {
+    fn replace_entry(s: &mut State, path: &str, new: Option<TreeNode>, out: &mut Vec<Inval>) {
         let old = s.tree.get(path).cloned();
         match (&old, &new) {
             (Some(o), Some(n)) if o.same_content(n) => {
@@ -111,12 +111,12 @@ impl Core {
     /// Replaces everything from the cluster with a fresh listing (after the
     /// watch history was compacted, or with nothing once the token is
     /// refused), resuming the watch at `cursor`.
-    pub fn relist(&self, fresh: BTreeMap<String, Node>, cursor: u64) {
+    pub fn relist(&self, fresh: BTreeMap<String, TreeNode>, cursor: u64) {
         self.replace_all(fresh, cursor, false);
     }
 
     /// [`Core::relist`]; `all` drops this mount's own recent writes too.
-    fn replace_all(&self, fresh: BTreeMap<String, Node>, cursor: u64, all: bool) {
+    fn replace_all(&self, fresh: BTreeMap<String, TreeNode>, cursor: u64, all: bool) {
         let mut out = Vec::new();
         let Ok(mut s) = self.state.write() else { return };
         // NOTE: this mount's own writes since the listing was read stay: an
@@ -174,7 +174,7 @@ impl Core {
 }
 
 /// A tree holding a loaded listing, the watch to resume at `cursor`.
-pub fn loaded(entries: BTreeMap<String, Node>, cursor: u64) -> State {
+pub fn loaded(entries: BTreeMap<String, TreeNode>, cursor: u64) -> State {
     let mut s = State::default();
     for (p, n) in entries {
         s.tree.insert(p, n);

@@ -8,9 +8,9 @@ use std::thread::JoinHandle;
 
 use super::*;
 use crate::cluster::Batch;
-use crate::sync::Sync as Watch;
+use crate::sync::MountWatch as Watch;
 
-/// `Sync::run` of a mount on a thread of its own.
+/// `MountWatch::run` of a mount on a thread of its own.
 struct Running {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
@@ -286,7 +286,7 @@ fn a_load_of_several_pages_watches_from_the_first_page_s_revision() {
 /// A mount over a listing loaded by the test.
 fn mount_with(
     cluster: Arc<dyn Cluster>,
-    entries: std::collections::BTreeMap<String, crate::tree::Node>,
+    entries: std::collections::BTreeMap<String, crate::tree::TreeNode>,
     cursor: u64,
 ) -> Mount {
     let sent = Sent::default();
