@@ -594,8 +594,9 @@ impl Client {
     ///
     /// Errors another stream would meet again are returned, not retried:
     /// a compacted start revision ([`ErrorCode::Compacted`]: list again),
-    /// a refused token, a bad request, and a first stream that cannot be
-    /// opened at all.
+    /// a refused token, a bad request. So is a stream that cannot be opened
+    /// on any member; calling `next` again tries once more from the same
+    /// revision.
     pub fn watch_from(&self, prefix: &str, after: Option<u64>) -> Resuming<'_> {
         Resuming::new(self, prefix, after)
     }

@@ -267,6 +267,12 @@ pub(crate) async fn check(resp: Response) -> Result<Response, Error> {
     }
     let body = resp.bytes().await.unwrap_or_default();
     let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+        // NOTE: a code this client does not know (a newer server's) is read
+        // by its status when that names one, as before codes were parsed.
+        Ok(ErrorBody { error: ErrorCode::Other(name), message }) => match ErrorCode::from_status(status.as_u16()) {
+            Some(known) => (known, format!("{message} ({name})")),
+            None => (ErrorCode::Other(name), message),
+        },
         Ok(b) => (b.error, b.message),
         Err(_) => (
             ErrorCode::from_status(status.as_u16()).unwrap_or_else(|| ErrorCode::Other("http".to_owned())),
@@ -289,6 +295,32 @@ pub(crate) fn body_error(e: &reqwest::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error `check` makes of an answer with `status` and `body`.
+    fn checked(status: u16, body: &str) -> Error {
+        let resp = response_of(status, body);
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        rt.block_on(check(resp)).expect_err("an error answer")
+    }
+
+    fn response_of(status: u16, body: &str) -> Response {
+        let r = http::Response::builder().status(status).body(body.to_owned()).expect("response");
+        Response::from(r)
+    }
+
+    #[test]
+    fn an_unknown_code_is_read_by_its_status_when_that_names_one() {
+        let e = checked(404, r#"{"error":"key_gone","message":"m"}"#);
+        assert_eq!(e.code(), Some(&ErrorCode::NotFound));
+        assert!(e.to_string().contains("key_gone"), "{e}");
+        let e = checked(409, r#"{"error":"key_gone","message":"m"}"#);
+        assert_eq!(e.code(), Some(&ErrorCode::Other("key_gone".into())), "409 names several codes");
+        let e = checked(412, r#"{"error":"compare_failed","message":"m"}"#);
+        assert_eq!(e.code(), Some(&ErrorCode::CompareFailed));
+        let e = checked(502, "bad gateway");
+        assert_eq!(e.code(), Some(&ErrorCode::Other("http".into())));
+        assert_eq!(e.status(), Some(502));
+    }
 
     #[test]
     fn every_code_round_trips_through_json_as_its_name() {

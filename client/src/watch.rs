@@ -215,8 +215,7 @@ pub struct Resuming<'c> {
     /// The last whole revision seen: where the next stream resumes.
     after: Option<u64>,
     watch: Option<Watch>,
-    /// Whether a stream was ever opened (a first one that cannot be is an
-    /// error, not a reason to wait).
+    /// Whether a stream was ever opened: the next one waits a moment first.
     opened: bool,
     on_interrupt: Option<OnInterrupt<'c>>,
 }
@@ -267,11 +266,9 @@ impl<'c> Resuming<'c> {
                             self.after = w.last_revision().or(self.after);
                             self.watch.insert(w)
                         }
-                        Err(e) if !self.opened || !resumable(&e) => return Err(e),
-                        Err(e) => {
-                            self.interrupted(&e);
-                            continue;
-                        }
+                        // NOTE: no member would open a stream; the caller
+                        // decides whether to try again (`after` is kept).
+                        Err(e) => return Err(e),
                     }
                 }
             };

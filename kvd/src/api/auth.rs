@@ -6,15 +6,15 @@ use axum::body::Body;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use kv_client::{decode_key, ErrorCode, Grants, NewToken, TokenInfo, TokenSpec, WhoAmI};
+use kv_client::clock::now_ns;
+use kv_client::{decode_key, ErrorCode, NewToken, TokenInfo, WhoAmI};
 
 use super::error::{ApiError, ApiResult};
-use super::parse::{parse_json, read_body};
+use super::parse::{parse_token_spec, read_body};
 use super::{propose, read_barrier};
 use crate::auth::Caller;
 use crate::node::Node;
 use crate::types::{Op, Outcome, TokenRecord, Txn};
-use kv_client::clock::now_ns;
 
 /// GET /v1/auth/whoami
 pub(crate) async fn whoami(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> HttpResponse {
@@ -48,13 +48,7 @@ pub(crate) async fn create_token(
 ) -> ApiResult<HttpResponse> {
     caller.need_admin("create a token in")?;
     let raw = read_body(&headers, body, 64 << 10, "the request").await?;
-    let spec: TokenSpec = parse_json(&raw)?;
-    kv_client::validate_token_name(&spec.name).map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
-    let grants =
-        spec.grants().normalized().map_err(|e| ApiError::new(ErrorCode::InvalidKey, format!("bad prefix: {e}")))?;
-    if grants == Grants::default() {
-        return Err(ApiError::new(ErrorCode::BadRequest, "a token needs at least one right: read, write or admin"));
-    }
+    let (spec, grants) = parse_token_spec(&raw)?;
     let (rec, token) = crate::token::new_token_record(&spec.name, grants, now_ns()).map_err(ApiError::internal)?;
     let txn = Txn { compare: vec![], success: vec![Op::CreateToken(rec.clone())], failure: vec![] };
     let r = propose(&node, &caller, &headers, txn).await?;

@@ -10,7 +10,7 @@ use kv_client::{header as kvh, Access};
 use serde_bytes::ByteBuf;
 
 use super::error::{compare_failed, ApiError, ApiResult};
-use super::parse::{check_put, parse_delete, parse_get, parse_list, parse_put, parse_txn, read_body};
+use super::parse::{check_put, if_none_match, parse_delete, parse_get, parse_list, parse_put, parse_txn, read_body};
 use super::{http_date, json_with_revision, propose, read_barrier, wire_response};
 use crate::auth::Caller;
 use crate::node::Node;
@@ -33,12 +33,7 @@ pub(crate) async fn kv_get(
         return Ok(resp);
     };
     let etag = format!("\"{}\"", e.mod_revision);
-    let not_modified = match headers.get(header::IF_NONE_MATCH) {
-        Some(v) => {
-            v.to_str().unwrap_or("").split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == etag)
-        }
-        None => false,
-    };
+    let not_modified = if_none_match(&headers, &etag);
     let mut resp = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else {

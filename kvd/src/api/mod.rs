@@ -21,6 +21,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::Router;
+use kv_client::clock::now_ns;
 use kv_client::{header as kvh, ErrorCode, OpResult, TxnResponse};
 
 use crate::auth::{Authority, Caller};
@@ -32,8 +33,7 @@ use cluster::{add_member, cluster, promote_member, remove_member, snapshot, stat
 use error::{ApiError, ApiResult};
 use health::{live, metrics, ready};
 use kv::{kv_delete, kv_get, kv_put, list, txn};
-use kv_client::clock::now_ns;
-use parse::valid_request_id;
+use parse::{request_id_of, valid_request_id};
 use watch::{watch, WatchPages};
 
 #[cfg(any(test, fuzzing))]
@@ -177,19 +177,7 @@ pub(crate) async fn read_barrier(node: &Node, caller: &Caller, stale: bool) -> A
 pub(crate) async fn propose(node: &Node, caller: &Caller, headers: &HeaderMap, txn: Txn) -> ApiResult<Response> {
     // NOTE: `request_id` gave the request an id if it came without; the
     // node gives one too if it is still empty.
-    let id = match headers.get(kvh::REQUEST_ID) {
-        None => String::new(),
-        Some(v) => {
-            let s = v.to_str().unwrap_or("");
-            if !valid_request_id(s) {
-                return Err(ApiError::new(
-                    ErrorCode::BadRequest,
-                    "X-Kv-Request-Id must be 1 to 128 printable ASCII characters",
-                ));
-            }
-            s.to_owned()
-        }
-    };
+    let id = request_id_of(headers)?;
     let req = Request { id: id.clone(), now_ns: now_ns(), txn };
     let r = node.write(req, Authority::checked(caller, headers)).await.map_err(ApiError::from)?;
     if let Some(Outcome::RequestIdExpired(first_ns)) = r.outcomes.first() {

@@ -7,7 +7,8 @@ use axum::extract::Query;
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use futures_util::StreamExt;
 use kv_client::{
-    decode_key, decode_value, header as kvh, normalize_prefix, validate_key, ErrorCode, Kind, TxnOp, TxnRequest,
+    decode_key, decode_value, header as kvh, normalize_prefix, validate_key, ErrorCode, Grants, Kind, TokenSpec, TxnOp,
+    TxnRequest,
 };
 use serde::Deserialize;
 use serde_bytes::ByteBuf;
@@ -344,6 +345,39 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(raw: &[u8]) -> ApiResul
     serde_json::from_slice(raw).map_err(|e| ApiError::new(ErrorCode::BadJson, format!("body is not valid: {e}")))
 }
 
+/// The request id a client chose (`X-Kv-Request-Id`), or "" for none.
+pub(crate) fn request_id_of(headers: &HeaderMap) -> ApiResult<String> {
+    match headers.get(kvh::REQUEST_ID) {
+        None => Ok(String::new()),
+        Some(v) => match v.to_str() {
+            Ok(s) if valid_request_id(s) => Ok(s.to_owned()),
+            _ => {
+                Err(ApiError::new(ErrorCode::BadRequest, "X-Kv-Request-Id must be 1 to 128 printable ASCII characters"))
+            }
+        },
+    }
+}
+
+/// Whether `If-None-Match` names `etag` (or `*`): the client's copy is current.
+pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers.get(header::IF_NONE_MATCH).is_some_and(|v| {
+        v.to_str().unwrap_or("").split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == etag)
+    })
+}
+
+/// A token to create (`POST /v1/auth/tokens`): its spec and its rights,
+/// normalized; at least one right.
+pub(crate) fn parse_token_spec(raw: &[u8]) -> ApiResult<(TokenSpec, Grants)> {
+    let spec: TokenSpec = parse_json(raw)?;
+    kv_client::validate_token_name(&spec.name).map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
+    let grants =
+        spec.grants().normalized().map_err(|e| ApiError::new(ErrorCode::InvalidKey, format!("bad prefix: {e}")))?;
+    if grants == Grants::default() {
+        return Err(ApiError::new(ErrorCode::BadRequest, "a token needs at least one right: read, write or admin"));
+    }
+    Ok((spec, grants))
+}
+
 #[cfg(any(test, fuzzing))]
 /// Fuzzing entry: everything the client API checks in a request before it
 /// touches the node, on a request made of arbitrary bytes (`TARGET\n`,
@@ -386,6 +420,16 @@ pub fn fuzz_request(data: &[u8]) {
     if let Ok((prefix, _)) = parse_watch(&uri, &headers) {
         prefix_ok(&prefix);
     }
+    if let Ok(id) = request_id_of(&headers) {
+        assert!(id.is_empty() || valid_request_id(&id));
+    }
+    let _ = if_none_match(&headers, "\"1\"");
+    let _ = member_id(&uri);
+    if let Ok((_, grants)) = parse_token_spec(body.as_bytes()) {
+        assert!(grants != Grants::default(), "a token without rights passed");
+    }
+    let _ = parse_json::<kv_client::AddMember>(body.as_bytes());
+    let _ = parse_json::<kv_client::TransferLeader>(body.as_bytes());
     if let Ok(t) = parse_txn(body.as_bytes(), 1 << 20) {
         for op in t.success.iter().chain(&t.failure) {
             match op {
