@@ -141,12 +141,13 @@ struct Lkg {
     entries: Vec<EntryInfo>,
 }
 
-/// Loads a last-known-good copy.
+/// Loads a last-known-good copy; one that does not parse is `InvalidData`.
 pub fn load_lkg(
     path: &Path,
     path_of: impl Fn(&str) -> Option<String>,
-) -> anyhow::Result<(u64, BTreeMap<String, TreeNode>)> {
-    let lkg: Lkg = serde_json::from_slice(&std::fs::read(path)?)?;
+) -> std::io::Result<(u64, BTreeMap<String, TreeNode>)> {
+    let lkg: Lkg = serde_json::from_slice(&std::fs::read(path)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let entries = lkg.entries.iter().filter_map(|e| path_of(&e.key).map(|p| (p, node_of(e)))).collect();
     Ok((lkg.revision, entries))
 }
