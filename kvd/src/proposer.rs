@@ -7,9 +7,8 @@
 //! them as one [`Batch`]. One append and one fsync then serve them all; a
 //! lone client still gets its write proposed at once.
 //!
-//! One entry in flight, not several: with 64 writers, 3 workers made
-//! entries of about 10 writes; one worker makes fewer, larger entries, and
-//! kvd spent about a sixth less CPU per write (BENCHMARKS.md).
+//! One entry in flight, not several: one worker makes fewer, larger entries
+//! than several, and so less CPU per write (BENCHMARKS.md).
 //!
 //! The worker also puts this node's dedup window into the log (see
 //! crate::dedup) at the front of the first entry it proposes while the
