@@ -87,6 +87,7 @@ impl Proposer {
                 Op::CreateToken(t) => t.name.len() + t.hash.len() + 64,
                 Op::RevokeToken(name) => name.len(),
                 Op::SetDedupWindow(_) => 8,
+                Op::Writer(w) => w.len(),
             })
             .sum();
         let (reply, rx) = oneshot::channel();

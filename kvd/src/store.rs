@@ -62,6 +62,9 @@ pub struct Store {
     pub data: Keyspace,
     /// Watch history: revision, sequence → event.
     pub events: Keyspace,
+    /// When each revision of the history was made, and by whom: revision →
+    /// record.
+    pub revisions: Keyspace,
     /// Applied request ids, for deduplication.
     pub dedup: Keyspace,
     /// State machine metadata: last applied, membership, revision.
@@ -222,7 +225,7 @@ impl Store {
         // them; state machine writes ride along with the next log fsync.
         let db = Database::builder(dir.join("db")).manual_journal_persist(true).open().map_err(db_err)?;
         // NOTE: small memtables keep resident memory near the data size
-        // (fjall's default is 64 MiB per keyspace, 7 keyspaces here) and
+        // (fjall's default is 64 MiB per keyspace, 8 keyspaces here) and
         // make each flush short; tables are what reads are served from.
         let ks = |name: &str| {
             db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)).map_err(db_err)
@@ -232,6 +235,7 @@ impl Store {
             raft: ks("raft")?,
             data: ks("data")?,
             events: ks("events")?,
+            revisions: ks("revisions")?,
             dedup: ks("dedup")?,
             sm_meta: ks("sm_meta")?,
             sys: ks("sys")?,
@@ -270,7 +274,9 @@ impl Store {
     /// seconds at the next start). Best effort: the journal still has it all.
     pub fn flush_memtables(&self) {
         let t = std::time::Instant::now();
-        for ks in [&self.log, &self.raft, &self.data, &self.events, &self.dedup, &self.sm_meta, &self.sys] {
+        for ks in
+            [&self.log, &self.raft, &self.data, &self.events, &self.revisions, &self.dedup, &self.sm_meta, &self.sys]
+        {
             // NOTE: fjall 3 exposes this only as a hidden method.
             if let Err(e) = ks.rotate_memtable_and_wait() {
                 tracing::warn!(error = %e, "flushing a memtable at shutdown failed; the next start replays the journal");

@@ -12,7 +12,7 @@ use kv_client::Kind;
 use serde_bytes::ByteBuf;
 
 use crate::dedup;
-use crate::types::{Cmp, Op, Outcome, Request, Response, StoredEntry, StoredEvent, TokenRecord};
+use crate::types::{Cmp, Op, Outcome, Prev, Request, Response, RevisionRecord, StoredEntry, StoredEvent, TokenRecord};
 
 /// What a transaction reads from the committed state.
 pub(crate) trait ReadView {
@@ -34,6 +34,8 @@ pub(crate) struct Changes {
     pub(crate) tokens: BTreeMap<String, Option<TokenRecord>>,
     /// Watch events in order: revision, sequence within it, event.
     pub(crate) events: Vec<(u64, u32, StoredEvent)>,
+    /// When each new revision was made, and by whom.
+    pub(crate) revisions: Vec<(u64, RevisionRecord)>,
 }
 
 impl Changes {
@@ -78,7 +80,8 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
     }
     let ops = if ok { &req.txn.success } else { &req.txn.failure };
     let new_rev = st.revision + 1;
-    let mut written: Vec<(String, Option<StoredEntry>)> = Vec::new();
+    let mut written: Vec<(String, Option<StoredEntry>, Prev)> = Vec::new();
+    let mut writer = None;
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
         match op {
@@ -102,8 +105,9 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
                         None => prev.map(|p| p.value.clone()).unwrap_or_default(),
                     },
                 };
+                let before = Prev::from(prev.cloned());
                 changes.entries.insert(key.clone(), Some(e.clone()));
-                written.push((key.clone(), Some(e)));
+                written.push((key.clone(), Some(e), before));
                 outcomes.push(Outcome::Put(key.clone(), new_rev));
             }
             Op::Delete { key, recursive } => {
@@ -128,8 +132,9 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
                 }
                 outcomes.push(Outcome::Delete(key.clone(), gone.len() as u64));
                 for k in gone {
+                    let before = Prev::from(changes.entry(view, &k)?);
                     changes.entries.insert(k.clone(), None);
-                    written.push((k, None));
+                    written.push((k, None, before));
                 }
             }
             Op::CreateToken(rec) => {
@@ -151,6 +156,7 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
                 outcomes.push(Outcome::Token(name.clone(), exists));
             }
             Op::SetDedupWindow(ms) => st.dedup_window_ms = (*ms).clamp(dedup::MIN_WINDOW_MS, dedup::MAX_WINDOW_MS),
+            Op::Writer(w) => writer = Some(w.clone()),
         }
     }
     if !written.is_empty() {
@@ -159,8 +165,9 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
             written
                 .into_iter()
                 .enumerate()
-                .map(|(seq, (key, entry))| (new_rev, seq as u32, StoredEvent { key, entry })),
+                .map(|(seq, (key, entry, prev))| (new_rev, seq as u32, StoredEvent { key, entry, prev })),
         );
+        changes.revisions.push((new_rev, RevisionRecord { time_ns: req.now_ns, writer }));
     }
     Ok(Response { succeeded: ok, revision: st.revision, outcomes })
 }
@@ -390,7 +397,8 @@ mod tests {
         let (view, mut st) = with_keys(&["a", "b"]);
         let (out, changes) = run(&view, &mut st, &[only(vec![del("a", false), del("missing", false)])]);
         assert_eq!(out[0].outcomes, [Outcome::Delete("a".into(), 1), Outcome::Delete("missing".into(), 0)]);
-        assert_eq!(changes.events, [(3, 0, StoredEvent { key: "a".into(), entry: None })]);
+        let before = get(&view, "a").expect("a");
+        assert_eq!(changes.events, [(3, 0, StoredEvent { key: "a".into(), entry: None, prev: Prev::Entry(before) })]);
         let (out, changes) = run(&view, &mut st, &[only(vec![del("missing", false), del("missing", true)])]);
         assert_eq!(out[0].outcomes, [Outcome::Delete("missing".into(), 0), Outcome::Delete("missing".into(), 0)]);
         assert_eq!((out[0].revision, changes.events.len()), (3, 0), "nothing went: no revision");

@@ -130,6 +130,10 @@ pub enum Op {
     // NOTE: variants are only ever added at the end: the log holds them by
     // index (bincode), and older entries must still decode.
     SetDedupWindow(u64),
+    /// Who sent the request, as the leader authorized it: recorded with the
+    /// revision it makes (see [`RevisionRecord`]). Put there by the leader
+    /// only, first in each branch; produces no outcome.
+    Writer(String),
 }
 
 /// Result of one operation.
@@ -203,13 +207,74 @@ impl StoredEntry {
     }
 }
 
-/// A change recorded for watchers.
+/// A change recorded for watchers and for reads of past revisions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredEvent {
     /// The key.
     pub key: String,
     /// The entry after a put; `None` for a delete.
     pub entry: Option<StoredEntry>,
+    /// What the key held just before.
+    pub prev: Prev,
+}
+
+/// What a key held just before an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Prev {
+    /// Not recorded: the event was written by a kvd that kept no previous
+    /// entries.
+    Unknown,
+    /// The key did not exist.
+    Absent,
+    /// This entry.
+    Entry(StoredEntry),
+}
+
+impl From<Option<StoredEntry>> for Prev {
+    fn from(e: Option<StoredEntry>) -> Prev {
+        e.map_or(Prev::Absent, Prev::Entry)
+    }
+}
+
+/// Starts every event record that holds its previous entry. A record
+/// without it starts with its key's length (little-endian u64), whose top
+/// byte is never 0xFF.
+const EVENT_WITH_PREV: [u8; 8] = [0xFF; 8];
+
+/// An event record as kvd wrote it before events kept previous entries.
+#[derive(Deserialize)]
+struct EventWithoutPrev {
+    key: String,
+    entry: Option<StoredEntry>,
+}
+
+impl StoredEvent {
+    /// The record of this event in the history.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        [EVENT_WITH_PREV.as_slice(), &encode(self)].concat()
+    }
+
+    /// An event from its record, in either format.
+    pub(crate) fn decode(b: &[u8]) -> std::io::Result<StoredEvent> {
+        match b.strip_prefix(EVENT_WITH_PREV.as_slice()) {
+            Some(rest) => decode(rest),
+            None => {
+                let old: EventWithoutPrev = decode(b)?;
+                Ok(StoredEvent { key: old.key, entry: old.entry, prev: Prev::Unknown })
+            }
+        }
+    }
+}
+
+/// When a revision was made and by whom, as the history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionRecord {
+    /// The log time of the request that made it, ns.
+    pub time_ns: i64,
+    /// Who made it: a token's name, a JWT's subject, `anonymous`, or `kvd`
+    /// for the node itself; `None` for revisions from before writers were
+    /// recorded.
+    pub writer: Option<String>,
 }
 
 /// Encodes with bincode; only fails for types serde cannot encode, which

@@ -17,6 +17,11 @@ use crate::proposer::ProposeError;
 use crate::rpc::{self, ForwardError, Forwarded, NodeIdentity, Rpc};
 use crate::types::{Member, NodeId, Request, Response};
 
+/// The writer of a request the node made itself (the bootstrap admin token).
+const WRITER_NODE: &str = "kvd";
+/// The writer of a request without a credential.
+const ANONYMOUS: &str = "anonymous";
+
 /// Pause between attempts while the leader changes.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How long a member status query may take.
@@ -211,7 +216,7 @@ impl Node {
     /// writes), once `authority` may make it.
     pub async fn propose_local(
         &self,
-        req: Request,
+        mut req: Request,
         authority: &Authority,
         left: Duration,
     ) -> std::result::Result<Response, ForwardError> {
@@ -248,7 +253,12 @@ impl Node {
         if ops().any(|op| matches!(op, crate::types::Op::SetDedupWindow(_))) && !matches!(authority, Authority::Node) {
             return Err(ForwardError::Denied(Denied::forbidden("the request-id window is set by the leader only")));
         }
-        if self.auth.mode != Mode::None && !matches!(authority, Authority::Node) {
+        if ops().any(|op| matches!(op, crate::types::Op::Writer(_))) {
+            return Err(ForwardError::Denied(Denied::forbidden(
+                "the writer of a request is recorded by the leader only",
+            )));
+        }
+        let writer = if self.auth.mode != Mode::None && !matches!(authority, Authority::Node) {
             self.await_own_term_applied(left()).await.map_err(|e| ForwardError::NotReady(e.to_string()))?;
             let tokens = self.sm.tokens();
             match authority {
@@ -256,13 +266,28 @@ impl Node {
                 // rights; whether its credential still holds, now that the
                 // table holds every revocation before this term, is all
                 // that is left (a token's rights change only with its hash).
-                Authority::Checked { caller, .. } => caller.need_valid(&tokens),
-                Authority::Client(a) => {
-                    self.auth.caller_from(a.as_deref(), &tokens).and_then(|caller| caller.need_txn(&req.txn))
-                }
-                Authority::Node => Ok(()),
+                Authority::Checked { caller, .. } => caller.need_valid(&tokens).map(|()| caller.who().to_owned()),
+                Authority::Client(a) => self
+                    .auth
+                    .caller_from(a.as_deref(), &tokens)
+                    .and_then(|caller| caller.need_txn(&req.txn).map(|()| caller.who().to_owned())),
+                Authority::Node => Ok(WRITER_NODE.to_owned()),
             }
-            .map_err(ForwardError::Denied)?;
+            .map_err(ForwardError::Denied)?
+        } else {
+            match authority {
+                Authority::Node => WRITER_NODE.to_owned(),
+                Authority::Checked { caller, .. } => caller.who().to_owned(),
+                Authority::Client(_) => ANONYMOUS.to_owned(),
+            }
+        };
+        // NOTE: the writer as this leader authorized it, recorded with the
+        // revision the request makes (crate::txn); first, so that it holds
+        // whichever branch runs.
+        for ops in [&mut req.txn.success, &mut req.txn.failure] {
+            if !ops.is_empty() {
+                ops.insert(0, crate::types::Op::Writer(writer.clone()));
+            }
         }
         match tokio::time::timeout(left(), self.proposer.propose(req)).await {
             Ok(r) => r.map_err(ForwardError::from),

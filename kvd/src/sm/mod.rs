@@ -61,6 +61,22 @@ pub enum ReadError {
     /// The store failed to read.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// A read at a revision the history no longer reaches.
+    #[error("revision {rev} is compacted (the history starts after {compact}); read the current state instead")]
+    Compacted {
+        /// The revision asked for.
+        rev: u64,
+        /// The history starts after this one.
+        compact: u64,
+    },
+    /// A read at a revision the state has not reached.
+    #[error("revision {rev} is ahead of the current revision {revision}")]
+    Ahead {
+        /// The revision asked for.
+        rev: u64,
+        /// The current one.
+        revision: u64,
+    },
 }
 
 /// Ends a load (see [`SmReader::view`]) when dropped, whatever happened.
@@ -344,12 +360,20 @@ impl SmReader {
             for item in self.store.events.range(event_key(st.compact + 1, 0)..event_key(compact + 1, 0)) {
                 batch.remove(&self.store.events, item.key().map_err(io_err)?);
             }
+            for item in self.store.revisions.range((st.compact + 1).to_be_bytes()..(compact + 1).to_be_bytes()) {
+                batch.remove(&self.store.revisions, item.key().map_err(io_err)?);
+            }
             st.compact = compact;
         }
         for (rev, seq, ev) in changes.events {
             // Events already older than the history are not kept at all.
             if rev > st.compact {
-                batch.insert(&self.store.events, event_key(rev, seq), encode(&ev));
+                batch.insert(&self.store.events, event_key(rev, seq), ev.encode());
+            }
+        }
+        for (rev, record) in changes.revisions {
+            if rev > st.compact {
+                batch.insert(&self.store.revisions, rev.to_be_bytes(), encode(&record));
             }
         }
         st.applied = Some(log_id);
@@ -542,6 +566,9 @@ mod snapshot_tests;
 
 #[cfg(test)]
 mod dedup_tests;
+
+#[cfg(test)]
+mod history_tests;
 
 #[cfg(test)]
 mod view_tests {

@@ -1,7 +1,10 @@
 //! Reads of the state machine: one entry, a listing, the watch history;
 //! each from one consistent view of the store.
 
+use std::ops::Bound;
+
 use super::*;
+use crate::types::{Prev, RevisionRecord};
 
 impl SmReader {
     /// Reads one entry and the revision the read reflects.
@@ -25,72 +28,116 @@ impl SmReader {
     ) -> Result<ListResponse, ReadError> {
         let snap = self.view()?;
         let revision = u64_of(snap.get(&self.store.sm_meta, REVISION).map_err(io_err)?);
-        let base = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
-        let info = |key: String, e: StoredEntry| {
-            let v = values.then_some(e.value.as_slice());
-            EntryInfo::new(key, e.meta(), v)
-        };
-        let mut entries = Vec::new();
-        let mut more = false;
-        if recursive {
-            let start = match after {
-                Some(a) if a.as_bytes() > base.as_bytes() => std::ops::Bound::Excluded(a.as_bytes().to_vec()),
-                _ => std::ops::Bound::Included(base.as_bytes().to_vec()),
-            };
-            let end = prefix_end(base.as_bytes());
-            for item in snap.range(&self.store.data, (start, end)) {
+        let range = |from, to| {
+            snap.range(&self.store.data, (from, to)).map(|item| {
                 let (k, v) = item.into_inner().map_err(io_err)?;
-                if entries.len() == limit {
-                    more = true;
-                    break;
-                }
-                let key = String::from_utf8_lossy(&k).into_owned();
-                entries.push(info(key, decode(&v)?));
+                Ok((String::from_utf8_lossy(&k).into_owned(), Stored::Encoded(v)))
+            })
+        };
+        let page = Page { prefix, recursive, values, after, limit };
+        Ok(page.list(range, revision)?)
+    }
+
+    /// The entry at `key` as it was at revision `rev`, from the history.
+    pub fn get_at(&self, key: &str, rev: u64) -> Result<Option<StoredEntry>, ReadError> {
+        let snap = self.view()?;
+        self.check_past(&snap, rev)?;
+        for item in snap.range(&self.store.events, event_key(rev.saturating_add(1), 0)..) {
+            let (_, v) = item.into_inner().map_err(io_err)?;
+            let ev = StoredEvent::decode(&v)?;
+            if ev.key == key {
+                return before(ev, rev);
             }
-        } else {
-            // Walk every direct child, jumping over each child's subtree.
-            // NOTE: no early stop at `limit`: a subtree can sort after a
-            // sibling with a longer name ("b.txt" < "b/c"), so the page is
-            // cut only once all names are known.
-            let mut children: BTreeMap<String, EntryInfo> = BTreeMap::new();
-            let mut from: Vec<u8> = [base.as_bytes(), after.unwrap_or("").as_bytes()].concat();
-            let end = prefix_end(base.as_bytes());
-            'outer: loop {
-                for item in snap.range(&self.store.data, (std::ops::Bound::Included(from.clone()), end.clone())) {
-                    let (k, v) = item.into_inner().map_err(io_err)?;
-                    let key = String::from_utf8_lossy(&k).into_owned();
-                    let rest = &key[base.len()..];
-                    let (name, below) = match rest.split_once('/') {
-                        None => (rest, false),
-                        Some((name, _)) => (name, true),
-                    };
-                    let seen = after.is_some_and(|a| name <= a);
-                    if !seen {
-                        if below {
-                            children.entry(name.to_owned()).or_insert_with(|| implied_dir(format!("{base}{name}")));
-                        } else {
-                            children.insert(name.to_owned(), info(key.clone(), decode(&v)?));
-                        }
-                    }
-                    if below {
-                        // Jump past the subtree `base/name/…`: '0' follows '/'.
-                        from = format!("{base}{name}0").into_bytes();
-                        continue 'outer;
-                    }
-                }
+        }
+        Ok(snap.get(&self.store.data, key).map_err(io_err)?.map(|b| decode(&b)).transpose()?)
+    }
+
+    /// Lists below `prefix` as it was at revision `rev` (see [`Self::list`]),
+    /// from the history.
+    pub fn list_at(
+        &self,
+        prefix: &str,
+        recursive: bool,
+        values: bool,
+        after: Option<&str>,
+        limit: usize,
+        rev: u64,
+    ) -> Result<ListResponse, ReadError> {
+        let snap = self.view()?;
+        self.check_past(&snap, rev)?;
+        let base = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+        let mut then: BTreeMap<String, StoredEntry> = BTreeMap::new();
+        for item in
+            snap.range(&self.store.data, (Bound::Included(base.as_bytes().to_vec()), prefix_end(base.as_bytes())))
+        {
+            let (k, v) = item.into_inner().map_err(io_err)?;
+            then.insert(String::from_utf8_lossy(&k).into_owned(), decode(&v)?);
+        }
+        // NOTE: the first event of a key after `rev` holds what it was at
+        // `rev`; later ones change nothing of that.
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for item in snap.range(&self.store.events, event_key(rev.saturating_add(1), 0)..) {
+            let (_, v) = item.into_inner().map_err(io_err)?;
+            let ev = StoredEvent::decode(&v)?;
+            if !ev.key.starts_with(&base) || !seen.insert(ev.key.clone()) {
+                continue;
+            }
+            let key = ev.key.clone();
+            match before(ev, rev)? {
+                Some(e) => then.insert(key, e),
+                None => then.remove(&key),
+            };
+        }
+        let range = |from: Bound<Vec<u8>>, to: Bound<Vec<u8>>| {
+            let from = from.map(|b| String::from_utf8_lossy(&b).into_owned());
+            let to = to.map(|b| String::from_utf8_lossy(&b).into_owned());
+            then.range::<String, _>((from, to)).map(|(k, e)| Ok((k.clone(), Stored::Decoded(e.clone()))))
+        };
+        let page = Page { prefix, recursive, values, after, limit };
+        Ok(page.list(range, rev)?)
+    }
+
+    /// The versions of `key` in the history, newest first, at most `limit`;
+    /// the current revision; the revision the history starts after.
+    pub fn history(&self, key: &str, limit: usize) -> Result<(Vec<Version>, u64, u64), ReadError> {
+        let snap = self.view()?;
+        let revision = u64_of(snap.get(&self.store.sm_meta, REVISION).map_err(io_err)?);
+        let compact = u64_of(snap.get(&self.store.sm_meta, COMPACT).map_err(io_err)?);
+        let mut out = Vec::new();
+        for item in snap.range(&self.store.events, event_key(compact.saturating_add(1), 0)..).rev() {
+            let (k, v) = item.into_inner().map_err(io_err)?;
+            let ev = StoredEvent::decode(&v)?;
+            if ev.key != key {
+                continue;
+            }
+            let rev = u64::from_be_bytes(k[..8].try_into().map_err(io_err)?);
+            // NOTE: a key changed twice in one revision shows once, as it
+            // was at the revision's end (the later event, met first here).
+            if out.last().is_some_and(|v: &Version| v.revision == rev) {
+                continue;
+            }
+            let record: Option<RevisionRecord> =
+                snap.get(&self.store.revisions, rev.to_be_bytes()).map_err(io_err)?.map(|b| decode(&b)).transpose()?;
+            out.push(Version { revision: rev, record, entry: ev.entry });
+            if out.len() == limit {
                 break;
             }
-            if children.len() > limit {
-                more = true;
-            }
-            entries.extend(children.into_values().take(limit));
         }
-        let next_after = if more {
-            entries.last().map(|e| if recursive { e.key.clone() } else { e.key[base.len()..].to_owned() })
-        } else {
-            None
-        };
-        Ok(ListResponse { revision, entries, more, next_after })
+        Ok((out, revision, compact))
+    }
+
+    /// Refuses a read at `rev` that the history no longer reaches, or that
+    /// lies ahead of the state.
+    fn check_past(&self, snap: &fjall::Snapshot, rev: u64) -> Result<(), ReadError> {
+        let revision = u64_of(snap.get(&self.store.sm_meta, REVISION).map_err(io_err)?);
+        let compact = u64_of(snap.get(&self.store.sm_meta, COMPACT).map_err(io_err)?);
+        if rev > revision {
+            return Err(ReadError::Ahead { rev, revision });
+        }
+        if rev < compact {
+            return Err(ReadError::Compacted { rev, compact });
+        }
+        Ok(())
     }
 
     /// Events after revision `after` of keys in `prefix`: whole revisions
@@ -113,7 +160,7 @@ impl SmReader {
                 break;
             }
             last_rev = rev;
-            let ev: StoredEvent = decode(&v)?;
+            let ev = StoredEvent::decode(&v)?;
             if key_in_prefix(&ev.key, prefix) {
                 out.push((rev, ev));
             }
@@ -122,16 +169,135 @@ impl SmReader {
     }
 }
 
+/// One version of a key in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// The revision that made it.
+    pub revision: u64,
+    /// When and by whom, if recorded.
+    pub record: Option<RevisionRecord>,
+    /// The entry it left; `None`: deleted.
+    pub entry: Option<StoredEntry>,
+}
+
+/// What an event's key held at `rev`, the revision before the event's.
+fn before(ev: StoredEvent, rev: u64) -> Result<Option<StoredEntry>, ReadError> {
+    match ev.prev {
+        Prev::Absent => Ok(None),
+        Prev::Entry(e) => Ok(Some(e)),
+        // NOTE: written by a kvd that kept no previous entries: the history
+        // reaches no further back than the first event kept with one.
+        Prev::Unknown => Err(ReadError::Compacted { rev, compact: rev.saturating_add(1) }),
+    }
+}
+
+/// An entry as a listing meets it: still encoded (the store) or not.
+enum Stored {
+    Encoded(fjall::Slice),
+    Decoded(StoredEntry),
+}
+
+impl Stored {
+    fn entry(self) -> io::Result<StoredEntry> {
+        match self {
+            Stored::Encoded(b) => decode(&b),
+            Stored::Decoded(e) => Ok(e),
+        }
+    }
+}
+
+/// One page of a listing (see [`SmReader::list`]).
+struct Page<'a> {
+    prefix: &'a str,
+    recursive: bool,
+    values: bool,
+    after: Option<&'a str>,
+    limit: usize,
+}
+
+impl Page<'_> {
+    /// The page, over the entries `range` yields between two keys, in order.
+    fn list<I>(&self, range: impl Fn(Bound<Vec<u8>>, Bound<Vec<u8>>) -> I, revision: u64) -> io::Result<ListResponse>
+    where
+        I: Iterator<Item = io::Result<(String, Stored)>>,
+    {
+        let (prefix, recursive, after, limit) = (self.prefix, self.recursive, self.after, self.limit);
+        let base = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+        let info = |key: String, e: StoredEntry| {
+            let v = self.values.then_some(e.value.as_slice());
+            EntryInfo::new(key, e.meta(), v)
+        };
+        let mut entries = Vec::new();
+        let mut more = false;
+        if recursive {
+            let start = match after {
+                Some(a) if a.as_bytes() > base.as_bytes() => Bound::Excluded(a.as_bytes().to_vec()),
+                _ => Bound::Included(base.as_bytes().to_vec()),
+            };
+            for item in range(start, prefix_end(base.as_bytes())) {
+                let (key, v) = item?;
+                if entries.len() == limit {
+                    more = true;
+                    break;
+                }
+                entries.push(info(key, v.entry()?));
+            }
+        } else {
+            // Walk every direct child, jumping over each child's subtree.
+            // NOTE: no early stop at `limit`: a subtree can sort after a
+            // sibling with a longer name ("b.txt" < "b/c"), so the page is
+            // cut only once all names are known.
+            let mut children: BTreeMap<String, EntryInfo> = BTreeMap::new();
+            let mut from: Vec<u8> = [base.as_bytes(), after.unwrap_or("").as_bytes()].concat();
+            let end = prefix_end(base.as_bytes());
+            'outer: loop {
+                for item in range(Bound::Included(from.clone()), end.clone()) {
+                    let (key, v) = item?;
+                    let rest = &key[base.len()..];
+                    let (name, below) = match rest.split_once('/') {
+                        None => (rest, false),
+                        Some((name, _)) => (name, true),
+                    };
+                    let seen = after.is_some_and(|a| name <= a);
+                    if !seen {
+                        if below {
+                            children.entry(name.to_owned()).or_insert_with(|| implied_dir(format!("{base}{name}")));
+                        } else {
+                            children.insert(name.to_owned(), info(key.clone(), v.entry()?));
+                        }
+                    }
+                    if below {
+                        // Jump past the subtree `base/name/…`: '0' follows '/'.
+                        from = format!("{base}{name}0").into_bytes();
+                        continue 'outer;
+                    }
+                }
+                break;
+            }
+            if children.len() > limit {
+                more = true;
+            }
+            entries.extend(children.into_values().take(limit));
+        }
+        let next_after = if more {
+            entries.last().map(|e| if recursive { e.key.clone() } else { e.key[base.len()..].to_owned() })
+        } else {
+            None
+        };
+        Ok(ListResponse { revision, entries, more, next_after })
+    }
+}
+
 /// The smallest key after every key that starts with `base`.
-fn prefix_end(base: &[u8]) -> std::ops::Bound<Vec<u8>> {
+fn prefix_end(base: &[u8]) -> Bound<Vec<u8>> {
     let mut end = base.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
             end.push(last + 1);
-            return std::ops::Bound::Excluded(end);
+            return Bound::Excluded(end);
         }
     }
-    std::ops::Bound::Unbounded
+    Bound::Unbounded
 }
 
 fn implied_dir(key: String) -> EntryInfo {

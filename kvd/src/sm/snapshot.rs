@@ -84,7 +84,7 @@ impl SmReader {
         let s = &self.store;
         self.loads.fetch_add(1, Ordering::SeqCst);
         let _done = LoadDone(&self.loads);
-        for ks in [&s.data, &s.dedup, &s.events, &s.sys] {
+        for ks in [&s.data, &s.dedup, &s.events, &s.revisions, &s.sys] {
             ks.clear().unwrap_or_else(|e| fatal("clearing the state machine failed", &e));
         }
         self.at(Step::Cleared);
