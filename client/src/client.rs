@@ -12,7 +12,9 @@ use crate::error::{body_error, check, error_chain, Error, ErrorCode};
 use crate::key::{normalize_prefix, validate_key};
 use crate::pages::Cursor;
 use crate::path::encode_key;
-use crate::types::{header, AddMember, Attrs, ClusterInfo, Kind, ListResponse, Meta, TxnRequest, TxnResponse};
+use crate::types::{
+    header, AddMember, Attrs, ClusterInfo, HistoryResponse, Kind, ListResponse, Meta, TxnRequest, TxnResponse,
+};
 use crate::watch::{Resuming, Watch};
 
 /// A value read with its metadata.
@@ -55,6 +57,9 @@ pub struct ListOptions {
     pub after: Option<String>,
     /// Let the member answer from its own state.
     pub stale: bool,
+    /// The listing as it was at this past revision (within the history;
+    /// [`ErrorCode::Compacted`] beyond it).
+    pub rev: Option<u64>,
 }
 
 /// How a client authenticates itself and checks the server.
@@ -398,8 +403,26 @@ impl Client {
 
     /// Reads a key; with `stale` the member answers from its own state.
     pub async fn get_opts(&self, key: &str, stale: bool) -> Result<Option<Value>, Error> {
+        self.get_query(key, if stale { "?stale=true" } else { "" }).await
+    }
+
+    /// Reads a key as it was at a past revision (within the history;
+    /// [`ErrorCode::Compacted`] beyond it). The value's `revision` is `rev`.
+    pub async fn get_at(&self, key: &str, rev: u64) -> Result<Option<Value>, Error> {
+        self.get_query(key, &format!("?rev={rev}")).await
+    }
+
+    /// The versions of a key the history holds, newest first (at most
+    /// `limit`, or the server's default).
+    pub async fn history(&self, key: &str, limit: Option<usize>) -> Result<HistoryResponse, Error> {
         validate_key(key)?;
-        let q = if stale { "?stale=true" } else { "" };
+        let q = limit.map(|l| format!("?limit={l}")).unwrap_or_default();
+        let resp = self.send(Method::GET, &format!("/v1/history/{}{q}", encode_key(key)), |r| r).await?;
+        json(check(resp).await?).await
+    }
+
+    async fn get_query(&self, key: &str, q: &str) -> Result<Option<Value>, Error> {
+        validate_key(key)?;
         let resp = self.send(Method::GET, &format!("/v1/kv/{}{q}", encode_key(key)), |r| r).await?;
         let resp = match check(resp).await {
             Err(e) if e.is(&ErrorCode::NotFound) => return Ok(None),
@@ -483,6 +506,9 @@ impl Client {
         if let Some(a) = &opts.after {
             q.push(format!("after={}", encode_key(a).replace('/', "%2F")));
         }
+        if let Some(r) = opts.rev {
+            q.push(format!("rev={r}"));
+        }
         let qs = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
         let resp = self.send(Method::GET, &format!("/v1/list/{}{qs}", encode_key(prefix)), |r| r).await?;
         json(check(resp).await?).await
@@ -531,8 +557,18 @@ impl Client {
     /// few keepalive intervals, and a stream that fails or ends moves this
     /// client's next requests past its member.
     pub async fn watch(&self, prefix: &str, after: Option<u64>) -> Result<Watch, Error> {
+        self.watch_opts(prefix, after, false).await
+    }
+
+    /// [`Client::watch`]; with `prev`, each event also carries the entry
+    /// before it ([`crate::WatchEvent::prev`]).
+    pub async fn watch_opts(&self, prefix: &str, after: Option<u64>, prev: bool) -> Result<Watch, Error> {
         let prefix = normalize_prefix(prefix)?;
-        let q = after.map(|r| format!("?rev={r}")).unwrap_or_default();
+        let mut q: Vec<String> = after.map(|r| format!("rev={r}")).into_iter().collect();
+        if prev {
+            q.push("prev=true".to_owned());
+        }
+        let q = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
         let path = format!("/v1/watch/{}{q}", encode_key(prefix));
         let start = self.current.load(Ordering::Relaxed);
         let mut last_err = String::new();

@@ -164,6 +164,40 @@ pub struct ListResponse {
     pub next_after: Option<String>,
 }
 
+/// `GET /v1/history/{key}` answer: the key's versions that the history
+/// still holds, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryResponse {
+    /// The key.
+    pub key: String,
+    /// The revision the answer reflects.
+    pub revision: u64,
+    /// The history starts after this revision: versions before it are gone.
+    pub compact: u64,
+    /// Versions, newest first.
+    pub versions: Vec<KeyVersion>,
+}
+
+/// One version of a key: what one revision left there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyVersion {
+    /// The revision that made it.
+    pub revision: u64,
+    /// When, ns since the epoch (the log time of the write); absent when
+    /// not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ns: Option<i64>,
+    /// Who: a token's name, a JWT's subject, `anonymous`, or `kvd`; absent
+    /// when not recorded (written before writers were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
+    /// The revision deleted the key.
+    pub deleted: bool,
+    /// The entry's metadata after the revision; absent when deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Meta>,
+}
+
 /// A condition of a transaction. Exactly one of `mod_revision` and `exists`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -320,6 +354,10 @@ pub struct WatchEvent {
     /// The entry after a put, with its value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry: Option<EntryInfo>,
+    /// The entry before the change, with its value, when the watch asked
+    /// for it (`prev=true`) and the key existed (and the history kept it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<EntryInfo>,
 }
 
 /// One node's own view of itself (`GET /v1/status`).

@@ -37,6 +37,9 @@ pub struct Watch {
 }
 
 /// One message of a watch stream.
+// NOTE: events are nearly every message; boxing them would cost an
+// allocation each for the rare keepalive's sake.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchMessage {
     /// A change.
@@ -217,6 +220,8 @@ pub struct Resuming<'c> {
     watch: Option<Watch>,
     /// Whether a stream was ever opened: the next one waits a moment first.
     opened: bool,
+    /// Events carry the entry before them.
+    prev: bool,
     on_interrupt: Option<OnInterrupt<'c>>,
 }
 
@@ -228,7 +233,21 @@ impl std::fmt::Debug for Resuming<'_> {
 
 impl<'c> Resuming<'c> {
     pub(crate) fn new(client: &'c Client, prefix: &str, after: Option<u64>) -> Resuming<'c> {
-        Resuming { client, prefix: prefix.to_owned(), after, watch: None, opened: false, on_interrupt: None }
+        Resuming {
+            client,
+            prefix: prefix.to_owned(),
+            after,
+            watch: None,
+            opened: false,
+            prev: false,
+            on_interrupt: None,
+        }
+    }
+
+    /// Asks for the entry before each event ([`crate::WatchEvent::prev`]).
+    pub fn with_prev(mut self) -> Resuming<'c> {
+        self.prev = true;
+        self
     }
 
     /// Calls `f` with each error a new stream gets past (to tell a user
@@ -260,7 +279,7 @@ impl<'c> Resuming<'c> {
                     if self.opened {
                         tokio::time::sleep(RESUME_PAUSE).await;
                     }
-                    match self.client.watch(&self.prefix, self.after).await {
+                    match self.client.watch_opts(&self.prefix, self.after, self.prev).await {
                         Ok(w) => {
                             self.opened = true;
                             self.after = w.last_revision().or(self.after);

@@ -10,13 +10,16 @@ use crate::Failure;
 
 /// `kvctl get KEY`
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Example:\n  kvctl get app/db/url > url.txt")]
+#[command(after_help = "Examples:\n  kvctl get app/db/url > url.txt\n  kvctl get app/nginx.conf --rev 41")]
 pub struct GetArgs {
     /// The key.
     key: String,
     /// Let the member answer from its own state (may be stale).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rev")]
     stale: bool,
+    /// The value as it was at this past revision (see `kvctl history`).
+    #[arg(long, value_name = "REV")]
+    rev: Option<u64>,
 }
 
 /// `kvctl put KEY [VALUE|-]`
@@ -76,19 +79,29 @@ pub struct LsArgs {
     #[arg(short, long)]
     recursive: bool,
     /// Let the member answer from its own state (may be stale).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rev")]
     stale: bool,
+    /// The prefix as it was at this past revision.
+    #[arg(long, value_name = "REV")]
+    rev: Option<u64>,
 }
 
 pub async fn get(client: &Client, a: GetArgs) -> Result<(), Failure> {
-    match client.get_opts(&a.key, a.stale).await? {
+    let value = match a.rev {
+        Some(rev) => client.get_at(&a.key, rev).await?,
+        None => client.get_opts(&a.key, a.stale).await?,
+    };
+    match value {
         Some(v) => {
             let mut out = std::io::stdout().lock();
             out.write_all(&v.value).context("writing to stdout")?;
             out.flush().context("writing to stdout")?;
             Ok(())
         }
-        None => Err(anyhow::anyhow!("key {:?} not found", a.key).into()),
+        None => match a.rev {
+            Some(rev) => Err(anyhow::anyhow!("key {:?} did not exist at revision {rev}", a.key).into()),
+            None => Err(anyhow::anyhow!("key {:?} not found", a.key).into()),
+        },
     }
 }
 
@@ -124,7 +137,7 @@ pub async fn del(client: &Client, a: DelArgs, fmt: Format) -> Result<(), Failure
 }
 
 pub async fn ls(client: &Client, a: LsArgs, fmt: Format) -> Result<(), Failure> {
-    let opts = ListOptions { recursive: a.recursive, stale: a.stale, ..ListOptions::default() };
+    let opts = ListOptions { recursive: a.recursive, stale: a.stale, rev: a.rev, ..ListOptions::default() };
     let ListResponse { revision, entries, .. } = client.list_all(&a.prefix, &opts).await?;
     match fmt {
         Format::Json => output::json(&serde_json::json!({"revision": revision, "entries": entries}))?,

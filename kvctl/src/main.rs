@@ -2,6 +2,7 @@
 
 mod bench;
 mod data;
+mod history;
 mod member;
 mod output;
 mod snapshot;
@@ -68,6 +69,8 @@ enum Command {
     Ls(data::LsArgs),
     /// Watch a prefix for changes (optionally running a command per change).
     Watch(watch::WatchArgs),
+    /// A key's versions in the history: revision, time, writer.
+    History(history::HistoryArgs),
     /// Members: list, add, promote, remove.
     #[command(subcommand)]
     Member(member::MemberCommand),
@@ -200,6 +203,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Put(a) => data::put(&client, a, cli.output).await,
         Command::Del(a) => data::del(&client, a, cli.output).await,
         Command::Ls(a) => data::ls(&client, a, cli.output).await,
+        Command::History(a) => history::run(&client, a, cli.output).await,
         Command::Watch(a) => watch::run(&client, a, cli.output).await,
         Command::Member(m) => member::member(&client, m, cli.output).await,
         Command::Status => member::status(&client, cli.output).await,

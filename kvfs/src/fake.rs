@@ -224,6 +224,7 @@ impl State {
                         key: key.clone(),
                         revision: rev,
                         entry: Some(e.info(&key)),
+                        prev: None,
                     });
                     self.data.insert(key.clone(), e);
                     results.push(OpResult { op: "put".into(), key, mod_revision: Some(rev), deleted: None });
@@ -240,7 +241,13 @@ impl State {
                     }
                     for k in &gone {
                         self.data.remove(k);
-                        events.push(WatchEvent { kind: EventType::Delete, key: k.clone(), revision: rev, entry: None });
+                        events.push(WatchEvent {
+                            kind: EventType::Delete,
+                            key: k.clone(),
+                            revision: rev,
+                            entry: None,
+                            prev: None,
+                        });
                     }
                     let deleted = Some(gone.len() as u64);
                     results.push(OpResult { op: "delete".into(), key, mod_revision: None, deleted });

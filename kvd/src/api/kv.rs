@@ -6,11 +6,14 @@ use axum::body::Body;
 use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use kv_client::{header as kvh, Access};
+use kv_client::{header as kvh, Access, HistoryResponse, KeyVersion};
 use serde_bytes::ByteBuf;
 
 use super::error::{compare_failed, ApiError, ApiResult};
-use super::parse::{check_put, if_none_match, parse_delete, parse_get, parse_list, parse_put, parse_txn, read_body};
+use super::parse::{
+    check_put, if_none_match, parse_delete, parse_get, parse_history, parse_list, parse_put, parse_txn, read_body,
+    GetRequest,
+};
 use super::{http_date, json_with_revision, propose, read_barrier, wire_response};
 use crate::auth::Caller;
 use crate::node::Node;
@@ -23,10 +26,13 @@ pub(crate) async fn kv_get(
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<HttpResponse> {
-    let (key, stale) = parse_get(&uri)?;
+    let GetRequest { key, stale, rev } = parse_get(&uri)?;
     caller.need_read(&key)?;
     read_barrier(&node, &caller, stale).await?;
-    let (entry, rev) = node.state().get(&key)?;
+    let (entry, rev) = match rev {
+        Some(rev) => (node.state().get_at(&key, rev)?, rev),
+        None => node.state().get(&key)?,
+    };
     let Some(e) = entry else {
         let mut resp = ApiError::not_found(format!("key {key:?} not found")).into_response();
         resp.headers_mut().insert(kvh::REVISION, rev.into());
@@ -125,7 +131,10 @@ pub(crate) async fn list(
     let q = parse_list(&uri)?;
     let access = caller.need_some_read(&q.prefix)?;
     read_barrier(&node, &caller, q.stale).await?;
-    let mut r = node.state().list(&q.prefix, q.recursive, q.values, q.after.as_deref(), q.limit)?;
+    let mut r = match q.rev {
+        Some(rev) => node.state().list_at(&q.prefix, q.recursive, q.values, q.after.as_deref(), q.limit, rev)?,
+        None => node.state().list(&q.prefix, q.recursive, q.values, q.after.as_deref(), q.limit)?,
+    };
     if access == Access::Partial {
         // NOTE: only what the caller may read, and the directories leading
         // to it; paging still works because `next_after` is unchanged.
@@ -154,4 +163,29 @@ pub(crate) async fn txn(
     caller.need_txn(&txn)?;
     let r = propose(&node, &caller, &headers, txn).await?;
     Ok(json_with_revision(StatusCode::OK, r.revision, &wire_response(&r)))
+}
+
+/// GET /v1/history/{key}?limit=N: the key's versions in the history,
+/// newest first, with when and by whom each was written.
+pub(crate) async fn history(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> ApiResult<HttpResponse> {
+    let (key, limit) = parse_history(&uri)?;
+    caller.need_read(&key)?;
+    read_barrier(&node, &caller, false).await?;
+    let (versions, revision, compact) = node.state().history(&key, limit)?;
+    let versions = versions
+        .into_iter()
+        .map(|v| KeyVersion {
+            revision: v.revision,
+            time_ns: v.record.as_ref().map(|r| r.time_ns),
+            writer: v.record.and_then(|r| r.writer),
+            deleted: v.entry.is_none(),
+            meta: v.entry.map(|e| e.meta()),
+        })
+        .collect();
+    let body = HistoryResponse { key, revision, compact, versions };
+    Ok(json_with_revision(StatusCode::OK, revision, &body))
 }

@@ -32,7 +32,7 @@ use auth::{create_token, list_tokens, revoke_token, whoami};
 use cluster::{add_member, cluster, promote_member, remove_member, snapshot, status, transfer_leader};
 use error::{ApiError, ApiResult};
 use health::{live, metrics, ready};
-use kv::{kv_delete, kv_get, kv_put, list, txn};
+use kv::{history, kv_delete, kv_get, kv_put, list, txn};
 use parse::{request_id_of, valid_request_id};
 use watch::{watch, WatchPages};
 
@@ -49,6 +49,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/list/", get(list))
         .route("/v1/list/{*prefix}", get(list))
         .route("/v1/txn", post(txn))
+        .route("/v1/history/{*key}", get(history))
         .route("/v1/watch", get(watch))
         .route("/v1/watch/", get(watch))
         .route("/v1/watch/{*prefix}", get(watch))

@@ -21,6 +21,9 @@ pub(crate) const MAX_TXN_OPS: usize = 1024;
 /// Default and largest page of a list.
 pub(crate) const LIST_DEFAULT_LIMIT: usize = 10_000;
 pub(crate) const LIST_MAX_LIMIT: usize = 100_000;
+/// Default and largest number of versions in a history answer.
+pub(crate) const HISTORY_DEFAULT_LIMIT: usize = 100;
+pub(crate) const HISTORY_MAX_LIMIT: usize = 10_000;
 
 /// What `X-Kv-Request-Id` may hold.
 pub(crate) fn valid_request_id(s: &str) -> bool {
@@ -133,14 +136,55 @@ pub(crate) fn conditions(key: &str, headers: &HeaderMap) -> ApiResult<Vec<Cmp>> 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ReadParams {
     pub(crate) stale: Option<String>,
+    pub(crate) rev: Option<String>,
 }
 
-/// The key and `stale` flag of a get.
-pub(crate) fn parse_get(uri: &Uri) -> ApiResult<(String, bool)> {
+/// A checked get: the key, `stale`, and the past revision to read at.
+#[derive(Debug)]
+pub(crate) struct GetRequest {
+    pub(crate) key: String,
+    pub(crate) stale: bool,
+    pub(crate) rev: Option<u64>,
+}
+
+pub(crate) fn parse_get(uri: &Uri) -> ApiResult<GetRequest> {
     let key = path_key(uri, "kv")?;
     check_key(&key)?;
     let p: ReadParams = query(uri)?;
-    Ok((key, flag(&p.stale, "stale")?))
+    Ok(GetRequest { key, stale: flag(&p.stale, "stale")?, rev: revision(&p.rev)? })
+}
+
+/// A `rev=N` query parameter: the revision to read at.
+fn revision(v: &Option<String>) -> ApiResult<Option<u64>> {
+    v.as_deref()
+        .map(|r| {
+            r.parse::<u64>().map_err(|_| ApiError::new(ErrorCode::BadQuery, format!("revision {r:?} is not a number")))
+        })
+        .transpose()
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct HistoryParams {
+    pub(crate) limit: Option<String>,
+}
+
+/// A checked history request: the key and how many versions at most.
+pub(crate) fn parse_history(uri: &Uri) -> ApiResult<(String, usize)> {
+    let key = path_key(uri, "history")?;
+    check_key(&key)?;
+    let p: HistoryParams = query(uri)?;
+    Ok((key, limit(&p.limit, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT)?))
+}
+
+/// A `limit=N` query parameter from 1 to `max`.
+fn limit(v: &Option<String>, default: usize, max: usize) -> ApiResult<usize> {
+    match v.as_deref() {
+        None => Ok(default),
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::new(ErrorCode::BadQuery, format!("limit must be a number from 1 to {max}"))),
+        },
+    }
 }
 
 /// Parses the attribute headers of a PUT.
@@ -219,6 +263,7 @@ pub(crate) struct ListParams {
     pub(crate) stale: Option<String>,
     pub(crate) limit: Option<String>,
     pub(crate) after: Option<String>,
+    pub(crate) rev: Option<String>,
 }
 
 /// A checked list request.
@@ -230,23 +275,13 @@ pub(crate) struct ListRequest {
     pub(crate) stale: bool,
     pub(crate) limit: usize,
     pub(crate) after: Option<String>,
+    pub(crate) rev: Option<u64>,
 }
 
 pub(crate) fn parse_list(uri: &Uri) -> ApiResult<ListRequest> {
     let prefix = check_prefix(&path_key(uri, "list")?)?;
     let p: ListParams = query(uri)?;
-    let limit = match p.limit.as_deref() {
-        None => LIST_DEFAULT_LIMIT,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=LIST_MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::new(
-                    ErrorCode::BadQuery,
-                    format!("limit must be a number from 1 to {LIST_MAX_LIMIT}"),
-                ))
-            }
-        },
-    };
+    let limit = limit(&p.limit, LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT)?;
     Ok(ListRequest {
         prefix,
         recursive: flag(&p.recursive, "recursive")?,
@@ -254,6 +289,7 @@ pub(crate) fn parse_list(uri: &Uri) -> ApiResult<ListRequest> {
         stale: flag(&p.stale, "stale")?,
         limit,
         after: p.after,
+        rev: revision(&p.rev)?,
     })
 }
 
@@ -312,11 +348,21 @@ pub(crate) fn parse_txn(raw: &[u8], max_value: u64) -> ApiResult<Txn> {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct WatchParams {
     pub(crate) rev: Option<String>,
+    pub(crate) prev: Option<String>,
+}
+
+/// A checked watch: the prefix, the revision it resumes after (`rev=` or
+/// `Last-Event-ID`), and whether events carry the entry before.
+#[derive(Debug)]
+pub(crate) struct WatchRequest {
+    pub(crate) prefix: String,
+    pub(crate) from: Option<u64>,
+    pub(crate) prev: bool,
 }
 
 /// The prefix of a watch and the revision it resumes after (`rev=` or
 /// `Last-Event-ID`).
-pub(crate) fn parse_watch(uri: &Uri, headers: &HeaderMap) -> ApiResult<(String, Option<u64>)> {
+pub(crate) fn parse_watch(uri: &Uri, headers: &HeaderMap) -> ApiResult<WatchRequest> {
     let prefix = check_prefix(&path_key(uri, "watch")?)?;
     let p: WatchParams = query(uri)?;
     let bad_rev = |v: &str| ApiError::new(ErrorCode::BadQuery, format!("revision {v:?} is not a number"));
@@ -328,7 +374,7 @@ pub(crate) fn parse_watch(uri: &Uri, headers: &HeaderMap) -> ApiResult<(String, 
         }
         (None, None) => None,
     };
-    Ok((prefix, from))
+    Ok(WatchRequest { prefix, from, prev: flag(&p.prev, "prev")? })
 }
 
 pub(crate) fn member_id(uri: &Uri) -> ApiResult<u64> {
@@ -399,8 +445,12 @@ pub fn fuzz_request(data: &[u8]) {
     }
     let valid = |k: &str| assert!(validate_key(k).is_ok(), "{k:?} passed the checks but is not a valid key");
     let prefix_ok = |p: &str| assert!(p.is_empty() || validate_key(p).is_ok(), "{p:?} is not a valid prefix");
-    if let Ok((key, _)) = parse_get(&uri) {
+    if let Ok(g) = parse_get(&uri) {
+        valid(&g.key);
+    }
+    if let Ok((key, limit)) = parse_history(&uri) {
         valid(&key);
+        assert!((1..=HISTORY_MAX_LIMIT).contains(&limit));
     }
     if let Ok((key, attrs, _)) = parse_put(&uri, &headers) {
         valid(&key);
@@ -417,8 +467,8 @@ pub fn fuzz_request(data: &[u8]) {
         prefix_ok(&q.prefix);
         assert!((1..=LIST_MAX_LIMIT).contains(&q.limit));
     }
-    if let Ok((prefix, _)) = parse_watch(&uri, &headers) {
-        prefix_ok(&prefix);
+    if let Ok(w) = parse_watch(&uri, &headers) {
+        prefix_ok(&w.prefix);
     }
     if let Ok(id) = request_id_of(&headers) {
         assert!(id.is_empty() || valid_request_id(&id));

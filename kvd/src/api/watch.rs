@@ -11,10 +11,11 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use kv_client::{header as kvh, Access, EntryInfo, ErrorCode, EventType, Grants, WatchEvent};
 
 use super::error::{ApiError, ApiResult};
-use super::parse::parse_watch;
+use super::parse::{parse_watch, WatchRequest};
 use crate::auth::{Caller, Validity};
 use crate::node::Node;
 use crate::sm::ReadError;
+use crate::types::Prev;
 
 /// Events read from the history per step of a watch stream.
 pub(crate) const WATCH_BATCH: usize = 512;
@@ -30,6 +31,8 @@ pub(crate) struct WatchState {
     /// Pages of events shared with this node's other streams.
     pages: Arc<WatchPages>,
     prefix: String,
+    /// Events carry the entry before them.
+    prev: bool,
     /// Rights of a caller who may read only parts of the prefix.
     partial: Option<Grants>,
     /// The stream ends when the caller's credential stops holding.
@@ -55,6 +58,26 @@ pub(crate) struct PageEvent {
     put: bool,
     /// The event as JSON, the `data:` of its SSE message.
     data: String,
+    /// The event with the entry before it, for streams that asked
+    /// (`prev=true`): made by the first of them.
+    with_prev: std::sync::OnceLock<String>,
+    /// The entry before the event, when there was one and it was kept.
+    prev: Option<EntryInfo>,
+    /// The event as sent without `prev`.
+    wire: WatchEvent,
+}
+
+impl PageEvent {
+    /// The `data:` of the event's SSE message, with the entry before it or not.
+    fn data(&self, prev: bool) -> &str {
+        if !prev || self.prev.is_none() {
+            return &self.data;
+        }
+        self.with_prev.get_or_init(|| {
+            let wire = WatchEvent { prev: self.prev.clone(), ..self.wire.clone() };
+            serde_json::to_string(&wire).unwrap_or_default()
+        })
+    }
 }
 
 /// The events of every key after a revision, encoded, and the last
@@ -97,9 +120,18 @@ impl WatchPages {
                     key: ev.key.clone(),
                     revision,
                     entry: ev.entry.as_ref().map(|e| EntryInfo::new(ev.key.clone(), e.meta(), Some(&e.value))),
+                    prev: None,
+                };
+                let prev = match &ev.prev {
+                    Prev::Entry(e) => {
+                        bytes += e.value.len();
+                        Some(EntryInfo::new(ev.key.clone(), e.meta(), Some(&e.value)))
+                    }
+                    Prev::Absent | Prev::Unknown => None,
                 };
                 let data = serde_json::to_string(&wire).unwrap_or_default();
-                PageEvent { revision, key: ev.key, put: ev.entry.is_some(), data }
+                let put = ev.entry.is_some();
+                PageEvent { revision, key: ev.key, put, data, with_prev: Default::default(), prev, wire }
             })
             .collect();
         let page = Arc::new(WatchPage { events, scanned });
@@ -176,7 +208,7 @@ impl WatchState {
             for (i, ev) in events.iter().enumerate() {
                 let last_of_rev = i + 1 == n || events[i + 1].revision != ev.revision;
                 let name = if ev.put { "put" } else { "delete" };
-                self.out.push_back(sse(name, last_of_rev.then_some(ev.revision), &ev.data));
+                self.out.push_back(sse(name, last_of_rev.then_some(ev.revision), ev.data(self.prev)));
             }
             if !self.out.is_empty() {
                 self.last_sent = tokio::time::Instant::now();
@@ -239,7 +271,7 @@ pub(crate) async fn watch(
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<HttpResponse> {
-    let (prefix, from) = parse_watch(&uri, &headers)?;
+    let WatchRequest { prefix, from, prev } = parse_watch(&uri, &headers)?;
     let partial = (caller.need_some_read(&prefix)? == Access::Partial).then(|| caller.grants.clone());
     node.check_watchable()?;
     let rx = node.state().subscribe();
@@ -256,6 +288,7 @@ pub(crate) async fn watch(
         node,
         pages,
         prefix,
+        prev,
         partial,
         valid_while,
         cursor,

@@ -9,6 +9,7 @@ mod durability;
 mod engines;
 mod faults;
 mod gray;
+mod history;
 mod hostile;
 mod identity;
 mod kvctl;

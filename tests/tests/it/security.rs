@@ -288,6 +288,8 @@ async fn jwts_from_the_configured_issuer_map_to_grants() {
     assert_eq!(reader.whoami().await.expect("whoami").name.as_deref(), Some("jwt:ann"));
     let writer = k.client_with(Some(&jwt("ES256", claims(&["app-writers"], now + 300, "kv"), ec_sign)));
     writer.put("app/x", "2", &Default::default()).await.expect("ES256 JWT writes");
+    let h = admin.history("app/x", Some(1)).await.expect("history");
+    assert_eq!(h.versions[0].writer.as_deref(), Some("jwt:ann"), "a JWT's write is recorded by its subject");
 
     let refused = [
         ("expired", jwt("EdDSA", claims(&["app-readers"], now - 120, "kv"), ed_sign)),
