@@ -27,7 +27,7 @@ pub use path::{decode_key, encode_key};
 /// HTTP methods, for [`Client::send`].
 pub use reqwest::Method;
 pub use types::{
-    decode_value, header, AddMember, Attrs, ClusterInfo, Compare, EntryInfo, ErrorBody, EventType, Kind, ListResponse,
-    MemberInfo, Meta, NodeStatus, OpResult, TransferLeader, TxnOp, TxnRequest, TxnResponse, WatchEvent,
+    decode_value, header, AddMember, Attrs, ClusterInfo, Compare, EntryInfo, ErrorBody, EventType, Kind, Limits,
+    ListResponse, MemberInfo, Meta, NodeStatus, OpResult, TransferLeader, TxnOp, TxnRequest, TxnResponse, WatchEvent,
 };
 pub use watch::{Resuming, Watch, WatchMessage};
