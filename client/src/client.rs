@@ -694,6 +694,12 @@ impl Client {
         self.membership(Method::POST, "/v1/cluster/leader", body, self.change_timeout()).await
     }
 
+    /// The answering member's own status (`GET /v1/status`), with the
+    /// limits it holds requests to.
+    pub async fn node_status(&self) -> Result<crate::types::NodeStatus, Error> {
+        self.get_typed("/v1/status").await
+    }
+
     /// Who the server takes this client for, and what it may do.
     pub async fn whoami(&self) -> Result<WhoAmI, Error> {
         self.get_typed("/v1/auth/whoami").await

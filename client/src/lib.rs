@@ -28,7 +28,7 @@ pub use path::{decode_key, encode_key};
 pub use reqwest::Method;
 pub use types::{
     decode_value, header, AddMember, Attrs, ClusterInfo, Compare, EntryInfo, ErrorBody, EventType, HistoryResponse,
-    KeyVersion, Kind, ListResponse, MemberInfo, Meta, NodeStatus, OpResult, TransferLeader, TxnOp, TxnRequest,
+    KeyVersion, Kind, Limits, ListResponse, MemberInfo, Meta, NodeStatus, OpResult, TransferLeader, TxnOp, TxnRequest,
     TxnResponse, WatchEvent,
 };
 pub use watch::{Resuming, Watch, WatchMessage};

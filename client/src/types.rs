@@ -198,11 +198,23 @@ pub struct KeyVersion {
     pub meta: Option<Meta>,
 }
 
-/// A condition of a transaction. Exactly one of `mod_revision` and `exists`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A condition of a transaction, in one of two forms:
+///
+/// - on a key: `{"key": K, "mod_revision": N}` (the key's mod_revision is
+///   N; 0 = absent) or `{"key": K, "exists": B}`;
+/// - on a prefix: `{"prefix": P, "unchanged_since": N}` holds when no key
+///   under P (`""` for the whole keyspace, one trailing `/` allowed) was put
+///   or deleted after revision N. When the cluster's watch history no
+///   longer reaches back to N, the transaction is refused whole with 410
+///   [`crate::ErrorCode::Compacted`] (list again and retry).
+///
+/// Build them with [`Compare::key_at`], [`Compare::key_exists`] and
+/// [`Compare::prefix_unchanged`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Compare {
-    /// Key compared.
+    /// Key compared (the key form; empty in the prefix form).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
     /// Holds when the key's mod_revision equals this (0 = key absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -210,6 +222,29 @@ pub struct Compare {
     /// Holds when the key exists (true) or does not (false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exists: Option<bool>,
+    /// Prefix compared (the prefix form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Holds when nothing under `prefix` changed after this revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchanged_since: Option<u64>,
+}
+
+impl Compare {
+    /// Holds when `key`'s mod_revision is `rev` (0: the key is absent).
+    pub fn key_at(key: impl Into<String>, rev: u64) -> Compare {
+        Compare { key: key.into(), mod_revision: Some(rev), ..Compare::default() }
+    }
+
+    /// Holds when `key` exists (`true`) or does not (`false`).
+    pub fn key_exists(key: impl Into<String>, exists: bool) -> Compare {
+        Compare { key: key.into(), exists: Some(exists), ..Compare::default() }
+    }
+
+    /// Holds when no key under `prefix` was put or deleted after `rev`.
+    pub fn prefix_unchanged(prefix: impl Into<String>, rev: u64) -> Compare {
+        Compare { prefix: Some(prefix.into()), unchanged_since: Some(rev), ..Compare::default() }
+    }
 }
 
 /// Attributes a put may set; absent ones keep the existing entry's (or the
@@ -390,6 +425,27 @@ pub struct NodeStatus {
     pub peer_url: String,
     /// Client URL.
     pub client_url: String,
+    /// The limits this member holds client requests to (`GET /v1/status`
+    /// only; absent from older members and in `GET /v1/cluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+/// The limits a member holds client requests to, from its configuration, so
+/// that a client can refuse what is too large before sending it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest value, bytes (larger: 413).
+    pub max_value_size: u64,
+    /// Largest transaction body, bytes of JSON (larger: 413).
+    pub max_txn_size: u64,
+    /// Most compares and operations in one transaction (more: 400).
+    pub max_txn_ops: u64,
+}
+
+impl Limits {
+    /// kvd's defaults, for a member too old to say.
+    pub const DEFAULT: Limits = Limits { max_value_size: 1 << 20, max_txn_size: 16 << 20, max_txn_ops: 4096 };
 }
 
 /// A member as `GET /v1/cluster` reports it.
@@ -478,6 +534,15 @@ mod tests {
         assert!(serde_json::from_str::<TxnRequest>(r#"{"success":[{"op":"frob","key":"a"}]}"#).is_err());
         assert!(serde_json::from_str::<TxnRequest>(r#"{"success":[{"op":"put","key":"a","bogus":1}]}"#).is_err());
         assert!(serde_json::from_str::<TxnRequest>(r#"{"compares":[]}"#).is_err());
+        let t: TxnRequest =
+            serde_json::from_str(r#"{"compare":[{"prefix":"app/","unchanged_since":42}]}"#).expect("prefix form");
+        assert_eq!(t.compare, [Compare::prefix_unchanged("app/", 42)]);
+        assert_eq!(
+            serde_json::to_string(&Compare::prefix_unchanged("app", 7)).expect("json"),
+            r#"{"prefix":"app","unchanged_since":7}"#
+        );
+        assert_eq!(serde_json::to_string(&Compare::key_at("a", 0)).expect("json"), r#"{"key":"a","mod_revision":0}"#);
+        assert!(serde_json::from_str::<Compare>(r#"{"prefix":"a","since":1}"#).is_err());
     }
 
     #[test]

@@ -1,12 +1,25 @@
 //! kvctl: the operator's command-line client of a kv cluster.
 
+// What `--help`, the man page and the README say one apply takes.
+macro_rules! size_help {
+    () => {
+        "Size: one apply is one transaction, so it must fit the cluster's limits: at most 4,096 compares and \
+         operations and 16 MiB of JSON by default (kvd --max-txn-size), each file at most the value limit \
+         (1 MiB by default). That is at least 2,000 entries (files, directories, symlinks and pruned keys \
+         together) and 8 MiB of file content. kvctl reads the answering member's limits, works out the \
+         request's size and refuses a larger tree before sending anything, naming the limit."
+    };
+}
+mod apply;
 mod bench;
 mod data;
+mod diff;
 mod history;
 mod member;
 mod output;
 mod snapshot;
 mod token;
+mod tree;
 mod watch;
 
 use std::process::ExitCode;
@@ -20,9 +33,17 @@ use crate::output::Format;
     name = "kvctl",
     version,
     about = "Operate a kv cluster: members, status, health, data, watches, benchmarks",
-    after_help = "Examples:\n  kvctl put app/db/url postgres://db\n  kvctl get app/db/url\n  kvctl ls app -o json"
+    after_help = "Examples:\n  kvctl put app/db/url postgres://db\n  kvctl get app/db/url\n  kvctl ls app -o json",
+    after_long_help = concat!(
+        "Examples:\n  kvctl put app/db/url postgres://db\n  kvctl get app/db/url\n  kvctl ls app -o json\n\n",
+        "Exit status: 0 success, 1 failure, 2 usage error, 3 conflict (kvctl apply: what it read changed ",
+        "before it wrote; nothing was written).\n\n",
+        "Config delivery: kvctl apply DIR PREFIX makes PREFIX equal to DIR in one transaction ",
+        "(--prune, --dry-run, --if-rev REV, --check CMD, --owners); kvctl export PREFIX DIR writes it out.\n",
+        size_help!()
+    )
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// Client URLs of cluster members, comma-separated.
     #[arg(
         long,
@@ -67,6 +88,10 @@ enum Command {
     Del(data::DelArgs),
     /// List the entries below a prefix.
     Ls(data::LsArgs),
+    /// Publish a directory tree under a prefix, atomically (config delivery).
+    Apply(apply::ApplyArgs),
+    /// Write a prefix out as files, with their modes, into a directory.
+    Export(apply::ExportArgs),
     /// Watch a prefix for changes (optionally running a command per change).
     Watch(watch::WatchArgs),
     /// A key's versions in the history: revision, time, writer.
@@ -105,6 +130,9 @@ enum Command {
 pub enum Failure {
     /// Bad arguments: exit 2.
     Usage(String),
+    /// A conflict: what the command read changed before it wrote; nothing
+    /// was written: exit 3.
+    Conflict(String),
     /// Anything else: exit 1.
     Failed(anyhow::Error),
 }
@@ -140,6 +168,10 @@ fn main() -> ExitCode {
         Err(Failure::Usage(m)) => {
             eprintln!("kvctl: {m}");
             ExitCode::from(2)
+        }
+        Err(Failure::Conflict(m)) => {
+            eprintln!("kvctl: conflict: {m}");
+            ExitCode::from(3)
         }
         Err(Failure::Failed(e)) => {
             eprintln!("kvctl: {e:#}");
@@ -204,6 +236,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Del(a) => data::del(&client, a, cli.output).await,
         Command::Ls(a) => data::ls(&client, a, cli.output).await,
         Command::History(a) => history::run(&client, a, cli.output).await,
+        Command::Apply(a) => apply::apply(&client, a, cli.output).await,
+        Command::Export(a) => apply::export(&client, a, cli.output).await,
         Command::Watch(a) => watch::run(&client, a, cli.output).await,
         Command::Member(m) => member::member(&client, m, cli.output).await,
         Command::Status => member::status(&client, cli.output).await,

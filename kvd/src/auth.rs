@@ -213,7 +213,9 @@ impl Caller {
     /// whole when one is missing.
     pub fn need_txn(&self, txn: &Txn) -> Result<(), Denied> {
         for c in &txn.compare {
-            let (Cmp::ModRevision(k, _) | Cmp::Exists(k, _)) = c;
+            // NOTE: a prefix compare tells whether anything under the
+            // prefix changed: it needs read rights on all of it.
+            let (Cmp::ModRevision(k, _) | Cmp::Exists(k, _) | Cmp::PrefixUnchangedSince(k, _)) = c;
             self.need_read(k)?;
         }
         for op in txn.success.iter().chain(&txn.failure) {
@@ -365,6 +367,13 @@ mod tests {
             app.need_txn(&txn(vec![], vec![put("app/b"), put("db/b")])).expect_err("one op").code(),
             ErrorCode::Forbidden
         );
+        let since = |p: &str| vec![Cmp::PrefixUnchangedSince(p.into(), 3)];
+        assert!(app.need_txn(&txn(since("app"), vec![put("app/b")])).is_ok());
+        assert!(app.need_txn(&txn(since("app/x"), vec![])).is_ok());
+        for outside in ["", "db", "ap"] {
+            let e = app.need_txn(&txn(since(outside), vec![put("app/b")])).expect_err("prefix compare");
+            assert_eq!(e.code(), ErrorCode::Forbidden, "{outside:?}");
+        }
         let revoke = txn(vec![], vec![Op::RevokeToken("admin".into())]);
         assert_eq!(app.need_txn(&revoke).expect_err("tokens need admin").code(), ErrorCode::Forbidden);
         let anon = auth.caller_from(None, &tokens).expect("anonymous");

@@ -95,7 +95,7 @@ pub struct Flags {
     /// Largest value in bytes [default: 1048576].
     #[arg(long, env = "KVD_MAX_VALUE_SIZE")]
     pub max_value_size: Option<u64>,
-    /// Largest transaction body in bytes [default: 4 × max value size].
+    /// Largest transaction body in bytes [default: 16 × max value size].
     #[arg(long, env = "KVD_MAX_TXN_SIZE")]
     pub max_txn_size: Option<u64>,
     /// Revisions of watch history kept for resuming watches [default: 100000].
@@ -262,7 +262,7 @@ impl Config {
             bootstrap: flags.bootstrap || flags.dev || file.bootstrap.unwrap_or(false),
             ephemeral,
             max_value_size,
-            max_txn_size: flags.max_txn_size.or(file.max_txn_size).unwrap_or(4 * max_value_size),
+            max_txn_size: flags.max_txn_size.or(file.max_txn_size).unwrap_or(16 * max_value_size),
             history_revisions: flags.history_revisions.or(file.history_revisions).unwrap_or(100_000),
             snapshot_logs: flags.snapshot_logs.or(file.snapshot_logs).unwrap_or(20_000),
             dedup_window_ms,
@@ -299,7 +299,7 @@ mod tests {
         std::fs::write(&p, "id = 3\ndata_dir = \"/x\"\nmax_value_size = 10\n").expect("write");
         let flags = Flags { config: Some(p), max_value_size: Some(20), ..Flags::default() };
         let c = Config::resolve(&flags).expect("resolve");
-        assert_eq!((c.id, c.max_value_size, c.max_txn_size), (3, 20, 80));
+        assert_eq!((c.id, c.max_value_size, c.max_txn_size), (3, 20, 320));
         assert_eq!(c.data_dir, PathBuf::from("/x"));
     }
 

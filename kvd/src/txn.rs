@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
-use kv_client::Kind;
+use kv_client::{key_in_prefix, Kind};
 use serde_bytes::ByteBuf;
 
 use crate::dedup;
@@ -22,6 +22,10 @@ pub(crate) trait ReadView {
     fn keys_with_prefix(&self, prefix: &str) -> io::Result<Vec<String>>;
     /// Whether a token named `name` exists.
     fn token_exists(&self, name: &str) -> io::Result<bool>;
+    /// Whether a key under `prefix` (normalized, "" for all) was put or
+    /// deleted after revision `rev`, by the watch history; `None` when the
+    /// history no longer reaches back to `rev` (it is compacted).
+    fn changed_since(&self, prefix: &str, rev: u64) -> io::Result<Option<bool>>;
 }
 
 /// Changes of the log entry being applied, not yet committed; later requests
@@ -46,6 +50,15 @@ impl Changes {
             Some(e) => Ok(e.clone()),
             None => view.entry(key),
         }
+    }
+
+    /// Whether a key under `prefix` changed after `rev`, as the entry being
+    /// applied sees it: the committed history, then its own earlier changes.
+    /// `None` when the committed history no longer reaches `rev`, whatever
+    /// the entry did (one answer on every member, the same for any entry).
+    fn changed_since(&self, view: &impl ReadView, prefix: &str, rev: u64) -> io::Result<Option<bool>> {
+        let own = self.events.iter().any(|(r, _, e)| *r > rev && key_in_prefix(&e.key, prefix));
+        Ok(view.changed_since(prefix, rev)?.map(|committed| committed || own))
     }
 
     /// Whether a token named `name` exists, as the entry being applied sees it.
@@ -76,6 +89,15 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
         ok &= match c {
             Cmp::ModRevision(k, want) => rev(k)? == *want,
             Cmp::Exists(k, want) => (rev(k)? != 0) == *want,
+            Cmp::PrefixUnchangedSince(prefix, since) => match changes.changed_since(view, prefix, *since)? {
+                Some(changed) => !changed,
+                // IMPORTANT: unknown is neither true nor false: the request
+                // is refused whole, neither branch runs.
+                None => {
+                    let outcomes = vec![Outcome::Compacted(prefix.clone(), *since)];
+                    return Ok(Response { succeeded: false, revision: st.revision, outcomes });
+                }
+            },
         };
     }
     let ops = if ok { &req.txn.success } else { &req.txn.failure };
@@ -179,12 +201,19 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
 pub(crate) struct MemView {
     entries: BTreeMap<String, StoredEntry>,
     tokens: BTreeSet<String>,
+    /// Watch history: (revision, sequence) → key changed.
+    events: BTreeMap<(u64, u32), String>,
+    /// History up to this revision is dropped.
+    compact: u64,
 }
 
 #[cfg(test)]
 impl MemView {
     /// Commits the changes of one log entry.
     pub(crate) fn commit(&mut self, changes: Changes) {
+        for (rev, seq, ev) in &changes.events {
+            self.events.insert((*rev, *seq), ev.key.clone());
+        }
         for (k, e) in changes.entries {
             match e {
                 Some(e) => self.entries.insert(k, e),
@@ -197,6 +226,15 @@ impl MemView {
                 None => self.tokens.remove(&name),
             };
         }
+    }
+}
+
+#[cfg(test)]
+impl MemView {
+    /// Drops the history up to revision `rev` (crate::sm keeps a bounded one).
+    pub(crate) fn compact(&mut self, rev: u64) {
+        self.events.retain(|(r, _), _| *r > rev);
+        self.compact = self.compact.max(rev);
     }
 }
 
@@ -218,6 +256,13 @@ impl ReadView for MemView {
 
     fn token_exists(&self, name: &str) -> io::Result<bool> {
         Ok(self.tokens.contains(name))
+    }
+
+    fn changed_since(&self, prefix: &str, rev: u64) -> io::Result<Option<bool>> {
+        if rev < self.compact {
+            return Ok(None);
+        }
+        Ok(Some(self.events.range((rev.saturating_add(1), 0)..).any(|(_, k)| key_in_prefix(k, prefix))))
     }
 }
 
@@ -516,6 +561,73 @@ mod tests {
             let (out, _) = run(&MemView::default(), &mut st, &[only(vec![Op::SetDedupWindow(ms)])]);
             assert_eq!((st.dedup_window_ms, st.revision, out[0].outcomes.len()), (want, 5, 0), "{ms}");
         }
+    }
+
+    fn unchanged_since(prefix: &str, rev: u64) -> Cmp {
+        Cmp::PrefixUnchangedSince(prefix.to_owned(), rev)
+    }
+
+    #[test]
+    fn a_prefix_compare_fails_after_a_put_or_a_delete_under_the_prefix() {
+        // Revisions 1..=4: app/a, app/b, apple, other.
+        let (mut view, mut st) = with_keys(&["app/a", "app/b", "apple", "other"]);
+        let holds = |view: &MemView, st: &mut State, cmp: Cmp| {
+            let (out, _) = run(view, st, &[req(vec![cmp], vec![], vec![])]);
+            out[0].succeeded
+        };
+        assert!(holds(&view, &mut st, unchanged_since("app", 2)), "app/b was written at 2, not after");
+        assert!(!holds(&view, &mut st, unchanged_since("app", 1)), "app/b was written at 2");
+        assert!(holds(&view, &mut st, unchanged_since("app", 4)), "apple is not under app");
+        assert!(!holds(&view, &mut st, unchanged_since("", 3)), "the empty prefix holds every key");
+        assert!(holds(&view, &mut st, unchanged_since("app/a", 1)));
+        assert!(holds(&view, &mut st, unchanged_since("nothing", 0)));
+        assert!(holds(&view, &mut st, unchanged_since("app", 99)), "a revision not reached yet");
+        // A delete is a change too; so is a recursive one.
+        entry(&mut view, &mut st, &[only(vec![del("app/a", false)])]);
+        assert!(!holds(&view, &mut st, unchanged_since("app/a", 4)));
+        assert!(holds(&view, &mut st, unchanged_since("app/b", 4)));
+        entry(&mut view, &mut st, &[only(vec![del("app", true)])]);
+        assert!(!holds(&view, &mut st, unchanged_since("app/b", 5)));
+        // A failed compare writes nothing; the failure branch runs.
+        let (out, changes) =
+            run(&view, &mut st, &[req(vec![unchanged_since("app", 4)], vec![put("app/c", "1")], vec![put("no", "1")])]);
+        assert_eq!(out[0].outcomes, [Outcome::Put("no".into(), 7)]);
+        assert!(!changes.entries.contains_key("app/c"));
+    }
+
+    #[test]
+    fn a_prefix_compare_sees_the_entrys_own_earlier_requests() {
+        let (view, mut st) = with_keys(&["app/a"]);
+        let (out, _) = run(
+            &view,
+            &mut st,
+            &[
+                req(vec![unchanged_since("app", 1)], vec![put("x", "1")], vec![]),
+                only(vec![del("app/a", false)]),
+                req(vec![unchanged_since("app", 1)], vec![put("y", "1")], vec![]),
+                req(vec![unchanged_since("app", 3)], vec![put("z", "1")], vec![]),
+            ],
+        );
+        let held: Vec<bool> = out.iter().map(|r| r.succeeded).collect();
+        assert_eq!(held, [true, true, false, true], "the delete at 3 counts for the requests after it");
+    }
+
+    #[test]
+    fn a_prefix_compare_older_than_the_history_refuses_the_request_whole() {
+        let (mut view, mut st) = with_keys(&["app/a", "app/b", "app/c"]);
+        view.compact(2);
+        let refuse =
+            req(vec![exists("app/a", true), unchanged_since("app", 1)], vec![put("y", "1")], vec![put("n", "1")]);
+        let (out, changes) = run(&view, &mut st, &[refuse]);
+        assert_eq!(
+            out[0],
+            Response { succeeded: false, revision: 3, outcomes: vec![Outcome::Compacted("app".into(), 1)] }
+        );
+        assert!(changes.entries.is_empty() && changes.events.is_empty(), "neither branch ran");
+        let (out, _) = run(&view, &mut st, &[req(vec![unchanged_since("app", 2)], vec![], vec![])]);
+        assert!(!out[0].succeeded && out[0].outcomes.is_empty(), "at the compacted revision the history still answers");
+        let (out, _) = run(&view, &mut st, &[req(vec![unchanged_since("app", 3)], vec![], vec![])]);
+        assert!(out[0].succeeded);
     }
 
     #[test]

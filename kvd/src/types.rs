@@ -77,13 +77,20 @@ pub struct Txn {
     pub failure: Vec<Op>,
 }
 
-/// A condition on one key.
+/// A condition on one key, or on every key under a prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Cmp {
     /// The key's mod_revision is this (0: absent).
     ModRevision(String, u64),
     /// The key exists (true) or not (false).
     Exists(String, bool),
+    /// No key under the prefix (normalized, "" for all) was put or deleted
+    /// after this revision, by the committed state's watch history and the
+    /// entry's own earlier requests. When the history no longer reaches the
+    /// revision the request is refused whole ([`Outcome::Compacted`]).
+    // NOTE: variants are only ever added at the end: the log holds them by
+    // index (bincode), and older entries must still decode.
+    PrefixUnchangedSince(String, u64),
 }
 
 /// Attributes given with a put; `None` keeps the current (or default) value.
@@ -154,6 +161,12 @@ pub enum Outcome {
     /// attempt's outcome, and tells by the hash that the secret it holds is
     /// not the one stored.
     TokenCreated(String, String),
+    /// The whole request was refused, nothing written: a
+    /// [`Cmp::PrefixUnchangedSince`] on this prefix names a revision older
+    /// than the watch history kept, so whether the prefix changed since is
+    /// no longer known.
+    // NOTE: added at the end, like every variant (dedup records hold it).
+    Compacted(String, u64),
 }
 
 /// What applying a request answered.

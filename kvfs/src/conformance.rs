@@ -97,11 +97,11 @@ fn del_result(key: &str, n: u64) -> OpResult {
 }
 
 fn cmp_rev(key: &str, rev: u64) -> Compare {
-    Compare { key: key.to_owned(), mod_revision: Some(rev), exists: None }
+    Compare::key_at(key, rev)
 }
 
 fn cmp_exists(key: &str, exists: bool) -> Compare {
-    Compare { key: key.to_owned(), mod_revision: None, exists: Some(exists) }
+    Compare::key_exists(key, exists)
 }
 
 /// The first answer of a stream, with a deadline.

@@ -29,7 +29,7 @@ use crate::cluster::{Batch, Cluster, Events, Failure, Page};
 /// kvd's default largest value, bytes (`max_value_size`).
 const DEFAULT_MAX_VALUE: u64 = 1 << 20;
 /// Most compares and operations in one transaction (kvd's `MAX_TXN_OPS`).
-const MAX_TXN_OPS: usize = 1024;
+const MAX_TXN_OPS: usize = 4096;
 /// Largest page of a listing (kvd's `LIST_MAX_LIMIT`).
 const LIST_MAX_LIMIT: usize = 100_000;
 
@@ -145,7 +145,7 @@ fn delete_target(key: &str, recursive: bool) -> Result<String, Failure> {
 fn check_txn(t: &TxnRequest, max_value: u64) -> Result<Txn, Failure> {
     // NOTE: kvd bounds the body it reads; the client sends it as JSON.
     let body = serde_json::to_vec(t).map_err(|_| Failure::Invalid { too_long: false })?;
-    if body.len() as u64 > 4 * max_value {
+    if body.len() as u64 > 16 * max_value {
         return Err(Failure::TooLarge);
     }
     if t.compare.len() + t.success.len() + t.failure.len() > MAX_TXN_OPS {
@@ -153,6 +153,10 @@ fn check_txn(t: &TxnRequest, max_value: u64) -> Result<Txn, Failure> {
     }
     let mut compare = Vec::with_capacity(t.compare.len());
     for c in &t.compare {
+        // NOTE: kvfs sends no prefix compare; the fake refuses one.
+        if c.prefix.is_some() || c.unchanged_since.is_some() {
+            return Err(Failure::Invalid { too_long: false });
+        }
         validate_key(&c.key).map_err(invalid)?;
         compare.push(match (c.mod_revision, c.exists) {
             (Some(rev), None) => Cmp::ModRevision(c.key.clone(), rev),

@@ -151,7 +151,7 @@ fn bad_input_is_refused_like_kvd_refuses_it() {
     assert_eq!(c.list_page("", None, 0).err(), Some(Failure::Invalid { too_long: false }));
     assert_eq!(c.watch("a//b", 0).err(), Some(Failure::Invalid { too_long: false }));
     let both = TxnRequest {
-        compare: vec![kv_client::Compare { key: "a".into(), mod_revision: Some(0), exists: Some(false) }],
+        compare: vec![kv_client::Compare { exists: Some(false), ..kv_client::Compare::key_at("a", 0) }],
         ..TxnRequest::default()
     };
     assert_eq!(c.txn(&both), Err(Failure::Invalid { too_long: false }), "a compare needs exactly one test");

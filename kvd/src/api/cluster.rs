@@ -61,7 +61,14 @@ pub(crate) async fn status(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<HttpResponse> {
     caller.need_known("see the status of")?;
-    Ok(axum::Json(node.status().await).into_response())
+    let mut status = node.status().await;
+    let cfg = node.config();
+    status.limits = Some(kv_client::Limits {
+        max_value_size: cfg.max_value_size,
+        max_txn_size: cfg.max_txn_size,
+        max_txn_ops: super::parse::MAX_TXN_OPS as u64,
+    });
+    Ok(axum::Json(status).into_response())
 }
 
 /// GET /v1/cluster — every member with its status.

@@ -38,6 +38,12 @@ impl ApiError {
         ApiError::new(ErrorCode::Internal, e.to_string())
     }
 
+    /// The code of the answer.
+    #[cfg(test)]
+    pub(crate) fn code(&self) -> ErrorCode {
+        self.code.clone()
+    }
+
     /// The HTTP status of the answer.
     pub(crate) fn status(&self) -> StatusCode {
         StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)

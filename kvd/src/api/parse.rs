@@ -16,8 +16,9 @@ use serde_bytes::ByteBuf;
 use super::error::{ApiError, ApiResult};
 use crate::types::{Cmp, Op, PutAttrs, Txn};
 
-/// Most operations a transaction may hold.
-pub(crate) const MAX_TXN_OPS: usize = 1024;
+/// Most compares and operations a transaction may hold: `kvctl apply` of
+/// 2,000 entries takes one put and one compare each (DESIGN.md's sizes).
+pub(crate) const MAX_TXN_OPS: usize = 4096;
 /// Default and largest page of a list.
 pub(crate) const LIST_DEFAULT_LIMIT: usize = 10_000;
 pub(crate) const LIST_MAX_LIMIT: usize = 100_000;
@@ -303,14 +304,24 @@ pub(crate) fn convert_txn(t: TxnRequest, max_value: u64) -> ApiResult<Txn> {
     }
     let mut compare = Vec::with_capacity(t.compare.len());
     for c in t.compare {
-        check_key(&c.key)?;
-        compare.push(match (c.mod_revision, c.exists) {
-            (Some(rev), None) => Cmp::ModRevision(c.key, rev),
-            (None, Some(e)) => Cmp::Exists(c.key, e),
+        compare.push(match (c.prefix, c.unchanged_since, c.mod_revision, c.exists) {
+            (Some(p), Some(rev), None, None) if c.key.is_empty() => Cmp::PrefixUnchangedSince(check_prefix(&p)?, rev),
+            (None, None, Some(rev), None) => {
+                check_key(&c.key)?;
+                Cmp::ModRevision(c.key, rev)
+            }
+            (None, None, None, Some(e)) => {
+                check_key(&c.key)?;
+                Cmp::Exists(c.key, e)
+            }
             _ => {
                 return Err(ApiError::new(
                     ErrorCode::BadRequest,
-                    format!("compare on {:?} needs exactly one of mod_revision and exists", c.key),
+                    format!(
+                        "compare on {:?}: give either a key with exactly one of mod_revision and exists, or a \
+                         prefix with unchanged_since",
+                        c.key
+                    ),
                 ))
             }
         });
@@ -481,6 +492,15 @@ pub fn fuzz_request(data: &[u8]) {
     let _ = parse_json::<kv_client::AddMember>(body.as_bytes());
     let _ = parse_json::<kv_client::TransferLeader>(body.as_bytes());
     if let Ok(t) = parse_txn(body.as_bytes(), 1 << 20) {
+        for c in &t.compare {
+            match c {
+                Cmp::PrefixUnchangedSince(p, _) => {
+                    prefix_ok(p);
+                    assert!(!p.ends_with('/'), "{p:?} was not normalized");
+                }
+                Cmp::ModRevision(k, _) | Cmp::Exists(k, _) => valid(k),
+            }
+        }
         for op in t.success.iter().chain(&t.failure) {
             match op {
                 Op::Put { key, value, .. } => {
@@ -510,5 +530,32 @@ mod tests {
         assert!(convert_txn(t(r#"{"success":[{"op":"put","key":"d","kind":"dir","value":"x"}]}"#), 10).is_err());
         assert!(convert_txn(t(r#"{"success":[{"op":"delete","key":"","recursive":true}]}"#), 10).is_ok());
         assert!(convert_txn(t(r#"{"success":[{"op":"delete","key":""}]}"#), 10).is_err());
+    }
+
+    #[test]
+    fn a_compare_takes_one_form_and_a_prefix_is_checked_and_normalized() {
+        let t = |s: &str| serde_json::from_str::<TxnRequest>(s).expect("json");
+        let c = |s: &str| convert_txn(t(s), 10).map(|t| t.compare);
+        assert_eq!(
+            c(r#"{"compare":[{"prefix":"app/","unchanged_since":42}]}"#).expect("prefix form"),
+            [Cmp::PrefixUnchangedSince("app".into(), 42)]
+        );
+        assert_eq!(
+            c(r#"{"compare":[{"prefix":"","unchanged_since":0}]}"#).expect("the whole keyspace"),
+            [Cmp::PrefixUnchangedSince(String::new(), 0)]
+        );
+        let code = |s: &str| c(s).expect_err(s).code();
+        assert_eq!(code(r#"{"compare":[{"prefix":"a//b","unchanged_since":1}]}"#), ErrorCode::InvalidKey);
+        assert_eq!(code(r#"{"compare":[{"prefix":"../x","unchanged_since":1}]}"#), ErrorCode::InvalidKey);
+        for mixed in [
+            r#"{"compare":[{"prefix":"a"}]}"#,
+            r#"{"compare":[{"unchanged_since":1}]}"#,
+            r#"{"compare":[{"prefix":"a","unchanged_since":1,"key":"a"}]}"#,
+            r#"{"compare":[{"prefix":"a","unchanged_since":1,"exists":true}]}"#,
+            r#"{"compare":[{"key":"a","mod_revision":1,"unchanged_since":1}]}"#,
+            r#"{"compare":[{"key":"a","mod_revision":1,"exists":true}]}"#,
+        ] {
+            assert_eq!(code(mixed), ErrorCode::BadRequest, "{mixed}");
+        }
     }
 }

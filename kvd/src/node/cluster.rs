@@ -417,6 +417,7 @@ impl Node {
             db_size_bytes: self.db_size(),
             peer_url: self.peer_url.clone(),
             client_url: self.client_url.clone(),
+            limits: None,
         }
     }
 

@@ -113,6 +113,30 @@ impl txn::ReadView for Store {
     fn token_exists(&self, name: &str) -> io::Result<bool> {
         Ok(self.sys.get(token_key(name)).map_err(io_err)?.is_some())
     }
+
+    fn changed_since(&self, prefix: &str, rev: u64) -> io::Result<Option<bool>> {
+        let compact = u64_of(self.sm_meta.get(COMPACT).map_err(io_err)?);
+        if rev < compact {
+            return Ok(None);
+        }
+        for item in self.events.range(event_key(rev.saturating_add(1), 0)..) {
+            let (_, v) = item.into_inner().map_err(io_err)?;
+            if key_in_prefix(&decode::<EventKey>(&v)?.key, prefix) {
+                return Ok(Some(true));
+            }
+        }
+        Ok(Some(false))
+    }
+}
+
+/// The key of a [`StoredEvent`], decoded without its entry.
+///
+/// NOTE: bincode writes a struct's fields in order and its `deserialize`
+/// leaves trailing bytes unread, so this reads the event's first field
+/// only; the entry (value included) is never decoded.
+#[derive(serde::Deserialize)]
+struct EventKey {
+    key: String,
 }
 
 /// Read access to the state machine, shared by the API and openraft.
@@ -629,5 +653,28 @@ mod view_tests {
         for t in ["t", "u", "missing"] {
             assert_eq!(store.token_exists(t).expect("token"), mem.token_exists(t).expect("token"), "{t}");
         }
+        for p in ["", "a", "a/b", "a/b/c", "ab", "b", "z"] {
+            for rev in 0..4 {
+                let got = store.changed_since(p, rev).expect("changed since");
+                assert_eq!(got, mem.changed_since(p, rev).expect("changed since"), "{p:?} since {rev}");
+            }
+        }
+        assert_eq!(store.changed_since("a/b", 1).expect("changed since"), Some(true), "the recursive delete at 2");
+    }
+
+    #[test]
+    fn a_prefix_compare_older_than_the_kept_history_is_unknown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sm = StateMachine::open(Store::open(dir.path()).expect("store"), 2).expect("state machine");
+        for index in 1..=4u64 {
+            let log_id = LogId::new(CommittedLeaderId::new(1, 1), index);
+            let e =
+                Entry { log_id, payload: EntryPayload::Normal(Batch(vec![only(vec![put(&format!("a/{index}"))])])) };
+            sm.shared.apply_one(&mut sm.st, &e).expect("apply");
+        }
+        let store = &sm.shared.store;
+        let since = |rev| store.changed_since("a", rev).expect("changed since");
+        assert_eq!((since(0), since(1)), (None, None), "history kept: revisions 3 and 4");
+        assert_eq!((since(2), since(3), since(4)), (Some(true), Some(true), Some(false)));
     }
 }

@@ -377,10 +377,8 @@ impl Core {
         }
         self.writable()?;
         let key = self.key(&path);
-        let compare = node
-            .as_ref()
-            .map(|n| vec![Compare { key: key.clone(), mod_revision: Some(n.meta.mod_revision), exists: None }])
-            .unwrap_or_default();
+        let compare =
+            node.as_ref().map(|n| vec![Compare::key_at(key.clone(), n.meta.mod_revision)]).unwrap_or_default();
         let txn = TxnRequest {
             compare,
             success: vec![TxnOp::Put {

@@ -109,10 +109,10 @@ impl Core {
         let mut compare: Vec<Compare> = src_sub
             .iter()
             .chain(if mode.exchange { dst_sub.iter() } else { [].iter() })
-            .map(|(p, n)| Compare { key: key(p), mod_revision: Some(n.meta.mod_revision), exists: None })
+            .map(|(p, n)| Compare::key_at(key(p), n.meta.mod_revision))
             .collect();
         if mode.noreplace {
-            compare.push(Compare { key: key(&dst), mod_revision: None, exists: Some(false) });
+            compare.push(Compare::key_exists(key(&dst), false));
         }
         let mut success = vec![TxnOp::Delete { key: key(&src), recursive: src_kind == Kind::Dir }];
         if dst_kind.is_some() {

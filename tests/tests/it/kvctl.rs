@@ -91,6 +91,8 @@ fn exit_codes_follow_the_contract() {
         "put",
         "del",
         "ls",
+        "apply",
+        "export",
         "watch",
         "status",
         "health",

@@ -2,6 +2,7 @@
 //! OS-assigned ports. One module per topic.
 
 mod api;
+mod apply;
 mod cluster;
 mod config;
 mod disk;

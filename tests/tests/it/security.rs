@@ -85,7 +85,7 @@ async fn tokens_grant_reads_and_writes_by_prefix() {
 
     // A transaction touching a forbidden key is refused whole.
     let txn = TxnRequest {
-        compare: vec![Compare { key: "db/x".into(), mod_revision: None, exists: Some(true) }],
+        compare: vec![Compare::key_exists("db/x", true)],
         success: vec![TxnOp::put("app/y", "from-txn")],
         failure: vec![],
     };
