@@ -409,7 +409,11 @@ impl Client {
     /// Reads a key as it was at a past revision (within the history;
     /// [`ErrorCode::Compacted`] beyond it). The value's `revision` is `rev`.
     pub async fn get_at(&self, key: &str, rev: u64) -> Result<Option<Value>, Error> {
-        self.get_query(key, &format!("?rev={rev}")).await
+        let v = self.get_query(key, &format!("?rev={rev}")).await?;
+        match v {
+            Some(v) if v.revision != rev => Err(past_unsupported()),
+            v => Ok(v),
+        }
     }
 
     /// The versions of a key the history holds, newest first (at most
@@ -511,7 +515,11 @@ impl Client {
         }
         let qs = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
         let resp = self.send(Method::GET, &format!("/v1/list/{}{qs}", encode_key(prefix)), |r| r).await?;
-        json(check(resp).await?).await
+        let l: ListResponse = json(check(resp).await?).await?;
+        match opts.rev {
+            Some(rev) if l.revision != rev => Err(past_unsupported()),
+            _ => Ok(l),
+        }
     }
 
     /// Lists every entry below a prefix, page by page (pages of
@@ -748,6 +756,12 @@ impl Client {
 /// Whether a member refused to serve (`unavailable`: no leader, no quorum,
 /// removed), which says it wrote nothing and another member may serve.
 ///
+/// A member answered a read at a past revision with another revision: it
+/// predates reads at past revisions and ignored the request's `rev`.
+fn past_unsupported() -> Error {
+    Error::Protocol("the member does not read past revisions (a kvd older than this client?)".into())
+}
+
 /// NOTE: told from the status alone, so the body stays for the caller.
 fn refused(resp: &Response) -> bool {
     resp.status().as_u16() == ErrorCode::Unavailable.status()

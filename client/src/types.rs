@@ -187,7 +187,7 @@ pub struct KeyVersion {
     /// not recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_ns: Option<i64>,
-    /// Who: a token's name, a JWT's subject, `anonymous`, or `kvd`; absent
+    /// Who: a token's name, `jwt:` and a JWT's subject, `anonymous`, or `kvd`; absent
     /// when not recorded (written before writers were).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<String>,

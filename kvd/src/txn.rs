@@ -133,9 +133,12 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
                 outcomes.push(Outcome::Put(key.clone(), new_rev));
             }
             Op::Delete { key, recursive } => {
-                let mut gone: Vec<String> = Vec::new();
-                if !key.is_empty() && changes.entry(view, key)?.is_some() {
-                    gone.push(key.clone());
+                // The keys that go, with what each held (for the history).
+                let mut gone: Vec<(String, Option<StoredEntry>)> = Vec::new();
+                if !key.is_empty() {
+                    if let Some(e) = changes.entry(view, key)? {
+                        gone.push((key.clone(), Some(e)));
+                    }
                 }
                 if *recursive {
                     let base = if key.is_empty() { String::new() } else { format!("{key}/") };
@@ -150,13 +153,16 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
                             below.remove(k);
                         }
                     }
-                    gone.extend(below);
+                    gone.extend(below.into_iter().map(|k| (k, None)));
                 }
                 outcomes.push(Outcome::Delete(key.clone(), gone.len() as u64));
-                for k in gone {
-                    let before = Prev::from(changes.entry(view, &k)?);
+                for (k, held) in gone {
+                    let held = match held {
+                        Some(e) => Some(e),
+                        None => changes.entry(view, &k)?,
+                    };
                     changes.entries.insert(k.clone(), None);
-                    written.push((k, None, before));
+                    written.push((k, None, Prev::from(held)));
                 }
             }
             Op::CreateToken(rec) => {

@@ -267,6 +267,19 @@ impl StoredEvent {
         [EVENT_WITH_PREV.as_slice(), &encode(self)].concat()
     }
 
+    /// The key of an event from its record, in either format, without
+    /// decoding its entries.
+    pub(crate) fn decode_key(b: &[u8]) -> std::io::Result<String> {
+        /// NOTE: bincode writes a struct's fields in order, and its
+        /// `deserialize` leaves trailing bytes unread: this reads the first.
+        #[derive(Deserialize)]
+        struct KeyOnly {
+            key: String,
+        }
+        let rest = b.strip_prefix(EVENT_WITH_PREV.as_slice()).unwrap_or(b);
+        Ok(decode::<KeyOnly>(rest)?.key)
+    }
+
     /// An event from its record, in either format.
     pub(crate) fn decode(b: &[u8]) -> std::io::Result<StoredEvent> {
         match b.strip_prefix(EVENT_WITH_PREV.as_slice()) {
@@ -284,7 +297,7 @@ impl StoredEvent {
 pub struct RevisionRecord {
     /// The log time of the request that made it, ns.
     pub time_ns: i64,
-    /// Who made it: a token's name, a JWT's subject, `anonymous`, or `kvd`
+    /// Who made it: a token's name, `jwt:` and a JWT's subject, `anonymous`, or `kvd`
     /// for the node itself; `None` for revisions from before writers were
     /// recorded.
     pub writer: Option<String>,

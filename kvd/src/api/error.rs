@@ -103,7 +103,9 @@ impl From<ReadError> for ApiError {
         match e {
             ReadError::Loading => ApiError::unavailable(e.to_string()),
             ReadError::Io(e) => ApiError::internal(e),
-            ReadError::Compacted { .. } => ApiError::new(ErrorCode::Compacted, e.to_string()),
+            ReadError::Compacted { .. } | ReadError::NotKept { .. } => {
+                ApiError::new(ErrorCode::Compacted, e.to_string())
+            }
             ReadError::Ahead { .. } => ApiError::new(ErrorCode::BadQuery, e.to_string()),
         }
     }

@@ -15,7 +15,7 @@ use super::parse::{parse_watch, WatchRequest};
 use crate::auth::{Caller, Validity};
 use crate::node::Node;
 use crate::sm::ReadError;
-use crate::types::Prev;
+use crate::types::{Prev, StoredEntry};
 
 /// Events read from the history per step of a watch stream.
 pub(crate) const WATCH_BATCH: usize = 512;
@@ -62,20 +62,20 @@ pub(crate) struct PageEvent {
     /// (`prev=true`): made by the first of them.
     with_prev: std::sync::OnceLock<String>,
     /// The entry before the event, when there was one and it was kept.
-    prev: Option<EntryInfo>,
-    /// The event as sent without `prev`.
-    wire: WatchEvent,
+    prev: Option<StoredEntry>,
 }
 
 impl PageEvent {
     /// The `data:` of the event's SSE message, with the entry before it or not.
     fn data(&self, prev: bool) -> &str {
-        if !prev || self.prev.is_none() {
-            return &self.data;
-        }
+        let Some(before) = self.prev.as_ref().filter(|_| prev) else { return &self.data };
         self.with_prev.get_or_init(|| {
-            let wire = WatchEvent { prev: self.prev.clone(), ..self.wire.clone() };
-            serde_json::to_string(&wire).unwrap_or_default()
+            // NOTE: `prev` is the wire event's last field: spliced in, the
+            // rest of the event is not encoded again.
+            let info = EntryInfo::new(self.key.clone(), before.meta(), Some(&before.value));
+            let prev = serde_json::to_string(&info).unwrap_or_default();
+            let head = self.data.strip_suffix('}').unwrap_or(&self.data);
+            format!("{head},\"prev\":{prev}}}")
         })
     }
 }
@@ -122,16 +122,16 @@ impl WatchPages {
                     entry: ev.entry.as_ref().map(|e| EntryInfo::new(ev.key.clone(), e.meta(), Some(&e.value))),
                     prev: None,
                 };
-                let prev = match &ev.prev {
-                    Prev::Entry(e) => {
-                        bytes += e.value.len();
-                        Some(EntryInfo::new(ev.key.clone(), e.meta(), Some(&e.value)))
-                    }
+                // NOTE: kept pages are bounded by the values they send to
+                // every stream; previous entries, for the few that ask, are
+                // not counted (at most as much again).
+                let prev = match ev.prev {
+                    Prev::Entry(e) => Some(e),
                     Prev::Absent | Prev::Unknown => None,
                 };
                 let data = serde_json::to_string(&wire).unwrap_or_default();
                 let put = ev.entry.is_some();
-                PageEvent { revision, key: ev.key, put, data, with_prev: Default::default(), prev, wire }
+                PageEvent { revision, key: ev.key, put, data, with_prev: Default::default(), prev }
             })
             .collect();
         let page = Arc::new(WatchPage { events, scanned });

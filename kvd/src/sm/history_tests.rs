@@ -141,3 +141,31 @@ fn an_event_written_without_its_previous_entry_still_reads() {
     let new = StoredEvent { key: "k".into(), entry: None, prev: crate::types::Prev::Absent };
     assert_eq!(StoredEvent::decode(&new.encode()).expect("decode"), new);
 }
+
+#[test]
+fn a_past_listing_pages_like_a_listing_and_takes_any_after() {
+    let (_dir, sm) = applied(1000, history_of());
+    let r = &sm.shared;
+    for rev in 0..=5u64 {
+        let whole = state(r, Some(rev));
+        let mut paged = vec![];
+        let mut after: Option<String> = None;
+        loop {
+            let page = r.list_at("", true, true, after.as_deref(), 1, rev).expect("page");
+            paged.extend(
+                page.entries.iter().map(|e| {
+                    (e.key.clone(), String::from_utf8_lossy(&e.value_bytes().unwrap_or_default()).into_owned())
+                }),
+            );
+            match page.next_after {
+                Some(a) => after = Some(a),
+                None => break,
+            }
+        }
+        assert_eq!(paged, whole, "one entry per page at revision {rev}");
+        for after in ["zzz", "d0", "d/", "a"] {
+            let page = r.list_at("d", true, false, Some(after), 10, rev).expect("any after");
+            assert!(page.entries.iter().all(|e| e.key.as_str() > after), "{after:?} at {rev}");
+        }
+    }
+}

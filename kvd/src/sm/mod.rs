@@ -69,6 +69,13 @@ pub enum ReadError {
         /// The history starts after this one.
         compact: u64,
     },
+    /// A read at a revision whose state the history did not keep: changed
+    /// since by a kvd that kept no previous entries.
+    #[error("the state at revision {rev} was not kept: it was changed since by a kvd older than this one")]
+    NotKept {
+        /// The revision asked for.
+        rev: u64,
+    },
     /// A read at a revision the state has not reached.
     #[error("revision {rev} is ahead of the current revision {revision}")]
     Ahead {
@@ -121,22 +128,12 @@ impl txn::ReadView for Store {
         }
         for item in self.events.range(event_key(rev.saturating_add(1), 0)..) {
             let (_, v) = item.into_inner().map_err(io_err)?;
-            if key_in_prefix(&decode::<EventKey>(&v)?.key, prefix) {
+            if key_in_prefix(&StoredEvent::decode_key(&v)?, prefix) {
                 return Ok(Some(true));
             }
         }
         Ok(Some(false))
     }
-}
-
-/// The key of a [`StoredEvent`], decoded without its entry.
-///
-/// NOTE: bincode writes a struct's fields in order and its `deserialize`
-/// leaves trailing bytes unread, so this reads the event's first field
-/// only; the entry (value included) is never decoded.
-#[derive(serde::Deserialize)]
-struct EventKey {
-    key: String,
 }
 
 /// Read access to the state machine, shared by the API and openraft.

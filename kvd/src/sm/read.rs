@@ -44,16 +44,16 @@ impl SmReader {
         self.check_past(&snap, rev)?;
         for item in snap.range(&self.store.events, event_key(rev.saturating_add(1), 0)..) {
             let (_, v) = item.into_inner().map_err(io_err)?;
-            let ev = StoredEvent::decode(&v)?;
-            if ev.key == key {
-                return before(ev, rev);
+            if StoredEvent::decode_key(&v)? == key {
+                return before(StoredEvent::decode(&v)?, rev);
             }
         }
         Ok(snap.get(&self.store.data, key).map_err(io_err)?.map(|b| decode(&b)).transpose()?)
     }
 
     /// Lists below `prefix` as it was at revision `rev` (see [`Self::list`]),
-    /// from the history.
+    /// from the history: today's entries, with those changed since as they
+    /// were then.
     pub fn list_at(
         &self,
         prefix: &str,
@@ -66,32 +66,23 @@ impl SmReader {
         let snap = self.view()?;
         self.check_past(&snap, rev)?;
         let base = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
-        let mut then: BTreeMap<String, StoredEntry> = BTreeMap::new();
-        for item in
-            snap.range(&self.store.data, (Bound::Included(base.as_bytes().to_vec()), prefix_end(base.as_bytes())))
-        {
-            let (k, v) = item.into_inner().map_err(io_err)?;
-            then.insert(String::from_utf8_lossy(&k).into_owned(), decode(&v)?);
-        }
         // NOTE: the first event of a key after `rev` holds what it was at
         // `rev`; later ones change nothing of that.
-        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut then: BTreeMap<String, Option<StoredEntry>> = BTreeMap::new();
         for item in snap.range(&self.store.events, event_key(rev.saturating_add(1), 0)..) {
             let (_, v) = item.into_inner().map_err(io_err)?;
-            let ev = StoredEvent::decode(&v)?;
-            if !ev.key.starts_with(&base) || !seen.insert(ev.key.clone()) {
-                continue;
+            let key = StoredEvent::decode_key(&v)?;
+            if key.starts_with(&base) && !then.contains_key(&key) {
+                then.insert(key, before(StoredEvent::decode(&v)?, rev)?);
             }
-            let key = ev.key.clone();
-            match before(ev, rev)? {
-                Some(e) => then.insert(key, e),
-                None => then.remove(&key),
-            };
         }
         let range = |from: Bound<Vec<u8>>, to: Bound<Vec<u8>>| {
-            let from = from.map(|b| String::from_utf8_lossy(&b).into_owned());
-            let to = to.map(|b| String::from_utf8_lossy(&b).into_owned());
-            then.range::<String, _>((from, to)).map(|(k, e)| Ok((k.clone(), Stored::Decoded(e.clone()))))
+            let now = snap.range(&self.store.data, (from.clone(), to.clone())).map(|item| {
+                let (k, v) = item.into_inner().map_err(io_err)?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), Stored::Encoded(v)))
+            });
+            let changed = string_range(&then, from, to).map(|(k, e)| (k.clone(), e.clone()));
+            Then { now: now.peekable(), changed: changed.peekable() }
         };
         let page = Page { prefix, recursive, values, after, limit };
         Ok(page.list(range, rev)?)
@@ -106,10 +97,10 @@ impl SmReader {
         let mut out = Vec::new();
         for item in snap.range(&self.store.events, event_key(compact.saturating_add(1), 0)..).rev() {
             let (k, v) = item.into_inner().map_err(io_err)?;
-            let ev = StoredEvent::decode(&v)?;
-            if ev.key != key {
+            if StoredEvent::decode_key(&v)? != key {
                 continue;
             }
+            let ev = StoredEvent::decode(&v)?;
             let rev = u64::from_be_bytes(k[..8].try_into().map_err(io_err)?);
             // NOTE: a key changed twice in one revision shows once, as it
             // was at the revision's end (the later event, met first here).
@@ -185,9 +176,68 @@ fn before(ev: StoredEvent, rev: u64) -> Result<Option<StoredEntry>, ReadError> {
     match ev.prev {
         Prev::Absent => Ok(None),
         Prev::Entry(e) => Ok(Some(e)),
-        // NOTE: written by a kvd that kept no previous entries: the history
-        // reaches no further back than the first event kept with one.
-        Prev::Unknown => Err(ReadError::Compacted { rev, compact: rev.saturating_add(1) }),
+        // NOTE: written by a kvd that kept no previous entries: what the key
+        // held before it is not known.
+        Prev::Unknown => Err(ReadError::NotKept { rev }),
+    }
+}
+
+/// The entries of `map` between two bounds given as bytes; none when the
+/// bounds hold nothing (where `BTreeMap::range` would panic).
+fn string_range<V>(
+    map: &BTreeMap<String, V>,
+    from: Bound<Vec<u8>>,
+    to: Bound<Vec<u8>>,
+) -> impl Iterator<Item = (&String, &V)> {
+    let s = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    let (from, to) = (from.map(s), to.map(s));
+    let empty = match (&from, &to) {
+        (Bound::Included(a), Bound::Included(b)) => a > b,
+        (Bound::Included(a) | Bound::Excluded(a), Bound::Excluded(b)) | (Bound::Excluded(a), Bound::Included(b)) => {
+            a >= b
+        }
+        _ => false,
+    };
+    (!empty).then(|| map.range::<String, _>((from, to))).into_iter().flatten()
+}
+
+/// Today's entries of a listing range merged, in key order, with the
+/// entries changed since a revision as they were then.
+struct Then<N: Iterator, C: Iterator> {
+    now: std::iter::Peekable<N>,
+    changed: std::iter::Peekable<C>,
+}
+
+impl<N, C> Iterator for Then<N, C>
+where
+    N: Iterator<Item = io::Result<(String, Stored)>>,
+    C: Iterator<Item = (String, Option<StoredEntry>)>,
+{
+    type Item = io::Result<(String, Stored)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let now_key = match self.now.peek() {
+                Some(Ok((k, _))) => Some(k.as_str()),
+                Some(Err(_)) => return self.now.next(),
+                None => None,
+            };
+            let take_changed = match (now_key, self.changed.peek()) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(n), Some((c, _))) => c.as_str() <= n,
+            };
+            if !take_changed {
+                return self.now.next();
+            }
+            let (key, then) = self.changed.next()?;
+            if now_key == Some(key.as_str()) {
+                self.now.next();
+            }
+            if let Some(e) = then {
+                return Some(Ok((key, Stored::Decoded(e))));
+            }
+        }
     }
 }
 
