@@ -77,21 +77,32 @@ pub struct ExportArgs {
 
 /// The size of an apply, against the limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Size {
+pub struct Size {
     /// Compares and operations.
-    ops: usize,
+    pub ops: usize,
     /// Bytes of JSON.
-    bytes: usize,
+    pub bytes: usize,
 }
 
 /// The answering member's limits, or kvd's defaults from a member too old to say.
-async fn limits(client: &Client) -> Limits {
+pub async fn limits(client: &Client) -> Limits {
     client.node_status().await.ok().and_then(|s| s.limits).unwrap_or(Limits::DEFAULT)
 }
 
 /// What PREFIX holds, by path below it, and the revision of the listing.
 async fn held(client: &Client, prefix: &str, owners: bool) -> Result<(BTreeMap<String, Held>, u64), Failure> {
-    let opts = ListOptions { recursive: true, values: true, ..ListOptions::default() };
+    held_at(client, prefix, owners, None).await
+}
+
+/// What PREFIX held at revision `rev` (now, without one), by path below
+/// it, and the revision of the listing.
+pub async fn held_at(
+    client: &Client,
+    prefix: &str,
+    owners: bool,
+    rev: Option<u64>,
+) -> Result<(BTreeMap<String, Held>, u64), Failure> {
+    let opts = ListOptions { recursive: true, values: true, rev, ..ListOptions::default() };
     let list = client.list_all(prefix, &opts).await?;
     let mut out = BTreeMap::new();
     for e in list.entries {
@@ -122,7 +133,7 @@ fn value_fields(v: &[u8]) -> (Option<String>, Option<String>) {
 /// The transaction of a plan: a compare on every key read (at the revision
 /// it was listed at) and on every key created (absent), one that nothing
 /// under the prefix changed after `since`, then the puts and deletes.
-fn transaction(prefix: &str, held: &BTreeMap<String, Held>, plan: &Plan, since: u64, owners: bool) -> TxnRequest {
+pub fn transaction(prefix: &str, held: &BTreeMap<String, Held>, plan: &Plan, since: u64, owners: bool) -> TxnRequest {
     let key = |p: &str| if prefix.is_empty() { p.to_owned() } else { format!("{prefix}/{p}") };
     let mut compare = vec![Compare::prefix_unchanged(prefix, since)];
     compare.extend(held.iter().map(|(p, h)| Compare::key_at(key(p), h.mod_revision)));
@@ -147,7 +158,7 @@ fn transaction(prefix: &str, held: &BTreeMap<String, Held>, plan: &Plan, since: 
 }
 
 /// Refuses a transaction over the limits, before it is sent.
-fn check_size(txn: &TxnRequest, limits: &Limits) -> Result<Size, Failure> {
+pub fn check_size(txn: &TxnRequest, limits: &Limits) -> Result<Size, Failure> {
     let size = Size {
         ops: txn.compare.len() + txn.success.len() + txn.failure.len(),
         bytes: serde_json::to_vec(txn).map(|b| b.len()).unwrap_or(usize::MAX),

@@ -17,6 +17,7 @@ mod diff;
 mod history;
 mod member;
 mod output;
+mod rollback;
 mod snapshot;
 mod token;
 mod tree;
@@ -96,6 +97,10 @@ enum Command {
     Watch(watch::WatchArgs),
     /// A key's versions in the history: revision, time, writer.
     History(history::HistoryArgs),
+    /// What changed under a key or prefix between two revisions (a unified diff).
+    Diff(rollback::DiffArgs),
+    /// Make a prefix what it was at a past revision, in one transaction.
+    Rollback(rollback::RollbackArgs),
     /// Members: list, add, promote, remove.
     #[command(subcommand)]
     Member(member::MemberCommand),
@@ -236,6 +241,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Del(a) => data::del(&client, a, cli.output).await,
         Command::Ls(a) => data::ls(&client, a, cli.output).await,
         Command::History(a) => history::run(&client, a, cli.output).await,
+        Command::Diff(a) => rollback::diff(&client, a).await,
+        Command::Rollback(a) => rollback::rollback(&client, a, cli.output).await,
         Command::Apply(a) => apply::apply(&client, a, cli.output).await,
         Command::Export(a) => apply::export(&client, a, cli.output).await,
         Command::Watch(a) => watch::run(&client, a, cli.output).await,

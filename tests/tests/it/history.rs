@@ -144,3 +144,92 @@ async fn watch_events_carry_the_entry_before_when_asked() {
         ]
     );
 }
+
+/// Keys and values of `prefix` now.
+async fn listing_now(c: &Client, prefix: &str) -> Vec<(String, String)> {
+    let r = c.list("", &ListOptions { recursive: true, ..Default::default() }).await.expect("list").revision;
+    listing_at(c, prefix, r).await
+}
+
+#[tokio::test]
+async fn rollback_makes_a_prefix_what_it_was_and_diff_shows_the_change() {
+    let k = Kvd::bootstrap(&["--auth", "writes"]);
+    let admin_token = k.admin_token();
+    let c = k.client_with(Some(&admin_token));
+    c.put("app/a.conf", "listen 80;\n", &Default::default()).await.expect("put");
+    c.put("app/old.conf", "old\n", &Default::default()).await.expect("put");
+    c.put("other/x", "untouched", &Default::default()).await.expect("put");
+    let good = c.put("app/b.conf", "b\n", &Default::default()).await.expect("put").revision;
+    let want = listing_at(&c, "app", good).await;
+    c.put("app/a.conf", "listen 8080;\n", &Default::default()).await.expect("put");
+    c.delete("app/old.conf", false, None).await.expect("delete");
+    c.put("app/new.conf", "new\n", &Default::default()).await.expect("put");
+    c.put("other/x", "changed elsewhere", &Default::default()).await.expect("put");
+
+    let (code, out, err) = kvctl(&k, &admin_token, &["diff", "app", &good.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("-listen 80;") && out.contains("+listen 8080;"), "{out}");
+    assert!(out.contains("app/old.conf") && out.contains("app/new.conf"), "{out}");
+    let (code, out, _) = kvctl(&k, &admin_token, &["diff", "app/a.conf", &good.to_string()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("-listen 80;") && out.contains("+listen 8080;"), "a key's own diff: {out}");
+
+    let before = listing_now(&c, "app").await;
+    let (code, out, err) = kvctl(&k, &admin_token, &["rollback", "app", "--to", &good.to_string(), "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dry run"), "{out}");
+    assert_eq!(listing_now(&c, "app").await, before, "a dry run writes nothing");
+
+    let (code, out, err) = kvctl(&k, &admin_token, &["rollback", "app", "--to", &good.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("rolled back"), "{out}");
+    assert_eq!(listing_now(&c, "app").await, want, "the prefix is what it was");
+    assert_eq!(c.get("other/x").await.expect("get").expect("kept").value, "changed elsewhere");
+    let (code, out, _) = kvctl(&k, &admin_token, &["rollback", "app", "--to", &good.to_string()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to roll back"), "{out}");
+    let (code, _, err) = kvctl(&k, &admin_token, &["rollback", "app", "--to", "999999"]);
+    assert_eq!(code, 1, "a revision not reached yet: {err}");
+}
+
+#[tokio::test]
+async fn a_rollback_racing_writers_applies_whole_or_not_at_all() {
+    let k = Kvd::bootstrap(&[]);
+    let c = k.client();
+    c.put("app/x", "0", &Default::default()).await.expect("put");
+    let target = c.put("app/y", "0", &Default::default()).await.expect("put").revision;
+    let want = listing_at(&c, "app", target).await;
+    let writer = k.client();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let w = tokio::spawn(async move {
+        let mut i = 1u64;
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            writer.put("app/x", i.to_string(), &Default::default()).await.expect("writer");
+            i += 1;
+        }
+    });
+    let (mut applied, mut refused) = (0, 0);
+    for _ in 0..20 {
+        let out = Command::new(bin("kvctl"))
+            .args(["--endpoints", &k.url, "-o", "json", "rollback", "app", "--to", &target.to_string()])
+            .env_remove("KVCTL_TOKEN")
+            .env_remove("KVCTL_ENDPOINTS")
+            .output()
+            .expect("kvctl");
+        match out.status.code() {
+            Some(0) => {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+                if let Some(rev) = v["revision"].as_u64().filter(|_| v.get("dry_run").is_none()) {
+                    assert_eq!(listing_at(&c, "app", rev).await, want, "a rollback that applied is whole");
+                }
+                applied += 1;
+            }
+            Some(3) => refused += 1,
+            other => panic!("unexpected exit {other:?}: {}", String::from_utf8_lossy(&out.stderr)),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    w.await.expect("writer");
+    assert_eq!(applied + refused, 20);
+}
