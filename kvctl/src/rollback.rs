@@ -31,6 +31,10 @@ pub struct RollbackArgs {
     /// Print what would change (a unified diff of text contents) and write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Refuse (exit 3) if anything under PREFIX changed after revision N
+    /// (e.g. the revision a reviewed `--dry-run` printed).
+    #[arg(long, value_name = "N")]
+    if_rev: Option<u64>,
 }
 
 /// `kvctl diff KEY|PREFIX REV [REV]`
@@ -57,13 +61,25 @@ pub async fn rollback(client: &Client, a: RollbackArgs, fmt: Format) -> Result<(
     let (then, _) = held_at(client, &prefix, true, Some(a.to)).await?;
     let (now, listed) = held_at(client, &prefix, true, None).await?;
     let plan = diff::plan(&as_local(then), &now, true);
-    let txn = transaction(&prefix, &now, &plan, listed, true);
+    if let Some(rev) = a.if_rev {
+        if let Some((p, h)) = now.iter().find(|(_, h)| h.mod_revision > rev) {
+            let key = if prefix.is_empty() { p.clone() } else { format!("{prefix}/{p}") };
+            return Err(Failure::Conflict(format!(
+                "{key:?} changed at revision {}, after --if-rev {rev}: nothing was written",
+                h.mod_revision
+            )));
+        }
+    }
+    // NOTE: one prefix compare covers both: nothing changed after the
+    // listing, nor after --if-rev (deletes included).
+    let since = a.if_rev.map_or(listed, |r| r.min(listed));
+    let txn = transaction(&prefix, &now, &plan, since, true);
     let size = check_size(&txn, &limits)?;
     let counts = serde_json::json!({
         "added": plan.added.len(), "changed": plan.changed.len(), "removed": plan.removed.len(),
         "unchanged": plan.unchanged, "operations": size.ops, "bytes": size.bytes,
     });
-    if a.dry_run || plan.is_empty() {
+    if a.dry_run || (plan.is_empty() && a.if_rev.is_none()) {
         match fmt {
             Format::Json => output::json(&serde_json::json!({"dry_run": a.dry_run, "to": a.to,
                 "revision": listed, "counts": counts}))?,
@@ -91,7 +107,8 @@ pub async fn rollback(client: &Client, a: RollbackArgs, fmt: Format) -> Result<(
     };
     if !r.succeeded {
         return Err(Failure::Conflict(format!(
-            "{prefix:?} changed after kvctl read it at revision {listed}: nothing was written; run the rollback again"
+            "{prefix:?} changed after kvctl read it at revision {listed}{}: nothing was written; run the rollback again",
+            a.if_rev.map(|r| format!(" (or after --if-rev {r})")).unwrap_or_default()
         )));
     }
     match fmt {

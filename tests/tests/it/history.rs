@@ -180,6 +180,16 @@ async fn rollback_makes_a_prefix_what_it_was_and_diff_shows_the_change() {
     assert!(out.contains("dry run"), "{out}");
     assert_eq!(listing_now(&c, "app").await, before, "a dry run writes nothing");
 
+    // A change after the reviewed revision, even a delete, refuses it.
+    let reviewed = c.put("app/late.conf", "late\n", &Default::default()).await.expect("put").revision;
+    c.delete("app/late.conf", false, None).await.expect("delete");
+    let before = listing_now(&c, "app").await;
+    let args = ["rollback", "app", "--to", &good.to_string(), "--if-rev", &reviewed.to_string()];
+    let (code, _, err) = kvctl(&k, &admin_token, &args);
+    assert_eq!(code, 3, "a change after --if-rev refuses the rollback: {err}");
+    assert!(err.contains("nothing was written"), "{err}");
+    assert_eq!(listing_now(&c, "app").await, before, "a refused rollback writes nothing");
+
     let (code, out, err) = kvctl(&k, &admin_token, &["rollback", "app", "--to", &good.to_string()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("rolled back"), "{out}");
