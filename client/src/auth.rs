@@ -158,12 +158,31 @@ pub fn validate_token_name(name: &str) -> Result<(), String> {
     if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
         return Err(format!("token name {name:?} may hold only A-Z, a-z, 0-9, '.', '_' and '-'"));
     }
+    // NOTE: the history names writers without a token so.
+    if RESERVED_TOKEN_NAMES.contains(&name) {
+        return Err(format!("token name {name:?} is reserved: the history names writers without a token so"));
+    }
     Ok(())
 }
+
+/// The writer the history names for a request without a credential.
+pub const ANONYMOUS: &str = "anonymous";
+/// The writer the history names for the node's own requests.
+pub const NODE_WRITER: &str = "kvd";
+/// Names the history gives writers that are not tokens.
+pub const RESERVED_TOKEN_NAMES: [&str; 2] = [ANONYMOUS, NODE_WRITER];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_history_s_own_writer_names_are_no_token_names() {
+        for name in RESERVED_TOKEN_NAMES {
+            assert!(validate_token_name(name).is_err(), "{name}");
+        }
+        assert!(validate_token_name("deployer").is_ok());
+    }
 
     fn g(read: &[&str], write: &[&str]) -> Grants {
         Grants {

@@ -17,7 +17,10 @@ mod path;
 mod types;
 mod watch;
 
-pub use auth::{validate_token_name, Access, Grants, NewToken, TokenInfo, TokenSpec, WhoAmI};
+pub use auth::{
+    validate_token_name, Access, Grants, NewToken, TokenInfo, TokenSpec, WhoAmI, ANONYMOUS, NODE_WRITER,
+    RESERVED_TOKEN_NAMES,
+};
 pub use client::{Client, ClientOptions, ListOptions, PutOptions, Value, DEFAULT_REQUEST_TIMEOUT, MEMBER_IDLE_CLOSE};
 pub use clock::Utc;
 pub use error::{Error, ErrorCode};

@@ -161,7 +161,7 @@ impl Denied {
 impl Caller {
     /// Who, for logs: the token's name, never the token.
     pub fn who(&self) -> &str {
-        self.name.as_deref().unwrap_or("anonymous")
+        self.name.as_deref().unwrap_or(kv_client::ANONYMOUS)
     }
 
     fn deny(&self, action: &str, target: &str) -> Denied {

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use kv_client::{AddMember, ClusterInfo, MemberInfo, NodeStatus};
+use kv_client::{AddMember, ClusterInfo, MemberInfo, NodeStatus, ANONYMOUS, NODE_WRITER};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 
@@ -16,11 +16,6 @@ use crate::network::CallError;
 use crate::proposer::ProposeError;
 use crate::rpc::{self, ForwardError, Forwarded, NodeIdentity, Rpc};
 use crate::types::{Member, NodeId, Request, Response};
-
-/// The writer of a request the node made itself (the bootstrap admin token).
-const WRITER_NODE: &str = "kvd";
-/// The writer of a request without a credential.
-const ANONYMOUS: &str = "anonymous";
 
 /// Pause between attempts while the leader changes.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -271,12 +266,12 @@ impl Node {
                     .auth
                     .caller_from(a.as_deref(), &tokens)
                     .and_then(|caller| caller.need_txn(&req.txn).map(|()| caller.who().to_owned())),
-                Authority::Node => Ok(WRITER_NODE.to_owned()),
+                Authority::Node => Ok(NODE_WRITER.to_owned()),
             }
             .map_err(ForwardError::Denied)?
         } else {
             match authority {
-                Authority::Node => WRITER_NODE.to_owned(),
+                Authority::Node => NODE_WRITER.to_owned(),
                 Authority::Checked { caller, .. } => caller.who().to_owned(),
                 Authority::Client(_) => ANONYMOUS.to_owned(),
             }
