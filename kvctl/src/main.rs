@@ -2,7 +2,9 @@
 
 mod bench;
 mod data;
+mod debounce;
 mod member;
+mod mounted;
 mod output;
 mod snapshot;
 mod token;
@@ -66,7 +68,7 @@ enum Command {
     Del(data::DelArgs),
     /// List the entries below a prefix.
     Ls(data::LsArgs),
-    /// Watch a prefix for changes (optionally running a command per change).
+    /// Watch a prefix for changes (optionally running a command on changes).
     Watch(watch::WatchArgs),
     /// Members: list, add, promote, remove.
     #[command(subcommand)]
@@ -165,7 +167,7 @@ fn client(cli: &Cli) -> Result<kv_client::Client, Failure> {
 
 /// A `--command-timeout`: `500ms`, `5s`, `2m`, or plain (decimal) seconds;
 /// more than 0 and at most an hour.
-fn parse_timeout(v: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_timeout(v: &str) -> Result<std::time::Duration, String> {
     let v = v.trim();
     let (number, unit) = match v.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => v.split_at(i),
@@ -250,5 +252,17 @@ mod man {
         use clap::CommandFactory;
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/kvctl.1");
         kv_tests::man::check_man_page(super::Cli::command(), "1", path);
+    }
+
+    /// man/kvctl-watch.1 too: `kvctl watch` has the most to say (the
+    /// command's environment, kv-watch@.service).
+    #[test]
+    fn watch_man_page_matches_the_cli() {
+        use clap::CommandFactory;
+        let mut cli = super::Cli::command();
+        cli.build();
+        let watch = cli.find_subcommand("watch").expect("kvctl watch").clone().version(env!("CARGO_PKG_VERSION"));
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/kvctl-watch.1");
+        kv_tests::man::check_man_page(watch, "1", path);
     }
 }
