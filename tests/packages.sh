@@ -102,13 +102,13 @@ EOF
 # started again by kv-watch@reader.service on every change of app/.
 cat > "$root/etc/systemd/system/kv-reader.service" <<'EOF'
 [Unit]
-Description=A service that reads /etc/app/greeting each time it runs
+Description=A service that reads /etc/app/reload.conf each time it runs
 RequiresMountsFor=/etc/app
 
 [Service]
 Type=oneshot
 StateDirectory=kv-reader
-ExecStart=/bin/sh -c 'cat /etc/app/greeting >> /var/lib/kv-reader/seen'
+ExecStart=/bin/sh -c 'cat /etc/app/reload.conf >> /var/lib/kv-reader/seen; echo >> /var/lib/kv-reader/seen'
 EOF
 
 step "boot it"
@@ -200,6 +200,7 @@ step "kv-watch@.service: a change under the prefix restarts a service, which rea
 inside 'test -f /usr/share/doc/kvctl/examples/nginx.conf' || fail "no example kv-watch config"
 inside 'mkdir -p /etc/kv/watch && printf "%s\n" "# as in kvctl-watch(1)" PREFIX=app MOUNT=/etc/app WAIT=200ms:1s \
     "COMMAND=systemctl start kv-reader.service" > /etc/kv/watch/reader.conf'
+inside 'kvctl --token-file /var/lib/kvd/admin-token put app/reload.conf v0'
 inside 'systemctl enable --now kv-watch@reader.service'
 waitfor "kv-watch@reader is not active" 'systemctl is-active --quiet kv-watch@reader.service'
 inside 'systemctl show -p After kv-watch@reader.service' | grep -q 'remote-fs.target' ||
@@ -207,13 +208,15 @@ inside 'systemctl show -p After kv-watch@reader.service' | grep -q 'remote-fs.ta
 # The watch starts "from now": write until a run shows it is up.
 waitfor "kv-watch@reader never ran" 'kvctl --token-file /var/lib/kvd/admin-token put app/probe x >/dev/null &&
     sleep 0.5 && test -s /var/lib/kv-reader/seen'
-for v in world again; do
-    inside "kvctl --token-file /var/lib/kvd/admin-token put app/greeting $v"
+for v in v1 v2; do
+    inside "kvctl --token-file /var/lib/kvd/admin-token put app/reload.conf $v"
     # NOTE: the run for the last change is the last run: it read the new value.
-    waitfor "the service did not read $v through the mount" "[ \"\$(tail -1 /var/lib/kv-reader/seen)\" = $v ]"
+    for _ in $(seq 1 300); do [ "$(inside 'tail -1 /var/lib/kv-reader/seen')" = $v ] && break; sleep 0.2; done
+    [ "$(inside 'tail -1 /var/lib/kv-reader/seen')" = $v ] || fail "the service did not read $v through the mount:
+$(inside 'cat /var/lib/kv-reader/seen /run/kvfs/etc-app.status; journalctl --no-pager -n 20 -u kv-watch@reader.service')"
 done
 seen=$(inside 'cat /var/lib/kv-reader/seen')
-sed -n '/^world$/,$p' <<<"$seen" | grep -qx hello && fail "a run after the change read the old value: $seen"
+sed -n '/^v1$/,$p' <<<"$seen" | grep -qx v0 && fail "a run after the change read the old value: $seen"
 inside 'journalctl --no-pager -u kv-watch@reader.service' | grep -E 'runs again|did not serve' &&
     fail "kv-watch@reader reported a failed run"
 inside 'systemctl stop kv-watch@reader.service'
