@@ -88,7 +88,14 @@ Description: mount a kv key prefix as a filesystem
 stage kvctl
 bin kvctl kvctl usr/bin
 man kvctl kvctl 1
+man kvctl kvctl-watch 1
+install -D -m 644 packaging/systemd/kv-watch@.service "$out/kvctl/usr/lib/systemd/system/kv-watch@.service"
+install -D -m 755 packaging/lib/kv-watch "$out/kvctl/usr/lib/kvctl/kv-watch"
+install -D -m 644 packaging/examples/nginx.conf "$out/kvctl/usr/share/doc/kvctl/examples/nginx.conf"
+for s in postinst prerm; do install -m 755 "packaging/debian/kvctl.$s" "$out/kvctl/DEBIAN/$s"; done
 control kvctl admin "Depends: $(shlibs "$out/kvctl/usr/bin/kvctl")
 Description: command-line client of a kv cluster
  kvctl is the operator's CLI of kv: members, status, health, snapshots,
- tokens, data, watches and benchmarks."
+ tokens, data, watches and benchmarks. kv-watch@.service runs a command
+ when the keys under a prefix change (reloading a service in order with
+ its kvfs mount)."

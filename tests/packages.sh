@@ -4,7 +4,9 @@
 # inside it installs the packages and checks that kvd.service runs, kvctl
 # health passes, the packaged /etc/fstab line mounts /etc/app, a unit with
 # User=app ordered after it reads a 0640 root:app file there (and nobody
-# else does), an upgrade keeps the data and a
+# else does), kv-watch@.service restarts a service when its config changes
+# and the service reads the new value through the mount, an upgrade keeps
+# the data and a
 # purge leaves no running unit, and that a second host joins as the README
 # says. Also: lintian, mandoc/man lint, and
 # systemd-analyze verify/security. Needs root. Usage: tests/packages.sh
@@ -96,6 +98,19 @@ StateDirectory=kv-app
 ExecStart=/bin/sh -c 'cat /etc/app/app.conf > /var/lib/kv-app/conf && cat /etc/app/greeting > /var/lib/kv-app/seen'
 EOF
 
+# A service that reads its config through the mount each time it runs,
+# started again by kv-watch@reader.service on every change of app/.
+cat > "$root/etc/systemd/system/kv-reader.service" <<'EOF'
+[Unit]
+Description=A service that reads /etc/app/reload.conf each time it runs
+RequiresMountsFor=/etc/app
+
+[Service]
+Type=oneshot
+StateDirectory=kv-reader
+ExecStart=/bin/sh -c 'cat /etc/app/reload.conf >> /var/lib/kv-reader/seen; echo >> /var/lib/kv-reader/seen'
+EOF
+
 step "boot it"
 systemd-nspawn --quiet --register=no --keep-unit --private-network --bind=/dev/fuse \
     --property=DeviceAllow='/dev/fuse rwm' -D "$root" -b > "$work/console.log" 2>&1 &
@@ -181,8 +196,34 @@ inside 'mkdir -p /mnt/app && mount -t fuse "kvfs#http://127.0.0.1:7379/app" /mnt
 [ "$(inside 'cat /mnt/app/greeting')" = hello ] || fail "the kvfs# form"
 inside 'umount /mnt/app'
 
+step "kv-watch@.service: a change under the prefix restarts a service, which reads it through the mount"
+inside 'test -f /usr/share/doc/kvctl/examples/nginx.conf' || fail "no example kv-watch config"
+inside 'mkdir -p /etc/kv/watch && printf "%s\n" "# as in kvctl-watch(1)" PREFIX=app MOUNT=/etc/app WAIT=200ms:1s \
+    "COMMAND=systemctl start kv-reader.service" > /etc/kv/watch/reader.conf'
+inside 'kvctl --token-file /var/lib/kvd/admin-token put app/reload.conf v0'
+inside 'systemctl enable --now kv-watch@reader.service'
+waitfor "kv-watch@reader is not active" 'systemctl is-active --quiet kv-watch@reader.service'
+inside 'systemctl show -p After kv-watch@reader.service' | grep -q 'remote-fs.target' ||
+    fail "kv-watch@ is not ordered after the remote file systems (kvfs mounts)"
+# The watch starts "from now": write until a run shows it is up.
+waitfor "kv-watch@reader never ran" 'kvctl --token-file /var/lib/kvd/admin-token put app/probe x >/dev/null &&
+    sleep 0.5 && test -s /var/lib/kv-reader/seen'
+for v in v1 v2; do
+    inside "kvctl --token-file /var/lib/kvd/admin-token put app/reload.conf $v"
+    # NOTE: the run for the last change is the last run: it read the new value.
+    for _ in $(seq 1 300); do [ "$(inside 'tail -1 /var/lib/kv-reader/seen')" = $v ] && break; sleep 0.2; done
+    [ "$(inside 'tail -1 /var/lib/kv-reader/seen')" = $v ] || fail "the service did not read $v through the mount:
+$(inside 'cat /var/lib/kv-reader/seen /run/kvfs/etc-app.status; journalctl --no-pager -n 20 -u kv-watch@reader.service')"
+done
+seen=$(inside 'cat /var/lib/kv-reader/seen')
+sed -n '/^v1$/,$p' <<<"$seen" | grep -qx v0 && fail "a run after the change read the old value: $seen"
+inside 'journalctl --no-pager -u kv-watch@reader.service' | grep -E 'runs again|did not serve' &&
+    fail "kv-watch@reader reported a failed run"
+inside 'systemctl stop kv-watch@reader.service'
+
 step "systemd-analyze verify and security"
-inside 'systemd-analyze verify /usr/lib/systemd/system/kvd.service /usr/lib/systemd/system/kvd@.service'
+inside 'systemd-analyze verify /usr/lib/systemd/system/kvd.service /usr/lib/systemd/system/kvd@.service \
+    /usr/lib/systemd/system/kv-watch@.service'
 inside 'systemd-analyze security --no-pager kvd.service' | tail -1
 
 step "upgrade keeps the data and restarts the service"

@@ -13,9 +13,11 @@ macro_rules! size_help {
 mod apply;
 mod bench;
 mod data;
+mod debounce;
 mod diff;
 mod history;
 mod member;
+mod mounted;
 mod output;
 mod rollback;
 mod snapshot;
@@ -93,7 +95,7 @@ enum Command {
     Apply(apply::ApplyArgs),
     /// Write a prefix out as files, with their modes, into a directory.
     Export(apply::ExportArgs),
-    /// Watch a prefix for changes (optionally running a command per change).
+    /// Watch a prefix for changes (optionally running a command on changes).
     Watch(watch::WatchArgs),
     /// A key's versions in the history: revision, time, writer.
     History(history::HistoryArgs),
@@ -205,7 +207,7 @@ fn client(cli: &Cli) -> Result<kv_client::Client, Failure> {
 
 /// A `--command-timeout`: `500ms`, `5s`, `2m`, or plain (decimal) seconds;
 /// more than 0 and at most an hour.
-fn parse_timeout(v: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_timeout(v: &str) -> Result<std::time::Duration, String> {
     let v = v.trim();
     let (number, unit) = match v.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => v.split_at(i),
@@ -295,5 +297,17 @@ mod man {
         use clap::CommandFactory;
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/kvctl.1");
         kv_tests::man::check_man_page(super::Cli::command(), "1", path);
+    }
+
+    /// man/kvctl-watch.1 too: `kvctl watch` has the most to say (the
+    /// command's environment, kv-watch@.service).
+    #[test]
+    fn watch_man_page_matches_the_cli() {
+        use clap::CommandFactory;
+        let mut cli = super::Cli::command();
+        cli.build();
+        let watch = cli.find_subcommand("watch").expect("kvctl watch").clone().version(env!("CARGO_PKG_VERSION"));
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/kvctl-watch.1");
+        kv_tests::man::check_man_page(watch, "1", path);
     }
 }

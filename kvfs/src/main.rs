@@ -191,11 +191,13 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         .clone()
         .unwrap_or_else(|| default_dir("/var/cache/kvfs", "XDG_CACHE_HOME", ".cache"))
         .join(format!("{name}.json"));
-    let status_file = inv
-        .status_dir
-        .clone()
-        .unwrap_or_else(|| default_dir("/run/kvfs", "XDG_RUNTIME_DIR", ".cache"))
-        .join(format!("{}.status", escape(&inv.mountpoint)));
+    // NOTE: named after the real path, however the mount point was given,
+    // so that `kvctl watch --mount DIR` finds it by the same rule.
+    let real_mountpoint = std::fs::canonicalize(&inv.mountpoint).unwrap_or_else(|_| inv.mountpoint.clone());
+    let status_file = kv_client::mounts::status_file(
+        &inv.status_dir.clone().unwrap_or_else(kv_client::mounts::default_status_dir),
+        &real_mountpoint,
+    );
 
     let opts =
         kvfs::Options { prefix: inv.prefix.clone(), ro: inv.ro, local: inv.local.clone(), attr_map: inv.attr_map };
@@ -238,6 +240,7 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
             connected: from == "cluster",
             revision,
             loaded_from: from.into(),
+            prefix: inv.prefix.clone(),
             ..Status::of_this_process(&inv.source, &inv.mountpoint.display().to_string())
         }),
         status_file: Some(status_file),
@@ -365,14 +368,4 @@ fn detach_stdio() {
             libc::dup2(null.as_raw_fd(), 1);
         }
     }
-}
-
-/// `/etc/app` → `etc-app` (systemd-style escaping, simplified).
-fn escape(p: &std::path::Path) -> String {
-    let s = p.display().to_string();
-    let s = s.trim_matches('/');
-    if s.is_empty() {
-        return "-".into();
-    }
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' { c } else { '-' }).collect()
 }

@@ -18,6 +18,11 @@ use crate::tree::TreeNode;
 /// Entries per page of a load.
 const PAGE: usize = 10_000;
 
+/// How long the watch waits for the kernel to drop what a revision
+/// replaced before it says the mount serves that revision (a directory
+/// another request holds locked makes it wait).
+const SHOW_WAIT: Duration = Duration::from_millis(500);
+
 /// Lists the whole subtree below `prefix`, with values, by pages. The
 /// cursor to watch from is the *first* page's revision: a later page may
 /// reflect later writes, and a change between pages must still be replayed
@@ -48,6 +53,10 @@ pub struct Status {
     pub source: String,
     /// Where it is mounted.
     pub mountpoint: String,
+    /// The key prefix it shows ("" for the whole keyspace): a change of a
+    /// key under it is in the mount once `revision` reaches the change's.
+    #[serde(default)]
+    pub prefix: String,
     /// kvfs's pid.
     pub pid: u32,
     /// When that process started: field 22 of `/proc/PID/stat` (clock
@@ -60,7 +69,9 @@ pub struct Status {
     pub connected: bool,
     /// The member the watch stream comes from, while it is up.
     pub endpoint: Option<String>,
-    /// Cluster revision the mount reflects.
+    /// Cluster revision the mount reflects: every open from now on reads
+    /// what the prefix held at this revision or later (written as each
+    /// revision is applied, once the kernel has dropped what it replaced).
     pub revision: u64,
     /// Since when the mount may be missing changes (seconds since the
     /// epoch): when it lost the cluster, or last heard from a stream that
@@ -152,7 +163,10 @@ pub fn load_lkg(
     Ok((lkg.revision, entries))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `path` whole by a rename; `durable` syncs the data first (the
+/// last-known-good copy; the status file lives in a runtime directory and
+/// is written on every revision, so it is not).
+fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
@@ -161,7 +175,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_data()?;
+    if durable {
+        f.sync_data()?;
+    }
     std::fs::rename(&tmp, path)
 }
 
@@ -196,7 +212,7 @@ impl MountWatch {
             return;
         }
         if let Ok(json) = serde_json::to_vec_pretty(s) {
-            if let Err(e) = write_atomic(path, &json) {
+            if let Err(e) = write_atomic(path, &json, false) {
                 tracing::warn!(error = %e, path = %path.display(), "cannot write the status file");
             }
         }
@@ -253,23 +269,24 @@ impl MountWatch {
         }
     }
 
-    /// Brings the status file's revision and staleness up to date (called
-    /// every second): a stream quiet past its bound makes the mount stale
-    /// before the stream is given up.
+    /// Brings the status file's staleness up to date (called every
+    /// second): a stream quiet past its bound makes the mount stale before
+    /// the stream is given up.
+    ///
+    /// NOTE: the revision is the watch thread's to write, once the kernel
+    /// has dropped what a revision replaced (see [`MountWatch::run`]).
     pub fn tick(&self) {
-        let revision = self.core.cursor();
         let quiet_since = self.liveness.lock().ok().and_then(|l| match (l.heard, l.quiet_after) {
             (Some((at, secs)), Some(q)) if at.elapsed() > q => Some(secs),
             _ => None,
         });
         let changed = self.update_status(|s| {
-            s.revision = s.revision.max(revision);
             if s.connected {
                 s.stale_since = quiet_since;
             }
         });
         if changed && quiet_since.is_some() {
-            tracing::warn!(revision, "the watch stream has gone quiet; the mount may be stale");
+            tracing::warn!(revision = self.core.cursor(), "the watch stream has gone quiet; the mount may be stale");
         }
     }
 
@@ -283,13 +300,12 @@ impl MountWatch {
         let lkg = Lkg { revision, entries };
         match serde_json::to_vec(&lkg) {
             Ok(b) => {
-                if let Err(e) = write_atomic(path, &b) {
+                if let Err(e) = write_atomic(path, &b, true) {
                     tracing::warn!(error = %e, "cannot save the last-known-good copy");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot encode the last-known-good copy"),
         }
-        self.update_status(|s| s.revision = s.revision.max(revision));
     }
 
     /// Keeps the cache current, on the calling thread, until `stop` says:
@@ -309,7 +325,13 @@ impl MountWatch {
                         match w.next() {
                             Ok(Some(b)) => {
                                 self.heard(None);
-                                self.core.apply(&b);
+                                // IMPORTANT: the status file's revision moves only once
+                                // the kernel has dropped what the batch replaced: a
+                                // program told to reload at that revision
+                                // (`kvctl watch --mount`) must not read the old file.
+                                self.core.apply_and_show(&b, SHOW_WAIT);
+                                let revision = self.core.cursor();
+                                self.update_status(|s| s.revision = s.revision.max(revision));
                             }
                             Ok(None) => break,
                             Err(f) => {

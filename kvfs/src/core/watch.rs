@@ -79,8 +79,25 @@ impl Core {
     /// half of a transaction (a rename elsewhere: the old name gone and the
     /// new one not there yet).
     pub fn apply(&self, b: &Batch) {
+        let out = self.apply_batch(b);
+        self.invalidate(out);
+    }
+
+    /// Like [`Core::apply`], and returns once the kernel has forgotten
+    /// what the batch changed (or after `bound`): from then on every open
+    /// on this mount reads the batch's revision or a later one, which is
+    /// what the status file's revision promises.
+    pub fn apply_and_show(&self, b: &Batch, bound: std::time::Duration) {
+        let out = self.apply_batch(b);
+        if !out.is_empty() {
+            self.inval.send_and_wait(out, bound);
+        }
+    }
+
+    /// Applies a batch to the tree; the kernel caches to drop.
+    fn apply_batch(&self, b: &Batch) -> Vec<Inval> {
         let mut out = Vec::new();
-        let Ok(mut s) = self.state.write() else { return };
+        let Ok(mut s) = self.state.write() else { return out };
         for ev in &b.events {
             let Some(path) = self.path_of(&ev.key) else { continue };
             if s.tree.has_newer(&path, ev.revision) || s.tree.get(&path).is_some_and(|n| n.local) {
@@ -105,7 +122,7 @@ impl Core {
         if !b.events.is_empty() {
             self.changed();
         }
-        self.invalidate(out);
+        out
     }
 
     /// Replaces everything from the cluster with a fresh listing (after the

@@ -243,3 +243,41 @@ async fn a_rollback_racing_writers_applies_whole_or_not_at_all() {
     w.await.expect("writer");
     assert_eq!(applied + refused, 20);
 }
+
+#[tokio::test]
+async fn kvctl_watch_prev_prints_the_entry_before() {
+    use std::io::BufRead;
+    let k = Kvd::bootstrap(&[]);
+    let c = k.client();
+    let start = c.put("app/x", "old\n", &Default::default()).await.expect("put").revision;
+    c.put("app/x", "new\n", &Default::default()).await.expect("put");
+    let mut child = Command::new(bin("kvctl"))
+        .args(["--endpoints", &k.url, "watch", "app", "--prev", "--rev", &start.to_string()])
+        .env_remove("KVCTL_TOKEN")
+        .env_remove("KVCTL_ENDPOINTS")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kvctl watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = String::new();
+    while !seen.contains("+new") {
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("put app/x") && seen.contains("-old") && seen.contains("+new"), "{seen}");
+}

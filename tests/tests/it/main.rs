@@ -18,6 +18,7 @@ mod mount;
 mod permissions;
 mod powercut;
 mod readers;
+mod reload;
 mod security;
 mod stale;
 mod stalemount;
