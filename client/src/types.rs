@@ -204,9 +204,8 @@ pub struct KeyVersion {
 ///   N; 0 = absent) or `{"key": K, "exists": B}`;
 /// - on a prefix: `{"prefix": P, "unchanged_since": N}` holds when no key
 ///   under P (`""` for the whole keyspace, one trailing `/` allowed) was put
-///   or deleted after revision N. When the cluster's watch history no
-///   longer reaches back to N, the transaction is refused whole with 410
-///   [`crate::ErrorCode::Compacted`] (list again and retry).
+///   or deleted after revision N, however long ago N was (a transaction
+///   holds at most a few).
 ///
 /// Build them with [`Compare::key_at`], [`Compare::key_exists`] and
 /// [`Compare::prefix_unchanged`].

@@ -25,7 +25,7 @@ pub(crate) trait ReadView {
     /// Whether a key under `prefix` (normalized, "" for all) was put or
     /// deleted after revision `rev`, by the watch history; `None` when the
     /// history no longer reaches back to `rev` (it is compacted).
-    fn changed_since(&self, prefix: &str, rev: u64) -> io::Result<Option<bool>>;
+    fn changed_since(&self, prefix: &str, rev: u64) -> io::Result<bool>;
 }
 
 /// Changes of the log entry being applied, not yet committed; later requests
@@ -40,6 +40,9 @@ pub(crate) struct Changes {
     pub(crate) events: Vec<(u64, u32, StoredEvent)>,
     /// When each new revision was made, and by whom.
     pub(crate) revisions: Vec<(u64, RevisionRecord)>,
+    /// The last revision that deleted a key under each prefix (every
+    /// ancestor of a deleted key, and the key itself).
+    pub(crate) deleted: BTreeMap<String, u64>,
 }
 
 impl Changes {
@@ -52,13 +55,12 @@ impl Changes {
         }
     }
 
-    /// Whether a key under `prefix` changed after `rev`, as the entry being
-    /// applied sees it: the committed history, then its own earlier changes.
-    /// `None` when the committed history no longer reaches `rev`, whatever
-    /// the entry did (one answer on every member, the same for any entry).
-    fn changed_since(&self, view: &impl ReadView, prefix: &str, rev: u64) -> io::Result<Option<bool>> {
+    /// Whether a key under `prefix` was put or deleted after `rev`, as the
+    /// entry being applied sees it: its own earlier changes, then the
+    /// committed state.
+    fn changed_since(&self, view: &impl ReadView, prefix: &str, rev: u64) -> io::Result<bool> {
         let own = self.events.iter().any(|(r, _, e)| *r > rev && key_in_prefix(&e.key, prefix));
-        Ok(view.changed_since(prefix, rev)?.map(|committed| committed || own))
+        Ok(own || view.changed_since(prefix, rev)?)
     }
 
     /// Whether a token named `name` exists, as the entry being applied sees it.
@@ -89,15 +91,7 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
         ok &= match c {
             Cmp::ModRevision(k, want) => rev(k)? == *want,
             Cmp::Exists(k, want) => (rev(k)? != 0) == *want,
-            Cmp::PrefixUnchangedSince(prefix, since) => match changes.changed_since(view, prefix, *since)? {
-                Some(changed) => !changed,
-                // IMPORTANT: unknown is neither true nor false: the request
-                // is refused whole, neither branch runs.
-                None => {
-                    let outcomes = vec![Outcome::Compacted(prefix.clone(), *since)];
-                    return Ok(Response { succeeded: false, revision: st.revision, outcomes });
-                }
-            },
+            Cmp::PrefixUnchangedSince(prefix, since) => !changes.changed_since(view, prefix, *since)?,
         };
     }
     let ops = if ok { &req.txn.success } else { &req.txn.failure };
@@ -161,6 +155,9 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
                         Some(e) => Some(e),
                         None => changes.entry(view, &k)?,
                     };
+                    for p in ancestors(&k) {
+                        changes.deleted.insert(p.to_owned(), new_rev);
+                    }
                     changes.entries.insert(k.clone(), None);
                     written.push((k, None, Prev::from(held)));
                 }
@@ -200,6 +197,11 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
     Ok(Response { succeeded: ok, revision: st.revision, outcomes })
 }
 
+/// Every prefix a key is under: "", each of its ancestors, and the key.
+pub(crate) fn ancestors(key: &str) -> impl Iterator<Item = &str> {
+    std::iter::once("").chain(key.match_indices('/').map(|(i, _)| &key[..i])).chain(std::iter::once(key))
+}
+
 /// The committed state in memory, for tests of what runs over a
 /// [`ReadView`]; crate::sm checks that it reads like the fjall store.
 #[cfg(test)]
@@ -207,19 +209,15 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
 pub(crate) struct MemView {
     entries: BTreeMap<String, StoredEntry>,
     tokens: BTreeSet<String>,
-    /// Watch history: (revision, sequence) → key changed.
-    events: BTreeMap<(u64, u32), String>,
-    /// History up to this revision is dropped.
-    compact: u64,
+    /// The last deleting revision under each prefix.
+    deleted: BTreeMap<String, u64>,
 }
 
 #[cfg(test)]
 impl MemView {
     /// Commits the changes of one log entry.
     pub(crate) fn commit(&mut self, changes: Changes) {
-        for (rev, seq, ev) in &changes.events {
-            self.events.insert((*rev, *seq), ev.key.clone());
-        }
+        self.deleted.extend(changes.deleted);
         for (k, e) in changes.entries {
             match e {
                 Some(e) => self.entries.insert(k, e),
@@ -232,15 +230,6 @@ impl MemView {
                 None => self.tokens.remove(&name),
             };
         }
-    }
-}
-
-#[cfg(test)]
-impl MemView {
-    /// Drops the history up to revision `rev` (crate::sm keeps a bounded one).
-    pub(crate) fn compact(&mut self, rev: u64) {
-        self.events.retain(|(r, _), _| *r > rev);
-        self.compact = self.compact.max(rev);
     }
 }
 
@@ -264,11 +253,9 @@ impl ReadView for MemView {
         Ok(self.tokens.contains(name))
     }
 
-    fn changed_since(&self, prefix: &str, rev: u64) -> io::Result<Option<bool>> {
-        if rev < self.compact {
-            return Ok(None);
-        }
-        Ok(Some(self.events.range((rev.saturating_add(1), 0)..).any(|(_, k)| key_in_prefix(k, prefix))))
+    fn changed_since(&self, prefix: &str, rev: u64) -> io::Result<bool> {
+        let put = self.entries.iter().any(|(k, e)| key_in_prefix(k, prefix) && e.mod_revision > rev);
+        Ok(put || self.deleted.get(prefix).is_some_and(|d| *d > rev))
     }
 }
 
@@ -619,21 +606,24 @@ mod tests {
     }
 
     #[test]
-    fn a_prefix_compare_older_than_the_history_refuses_the_request_whole() {
+    fn a_prefix_compare_is_decided_by_the_state_not_by_a_history() {
+        // IMPORTANT: every member must decide alike, whatever history it
+        // kept: a compare on a revision long past is still decided.
         let (mut view, mut st) = with_keys(&["app/a", "app/b", "app/c"]);
-        view.compact(2);
-        let refuse =
-            req(vec![exists("app/a", true), unchanged_since("app", 1)], vec![put("y", "1")], vec![put("n", "1")]);
-        let (out, changes) = run(&view, &mut st, &[refuse]);
-        assert_eq!(
-            out[0],
-            Response { succeeded: false, revision: 3, outcomes: vec![Outcome::Compacted("app".into(), 1)] }
-        );
-        assert!(changes.entries.is_empty() && changes.events.is_empty(), "neither branch ran");
-        let (out, _) = run(&view, &mut st, &[req(vec![unchanged_since("app", 2)], vec![], vec![])]);
-        assert!(!out[0].succeeded && out[0].outcomes.is_empty(), "at the compacted revision the history still answers");
-        let (out, _) = run(&view, &mut st, &[req(vec![unchanged_since("app", 3)], vec![], vec![])]);
-        assert!(out[0].succeeded);
+        let holds = |view: &MemView, st: &mut State, cmp: Cmp| {
+            let (out, _) = run(view, st, &[req(vec![cmp], vec![], vec![])]);
+            out[0].succeeded
+        };
+        assert!(!holds(&view, &mut st, unchanged_since("app", 1)), "app/b and app/c came after 1");
+        assert!(holds(&view, &mut st, unchanged_since("app/a", 1)));
+        entry(&mut view, &mut st, &[only(vec![del("app/b/x", false), del("app/c", false)])]);
+        assert_eq!(st.revision, 4);
+        assert!(!holds(&view, &mut st, unchanged_since("app", 3)), "the delete of app/c at 4");
+        assert!(!holds(&view, &mut st, unchanged_since("app/c", 3)));
+        assert!(holds(&view, &mut st, unchanged_since("app/b", 3)), "deleting nothing changes nothing");
+        assert!(holds(&view, &mut st, unchanged_since("app", 4)));
+        assert_eq!(ancestors("a/b/c").collect::<Vec<_>>(), ["", "a", "a/b", "a/b/c"]);
+        assert_eq!(ancestors("a").collect::<Vec<_>>(), ["", "a"]);
     }
 
     #[test]

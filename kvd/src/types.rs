@@ -85,9 +85,10 @@ pub enum Cmp {
     /// The key exists (true) or not (false).
     Exists(String, bool),
     /// No key under the prefix (normalized, "" for all) was put or deleted
-    /// after this revision, by the committed state's watch history and the
-    /// entry's own earlier requests. When the history no longer reaches the
-    /// revision the request is refused whole ([`Outcome::Compacted`]).
+    /// after this revision: by the entries' mod_revisions, the last
+    /// revision that deleted a key under the prefix (kept in the system
+    /// area, crate::sm), and the entry's own earlier requests. Decided from
+    /// replicated state only, alike on every member.
     // NOTE: variants are only ever added at the end: the log holds them by
     // index (bincode), and older entries must still decode.
     PrefixUnchangedSince(String, u64),
@@ -161,12 +162,6 @@ pub enum Outcome {
     /// attempt's outcome, and tells by the hash that the secret it holds is
     /// not the one stored.
     TokenCreated(String, String),
-    /// The whole request was refused, nothing written: a
-    /// [`Cmp::PrefixUnchangedSince`] on this prefix names a revision older
-    /// than the watch history kept, so whether the prefix changed since is
-    /// no longer known.
-    // NOTE: added at the end, like every variant (dedup records hold it).
-    Compacted(String, u64),
 }
 
 /// What applying a request answered.

@@ -194,17 +194,6 @@ pub(crate) async fn propose(node: &Node, caller: &Caller, headers: &HeaderMap, t
             ),
         ));
     }
-    if let Some(Outcome::Compacted(prefix, rev)) = r.outcomes.first() {
-        let compact = node.state().compact_revision().unwrap_or(0);
-        return Err(ApiError::new(
-            ErrorCode::Compacted,
-            format!(
-                "the compare on prefix {prefix:?} asks whether it changed after revision {rev}, but the history \
-                 kept now starts after revision {compact}, so that is no longer known: nothing was written; list \
-                 the prefix again and compare from the listing's revision"
-            ),
-        ));
-    }
     Ok(r)
 }
 
@@ -226,7 +215,7 @@ pub(crate) fn wire_response(r: &Response) -> TxnResponse {
                     OpResult { op: "token".into(), key: name.clone(), mod_revision: None, deleted: None }
                 }
                 // NOTE: `propose` turns this into an error; it never gets here.
-                Outcome::RequestIdExpired(_) | Outcome::Compacted(..) => {
+                Outcome::RequestIdExpired(_) => {
                     OpResult { op: "refused".into(), key: String::new(), mod_revision: None, deleted: None }
                 }
             })

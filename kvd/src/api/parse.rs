@@ -22,6 +22,8 @@ pub(crate) const MAX_TXN_OPS: usize = 4096;
 /// Default and largest page of a list.
 pub(crate) const LIST_DEFAULT_LIMIT: usize = 10_000;
 pub(crate) const LIST_MAX_LIMIT: usize = 100_000;
+/// Most prefix compares a transaction may hold.
+pub(crate) const MAX_PREFIX_COMPARES: usize = 8;
 /// Default and largest number of versions in a history answer.
 pub(crate) const HISTORY_DEFAULT_LIMIT: usize = 100;
 pub(crate) const HISTORY_MAX_LIMIT: usize = 10_000;
@@ -300,6 +302,15 @@ pub(crate) fn convert_txn(t: TxnRequest, max_value: u64) -> ApiResult<Txn> {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
             format!("a transaction holds at most {MAX_TXN_OPS} compares and operations"),
+        ));
+    }
+    // NOTE: a prefix compare reads every entry under its prefix when the
+    // entry is applied, on every member: a few per transaction.
+    let prefixes = t.compare.iter().filter(|c| c.prefix.is_some()).count();
+    if prefixes > MAX_PREFIX_COMPARES {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("a transaction holds at most {MAX_PREFIX_COMPARES} prefix compares, not {prefixes}"),
         ));
     }
     let mut compare = Vec::with_capacity(t.compare.len());

@@ -139,6 +139,11 @@ pub(crate) fn check_record(tag: u8, k: &[u8], v: &[u8]) -> io::Result<()> {
             kv_client::validate_key(key).map_err(|e| bad(&format!("bad key {key:?}: {e}")))?;
             decode::<StoredEntry>(v).map_err(|_| bad(&format!("entry of {key:?} does not decode")))?;
         }
+        TAG_SYS if k.starts_with(DELETED.as_bytes()) => {
+            if v.len() != 8 {
+                return Err(bad("a deletion record is not a revision"));
+            }
+        }
         TAG_SYS => {
             decode::<TokenRecord>(v).map_err(|_| bad("token record does not decode"))?;
         }
