@@ -65,15 +65,24 @@ pub struct Debounce {
     wait: Wait,
     pending: Run,
     /// The first and the last change of the burst; `None` while no change
-    /// came since the last run (keys carried over from a failed run wait
-    /// for the next change).
+    /// came since the last run.
     burst: Option<(Instant, Instant)>,
+    /// When a failed run is tried again if no change comes first, and how
+    /// many failed in a row.
+    retry: Option<Instant>,
+    failures: u32,
 }
+
+/// The first pause before a failed run is tried again; it doubles with
+/// each failure in a row, up to [`MAX_RETRY`].
+pub const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// The longest pause before a failed run is tried again.
+pub const MAX_RETRY: Duration = Duration::from_secs(60);
 
 impl Debounce {
     /// Nothing pending.
     pub fn new(wait: Wait) -> Debounce {
-        Debounce { wait, pending: Run::default(), burst: None }
+        Debounce { wait, pending: Run::default(), burst: None, retry: None, failures: 0 }
     }
 
     /// A change came at `now`.
@@ -86,8 +95,11 @@ impl Debounce {
     /// When the command is due: MIN after the last change, or MAX after the
     /// first, whichever comes first; `None` while no change is pending.
     pub fn due(&self) -> Option<Instant> {
-        let (first, last) = self.burst?;
-        Some((last + self.wait.quiet).min(first + self.wait.max))
+        let burst = self.burst.map(|(first, last)| (last + self.wait.quiet).min(first + self.wait.max));
+        match (burst, self.retry) {
+            (Some(b), Some(r)) => Some(b.min(r)),
+            (b, r) => b.or(r),
+        }
     }
 
     /// The run that is due at `now`, if one is; what it holds is no longer
@@ -97,16 +109,26 @@ impl Debounce {
             return None;
         }
         self.burst = None;
+        self.retry = None;
         Some(std::mem::take(&mut self.pending))
     }
 
-    /// A run failed: its keys go into the next one (which the next change
-    /// starts), under any newer change of the same key.
-    pub fn failed(&mut self, run: Run) {
+    /// A run ended well: the next failure waits the shortest pause again.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// A run failed at `now`: its keys go into the next one, under any
+    /// newer change of the same key; that run comes with the next change,
+    /// or after a pause that doubles with each failure in a row.
+    pub fn failed(&mut self, now: Instant, run: Run) {
         for (key, kind) in run.keys {
             self.pending.keys.entry(key).or_insert(kind);
         }
         self.pending.revision = self.pending.revision.max(run.revision);
+        let pause = FIRST_RETRY.saturating_mul(1 << self.failures.min(16)).min(MAX_RETRY);
+        self.failures = self.failures.saturating_add(1);
+        self.retry = Some(now + pause);
     }
 }
 
@@ -197,20 +219,30 @@ mod tests {
         let failed = d.take(t0 + ms(10)).expect("due");
         // While it ran, app/b was deleted.
         d.change(t0 + ms(15), "app/b", EventType::Delete, 6);
-        d.failed(failed);
-        assert_eq!(d.due(), Some(t0 + ms(25)));
+        d.failed(t0 + ms(20), failed);
+        assert_eq!(d.due(), Some(t0 + ms(25)), "the next change comes before the retry");
         let run = d.take(t0 + ms(25)).expect("due");
         assert_eq!(
             run.keys.into_iter().collect::<Vec<_>>(),
             [("app/a".into(), PUT), ("app/b".into(), EventType::Delete)]
         );
         assert_eq!(run.revision, 6);
-        // A failure with nothing new waits for the next change.
-        d.failed(Run::of("app/c", PUT, 7));
-        assert_eq!((d.due(), d.take(t0 + ms(10_000))), (None, None));
-        d.change(t0 + ms(20_000), "app/d", PUT, 8);
-        let run = d.take(t0 + ms(20_010)).expect("due");
+        // That run went well; a failure with nothing new runs again after a
+        // pause, which doubles with each failure in a row.
+        d.succeeded();
+        let t1 = t0 + ms(30);
+        d.failed(t1, Run::of("app/c", PUT, 7));
+        assert_eq!(d.due(), Some(t1 + FIRST_RETRY), "the first failure waits the first pause");
+        let again = d.take(t1 + FIRST_RETRY).expect("retried without a change");
+        assert_eq!(again.keys.keys().map(String::as_str).collect::<Vec<_>>(), ["app/c"]);
+        d.failed(t1 + FIRST_RETRY, again);
+        assert_eq!(d.due(), Some(t1 + FIRST_RETRY + FIRST_RETRY * 2), "the pause doubles");
+        d.change(t1 + ms(1100), "app/d", PUT, 8);
+        let run = d.take(t1 + ms(1110)).expect("a change comes first");
         assert_eq!(run.keys.keys().map(String::as_str).collect::<Vec<_>>(), ["app/c", "app/d"]);
         assert_eq!(run.revision, 8);
+        d.succeeded();
+        d.failed(t1 + ms(2000), Run::of("app/e", PUT, 9));
+        assert_eq!(d.due(), Some(t1 + ms(2000) + FIRST_RETRY), "a success resets the pause");
     }
 }

@@ -28,8 +28,11 @@ CMD runs with sh -c, never two at once. In its environment:
 Without --wait, CMD runs once per change. With --wait MIN[:MAX] it runs once a burst of
 changes has been quiet for MIN, and at the latest MAX after the burst's first change
 (MAX defaults to 4 x MIN); changes made while it runs go into the next run. A CMD that
-fails (exits non-zero or cannot start) is reported on stderr with its status, and its keys
-go into the run that the next change starts.
+fails (exits non-zero or cannot start) is reported on stderr with its status; with --wait
+its keys go into the next run, which the next change starts or which comes after a pause
+(1 s, doubling with each failure in a row up to a minute). A watch that no member reopens
+(the cluster restarting, a partition) is tried again the same way; a compacted start
+revision or a refused token ends kvctl.
 
 With --mount DIR, CMD runs only once the kvfs mount at DIR serves the revision it is run
 for (its status file says so), so a program reloaded by CMD reads the new files there. A
@@ -115,7 +118,7 @@ pub async fn run(client: &Client, a: WatchArgs, fmt: Format) -> Result<(), Failu
     let hook = Arc::new(Hook { cmd, mount, mount_timeout: a.mount_timeout });
     match a.wait {
         None => loop {
-            let ev = w.next().await?;
+            let ev = next_for_exec(&mut w).await?;
             let run = Run::of(&ev.key, ev.kind, ev.revision);
             let h = hook.clone();
             let r = run.clone();
@@ -144,7 +147,7 @@ async fn debounced(w: &mut Resuming<'_>, hook: Arc<Hook>, wait: Wait) -> Result<
             }
         };
         tokio::select! {
-            ev = w.next() => {
+            ev = next_for_exec(w) => {
                 let ev = ev?;
                 d.change(std::time::Instant::now(), &ev.key, ev.kind, ev.revision);
             }
@@ -156,18 +159,54 @@ async fn debounced(w: &mut Resuming<'_>, hook: Arc<Hook>, wait: Wait) -> Result<
             }
             result = finished => {
                 let result = result.unwrap_or_else(|e| Err(format!("the run failed: {e}")));
-                if let (Err(e), Some((_, run))) = (result, running.take()) {
-                    let n = run.keys.len();
-                    eprintln!(
-                        "kvctl: {e} for {n} changed key{} up to revision {}; it runs again with the next change",
-                        if n == 1 { "" } else { "s" },
-                        run.revision
-                    );
-                    d.failed(run);
+                match (result, running.take()) {
+                    (Err(e), Some((_, run))) => {
+                        let n = run.keys.len();
+                        eprintln!(
+                            "kvctl: {e} for {n} changed key{} up to revision {}; it runs again with the next \
+                             change, or after a pause",
+                            if n == 1 { "" } else { "s" },
+                            run.revision
+                        );
+                        d.failed(std::time::Instant::now(), run);
+                    }
+                    (Ok(()), _) => d.succeeded(),
+                    (Err(_), None) => {}
                 }
                 running = None;
             }
         }
+    }
+}
+
+/// The next change for `--exec`: a watch that no member reopens (the
+/// cluster restarting, a partition) is tried again after a pause that
+/// doubles up to a minute, so a service still reloads once its cluster is
+/// back; errors that another try would meet again end the watch.
+async fn next_for_exec(w: &mut Resuming<'_>) -> Result<kv_client::WatchEvent, Failure> {
+    let mut pause = crate::debounce::FIRST_RETRY;
+    loop {
+        match w.next().await {
+            Ok(ev) => return Ok(ev),
+            Err(e) if !transient(&e) => return Err(e.into()),
+            Err(e) => {
+                eprintln!("kvctl: watch interrupted ({e}); trying again in {} s", pause.as_secs());
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(crate::debounce::MAX_RETRY);
+            }
+        }
+    }
+}
+
+/// Whether a watch error may pass: not a compacted start, a refused
+/// token, or a request this side got wrong.
+fn transient(e: &kv_client::Error) -> bool {
+    match e.code() {
+        Some(c) => !(c == &kv_client::ErrorCode::Compacted || c.is_denied() || c.is_invalid_request()),
+        None => matches!(
+            e,
+            kv_client::Error::Unreachable(_) | kv_client::Error::Stalled { .. } | kv_client::Error::Protocol(_)
+        ),
     }
 }
 

@@ -174,6 +174,22 @@ async fn a_failing_command_is_reported_and_retried_with_the_next_change() {
     until("a command that cannot start is reported", &mut w, || w_said(&tmp, "exit status: 127")).await;
 }
 
+#[tokio::test]
+async fn a_failed_run_is_tried_again_after_a_pause_without_a_new_change() {
+    let k = Kvd::bootstrap(&[]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let from = revision(&k.url).await.to_string();
+    std::fs::write(tmp.path().join("fail"), "").expect("fail file");
+    let cmd = r#"echo "$KV_REVISION $(echo $KV_KEYS)" >> runs; test ! -e fail || exit 3"#;
+    let mut w = Watcher::start(&k, tmp.path(), &["app", "--rev", &from, "--wait", "50ms", "--exec", cmd]);
+    let runs = tmp.path().join("runs");
+    let a = put(&k.url, "app/a", "1").await;
+    until("the failed run", &mut w, || w_said(&tmp, "exit status: 3")).await;
+    std::fs::remove_file(tmp.path().join("fail")).expect("rm fail");
+    until("the retry, with no change since", &mut w, || lines(&runs).len() >= 2).await;
+    assert_eq!(lines(&runs), [format!("{a} app/a"), format!("{a} app/a")], "{}", w.stderr());
+}
+
 fn w_said(tmp: &tempfile::TempDir, what: &str) -> bool {
     std::fs::read_to_string(tmp.path().join("kvctl.stderr")).unwrap_or_default().contains(what)
 }
