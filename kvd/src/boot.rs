@@ -176,6 +176,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         client_url,
         auth,
         stale_from,
+        token_pending: cfg.data_dir.join(ADMIN_TOKEN_PENDING).exists(),
         store: store.clone(),
         lock,
     }));
@@ -259,6 +260,7 @@ async fn store_admin_token(node: Arc<Node>) {
     let (Ok(token), Ok(name)) =
         (std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE)), std::fs::read_to_string(dir.join(ADMIN_TOKEN_PENDING)))
     else {
+        node.token_stored();
         return tracing::error!("cannot read the bootstrap admin token; create one with kvctl token create");
     };
     let now_ns = (kv_client::clock::now_s() * 1_000_000_000) as i64;
@@ -277,6 +279,7 @@ async fn store_admin_token(node: Arc<Node>) {
             }
         }
     }
+    node.token_stored();
     let _ = std::fs::remove_file(dir.join(ADMIN_TOKEN_PENDING));
 }
 

@@ -44,6 +44,8 @@ pub(crate) struct Parts {
     pub client_url: String,
     pub auth: Auth,
     pub stale_from: u64,
+    /// The bootstrap admin token is written but its hash not yet committed.
+    pub token_pending: bool,
     pub store: Store,
     pub lock: DirLock,
 }
@@ -88,6 +90,8 @@ pub struct Node {
     stale_from: u64,
     /// Set once stale reads may be answered.
     stale_open: AtomicBool,
+    /// Set until the bootstrap admin token's hash is committed.
+    token_pending: AtomicBool,
     store: Store,
     _lock: DirLock,
 }
@@ -127,6 +131,7 @@ impl Node {
             leader_contact: Default::default(),
             stale_from: p.stale_from,
             stale_open: AtomicBool::new(false),
+            token_pending: AtomicBool::new(p.token_pending),
             store: p.store,
             _lock: p.lock,
         }
@@ -258,9 +263,20 @@ impl Node {
         self.store.db.disk_space().unwrap_or(0)
     }
 
-    /// Whether the node is ready, and why (not): it has a leader, and it
-    /// has applied everything the leader had committed when asked.
+    /// The bootstrap admin token's hash is committed: the token works.
+    pub(crate) fn token_stored(&self) {
+        self.token_pending.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the node is ready, and why (not): it has a leader, it has
+    /// applied everything the leader had committed when asked, and the
+    /// admin token it wrote at bootstrap works.
     pub async fn readiness(&self) -> (bool, String) {
+        // NOTE: whoever waits for readiness after a bootstrap then uses the
+        // admin token; it must not be refused meanwhile.
+        if self.token_pending.load(std::sync::atomic::Ordering::Acquire) {
+            return (false, "storing the bootstrap admin token".into());
+        }
         if let Err(e) = self.check_member() {
             return (false, e.to_string());
         }

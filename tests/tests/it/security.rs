@@ -746,3 +746,14 @@ async fn a_token_create_resent_with_its_request_id_never_hands_out_a_secret_that
     let tokens = k.client_with(Some(&k.admin_token())).list_tokens().await.expect("list");
     assert_eq!(tokens.iter().filter(|t| t.name == "reader").count(), 1);
 }
+
+/// The bootstrap admin token works as soon as the node says it is ready:
+/// readiness waits until the token's hash is committed.
+#[tokio::test]
+async fn the_admin_token_works_as_soon_as_the_node_is_ready() {
+    for _ in 0..10 {
+        let k = Kvd::bootstrap(&["--auth", "all"]);
+        let admin = k.client_with(Some(&k.admin_token()));
+        admin.put("app/x", "1", &Default::default()).await.expect("the admin token works once ready");
+    }
+}
