@@ -5,7 +5,7 @@
 //! It knows no storage: crate::sm gives it a view of the fjall store and
 //! writes the changes out as one batch; the tests here use an in-memory view.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 
 use kv_client::{key_in_prefix, Kind};
@@ -18,8 +18,8 @@ use crate::types::{Cmp, Op, Outcome, Prev, Request, Response, RevisionRecord, St
 pub(crate) trait ReadView {
     /// The entry at `key`, if any.
     fn entry(&self, key: &str) -> io::Result<Option<StoredEntry>>;
-    /// Every key that starts with `prefix` ("" for all), in order.
-    fn keys_with_prefix(&self, prefix: &str) -> io::Result<Vec<String>>;
+    /// Every entry whose key starts with `prefix` ("" for all), in order.
+    fn entries_with_prefix(&self, prefix: &str) -> io::Result<Vec<(String, StoredEntry)>>;
     /// Whether a token named `name` exists.
     fn token_exists(&self, name: &str) -> io::Result<bool>;
     /// Whether a key under `prefix` (normalized, "" for all) was put or
@@ -128,38 +128,34 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
             }
             Op::Delete { key, recursive } => {
                 // The keys that go, with what each held (for the history).
-                let mut gone: Vec<(String, Option<StoredEntry>)> = Vec::new();
+                let mut gone: Vec<(String, StoredEntry)> = Vec::new();
                 if !key.is_empty() {
                     if let Some(e) = changes.entry(view, key)? {
-                        gone.push((key.clone(), Some(e)));
+                        gone.push((key.clone(), e));
                     }
                 }
                 if *recursive {
                     let base = if key.is_empty() { String::new() } else { format!("{key}/") };
-                    let mut below: BTreeSet<String> = view.keys_with_prefix(&base)?.into_iter().collect();
+                    let mut below: BTreeMap<String, StoredEntry> =
+                        view.entries_with_prefix(&base)?.into_iter().collect();
                     for (k, v) in changes.entries.range(base.clone()..) {
                         if !k.starts_with(&base) {
                             break;
                         }
-                        if v.is_some() {
-                            below.insert(k.clone());
-                        } else {
-                            below.remove(k);
-                        }
+                        match v {
+                            Some(e) => below.insert(k.clone(), e.clone()),
+                            None => below.remove(k),
+                        };
                     }
-                    gone.extend(below.into_iter().map(|k| (k, None)));
+                    gone.extend(below);
                 }
                 outcomes.push(Outcome::Delete(key.clone(), gone.len() as u64));
                 for (k, held) in gone {
-                    let held = match held {
-                        Some(e) => Some(e),
-                        None => changes.entry(view, &k)?,
-                    };
                     for p in ancestors(&k) {
                         changes.deleted.insert(p.to_owned(), new_rev);
                     }
                     changes.entries.insert(k.clone(), None);
-                    written.push((k, None, Prev::from(held)));
+                    written.push((k, None, Prev::Entry(held)));
                 }
             }
             Op::CreateToken(rec) => {
@@ -208,7 +204,7 @@ pub(crate) fn ancestors(key: &str) -> impl Iterator<Item = &str> {
 #[derive(Debug, Default)]
 pub(crate) struct MemView {
     entries: BTreeMap<String, StoredEntry>,
-    tokens: BTreeSet<String>,
+    tokens: std::collections::BTreeSet<String>,
     /// The last deleting revision under each prefix.
     deleted: BTreeMap<String, u64>,
 }
@@ -239,13 +235,12 @@ impl ReadView for MemView {
         Ok(self.entries.get(key).cloned())
     }
 
-    fn keys_with_prefix(&self, prefix: &str) -> io::Result<Vec<String>> {
+    fn entries_with_prefix(&self, prefix: &str) -> io::Result<Vec<(String, StoredEntry)>> {
         Ok(self
             .entries
             .range(prefix.to_owned()..)
-            .map(|(k, _)| k)
-            .take_while(|k| k.starts_with(prefix))
-            .cloned()
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, e)| (k.clone(), e.clone()))
             .collect())
     }
 
@@ -333,7 +328,7 @@ mod tests {
     }
 
     fn keys(view: &MemView) -> Vec<String> {
-        view.keys_with_prefix("").expect("keys")
+        view.entries_with_prefix("").expect("entries").into_iter().map(|(k, _)| k).collect()
     }
 
     #[test]

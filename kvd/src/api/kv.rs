@@ -131,10 +131,7 @@ pub(crate) async fn list(
     let q = parse_list(&uri)?;
     let access = caller.need_some_read(&q.prefix)?;
     read_barrier(&node, &caller, q.stale).await?;
-    let mut r = match q.rev {
-        Some(rev) => node.state().list_at(&q.prefix, q.recursive, q.values, q.after.as_deref(), q.limit, rev)?,
-        None => node.state().list(&q.prefix, q.recursive, q.values, q.after.as_deref(), q.limit)?,
-    };
+    let mut r = node.state().list(&q.prefix, q.recursive, q.values, q.after.as_deref(), q.limit, q.rev)?;
     if access == Access::Partial {
         // NOTE: only what the caller may read, and the directories leading
         // to it; paging still works because `next_after` is unchanged.

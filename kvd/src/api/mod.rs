@@ -41,6 +41,10 @@ pub use parse::fuzz_request;
 
 /// Builds the router of the client API.
 pub fn router(node: Arc<Node>) -> Router {
+    // NOTE: the pages of watch events, shared by this node's streams, are
+    // handed to the watch routes only.
+    let pages = Extension(Arc::new(WatchPages::default()));
+    let watch = get(watch).layer(pages);
     Router::new()
         .route("/v1/kv", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/kv/", get(kv_get).put(kv_put).delete(kv_delete))
@@ -50,9 +54,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/list/{*prefix}", get(list))
         .route("/v1/txn", post(txn))
         .route("/v1/history/{*key}", get(history))
-        .route("/v1/watch", get(watch))
-        .route("/v1/watch/", get(watch))
-        .route("/v1/watch/{*prefix}", get(watch))
+        .route("/v1/watch", watch.clone())
+        .route("/v1/watch/", watch.clone())
+        .route("/v1/watch/{*prefix}", watch)
         .route("/v1/status", get(status))
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/cluster", get(cluster))
@@ -74,7 +78,6 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::middleware::from_fn_with_state(node.clone(), leader_hint))
         .layer(axum::middleware::from_fn(observe))
-        .layer(Extension(Arc::new(WatchPages::default())))
         .with_state(node)
 }
 

@@ -44,11 +44,7 @@ fn value(e: Option<StoredEntry>) -> Option<String> {
 
 /// Key and value of every entry of a recursive listing of everything.
 fn state(r: &SmReader, rev: Option<u64>) -> Vec<(String, String)> {
-    let l = match rev {
-        Some(rev) => r.list_at("", true, true, None, 1000, rev),
-        None => r.list("", true, true, None, 1000),
-    }
-    .expect("list");
+    let l = r.list("", true, true, None, 1000, rev).expect("list");
     l.entries
         .into_iter()
         .map(|e| (e.key.clone(), String::from_utf8_lossy(&e.value_bytes().unwrap_or_default()).into_owned()))
@@ -87,7 +83,7 @@ fn a_past_revision_reads_as_the_store_was_then() {
             assert_eq!(value(r.get_at(key, rev as u64).expect("get")), then, "{key} at revision {rev}");
         }
     }
-    let children = r.list_at("", false, false, None, 1000, 2).expect("list");
+    let children = r.list("", false, false, None, 1000, Some(2)).expect("list");
     let names: Vec<&str> = children.entries.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(names, ["a", "b", "d"], "a directory that existed then shows as one");
     assert!(matches!(r.get_at("a", 6), Err(ReadError::Ahead { rev: 6, revision: 5 })));
@@ -99,7 +95,7 @@ fn reads_before_the_history_are_refused() {
     let r = &sm.shared;
     assert_eq!(value(r.get_at("a", 3).expect("within")), Some("2".into()));
     assert!(matches!(r.get_at("a", 2), Err(ReadError::Compacted { rev: 2, compact: 3 })));
-    assert!(matches!(r.list_at("", true, false, None, 10, 1), Err(ReadError::Compacted { .. })));
+    assert!(matches!(r.list("", true, false, None, 10, Some(1)), Err(ReadError::Compacted { .. })));
 }
 
 #[test]
@@ -151,7 +147,7 @@ fn a_past_listing_pages_like_a_listing_and_takes_any_after() {
         let mut paged = vec![];
         let mut after: Option<String> = None;
         loop {
-            let page = r.list_at("", true, true, after.as_deref(), 1, rev).expect("page");
+            let page = r.list("", true, true, after.as_deref(), 1, Some(rev)).expect("page");
             paged.extend(
                 page.entries.iter().map(|e| {
                     (e.key.clone(), String::from_utf8_lossy(&e.value_bytes().unwrap_or_default()).into_owned())
@@ -164,7 +160,7 @@ fn a_past_listing_pages_like_a_listing_and_takes_any_after() {
         }
         assert_eq!(paged, whole, "one entry per page at revision {rev}");
         for after in ["zzz", "d0", "d/", "a"] {
-            let page = r.list_at("d", true, false, Some(after), 10, rev).expect("any after");
+            let page = r.list("d", true, false, Some(after), 10, Some(rev)).expect("any after");
             assert!(page.entries.iter().all(|e| e.key.as_str() > after), "{after:?} at {rev}");
         }
     }

@@ -117,13 +117,13 @@ impl txn::ReadView for Store {
         self.data.get(key).map_err(io_err)?.map(|b| decode(&b)).transpose()
     }
 
-    fn keys_with_prefix(&self, prefix: &str) -> io::Result<Vec<String>> {
-        let mut keys = Vec::new();
+    fn entries_with_prefix(&self, prefix: &str) -> io::Result<Vec<(String, StoredEntry)>> {
+        let mut entries = Vec::new();
         for item in self.data.prefix(prefix.as_bytes()) {
-            let k = item.key().map_err(io_err)?;
-            keys.push(String::from_utf8_lossy(&k).into_owned());
+            let (k, v) = item.into_inner().map_err(io_err)?;
+            entries.push((String::from_utf8_lossy(&k).into_owned(), decode(&v)?));
         }
-        Ok(keys)
+        Ok(entries)
     }
 
     fn token_exists(&self, name: &str) -> io::Result<bool> {
@@ -669,7 +669,11 @@ mod view_tests {
             assert_eq!(store.entry(k).expect("entry"), mem.entry(k).expect("entry"), "{k}");
         }
         for p in ["", "a", "a/", "a/b/", "ab", "b", "z"] {
-            assert_eq!(store.keys_with_prefix(p).expect("keys"), mem.keys_with_prefix(p).expect("keys"), "{p:?}");
+            assert_eq!(
+                store.entries_with_prefix(p).expect("entries"),
+                mem.entries_with_prefix(p).expect("entries"),
+                "{p:?}"
+            );
         }
         for t in ["t", "u", "missing"] {
             assert_eq!(store.token_exists(t).expect("token"), mem.token_exists(t).expect("token"), "{t}");

@@ -17,7 +17,9 @@ impl SmReader {
 
     /// Lists below `prefix` (already validated; "" for all). Without
     /// `recursive`, direct children only, with implied directories; `after`
-    /// is a full key (recursive) or a child name.
+    /// is a full key (recursive) or a child name. With `at`, the listing as
+    /// it was at that past revision, from the history: today's entries, with
+    /// those changed since as they were then.
     pub fn list(
         &self,
         prefix: &str,
@@ -25,14 +27,36 @@ impl SmReader {
         values: bool,
         after: Option<&str>,
         limit: usize,
+        at: Option<u64>,
     ) -> Result<ListResponse, ReadError> {
         let snap = self.view()?;
-        let revision = u64_of(snap.get(&self.store.sm_meta, REVISION).map_err(io_err)?);
-        let range = |from, to| {
-            snap.range(&self.store.data, (from, to)).map(|item| {
+        let revision = match at {
+            Some(rev) => {
+                self.check_past(&snap, rev)?;
+                rev
+            }
+            None => u64_of(snap.get(&self.store.sm_meta, REVISION).map_err(io_err)?),
+        };
+        // NOTE: the first event of a key after `at` holds what it was then;
+        // later ones change nothing of that.
+        let mut then: BTreeMap<String, Option<StoredEntry>> = BTreeMap::new();
+        if let Some(rev) = at {
+            let base = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+            for item in snap.range(&self.store.events, event_key(rev.saturating_add(1), 0)..) {
+                let (_, v) = item.into_inner().map_err(io_err)?;
+                let key = StoredEvent::decode_key(&v)?;
+                if key.starts_with(&base) && !then.contains_key(&key) {
+                    then.insert(key, before(StoredEvent::decode(&v)?, rev)?);
+                }
+            }
+        }
+        let range = |from: Bound<Vec<u8>>, to: Bound<Vec<u8>>| {
+            let now = snap.range(&self.store.data, (from.clone(), to.clone())).map(|item| {
                 let (k, v) = item.into_inner().map_err(io_err)?;
                 Ok((String::from_utf8_lossy(&k).into_owned(), Stored::Encoded(v)))
-            })
+            });
+            let changed = string_range(&then, from, to).map(|(k, e)| (k.clone(), e.clone()));
+            Then { now: now.peekable(), changed: changed.peekable() }
         };
         let page = Page { prefix, recursive, values, after, limit };
         Ok(page.list(range, revision)?)
@@ -49,43 +73,6 @@ impl SmReader {
             }
         }
         Ok(snap.get(&self.store.data, key).map_err(io_err)?.map(|b| decode(&b)).transpose()?)
-    }
-
-    /// Lists below `prefix` as it was at revision `rev` (see [`Self::list`]),
-    /// from the history: today's entries, with those changed since as they
-    /// were then.
-    pub fn list_at(
-        &self,
-        prefix: &str,
-        recursive: bool,
-        values: bool,
-        after: Option<&str>,
-        limit: usize,
-        rev: u64,
-    ) -> Result<ListResponse, ReadError> {
-        let snap = self.view()?;
-        self.check_past(&snap, rev)?;
-        let base = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
-        // NOTE: the first event of a key after `rev` holds what it was at
-        // `rev`; later ones change nothing of that.
-        let mut then: BTreeMap<String, Option<StoredEntry>> = BTreeMap::new();
-        for item in snap.range(&self.store.events, event_key(rev.saturating_add(1), 0)..) {
-            let (_, v) = item.into_inner().map_err(io_err)?;
-            let key = StoredEvent::decode_key(&v)?;
-            if key.starts_with(&base) && !then.contains_key(&key) {
-                then.insert(key, before(StoredEvent::decode(&v)?, rev)?);
-            }
-        }
-        let range = |from: Bound<Vec<u8>>, to: Bound<Vec<u8>>| {
-            let now = snap.range(&self.store.data, (from.clone(), to.clone())).map(|item| {
-                let (k, v) = item.into_inner().map_err(io_err)?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), Stored::Encoded(v)))
-            });
-            let changed = string_range(&then, from, to).map(|(k, e)| (k.clone(), e.clone()));
-            Then { now: now.peekable(), changed: changed.peekable() }
-        };
-        let page = Page { prefix, recursive, values, after, limit };
-        Ok(page.list(range, rev)?)
     }
 
     /// The versions of `key` in the history, newest first, at most `limit`;

@@ -130,7 +130,7 @@ async fn reads_while_a_snapshot_loads_never_see_a_state_that_never_existed() {
             Ok(_) => out.push("ok".into()),
             Err(_) => out.push("refused".into()),
         }
-        match shared.list("", true, false, None, 100) {
+        match shared.list("", true, false, None, 100, None) {
             Ok(l) => {
                 let keys: Vec<String> = l.entries.iter().map(|e| e.key.clone()).collect();
                 if keys != keys_at(l.revision) {
@@ -150,7 +150,7 @@ async fn reads_while_a_snapshot_loads_never_see_a_state_that_never_existed() {
         assert!(s == "ok" || s == "refused", "a read during the load saw a state that never existed: {s}");
     }
     // Once loaded, reads answer the new state whole.
-    let l = sm.shared.list("", true, false, None, 100).expect("list after the load");
+    let l = sm.shared.list("", true, false, None, 100, None).expect("list after the load");
     assert_eq!((l.entries.len(), l.revision), (10, 10));
 }
 

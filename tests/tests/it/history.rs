@@ -7,22 +7,9 @@ use std::process::Command;
 use kv_client::{Client, ErrorCode, EventType, ListOptions, TokenSpec};
 use kv_tests::{bin, Kvd};
 
+/// Runs kvctl against `k` with `token`; returns (exit code, stdout, stderr).
 fn kvctl(k: &Kvd, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("kvctl"))
-        .arg("--endpoints")
-        .arg(&k.url)
-        .arg("--token")
-        .arg(token)
-        .args(args)
-        .env_remove("KVCTL_TOKEN")
-        .env_remove("KVCTL_ENDPOINTS")
-        .output()
-        .expect("run kvctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::kvctl(&[&["--endpoints", &k.url, "--token", token], args].concat())
 }
 
 async fn value_at(c: &Client, key: &str, rev: u64) -> Option<String> {

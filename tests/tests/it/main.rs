@@ -66,6 +66,21 @@ pub async fn put(url: &str, key: &str, value: &str) -> u64 {
     body["revision"].as_u64().expect("revision")
 }
 
+/// Runs kvctl, without the environment's endpoints and token; returns (exit code, stdout, stderr).
+pub fn kvctl(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(kv_tests::bin("kvctl"))
+        .args(args)
+        .env_remove("KVCTL_TOKEN")
+        .env_remove("KVCTL_ENDPOINTS")
+        .output()
+        .expect("run kvctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Puts a value from synchronous code.
 pub fn put_sync(k: &kv_tests::Kvd, key: &str, value: &str) -> u64 {
     let c = k.client();

@@ -9,7 +9,7 @@ use kv_client::{AddMember, Client, Compare, Error, ErrorCode, TokenSpec, TxnOp, 
 use kv_tests::net::Net;
 use kv_tests::{bin, Kvd, Mount, Pki};
 
-use crate::http;
+use crate::{http, kvctl};
 
 fn spec(name: &str, read: &[&str], write: &[&str]) -> TokenSpec {
     TokenSpec {
@@ -22,21 +22,6 @@ fn spec(name: &str, read: &[&str], write: &[&str]) -> TokenSpec {
 
 fn code<T: std::fmt::Debug>(r: Result<T, Error>) -> ErrorCode {
     r.expect_err("must be refused").code().cloned().expect("an HTTP refusal")
-}
-
-/// Runs kvctl; returns (exit code, stdout, stderr).
-fn kvctl(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(bin("kvctl"))
-        .args(args)
-        .env_remove("KVCTL_TOKEN")
-        .env_remove("KVCTL_ENDPOINTS")
-        .output()
-        .expect("run kvctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]
