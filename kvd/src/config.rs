@@ -59,6 +59,19 @@ pub struct FileConfig {
     pub open_metrics: Option<bool>,
     /// JWT verification.
     pub jwt: Option<JwtConfig>,
+    /// Log lines as text or JSON.
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (journald's default view).
+    #[default]
+    Text,
+    /// One JSON object per line, fields at the top level, for log shippers.
+    Json,
 }
 
 /// Flags (and their `KVD_*` environment variables) of `kvd`.
@@ -141,6 +154,9 @@ pub struct Flags {
     /// Serve /metrics without a token even with --auth all.
     #[arg(long, env = "KVD_OPEN_METRICS")]
     pub open_metrics: bool,
+    /// Log lines as text or one JSON object per line [default: text].
+    #[arg(long, env = "KVD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 /// The resolved configuration of a node.
@@ -188,6 +204,8 @@ pub struct Config {
     pub open_metrics: bool,
     /// JWT verification.
     pub jwt: Option<JwtConfig>,
+    /// Log lines as text or JSON.
+    pub log_format: LogFormat,
 }
 
 /// Where the TLS material is.
@@ -274,6 +292,7 @@ impl Config {
             auth: flags.auth.or(file.auth).unwrap_or_default(),
             open_metrics: flags.open_metrics || file.open_metrics.unwrap_or(false),
             jwt: file.jwt,
+            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
         };
         if cfg.election_timeout_ms <= 2 * cfg.heartbeat_ms {
             invalid!("election timeout must be more than twice the heartbeat interval");

@@ -57,7 +57,7 @@ mod txn;
 mod types;
 
 pub use boot::{restore, run};
-pub use config::{Config, FileConfig, Flags};
+pub use config::{Config, FileConfig, Flags, LogFormat};
 pub use error::Error;
 pub use log_store::LogStore;
 pub use sm::StateMachine;

@@ -70,8 +70,8 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging();
     if let Some(Command::Restore { snapshot, data_dir, id, client_addr, peer_addr }) = cli.command {
+        init_logging(cli.flags.log_format.unwrap_or_default());
         return match kvd::restore(&snapshot, &data_dir) {
             Ok(rev) => {
                 println!(
@@ -87,8 +87,10 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    let result = kvd::Config::resolve(&cli.flags)
-        .and_then(|cfg| tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(kvd::run(cfg)));
+    let result = kvd::Config::resolve(&cli.flags).and_then(|cfg| {
+        init_logging(cfg.log_format);
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(kvd::run(cfg))
+    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -98,15 +100,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging() {
+/// Logs to stderr (journald under systemd), filtered by `RUST_LOG`: text by
+/// default, or one JSON object per line with the event's fields at the top
+/// level (`timestamp`, `level`, `target`, `message`, ...) for log shippers.
+fn init_logging(format: kvd::LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        kvd::LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        kvd::LogFormat::Json => fmt.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
+    }
 }
 
 #[cfg(test)]
