@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Debian packages kvd, kvfs and kvctl from the release binaries
 # into target/debian/ (under $CARGO_TARGET_DIR if set) with dpkg-deb: stripped binaries, units, conffile,
-# man pages, changelog and copyright. Usage: packaging/build-debs.sh [REVISION]
+# man pages, shell completions, alert rules and a dashboard, changelog and copyright. Usage: packaging/build-debs.sh [REVISION]
 # (REVISION defaults to 1; an upgrade test builds a higher one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +59,10 @@ install -D -m 644 packaging/systemd/kvd.service "$out/kvd/usr/lib/systemd/system
 install -D -m 644 packaging/systemd/kvd@.service "$out/kvd/usr/lib/systemd/system/kvd@.service"
 man kvd kvd 8
 man kvd kvd.toml 5
+# Alert rules and a Grafana dashboard for the members and the mounts.
+for f in kv-alerts.yml kv-dashboard.json; do
+    install -D -m 644 "packaging/monitoring/$f" "$out/kvd/usr/share/kvd/monitoring/$f"
+done
 for s in postinst prerm postrm; do install -m 755 "packaging/debian/kvd.$s" "$out/kvd/DEBIAN/$s"; done
 echo /etc/kvd/kvd.toml > "$out/kvd/DEBIAN/conffiles"
 control kvd database "Depends: adduser, $(shlibs "$out/kvd/usr/sbin/kvd")
@@ -91,6 +95,11 @@ man kvctl kvctl 1
 man kvctl kvctl-watch 1
 install -D -m 644 packaging/systemd/kv-watch@.service "$out/kvctl/usr/lib/systemd/system/kv-watch@.service"
 install -D -m 755 packaging/lib/kv-watch "$out/kvctl/usr/lib/kvctl/kv-watch"
+# Shell completions where bash-completion, zsh and fish look for them.
+completion() { install -D -m 644 /dev/stdin "$out/kvctl/$2" < <("$tdir/release/kvctl" completion "$1"); }
+completion bash usr/share/bash-completion/completions/kvctl
+completion zsh usr/share/zsh/vendor-completions/_kvctl
+completion fish usr/share/fish/vendor_completions.d/kvctl.fish
 install -D -m 644 packaging/examples/nginx.conf "$out/kvctl/usr/share/doc/kvctl/examples/nginx.conf"
 for s in postinst prerm; do install -m 755 "packaging/debian/kvctl.$s" "$out/kvctl/DEBIAN/$s"; done
 control kvctl admin "Depends: $(shlibs "$out/kvctl/usr/bin/kvctl")

@@ -8,7 +8,8 @@
 # and the service reads the new value through the mount, an upgrade keeps
 # the data and a
 # purge leaves no running unit, and that a second host joins as the README
-# says. Also: lintian, mandoc/man lint, and
+# says; kvctl's shell completions and the alert rules and dashboard are
+# installed where the tools look. Also: lintian, mandoc/man lint, and
 # systemd-analyze verify/security. Needs root. Usage: tests/packages.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -148,6 +149,16 @@ inside 'stat -c "%a %U %n" /var/lib/kvd/admin-token'
 out=$(inside 'kvctl put app/greeting hello' 2>&1 || true)
 grep -q 'needs a token' <<<"$out" || fail "an anonymous write was not refused (auth = writes): $out"
 inside 'kvctl --token-file /var/lib/kvd/admin-token put app/greeting hello'
+
+step "shell completions and the monitoring files where the tools look for them"
+for f in /usr/share/bash-completion/completions/kvctl /usr/share/zsh/vendor-completions/_kvctl \
+    /usr/share/fish/vendor_completions.d/kvctl.fish /usr/share/kvd/monitoring/kv-alerts.yml \
+    /usr/share/kvd/monitoring/kv-dashboard.json; do
+    inside "test -s $f" || fail "the packages do not install $f"
+done
+# What bash-completion loads for `kvctl <TAB>`: sourced by bash, it completes subcommands.
+out=$(inside 'bash -c ". /usr/share/bash-completion/completions/kvctl; COMP_WORDS=(kvctl sta); COMP_CWORD=1; _kvctl kvctl sta kvctl; echo \${COMPREPLY[*]}"')
+case " $out " in *" status "*) echo ok ;; *) fail "bash completion of 'kvctl sta' gave: $out" ;; esac
 
 step "a second host (README): refused while it is a cluster of its own, added once emptied"
 # NOTE: the second host is a kvd@two instance in the same container (the

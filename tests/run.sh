@@ -2,9 +2,10 @@
 # Runs every test of the workspace: unit tests, openraft's storage suite, and
 # the integration tests that start real kvd processes and real FUSE mounts.
 # Works on a fresh Debian 12 machine with the Rust toolchain: as root it
-# installs what the mount tests drive (fuse3, vim, rsync, nginx) and openssl; the
-# package test (tests/packages.sh) installs debootstrap, systemd-container,
-# lintian and mandoc.
+# installs what the mount tests drive (fuse3, vim, rsync, nginx), openssl and
+# promtool (prometheus); the package test (tests/packages.sh) installs
+# debootstrap, systemd-container, lintian and mandoc; tests/deny.sh builds
+# cargo-deny once into ~/.cache/kv-tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,8 @@ command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # A mount test runs its own nginx, whose workers read the mount as www-data.
 [ -x /usr/sbin/nginx ] || need+=(nginx)
+# promtool checks and unit-tests the shipped alert rules.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: please install: ${need[*]}" >&2
@@ -44,11 +47,14 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+pk_pass=0 pk_fail=0
+
+# The supply chain: advisories, licenses, bans and sources (deny.toml).
+if tests/deny.sh; then pk_pass=1; else pk_fail=1; status=1; fi
 
 # The Debian packages, installed and booted in a container (needs root).
-pk_pass=0 pk_fail=0
 if [ "$(id -u)" -eq 0 ]; then
-    if tests/packages.sh; then pk_pass=1; else pk_fail=1; status=1; fi
+    if tests/packages.sh; then pk_pass=$((pk_pass + 1)); else pk_fail=$((pk_fail + 1)); status=1; fi
 else
     echo "tests/run.sh: skipping tests/packages.sh (it needs root)" >&2
 fi

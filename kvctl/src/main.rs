@@ -290,13 +290,62 @@ mod timeout {
 
 #[cfg(test)]
 mod man {
+    const SECTIONS: kv_tests::man::Sections = kv_tests::man::Sections {
+        exit_status: r#".TP
+.B 0
+Done.
+.TP
+.B 1
+The request failed: no member answered, the cluster refused it (the message gives the reason and the
+server's error code), the key does not exist (\fBget\fR), or a member is unhealthy (\fBstatus\fR,
+\fBhealth\fR name it).
+.TP
+.B 2
+A usage error: an unknown flag or bad value, a key kv does not accept, an endpoint that is not a URL,
+a token, CA or input file that cannot be read. Nothing was sent.
+.TP
+.B 3
+A conflict: a condition of the write failed (\fB\-\-if\-rev\fR, a concurrent change seen by
+\fBapply\fR or \fBrollback\fR); nothing was written."#,
+        environment: r#".TP
+.B KVCTL_ENDPOINTS
+Comma\-separated member URLs, as \fB\-\-endpoints\fR (default http://127.0.0.1:7379).
+.TP
+.BR KVCTL_TOKEN ", " KVCTL_TOKEN_FILE
+The bearer token, or a file holding it, as \fB\-\-token\fR and \fB\-\-token\-file\fR.
+.TP
+.B KVCTL_CA
+The CA certificate (PEM) that signs the members' certificates, as \fB\-\-ca\fR.
+.TP
+.B KVCTL_COMMAND_TIMEOUT
+How long one command may take, as \fB\-\-command\-timeout\fR.
+.TP
+.B XDG_RUNTIME_DIR
+Where the kvfs mounts' status files are (\fBmounted\fR, \fBwatch \-\-mount\fR); without it,
+$HOME/.cache."#,
+        signals: "",
+        see_also: &["kvctl-watch(1)", "kvd(8)", "kvfs(8)", "kvd.toml(5)"],
+    };
+
+    const WATCH_EXIT_STATUS: &str = r#".TP
+.B 0
+The watch ended because the cluster closed it for good (never in normal use).
+.TP
+.B 1
+The watch cannot go on: its start revision was compacted away, its token was refused, or, without
+\fB\-\-wait\fR, CMD failed.
+.TP
+.B 2
+A usage error (a bad flag, \fB\-\-mount\fR naming a directory that is not a kvfs mount of the
+prefix); kv\-watch@.service does not restart on it."#;
+
     /// man/kvctl.1 is generated from the clap definitions; this fails when
     /// they drift. `UPDATE_MAN=1 cargo test -p kvctl man` rewrites it.
     #[test]
     fn man_page_matches_the_cli() {
         use clap::CommandFactory;
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/kvctl.1");
-        kv_tests::man::check_man_page(super::Cli::command(), "1", path);
+        kv_tests::man::check_man_page(super::Cli::command(), "1", path, &SECTIONS);
     }
 
     /// man/kvctl-watch.1 too: `kvctl watch` has the most to say (the
@@ -308,6 +357,11 @@ mod man {
         cli.build();
         let watch = cli.find_subcommand("watch").expect("kvctl watch").clone().version(env!("CARGO_PKG_VERSION"));
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/kvctl-watch.1");
-        kv_tests::man::check_man_page(watch, "1", path);
+        let watch_sections = kv_tests::man::Sections {
+            exit_status: WATCH_EXIT_STATUS,
+            see_also: &["kvctl(1)", "kvfs(8)", "systemd.service(5)"],
+            ..SECTIONS
+        };
+        kv_tests::man::check_man_page(watch, "1", path, &watch_sections);
     }
 }

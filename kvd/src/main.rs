@@ -116,12 +116,48 @@ fn init_logging(format: kvd::LogFormat) {
 
 #[cfg(test)]
 mod man {
+    const SECTIONS: kv_tests::man::Sections = kv_tests::man::Sections {
+        exit_status: r#".TP
+.B 0
+kvd stopped on SIGTERM or SIGINT after finishing its requests, or \fBkvd restore\fR built the data dir.
+.TP
+.B 1
+kvd could not start or had to stop: a configuration it refuses (the message names the setting), a data
+dir it cannot open or that a newer release wrote, an address in use, or a fatal storage error (a
+failed fsync: restart it, and it recovers from its log).
+.TP
+.B 2
+A usage error in the command line (an unknown flag, a bad value); nothing was written."#,
+        environment: r#".TP
+.B KVD_*
+Each option above can be set by the variable shown with it; a flag wins over its variable, and a
+variable over the config file (\fB\-\-config\fR, see \fBkvd.toml\fR(5)).
+.TP
+.B RUST_LOG
+Which log lines are written, in tracing's filter syntax (default: info,openraft=warn). Lines go to
+stderr, which systemd sends to the journal.
+.TP
+.BR NOTIFY_SOCKET ", " WATCHDOG_USEC ", " WATCHDOG_PID
+Set by systemd for a Type=notify unit: kvd reports READY=1 once it serves, STATUS= lines with its
+role, term and revision (shown by \fBsystemctl status\fR), WATCHDOG=1 keepalives while it is
+healthy when the unit sets WatchdogSec=, and STOPPING=1 when it shuts down."#,
+        signals: r#".TP
+.BR SIGTERM ", " SIGINT
+Stop: finish the requests in flight, close the store, exit 0.
+.TP
+.B SIGHUP
+Reload the TLS certificate and key, the cluster CA and the JWKS file from the paths configured,
+without a restart (\fBsystemctl reload kvd\fR); new connections get the new certificate. Material
+that fails to load is logged and the old one stays in use."#,
+        see_also: &["kvd.toml(5)", "kvctl(1)", "kvfs(8)", "systemd.service(5)"],
+    };
+
     /// man/kvd.8 is generated from the clap definitions; this fails when
     /// they drift. `UPDATE_MAN=1 cargo test -p kvd man` rewrites it.
     #[test]
     fn man_page_matches_the_cli() {
         use clap::CommandFactory;
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/kvd.8");
-        kv_tests::man::check_man_page(super::Cli::command().name("kvd"), "8", path);
+        kv_tests::man::check_man_page(super::Cli::command().name("kvd"), "8", path, &SECTIONS);
     }
 }

@@ -112,3 +112,162 @@ fn bash_completion_loads_and_completes() {
     let opts = complete("kvctl watch --");
     assert!(opts.contains(&"--prefix".to_owned()) || opts.contains(&"--wait".to_owned()), "{opts:?}");
 }
+
+/// The repository's man pages.
+fn man_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../man")
+}
+
+/// Pages of the system the kv pages may name: each comes with a package
+/// kv's packages depend on or every Debian system has (manpages-dev,
+/// coreutils, util-linux, mount, systemd).
+const SYSTEM_PAGES: &[&str] = &[
+    "chgrp(1)",
+    "chmod(1)",
+    "chown(1)",
+    "close(2)",
+    "fsync(2)",
+    "open(2)",
+    "fstab(5)",
+    "systemd.mount(5)",
+    "systemd.service(5)",
+    "mount(8)",
+    "umount(8)",
+];
+
+#[test]
+fn man_pages_refer_only_to_pages_that_exist() {
+    let refs = kv_tests::man::page_refs(&man_dir());
+    assert!(refs.iter().any(|(_, n, s)| n == "kvctl-watch" && s == "1"), "the parser found no references: {refs:?}");
+    let mut missing = Vec::new();
+    for (page, name, sect) in refs {
+        let ours = man_dir().join(format!("{name}.{sect}")).exists();
+        if !ours && !SYSTEM_PAGES.contains(&format!("{name}({sect})").as_str()) {
+            missing.push(format!("{page} names {name}({sect})"));
+        }
+    }
+    assert!(missing.is_empty(), "references to pages that do not exist: {missing:#?}");
+}
+
+#[test]
+fn command_pages_have_exit_status_and_environment() {
+    for page in ["kvd.8", "kvctl.1", "kvctl-watch.1", "kvfs.8"] {
+        let text = std::fs::read_to_string(man_dir().join(page)).expect("read page");
+        for section in ["EXIT STATUS", "ENVIRONMENT", "SEE ALSO"] {
+            let found = text.lines().any(|l| l == format!(".SH {section}") || l == format!(".SH \"{section}\""));
+            assert!(found, "{page} has no {section} section");
+        }
+    }
+}
+
+/// The shipped monitoring files.
+fn monitoring() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/monitoring")
+}
+
+fn promtool(args: &[&str], input: Option<&std::path::Path>) -> String {
+    let mut cmd = Command::new("promtool");
+    cmd.args(args).current_dir(monitoring());
+    if let Some(f) = input {
+        cmd.arg(f);
+    }
+    let out = cmd.output().expect("run promtool (Debian package prometheus; tests/run.sh installs it)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {args:?}: {text}");
+    text
+}
+
+/// `promtool check rules` accepts the alert rules, and their unit tests
+/// (each alert fires on the series that should raise it, and only there)
+/// pass.
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let out = promtool(&["check", "rules", "kv-alerts.yml"], None);
+    assert!(out.contains("SUCCESS"), "{out}");
+    let out = promtool(&["test", "rules", "kv-alerts.test.yml"], None);
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+/// Every query of the dashboard, its variables filled in.
+fn dashboard_queries() -> Vec<String> {
+    let text = std::fs::read_to_string(monitoring().join("kv-dashboard.json")).expect("read the dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        if panel["type"] == "row" {
+            continue;
+        }
+        let targets = panel["targets"].as_array().unwrap_or_else(|| panic!("panel without targets: {panel}"));
+        assert!(!targets.is_empty(), "panel without queries: {}", panel["title"]);
+        for t in targets {
+            let e = t["expr"].as_str().expect("expr").to_owned();
+            exprs.push(e.replace("$__rate_interval", "5m").replace("$instance", ".*").replace("$mountpoint", ".*"));
+        }
+    }
+    exprs
+}
+
+/// Each dashboard query is valid PromQL: promtool parses them as recording
+/// rules.
+#[test]
+fn the_dashboard_queries_parse() {
+    let exprs = dashboard_queries();
+    assert!(exprs.len() >= 20, "{exprs:?}");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: dashboard:query{i}\n        expr: {}\n",
+            serde_json::to_string(e).expect("json")
+        ));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("dashboard-rules.yml");
+    std::fs::write(&file, rules).expect("write");
+    let out = promtool(&["check", "rules"], Some(&file));
+    assert!(out.contains(&format!("{} rules found", exprs.len())), "{out}");
+}
+
+/// Metric names a PromQL expression uses (identifiers of kv's, kvfs's and
+/// the process's series).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut word = String::new();
+    let mut in_string = false;
+    for c in expr.chars().chain([' ']) {
+        if c == '"' {
+            in_string = !in_string;
+        }
+        if !in_string && (c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            word.push(c);
+            continue;
+        }
+        if ["kv_", "kvfs_", "process_"].iter().any(|p| word.starts_with(p)) {
+            let base = ["_bucket", "_sum", "_count"].iter().fold(word.as_str(), |w, s| w.strip_suffix(s).unwrap_or(w));
+            names.push(base.to_owned());
+        }
+        word.clear();
+    }
+    names
+}
+
+/// Every series the alert rules and the dashboard use.
+pub fn used_metric_names() -> std::collections::BTreeSet<String> {
+    let rules = std::fs::read_to_string(monitoring().join("kv-alerts.yml")).expect("read the rules");
+    let mut names: std::collections::BTreeSet<String> = rules.lines().flat_map(metric_names).collect();
+    names.extend(dashboard_queries().iter().flat_map(|e| metric_names(e)));
+    names
+}
+
+#[test]
+fn metric_names_are_found_in_queries() {
+    assert_eq!(
+        metric_names(
+            r#"histogram_quantile(0.99, sum by (le) (rate(kv_fsync_seconds_bucket{instance=~"kv_x"}[5m]))) > kvfs_y"#
+        ),
+        ["kv_fsync_seconds", "kvfs_y"]
+    );
+    let used = used_metric_names();
+    for n in ["kv_raft_has_leader", "kv_tls_cert_not_after_seconds", "kvfs_staleness_seconds", "process_open_fds"] {
+        assert!(used.contains(n), "{n} not in {used:?}");
+    }
+}
