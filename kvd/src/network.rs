@@ -15,7 +15,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 
 use crate::identity::{from_headers, Identity, Refusal, HEADER};
-use crate::metrics::{rpc_name, Peer, METRICS};
+use crate::metrics::{rpc_name, METRICS};
 use crate::rpc::{self, Rpc};
 use crate::store::Durability;
 use crate::types::{decode, encode, Entry, Member, NodeId, TypeConfig};
@@ -94,11 +94,11 @@ impl Network {
         Ok(Network { http, durable, identity })
     }
 
-    /// Sends `req` as RPC `R` to the peer at `base` (member `peer`, when it
-    /// is one) and decodes its answer.
+    /// Sends `req` as RPC `R` to member `peer` at `base` and decodes its
+    /// answer.
     pub async fn call<R: Rpc>(
         &self,
-        peer: Option<NodeId>,
+        peer: NodeId,
         base: &str,
         req: &R::Request,
         timeout: Duration,
@@ -109,7 +109,7 @@ impl Network {
         } else {
             self.post::<R>(base, peer_url(base, R::PATH), req, timeout).await
         };
-        METRICS.observe_peer_call(Peer(peer), rpc_name(R::PATH), r.is_ok().then(|| start.elapsed()));
+        METRICS.observe_peer_call(peer, rpc_name(R::PATH), r.is_ok().then(|| start.elapsed()));
         r
     }
 
@@ -266,7 +266,7 @@ impl PeerClient {
         let url = self.rpc_urls[which as usize].clone();
         let start = Instant::now();
         let sent = self.net.post::<R>(&self.url, url, req, option.hard_ttl()).await;
-        METRICS.observe_peer_call(Peer(Some(self.target)), rpc_name(R::PATH), sent.is_ok().then(|| start.elapsed()));
+        METRICS.observe_peer_call(self.target, rpc_name(R::PATH), sent.is_ok().then(|| start.elapsed()));
         match sent {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),

@@ -201,20 +201,6 @@ struct RouteLabels {
     method: &'static str,
 }
 
-/// The member at the other end of a peer call: its id, or `unknown` (a
-/// node asked before it is added).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Peer(pub Option<NodeId>);
-
-impl EncodeLabelValue for Peer {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        match self.0 {
-            Some(id) => EncodeLabelValue::encode(&id, encoder),
-            None => EncodeLabelValue::encode(&"unknown", encoder),
-        }
-    }
-}
-
 /// The `rpc` label of a peer RPC: the last part of its path (`append`,
 /// `vote`, `snapshot`, `read-index`...).
 pub fn rpc_name(path: &'static str) -> &'static str {
@@ -223,7 +209,7 @@ pub fn rpc_name(path: &'static str) -> &'static str {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PeerLabels {
-    peer: Peer,
+    peer: NodeId,
     rpc: &'static str,
 }
 
@@ -362,9 +348,9 @@ impl Metrics {
         self.requests.get_or_create(&RequestLabels { route, method, status }).inc();
     }
 
-    /// Records a peer RPC `rpc` to `peer`: its round trip when answered,
-    /// else a failure.
-    pub fn observe_peer_call(&self, peer: Peer, rpc: &'static str, took: Option<Duration>) {
+    /// Records a peer RPC `rpc` to member `peer`: its round trip when
+    /// answered, else a failure.
+    pub fn observe_peer_call(&self, peer: NodeId, rpc: &'static str, took: Option<Duration>) {
         let labels = PeerLabels { peer, rpc };
         match took {
             Some(t) => self.peer_rtt.get_or_create(&labels).observe(t),
@@ -515,5 +501,80 @@ impl Collector for Sampled {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines of `text` that start with `prefix`.
+    fn lines<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_the_bounds_of_before() {
+        let m = Metrics::new();
+        m.fsync.observe(Duration::from_micros(2000));
+        m.fsync.observe(Duration::from_secs(9));
+        let text = m.render(Gauges::default());
+        let buckets = lines(&text, "kv_fsync_seconds_bucket");
+        assert_eq!(buckets.len(), BUCKETS.len() + 1, "{text}");
+        assert_eq!(buckets[0], "kv_fsync_seconds_bucket{le=\"0.0001\"} 0");
+        assert_eq!(buckets[3], "kv_fsync_seconds_bucket{le=\"0.001\"} 0");
+        assert_eq!(buckets[4], "kv_fsync_seconds_bucket{le=\"0.0025\"} 1");
+        assert_eq!(buckets[13], "kv_fsync_seconds_bucket{le=\"5\"} 1");
+        assert_eq!(buckets[14], "kv_fsync_seconds_bucket{le=\"+Inf\"} 2");
+        assert_eq!(lines(&text, "kv_fsync_seconds_count"), ["kv_fsync_seconds_count 2"]);
+        assert_eq!(lines(&text, "kv_fsync_seconds_sum"), ["kv_fsync_seconds_sum 9.002"]);
+    }
+
+    #[test]
+    fn requests_are_labelled_by_route_template_method_and_status() {
+        let m = Metrics::new();
+        let ext = Method::from_bytes(b"BREW").expect("a method");
+        m.observe_request(Route::new(None), method_label(&ext), 404, Duration::from_millis(1), true);
+        m.observe_request(Route::new(None), method_label(&Method::GET), 404, Duration::from_millis(1), true);
+        m.observe_request(Route::new(None), method_label(&Method::GET), 404, Duration::from_millis(1), false);
+        let text = m.render(Gauges::default());
+        let mut reqs = lines(&text, "kv_http_requests_total{");
+        reqs.sort();
+        assert_eq!(
+            reqs,
+            [
+                "kv_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"} 2",
+                "kv_http_requests_total{route=\"unmatched\",method=\"OTHER\",status=\"404\"} 1",
+            ]
+        );
+        let timed = lines(&text, "kv_http_request_duration_seconds_count{route=\"unmatched\",method=\"GET\"}");
+        assert_eq!(timed, ["kv_http_request_duration_seconds_count{route=\"unmatched\",method=\"GET\"} 1"]);
+        assert_eq!(
+            lines(&text, "kv_http_request_seconds_count"),
+            ["kv_http_request_seconds_count{kind=\"read\"} 1", "kv_http_request_seconds_count{kind=\"write\"} 1"]
+        );
+    }
+
+    #[test]
+    fn peer_calls_and_follower_lag_have_a_series_per_peer() {
+        let m = Metrics::new();
+        let text = m.render(Gauges::default());
+        assert!(!text.contains("kv_raft_follower_lag_entries"), "no lag off the leader:\n{text}");
+        assert!(!text.contains("kv_peer_rtt_seconds"), "no series before a call:\n{text}");
+        m.observe_peer_call(2, rpc_name("/peer/v1/append"), Some(Duration::from_micros(300)));
+        m.observe_peer_call(4, rpc_name("/peer/v1/identity"), None);
+        let text = m.render(Gauges { follower_lag: vec![(2, 0), (3, 17)], ..Default::default() });
+        assert_eq!(
+            lines(&text, "kv_peer_rtt_seconds_count"),
+            ["kv_peer_rtt_seconds_count{peer=\"2\",rpc=\"append\"} 1"]
+        );
+        assert_eq!(
+            lines(&text, "kv_peer_request_failures_total{"),
+            ["kv_peer_request_failures_total{peer=\"4\",rpc=\"identity\"} 1"]
+        );
+        assert_eq!(
+            lines(&text, "kv_raft_follower_lag_entries{"),
+            ["kv_raft_follower_lag_entries{peer=\"2\"} 0", "kv_raft_follower_lag_entries{peer=\"3\"} 17"]
+        );
     }
 }

@@ -359,7 +359,7 @@ impl Node {
                 match self.member(leader) {
                     Some(m) => self
                         .net
-                        .call::<R>(Some(leader), &m.peer_url, req, left)
+                        .call::<R>(leader, &m.peer_url, req, left)
                         .await
                         .unwrap_or_else(|e| Err(ForwardError::Failed(e.to_string()))),
                     None => Err(ForwardError::NotLeader(None)),
@@ -430,7 +430,7 @@ impl Node {
                     Ok(me)
                 } else {
                     self.net
-                        .call::<rpc::Status>(Some(id), &member.peer_url, &(), STATUS_TIMEOUT)
+                        .call::<rpc::Status>(id, &member.peer_url, &(), STATUS_TIMEOUT)
                         .await
                         .map_err(|e| e.to_string())
                 };
@@ -504,7 +504,7 @@ impl Node {
     /// id it is added as, and be empty (or hold this cluster's data).
     async fn check_joinable(&self, req: &AddMember) -> Result<()> {
         let url = &req.peer_url;
-        let theirs: NodeIdentity = match self.net.call::<rpc::Identity>(None, url, &(), STATUS_TIMEOUT).await {
+        let theirs: NodeIdentity = match self.net.call::<rpc::Identity>(req.id, url, &(), STATUS_TIMEOUT).await {
             Ok(i) => i,
             Err(e @ CallError::Unreachable(..)) => {
                 return Err(unavailable(format!(

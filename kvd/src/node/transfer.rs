@@ -144,7 +144,7 @@ impl Drop for TransferHolds {
 /// Asks each peer at once to hold its elections for `ms` (0: stop holding).
 async fn hold_peers(node: &Node, peers: &[(NodeId, String)], ms: u64) {
     let asks = peers.iter().map(|(id, url)| async move {
-        if let Err(e) = node.net.call::<rpc::HoldElections>(Some(*id), url, &ms, STATUS_TIMEOUT).await {
+        if let Err(e) = node.net.call::<rpc::HoldElections>(*id, url, &ms, STATUS_TIMEOUT).await {
             tracing::warn!(peer = %url, hold_ms = ms, error = %e, "cannot set a peer's election hold");
         }
     });
@@ -264,7 +264,7 @@ impl Node {
             let lease = self.cfg.election_timeout_ms * 2 + self.cfg.heartbeat_ms * 2;
             tokio::time::sleep(Duration::from_millis(lease)).await;
             loop {
-                let _ = self.net.call::<rpc::Elect>(Some(target), &target_url, &(), STATUS_TIMEOUT).await;
+                let _ = self.net.call::<rpc::Elect>(target, &target_url, &(), STATUS_TIMEOUT).await;
                 let wait = self.raft.wait(Some(Duration::from_millis(self.cfg.election_timeout_ms * 2)));
                 if wait.metrics(|m| m.current_leader == Some(target), "new leader").await.is_ok() {
                     return Ok(());
