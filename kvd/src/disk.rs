@@ -22,15 +22,18 @@ pub struct Disk {
     /// Writes are refused below this many available bytes.
     pub reserve: u64,
     free: AtomicU64,
+    /// Size of the filesystem.
+    size: AtomicU64,
     low: AtomicBool,
     /// Writes refused for lack of space.
     pub refused: AtomicU64,
 }
 
-/// Bytes available to an unprivileged writer on the filesystem of `dir`.
-pub fn available(dir: &Path) -> std::io::Result<u64> {
+/// Bytes available to an unprivileged writer on the filesystem of `dir`,
+/// and its size.
+fn space(dir: &Path) -> std::io::Result<(u64, u64)> {
     let s = rustix::fs::statvfs(dir)?;
-    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+    Ok((s.f_bavail.saturating_mul(s.f_frsize), s.f_blocks.saturating_mul(s.f_frsize)))
 }
 
 impl Disk {
@@ -40,6 +43,7 @@ impl Disk {
             dir: dir.to_owned(),
             reserve,
             free: AtomicU64::new(u64::MAX),
+            size: AtomicU64::new(0),
             low: AtomicBool::new(false),
             refused: AtomicU64::new(0),
         };
@@ -48,14 +52,15 @@ impl Disk {
     }
 
     fn measure(&self) {
-        let free = match available(&self.dir) {
-            Ok(f) => f,
+        let (free, size) = match space(&self.dir) {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, dir = %self.dir.display(), "cannot measure free disk space");
                 return;
             }
         };
         self.free.store(free, Ordering::Relaxed);
+        self.size.store(size, Ordering::Relaxed);
         let low = free < self.reserve;
         if self.low.swap(low, Ordering::Relaxed) != low {
             if low {
@@ -88,6 +93,11 @@ impl Disk {
         self.free.load(Ordering::Relaxed)
     }
 
+    /// The size of the filesystem at the last measurement.
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
     /// Whether free space is below the reserve.
     pub fn is_low(&self) -> bool {
         self.low.load(Ordering::Relaxed)
@@ -115,10 +125,11 @@ mod tests {
     #[test]
     fn a_reserve_above_the_free_space_refuses_writes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let free = available(dir.path()).expect("statvfs");
-        assert!(free > 0);
+        let (free, size) = space(dir.path()).expect("statvfs");
+        assert!(free > 0 && size >= free);
         let ok = Disk::new(dir.path(), 0);
         assert!(ok.check(1).is_ok());
+        assert_eq!(ok.size(), size);
         let full = Disk::new(dir.path(), u64::MAX);
         let e = full.check(7).expect_err("refused");
         assert!(e.contains("node 7 is out of disk space"), "{e}");

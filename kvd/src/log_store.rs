@@ -16,7 +16,6 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::Ordering;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, StorageIOError};
@@ -136,7 +135,7 @@ impl LogStore {
         self.store.durable.wrote(Some(last));
         let m = &crate::metrics::METRICS;
         if self.may_sync_later(&entries) {
-            m.early_appends.fetch_add(1, Ordering::Relaxed);
+            m.early_appends.inc();
             m.group_commit.observe_items(1);
             let store = self.store.clone();
             tokio::task::spawn_blocking(move || {
@@ -200,6 +199,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        // NOTE: a node that becomes a candidate first votes for itself in a
+        // new term; the same vote committed (it won) is not another election.
+        let term = vote.leader_id().term;
+        if vote.leader_id().voted_for() == Some(self.id) && self.vote.is_none_or(|v| v.leader_id().term < term) {
+            crate::metrics::METRICS.elections.inc();
+        }
         self.store.raft.insert(VOTE, encode(vote)).unwrap_or_else(|e| write_failed(e));
         // IMPORTANT: the vote must be on disk before we answer anyone with it.
         // This also puts on disk every entry appended before it, so a leader

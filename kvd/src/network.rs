@@ -4,7 +4,7 @@
 //! peer in its own task, so a slow or dead peer never holds up the others.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -15,6 +15,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 
 use crate::identity::{from_headers, Identity, Refusal, HEADER};
+use crate::metrics::{rpc_name, METRICS};
 use crate::rpc::{self, Rpc};
 use crate::store::Durability;
 use crate::types::{decode, encode, Entry, Member, NodeId, TypeConfig};
@@ -93,17 +94,23 @@ impl Network {
         Ok(Network { http, durable, identity })
     }
 
-    /// Sends `req` as RPC `R` to the peer at `base` and decodes its answer.
+    /// Sends `req` as RPC `R` to member `peer` at `base` and decodes its
+    /// answer.
     pub async fn call<R: Rpc>(
         &self,
+        peer: NodeId,
         base: &str,
         req: &R::Request,
         timeout: Duration,
     ) -> Result<R::Response, CallError> {
-        if R::JSON_GET {
-            return self.get_json(base, R::PATH, timeout).await;
-        }
-        self.post::<R>(base, peer_url(base, R::PATH), req, timeout).await
+        let start = Instant::now();
+        let r = if R::JSON_GET {
+            self.get_json(base, R::PATH, timeout).await
+        } else {
+            self.post::<R>(base, peer_url(base, R::PATH), req, timeout).await
+        };
+        METRICS.observe_peer_call(peer, rpc_name(R::PATH), r.is_ok().then(|| start.elapsed()));
+        r
     }
 
     /// POSTs `req` (bincode) to `url`, RPC `R`'s URL at the peer at `base`,
@@ -257,7 +264,10 @@ impl PeerClient {
     {
         debug_assert_eq!(rpc::RAFT_PATHS[which as usize], R::PATH);
         let url = self.rpc_urls[which as usize].clone();
-        match self.net.post::<R>(&self.url, url, req, option.hard_ttl()).await {
+        let start = Instant::now();
+        let sent = self.net.post::<R>(&self.url, url, req, option.hard_ttl()).await;
+        METRICS.observe_peer_call(self.target, rpc_name(R::PATH), sent.is_ok().then(|| start.elapsed()));
+        match sent {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             // NOTE: a peer of another cluster is as good as unreachable:
@@ -312,7 +322,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
     {
-        self.rpc::<rpc::Snapshot, _, _>(RaftRpc::Snapshot, &rpc, &option).await
+        let sent = self.rpc::<rpc::Snapshot, _, _>(RaftRpc::Snapshot, &rpc, &option).await;
+        if rpc.done && sent.is_ok() {
+            METRICS.snapshots_sent.inc();
+        }
+        sent
     }
 
     async fn vote(

@@ -63,7 +63,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> HttpResponse {
-        METRICS.request_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        METRICS.request_errors.inc();
         let status = self.status();
         let mut resp = (status, axum::Json(self.body())).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {

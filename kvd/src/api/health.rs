@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 
 use super::error::{ApiError, ApiResult};
 use crate::auth::Caller;
-use crate::metrics::METRICS;
+use crate::metrics::{CONTENT_TYPE, METRICS};
 use crate::node::Node;
 
 /// GET /health/live
@@ -35,9 +35,7 @@ pub(crate) async fn metrics(
     if !node.auth().open_metrics {
         caller.need_known("read the metrics of")?;
     }
-    let g = node.gauges();
-    let mut resp = METRICS.render(&g).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    let mut resp = METRICS.render(node.gauges()).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     Ok(resp)
 }

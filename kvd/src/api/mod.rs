@@ -15,7 +15,7 @@ mod watch;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Extension, Request as HttpRequest, State};
+use axum::extract::{Extension, MatchedPath, Request as HttpRequest, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -25,7 +25,7 @@ use kv_client::clock::now_ns;
 use kv_client::{header as kvh, ErrorCode, OpResult, TxnResponse};
 
 use crate::auth::{Authority, Caller};
-use crate::metrics::METRICS;
+use crate::metrics::{method_label, Route, METRICS};
 use crate::node::Node;
 use crate::types::{Outcome, Request, Response, Txn};
 use auth::{create_token, list_tokens, revoke_token, whoami};
@@ -144,16 +144,19 @@ pub(crate) async fn request_id(State(node): State<Arc<Node>>, mut req: HttpReque
     resp
 }
 
-/// Records request latency, reads and writes apart (watches excluded).
+/// Counts requests by route template, method and status, and records
+/// their latency until the response head (watch streams excluded).
+///
+/// NOTE: the layer wraps each route, so the route matched is known here;
+/// labels hold the template (an `Arc`) and static strings, never a copy of
+/// the path.
 pub(crate) async fn observe(req: HttpRequest, next: Next) -> HttpResponse {
     let start = Instant::now();
-    let write = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let route = Route::new(req.extensions().get::<MatchedPath>());
+    let method = method_label(req.method());
     let watch = req.uri().path().starts_with("/v1/watch");
     let resp = next.run(req).await;
-    if !watch {
-        let h = if write { &METRICS.write_latency } else { &METRICS.read_latency };
-        h.observe(start.elapsed());
-    }
+    METRICS.observe_request(route, method, resp.status().as_u16(), start.elapsed(), !watch);
     resp
 }
 

@@ -13,6 +13,7 @@ use kv_client::{header as kvh, Access, EntryInfo, ErrorCode, EventType, Grants, 
 use super::error::{ApiError, ApiResult};
 use super::parse::{parse_watch, WatchRequest};
 use crate::auth::{Caller, Validity};
+use crate::metrics::METRICS;
 use crate::node::Node;
 use crate::sm::ReadError;
 use crate::types::{Prev, StoredEntry};
@@ -44,6 +45,24 @@ pub(crate) struct WatchState {
     /// When the stream last sent something: a keepalive is due a keepalive
     /// interval after it, however many changes to other prefixes came.
     last_sent: tokio::time::Instant,
+    /// Counts the stream in `kv_watch_streams` while it lives.
+    _open: OpenStream,
+}
+
+/// One open watch stream in `kv_watch_streams`, from its making to its drop.
+pub(crate) struct OpenStream(());
+
+impl OpenStream {
+    fn new() -> OpenStream {
+        METRICS.watch_streams.inc();
+        OpenStream(())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        METRICS.watch_streams.dec();
+    }
 }
 
 /// Pages of watch events kept for other streams (see [`WatchPages`]).
@@ -210,6 +229,7 @@ impl WatchState {
                 let name = if ev.put { "put" } else { "delete" };
                 self.out.push_back(sse(name, last_of_rev.then_some(ev.revision), ev.data(self.prev)));
             }
+            METRICS.watch_events.inc_by(n as u64);
             if !self.out.is_empty() {
                 self.last_sent = tokio::time::Instant::now();
                 return;
@@ -296,6 +316,7 @@ pub(crate) async fn watch(
         out: VecDeque::new(),
         done: false,
         last_sent: tokio::time::Instant::now(),
+        _open: OpenStream::new(),
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {

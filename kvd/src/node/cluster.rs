@@ -359,7 +359,7 @@ impl Node {
                 match self.member(leader) {
                     Some(m) => self
                         .net
-                        .call::<R>(&m.peer_url, req, left)
+                        .call::<R>(leader, &m.peer_url, req, left)
                         .await
                         .unwrap_or_else(|e| Err(ForwardError::Failed(e.to_string()))),
                     None => Err(ForwardError::NotLeader(None)),
@@ -429,7 +429,10 @@ impl Node {
                 let status = if id == me.id {
                     Ok(me)
                 } else {
-                    self.net.call::<rpc::Status>(&member.peer_url, &(), STATUS_TIMEOUT).await.map_err(|e| e.to_string())
+                    self.net
+                        .call::<rpc::Status>(id, &member.peer_url, &(), STATUS_TIMEOUT)
+                        .await
+                        .map_err(|e| e.to_string())
                 };
                 (id, member, status)
             }
@@ -501,7 +504,7 @@ impl Node {
     /// id it is added as, and be empty (or hold this cluster's data).
     async fn check_joinable(&self, req: &AddMember) -> Result<()> {
         let url = &req.peer_url;
-        let theirs: NodeIdentity = match self.net.call::<rpc::Identity>(url, &(), STATUS_TIMEOUT).await {
+        let theirs: NodeIdentity = match self.net.call::<rpc::Identity>(req.id, url, &(), STATUS_TIMEOUT).await {
             Ok(i) => i,
             Err(e @ CallError::Unreachable(..)) => {
                 return Err(unavailable(format!(

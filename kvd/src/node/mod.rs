@@ -231,11 +231,14 @@ impl Node {
             revision: *self.sm.subscribe().borrow(),
             db_bytes: self.db_size(),
             disk_free: self.disk.free(),
+            disk_size: self.disk.size(),
+            disk_reserve: self.disk.reserve,
             disk_full: self.disk.is_low(),
             no_space_refusals: self.disk.refused.load(std::sync::atomic::Ordering::Relaxed),
             heartbeats_paused: self.heartbeats.held(),
             elections_held: self.elections.held(),
             proposals_held: self.proposer.held(),
+            follower_lag: follower_lag(self.cfg.id, &m),
         }
     }
 
@@ -322,7 +325,7 @@ impl Node {
                 // made by whichever member leads first is not replicated, and
                 // two members could make two, each then refusing the other.
                 if now.is_some() {
-                    crate::metrics::METRICS.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    crate::metrics::METRICS.leader_changes.inc();
                 }
                 tracing::info!(leader = ?now, "leader changed");
                 leader = now;
@@ -345,4 +348,16 @@ impl Node {
             }
         }
     }
+}
+
+/// On the leader, how many of its entries each other member lacks: its last
+/// log index less the index the member has matched (its whole log when none).
+fn follower_lag(me: NodeId, m: &openraft::RaftMetrics<NodeId, crate::types::Member>) -> Vec<(NodeId, u64)> {
+    let last = m.last_log_index.unwrap_or(0);
+    let Some(replication) = &m.replication else { return Vec::new() };
+    replication
+        .iter()
+        .filter(|(id, _)| **id != me)
+        .map(|(id, matched)| (*id, last.saturating_sub(matched.map_or(0, |l| l.index))))
+        .collect()
 }

@@ -111,8 +111,8 @@ impl Drop for HoldGuard {
 /// election holds by a task of its own (they also run out by themselves).
 struct TransferHolds {
     node: Arc<Node>,
-    /// Peers told to hold their elections, not yet told to stop.
-    peers: Vec<String>,
+    /// Peers told to hold their elections, not yet told to stop: id, URL.
+    peers: Vec<(NodeId, String)>,
     _heartbeats: HoldGuard,
     _elections: HoldGuard,
     _proposals: OwnedRwLockWriteGuard<()>,
@@ -142,16 +142,16 @@ impl Drop for TransferHolds {
 }
 
 /// Asks each peer at once to hold its elections for `ms` (0: stop holding).
-async fn hold_peers(node: &Node, peers: &[String], ms: u64) {
-    let asks = peers.iter().map(|url| async move {
-        if let Err(e) = node.net.call::<rpc::HoldElections>(url, &ms, STATUS_TIMEOUT).await {
+async fn hold_peers(node: &Node, peers: &[(NodeId, String)], ms: u64) {
+    let asks = peers.iter().map(|(id, url)| async move {
+        if let Err(e) = node.net.call::<rpc::HoldElections>(*id, url, &ms, STATUS_TIMEOUT).await {
             tracing::warn!(peer = %url, hold_ms = ms, error = %e, "cannot set a peer's election hold");
         }
     });
     futures_util::future::join_all(asks).await;
 }
 
-async fn release_peers(node: &Node, peers: &[String]) {
+async fn release_peers(node: &Node, peers: &[(NodeId, String)]) {
     hold_peers(node, peers, 0).await;
 }
 
@@ -221,10 +221,10 @@ impl Node {
         let Some(target_url) = self.member(target).map(|mb| mb.peer_url) else {
             return Err(ClusterError::Invalid(format!("node {target} is not a voter")));
         };
-        let others: Vec<String> = voters
+        let others: Vec<(NodeId, String)> = voters
             .iter()
             .filter(|v| **v != target && **v != self.cfg.id)
-            .filter_map(|v| self.member(*v).map(|mb| mb.peer_url))
+            .filter_map(|v| self.member(*v).map(|mb| (*v, mb.peer_url)))
             .collect();
         tracing::info!(target, "transferring leadership");
         let deadline = Instant::now() + self.request_timeout() * 2;
@@ -264,7 +264,7 @@ impl Node {
             let lease = self.cfg.election_timeout_ms * 2 + self.cfg.heartbeat_ms * 2;
             tokio::time::sleep(Duration::from_millis(lease)).await;
             loop {
-                let _ = self.net.call::<rpc::Elect>(&target_url, &(), STATUS_TIMEOUT).await;
+                let _ = self.net.call::<rpc::Elect>(target, &target_url, &(), STATUS_TIMEOUT).await;
                 let wait = self.raft.wait(Some(Duration::from_millis(self.cfg.election_timeout_ms * 2)));
                 if wait.metrics(|m| m.current_leader == Some(target), "new leader").await.is_ok() {
                     return Ok(());

@@ -583,6 +583,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.st = st;
         self.shared.rev_tx.send_replace(self.st.txn.revision);
         tracing::info!(revision = self.st.txn.revision, "installed snapshot");
+        crate::metrics::METRICS.snapshots_installed.inc();
         Ok(())
     }
 

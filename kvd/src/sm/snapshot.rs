@@ -211,6 +211,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         tracing::info!(snapshot = %header.meta.snapshot_id, revision = header.revision, "built snapshot");
+        crate::metrics::METRICS.snapshots_built.inc();
         Ok(Snapshot { meta: header.meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })
     }
 }

@@ -243,6 +243,16 @@ async fn a_new_member_catches_up_by_snapshot() {
     let s: kv_client::NodeStatus =
         http().get(format!("{}/v1/status", nodes[1].url)).send().await.expect("status").json().await.expect("json");
     assert!(s.snapshot_index > 0, "the new member did not get a snapshot: {s:?}");
+    let metrics = |k: &Kvd| {
+        let url = format!("{}/metrics", k.url);
+        async move { http().get(url).send().await.expect("metrics").text().await.expect("text") }
+    };
+    let leader = metrics(&nodes[0]).await;
+    assert!(crate::disk::metric(&leader, "kv_raft_snapshots_built_total") >= 1, "{leader}");
+    assert!(crate::disk::metric(&leader, "kv_raft_snapshots_sent_total") >= 1, "{leader}");
+    let new = metrics(&nodes[1]).await;
+    assert_eq!(crate::disk::metric(&new, "kv_raft_snapshots_installed_total"), 1, "{new}");
+    assert_eq!(crate::disk::metric(&new, "kv_raft_snapshots_sent_total"), 0, "{new}");
     let h0 = keyspace_hash(&nodes[0]).await;
     let h1 = keyspace_hash(&nodes[1]).await;
     assert_eq!(h0.1, 50_000);

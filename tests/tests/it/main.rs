@@ -14,6 +14,7 @@ mod history;
 mod hostile;
 mod identity;
 mod kvctl;
+mod metrics;
 mod mount;
 mod ops;
 mod permissions;
