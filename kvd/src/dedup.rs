@@ -29,7 +29,7 @@
 //! Layout of the dedup keyspace:
 //!
 //! ```text
-//! r{id}                    -> Record (bincode): the response and the log time it was applied at
+//! r{id}                    -> Record: the log time it was applied at and the response
 //! t{at_ns u64 BE}{id}      -> empty: records in time order, for pruning
 //! w                        -> u64 BE: the window in effect, ms
 //! i{id}, x{index u64 BE}{id}  legacy records of kvds before the window was one of time:

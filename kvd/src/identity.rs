@@ -18,14 +18,13 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+// Key of the id in the Raft metadata keyspace.
+use crate::format::CLUSTER_ID as KEY;
 use crate::store::{fatal, Store};
 
 /// The header of every peer request and answer that carries the sender's
 /// cluster id.
 pub const HEADER: &str = "x-kv-cluster";
-
-/// Key of the id in the Raft metadata keyspace.
-const KEY: &[u8] = b"cluster_id";
 
 /// Most often a refused message is logged (per direction).
 const LOG_EVERY: Duration = Duration::from_secs(1);

@@ -27,7 +27,9 @@
 // - sm: the state machine over fjall; txn: transaction semantics over a
 //   read view; dedup: request-id records; snapfile: the snapshot format.
 // - log_store, store, identity, disk: the Raft log, the fjall database,
-//   the cluster id, free space.
+//   the cluster id, free space; format: the layouts of the data dir,
+//   snapshot files and peer messages, their versions, and the reader (and
+//   writer) of kvd 0.1's layout.
 // - types: the Raft type config and what travels through the log;
 //   config, tls, metrics, error: settings, certificates, counters, errors.
 
@@ -38,6 +40,7 @@ mod config;
 mod dedup;
 mod disk;
 mod error;
+mod format;
 mod identity;
 mod jwt;
 mod log_store;

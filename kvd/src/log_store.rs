@@ -20,12 +20,9 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, StorageIOError};
 
+use crate::format::{COMMITTED, PURGED, VOTE};
 use crate::store::{fatal, Store};
 use crate::types::{decode, encode, Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
-
-const VOTE: &[u8] = b"vote";
-const PURGED: &[u8] = b"purged";
-const COMMITTED: &[u8] = b"committed";
 
 /// The log store handed to openraft (and its reader, a clone).
 #[derive(Clone)]

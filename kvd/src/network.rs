@@ -1,6 +1,8 @@
 //! The client side of the peer API: Raft RPCs (and forwarded writes and
-//! read-index requests) to other members, bincode over HTTP/1.1 with pooled
-//! connections. Each RPC has its own timeout, and openraft replicates to each
+//! read-index requests) to other members over HTTP/1.1 with pooled
+//! connections, each in the newest format the peer reads (see
+//! crate::format::PeerFormat: format 1 until the peer's answer says it reads
+//! format 2, so that kvd 0.1 members are still reached). Each RPC has its own timeout, and openraft replicates to each
 //! peer in its own task, so a slow or dead peer never holds up the others.
 
 use std::sync::Arc;
@@ -14,11 +16,12 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 
+use crate::format::{PeerFormat, PEER_FORMATS_HEADER, PEER_FORMAT_HEADER};
 use crate::identity::{from_headers, Identity, Refusal, HEADER};
 use crate::metrics::{rpc_name, METRICS};
 use crate::rpc::{self, Rpc};
 use crate::store::Durability;
-use crate::types::{decode, encode, Entry, Member, NodeId, TypeConfig};
+use crate::types::{encoded_size, Entry, Member, NodeId, TypeConfig};
 
 /// Longest a heartbeat or a commit notice waits for this node's fsync under
 /// way before it goes with the commit index held back.
@@ -67,6 +70,9 @@ pub struct Network {
     durable: Arc<Durability>,
     /// This node's cluster id, sent with every message.
     identity: Arc<Identity>,
+    /// The format each peer (by base URL) was last seen to read; format 1
+    /// for one not heard from yet.
+    formats: Arc<std::sync::Mutex<std::collections::HashMap<String, PeerFormat>>>,
 }
 
 impl Network {
@@ -91,7 +97,7 @@ impl Network {
             what: "cannot set up the peer client".into(),
             source: Box::new(e),
         })?;
-        Ok(Network { http, durable, identity })
+        Ok(Network { http, durable, identity, formats: Default::default() })
     }
 
     /// Sends `req` as RPC `R` to member `peer` at `base` and decodes its
@@ -113,8 +119,25 @@ impl Network {
         r
     }
 
-    /// POSTs `req` (bincode) to `url`, RPC `R`'s URL at the peer at `base`,
-    /// and decodes the answer.
+    /// The format to send to the peer at `base` in.
+    fn format_for(&self, base: &str) -> PeerFormat {
+        let known = self.formats.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(base).copied().unwrap_or(PeerFormat::Bincode1)
+    }
+
+    /// Records the formats the peer at `base` reads, from its answer's
+    /// headers (none: a kvd 0.1, or not a kvd).
+    fn learn_format(&self, base: &str, headers: &reqwest::header::HeaderMap) {
+        let best = PeerFormat::best_with(headers.get(PEER_FORMATS_HEADER));
+        let mut known = self.formats.lock().unwrap_or_else(|e| e.into_inner());
+        if known.get(base) != Some(&best) {
+            tracing::debug!(peer = base, format = best as u8, "peer message format");
+            known.insert(base.to_owned(), best);
+        }
+    }
+
+    /// POSTs `req` to `url`, RPC `R`'s URL at the peer at `base`, in the
+    /// newest format the peer reads, and decodes the answer.
     async fn post<R: Rpc>(
         &self,
         base: &str,
@@ -123,16 +146,20 @@ impl Network {
         timeout: Duration,
     ) -> Result<R::Response, CallError> {
         let url = url.map_err(|e| CallError::Failed(base.to_owned(), e))?;
+        let format = self.format_for(base);
         let resp = self
             .with_id(self.http.post(url))
             .timeout(timeout)
             .header("content-type", "application/octet-stream")
-            .body(encode(req))
+            .header(PEER_FORMAT_HEADER, format.header())
+            .body(format.encode(req))
             .send()
             .await
             .map_err(|e| send_error(base, e))?;
         let status = resp.status();
         let theirs = from_headers(resp.headers());
+        self.learn_format(base, resp.headers());
+        let answered_in = PeerFormat::of_message(resp.headers().get(PEER_FORMAT_HEADER));
         let body = resp.bytes().await.map_err(|e| CallError::Failed(base.to_owned(), e.to_string()))?;
         if status == reqwest::StatusCode::CONFLICT && theirs.is_some() {
             let text = String::from_utf8_lossy(&body).into_owned();
@@ -152,7 +179,8 @@ impl Network {
             let text = String::from_utf8_lossy(&body);
             return Err(CallError::Failed(base.to_owned(), format!("HTTP {status}: {text}")));
         }
-        decode(&body).map_err(|e| CallError::Failed(base.to_owned(), format!("bad answer: {e}")))
+        let answered_in = answered_in.map_err(|e| CallError::Failed(base.to_owned(), format!("bad answer: {e}")))?;
+        answered_in.decode(&body).map_err(|e| CallError::Failed(base.to_owned(), format!("bad answer: {e}")))
     }
 }
 
@@ -347,7 +375,7 @@ fn fitting(entries: &[Entry], max_entries: usize, max_bytes: u64) -> usize {
     }
     let mut bytes = 0u64;
     let over = entries[..most].iter().position(|e| {
-        bytes += bincode::serialized_size(e).unwrap_or(0);
+        bytes += encoded_size(e) as u64;
         bytes > max_bytes
     });
     over.map_or(most, |i| i.max(1))
@@ -374,7 +402,7 @@ mod tests {
         let small: Vec<Entry> = (1..=10).map(|i| entry(i, 100)).collect();
         assert_eq!(fitting(&small, 64, 1 << 20), 10);
         assert_eq!(fitting(&small, 4, 1 << 20), 4, "the entry cap");
-        let one = bincode::serialized_size(&small[0]).expect("size");
+        let one = encoded_size(&small[0]) as u64;
         assert_eq!(fitting(&small, 64, 3 * one), 3, "the byte cap");
         assert_eq!(fitting(&small, 64, 4 * one - 1), 3, "the byte cap");
         let big: Vec<Entry> = (1..=3).map(|i| entry(i, 2 << 20)).collect();

@@ -1,5 +1,7 @@
 //! The server side of the peer API (on `--peer-addr`): the RPCs of
-//! crate::rpc, each decoded and answered in one place. Every request and
+//! crate::rpc, each decoded and answered in one place, in the format the
+//! request came in (crate::format::PeerFormat); a format this kvd does not
+//! read is refused (415) with the formats it reads. Every request and
 //! answer carries the cluster id (crate::identity); a request from another
 //! cluster is refused (409) before any handler sees it.
 
@@ -16,10 +18,10 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::auth::Authority;
+use crate::format::{PeerFormat, PEER_FORMATS, PEER_FORMATS_HEADER, PEER_FORMAT_HEADER};
 use crate::identity::{from_headers, Mismatch, Refusal, HEADER};
 use crate::node::Node;
 use crate::rpc::{self, Rpc};
-use crate::types::{decode, encode};
 
 /// Largest peer request: a batch of log entries or one snapshot chunk.
 const MAX_PEER_BODY: usize = 512 << 20;
@@ -57,27 +59,49 @@ pub fn router(node: Arc<Node>) -> Router {
     let r = serve::<rpc::Status, _, _>(r, |node, ()| async move { Ok(node.status().await) });
     let r = serve::<rpc::Identity, _, _>(r, |node, ()| async move { Ok(node.identity_info().await) });
     r.layer(axum::middleware::from_fn_with_state(node.clone(), same_cluster))
+        .layer(axum::middleware::map_response(formats_read))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .with_state(node)
 }
 
-/// Routes RPC `R` to `handle`: decodes its request (400 if it does not),
-/// encodes the answer, or sends the refusal `handle` gives.
+/// Tells the sender of every answer which message formats this kvd reads.
+async fn formats_read(mut resp: HttpResponse) -> HttpResponse {
+    resp.headers_mut().insert(PEER_FORMATS_HEADER, HeaderValue::from_static(PEER_FORMATS));
+    resp
+}
+
+/// Routes RPC `R` to `handle`: decodes its request in the format it names
+/// (415 for a format this kvd does not read, 400 if it does not decode),
+/// encodes the answer in the same format, or sends the refusal `handle`
+/// gives.
 fn serve<R, F, Fut>(router: Router<Arc<Node>>, handle: F) -> Router<Arc<Node>>
 where
     R: Rpc,
     F: Fn(Arc<Node>, R::Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<R::Response, HttpResponse>> + Send,
 {
-    let h = move |State(node): State<Arc<Node>>, body: Bytes| async move {
+    let h = move |State(node): State<Arc<Node>>, headers: axum::http::HeaderMap, body: Bytes| async move {
+        let format = match PeerFormat::of_message(headers.get(PEER_FORMAT_HEADER)) {
+            Ok(f) => f,
+            Err(text) => {
+                return (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("node {}: {text}", node.id())).into_response()
+            }
+        };
         // NOTE: a GET has no body, and the unit request decodes from none.
-        let req: R::Request = match decode(&body) {
+        let req: R::Request = match format.decode(&body) {
             Ok(r) => r,
             Err(e) => return (StatusCode::BAD_REQUEST, format!("undecodable peer request: {e}")).into_response(),
         };
         match handle(node, req).await {
             Ok(v) if R::JSON_GET => axum::Json(v).into_response(),
-            Ok(v) => ([("content-type", "application/octet-stream")], encode(&v)).into_response(),
+            Ok(v) => (
+                [
+                    ("content-type", HeaderValue::from_static("application/octet-stream")),
+                    (PEER_FORMAT_HEADER, format.header()),
+                ],
+                format.encode(&v),
+            )
+                .into_response(),
             Err(refused) => refused,
         }
     };

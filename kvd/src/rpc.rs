@@ -2,8 +2,9 @@
 //!
 //! The sender (crate::network) and the receiver (crate::peer) both name an
 //! RPC by its type here, so they cannot disagree on what travels. Messages
-//! are bincode in the body of a POST, except [`Status`], a JSON GET that an
-//! operator can read with curl.
+//! are encoded in the body of a POST (in a versioned format, see
+//! crate::format::PeerFormat), except [`Status`], a JSON GET that an operator
+//! can read with curl.
 
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -20,7 +21,7 @@ use crate::types::{NodeId, Request, Response, TypeConfig};
 pub trait Rpc {
     /// Its path on the peer address.
     const PATH: &'static str;
-    /// A GET answered in JSON, instead of a POST of bincode.
+    /// A GET answered in JSON, instead of a POST of an encoded message.
     const JSON_GET: bool = false;
     /// What the sender sends.
     type Request: Serialize + DeserializeOwned + Send + Sync + 'static;
@@ -151,8 +152,10 @@ pub struct NodeIdentity {
 /// error, never a panic or an allocation beyond the input's size.
 pub fn decode_all(data: &[u8]) {
     fn both<R: Rpc>(data: &[u8]) {
-        let _ = crate::types::decode::<R::Request>(data);
-        let _ = crate::types::decode::<R::Response>(data);
+        for f in [crate::format::PeerFormat::Bincode1, crate::format::PeerFormat::Postcard] {
+            let _ = f.decode::<R::Request>(data);
+            let _ = f.decode::<R::Response>(data);
+        }
     }
     both::<Append>(data);
     both::<Vote>(data);

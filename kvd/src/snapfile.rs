@@ -3,10 +3,19 @@
 //! The same file is what `GET /v1/snapshot` streams for backups.
 //!
 //! ```text
-//! "KVSNAP01" | u32 header length | header (bincode)
-//! { u8 tag (1 = data, 2 = dedup) | u32 key length | key | u32 value length | value }*
+//! "KVSNAP02" | u32 header length | header (postcard)
+//! { u8 tag (1 = data, 2 = dedup, 3 = sys) | u32 key length | key | u32 value length | value }*
 //! u8 0 | u64 record count | u32 CRC-32
 //! ```
+//!
+//! Integers of the framing are little-endian. A record is a key and value of
+//! the data dir's keyspace its tag names, as the data dir holds them (format
+//! 2, crate::format). The magic is the file's version: `KVSNAP01` files,
+//! written by kvd 0.1 (`GET /v1/snapshot` backups, snapshots in its data
+//! dirs and sent by its members), have the same framing with the header and
+//! values in the bincode 1 layout; they are still read, each value upgraded
+//! as it is read, so every caller sees format 2 values. A `KVSNAP` of a later
+//! version is refused with an error that says so.
 //!
 //! The keys of dedup records say their layout (crate::dedup): the records
 //! kept by log time (`r`, `t`, `w`) are newer than the ones kept by count
@@ -19,9 +28,13 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::format::{bincode1, upgrade_value, Space};
 use crate::types::{decode, encode, SnapshotMeta};
 
-const MAGIC: &[u8; 8] = b"KVSNAP01";
+/// What files of the current version start with.
+const MAGIC: &[u8; 8] = b"KVSNAP02";
+/// What kvd 0.1's files start with.
+const MAGIC_V1: &[u8; 8] = b"KVSNAP01";
 /// Record tag of a state machine entry.
 pub const TAG_DATA: u8 = 1;
 /// Record tag of a deduplication record.
@@ -41,6 +54,41 @@ pub struct Header {
 
 fn corrupt(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("snapshot is corrupt or truncated: {what}"))
+}
+
+/// The version of a snapshot file by its magic: 1 or 2.
+fn version(magic: &[u8; 8]) -> io::Result<u8> {
+    match magic {
+        MAGIC_V1 => Ok(1),
+        MAGIC => Ok(2),
+        m if m.starts_with(b"KVSNAP") && m[6..].iter().all(u8::is_ascii_digit) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "snapshot file format {:?} is not one this kvd reads (KVSNAP01, KVSNAP02): it was written by a \
+                 newer kvd; restore it with that version or a later one",
+                String::from_utf8_lossy(m)
+            ),
+        )),
+        _ => Err(corrupt("not a kv snapshot (bad magic)")),
+    }
+}
+
+/// The header of a file of `version`.
+fn decode_header(version: u8, b: &[u8]) -> io::Result<Header> {
+    let h = match version {
+        1 => bincode1::from_slice(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        _ => decode(b),
+    };
+    h.map_err(|_| corrupt("bad header"))
+}
+
+/// The keyspace a record tag's records belong to.
+fn space(tag: u8) -> Space {
+    match tag {
+        TAG_DATA => Space::Data,
+        TAG_SYS => Space::Sys,
+        _ => Space::Dedup,
+    }
 }
 
 /// Writes a snapshot file.
@@ -127,17 +175,19 @@ impl<R: Read> CrcReader<R> {
     }
 }
 
-/// Reads a snapshot file from `r`, calling `f` for every record, and checks
-/// the trailer and CRC at the end. Returns the header. Callers that must not
+/// Reads a snapshot file from `r`, calling `f` for every record (its value
+/// in the current format, whatever the file's version), and checks the
+/// trailer and CRC at the end. Returns the header. Callers that must not
 /// act on a bad file run it once with a no-op `f` first ([`verify`]).
 pub fn read<R: Read>(r: R, mut f: impl FnMut(u8, Vec<u8>, Vec<u8>) -> io::Result<()>) -> io::Result<Header> {
     let mut r = CrcReader { inner: BufReader::with_capacity(1 << 16, r), crc: crc32fast::Hasher::new() };
     let mut magic = [0u8; 8];
     r.exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(corrupt("not a kv snapshot (bad magic)"));
-    }
-    let header: Header = decode(&r.bytes(1 << 24)?).map_err(|_| corrupt("bad header"))?;
+    let version = version(&magic)?;
+    let header = decode_header(version, &r.bytes(1 << 24)?)?;
+    // NOTE: a record of a version 1 file that does not upgrade is reported
+    // once the CRC held (a damaged file is reported as such).
+    let mut not_upgraded = None;
     let mut count = 0u64;
     loop {
         let mut tag = [0u8; 1];
@@ -147,8 +197,18 @@ pub fn read<R: Read>(r: R, mut f: impl FnMut(u8, Vec<u8>, Vec<u8>) -> io::Result
             TAG_DATA | TAG_DEDUP | TAG_SYS => {
                 let k = r.bytes(1 << 16)?;
                 let v = r.bytes(u32::MAX)?;
-                f(tag[0], k, v)?;
                 count += 1;
+                if version == 1 {
+                    match upgrade_value(space(tag[0]), &k, &v) {
+                        Ok(Some(new)) => f(tag[0], k, new)?,
+                        Ok(None) => f(tag[0], k, v)?,
+                        Err(e) => {
+                            not_upgraded.get_or_insert(e);
+                        }
+                    }
+                } else {
+                    f(tag[0], k, v)?;
+                }
             }
             _ => return Err(corrupt("unknown record tag")),
         }
@@ -168,7 +228,10 @@ pub fn read<R: Read>(r: R, mut f: impl FnMut(u8, Vec<u8>, Vec<u8>) -> io::Result
     if r.inner.read(&mut rest)? != 0 {
         return Err(corrupt("trailing bytes after the checksum"));
     }
-    Ok(header)
+    match not_upgraded {
+        Some(e) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("snapshot record: {e}"))),
+        None => Ok(header),
+    }
 }
 
 /// Reads only the header of a snapshot file (no checksum check).
@@ -181,10 +244,8 @@ pub fn read_header_from<R: Read>(r: R) -> io::Result<Header> {
     let mut r = CrcReader { inner: BufReader::new(r), crc: crc32fast::Hasher::new() };
     let mut magic = [0u8; 8];
     r.exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(corrupt("not a kv snapshot (bad magic)"));
-    }
-    decode(&r.bytes(1 << 24)?).map_err(|_| corrupt("bad header"))
+    let version = version(&magic)?;
+    decode_header(version, &r.bytes(1 << 24)?)
 }
 
 /// fsyncs a directory so a rename in it is durable.
@@ -223,6 +284,39 @@ mod tests {
         assert_eq!(h, header);
         assert_eq!(seen, vec![(TAG_DATA, b"a".to_vec(), 1), (TAG_DEDUP, b"b".to_vec(), 300)]);
         assert_eq!(read_header(&p).expect("header").revision, 7);
+    }
+
+    #[test]
+    fn reads_a_kvd_0_1_snapshot_with_its_values_upgraded() {
+        // `kvctl snapshot save` of kvd 0.1 (tests/fixtures/kvd-0.1/make.sh).
+        let file = include_bytes!("../../tests/fixtures/kvd-0.1/backup.snap");
+        assert_eq!(&file[..8], MAGIC_V1);
+        let mut keys = vec![];
+        let h = read(file.as_slice(), |tag, k, v| {
+            crate::sm::check_record(tag, &k, &v)?;
+            keys.push((tag, String::from_utf8_lossy(&k).into_owned()));
+            Ok(())
+        })
+        .expect("read");
+        assert_eq!(h.revision, 7);
+        assert_eq!(read_header_from(file.as_slice()).expect("header"), h);
+        for want in [(TAG_DATA, "cfg/etc/app/current"), (TAG_DATA, "bin/raw"), (TAG_SYS, "token/reader")] {
+            assert!(keys.contains(&(want.0, want.1.to_owned())), "{want:?} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn a_later_version_is_refused_as_such() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("s");
+        sample(&p);
+        let mut bytes = std::fs::read(&p).expect("read");
+        bytes[..8].copy_from_slice(b"KVSNAP03");
+        let e = read(bytes.as_slice(), |_, _, _| Ok(())).expect_err("a later version");
+        assert!(e.to_string().contains("\"KVSNAP03\" is not one this kvd reads (KVSNAP01, KVSNAP02)"), "{e}");
+        bytes[..8].copy_from_slice(b"NOTASNAP");
+        let e = read(bytes.as_slice(), |_, _, _| Ok(())).expect_err("not a snapshot");
+        assert!(e.to_string().contains("bad magic"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::watch;
 
+use crate::format::{self, Space};
 use crate::types::LogId;
 
 /// Largest memtable of a keyspace before it is written out to a table.
@@ -46,6 +47,15 @@ pub enum OpenError {
         dir: PathBuf,
         /// Cause.
         source: fjall::Error,
+    },
+    /// The data dir's format is newer than this kvd reads, or an older one
+    /// could not be upgraded (crate::format); nothing was written to it.
+    #[error("cannot use data dir {dir}: {source}")]
+    Format {
+        /// The data dir.
+        dir: PathBuf,
+        /// Cause.
+        source: crate::format::FormatError,
     },
 }
 
@@ -217,7 +227,9 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, OpenError> {
 }
 
 impl Store {
-    /// Opens (or creates) the database under `dir/db`.
+    /// Opens (or creates) the database under `dir/db`, upgrading a data dir
+    /// of kvd 0.1 to the current format and refusing one of a newer format
+    /// (crate::format::open).
     pub fn open(dir: &Path) -> Result<Store, OpenError> {
         let db_err = |source| OpenError::Db { dir: dir.to_owned(), source };
         // NOTE: journal persistence is ours to ask for: log appends, votes,
@@ -230,7 +242,7 @@ impl Store {
         let ks = |name: &str| {
             db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)).map_err(db_err)
         };
-        Ok(Store {
+        let store = Store {
             log: ks("log")?,
             raft: ks("raft")?,
             data: ks("data")?,
@@ -242,7 +254,23 @@ impl Store {
             db,
             dir: dir.to_owned(),
             durable: Arc::new(Durability::new()),
-        })
+        };
+        format::open(&store.db, &store.spaces()).map_err(|source| OpenError::Format { dir: dir.to_owned(), source })?;
+        Ok(store)
+    }
+
+    /// Every keyspace, with what it holds.
+    fn spaces(&self) -> format::Spaces<'_> {
+        [
+            (Space::Log, &self.log),
+            (Space::Raft, &self.raft),
+            (Space::SmMeta, &self.sm_meta),
+            (Space::Data, &self.data),
+            (Space::Events, &self.events),
+            (Space::Revisions, &self.revisions),
+            (Space::Dedup, &self.dedup),
+            (Space::Sys, &self.sys),
+        ]
     }
 
     /// Makes everything written so far durable (fdatasync of the journal).
@@ -274,9 +302,7 @@ impl Store {
     /// seconds at the next start). Best effort: the journal still has it all.
     pub fn flush_memtables(&self) {
         let t = std::time::Instant::now();
-        for ks in
-            [&self.log, &self.raft, &self.data, &self.events, &self.revisions, &self.dedup, &self.sm_meta, &self.sys]
-        {
+        for (_, ks) in self.spaces() {
             // NOTE: fjall 3 exposes this only as a hidden method.
             if let Err(e) = ks.rotate_memtable_and_wait() {
                 tracing::warn!(error = %e, "flushing a memtable at shutdown failed; the next start replays the journal");

@@ -90,7 +90,7 @@ pub enum Cmp {
     /// area, crate::sm), and the entry's own earlier requests. Decided from
     /// replicated state only, alike on every member.
     // NOTE: variants are only ever added at the end: the log holds them by
-    // index (bincode), and older entries must still decode.
+    // index, and older entries must still decode.
     PrefixUnchangedSince(String, u64),
 }
 
@@ -136,7 +136,7 @@ pub enum Op {
     /// Set the dedup window, ms (see crate::dedup): a leader proposes its
     /// own before its first write when the log holds another.
     // NOTE: variants are only ever added at the end: the log holds them by
-    // index (bincode), and older entries must still decode.
+    // index, and older entries must still decode.
     SetDedupWindow(u64),
     /// Who sent the request, as the leader authorized it: recorded with the
     /// revision it makes (see [`RevisionRecord`]). Put there by the leader
@@ -244,46 +244,26 @@ impl From<Option<StoredEntry>> for Prev {
     }
 }
 
-/// Starts every event record that holds its previous entry. A record
-/// without it starts with its key's length (little-endian u64), whose top
-/// byte is never 0xFF.
-const EVENT_WITH_PREV: [u8; 8] = [0xFF; 8];
-
-/// An event record as kvd wrote it before events kept previous entries.
-#[derive(Deserialize)]
-struct EventWithoutPrev {
-    key: String,
-    entry: Option<StoredEntry>,
-}
-
 impl StoredEvent {
     /// The record of this event in the history.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        [EVENT_WITH_PREV.as_slice(), &encode(self)].concat()
+        encode(self)
     }
 
-    /// The key of an event from its record, in either format, without
-    /// decoding its entries.
+    /// The key of an event from its record, without decoding its entries.
     pub(crate) fn decode_key(b: &[u8]) -> std::io::Result<String> {
-        /// NOTE: bincode writes a struct's fields in order, and its
-        /// `deserialize` leaves trailing bytes unread: this reads the first.
+        /// NOTE: postcard writes a struct's fields in order, and [`decode`]
+        /// leaves trailing bytes unread: this reads the first.
         #[derive(Deserialize)]
         struct KeyOnly {
             key: String,
         }
-        let rest = b.strip_prefix(EVENT_WITH_PREV.as_slice()).unwrap_or(b);
-        Ok(decode::<KeyOnly>(rest)?.key)
+        Ok(decode::<KeyOnly>(b)?.key)
     }
 
-    /// An event from its record, in either format.
+    /// An event from its record.
     pub(crate) fn decode(b: &[u8]) -> std::io::Result<StoredEvent> {
-        match b.strip_prefix(EVENT_WITH_PREV.as_slice()) {
-            Some(rest) => decode(rest),
-            None => {
-                let old: EventWithoutPrev = decode(b)?;
-                Ok(StoredEvent { key: old.key, entry: old.entry, prev: Prev::Unknown })
-            }
-        }
+        decode(b)
     }
 }
 
@@ -298,15 +278,23 @@ pub struct RevisionRecord {
     pub writer: Option<String>,
 }
 
-/// Encodes with bincode; only fails for types serde cannot encode, which
-/// none of ours are.
-pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    // NOTE: bincode cannot fail on these plain structs (no maps with
-    // non-string keys, no unsized sequences).
-    bincode::serialize(v).unwrap_or_default()
+/// Encodes `v` with postcard (the layout of everything kvd stores and of
+/// peer messages of format 2, see crate::format); only fails for types serde
+/// cannot encode, which none of ours are.
+pub(crate) fn encode<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    // NOTE: postcard cannot fail on these plain types (no sequences of
+    // unknown length) when writing to a growable buffer.
+    postcard::to_allocvec(v).unwrap_or_default()
 }
 
-/// Decodes bincode, reporting corruption as an io error.
+/// Decodes a `T` from the front of `b` (postcard), reporting corruption as
+/// an io error. Trailing bytes are left unread, so a prefix of a struct's
+/// fields decodes on its own ([`StoredEvent::decode_key`]).
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> std::io::Result<T> {
-    bincode::deserialize(b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    postcard::from_bytes(b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Encoded size of `v`, for batching limits.
+pub(crate) fn encoded_size<T: Serialize + ?Sized>(v: &T) -> usize {
+    postcard::serialize_with_flavor(v, postcard::ser_flavors::Size::default()).unwrap_or(0)
 }

@@ -125,17 +125,26 @@ fn a_keys_versions_name_their_writers_newest_first() {
 }
 
 #[test]
-fn an_event_written_without_its_previous_entry_still_reads() {
+fn events_of_kvd_0_1_in_either_of_its_layouts_still_read() {
+    use crate::format::{bincode1, upgrade_value, Space};
     #[derive(serde::Serialize)]
     struct Old {
         key: String,
         entry: Option<StoredEntry>,
     }
-    let old = encode(&Old { key: "k".into(), entry: None });
-    let ev = StoredEvent::decode(&old).expect("an old record decodes");
-    assert_eq!(ev, StoredEvent { key: "k".into(), entry: None, prev: crate::types::Prev::Unknown });
+    let upgraded = |b: &[u8]| {
+        let v = upgrade_value(Space::Events, &[0; 12], b).expect("upgrade").expect("re-encoded");
+        StoredEvent::decode(&v).expect("decode")
+    };
+    // Written before events kept previous entries.
+    let old = bincode1::to_vec(&Old { key: "k".into(), entry: None }).expect("encode");
+    assert_eq!(upgraded(&old), StoredEvent { key: "k".into(), entry: None, prev: crate::types::Prev::Unknown });
+    // Written with them: a marker, then the event.
     let new = StoredEvent { key: "k".into(), entry: None, prev: crate::types::Prev::Absent };
+    let marked = [[0xFF; 8].as_slice(), &bincode1::to_vec(&new).expect("encode")].concat();
+    assert_eq!(upgraded(&marked), new);
     assert_eq!(StoredEvent::decode(&new.encode()).expect("decode"), new);
+    assert_eq!(StoredEvent::decode_key(&new.encode()).expect("decode key"), "k");
 }
 
 #[test]

@@ -31,15 +31,14 @@ use crate::types::{
 mod read;
 mod snapshot;
 
+#[cfg(test)]
+pub(crate) use snapshot::check_record;
 #[cfg(any(test, fuzzing))]
 pub use snapshot::fuzz_snapshot;
 pub use snapshot::restore;
 use snapshot::verify_snapshot;
 
-const APPLIED: &[u8] = b"applied";
-const MEMBERSHIP: &[u8] = b"membership";
-const REVISION: &[u8] = b"revision";
-const COMPACT: &[u8] = b"compact";
+use crate::format::{APPLIED, COMPACT, MEMBERSHIP, REVISION};
 
 /// What the state machine keeps in memory between applies.
 #[derive(Debug, Clone)]
@@ -131,8 +130,8 @@ impl txn::ReadView for Store {
     }
 
     fn changed_since(&self, prefix: &str, rev: u64) -> io::Result<bool> {
-        /// NOTE: bincode writes a struct's fields in order and leaves
-        /// trailing bytes unread: the entry's value is never decoded.
+        /// NOTE: postcard writes a struct's fields in order and `decode`
+        /// leaves trailing bytes unread: the entry's value is never decoded.
         #[derive(serde::Deserialize)]
         #[allow(dead_code)]
         struct Revisions {

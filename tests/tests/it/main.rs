@@ -9,6 +9,7 @@ mod disk;
 mod durability;
 mod engines;
 mod faults;
+mod formats;
 mod gray;
 mod history;
 mod hostile;

@@ -382,7 +382,9 @@ fn peer_client(ca: &std::path::Path, identity: Option<(std::path::PathBuf, std::
 
 /// A bincode AppendEntries from a "leader" 99 at `term` (committed vote, no
 /// previous log id, no entries, no commit): what a rogue process would send
-/// to depose the leader.
+/// to depose the leader. In the bincode 1 layout: peer message format 1,
+/// which kvd 0.1 sent and kvd still reads from a request without an
+/// `x-kv-peer-format` header.
 fn forged_append(term: u64) -> Vec<u8> {
     [term.to_le_bytes().as_slice(), &99u64.to_le_bytes(), &[1u8, 0u8], &0u64.to_le_bytes(), &[0u8]].concat()
 }
