@@ -136,6 +136,11 @@ impl Network {
         }
     }
 
+    /// Forgets what the peer at `base` reads: the next message is format 1.
+    fn forget_format(&self, base: &str) {
+        self.formats.lock().unwrap_or_else(|e| e.into_inner()).remove(base);
+    }
+
     /// POSTs `req` to `url`, RPC `R`'s URL at the peer at `base`, in the
     /// newest format the peer reads, and decodes the answer.
     async fn post<R: Rpc>(
@@ -155,7 +160,12 @@ impl Network {
             .body(format.encode(req))
             .send()
             .await
-            .map_err(|e| send_error(base, e))?;
+            .map_err(|e| {
+                // The member may come back as another kvd (reinstalled at
+                // the same address): ask again, starting from format 1.
+                self.forget_format(base);
+                send_error(base, e)
+            })?;
         let status = resp.status();
         let theirs = from_headers(resp.headers());
         self.learn_format(base, resp.headers());

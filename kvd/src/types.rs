@@ -283,8 +283,9 @@ pub struct RevisionRecord {
 /// cannot encode, which none of ours are.
 pub(crate) fn encode<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
     // NOTE: postcard cannot fail on these plain types (no sequences of
-    // unknown length) when writing to a growable buffer.
-    postcard::to_allocvec(v).unwrap_or_default()
+    // unknown length) when writing to a growable buffer. Sized first, as
+    // bincode 1 did, so a large value is written once, not regrown.
+    postcard::to_extend(v, Vec::with_capacity(encoded_size(v))).unwrap_or_default()
 }
 
 /// Decodes a `T` from the front of `b` (postcard), reporting corruption as
