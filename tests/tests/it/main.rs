@@ -15,6 +15,7 @@ mod hostile;
 mod identity;
 mod kvctl;
 mod mount;
+mod mountmetrics;
 mod permissions;
 mod powercut;
 mod readers;
