@@ -178,8 +178,14 @@ fn answer(mut c: TcpStream, text: &dyn Fn() -> String) -> std::io::Result<()> {
     c.set_write_timeout(Some(CONN_TIMEOUT))?;
     let mut req = Vec::new();
     let mut buf = [0u8; 1024];
+    // NOTE: a bound on the whole request too: a client that sends a byte
+    // now and then must not hold the listener.
+    let deadline = std::time::Instant::now() + CONN_TIMEOUT;
     // The request head; a body, if any, is not read.
     while !req.windows(4).any(|w| w == b"\r\n\r\n") && !req.windows(2).any(|w| w == b"\n\n") {
+        if std::time::Instant::now() > deadline {
+            return respond(&mut c, "408 Request Timeout", "text/plain", b"request too slow\n", true);
+        }
         let n = c.read(&mut buf)?;
         if n == 0 {
             break;
