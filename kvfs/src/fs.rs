@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -112,16 +113,20 @@ type Job = (Inval, Option<Sender<()>>);
 /// whose directory is locked by a slow operation holds up only its shard.
 pub struct Invalidator {
     shards: Vec<Sender<Job>>,
+    /// Handed to a notifier thread and not done yet.
+    queued: Arc<AtomicU64>,
 }
 
 /// Starts the notifier threads; `notifier` gives the session's notifier
 /// once the session exists (invalidations before then are moot).
 pub fn invalidator(notifier: impl Fn() -> Option<Notifier> + Send + Sync + 'static) -> Invalidator {
     let notifier = Arc::new(notifier);
+    let queued = Arc::new(AtomicU64::new(0));
     let mut shards: Vec<Sender<Job>> = Vec::new();
     for n in 0..INVAL_THREADS {
         let (tx, rx) = channel::<Job>();
         let notifier = notifier.clone();
+        let queued = queued.clone();
         let _ = std::thread::Builder::new().name(format!("kvfs-inval-{n}")).spawn(move || {
             for (i, done) in rx {
                 if let Some(n) = notifier() {
@@ -138,6 +143,7 @@ pub fn invalidator(notifier: impl Fn() -> Option<Notifier> + Send + Sync + 'stat
                         }
                     }
                 }
+                queued.fetch_sub(1, Ordering::Relaxed);
                 if let Some(d) = done {
                     let _ = d.send(());
                 }
@@ -145,7 +151,7 @@ pub fn invalidator(notifier: impl Fn() -> Option<Notifier> + Send + Sync + 'stat
         });
         shards.push(tx);
     }
-    Invalidator { shards }
+    Invalidator { shards, queued }
 }
 
 impl Invalidator {
@@ -157,8 +163,13 @@ impl Invalidator {
                 Inval::Entry(parent, _) => *parent as usize,
             } % self.shards.len().max(1);
             if let Some(s) = self.shards.get(shard) {
+                // NOTE: counted before the send, so the thread's decrement
+                // never comes first.
+                self.queued.fetch_add(1, Ordering::Relaxed);
                 if s.send((i, done.cloned())).is_ok() {
                     n += 1;
+                } else {
+                    self.queued.fetch_sub(1, Ordering::Relaxed);
                 }
             }
         }
@@ -169,6 +180,10 @@ impl Invalidator {
 impl Invalidate for Invalidator {
     fn send(&self, list: Vec<Inval>) {
         self.queue(list, None);
+    }
+
+    fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
     }
 
     fn send_and_wait(&self, list: Vec<Inval>, bound: Duration) {

@@ -15,6 +15,7 @@ mod fake;
 mod fs;
 mod handles;
 mod inodes;
+pub mod metrics;
 mod remote;
 mod sync;
 mod tree;

@@ -156,6 +156,16 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     if !meta.is_dir() {
         bail!("mount point {} is not a directory", inv.mountpoint.display());
     }
+    // NOTE: bound before anything is mounted: a port in use is an error at
+    // start, not a mount without its metrics.
+    let metrics = match &inv.metrics_addr {
+        Some(a) => {
+            let l = std::net::TcpListener::bind(a).with_context(|| format!("metrics_addr={a}: cannot listen"))?;
+            let bound = l.local_addr().with_context(|| format!("metrics_addr={a}: cannot listen"))?;
+            Some((l, bound))
+        }
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let token = match &inv.token_file {
         Some(p) => {
@@ -241,6 +251,7 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
             revision,
             loaded_from: from.into(),
             prefix: inv.prefix.clone(),
+            metrics_addr: metrics.as_ref().map(|(_, a)| a.to_string()),
             ..Status::of_this_process(&inv.source, &inv.mountpoint.display().to_string())
         }),
         status_file: Some(status_file),
@@ -303,6 +314,14 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     let _ = notifier.set(session.notifier());
     let watcher = sync.clone();
     std::thread::Builder::new().name("kvfs-watch".into()).spawn(move || watcher.run(&|| false))?;
+    if let Some((listener, addr)) = metrics {
+        // NOTE: labelled with the real path, the one the status file is
+        // named after; the thread ends with the process.
+        let label = real_mountpoint.display().to_string();
+        let source = sync.clone();
+        kvfs::metrics::serve(listener, move || kvfs::metrics::render(&source.current(), &label))?;
+        tracing::info!(%addr, "serving metrics at /metrics");
+    }
     let saver = sync.clone();
     rt.spawn(async move {
         loop {

@@ -36,6 +36,8 @@ SOURCE is a client URL whose path is the key prefix, e.g. http://127.0.0.1:7379/
   -o status_dir=DIR   where the status file lives (default /run/kvfs)
   -o token_file=PATH  file holding the bearer token for the cluster
   -o ca_file=PATH     CA certificate(s) (PEM) for https:// sources
+  -o metrics_addr=HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics
+                      (port 0: any free port, written in the status file)
 
 Mount options kvfs does not use (_netdev, nofail, x-systemd.*, auto, ...)
 are ignored when called as mount.kvfs or mount.fuse.kvfs.
@@ -78,6 +80,8 @@ pub struct Invocation {
     pub token_file: Option<PathBuf>,
     /// CA certificates for https:// endpoints.
     pub ca_file: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (`HOST:PORT`).
+    pub metrics_addr: Option<String>,
 }
 
 /// `allow_other` or `allow_root`.
@@ -165,6 +169,7 @@ pub fn parse(args: &[String], helper: bool) -> Result<Parsed, String> {
         status_dir: None,
         token_file: None,
         ca_file: None,
+        metrics_addr: None,
     };
     for o in opts.iter().filter(|o| !o.is_empty()) {
         let (k, v) = o.split_once('=').map_or((o.as_str(), None), |(k, v)| (k, Some(v)));
@@ -210,6 +215,7 @@ pub fn parse(args: &[String], helper: bool) -> Result<Parsed, String> {
             ("status_dir", Some(v)) => inv.status_dir = Some(v.into()),
             ("token_file", Some(v)) => inv.token_file = Some(v.into()),
             ("ca_file", Some(v)) => inv.ca_file = Some(v.into()),
+            ("metrics_addr", Some(v)) => inv.metrics_addr = Some(host_port(k, v)?),
             // Generic mount options with no meaning here.
             (
                 "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev" | "nofail" | "dev" | "nodev"
@@ -240,7 +246,26 @@ const VALUED: &[&str] = &[
     "status_dir",
     "token_file",
     "ca_file",
+    "metrics_addr",
 ];
+
+/// `KEY=HOST:PORT` (a name, an IPv4 address or a bracketed IPv6 one, and a
+/// port; 0 picks a free one). Whether the host resolves and the port is
+/// free is for the bind at start.
+fn host_port(k: &str, v: &str) -> Result<String, String> {
+    let bad = || format!("{k}={v}: expected HOST:PORT, e.g. 127.0.0.1:9101 ([::1]:9101 for IPv6)");
+    let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let ipv6 = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    let ok = match ipv6 {
+        Some(h) => h.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_'),
+    };
+    if !ok {
+        return Err(bad());
+    }
+    Ok(v.to_owned())
+}
 
 /// `KEY=VALUE` as octal bits, at most `max`.
 fn octal(k: &str, v: &str, max: u32) -> Result<u32, String> {
@@ -392,6 +417,31 @@ mod tests {
         {
             let e = map(bad).expect_err(bad);
             assert!(e.starts_with(bad.split('=').next().unwrap_or_default()), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn metrics_addr_takes_host_and_port_in_both_forms() {
+        for helper in [false, true] {
+            let addr = |o: &str| {
+                let a = if helper { format!("http://h:1/a /m -o {o}") } else { format!("-o {o} http://h:1/a /m") };
+                parse(&args(&a), helper).map(|p| run(p).metrics_addr)
+            };
+            assert_eq!(addr("metrics_addr=127.0.0.1:0"), Ok(Some("127.0.0.1:0".into())));
+            assert_eq!(addr("metrics_addr=localhost:9101"), Ok(Some("localhost:9101".into())));
+            assert_eq!(addr("metrics_addr=[::1]:9101"), Ok(Some("[::1]:9101".into())));
+            assert_eq!(addr("ro"), Ok(None));
+            for bad in [
+                "metrics_addr=nope",
+                "metrics_addr=:9101",
+                "metrics_addr=h:99999",
+                "metrics_addr=h:x",
+                "metrics_addr=::1:9101",
+                "metrics_addr",
+            ] {
+                let e = addr(bad).expect_err(bad);
+                assert!(e.starts_with("metrics_addr"), "{bad}: {e}");
+            }
         }
     }
 

@@ -79,6 +79,27 @@ pub struct Status {
     pub stale_since: Option<u64>,
     /// Where the content came from at start: "cluster" or "last-known-good".
     pub loaded_from: String,
+    /// Seconds since `stale_since` (0 while current), as of the last write.
+    #[serde(default)]
+    pub staleness_seconds: u64,
+    /// Watch streams opened again after one ended or failed.
+    #[serde(default)]
+    pub reconnects: u64,
+    /// Changes the mount sent to the cluster (a file's content at close or
+    /// fsync, a create, mkdir, delete, rename, chmod...), failed ones
+    /// included.
+    #[serde(default)]
+    pub commits: u64,
+    /// The failed ones, by the errno the mount reported (`{"EIO": 2}`).
+    #[serde(default)]
+    pub commit_failures: BTreeMap<String, u64>,
+    /// Kernel cache invalidations waiting for a notifier thread.
+    #[serde(default)]
+    pub invalidations_queued: u64,
+    /// Where the mount serves its Prometheus metrics (`-o metrics_addr=`,
+    /// with the port it chose for port 0); `null` without.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
     /// Set once the mount ends: the file is gone and is not written again.
     #[serde(skip)]
     pub retired: bool,
@@ -239,12 +260,29 @@ impl MountWatch {
         changed
     }
 
-    fn set_connected(&self, connected: bool, endpoint: Option<String>) {
+    /// Brings the status's counters and staleness up to now.
+    fn refresh(&self, s: &mut Status) {
+        s.staleness_seconds = s.stale_since.map_or(0, |t| clock::now_s().saturating_sub(t));
+        s.commits = self.core.commits.total();
+        s.commit_failures = self.core.commits.failed();
+        s.invalidations_queued = self.core.invalidations_queued();
+    }
+
+    /// The status as of now (what `-o metrics_addr=` serves).
+    pub fn current(&self) -> Status {
+        let mut s = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        self.refresh(&mut s);
+        s
+    }
+
+    /// `reopened`: a watch stream is up again after one ended or failed.
+    fn set_connected(&self, connected: bool, endpoint: Option<String>, reopened: bool) {
         self.core.connected.store(connected, Ordering::Relaxed);
         let revision = self.core.cursor();
         let mut flipped = false;
         self.update_status(|s| {
             flipped = s.connected != connected;
+            s.reconnects += u64::from(reopened);
             s.connected = connected;
             s.endpoint = endpoint;
             s.revision = revision;
@@ -253,6 +291,7 @@ impl MountWatch {
             } else if s.stale_since.is_none() {
                 s.stale_since = Some(clock::now_s());
             }
+            self.refresh(s);
         });
         if flipped {
             tracing::info!(connected, revision, "cluster connection changed");
@@ -269,9 +308,9 @@ impl MountWatch {
         }
     }
 
-    /// Brings the status file's staleness up to date (called every
-    /// second): a stream quiet past its bound makes the mount stale before
-    /// the stream is given up.
+    /// Brings the status file's staleness and counters up to date (called
+    /// every second): a stream quiet past its bound makes the mount stale
+    /// before the stream is given up.
     ///
     /// NOTE: the revision is the watch thread's to write, once the kernel
     /// has dropped what a revision replaced (see [`MountWatch::run`]).
@@ -280,12 +319,15 @@ impl MountWatch {
             (Some((at, secs)), Some(q)) if at.elapsed() > q => Some(secs),
             _ => None,
         });
-        let changed = self.update_status(|s| {
+        let mut went_quiet = false;
+        self.update_status(|s| {
             if s.connected {
+                went_quiet = s.stale_since.is_none() && quiet_since.is_some();
                 s.stale_since = quiet_since;
             }
+            self.refresh(s);
         });
-        if changed && quiet_since.is_some() {
+        if went_quiet {
             tracing::warn!(revision = self.core.cursor(), "the watch stream has gone quiet; the mount may be stale");
         }
     }
@@ -314,12 +356,14 @@ impl MountWatch {
     /// Waits between attempts back off, with jitter.
     pub fn run(&self, stop: &dyn Fn() -> bool) {
         let mut backoff = Backoff::new();
+        let mut opened = false;
         while !stop() {
             let from = self.core.cursor();
             match self.core.cluster().watch(&self.prefix, from) {
                 Ok(mut w) => {
                     self.heard(Some(w.quiet_after()));
-                    self.set_connected(true, w.endpoint());
+                    self.set_connected(true, w.endpoint(), opened);
+                    opened = true;
                     backoff.reset();
                     loop {
                         match w.next() {
@@ -346,7 +390,7 @@ impl MountWatch {
                 }
                 Err(f) => self.failed(f),
             }
-            self.set_connected(false, None);
+            self.set_connected(false, None, false);
             std::thread::sleep(backoff.wait());
         }
     }

@@ -25,6 +25,7 @@ use kv_client::{Kind, Meta, PutOptions};
 use crate::cluster::{Cluster, Failure};
 use crate::handles::{Caller, Handle, Handles, Io, Shown, Writer};
 use crate::inodes::{Binding, Inodes, ROOT};
+use crate::metrics::Commits;
 use crate::tree::{glob_match, join, split, Tree, TreeNode};
 
 pub use names::SetAttr;
@@ -51,6 +52,10 @@ pub trait Invalidate: Send + Sync {
     /// Hands them over and waits until the kernel took them, at most
     /// `bound` (a directory another request holds locked waits for it).
     fn send_and_wait(&self, list: Vec<Inval>, bound: Duration);
+    /// How many were handed over and are not done yet.
+    fn queued(&self) -> u64 {
+        0
+    }
 }
 
 /// The invalidation sink of a mount.
@@ -147,6 +152,8 @@ pub struct Core {
     pub connected: AtomicBool,
     /// The cache changed since the last-known-good copy was saved.
     pub dirty: AtomicBool,
+    /// The changes sent to the cluster, and how they failed.
+    pub commits: Commits,
     started_ns: i64,
 }
 
@@ -216,6 +223,7 @@ impl Core {
             grants: RwLock::new(None),
             connected: AtomicBool::new(true),
             dirty: AtomicBool::new(false),
+            commits: Commits::default(),
             started_ns: now_ns(),
         }
     }
@@ -246,6 +254,11 @@ impl Core {
         if !list.is_empty() {
             self.inval.send(list);
         }
+    }
+
+    /// Kernel cache invalidations handed over and not done yet.
+    pub fn invalidations_queued(&self) -> u64 {
+        self.inval.queued()
     }
 
     fn changed(&self) {
@@ -658,7 +671,7 @@ impl Core {
                         if let Ok(w) = self.handles()?.writer(fh) {
                             w.failed = Some(Errno::EACCES);
                         }
-                        return Err(Errno::EACCES);
+                        return self.commits.count(Err(Errno::EACCES));
                     }
                 }
                 (i.path.clone(), now)
@@ -680,7 +693,10 @@ impl Core {
                 }
             }
             let failure = match self.cluster.put(&self.key(&path), data.clone(), &o) {
-                Ok(rev) => break (path, node, rev, o),
+                Ok(rev) => {
+                    self.commits.count(Ok(()))?;
+                    break (path, node, rev, o);
+                }
                 Err(Failure::Conflict)
                     if guarded
                         && std::time::Instant::now() < deadline
@@ -695,7 +711,7 @@ impl Core {
             if let Ok(w) = self.handles()?.writer(fh) {
                 w.failed = Some(e);
             }
-            return Err(e);
+            return self.commits.count(Err(e));
         };
         let size = data.len() as u64;
         let (rev, fresh) = if node.local {

@@ -107,7 +107,10 @@ impl Core {
         // there. (The one case where a new file's first revision is empty.)
         let created = if flags & libc::O_EXCL != 0 && !local {
             let opts = PutOptions { attrs: attrs.clone(), create_only: true, ..Default::default() };
-            Some(self.cluster.put(&self.key(&path), Vec::new(), &opts).map_err(|f| f.errno(Errno::EEXIST))?)
+            Some(
+                self.commits
+                    .count(self.cluster.put(&self.key(&path), Vec::new(), &opts).map_err(|f| f.errno(Errno::EEXIST)))?,
+            )
         } else {
             None
         };
@@ -212,7 +215,9 @@ impl Core {
             create_only: true,
             request_id: None,
         };
-        let rev = self.cluster.put(&self.key(&path), value.clone(), &opts).map_err(|f| f.errno(Errno::EEXIST))?;
+        let rev = self
+            .commits
+            .count(self.cluster.put(&self.key(&path), value.clone(), &opts).map_err(|f| f.errno(Errno::EEXIST)))?;
         let mut m = meta;
         m.size = value.len() as u64;
         m.create_revision = rev;
@@ -399,10 +404,13 @@ impl Core {
         let versions = self.state()?.inodes.versions_of(&path);
         let locks = self.writer_locks(versions.iter().copied())?;
         let _held = locks.iter().map(|l| l.lock().map_err(|_| Errno::EIO)).collect::<Result<Vec<_>, _>>()?;
-        let resp = self.cluster.txn(&txn).map_err(|f| f.errno(Errno::EIO))?;
-        if !resp.succeeded {
-            return Err(Errno::EIO);
-        }
+        let resp = self.commits.count(self.cluster.txn(&txn).map_err(|f| f.errno(Errno::EIO)).and_then(|r| {
+            if r.succeeded {
+                Ok(r)
+            } else {
+                Err(Errno::EIO)
+            }
+        }))?;
         let old_rev = node.as_ref().map(|n| n.meta.mod_revision).unwrap_or(0);
         let before = node.as_ref().map(|n| n.meta.clone());
         let mut n = node.unwrap_or_else(|| TreeNode {
@@ -486,7 +494,9 @@ impl Core {
         }
         self.writable()?;
         let opts = PutOptions { if_match: Some(node.meta.mod_revision), ..Default::default() };
-        let rev = self.cluster.put(&self.key(&path), v.clone(), &opts).map_err(|f| f.errno(Errno::EIO))?;
+        let rev = self
+            .commits
+            .count(self.cluster.put(&self.key(&path), v.clone(), &opts).map_err(|f| f.errno(Errno::EIO)))?;
         let mut n = node;
         n.meta.size = size as u64;
         n.meta.mod_revision = rev;
@@ -548,10 +558,10 @@ impl Core {
     /// mount's deletes.
     pub(super) fn delete_key(&self, path: &str) -> Result<Option<u64>, Errno> {
         self.writable()?;
-        match self.cluster.delete(&self.key(path)) {
+        self.commits.count(match self.cluster.delete(&self.key(path)) {
             Ok(rev) => Ok(Some(rev)),
             Err(crate::cluster::Failure::NotFound) => Ok(None),
             Err(f) => Err(f.errno(Errno::EIO)),
-        }
+        })
     }
 }

@@ -130,15 +130,15 @@ impl Core {
             .chain(if mode.exchange { dst_sub.iter() } else { [].iter() })
             .map(|(p, n)| (p.as_str(), n.meta.mod_revision))
             .collect();
-        let resp = match self.cluster.txn(&txn) {
+        let resp = self.commits.count(match self.cluster.txn(&txn) {
             // Too big for one transaction: let mv copy and delete instead.
-            Err(crate::cluster::Failure::TooLarge) => return Err(Errno::EXDEV),
-            other => other.map_err(|f| f.errno(Errno::EIO))?,
-        };
-        if !resp.succeeded {
-            tracing::warn!(src, dst, "rename refused: the source changed in the cluster meanwhile");
-            return Err(Errno::EIO);
-        }
+            Err(crate::cluster::Failure::TooLarge) => Err(Errno::EXDEV),
+            Ok(r) if !r.succeeded => {
+                tracing::warn!(src, dst, "rename refused: the source changed in the cluster meanwhile");
+                Err(Errno::EIO)
+            }
+            other => other.map_err(|f| f.errno(Errno::EIO)),
+        })?;
         let rev = resp.revision;
         let to_of = |p: &str| -> String {
             if p == src || p.starts_with(&format!("{src}/")) {
@@ -217,10 +217,11 @@ impl Core {
         if src_local && !dst_local {
             self.writable()?;
             let op = put_op(self.key(dst), &n);
-            let resp = self
-                .cluster
-                .txn(&TxnRequest { success: vec![op], ..Default::default() })
-                .map_err(|f| f.errno(Errno::EIO))?;
+            let resp = self.commits.count(
+                self.cluster
+                    .txn(&TxnRequest { success: vec![op], ..Default::default() })
+                    .map_err(|f| f.errno(Errno::EIO)),
+            )?;
             n.local = false;
             n.meta.mod_revision = resp.revision;
             n.meta.create_revision = resp.revision;

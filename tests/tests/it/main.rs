@@ -17,6 +17,7 @@ mod identity;
 mod kvctl;
 mod metrics;
 mod mount;
+mod mountmetrics;
 mod ops;
 mod permissions;
 mod powercut;
