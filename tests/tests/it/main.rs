@@ -94,3 +94,19 @@ pub fn put_sync(k: &kv_tests::Kvd, key: &str, value: &str) -> u64 {
         .expect("put")
         .revision
 }
+
+/// A three-member cluster with `extra` flags, formed with the admin token.
+pub async fn cluster_of_three(extra: &[&str]) -> Vec<kv_tests::Kvd> {
+    let first = kv_tests::Kvd::bootstrap(extra);
+    let admin = first.client_with(Some(&first.admin_token()));
+    let mut nodes = vec![first];
+    for id in [2, 3] {
+        let mut n = kv_tests::Kvd::empty(id, extra);
+        let add =
+            kv_client::AddMember { id, peer_url: n.peer_url.clone(), client_url: Some(n.url.clone()), learner: false };
+        admin.add_member(&add).await.expect("add member");
+        n.wait_ready();
+        nodes.push(n);
+    }
+    nodes
+}

@@ -369,3 +369,63 @@ fn the_parser_refuses_what_a_scrape_would() {
         assert!(Scrape::parse(bad).is_err(), "{bad:?} parsed");
     }
 }
+
+/// GET `url` (`https` checked against the CA file `ca`) as a scrape.
+fn scrape_url(rt: &tokio::runtime::Runtime, url: &str, ca: Option<&std::path::Path>) -> Scrape {
+    let mut b = reqwest::Client::builder();
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).expect("read the CA");
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA certificate"));
+    }
+    let r = rt.block_on(b.build().expect("client").get(url).send()).unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(r.status(), 200, "GET {url}");
+    let text = rt.block_on(r.text()).expect("text");
+    Scrape::parse(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"))
+}
+
+/// Every series the shipped alert rules and dashboard
+/// (packaging/monitoring) query is exported: by the leader of a TLS
+/// cluster after traffic and the loss of a member, or by a mount with
+/// `metrics_addr`. A panel or an alert on a series nobody exports would
+/// stay empty, and an alert on it would never fire.
+#[test]
+fn every_series_the_alerts_and_the_dashboard_use_is_exported() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pki = kv_tests::Pki::new("kv-metrics-ca");
+    let args = pki.kvd_args("node");
+    let flags: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut nodes = rt.block_on(crate::cluster_of_three(&flags));
+    let admin = nodes[0].client_with(Some(&nodes[0].admin_token()));
+    let leader = rt.block_on(admin.cluster()).expect("cluster").leader.expect("a leader");
+    let li = nodes.iter().position(|n| n.id == leader).expect("the leader is one of the nodes");
+    rt.block_on(admin.put("app/x", "1", &Default::default())).expect("put");
+
+    let ca = pki.ca.display().to_string();
+    let mount = kv_tests::Mount::start(
+        &format!("{}/app", nodes[li].url),
+        &[&format!("ca_file={ca}"), "metrics_addr=127.0.0.1:0"],
+    );
+    mount.sh_ok("echo 2 > y");
+    let addr = mount.status()["metrics_addr"].as_str().expect("metrics_addr in the status file").to_owned();
+    let mounted = scrape_url(&rt, &format!("http://{addr}/metrics"), None);
+
+    // A follower goes away: the leader counts failed peer requests.
+    let gone = (li + 1) % nodes.len();
+    nodes[gone].kill9();
+    let url = format!("{}/metrics", nodes[li].url);
+    let member = poll("failed peer requests counted on the leader", || {
+        let s = scrape_url(&rt, &url, Some(&pki.ca));
+        s.0.contains_key("kv_peer_request_failures_total").then_some(s)
+    });
+
+    let used = crate::ops::used_metric_names();
+    assert!(used.len() >= 30, "too few names found in the rules and the dashboard: {used:?}");
+    let missing: Vec<_> =
+        used.iter().filter(|n| !member.0.contains_key(n.as_str()) && !mounted.0.contains_key(n.as_str())).collect();
+    assert!(
+        missing.is_empty(),
+        "queried but not exported: {missing:?}\nmember: {:?}\nmount: {:?}",
+        member.names(),
+        mounted.names()
+    );
+}

@@ -9,7 +9,7 @@ use kv_client::{AddMember, Client, Compare, Error, ErrorCode, TokenSpec, TxnOp, 
 use kv_tests::net::Net;
 use kv_tests::{bin, Kvd, Mount, Pki};
 
-use crate::{http, kvctl};
+use crate::{cluster_of_three, http, kvctl};
 
 fn spec(name: &str, read: &[&str], write: &[&str]) -> TokenSpec {
     TokenSpec {
@@ -176,21 +176,6 @@ async fn kvctl_manages_tokens_and_sends_them() {
     assert!(err.contains("revoked"), "{err}");
     let (code, _, _) = kvctl(&[&ep[..], &["--token-file", admin_file, "token", "revoke", "deploy"]].concat());
     assert_eq!(code, 1, "revoking an unknown token fails");
-}
-
-/// A three-member cluster with `extra` flags, formed with the admin token.
-async fn cluster_of_three(extra: &[&str]) -> Vec<Kvd> {
-    let first = Kvd::bootstrap(extra);
-    let admin = first.client_with(Some(&first.admin_token()));
-    let mut nodes = vec![first];
-    for id in [2, 3] {
-        let mut n = Kvd::empty(id, extra);
-        let add = AddMember { id, peer_url: n.peer_url.clone(), client_url: Some(n.url.clone()), learner: false };
-        admin.add_member(&add).await.expect("add member");
-        n.wait_ready();
-        nodes.push(n);
-    }
-    nodes
 }
 
 #[tokio::test]
