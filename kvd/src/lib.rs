@@ -30,6 +30,7 @@
 //   the cluster id, free space.
 // - types: the Raft type config and what travels through the log;
 //   config, tls, metrics, error: settings, certificates, counters, errors.
+// - systemd: notifications to systemd (ready, watchdog, status, stopping).
 
 mod api;
 mod auth;
@@ -51,6 +52,7 @@ mod rpc;
 mod sm;
 mod snapfile;
 mod store;
+mod systemd;
 mod tls;
 mod token;
 mod txn;

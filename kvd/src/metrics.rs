@@ -1,7 +1,7 @@
 //! Process-wide metrics, rendered as Prometheus text by `GET /metrics`.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -99,6 +99,10 @@ pub static METRICS: Metrics = Metrics {
     leader_changes: AtomicU64::new(0),
     early_appends: AtomicU64::new(0),
 };
+
+/// Expiry of the certificate both TLS listeners serve, seconds since the
+/// epoch; `i64::MIN` without TLS. crate::tls sets it on each (re)load.
+pub static TLS_CERT_NOT_AFTER: AtomicI64 = AtomicI64::new(i64::MIN);
 
 /// Raft and store figures sampled when rendering.
 #[derive(Debug, Default)]
@@ -217,6 +221,16 @@ impl Metrics {
         let mut w = String::new();
         self.write_latency.render(&mut w, "kv_http_request_seconds", "", "kind=\"write\"");
         out.extend(w.lines().skip(2).map(|l| format!("{l}\n")));
+        let not_after = TLS_CERT_NOT_AFTER.load(Ordering::Relaxed);
+        if not_after != i64::MIN {
+            let name = "kv_tls_cert_not_after_seconds";
+            let _ =
+                writeln!(out, "# HELP {name} Expiry of the certificate a listener serves, seconds since the epoch.");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for listener in ["client", "peer"] {
+                let _ = writeln!(out, "{name}{{listener=\"{listener}\"}} {not_after}");
+            }
+        }
         out
     }
 }

@@ -14,6 +14,7 @@ mod history;
 mod hostile;
 mod identity;
 mod kvctl;
+mod lifecycle;
 mod mount;
 mod permissions;
 mod powercut;
