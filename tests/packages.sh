@@ -166,11 +166,19 @@ inside 'mkdir -p /etc/systemd/system/kvd.service.d &&
     systemctl daemon-reload && systemctl restart kvd.service'
 waitfor "kvctl health after the restart" 'kvctl health'
 frozen=$(inside 'systemctl show -p MainPID --value kvd.service')
+# A running kvd sends keepalives: systemd's time of the last one moves on,
+# and it is the same process.
+last=$(inside 'systemctl show -p WatchdogTimestampMonotonic --value kvd.service')
+waitfor "systemd hears no keepalive from kvd" \
+    "[ \"\$(systemctl show -p WatchdogTimestampMonotonic --value kvd.service)\" != $last ]"
+[ "$(inside 'systemctl show -p MainPID --value kvd.service')" = "$frozen" ] || fail "kvd restarted while it ran"
 inside "kill -STOP $frozen"
 waitfor "systemd did not restart the frozen kvd" \
     "p=\$(systemctl show -p MainPID --value kvd.service) && [ \"\$p\" != $frozen ] && [ \"\$p\" != 0 ] &&
     systemctl is-active --quiet kvd.service"
-inside 'journalctl -u kvd.service --no-pager' | grep -q 'Watchdog timeout' || fail "the restart was not the watchdog's"
+# (grep in the container: a grep -q here would cut journalctl's pipe, and
+# pipefail would count that as a failure)
+inside 'journalctl -u kvd.service --no-pager | grep -q "Watchdog timeout"' || fail "the restart was not the watchdog's"
 waitfor "kvctl health after the watchdog's restart" 'kvctl health'
 inside 'rm -r /etc/systemd/system/kvd.service.d && systemctl daemon-reload && systemctl restart kvd.service'
 waitfor "kvctl health without the drop-in" 'kvctl health'
