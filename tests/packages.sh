@@ -8,8 +8,10 @@
 # and the service reads the new value through the mount, an upgrade keeps
 # the data and a
 # purge leaves no running unit, and that a second host joins as the README
-# says; kvctl's shell completions and the alert rules and dashboard are
-# installed where the tools look. Also: lintian, mandoc/man lint, and
+# says; kvd's status line, `systemctl reload`, and that the watchdog
+# restarts a frozen kvd; kvctl's shell completions and the alert rules and
+# dashboard are installed where the tools look. Also: lintian, mandoc/man
+# lint, and
 # systemd-analyze verify/security. Needs root. Usage: tests/packages.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -159,6 +161,39 @@ done
 # What bash-completion loads for `kvctl <TAB>`: sourced by bash, it completes subcommands.
 out=$(inside 'bash -c ". /usr/share/bash-completion/completions/kvctl; COMP_WORDS=(kvctl sta); COMP_CWORD=1; _kvctl kvctl sta kvctl; echo \${COMPREPLY[*]}"')
 case " $out " in *" status "*) echo ok ;; *) fail "bash completion of 'kvctl sta' gave: $out" ;; esac
+
+step "systemd: the status line, reload on SIGHUP, and the watchdog restarts a frozen kvd"
+[ "$(inside 'systemctl show -p WatchdogUSec --value kvd.service')" = 30s ] || fail "the shipped unit sets no WatchdogSec=30s"
+waitfor "no STATUS= line from kvd" \
+    'systemctl show -p StatusText --value kvd.service | grep -Eqx "leader, term [0-9]+, revision [0-9]+"'
+inside 'systemctl show -p StatusText kvd.service'
+pid=$(inside 'systemctl show -p MainPID --value kvd.service')
+inside 'systemctl reload kvd.service'
+waitfor "kvd did not log the reload" 'journalctl -u kvd.service --no-pager | grep -q "SIGHUP: nothing to reload"'
+[ "$(inside 'systemctl show -p MainPID --value kvd.service')" = "$pid" ] || fail "a reload restarted kvd"
+# NOTE: a drop-in shortens the watchdog for the test; the frozen process
+# (SIGSTOP) sends no keepalive, so systemd kills it and starts a new one.
+inside 'mkdir -p /etc/systemd/system/kvd.service.d &&
+    printf "[Service]\nWatchdogSec=3s\n" > /etc/systemd/system/kvd.service.d/watchdog.conf &&
+    systemctl daemon-reload && systemctl restart kvd.service'
+waitfor "kvctl health after the restart" 'kvctl health'
+frozen=$(inside 'systemctl show -p MainPID --value kvd.service')
+# A running kvd sends keepalives: systemd's time of the last one moves on,
+# and it is the same process.
+last=$(inside 'systemctl show -p WatchdogTimestampMonotonic --value kvd.service')
+waitfor "systemd hears no keepalive from kvd" \
+    "[ \"\$(systemctl show -p WatchdogTimestampMonotonic --value kvd.service)\" != $last ]"
+[ "$(inside 'systemctl show -p MainPID --value kvd.service')" = "$frozen" ] || fail "kvd restarted while it ran"
+inside "kill -STOP $frozen"
+waitfor "systemd did not restart the frozen kvd" \
+    "p=\$(systemctl show -p MainPID --value kvd.service) && [ \"\$p\" != $frozen ] && [ \"\$p\" != 0 ] &&
+    systemctl is-active --quiet kvd.service"
+# (grep in the container: a grep -q here would cut journalctl's pipe, and
+# pipefail would count that as a failure)
+inside 'journalctl -u kvd.service --no-pager | grep -q "Watchdog timeout"' || fail "the restart was not the watchdog's"
+waitfor "kvctl health after the watchdog's restart" 'kvctl health'
+inside 'rm -r /etc/systemd/system/kvd.service.d && systemctl daemon-reload && systemctl restart kvd.service'
+waitfor "kvctl health without the drop-in" 'kvctl health'
 
 step "a second host (README): refused while it is a cluster of its own, added once emptied"
 # NOTE: the second host is a kvd@two instance in the same container (the

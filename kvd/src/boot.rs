@@ -18,7 +18,8 @@ use crate::node::{Node, Parts};
 use crate::proposer::Proposer;
 use crate::sm::StateMachine;
 use crate::store::{lock_dir, Store};
-use crate::tls::{serve, Tls};
+use crate::systemd::Notifier;
+use crate::tls::{serve, Listener, Tls};
 use crate::types::{Member, NodeId, Raft};
 
 /// File `kvd restore` leaves in a data dir it built.
@@ -75,9 +76,15 @@ fn raise_fd_limit() {
     }
 }
 
-/// Runs a node until SIGINT or SIGTERM.
+/// Runs a node until SIGINT or SIGTERM; SIGHUP reads the TLS and JWKS
+/// files again.
 pub async fn run(cfg: Config) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // IMPORTANT: SIGHUP kills a process that does not handle it; handled
+    // from the start, one sent while the node starts is a reload.
+    let hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     raise_fd_limit();
+    let notifier = Arc::new(Notifier::from_env());
     // Bad certificates or JWT settings stop the node before it touches its data dir.
     let tls = match &cfg.tls {
         Some(f) => Some(Tls::load(&f.cert, &f.key, &f.ca)?),
@@ -115,7 +122,8 @@ pub async fn run(cfg: Config) -> Result<()> {
         crate::identity::Identity::load(store.clone())
             .with_context(|| format!("cannot read the cluster id in {}", cfg.data_dir.display()))?,
     );
-    let net = Network::new(tls.as_ref().map(|t| t.peer_client.clone()), store.durable.clone(), identity.clone())?;
+    let peer_client = tls.as_ref().map(Tls::peer_client).transpose()?;
+    let net = Network::new(peer_client, store.durable.clone(), identity.clone())?;
 
     let raft_config = openraft::Config {
         cluster_name: "kv".into(),
@@ -181,30 +189,36 @@ pub async fn run(cfg: Config) -> Result<()> {
         lock,
     }));
     node.watch_disk();
-    tokio::spawn(node.clone().watch_leader(sd_notify_ready));
+    let ready = notifier.clone();
+    tokio::spawn(node.clone().watch_leader(move || ready.notify("READY=1")));
+    let mut systemd_tasks = Vec::new();
+    if notifier.enabled() {
+        systemd_tasks.push(tokio::spawn(crate::systemd::report_status(node.clone(), notifier.clone())));
+        if let Some(period) = crate::systemd::watchdog_period() {
+            tracing::info!(every_ms = period.as_millis() as u64, "sending watchdog keepalives to systemd");
+            systemd_tasks.push(tokio::spawn(crate::systemd::keep_alive(node.clone(), notifier.clone(), period)));
+        }
+    }
+    tokio::spawn(reload_on_hangup(hangups, tls.clone(), node.clone()));
     if cfg.data_dir.join(ADMIN_TOKEN_PENDING).exists() {
         tokio::spawn(store_admin_token(node.clone()));
     }
     let cluster = identity.get().map_or_else(|| "none yet".to_owned(), |i| i.to_string());
     tracing::info!(node_id = cfg.id, cluster, client = %client_local, peer = %peer_local, data_dir = %cfg.data_dir.display(), "serving");
 
-    let server = serve(
-        listener,
-        crate::api::router(node.clone()),
-        tls.as_ref().map(|t| t.client_listener.clone()),
-        "client API",
-    );
-    let peer_server = serve(
-        peer_listener,
-        crate::peer::router(node.clone()),
-        tls.as_ref().map(|t| t.peer_listener.clone()),
-        "peer API",
-    );
+    let server =
+        serve(listener, crate::api::router(node.clone()), tls.clone().map(|t| (t, Listener::Client)), "client API");
+    let peer_server =
+        serve(peer_listener, crate::peer::router(node.clone()), tls.clone().map(|t| (t, Listener::Peer)), "peer API");
     tokio::select! {
         () = server => invalid!("the client API server stopped"),
         () = peer_server => invalid!("the peer API server stopped"),
         s = shutdown_signal() => tracing::info!(signal = s, "shutting down"),
     }
+    for t in systemd_tasks {
+        t.abort();
+    }
+    notifier.notify("STOPPING=1\nSTATUS=shutting down");
     node.shutdown().await;
     if cfg.ephemeral {
         // NOTE: --dev data is throwaway by design.
@@ -292,17 +306,47 @@ fn write_addr_file(cfg: &Config, name: &str, addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// `READY=1` to systemd when started with `Type=notify`.
-fn sd_notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => return tracing::warn!(error = %e, "cannot notify systemd"),
-    };
-    if let Err(e) = sock.send_to(b"READY=1\n", &path) {
-        tracing::warn!(error = %e, "cannot notify systemd");
+/// Reads the TLS files and the JWKS file again on each SIGHUP (see
+/// [`reload`]).
+async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, tls: Option<Arc<Tls>>, node: Arc<Node>) {
+    while hangups.recv().await.is_some() {
+        reload(tls.as_deref(), node.auth().jwt.as_ref());
+    }
+}
+
+/// Reads the node's certificate, key and CA and the JWKS file again, and
+/// logs what it took; a file that cannot be used is logged as an error and
+/// what was read before stays in use.
+fn reload(tls: Option<&Tls>, jwt: Option<&crate::jwt::Verifier>) {
+    if tls.is_none() && jwt.is_none() {
+        tracing::info!("SIGHUP: nothing to reload (no TLS, no JWKS)");
+    }
+    if let Some(tls) = tls {
+        let days_left = |not_after: i64| (not_after - kv_client::clock::now_s() as i64).div_euclid(86_400);
+        match tls.reload() {
+            Ok(s) => tracing::info!(
+                serial = %s.serial,
+                not_after = s.not_after,
+                days_left = days_left(s.not_after),
+                ca_certs = s.ca_certs,
+                "SIGHUP: reloaded the TLS certificate, key and CA"
+            ),
+            Err(e) => {
+                let s = tls.summary();
+                tracing::error!(
+                    error = %e,
+                    serial = %s.serial,
+                    days_left = days_left(s.not_after),
+                    "SIGHUP: TLS reload failed; still serving the certificate read before"
+                )
+            }
+        }
+    }
+    if let Some(jwt) = jwt {
+        match jwt.reload() {
+            Ok(keys) => tracing::info!(file = %jwt.jwks_file().display(), keys, "SIGHUP: reloaded the JWKS"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: JWKS reload failed; still using the keys read before"),
+        }
     }
 }
 

@@ -1,10 +1,11 @@
 //! JWT verification against a local JWKS file (DESIGN.md §10, OIDC): the
 //! signature (RS256, ES256 or EdDSA), issuer, audience, expiry and not-before
 //! within a clock-skew bound; then a claim's values name roles that map to
-//! prefix grants.
+//! prefix grants. The JWKS file is read again on SIGHUP ([`Verifier::reload`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -107,11 +108,15 @@ fn b64(field: &Option<String>, what: &str) -> crate::error::Result<Vec<u8>> {
         .map_err(|_| crate::error::Error::Invalid(format!("key field {what:?} is not base64url")))
 }
 
+/// Public keys, each with its `kid` if it has one.
+type Keys = Vec<(Option<String>, Key)>;
+
 /// Checks JWTs for one issuer.
 #[derive(Debug)]
 pub struct Verifier {
     cfg: JwtConfig,
-    keys: Vec<(Option<String>, Key)>,
+    /// The keys as last read from the JWKS file.
+    keys: RwLock<Arc<Keys>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +124,38 @@ struct JwtHeader {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+}
+
+/// The keys of the JWKS file of `cfg`; a key of an unsupported type is an
+/// error, so a typo never silently disables a key.
+fn read_keys(cfg: &JwtConfig) -> crate::error::Result<Keys> {
+    use crate::error::{invalid, Context};
+    let text = std::fs::read(&cfg.jwks_file)
+        .with_context(|| format!("cannot read the JWKS file {}", cfg.jwks_file.display()))?;
+    let jwks: Jwks =
+        serde_json::from_slice(&text).with_context(|| format!("{} is not a JWKS document", cfg.jwks_file.display()))?;
+    let mut keys = Vec::new();
+    for (i, k) in jwks.keys.iter().enumerate() {
+        let key = (|| -> crate::error::Result<Key> {
+            Ok(match (k.kty.as_str(), k.crv.as_deref()) {
+                ("RSA", _) => Key::Rsa { n: b64(&k.n, "n")?, e: b64(&k.e, "e")? },
+                ("EC", Some("P-256")) => Key::Ec([vec![4u8], b64(&k.x, "x")?, b64(&k.y, "y")?].concat()),
+                ("OKP", Some("Ed25519")) => Key::Ed(b64(&k.x, "x")?),
+                (kty, crv) => invalid!("unsupported key type {kty} {crv:?} (RSA, EC P-256, OKP Ed25519)"),
+            })
+        })()
+        .with_context(|| format!("{}: key {i}", cfg.jwks_file.display()))?;
+        if let Some(alg) = &k.alg {
+            if alg != key.alg() {
+                invalid!("{}: key {i} says alg {alg} but is a {} key", cfg.jwks_file.display(), key.alg());
+            }
+        }
+        keys.push((k.kid.clone(), key));
+    }
+    if keys.is_empty() {
+        invalid!("{} holds no keys", cfg.jwks_file.display());
+    }
+    Ok(keys)
 }
 
 /// Looks like a JWT (three base64url parts), not an opaque token.
@@ -130,33 +167,23 @@ impl Verifier {
     /// Loads the JWKS file; a key of an unsupported type is an error, so a
     /// typo never silently disables a key.
     pub fn load(cfg: JwtConfig) -> crate::error::Result<Verifier> {
-        use crate::error::{invalid, Context};
-        let text = std::fs::read(&cfg.jwks_file)
-            .with_context(|| format!("cannot read the JWKS file {}", cfg.jwks_file.display()))?;
-        let jwks: Jwks = serde_json::from_slice(&text)
-            .with_context(|| format!("{} is not a JWKS document", cfg.jwks_file.display()))?;
-        let mut keys = Vec::new();
-        for (i, k) in jwks.keys.iter().enumerate() {
-            let key = (|| -> crate::error::Result<Key> {
-                Ok(match (k.kty.as_str(), k.crv.as_deref()) {
-                    ("RSA", _) => Key::Rsa { n: b64(&k.n, "n")?, e: b64(&k.e, "e")? },
-                    ("EC", Some("P-256")) => Key::Ec([vec![4u8], b64(&k.x, "x")?, b64(&k.y, "y")?].concat()),
-                    ("OKP", Some("Ed25519")) => Key::Ed(b64(&k.x, "x")?),
-                    (kty, crv) => invalid!("unsupported key type {kty} {crv:?} (RSA, EC P-256, OKP Ed25519)"),
-                })
-            })()
-            .with_context(|| format!("{}: key {i}", cfg.jwks_file.display()))?;
-            if let Some(alg) = &k.alg {
-                if alg != key.alg() {
-                    invalid!("{}: key {i} says alg {alg} but is a {} key", cfg.jwks_file.display(), key.alg());
-                }
-            }
-            keys.push((k.kid.clone(), key));
-        }
-        if keys.is_empty() {
-            invalid!("{} holds no keys", cfg.jwks_file.display());
-        }
-        Ok(Verifier { cfg, keys })
+        let keys = read_keys(&cfg)?;
+        Ok(Verifier { cfg, keys: RwLock::new(Arc::new(keys)) })
+    }
+
+    /// Reads the JWKS file again (key rotation at the issuer): tokens are
+    /// checked against its keys from now on. On an error the keys read
+    /// before stay. Returns how many keys it holds.
+    pub fn reload(&self) -> crate::error::Result<usize> {
+        let keys = read_keys(&self.cfg)?;
+        let n = keys.len();
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        Ok(n)
+    }
+
+    /// The JWKS file.
+    pub fn jwks_file(&self) -> &std::path::Path {
+        &self.cfg.jwks_file
     }
 
     /// Verifies a JWT at time `now` (seconds since the epoch): who it names
@@ -170,8 +197,8 @@ impl Verifier {
         let header: JwtHeader = serde_json::from_slice(&dec(h)?).map_err(|_| "malformed JWT header".to_owned())?;
         let sig = dec(s)?;
         let msg = &token.as_bytes()[..h.len() + 1 + p.len()];
-        let candidates: Vec<&Key> = self
-            .keys
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let candidates: Vec<&Key> = keys
             .iter()
             .filter(|(kid, k)| k.alg() == header.alg && (header.kid.is_none() || kid.is_none() || *kid == header.kid))
             .map(|(_, k)| k)
@@ -312,5 +339,30 @@ mod tests {
         assert_eq!(v.verify(&sign(&other, ok.clone()), 1200).expect_err("wrong key"), "bad JWT signature");
         let none = format!("{}.{}.", enc(&serde_json::json!({"alg": "none"})), enc(&ok));
         assert!(v.verify(&none, 1200).is_err());
+    }
+
+    #[test]
+    fn a_reload_takes_the_new_keys_and_a_bad_file_keeps_the_old() {
+        let (d, v, old) = setup();
+        let claims = serde_json::json!({"iss": "https://idp", "aud": "kv", "iat": 1000, "exp": 1600});
+        let new =
+            Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("key").as_ref())
+                .expect("key");
+        let path = d.path().join("jwks.json");
+        let jwks = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1",
+            "x": URL_SAFE_NO_PAD.encode(new.public_key().as_ref())}]});
+        std::fs::write(&path, jwks.to_string()).expect("write");
+        assert!(v.verify(&sign(&new, claims.clone()), 1200).is_err(), "the new key before the reload");
+        assert_eq!(v.reload().expect("reload"), 1);
+        assert!(v.verify(&sign(&new, claims.clone()), 1200).is_ok(), "the new key after it");
+        assert!(v.verify(&sign(&old, claims.clone()), 1200).is_err(), "the old key is gone");
+        for bad in ["{\"keys\": []}", "not json", "{\"keys\": [{\"kty\": \"oct\"}]}"] {
+            std::fs::write(&path, bad).expect("write");
+            assert!(v.reload().is_err(), "{bad}");
+            assert!(v.verify(&sign(&new, claims.clone()), 1200).is_ok(), "kept after {bad}");
+        }
+        std::fs::remove_file(&path).expect("rm");
+        assert!(v.reload().expect_err("missing").to_string().contains("cannot read the JWKS file"));
+        assert!(v.verify(&sign(&new, claims), 1200).is_ok(), "kept after a missing file");
     }
 }

@@ -32,6 +32,7 @@
 //   writer) of kvd 0.1's layout.
 // - types: the Raft type config and what travels through the log;
 //   config, tls, metrics, error: settings, certificates, counters, errors.
+// - systemd: notifications to systemd (ready, watchdog, status, stopping).
 
 mod api;
 mod auth;
@@ -54,6 +55,7 @@ mod rpc;
 mod sm;
 mod snapfile;
 mod store;
+mod systemd;
 mod tls;
 mod token;
 mod txn;

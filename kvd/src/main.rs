@@ -31,7 +31,14 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
         "  5. On host 1 (which must listen beyond loopback too): kvctl --token-file /var/lib/kvd/admin-token ",
         "member add 2 http://HOST2:7380 --client-url http://HOST2:7379\n",
         "  6. kvctl status lists both members; kvctl health passes.\n",
-        "Without steps 1 to 4, member add answers 409 not_joinable naming both cluster ids, and changes nothing."
+        "Without steps 1 to 4, member add answers 409 not_joinable naming both cluster ids, and changes nothing.\n\n",
+        "Signals: SIGTERM or SIGINT stops the node cleanly. SIGHUP (systemctl reload kvd) reads the TLS ",
+        "certificate, key and CA (--tls-cert, --tls-key, --tls-ca) and the JWKS file ([jwt] jwks_file) again ",
+        "without a restart; connections made after it use them. Files that cannot be used (missing, malformed, ",
+        "a key that does not match the certificate) are logged as an error and the ones read before stay in use.\n\n",
+        "Under systemd (Type=notify) kvd sends READY=1 once it is ready, a status line with its leader, term and ",
+        "revision (systemctl status), WATCHDOG=1 every half of WatchdogSec= while its Raft core answers, so a ",
+        "frozen or wedged kvd is restarted, and STOPPING=1 when it stops."
     )
 )]
 #[command(args_conflicts_with_subcommands = true)]

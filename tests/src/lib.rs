@@ -312,6 +312,11 @@ impl Kvd {
         self.signal(rustix::process::Signal::CONT);
     }
 
+    /// Asks the process to read its certificates and JWKS again (SIGHUP).
+    pub fn hangup(&self) {
+        self.signal(rustix::process::Signal::HUP);
+    }
+
     // NOTE: kill(2) itself, not kill(1): a forked child would hold copies of
     // this process's descriptors (files open in mounts among them) for a
     // moment, and closing them sends FLUSHes of their own.

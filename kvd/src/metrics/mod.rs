@@ -252,6 +252,10 @@ pub struct Metrics {
 /// The process's metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
+/// Expiry of the certificate both TLS listeners serve, seconds since the
+/// epoch; `i64::MIN` without TLS. crate::tls sets it on each (re)load.
+pub static TLS_CERT_NOT_AFTER: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+
 impl Metrics {
     fn new() -> Metrics {
         let m = Metrics {
@@ -483,6 +487,18 @@ impl Collector for Sampled {
             )?;
             for (peer, lag) in &g.follower_lag {
                 ConstGauge::new(*lag).encode(m.encode_family(&[("peer", *peer)])?)?;
+            }
+        }
+        let not_after = TLS_CERT_NOT_AFTER.load(std::sync::atomic::Ordering::Relaxed);
+        if not_after != i64::MIN {
+            let mut m = e.encode_descriptor(
+                "kv_tls_cert_not_after_seconds",
+                "Expiry of the certificate a listener serves, seconds since the epoch.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for listener in ["client", "peer"] {
+                ConstGauge::new(not_after).encode(m.encode_family(&[("listener", listener)])?)?;
             }
         }
         if let Some(p) = &self.process {

@@ -219,6 +219,23 @@ impl Node {
         self.raft.trigger().elect().await.map_err(|e| e.to_string())
     }
 
+    /// The leader this node knows of, the term and the revision, for the
+    /// status line systemd shows (crate::systemd).
+    pub(crate) fn headline(&self) -> (Option<NodeId>, u64, u64) {
+        let (leader, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.current_term)
+        };
+        (leader, term, *self.sm.subscribe().borrow())
+    }
+
+    /// Asks the Raft core a question through its queue: it answers while
+    /// its loop runs (the watchdog's liveness check, crate::systemd).
+    pub(crate) async fn core_answers(&self) -> Result<(), openraft::error::Fatal<NodeId>> {
+        self.raft.with_raft_state(|_| ()).await
+    }
+
     /// The gauges of `/metrics`, read now.
     pub fn gauges(&self) -> Gauges {
         let m = self.raft.metrics().borrow().clone();

@@ -15,6 +15,7 @@ mod history;
 mod hostile;
 mod identity;
 mod kvctl;
+mod lifecycle;
 mod metrics;
 mod mount;
 mod mountmetrics;
