@@ -152,6 +152,13 @@ out=$(inside 'kvctl put app/greeting hello' 2>&1 || true)
 grep -q 'needs a token' <<<"$out" || fail "an anonymous write was not refused (auth = writes): $out"
 inside 'kvctl --token-file /var/lib/kvd/admin-token put app/greeting hello'
 
+step "metrics from the packaged kvd, inside the unit's sandbox (ProcSubset=pid)"
+out=$(inside 'bash -c "exec 3<>/dev/tcp/127.0.0.1/7379 && printf \"GET /metrics HTTP/1.0\r\nAuthorization: Bearer %s\r\n\r\n\" \$(cat /var/lib/kvd/admin-token) >&3 && cat <&3"')
+for m in kv_raft_has_leader kv_build_info process_open_fds process_resident_memory_bytes process_start_time_seconds; do
+    grep -q "^$m" <<<"$out" || fail "the packaged kvd's /metrics lacks $m: $(head -c 300 <<<"$out")"
+done
+echo ok
+
 step "shell completions and the monitoring files where the tools look for them"
 for f in /usr/share/bash-completion/completions/kvctl /usr/share/zsh/vendor-completions/_kvctl \
     /usr/share/fish/vendor_completions.d/kvctl.fish /usr/share/kvd/monitoring/kv-alerts.yml \

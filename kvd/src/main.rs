@@ -35,7 +35,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
         "Signals: SIGTERM or SIGINT stops the node cleanly. SIGHUP (systemctl reload kvd) reads the TLS ",
         "certificate, key and CA (--tls-cert, --tls-key, --tls-ca) and the JWKS file ([jwt] jwks_file) again ",
         "without a restart; connections made after it use them. Files that cannot be used (missing, malformed, ",
-        "a key that does not match the certificate) are logged as an error and the ones read before stay in use.\n\n",
+        "a key that does not match the certificate, a certificate the CA did not sign or that is not valid now) are ",
+        "logged as an error and the ones read before stay in use.\n\n",
         "Under systemd (Type=notify) kvd sends READY=1 once it is ready, a status line with its leader, term and ",
         "revision (systemctl status), WATCHDOG=1 every half of WatchdogSec= while its Raft core answers, so a ",
         "frozen or wedged kvd is restarted, and STOPPING=1 when it stops."
@@ -155,7 +156,8 @@ Stop: finish the requests in flight, close the store, exit 0.
 .B SIGHUP
 Reload the TLS certificate and key, the cluster CA and the JWKS file from the paths configured,
 without a restart (\fBsystemctl reload kvd\fR); new connections get the new certificate. Material
-that fails to load is logged and the old one stays in use."#,
+that fails to load, or a certificate the peers would refuse (not signed by the CA, expired), is logged
+and the old material stays in use; connections already open keep theirs."#,
         see_also: &["kvd.toml(5)", "kvctl(1)", "kvfs(8)", "systemd.service(5)"],
     };
 

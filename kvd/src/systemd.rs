@@ -9,8 +9,9 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::node::Node;
 use crate::types::NodeId;
@@ -101,24 +102,88 @@ pub fn status_line(me: NodeId, leader: Option<NodeId>, term: u64, revision: u64)
     }
 }
 
-/// Sends `WATCHDOG=1` every `period` for as long as the node shows it is
-/// alive: this task ran (the runtime schedules work) and the Raft core
-/// answered within the period. A wedged node stops sending, and systemd
-/// restarts it.
+/// Keeps systemd's watchdog fed while the node shows it is alive. A task on
+/// the runtime asks the Raft core a question several times a period and
+/// records when it last answered; a thread of its own sends `WATCHDOG=1`
+/// every `period` (half the unit's timeout) while that answer is at most a
+/// period old. A busy node whose core answers late but within the period
+/// keeps its keepalives; a core or a runtime stalled for longer (30 to 45 s
+/// with the shipped `WatchdogSec=30s`) stops them, and systemd restarts
+/// kvd. The thread stops when this task is dropped (shutdown).
 pub(crate) async fn keep_alive(node: Arc<Node>, notifier: Arc<Notifier>, period: Duration) {
-    let mut tick = tokio::time::interval(period);
+    let started = Instant::now();
+    let answered_ms = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop = StopOnDrop(stop.clone());
+    let feeder = {
+        let (answered_ms, stop) = (answered_ms.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || feed(&notifier, period, started, &answered_ms, &stop))
+    };
+    if let Err(e) = feeder {
+        tracing::error!(error = %e, "cannot start the watchdog thread; no keepalives");
+        return;
+    }
+    let mut tick = tokio::time::interval(probe_every(period));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         match tokio::time::timeout(period, node.core_answers()).await {
-            Ok(Ok(())) => notifier.notify("WATCHDOG=1"),
-            Ok(Err(e)) => tracing::error!(error = %e, "the Raft core stopped; no watchdog keepalive"),
-            Err(_) => tracing::error!(
-                waited_ms = period.as_millis() as u64,
-                "the Raft core did not answer; no watchdog keepalive"
-            ),
+            Ok(Ok(())) => answered_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the Raft core stopped; no more watchdog keepalives");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    waited_ms = period.as_millis() as u64,
+                    "the Raft core did not answer the watchdog's probe"
+                )
+            }
         }
     }
+}
+
+/// How often the watchdog's task asks the core: a second, or a quarter of
+/// a short period.
+fn probe_every(period: Duration) -> Duration {
+    (period / 4).min(Duration::from_secs(1)).max(Duration::from_millis(1))
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The watchdog thread: every `period`, `WATCHDOG=1` if the core answered
+/// within the last period (`answered_ms` after `started`).
+fn feed(notifier: &Notifier, period: Duration, started: Instant, answered_ms: &AtomicU64, stop: &AtomicBool) {
+    loop {
+        std::thread::sleep(period);
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let answered = Duration::from_millis(answered_ms.load(Ordering::Relaxed));
+        let silent = started.elapsed().saturating_sub(answered);
+        if keepalive_due(silent, period) {
+            notifier.notify("WATCHDOG=1");
+        } else {
+            tracing::error!(
+                silent_ms = silent.as_millis() as u64,
+                "the Raft core has not answered for over a watchdog period; no keepalive"
+            );
+        }
+    }
+}
+
+/// Whether a core last heard `silent` ago still earns a keepalive.
+fn keepalive_due(silent: Duration, period: Duration) -> bool {
+    silent <= period
 }
 
 /// How often the status line may change.
@@ -144,6 +209,16 @@ pub(crate) async fn report_status(node: Arc<Node>, notifier: Arc<Notifier>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keepalives_need_an_answer_within_a_period_probed_several_times_in_it() {
+        let p = Duration::from_secs(15);
+        assert!(keepalive_due(Duration::ZERO, p));
+        assert!(keepalive_due(Duration::from_secs(15), p));
+        assert!(!keepalive_due(Duration::from_millis(15_001), p));
+        assert_eq!(probe_every(p), Duration::from_secs(1));
+        assert_eq!(probe_every(Duration::from_millis(200)), Duration::from_millis(50));
+    }
 
     #[test]
     fn status_lines_say_who_leads() {

@@ -49,6 +49,9 @@ struct Material {
     peer_verifier: Arc<WebPkiServerVerifier>,
     /// What was read, for the log.
     summary: Summary,
+    /// Why peers would refuse this node's own certificate (not from the
+    /// CA, expired, not yet valid), if they would.
+    chain_error: Option<String>,
 }
 
 /// What a reading of the TLS files found: logged on a reload.
@@ -102,6 +105,7 @@ impl Material {
         }
         let ca_count = roots.len();
         let roots = Arc::new(roots);
+        let chain_error = own_chain_error(&certs, &roots);
         let certified = Arc::new(
             CertifiedKey::from_der(certs, key, &provider()).context("the certificate does not match the key")?,
         );
@@ -125,14 +129,31 @@ impl Material {
             certified,
             peer_verifier,
             summary: Summary { serial, not_after, ca_certs: ca_count },
+            chain_error,
         })
     }
+}
+
+/// Why the peers, checking against `roots` now, would refuse the chain
+/// `certs` this node shows them; `None` when they would take it.
+fn own_chain_error(certs: &[CertificateDer<'static>], roots: &Arc<RootCertStore>) -> Option<String> {
+    let verifier = match rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider()).build()
+    {
+        Ok(v) => v,
+        Err(e) => return Some(e.to_string()),
+    };
+    let (leaf, intermediates) = certs.split_first()?;
+    let now = rustls::pki_types::UnixTime::now();
+    verifier.verify_client_cert(leaf, intermediates, now).err().map(|e| e.to_string())
 }
 
 impl Tls {
     /// Loads the node's certificate chain, key and the cluster CA (PEM).
     pub fn load(cert: &Path, key: &Path, ca: &Path) -> crate::error::Result<Arc<Tls>> {
         let m = Material::read(cert, key, ca)?;
+        if let Some(e) = &m.chain_error {
+            tracing::warn!(cert = %cert.display(), error = %e, "peers will refuse this node's certificate");
+        }
         crate::metrics::TLS_CERT_NOT_AFTER.store(m.summary.not_after, Ordering::Relaxed);
         Ok(Arc::new(Tls {
             cert: cert.to_owned(),
@@ -147,6 +168,11 @@ impl Tls {
     /// that does not match the certificate) the old material stays.
     pub fn reload(&self) -> crate::error::Result<Summary> {
         let m = Material::read(&self.cert, &self.key, &self.ca)?;
+        // NOTE: at start a node may have to come up with what it has; a
+        // reload keeps what works rather than cut the node off its peers.
+        if let Some(e) = &m.chain_error {
+            invalid!("the peers would refuse the new certificate {}: {e}", self.cert.display());
+        }
         let summary = m.summary.clone();
         crate::metrics::TLS_CERT_NOT_AFTER.store(summary.not_after, Ordering::Relaxed);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(m);
@@ -491,10 +517,13 @@ mod tests {
         assert_eq!(tls.summary().serial, serial(&b.0));
 
         let garbage = || std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64\n").expect("write");
-        let cases: [(&str, &dyn Fn()); 4] = [
+        let other_ca = kv_tests::Pki::new("another-ca");
+        let stranger = other_ca.node("a");
+        let cases: [(&str, &dyn Fn()); 5] = [
             ("cannot read certificates", &garbage),
             ("does not match the key", &|| std::fs::copy(&a.0, &cert).map(drop).expect("copy")),
             ("cannot read a private key", &|| std::fs::remove_file(&key).expect("rm")),
+            ("the peers would refuse the new certificate", &|| install(&stranger)),
             ("holds no CA certificate", &|| std::fs::write(&pki.ca, "").expect("write")),
         ];
         for (why, break_it) in cases {

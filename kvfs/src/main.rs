@@ -55,7 +55,7 @@ fn main() -> ExitCode {
             }
         }
     };
-    init_logging();
+    init_logging(inv.log_json);
     match run(inv, ready) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -102,15 +102,19 @@ fn daemonize() -> std::io::Result<std::fs::File> {
     }
 }
 
-fn init_logging() {
+/// Logs to stderr, filtered by `RUST_LOG`: text, or with `-o
+/// log_format=json` one JSON object per line, fields at the top level (as
+/// kvd's `--log-format json`).
+fn init_logging(json: bool) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        fmt.json().flatten_event(true).with_current_span(false).with_span_list(false).init();
+    } else {
+        fmt.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 /// A stable file name for a mount's state: FNV-1a of the source.

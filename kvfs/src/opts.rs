@@ -38,6 +38,7 @@ SOURCE is a client URL whose path is the key prefix, e.g. http://127.0.0.1:7379/
   -o ca_file=PATH     CA certificate(s) (PEM) for https:// sources
   -o metrics_addr=HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics
                       (port 0: any free port, written in the status file)
+  -o log_format=text|json  log lines as text (default) or one JSON object per line
 
 Mount options kvfs does not use (_netdev, nofail, x-systemd.*, auto, ...)
 are ignored when called as mount.kvfs or mount.fuse.kvfs.
@@ -82,6 +83,8 @@ pub struct Invocation {
     pub ca_file: Option<PathBuf>,
     /// Where to serve Prometheus metrics (`HOST:PORT`).
     pub metrics_addr: Option<String>,
+    /// Log one JSON object per line instead of text.
+    pub log_json: bool,
 }
 
 /// `allow_other` or `allow_root`.
@@ -170,6 +173,7 @@ pub fn parse(args: &[String], helper: bool) -> Result<Parsed, String> {
         token_file: None,
         ca_file: None,
         metrics_addr: None,
+        log_json: false,
     };
     for o in opts.iter().filter(|o| !o.is_empty()) {
         let (k, v) = o.split_once('=').map_or((o.as_str(), None), |(k, v)| (k, Some(v)));
@@ -216,6 +220,9 @@ pub fn parse(args: &[String], helper: bool) -> Result<Parsed, String> {
             ("token_file", Some(v)) => inv.token_file = Some(v.into()),
             ("ca_file", Some(v)) => inv.ca_file = Some(v.into()),
             ("metrics_addr", Some(v)) => inv.metrics_addr = Some(host_port(k, v)?),
+            ("log_format", Some("text")) => inv.log_json = false,
+            ("log_format", Some("json")) => inv.log_json = true,
+            ("log_format", Some(v)) => return Err(format!("log_format={v}: expected text or json")),
             // Generic mount options with no meaning here.
             (
                 "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev" | "nofail" | "dev" | "nodev"
@@ -247,6 +254,7 @@ const VALUED: &[&str] = &[
     "token_file",
     "ca_file",
     "metrics_addr",
+    "log_format",
 ];
 
 /// `KEY=HOST:PORT` (a name, an IPv4 address or a bracketed IPv6 one, and a
@@ -417,6 +425,19 @@ mod tests {
         {
             let e = map(bad).expect_err(bad);
             assert!(e.starts_with(bad.split('=').next().unwrap_or_default()), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn log_format_is_text_or_json_in_both_forms() {
+        for helper in [false, true] {
+            let json = |o: &str| parse(&args(&format!("-o {o} http://h:1/app /mnt")), helper).map(|p| run(p).log_json);
+            assert_eq!(json("log_format=json"), Ok(true));
+            assert_eq!(json("log_format=text"), Ok(false));
+            for bad in ["log_format=yaml", "log_format=", "log_format"] {
+                let e = json(bad).expect_err(bad);
+                assert!(e.starts_with("log_format"), "{bad}: {e}");
+            }
         }
     }
 

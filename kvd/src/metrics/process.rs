@@ -36,7 +36,6 @@ impl Process {
     pub fn read() -> Option<Process> {
         let proc = Path::new("/proc");
         let stat = parse_stat(&std::fs::read_to_string(proc.join("self/stat")).ok()?)?;
-        let boot = parse_boot_time(&std::fs::read_to_string(proc.join("stat")).ok()?)?;
         let ticks = rustix::param::clock_ticks_per_second().max(1) as f64;
         let open_fds = std::fs::read_dir(proc.join("self/fd")).map(|d| d.count() as u64).unwrap_or(0);
         let max_fds = std::fs::read_to_string(proc.join("self/limits")).ok().and_then(|l| parse_max_fds(&l));
@@ -46,9 +45,19 @@ impl Process {
             virtual_bytes: stat.vsize_bytes,
             open_fds,
             max_fds,
-            start_time_seconds: boot as f64 + stat.start_ticks as f64 / ticks,
+            start_time_seconds: boot_time() + stat.start_ticks as f64 / ticks,
         })
     }
+}
+
+/// When the system booted, seconds since the epoch: the wall clock less the
+/// time since boot. (Not /proc/stat's `btime`: the shipped unit's
+/// `ProcSubset=pid` hides /proc/stat.)
+fn boot_time() -> f64 {
+    let secs = |t: rustix::time::Timespec| t.tv_sec as f64 + t.tv_nsec as f64 / 1e9;
+    let now = secs(rustix::time::clock_gettime(rustix::time::ClockId::Realtime));
+    let since_boot = secs(rustix::time::clock_gettime(rustix::time::ClockId::Boottime));
+    now - since_boot
 }
 
 /// The fields of a /proc/PID/stat line (proc(5)).
@@ -65,11 +74,6 @@ fn parse_stat(text: &str) -> Option<Stat> {
         vsize_bytes: field(23)?,
         rss_pages: field(24)?,
     })
-}
-
-/// The boot time in /proc/stat (`btime`), seconds since the epoch.
-fn parse_boot_time(text: &str) -> Option<u64> {
-    text.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
 }
 
 /// The soft limit of open files in /proc/PID/limits; `None` when unlimited.
@@ -93,10 +97,18 @@ mod tests {
     }
 
     #[test]
-    fn boot_time_and_fd_limit_are_found_by_name() {
-        let stat = "cpu  1 2 3 4\ncpu0 1 2 3 4\nintr 5\nctxt 6\nbtime 1700000000\nprocesses 7\n";
-        assert_eq!(parse_boot_time(stat), Some(1_700_000_000));
-        assert_eq!(parse_boot_time("cpu 1 2\n"), None);
+    fn the_boot_time_from_the_clocks_is_the_one_proc_stat_gives() {
+        let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+        let btime: f64 = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("btime in /proc/stat");
+        assert!((boot_time() - btime).abs() < 2.0, "clocks say {}, /proc/stat {btime}", boot_time());
+    }
+
+    #[test]
+    fn the_fd_limit_is_found_by_name() {
         let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
                       Max cpu time              unlimited            unlimited            seconds   \n\
                       Max open files            1024                 524288               files     \n\

@@ -271,3 +271,12 @@ fn metric_names_are_found_in_queries() {
         assert!(used.contains(n), "{n} not in {used:?}");
     }
 }
+
+#[test]
+fn a_mount_with_log_format_json_writes_one_object_per_line() {
+    let k = Kvd::bootstrap(&[]);
+    let mut m = kv_tests::Mount::start(&format!("{}/app", k.url), &["log_format=json"]);
+    m.sh_ok("echo 1 > f && cat f");
+    m.stop();
+    assert_json_lines(&m.log_text());
+}
