@@ -61,6 +61,8 @@ pub struct FileConfig {
     pub jwt: Option<JwtConfig>,
     /// Log lines as text or JSON.
     pub log_format: Option<LogFormat>,
+    /// Serve the web UI at /ui/ (default true).
+    pub ui: Option<bool>,
 }
 
 /// How log lines are written to stderr.
@@ -157,6 +159,9 @@ pub struct Flags {
     /// Log lines as text or one JSON object per line [default: text].
     #[arg(long, env = "KVD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Do not serve the web UI at /ui/ on the client address.
+    #[arg(long, env = "KVD_NO_UI")]
+    pub no_ui: bool,
 }
 
 /// The resolved configuration of a node.
@@ -206,6 +211,8 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     /// Log lines as text or JSON.
     pub log_format: LogFormat,
+    /// Serve the web UI at /ui/.
+    pub ui: bool,
 }
 
 /// Where the TLS material is.
@@ -293,6 +300,7 @@ impl Config {
             open_metrics: flags.open_metrics || file.open_metrics.unwrap_or(false),
             jwt: file.jwt,
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            ui: !flags.no_ui && file.ui.unwrap_or(true),
         };
         if cfg.election_timeout_ms <= 2 * cfg.heartbeat_ms {
             invalid!("election timeout must be more than twice the heartbeat interval");

@@ -10,6 +10,7 @@ mod error;
 mod health;
 mod kv;
 mod parse;
+mod ui;
 mod watch;
 
 use std::sync::Arc;
@@ -45,7 +46,7 @@ pub fn router(node: Arc<Node>) -> Router {
     // handed to the watch routes only.
     let pages = Extension(Arc::new(WatchPages::default()));
     let watch = get(watch).layer(pages);
-    Router::new()
+    let api = Router::new()
         .route("/v1/kv", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/kv/", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
@@ -69,7 +70,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/auth/tokens/{name}", axum::routing::delete(revoke_token))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    let with_ui = if node.config().ui { ui::routes(api) } else { api };
+    with_ui
         .fallback(|| async { ApiError::not_found("no such endpoint; see DESIGN.md §4 for the API") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this path")
@@ -84,7 +87,7 @@ pub fn router(node: Arc<Node>) -> Router {
 /// Works out who is calling (DESIGN.md §10) and hands it to the handler as
 /// an `Extension<Caller>`; a bad credential is refused here with 401.
 pub(crate) async fn authenticate(State(node): State<Arc<Node>>, mut req: HttpRequest, next: Next) -> HttpResponse {
-    if req.uri().path().starts_with("/health/") {
+    if req.uri().path().starts_with("/health/") || ui::is_ui(req.uri().path()) {
         return next.run(req).await;
     }
     match node.caller(req.headers()) {
