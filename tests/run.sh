@@ -2,9 +2,10 @@
 # Runs every test of the workspace: unit tests, openraft's storage suite, and
 # the integration tests that start real kvd processes and real FUSE mounts.
 # Works on a fresh Debian 12 machine with the Rust toolchain: as root it
-# installs what the mount tests drive (fuse3, vim, rsync, nginx), openssl and
-# promtool (prometheus); the package test (tests/packages.sh) installs
-# debootstrap, systemd-container, lintian and mandoc; tests/deny.sh builds
+# installs what the mount tests drive (fuse3, vim, rsync, nginx), openssl,
+# promtool (prometheus) and the headless browser the web UI's tests drive
+# (chromium, chromium-driver; without them those tests skip); the package
+# test (tests/packages.sh) installs debootstrap, systemd-container, lintian and mandoc; tests/deny.sh builds
 # cargo-deny once into ~/.cache/kv-tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,9 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 # promtool checks and unit-tests the shipped alert rules.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# The web UI's tests drive headless Chromium through chromedriver (WebDriver).
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: please install: ${need[*]}" >&2

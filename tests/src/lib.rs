@@ -5,6 +5,7 @@
 //! the binaries are found next to the test executable's `deps/` directory.
 //! `cargo test --workspace` builds them first.
 
+pub mod browser;
 pub mod linearizability;
 pub mod man;
 pub mod net;

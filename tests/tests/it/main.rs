@@ -3,6 +3,7 @@
 
 mod api;
 mod apply;
+mod browser;
 mod cluster;
 mod config;
 mod disk;
