@@ -29,6 +29,7 @@ mod security;
 mod stale;
 mod stalemount;
 mod transfer;
+mod ui;
 mod validation;
 mod watch;
 mod writers;

@@ -34,7 +34,12 @@ function show(...nodes) {
   v.replaceChildren(...nodes);
 }
 
+// A message stays for the page its action leads to, and goes with the next.
+let routes = 0;
+let shownAt = 0;
+
 function message(text, kind) {
+  shownAt = routes;
   const m = document.getElementById('message');
   if (!text) { m.hidden = true; m.textContent = ''; return; }
   m.hidden = false;
@@ -183,8 +188,8 @@ function diffLines(a, b) {
   let j = 0;
   while (i < n || j < m) {
     if (i < n && j < m && x[i] === y[j]) { out.push(['same', '  ' + x[i]]); i++; j++; }
-    else if (j < m && (i === n || l[i][j + 1] >= l[i + 1][j])) { out.push(['add', '+ ' + y[j]]); j++; }
-    else { out.push(['del', '- ' + x[i]]); i++; }
+    else if (i < n && (j === m || l[i + 1][j] >= l[i][j + 1])) { out.push(['del', '- ' + x[i]]); i++; }
+    else { out.push(['add', '+ ' + y[j]]); j++; }
   }
   return out;
 }
@@ -434,7 +439,7 @@ async function cluster() {
       el('td', { text: m.voter ? 'voter' : 'learner' }), el('td', { class: 'num', text: s ? String(s.term) : '' }),
       el('td', { class: 'num', text: s ? String(s.commit_index) : '' }), el('td', { class: 'num', text: s ? String(s.applied_index) : '' }),
       el('td', { class: 'num', text: m.lag === undefined ? '' : String(m.lag) }),
-      el('td', { class: 'num', text: s && s.db_bytes !== undefined ? `${Math.round(s.db_bytes / 1024)} KiB` : '' }),
+      el('td', { class: 'num size', text: s ? `${Math.round(s.db_size_bytes / 1024)} KiB` : '' }),
       el('td', { class: `health ${s ? 'ok' : 'bad'}`, text: s ? 'ok' : `unreachable: ${m.error || ''}` }),
       el('td', { text: m.client_url })));
   }
@@ -503,6 +508,8 @@ function fail(e) {
 function decode(s) { return s.split('/').map(decodeURIComponent).join('/'); }
 
 async function route() {
+  routes += 1;
+  if (shownAt < routes - 1) message('');
   const h = location.hash || '#/browse/';
   for (const a of document.querySelectorAll('nav a')) a.classList.toggle('current', h.startsWith(a.getAttribute('href').replace(/\/$/, '')));
   if (!h.startsWith('#/cluster')) stopLive();
