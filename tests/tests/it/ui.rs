@@ -144,10 +144,41 @@ fn the_ui_browses_edits_with_a_conflict_shows_history_and_the_cluster() {
     b.wait_until("deleted", |b| text(b, "#message").contains("deleted app/fresh.ini"));
     assert_eq!(value(&rt, &admin, "app/fresh.ini"), None);
 
+    // A link with dot segments reaches no other key: the browser would
+    // resolve `app/../` to the root, and a delete there takes everything.
+    b.goto(&format!("{ui}#/browse/app/%2E%2E/"));
+    b.wait_until("the refusal", |b| exists(b, "#bad-key"));
+    assert!(!exists(&b, "#delete-dir"), "{}", b.page_text());
+
+    // A directory is deleted only if nothing in it changed after the
+    // listing the user saw.
+    b.goto(&format!("{ui}#/browse/app/sub/"));
+    b.wait_until("the sub listing", |b| exists(b, "tr.entry[data-key='app/sub/deep.json']"));
+    put(&rt, &admin, "app/sub/late.json", b"{}");
+    b.find("#delete-dir").click();
+    b.find("#delete-dir-confirm").click();
+    b.wait_until("the refusal", |b| text(b, "#message").contains("nothing was deleted"));
+    assert_eq!(value(&rt, &admin, "app/sub/late.json").as_deref(), Some("{}"), "a key written after the listing went");
+    b.wait_until("the new listing", |b| exists(b, "tr.entry[data-key='app/sub/late.json']"));
+    b.find("#delete-dir").click();
+    b.find("#delete-dir-confirm").click();
+    b.wait_until("deleted", |b| text(b, "#message").contains("deleted app/sub/"));
+    assert_eq!(value(&rt, &admin, "app/sub/deep.json"), None);
+
+    // Restoring a binary version puts back its bytes.
+    let logo = [0u8, 1, 2, 0xfe, 0xff, b'k', b'v'];
+    put(&rt, &admin, "app/logo.bin", b"now text");
+    b.goto(&format!("{ui}#/key/app/logo.bin"));
+    b.wait_until("a version to restore", |b| exists(b, "#history button.restore"));
+    b.find("#history button.restore").click();
+    b.wait_until("restored", |b| text(b, "#message").contains("restored app/logo.bin"));
+    let got = rt.block_on(admin.get("app/logo.bin")).expect("get").expect("exists").value;
+    assert_eq!(got.as_ref(), logo.as_slice(), "the binary version's bytes");
+
     // Recent changes, newest first, with their writers.
     b.goto(&format!("{ui}#/changes/app/"));
     b.wait_until("the timeline", |b| {
-        attrs(b, "#changes tr.change", "data-key").first().map(String::as_str) == Some("app/nginx.conf")
+        attrs(b, "#changes tr.change", "data-key").first().map(String::as_str) == Some("app/logo.bin")
     });
     b.wait_until("writers in the timeline", |b| texts(b, "#changes td.writer").iter().any(|w| w == "admin"));
     b.screenshot(&shots().join("changes.png"));

@@ -77,7 +77,18 @@ async function json(path) {
 
 // ---- who may do what ----------------------------------------------------
 
-function covers(prefixes, key) { return (prefixes || []).some((p) => key.startsWith(p)); }
+// A grant covers a key by whole path segments, as the server checks it.
+function covers(prefixes, key) {
+  return (prefixes || []).some((p) => p === '' || key === p.replace(/\/$/, '') || key.startsWith(p.endsWith('/') ? p : p + '/'));
+}
+
+// A key or prefix the server would take: no empty, `.` or `..` segment
+// (a browser would resolve those in the URL and reach another key).
+function validKey(k, prefix) {
+  const parts = (prefix ? k.replace(/\/$/, '') : k).split('/');
+  if (prefix && k === '') return true;
+  return parts.every((p) => p !== '' && p !== '.' && p !== '..');
+}
 function canWrite(key) { return who.grants.admin || covers(who.grants.write, key); }
 
 async function loadWho() {
@@ -244,6 +255,7 @@ async function browse(prefix) {
     const n = name.value.trim().replace(/^\/+|\/+$/g, '');
     if (!n) return message('give the new entry a name');
     const key = prefix + n;
+    if (!validKey(key)) return message(`${key}: a name may not have empty, "." or ".." parts`);
     const headers = { 'If-None-Match': '*' };
     if (dir) headers['x-kv-kind'] = 'dir';
     const r = await api(`/v1/kv/${encKey(key)}`, { method: 'PUT', headers, body: '' });
@@ -256,7 +268,7 @@ async function browse(prefix) {
     el('button', { id: 'new-file', disabled: !writable, onclick: () => create(false).catch(fail) }, 'New file'),
     el('button', { id: 'new-dir', disabled: !writable, onclick: () => create(true).catch(fail) }, 'New directory'));
   if (prefix) {
-    const really = el('button', { id: 'delete-dir-confirm', hidden: true, onclick: () => deleteDir(prefix).catch(fail) }, `Really delete ${prefix} and everything in it`);
+    const really = el('button', { id: 'delete-dir-confirm', hidden: true, onclick: () => deleteDir(prefix, list.revision).catch(fail) }, `Really delete ${prefix} and everything in it`);
     tools.append(el('button', { id: 'delete-dir', disabled: !writable, onclick: () => { really.hidden = false; } }, 'Delete directory'), really);
   }
   if (!writable) tools.append(el('span', { class: 'muted', id: 'read-only', text: 'read-only for this token' }));
@@ -265,9 +277,22 @@ async function browse(prefix) {
   await render();
 }
 
-async function deleteDir(prefix) {
-  const r = await api(`/v1/kv/${encKey(prefix.replace(/\/$/, ''))}?recursive=true`, { method: 'DELETE' });
-  if (!r.ok) throw await failure(r);
+// Deletes the directory and everything below it, only if nothing there
+// changed after the listing the user saw (revision `seen`).
+async function deleteDir(prefix, seen) {
+  const dir = prefix.replace(/\/$/, '');
+  if (!dir || !validKey(dir)) throw new Error(`will not delete ${JSON.stringify(prefix)}`);
+  const body = JSON.stringify({
+    compare: [{ prefix: dir, unchanged_since: seen }],
+    success: [{ op: 'delete', key: dir, recursive: true }],
+  });
+  const r = await api('/v1/txn', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body });
+  if (!r.ok && r.status !== 412) throw await failure(r);
+  const out = r.ok ? await r.json() : { succeeded: false };
+  if (!out.succeeded) {
+    message(`${prefix} changed after it was listed; nothing was deleted`);
+    return route();
+  }
   message(`deleted ${prefix}`, 'info');
   const up = prefix.replace(/[^/]+\/$/, '');
   location.hash = `#/browse/${encKey(up)}`;
@@ -280,7 +305,7 @@ async function readKey(key, rev) {
   const bytes = new Uint8Array(await r.arrayBuffer());
   const h = (n) => r.headers.get(n);
   return {
-    bytes, text: isText(bytes) ? new TextDecoder().decode(bytes) : null,
+    bytes, text: isText(bytes) ? new TextDecoder('utf-8', { ignoreBOM: true }).decode(bytes) : null,
     kind: h('x-kv-kind') || 'file', mode: parseInt(h('x-kv-mode') || '0', 8),
     modRevision: Number(h('x-kv-mod-revision') || 0), version: Number(h('x-kv-version') || 0),
     mtime: h('last-modified') || '',
@@ -289,19 +314,26 @@ async function readKey(key, rev) {
 
 // PUT `text` to `key` if it is still at revision `base`. On a conflict,
 // shows both versions and never writes.
-async function saveIfUnchanged(key, text, base, area) {
-  const r = await api(`/v1/kv/${encKey(key)}`, { method: 'PUT', headers: { 'If-Match': `"${base}"` }, body: text });
+// `body` is text or bytes; `retry(base)`, when given, is what "mine over
+// theirs" does (a restore); without it the open editor takes the new base.
+async function saveIfUnchanged(key, body, base, area, retry) {
+  const r = await api(`/v1/kv/${encKey(key)}`, { method: 'PUT', headers: { 'If-Match': `"${base}"` }, body });
   if (r.status === 412) {
     const theirs = await readKey(key);
-    conflict(key, text, theirs, area);
+    const mine = typeof body === 'string' ? body : (isText(body) ? new TextDecoder('utf-8', { ignoreBOM: true }).decode(body) : hexDump(body));
+    conflict(key, mine, theirs, area, retry);
     return false;
   }
   if (!r.ok) throw await failure(r);
   return true;
 }
 
-function conflict(key, mine, theirs, area) {
-  const theirText = theirs ? (theirs.text ?? '(binary value)') : '(deleted)';
+function conflict(key, mine, theirs, area, retry) {
+  const theirText = theirs ? (theirs.text ?? hexDump(theirs.bytes)) : '(deleted)';
+  const base = theirs ? theirs.modRevision : 0;
+  const keepMine = retry
+    ? el('button', { id: 'conflict-keep-mine', onclick: () => { box.remove(); retry(base).catch(fail); } }, 'Write this version over theirs')
+    : el('button', { id: 'conflict-keep-mine', onclick: () => { area.dataset.base = String(base); box.remove(); message('editing yours on top of theirs: save again to replace theirs', 'info'); } }, 'Edit mine on top of theirs');
   const box = el('div', { id: 'conflict', class: 'conflict' },
     el('h3', { text: `Conflict: ${key} changed since you opened it (now revision ${theirs ? theirs.modRevision : 'deleted'})` }),
     el('p', { text: 'Nothing was written. Both versions:' }),
@@ -310,7 +342,7 @@ function conflict(key, mine, theirs, area) {
       el('div', {}, el('h4', { text: 'theirs (saved)' }), el('pre', { id: 'conflict-theirs', text: theirText }))),
     el('h4', { text: 'what yours would change in theirs' }), diffView('conflict-diff', theirText, mine),
     el('div', { class: 'toolbar' },
-      el('button', { id: 'conflict-keep-mine', onclick: () => { area.dataset.base = String(theirs ? theirs.modRevision : 0); box.remove(); message('editing yours on top of theirs: save again to replace theirs', 'info'); } }, 'Edit mine on top of theirs'),
+      keepMine,
       el('button', { id: 'conflict-take-theirs', onclick: () => route() }, 'Discard mine, show theirs')));
   const old = document.getElementById('conflict');
   if (old) old.remove();
@@ -335,6 +367,8 @@ async function keyPage(key) {
   const edit = el('button', { id: 'edit', disabled: !writable, onclick: () => {
     const editor = el('textarea', { id: 'editor', spellcheck: 'false' });
     editor.value = v.text;
+    // A textarea gives its lines back with LF; a file with CRLF keeps them.
+    editor.dataset.crlf = v.text.includes('\r\n') ? '1' : '';
     area.replaceChildren(editor, el('div', { class: 'toolbar' },
       el('button', { id: 'save', onclick: () => save(key, editor, area).catch(fail) }, 'Save'),
       el('button', { id: 'cancel', onclick: () => route() }, 'Cancel'),
@@ -349,7 +383,8 @@ async function keyPage(key) {
 }
 
 async function save(key, editor, area) {
-  const ok = await saveIfUnchanged(key, editor.value, Number(area.dataset.base), area);
+  const text = editor.dataset.crlf ? editor.value.replace(/\r?\n/g, '\r\n') : editor.value;
+  const ok = await saveIfUnchanged(key, text, Number(area.dataset.base), area);
   if (ok) { message(`saved ${key}`, 'info'); await route(); }
 }
 
@@ -367,7 +402,7 @@ async function historyBox(key, current) {
   const table = el('table', { id: 'history' }, el('tr', {}, el('th', { text: 'A' }), el('th', { text: 'B' }), el('th', { class: 'num', text: 'revision' }),
     el('th', { text: 'time' }), el('th', { text: 'writer' }), el('th', { text: 'change' }), el('th', {})));
   h.versions.forEach((ver, i) => {
-    const restore = current && !ver.deleted && ver.revision !== current.modRevision && canWrite(key) && (current.text !== null)
+    const restore = current && !ver.deleted && ver.revision !== current.modRevision && canWrite(key) && current.kind !== 'dir'
       ? el('button', { class: 'restore', 'data-rev': String(ver.revision), onclick: () => restoreVersion(key, ver.revision, current.modRevision).catch(fail) }, 'Restore this version')
       : null;
     table.append(el('tr', { class: 'version', 'data-rev': String(ver.revision) },
@@ -397,7 +432,8 @@ async function restoreVersion(key, rev, base) {
   const old = await readKey(key, rev);
   if (!old) throw new Error(`revision ${rev} of ${key} is no longer kept`);
   const area = document.getElementById('edit-area');
-  if (await saveIfUnchanged(key, old.text, base, area)) {
+  // The version's bytes as they were (binary ones included).
+  if (await saveIfUnchanged(key, old.bytes, base, area, (theirs) => restoreVersion(key, rev, theirs))) {
     message(`restored ${key} to its version of revision ${rev}`, 'info');
     await route();
   }
@@ -429,7 +465,14 @@ async function changes(prefix) {
 }
 
 async function cluster() {
+  await renderCluster();
+  startLive();
+}
+
+async function renderCluster() {
   const [info, me] = await Promise.all([json('/v1/cluster'), json('/v1/status')]);
+  // The user may have gone to another page while this was asked.
+  if (!(location.hash || '').startsWith('#/cluster')) return;
   const table = el('table', { id: 'members' }, el('tr', {}, ...['id', 'role', 'voter', 'term', 'commit', 'applied', 'lag', 'data', 'health', 'client URL']
     .map((t) => el('th', { text: t }))));
   for (const m of info.members) {
@@ -443,10 +486,11 @@ async function cluster() {
       el('td', { class: `health ${s ? 'ok' : 'bad'}`, text: s ? 'ok' : `unreachable: ${m.error || ''}` }),
       el('td', { text: m.client_url })));
   }
+  const shown = document.getElementById('live-revision');
+  const live = Math.max(me.revision, shown ? Number(shown.textContent) : 0);
   show(el('h2', { text: 'Cluster' }),
     el('p', { id: 'talking-to', text: `This page talks to member ${me.id}, which sees ${info.leader ? `member ${info.leader} as leader` : 'no leader'} in term ${info.term}.` }),
-    table, el('p', { class: 'muted' }, 'Live: revision ', el('span', { id: 'live-revision', text: String(me.revision) }), ' (updated from the watch stream)'));
-  startLive();
+    table, el('p', { class: 'muted' }, 'Live: revision ', el('span', { id: 'live-revision', text: String(live) }), ' (updated from the watch stream)'));
 }
 
 // Follows the watch stream of the whole keyspace (fetch, so the token goes
@@ -456,7 +500,7 @@ function startLive() {
   const ctl = new AbortController();
   liveStream = ctl;
   let pending = null;
-  const refresh = () => { if (!pending) pending = setTimeout(() => { pending = null; if (liveStream === ctl) cluster().catch(() => {}); }, 500); };
+  const refresh = () => { if (!pending) pending = setTimeout(() => { pending = null; if (liveStream === ctl) renderCluster().catch(() => {}); }, 500); };
   (async () => {
     const r = await api('/v1/watch/', { signal: ctl.signal, headers: { Accept: 'text/event-stream' } });
     if (!r.ok || !r.body) return;
@@ -514,6 +558,12 @@ async function route() {
   for (const a of document.querySelectorAll('nav a')) a.classList.toggle('current', h.startsWith(a.getAttribute('href').replace(/\/$/, '')));
   if (!h.startsWith('#/cluster')) stopLive();
   try {
+    const target = decode(h.replace(/^#\/(key|browse|changes)\//, '').replace(/^#\/cluster.*/, ''));
+    const isPrefix = !h.startsWith('#/key/');
+    if (!validKey(target, isPrefix)) {
+      show(el('p', { id: 'bad-key', text: `${JSON.stringify(target)} is not a key: no empty, "." or ".." parts` }));
+      return;
+    }
     if (h.startsWith('#/key/')) await keyPage(decode(h.slice(6)));
     else if (h.startsWith('#/changes/')) await changes(decode(h.slice(10)));
     else if (h.startsWith('#/cluster')) await cluster();
