@@ -79,9 +79,47 @@ pub fn router(node: Arc<Node>) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(node.clone(), request_id))
         .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate))
+        .layer(axum::middleware::from_fn(same_origin_writes))
         .layer(axum::middleware::from_fn_with_state(node.clone(), leader_hint))
         .layer(axum::middleware::from_fn(observe))
         .with_state(node)
+}
+
+/// Refuses a write a browser sends on behalf of another site (CSRF): a
+/// page elsewhere may make a browser POST a plain-text body to
+/// `/v1/txn` without asking first, and on a cluster without tokens that
+/// would be a write. Browsers say where a request comes from
+/// (`Sec-Fetch-Site`, `Origin`); programs (curl, kvctl, kvfs) send neither
+/// and are not affected; the web UI's own requests are same-origin.
+pub(crate) async fn same_origin_writes(req: HttpRequest, next: Next) -> HttpResponse {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    match cross_site(req.headers()) {
+        Some(from) => ApiError::new(
+            ErrorCode::Forbidden,
+            format!("a write sent by a browser from another site ({from}) is refused; kv takes writes from its own pages and from programs"),
+        )
+        .into_response(),
+        None => next.run(req).await,
+    }
+}
+
+/// Where a browser says a request comes from, when that is another site
+/// than the one it is sent to.
+pub(crate) fn cross_site(h: &HeaderMap) -> Option<String> {
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(site) = text("sec-fetch-site") {
+        return (!matches!(site, "same-origin" | "none")).then(|| format!("Sec-Fetch-Site: {site}"));
+    }
+    let origin = text("origin")?;
+    // An Origin is `scheme://host[:port]`; `null` comes from sandboxed or
+    // file pages.
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    match (origin_host, text("host")) {
+        (Some(o), Some(host)) if o.eq_ignore_ascii_case(host) => None,
+        _ => Some(format!("Origin: {origin}")),
+    }
 }
 
 /// Works out who is calling (DESIGN.md §10) and hands it to the handler as
@@ -257,6 +295,33 @@ pub(crate) fn http_date(ns: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn writes_a_browser_sends_from_another_site_are_told_apart() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_str(v).expect("header"));
+            }
+            h
+        };
+        let host = ("host", "10.0.0.1:7379");
+        // Programs send neither header; the UI's own pages are same-origin.
+        assert_eq!(super::cross_site(&headers(&[host])), None);
+        assert_eq!(super::cross_site(&headers(&[host, ("origin", "http://10.0.0.1:7379")])), None);
+        assert_eq!(super::cross_site(&headers(&[host, ("sec-fetch-site", "same-origin")])), None);
+        assert_eq!(super::cross_site(&headers(&[host, ("sec-fetch-site", "none")])), None);
+        for other in [
+            vec![host, ("origin", "https://evil.example")],
+            vec![host, ("origin", "http://10.0.0.1:7380")],
+            vec![host, ("origin", "null")],
+            vec![("origin", "http://10.0.0.1:7379")],
+            vec![host, ("sec-fetch-site", "cross-site")],
+            vec![host, ("sec-fetch-site", "same-site"), ("origin", "http://10.0.0.1:7379")],
+        ] {
+            assert!(super::cross_site(&headers(&other)).is_some(), "{other:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -235,3 +235,39 @@ fn with_auth_all_the_ui_asks_for_a_token_and_no_ui_turns_it_off() {
     b.find("#token-save").click();
     b.wait_until("the keys", |b| exists(b, "tr.entry[data-key='app/secret']"));
 }
+
+/// A page on another site can make a browser POST a plain-text body
+/// without asking first; on a cluster without tokens that would be a
+/// write. Such writes are refused, and programs (no Origin) are not.
+#[test]
+fn writes_a_browser_sends_from_another_site_are_refused() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let k = Kvd::bootstrap(&[]);
+    let c = k.client();
+    let txn = r#"{"success":[{"op":"put","key":"app/x","value":"from elsewhere"}]}"#;
+    let host = k.url.trim_start_matches("http://").to_owned();
+    let post = |extra: &[(&str, &str)]| {
+        let mut r = reqwest::Client::new().post(format!("{}/v1/txn", k.url)).header("content-type", "text/plain");
+        for (name, v) in extra {
+            r = r.header(*name, *v);
+        }
+        rt.block_on(async { r.body(txn).send().await.expect("post").status().as_u16() })
+    };
+    assert_eq!(post(&[("origin", "http://evil.example")]), 403);
+    assert_eq!(post(&[("sec-fetch-site", "cross-site"), ("origin", "http://evil.example")]), 403);
+    let del = rt
+        .block_on(
+            reqwest::Client::new()
+                .delete(format!("{}/v1/kv/app?recursive=true", k.url))
+                .header("origin", "null")
+                .send(),
+        )
+        .expect("delete");
+    assert_eq!(del.status(), 403);
+    assert_eq!(value(&rt, &c, "app/x"), None, "a refused write wrote");
+    // The UI's own requests (same origin) and programs (no Origin) write.
+    assert_eq!(post(&[("origin", &format!("http://{host}")), ("sec-fetch-site", "same-origin")]), 200);
+    assert_eq!(value(&rt, &c, "app/x").as_deref(), Some("from elsewhere"));
+    put(&rt, &c, "app/y", b"kvctl");
+    assert_eq!(post(&[]), 200);
+}
