@@ -753,15 +753,15 @@ impl Client {
     }
 }
 
-/// Whether a member refused to serve (`unavailable`: no leader, no quorum,
-/// removed), which says it wrote nothing and another member may serve.
-///
 /// A member answered a read at a past revision with another revision: it
 /// predates reads at past revisions and ignored the request's `rev`.
 fn past_unsupported() -> Error {
     Error::Protocol("the member does not read past revisions (a kvd older than this client?)".into())
 }
 
+/// Whether a member refused to serve (`unavailable`: no leader, no quorum,
+/// removed), which says it wrote nothing and another member may serve.
+///
 /// NOTE: told from the status alone, so the body stays for the caller.
 fn refused(resp: &Response) -> bool {
     resp.status().as_u16() == ErrorCode::Unavailable.status()

@@ -130,6 +130,27 @@ fn value_fields(v: &[u8]) -> (Option<String>, Option<String>) {
     }
 }
 
+/// The revision the transaction's prefix compare holds PREFIX to: the
+/// listing's, or `--if-rev` when that is older, so one compare covers both
+/// (deletes included). An entry already changed after `--if-rev` is a
+/// conflict before anything is sent.
+pub fn unchanged_since(
+    prefix: &str,
+    held: &BTreeMap<String, Held>,
+    if_rev: Option<u64>,
+    listed: u64,
+) -> Result<u64, Failure> {
+    let Some(rev) = if_rev else { return Ok(listed) };
+    if let Some((p, h)) = held.iter().find(|(_, h)| h.mod_revision > rev) {
+        let key = if prefix.is_empty() { p.clone() } else { format!("{prefix}/{p}") };
+        return Err(Failure::Conflict(format!(
+            "{key:?} changed at revision {}, after --if-rev {rev}: nothing was written",
+            h.mod_revision
+        )));
+    }
+    Ok(rev.min(listed))
+}
+
 /// The transaction of a plan: a compare on every key read (at the revision
 /// it was listed at) and on every key created (absent), one that nothing
 /// under the prefix changed after `since`, then the puts and deletes.
@@ -215,18 +236,7 @@ pub async fn apply(client: &Client, a: ApplyArgs, fmt: Format) -> Result<(), Fai
     let local = tree::read_local(&a.dir, &prefix, a.owners, limits.max_value_size)?;
     let (held, listed) = held(client, &prefix, a.owners).await?;
     let plan = diff::plan(&local, &held, a.prune);
-    if let Some(rev) = a.if_rev {
-        if let Some((p, h)) = held.iter().find(|(_, h)| h.mod_revision > rev) {
-            let key = if prefix.is_empty() { p.clone() } else { format!("{prefix}/{p}") };
-            return Err(Failure::Conflict(format!(
-                "{key:?} changed at revision {}, after --if-rev {rev}: nothing was written",
-                h.mod_revision
-            )));
-        }
-    }
-    // NOTE: one prefix compare covers both: nothing changed after the
-    // listing, nor after --if-rev.
-    let since = a.if_rev.map_or(listed, |r| r.min(listed));
+    let since = unchanged_since(&prefix, &held, a.if_rev, listed)?;
     let txn = transaction(&prefix, &held, &plan, since, a.owners);
     let size = check_size(&txn, &limits)?;
     let counts = serde_json::json!({

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use kv_client::{Client, ErrorCode, Kind};
 
-use crate::apply::{check_size, held_at, limits, transaction};
+use crate::apply::{check_size, held_at, limits, transaction, unchanged_since};
 use crate::diff::{self, Held, Local};
 use crate::output::{self, Format};
 use crate::Failure;
@@ -61,18 +61,7 @@ pub async fn rollback(client: &Client, a: RollbackArgs, fmt: Format) -> Result<(
     let (then, _) = held_at(client, &prefix, true, Some(a.to)).await?;
     let (now, listed) = held_at(client, &prefix, true, None).await?;
     let plan = diff::plan(&as_local(then), &now, true);
-    if let Some(rev) = a.if_rev {
-        if let Some((p, h)) = now.iter().find(|(_, h)| h.mod_revision > rev) {
-            let key = if prefix.is_empty() { p.clone() } else { format!("{prefix}/{p}") };
-            return Err(Failure::Conflict(format!(
-                "{key:?} changed at revision {}, after --if-rev {rev}: nothing was written",
-                h.mod_revision
-            )));
-        }
-    }
-    // NOTE: one prefix compare covers both: nothing changed after the
-    // listing, nor after --if-rev (deletes included).
-    let since = a.if_rev.map_or(listed, |r| r.min(listed));
+    let since = unchanged_since(&prefix, &now, a.if_rev, listed)?;
     let txn = transaction(&prefix, &now, &plan, since, true);
     let size = check_size(&txn, &limits)?;
     let counts = serde_json::json!({

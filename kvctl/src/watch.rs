@@ -173,7 +173,6 @@ async fn debounced(w: &mut Resuming<'_>, hook: Arc<Hook>, wait: Wait) -> Result<
                     (Ok(()), _) => d.succeeded(),
                     (Err(_), None) => {}
                 }
-                running = None;
             }
         }
     }

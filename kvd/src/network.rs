@@ -109,14 +109,14 @@ impl Network {
         req: &R::Request,
         timeout: Duration,
     ) -> Result<R::Response, CallError> {
-        let start = Instant::now();
-        let r = if R::JSON_GET {
-            self.get_json(base, R::PATH, timeout).await
-        } else {
-            self.post::<R>(base, peer_url(base, R::PATH), req, timeout).await
-        };
-        METRICS.observe_peer_call(peer, rpc_name(R::PATH), r.is_ok().then(|| start.elapsed()));
-        r
+        timed::<R, _>(peer, async {
+            if R::JSON_GET {
+                self.get_json(base, R::PATH, timeout).await
+            } else {
+                self.post::<R>(base, peer_url(base, R::PATH), req, timeout).await
+            }
+        })
+        .await
     }
 
     /// The format to send to the peer at `base` in.
@@ -289,6 +289,18 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
+/// Runs peer call `R` to member `peer`, counting its round trip (when it
+/// was answered) or its failure in the peer metrics.
+async fn timed<R: Rpc, T>(
+    peer: NodeId,
+    call: impl std::future::Future<Output = Result<T, CallError>>,
+) -> Result<T, CallError> {
+    let start = Instant::now();
+    let r = call.await;
+    METRICS.observe_peer_call(peer, rpc_name(R::PATH), r.is_ok().then(|| start.elapsed()));
+    r
+}
+
 impl PeerClient {
     async fn rpc<R, Resp, E>(
         &self,
@@ -302,9 +314,7 @@ impl PeerClient {
     {
         debug_assert_eq!(rpc::RAFT_PATHS[which as usize], R::PATH);
         let url = self.rpc_urls[which as usize].clone();
-        let start = Instant::now();
-        let sent = self.net.post::<R>(&self.url, url, req, option.hard_ttl()).await;
-        METRICS.observe_peer_call(self.target, rpc_name(R::PATH), sent.is_ok().then(|| start.elapsed()));
+        let sent = timed::<R, _>(self.target, self.net.post::<R>(&self.url, url, req, option.hard_ttl())).await;
         match sent {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),

@@ -23,8 +23,8 @@ pub(crate) trait ReadView {
     /// Whether a token named `name` exists.
     fn token_exists(&self, name: &str) -> io::Result<bool>;
     /// Whether a key under `prefix` (normalized, "" for all) was put or
-    /// deleted after revision `rev`, by the watch history; `None` when the
-    /// history no longer reaches back to `rev` (it is compacted).
+    /// deleted after revision `rev`, decided from the current state: the
+    /// entries' mod revisions and the prefix's last recursive delete.
     fn changed_since(&self, prefix: &str, rev: u64) -> io::Result<bool>;
 }
 
@@ -152,7 +152,9 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
                 outcomes.push(Outcome::Delete(key.clone(), gone.len() as u64));
                 for (k, held) in gone {
                     for p in ancestors(&k) {
-                        changes.deleted.insert(p.to_owned(), new_rev);
+                        if changes.deleted.get(p) != Some(&new_rev) {
+                            changes.deleted.insert(p.to_owned(), new_rev);
+                        }
                     }
                     changes.entries.insert(k.clone(), None);
                     written.push((k, None, Prev::Entry(held)));

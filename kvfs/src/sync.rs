@@ -260,6 +260,16 @@ impl MountWatch {
         changed
     }
 
+    /// The status file says the mount serves `revision` (if it is newer):
+    /// on every watch batch, so without the copy `update_status` compares.
+    fn show_revision(&self, revision: u64) {
+        let Ok(mut s) = self.status.lock() else { return };
+        if revision > s.revision {
+            s.revision = revision;
+            self.write_locked(&s);
+        }
+    }
+
     /// Brings the status's counters and staleness up to now.
     fn refresh(&self, s: &mut Status) {
         s.staleness_seconds = s.stale_since.map_or(0, |t| clock::now_s().saturating_sub(t));
@@ -375,7 +385,7 @@ impl MountWatch {
                                 // (`kvctl watch --mount`) must not read the old file.
                                 self.core.apply_and_show(&b, SHOW_WAIT);
                                 let revision = self.core.cursor();
-                                self.update_status(|s| s.revision = s.revision.max(revision));
+                                self.show_revision(revision);
                             }
                             Ok(None) => break,
                             Err(f) => {

@@ -148,7 +148,9 @@ impl txn::ReadView for Store {
         }
         for item in self.data.prefix(prefix.as_bytes()) {
             let (k, v) = item.into_inner().map_err(io_err)?;
-            if key_in_prefix(&String::from_utf8_lossy(&k), prefix) && decode::<Revisions>(&v)?.mod_revision > rev {
+            // NOTE: keys are checked UTF-8 when written; no String per key.
+            let key = std::str::from_utf8(&k).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if key_in_prefix(key, prefix) && decode::<Revisions>(&v)?.mod_revision > rev {
                 return Ok(true);
             }
         }

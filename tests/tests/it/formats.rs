@@ -43,11 +43,10 @@ async fn listing(k: &Kvd) -> (Vec<Value>, u64) {
 
 /// A key's history as kvd 0.1 answered it, less the current revision.
 async fn history(k: &Kvd, key: &str) -> Value {
-    let mut v = get_json(&format!("{}/v1/history/{key}", k.url), None).await;
-    v.as_object_mut().expect("object").remove("revision");
-    v
+    without_revision(get_json(&format!("{}/v1/history/{key}", k.url), None).await)
 }
 
+/// `v` less its `revision` field.
 fn without_revision(mut v: Value) -> Value {
     v.as_object_mut().expect("object").remove("revision");
     v

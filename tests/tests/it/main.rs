@@ -105,9 +105,7 @@ pub async fn cluster_of_three(extra: &[&str]) -> Vec<kv_tests::Kvd> {
     let mut nodes = vec![first];
     for id in [2, 3] {
         let mut n = kv_tests::Kvd::empty(id, extra);
-        let add =
-            kv_client::AddMember { id, peer_url: n.peer_url.clone(), client_url: Some(n.url.clone()), learner: false };
-        admin.add_member(&add).await.expect("add member");
+        admin.add_member(&n.add_request()).await.expect("add member");
         n.wait_ready();
         nodes.push(n);
     }

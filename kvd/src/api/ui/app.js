@@ -120,9 +120,10 @@ function octal(m) { return (m || 0).toString(8).padStart(4, '0'); }
 function when(ns) { return ns ? new Date(Number(ns) / 1e6).toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z') : ''; }
 function baseName(key, prefix) { return key.slice(prefix.length); }
 
-function isText(bytes) {
-  if (bytes.includes(0)) return false;
-  try { new TextDecoder('utf-8', { fatal: true }).decode(bytes); return true; } catch (_) { return false; }
+// The bytes as text when they are UTF-8 without NULs (a BOM kept), else null.
+function textOf(bytes) {
+  if (bytes.includes(0)) return null;
+  try { return new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes); } catch (_) { return null; }
 }
 
 function hexDump(bytes) {
@@ -305,7 +306,7 @@ async function readKey(key, rev) {
   const bytes = new Uint8Array(await r.arrayBuffer());
   const h = (n) => r.headers.get(n);
   return {
-    bytes, text: isText(bytes) ? new TextDecoder('utf-8', { ignoreBOM: true }).decode(bytes) : null,
+    bytes, text: textOf(bytes),
     kind: h('x-kv-kind') || 'file', mode: parseInt(h('x-kv-mode') || '0', 8),
     modRevision: Number(h('x-kv-mod-revision') || 0), version: Number(h('x-kv-version') || 0),
     mtime: h('last-modified') || '',
@@ -320,7 +321,7 @@ async function saveIfUnchanged(key, body, base, area, retry) {
   const r = await api(`/v1/kv/${encKey(key)}`, { method: 'PUT', headers: { 'If-Match': `"${base}"` }, body });
   if (r.status === 412) {
     const theirs = await readKey(key);
-    const mine = typeof body === 'string' ? body : (isText(body) ? new TextDecoder('utf-8', { ignoreBOM: true }).decode(body) : hexDump(body));
+    const mine = typeof body === 'string' ? body : (textOf(body) ?? hexDump(body));
     conflict(key, mine, theirs, area, retry);
     return false;
   }
