@@ -240,7 +240,7 @@ fi
 # The mount against tmpfs (1 node, like the API put it is compared with).
 if section fs; then
     start_kv 1
-    mkdir -p "$T/tmpfs" "$T/mnt-rw" "$T/mnt-ro" "$T/mnt-a" "$T/mnt-b"
+    mkdir -p "$T/tmpfs" "$T/mnt-rw" "$T/mnt-ro" "$T/mnt-a" "$T/mnt-b" "$T/floor"
     mount -t tmpfs -o size=256m kvbench "$T/tmpfs"
     mounts+=("$T/tmpfs")
     # mount_kvfs URL DIR [OPTIONS]: a kvfs mount in the background, once live.
@@ -254,6 +254,13 @@ if section fs; then
     }
     mount_kvfs "${kv_urls[0]}" "$T/mnt-rw"
     mount_kvfs "${kv_urls[0]}" "$T/mnt-ro" ro
+    # The FUSE floor: the same tree from memory, with kvfs's choices
+    # towards the kernel (tests/bench/src/fusefloor.rs).
+    "$B" fusefloor "$T/floor" 2>"$T/floor.log" &
+    pids+=($!)
+    mounts+=("$T/floor")
+    for _ in $(seq 300); do mountpoint -q "$T/floor" && break; sleep 0.1; done
+    mountpoint -q "$T/floor" || { echo "bench: the FUSE floor did not mount" >&2; exit 1; }
     say "filesystem loops: tmpfs"
     tm=$("$B" fs --keep "$T/tmpfs")
     echo "$tm"
@@ -266,9 +273,10 @@ if section fs; then
     # their echoes from the watch; the read loops measure it settled, as a
     # program reading its config finds it.
     sleep 5
-    # The read loops take turns with the same loops on tmpfs, round by round.
-    say "filesystem loops, reads only: kvfs (the files written above), and tmpfs"
-    km=$("$B" fs --read-only --reference "$T/tmpfs" "$T/mnt-rw")
+    # The read loops take turns with the same loops on tmpfs and on the
+    # FUSE floor, round by round.
+    say "filesystem loops, reads only: kvfs (the files written above), tmpfs and the FUSE floor"
+    km=$("$B" fs --read-only --reference "$T/tmpfs" --floor "$T/floor" "$T/mnt-rw")
     echo "$km"
     say "filesystem loops, reads only: kvfs -o ro, and tmpfs"
     ro=$("$B" fs --read-only --reference "$T/tmpfs" "$T/mnt-ro")
@@ -281,12 +289,18 @@ if section fs; then
     record "open+read+close, cached 100 B file" reference µs "$(field "$km" reference.open_read_close_us)"
     record "open+read+close, cached 100 B file, -o ro" kv µs "$(field "$ro" open_read_close_us)"
     record "open+read+close, cached 100 B file, -o ro" reference µs "$(field "$ro" reference.open_read_close_us)"
+    record "open+read+close, cached 100 B file, kvfs / FUSE floor" kv µs "$(field "$km" open_read_close_us)"
+    record "open+read+close, cached 100 B file, kvfs / FUSE floor" reference µs "$(field "$km" floor.open_read_close_us)"
     record "stat of 1,000 entries" kv µs "$(field "$km" stat_1000_us)"
     record "stat of 1,000 entries" reference µs "$(field "$km" reference.stat_1000_us)"
     record "ls -l of 1,000 entries" kv µs "$(field "$km" ls_l_1000_us)"
     record "ls -l of 1,000 entries" reference µs "$(field "$km" reference.ls_l_1000_us)"
+    record "stat of 1,000 entries, kvfs / FUSE floor" kv µs "$(field "$km" stat_1000_us)"
+    record "stat of 1,000 entries, kvfs / FUSE floor" reference µs "$(field "$km" floor.stat_1000_us)"
+    record "ls -l of 1,000 entries, kvfs / FUSE floor" kv µs "$(field "$km" ls_l_1000_us)"
+    record "ls -l of 1,000 entries, kvfs / FUSE floor" reference µs "$(field "$km" floor.ls_l_1000_us)"
     record "create+write+close p50 (ref: API put p50)" reference ms "$(field "$kw" api_put.p50_ms)"
-    for m in "$T/mnt-rw" "$T/mnt-ro"; do umount "$m"; done
+    for m in "$T/mnt-rw" "$T/mnt-ro" "$T/floor"; do umount "$m"; done
     stop_all
 
     # Propagation between members of a 3-node cluster.

@@ -13,6 +13,8 @@
 //! - `fsync`, `floor`, `rtt`: the floors under the put latency (the disk's
 //!   fdatasync, a bare server that fdatasyncs each request, and an empty
 //!   HTTP request).
+//! - `fusefloor`: the FUSE floor under the mount's read loops (see
+//!   fusefloor.rs); `fs --floor` times it in turns with the mount.
 
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod fusefloor;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -81,6 +85,17 @@ enum Cmd {
         /// run with --keep), the two taking turns round by round.
         #[arg(long)]
         reference: Option<PathBuf>,
+        /// Run the read loops on FLOOR/fsbench-ro too (a `fusefloor`
+        /// mount), in the same turns.
+        #[arg(long)]
+        floor: Option<PathBuf>,
+    },
+    /// Mounts the FUSE floor at DIR and serves it until it is unmounted.
+    Fusefloor {
+        dir: PathBuf,
+        /// Bytes in each file (the `fs` loops write 100).
+        #[arg(long, default_value_t = 100)]
+        size: usize,
     },
     /// Write through ENDPOINT, wait until DIR/KEY (a mount of the keyspace
     /// root on another member) shows it.
@@ -287,6 +302,7 @@ async fn fs_test(
     keep: bool,
     put_endpoint: Option<String>,
     reference: Option<PathBuf>,
+    floor: Option<PathBuf>,
 ) -> Result<serde_json::Value, Error> {
     let base = dir.join("fsbench-ro");
     let data = [b'x'; 100];
@@ -332,9 +348,13 @@ async fn fs_test(
             std::fs::write(p, data)?;
         }
     }
-    // The read loops, on DIR and on the reference taking turns.
+    // The read loops, on DIR, the reference and the floor taking turns.
     let reference = reference.map(|r| r.join("fsbench-ro"));
-    let dirs: Vec<&Path> = std::iter::once(base.as_path()).chain(reference.as_deref()).collect();
+    let floor = floor.map(|r| r.join("fsbench-ro"));
+    let dirs: Vec<&Path> =
+        std::iter::once(base.as_path()).chain(reference.as_deref()).chain(floor.as_deref()).collect();
+    // (the index of each in the figures below)
+    let (at_ref, at_floor) = (reference.as_ref().map(|_| 1), floor.as_ref().map(|_| dirs.len() - 1));
     let names: Vec<Vec<PathBuf>> = dirs.iter().map(|d| many(d)).collect();
     // open + read + close of one cached file
     let ones: Vec<PathBuf> = dirs.iter().map(|d| d.join("one")).collect();
@@ -365,8 +385,11 @@ async fn fs_test(
         "open_read_close_us": read_us[0],
         "stat_1000_us": stat_us[0],
         "ls_l_1000_us": ls_us[0],
-        "reference": read_us.get(1).map(|r| json!({
-            "open_read_close_us": r, "stat_1000_us": stat_us[1], "ls_l_1000_us": ls_us[1],
+        "reference": at_ref.map(|k| json!({
+            "open_read_close_us": read_us[k], "stat_1000_us": stat_us[k], "ls_l_1000_us": ls_us[k],
+        })),
+        "floor": at_floor.map(|k| json!({
+            "open_read_close_us": read_us[k], "stat_1000_us": stat_us[k], "ls_l_1000_us": ls_us[k],
         })),
     }))
 }
@@ -641,8 +664,12 @@ async fn main() -> Result<(), Error> {
     let out = match Cli::parse().cmd {
         Cmd::Put(l) => load_test(l, true).await?,
         Cmd::Get(l) => load_test(l, false).await?,
-        Cmd::Fs { dir, count, read_only, keep, put_endpoint, reference } => {
-            fs_test(dir, count, read_only, keep, put_endpoint, reference).await?
+        Cmd::Fs { dir, count, read_only, keep, put_endpoint, reference, floor } => {
+            fs_test(dir, count, read_only, keep, put_endpoint, reference, floor).await?
+        }
+        Cmd::Fusefloor { dir, size } => {
+            fusefloor::serve(&dir, size)?;
+            return Ok(());
         }
         Cmd::Propagate { endpoint, dir, count } => propagate(endpoint, dir, count).await?,
         Cmd::Watchers { endpoints, watchers: n, rate, secs } => watchers(endpoints, n, rate, secs).await?,

@@ -1,0 +1,213 @@
+//! The FUSE floor: the least a mount can take for the read loops of `fs`.
+//! A fixed in-memory tree, the one those loops read (`fsbench-ro/one` and
+//! `fsbench-ro/many/f0000` .. `f0999`), served through fuser with the
+//! choices kvfs makes towards the kernel: the same session settings, TTLs,
+//! capabilities and open flags (kvfs/src/fs.rs, kvfs/src/main.rs). What
+//! kvfs takes beyond this is what kvfs's own code costs.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyXattr, Request, Session, SessionACL,
+};
+
+/// kvfs's TTL for names and attributes.
+const TTL: Duration = Duration::from_secs(3600);
+/// Files in `many`.
+const MANY: u64 = 1000;
+const ROOT: u64 = 1;
+const RO: u64 = 2;
+const ONE: u64 = 3;
+const MANY_DIR: u64 = 4;
+/// The first of `many`'s files; the rest follow.
+const FIRST: u64 = 5;
+
+struct Floor {
+    /// Every file's content.
+    data: Vec<u8>,
+    /// The mount's time, every entry's times.
+    at: SystemTime,
+}
+
+impl Floor {
+    fn attr(&self, ino: u64) -> Option<FileAttr> {
+        let (kind, perm, size, nlink) = match ino {
+            ROOT | RO | MANY_DIR => (FileType::Directory, 0o755, 0, 2),
+            ONE => (FileType::RegularFile, 0o644, self.data.len() as u64, 1),
+            i if (FIRST..FIRST + MANY).contains(&i) => (FileType::RegularFile, 0o644, self.data.len() as u64, 1),
+            _ => return None,
+        };
+        Some(FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: self.at,
+            mtime: self.at,
+            ctime: self.at,
+            crtime: self.at,
+            kind,
+            perm,
+            nlink,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        })
+    }
+
+    fn child(parent: u64, name: &str) -> Option<u64> {
+        match (parent, name) {
+            (ROOT, "fsbench-ro") => Some(RO),
+            (RO, "one") => Some(ONE),
+            (RO, "many") => Some(MANY_DIR),
+            (MANY_DIR, n) => {
+                let i: u64 = n.strip_prefix('f').filter(|d| d.len() == 4)?.parse().ok()?;
+                (i < MANY).then_some(FIRST + i)
+            }
+            _ => None,
+        }
+    }
+
+    /// `(ino, kind, name)` of a directory's entries, `.` and `..` first.
+    fn list(ino: u64) -> Option<Vec<(u64, FileType, String)>> {
+        let dot = |up: u64| vec![(ino, FileType::Directory, ".".into()), (up, FileType::Directory, "..".into())];
+        Some(match ino {
+            ROOT => [dot(ROOT), vec![(RO, FileType::Directory, "fsbench-ro".into())]].concat(),
+            RO => [
+                dot(ROOT),
+                vec![(ONE, FileType::RegularFile, "one".into()), (MANY_DIR, FileType::Directory, "many".into())],
+            ]
+            .concat(),
+            MANY_DIR => {
+                let files = (0..MANY).map(|i| (FIRST + i, FileType::RegularFile, format!("f{i:04}")));
+                dot(RO).into_iter().chain(files).collect()
+            }
+            _ => return None,
+        })
+    }
+}
+
+impl Filesystem for Floor {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_ATOMIC_O_TRUNC
+                | InitFlags::FUSE_DO_READDIRPLUS
+                | InitFlags::FUSE_READDIRPLUS_AUTO
+                | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match name.to_str().and_then(|n| Floor::child(parent.0, n)).and_then(|i| self.attr(i)) {
+            Some(a) => reply.entry(&TTL, &a, Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr(ino.0) {
+            Some(a) => reply.attr(&TTL, &a),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.attr(ino.0) {
+            Some(a) if a.kind == FileType::RegularFile => reply.opened(
+                FileHandle(ino.0),
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            ),
+            Some(_) => reply.error(Errno::EISDIR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let start = (offset as usize).min(self.data.len());
+        let end = start.saturating_add(size as usize).min(self.data.len());
+        reply.data(&self.data[start..end]);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(list) = Floor::list(ino.0) else { return reply.error(Errno::ENOTDIR) };
+        for (i, (ino, kind, name)) in list.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let Some(list) = Floor::list(ino.0) else { return reply.error(Errno::ENOTDIR) };
+        for (i, (ino, _, name)) in list.iter().enumerate().skip(offset as usize) {
+            let Some(attr) = self.attr(*ino) else { continue };
+            if reply.add(attr.ino, (i + 1) as u64, name, &TTL, &attr, Generation(0)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOTSUP);
+    }
+}
+
+/// Mounts the floor at `dir` with files of `size` bytes and serves it until
+/// it is unmounted.
+pub fn serve(dir: &Path, size: usize) -> std::io::Result<()> {
+    let fs = Floor { data: vec![b'x'; size], at: SystemTime::now() };
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("kv-bench-floor".into()),
+        MountOption::Subtype("kvfloor".into()),
+        MountOption::AutoUnmount,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::DefaultPermissions,
+    ];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(4);
+    Session::new(fs, dir, &config)?.run()
+}
