@@ -240,7 +240,7 @@ fi
 # The mount against tmpfs (1 node, like the API put it is compared with).
 if section fs; then
     start_kv 1
-    mkdir -p "$T/tmpfs" "$T/mnt-rw" "$T/mnt-ro" "$T/mnt-a" "$T/mnt-b" "$T/floor"
+    mkdir -p "$T/tmpfs" "$T/mnt-rw" "$T/mnt-ro" "$T/mnt-pt" "$T/mnt-a" "$T/mnt-b" "$T/floor" "$T/floor-pt"
     mount -t tmpfs -o size=256m kvbench "$T/tmpfs"
     mounts+=("$T/tmpfs")
     # mount_kvfs URL DIR [OPTIONS]: a kvfs mount in the background, once live.
@@ -254,13 +254,20 @@ if section fs; then
     }
     mount_kvfs "${kv_urls[0]}" "$T/mnt-rw"
     mount_kvfs "${kv_urls[0]}" "$T/mnt-ro" ro
+    mount_kvfs "${kv_urls[0]}" "$T/mnt-pt" passthrough
     # The FUSE floor: the same tree from memory, with kvfs's choices
     # towards the kernel (tests/bench/src/fusefloor.rs).
-    "$B" fusefloor "$T/floor" 2>"$T/floor.log" &
-    pids+=($!)
-    mounts+=("$T/floor")
-    for _ in $(seq 300); do mountpoint -q "$T/floor" && break; sleep 0.1; done
-    mountpoint -q "$T/floor" || { echo "bench: the FUSE floor did not mount" >&2; exit 1; }
+    # mount_floor DIR [--passthrough]
+    mount_floor() {
+        "$B" fusefloor "$@" 2>"$1.log" &
+        pids+=($!)
+        mounts+=("$1")
+        for _ in $(seq 300); do mountpoint -q "$1" && return 0; sleep 0.1; done
+        echo "bench: the FUSE floor did not mount at $1" >&2
+        exit 1
+    }
+    mount_floor "$T/floor"
+    mount_floor "$T/floor-pt" --passthrough
     say "filesystem loops: tmpfs"
     tm=$("$B" fs --keep "$T/tmpfs")
     echo "$tm"
@@ -281,6 +288,9 @@ if section fs; then
     say "filesystem loops, reads only: kvfs -o ro, and tmpfs"
     ro=$("$B" fs --read-only --reference "$T/tmpfs" "$T/mnt-ro")
     echo "$ro"
+    say "filesystem loops, reads only: kvfs -o passthrough, tmpfs and the FUSE floor with passthrough"
+    pt=$("$B" fs --read-only --reference "$T/tmpfs" --floor "$T/floor-pt" "$T/mnt-pt")
+    echo "$pt"
     record "create+write+close p50 (ref: API put p50)" kv ms "$(field "$kw" create_write_close.p50_ms)"
     # FUSE's own share: names the mount keeps local (no put), against tmpfs.
     record "create+write+close p50, a name kept local (no put)" kv ms "$(field "$kw" create_write_close_local.p50_ms)"
@@ -289,6 +299,10 @@ if section fs; then
     record "open+read+close, cached 100 B file" reference µs "$(field "$km" reference.open_read_close_us)"
     record "open+read+close, cached 100 B file, -o ro" kv µs "$(field "$ro" open_read_close_us)"
     record "open+read+close, cached 100 B file, -o ro" reference µs "$(field "$ro" reference.open_read_close_us)"
+    record "open+read+close, cached 100 B file, -o passthrough" kv µs "$(field "$pt" open_read_close_us)"
+    record "open+read+close, cached 100 B file, -o passthrough" reference µs "$(field "$pt" reference.open_read_close_us)"
+    record "open+read+close, cached 100 B file, -o passthrough, kvfs / FUSE floor" kv µs "$(field "$pt" open_read_close_us)"
+    record "open+read+close, cached 100 B file, -o passthrough, kvfs / FUSE floor" reference µs "$(field "$pt" floor.open_read_close_us)"
     record "open+read+close, cached 100 B file, kvfs / FUSE floor" kv µs "$(field "$km" open_read_close_us)"
     record "open+read+close, cached 100 B file, kvfs / FUSE floor" reference µs "$(field "$km" floor.open_read_close_us)"
     record "stat of 1,000 entries" kv µs "$(field "$km" stat_1000_us)"
@@ -300,7 +314,7 @@ if section fs; then
     record "ls -l of 1,000 entries, kvfs / FUSE floor" kv µs "$(field "$km" ls_l_1000_us)"
     record "ls -l of 1,000 entries, kvfs / FUSE floor" reference µs "$(field "$km" floor.ls_l_1000_us)"
     record "create+write+close p50 (ref: API put p50)" reference ms "$(field "$kw" api_put.p50_ms)"
-    for m in "$T/mnt-rw" "$T/mnt-ro" "$T/floor"; do umount "$m"; done
+    for m in "$T/mnt-rw" "$T/mnt-ro" "$T/mnt-pt" "$T/floor" "$T/floor-pt"; do umount "$m"; done
     stop_all
 
     # Propagation between members of a 3-node cluster.

@@ -18,6 +18,7 @@ use kv_client::{clock, Kind};
 
 use crate::core::{Core, Inval, Invalidate, RenameMode, SetAttr};
 use crate::handles::{Caller, CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER};
+use crate::passthrough::{Answer, Backings, Use};
 use crate::tree::join;
 
 /// How long the kernel may keep attributes and names: long, because every
@@ -61,6 +62,13 @@ fn caller(req: &Request, held: bool, own_userns: &Option<std::path::PathBuf>) ->
     c
 }
 
+/// Whether this process runs as root.
+#[allow(unsafe_code)]
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// The filesystem.
 pub struct KvFs {
     core: Arc<Core>,
@@ -68,6 +76,8 @@ pub struct KvFs {
     checks_modes: bool,
     /// This process's user namespace (/proc/self/ns/user).
     own_userns: Option<std::path::PathBuf>,
+    /// Passthrough was asked for.
+    passthrough: bool,
 }
 
 impl KvFs {
@@ -80,7 +90,13 @@ impl KvFs {
         // away by their OPENs, and lets READs that come without one through.
         let no_open = core.read_only() && everyone;
         let own_userns = std::fs::read_link("/proc/self/ns/user").ok();
-        KvFs { core, no_open, checks_modes, own_userns }
+        KvFs { core, no_open, checks_modes, own_userns, passthrough: false }
+    }
+
+    /// Asks the kernel for passthrough reads (`-o passthrough`).
+    pub fn with_passthrough(mut self, on: bool) -> KvFs {
+        self.passthrough = on;
+        self
     }
 }
 
@@ -214,6 +230,23 @@ impl Filesystem for KvFs {
                 | InitFlags::FUSE_READDIRPLUS_AUTO
                 | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
         );
+        // NOTE: passthrough (asked for): reads of a file opened here are
+        // served by the kernel from a copy of its inode's version
+        // (passthrough.rs). Only root may register backing files; without
+        // it, or without the kernel's support, reads come here as before.
+        if self.passthrough {
+            if is_root()
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok()
+            {
+                self.core.enable_passthrough();
+                tracing::info!("passthrough reads on");
+            } else {
+                tracing::warn!(
+                    "passthrough asked for, but it needs root and Linux 6.9 or later; reads go through kvfs"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -354,9 +387,23 @@ impl Filesystem for KvFs {
         }
         let reads = flags.0 & libc::O_ACCMODE == libc::O_RDONLY;
         let who = if reads { Caller::default() } else { caller(req, self.checks_modes, &self.own_userns) };
-        match self.core.open_as(ino.0, flags.0, who) {
-            Ok(fh) => reply.opened(FileHandle(fh), o),
-            Err(e) => reply.error(e),
+        let fh = match self.core.open_as(ino.0, flags.0, who) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(e),
+        };
+        let how = if reads { Use::Read } else { Use::Write };
+        if !self.core.passthrough_on() {
+            return reply.opened(FileHandle(fh), o);
+        }
+        let answer = self.core.passthrough_answer(ino.0, fh, |f| reply.open_backing(f));
+        match answer {
+            Answer::Through(id) => reply.opened_passthrough(FileHandle(fh), Backings::flags(how, o), &id),
+            Answer::Plain => reply.opened(FileHandle(fh), o),
+            Answer::Refuse => {
+                self.core.passthrough_release(fh);
+                self.core.abandon(fh);
+                reply.error(Errno::EIO);
+            }
         }
     }
 
@@ -417,6 +464,7 @@ impl Filesystem for KvFs {
         reply: ReplyEmpty,
     ) {
         self.core.release(fh.0);
+        self.core.passthrough_release(fh.0);
         reply.ok();
     }
 
@@ -537,13 +585,33 @@ impl Filesystem for KvFs {
             flags,
             caller(req, self.checks_modes, &self.own_userns),
         ) {
-            Ok((a, fh)) => reply.created(
-                &TTL,
-                &a,
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok((a, fh)) => {
+                let o = FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_KEEP_CACHE;
+                if !self.core.passthrough_on() {
+                    return reply.created(&TTL, &a, Generation(0), FileHandle(fh), o);
+                }
+                // (by the same rules as OPEN: passthrough.rs)
+                let answer = self.core.passthrough_answer(a.ino.0, fh, |f| reply.open_backing(f));
+                match answer {
+                    Answer::Through(id) => reply.created_passthrough(
+                        &TTL,
+                        &a,
+                        Generation(0),
+                        FileHandle(fh),
+                        Backings::flags(Use::Write, o),
+                        &id,
+                    ),
+                    Answer::Plain => reply.created(&TTL, &a, Generation(0), FileHandle(fh), o),
+                    Answer::Refuse => {
+                        // NOTE: cannot happen (a new inode has no handles
+                        // to disagree with); the kernel's lookup stays
+                        // counted.
+                        self.core.passthrough_release(fh);
+                        self.core.abandon(fh);
+                        reply.error(Errno::EIO);
+                    }
+                }
+            }
             Err(e) => reply.error(e),
         }
     }

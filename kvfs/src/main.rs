@@ -129,7 +129,7 @@ fn state_name(inv: &Invocation) -> String {
 
 fn default_dir(system: &str, xdg: &str, fallback: &str) -> PathBuf {
     // Root uses the system directories.
-    if nix_is_root() {
+    if kvfs::is_root() {
         return PathBuf::from(system);
     }
     std::env::var_os(xdg)
@@ -137,12 +137,6 @@ fn default_dir(system: &str, xdg: &str, fallback: &str) -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(fallback)))
         .unwrap_or_else(std::env::temp_dir)
         .join("kvfs")
-}
-
-#[allow(unsafe_code)]
-fn nix_is_root() -> bool {
-    // SAFETY: geteuid cannot fail and touches no memory.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn run(inv: Invocation, ready: Option<std::fs::File>) -> anyhow::Result<()> {
@@ -264,10 +258,8 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     });
     sync.save_lkg();
 
-    // SAFETY: geteuid cannot fail and touches no memory.
-    #[allow(unsafe_code)]
-    let access = inv.access(unsafe { libc::geteuid() } == 0);
-    let fs = KvFs::new(core.clone(), access.others, access.default_permissions);
+    let access = inv.access(kvfs::is_root());
+    let fs = KvFs::new(core.clone(), access.others, access.default_permissions).with_passthrough(inv.passthrough);
     let mut config = fuser::Config::default();
     let mut mo = vec![
         MountOption::FSName(inv.source.clone()),

@@ -39,6 +39,9 @@ SOURCE is a client URL whose path is the key prefix, e.g. http://127.0.0.1:7379/
   -o metrics_addr=HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics
                       (port 0: any free port, written in the status file)
   -o log_format=text|json  log lines as text (default) or one JSON object per line
+  -o passthrough      the kernel reads open files from a copy in memory, with
+                      no round trip to kvfs (root, Linux 6.9 or later); see
+                      kvfs(8) for the one thing it gives up
 
 Mount options kvfs does not use (_netdev, nofail, x-systemd.*, auto, ...)
 are ignored when called as mount.kvfs or mount.fuse.kvfs.
@@ -85,6 +88,8 @@ pub struct Invocation {
     pub metrics_addr: Option<String>,
     /// Log one JSON object per line instead of text.
     pub log_json: bool,
+    /// FUSE passthrough for reads.
+    pub passthrough: bool,
 }
 
 /// `allow_other` or `allow_root`.
@@ -174,6 +179,7 @@ pub fn parse(args: &[String], helper: bool) -> Result<Parsed, String> {
         ca_file: None,
         metrics_addr: None,
         log_json: false,
+        passthrough: false,
     };
     for o in opts.iter().filter(|o| !o.is_empty()) {
         let (k, v) = o.split_once('=').map_or((o.as_str(), None), |(k, v)| (k, Some(v)));
@@ -197,6 +203,7 @@ pub fn parse(args: &[String], helper: bool) -> Result<Parsed, String> {
             }
             ("default_permissions", None) => inv.default_permissions = Some(true),
             ("nodefault_permissions", None) => inv.default_permissions = Some(false),
+            ("passthrough", None) => inv.passthrough = true,
             ("uid", Some(v)) => inv.attr_map.uid = Some(owner_id(true, v)?),
             ("gid", Some(v)) => inv.attr_map.gid = Some(owner_id(false, v)?),
             ("umask", Some(v)) => inv.attr_map.umask = octal(k, v, 0o777)?,
@@ -238,7 +245,8 @@ pub fn parse(args: &[String], helper: bool) -> Result<Parsed, String> {
 }
 
 /// The options kvfs knows that take no value.
-const FLAGS: &[&str] = &["ro", "rw", "allow_other", "allow_root", "default_permissions", "nodefault_permissions"];
+const FLAGS: &[&str] =
+    &["ro", "rw", "allow_other", "allow_root", "default_permissions", "nodefault_permissions", "passthrough"];
 /// The options kvfs knows that take one.
 const VALUED: &[&str] = &[
     "uid",
@@ -438,6 +446,17 @@ mod tests {
                 let e = json(bad).expect_err(bad);
                 assert!(e.starts_with("log_format"), "{bad}: {e}");
             }
+        }
+    }
+
+    #[test]
+    fn passthrough_is_a_flag_in_both_forms() {
+        for helper in [false, true] {
+            let pt = |o: &str| parse(&args(&format!("-o {o} http://h:1/app /mnt")), helper).map(|p| run(p).passthrough);
+            assert_eq!(pt("passthrough"), Ok(true));
+            assert_eq!(pt("ro"), Ok(false));
+            let e = pt("passthrough=1").expect_err("passthrough=1");
+            assert!(e.contains("passthrough takes no value"), "{e}");
         }
     }
 

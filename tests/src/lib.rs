@@ -577,6 +577,11 @@ pub fn force_unmount(dir: &Path) {
 }
 
 impl Mount {
+    /// The kvfs process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Mounts `source` with `kvfs -f` and extra `-o` options; waits until
     /// the mount is live.
     pub fn start(source: &str, opts: &[&str]) -> Mount {

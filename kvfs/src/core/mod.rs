@@ -154,6 +154,8 @@ pub struct Core {
     pub dirty: AtomicBool,
     /// The changes sent to the cluster, and how they failed.
     pub commits: Commits,
+    /// Files the kernel reads from backing files (`-o passthrough`).
+    backings: crate::passthrough::Backings,
     started_ns: i64,
 }
 
@@ -224,6 +226,7 @@ impl Core {
             connected: AtomicBool::new(true),
             dirty: AtomicBool::new(false),
             commits: Commits::default(),
+            backings: Default::default(),
             started_ns: now_ns(),
         }
     }
@@ -524,9 +527,62 @@ impl Core {
                 Io::Write(w) => Ok(slice(&w.buf, offset, size)),
             };
         }
+        Ok(slice(&self.inode_version(ino)?, offset, size))
+    }
+
+    /// The content inode `ino` stands for: what the kernel's page cache of
+    /// it holds.
+    fn inode_version(&self, ino: u64) -> Result<Arc<Vec<u8>>, Errno> {
         let s = self.state()?;
         let (_, node, _) = Self::node_of_ino(&s, ino)?;
-        Ok(slice(&node.ok_or(Errno::EISDIR)?.value, offset, size))
+        Ok(node.ok_or(Errno::EISDIR)?.value)
+    }
+
+    /// Passthrough is asked for and granted.
+    pub fn passthrough_on(&self) -> bool {
+        self.backings.on()
+    }
+
+    /// Turns passthrough on (the kernel granted it).
+    pub fn enable_passthrough(&self) {
+        self.backings.enable();
+    }
+
+    /// How to answer OPEN (or CREATE) of `fh` on `ino` with passthrough on
+    /// (passthrough.rs); `open_backing` registers a memory file with the
+    /// kernel.
+    ///
+    /// IMPORTANT: decided under the state lock, against the version the
+    /// inode has: a commit that would give it new content in place checks
+    /// under the same lock whether it is pinned (and detaches it if so).
+    pub fn passthrough_answer(
+        &self,
+        ino: u64,
+        fh: u64,
+        open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<fuser::BackingId>,
+    ) -> crate::passthrough::Answer {
+        let Ok(s) = self.state() else { return crate::passthrough::Answer::Refuse };
+        let Ok((_, Some(node), _)) = Self::node_of_ino(&s, ino) else { return crate::passthrough::Answer::Refuse };
+        // A file created here and not yet committed, and a scratch file,
+        // take new content in place: answered plainly.
+        let settled = !node.provisional && !node.local;
+        self.backings.answer(ino, fh, &node.value, settled, open_backing)
+    }
+
+    /// RELEASE of `fh` for passthrough's counts.
+    pub fn passthrough_release(&self, fh: u64) {
+        self.backings.release(fh);
+    }
+
+    /// Closes a handle whose open the kernel never got, publishing nothing.
+    pub fn abandon(&self, fh: u64) {
+        if let Ok(mut hs) = self.handles() {
+            if let Ok(w) = hs.writer(fh) {
+                w.dirty = false;
+                w.failed = Some(Errno::EIO);
+            }
+        }
+        self.release(fh);
     }
 
     /// WRITE into a writer's buffer; `owner` is the writing process's lock
@@ -746,7 +802,10 @@ impl Core {
             // name still has, had no version anyone else could read: the
             // inode takes the new content in place, and the close need not
             // wait for the kernel to forget a name.
-            let in_place = (node.local || node.provisional) && s.inodes.attached(&path) == Some(ino);
+            // (Not an inode whose passthrough handles read a backing file
+            // of its version: one renamed to a scratch name.)
+            let in_place =
+                (node.local || node.provisional) && s.inodes.attached(&path) == Some(ino) && !self.backings.pinned(ino);
             if node.local && !here {
                 // A scratch file has no revisions to order by: one deleted
                 // or renamed while this commit ran stays so.
@@ -762,7 +821,7 @@ impl Core {
             } else if node.provisional {
                 // The watch brought this very write first, and detached the
                 // created file's inode as if someone else had written it.
-                Self::own_version(&mut s, ino, &path, rev);
+                self.own_version(&mut s, ino, &path, rev);
             }
             // NOTE: in place, nothing for the kernel to forget: the writes
             // through the handle already made it ask for the attributes.
@@ -802,8 +861,10 @@ impl Core {
     /// name holds that version, the inode shows it (the watch may have
     /// brought the write first, and detached the inode as if someone else
     /// had changed the file).
-    pub(crate) fn own_version(s: &mut State, ino: u64, path: &str, rev: u64) {
-        if s.tree.get(path).is_some_and(|n| n.meta.mod_revision == rev) {
+    /// (Not an inode whose passthrough handles read a backing file of the
+    /// version it has: it stays detached.)
+    pub(crate) fn own_version(&self, s: &mut State, ino: u64, path: &str, rev: u64) {
+        if s.tree.get(path).is_some_and(|n| n.meta.mod_revision == rev) && !self.backings.pinned(ino) {
             s.inodes.reattach(ino, path);
         }
     }

@@ -189,7 +189,7 @@ impl Core {
                 s.inodes.rename(&src, &dst);
             }
             for (p, ino) in &moving {
-                Self::own_version(&mut s, *ino, &to_of(p), rev);
+                self.own_version(&mut s, *ino, &to_of(p), rev);
             }
         }
         // Files with pending writes keep them: their content moved unchanged.

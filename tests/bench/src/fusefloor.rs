@@ -3,16 +3,22 @@
 //! `fsbench-ro/many/f0000` .. `f0999`), served through fuser with the
 //! choices kvfs makes towards the kernel: the same session settings, TTLs,
 //! capabilities and open flags (kvfs/src/fs.rs, kvfs/src/main.rs). What
-//! kvfs takes beyond this is what kvfs's own code costs.
+//! kvfs takes beyond this is what kvfs's own code costs. With
+//! `passthrough`, opens are answered as kvfs answers them under
+//! `-o passthrough`: the kernel reads each file from a memory file.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::io::Write;
+use std::os::fd::FromRawFd;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyXattr, Request, Session, SessionACL,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request, Session, SessionACL,
 };
 
 /// kvfs's TTL for names and attributes.
@@ -31,6 +37,8 @@ struct Floor {
     data: Vec<u8>,
     /// The mount's time, every entry's times.
     at: SystemTime,
+    /// Answer opens with passthrough (and the backing of each inode).
+    passthrough: Option<Mutex<HashMap<u64, BackingId>>>,
 }
 
 impl Floor {
@@ -100,6 +108,10 @@ impl Filesystem for Floor {
                 | InitFlags::FUSE_READDIRPLUS_AUTO
                 | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
         );
+        if self.passthrough.is_some() {
+            config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).map_err(|_| no_passthrough())?;
+            config.set_max_stack_depth(1).map_err(|_| no_passthrough())?;
+        }
         Ok(())
     }
 
@@ -121,13 +133,26 @@ impl Filesystem for Floor {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        match self.attr(ino.0) {
-            Some(a) if a.kind == FileType::RegularFile => reply.opened(
+        match (self.attr(ino.0), &self.passthrough) {
+            (Some(a), Some(backings)) if a.kind == FileType::RegularFile => {
+                let mut backings = backings.lock().expect("backings");
+                let id = match backings.entry(ino.0) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        match memory_file(&self.data).and_then(|f| reply.open_backing(&f)) {
+                            Ok(id) => v.insert(id),
+                            Err(_) => return reply.error(Errno::EIO),
+                        }
+                    }
+                };
+                reply.opened_passthrough(FileHandle(ino.0), FopenFlags::FOPEN_NOFLUSH, id);
+            }
+            (Some(a), None) if a.kind == FileType::RegularFile => reply.opened(
                 FileHandle(ino.0),
                 FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
             ),
-            Some(_) => reply.error(Errno::EISDIR),
-            None => reply.error(Errno::ENOENT),
+            (Some(_), _) => reply.error(Errno::EISDIR),
+            (None, _) => reply.error(Errno::ENOENT),
         }
     }
 
@@ -194,10 +219,32 @@ impl Filesystem for Floor {
     }
 }
 
+fn no_passthrough() -> std::io::Error {
+    std::io::Error::other("the kernel offers no FUSE passthrough (Linux 6.9 or later, as root)")
+}
+
+/// A memory file holding `bytes`.
+#[allow(unsafe_code)]
+fn memory_file(bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    // SAFETY: the name is a valid C string; the call touches no other memory.
+    let fd = unsafe { libc::memfd_create(c"kvfloor".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just made and is owned by nothing else.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(bytes)?;
+    Ok(f)
+}
+
 /// Mounts the floor at `dir` with files of `size` bytes and serves it until
-/// it is unmounted.
-pub fn serve(dir: &Path, size: usize) -> std::io::Result<()> {
-    let fs = Floor { data: vec![b'x'; size], at: SystemTime::now() };
+/// it is unmounted; `passthrough`: opens are answered with it.
+pub fn serve(dir: &Path, size: usize, passthrough: bool) -> std::io::Result<()> {
+    let fs = Floor {
+        data: vec![b'x'; size],
+        at: SystemTime::now(),
+        passthrough: passthrough.then(|| Mutex::new(HashMap::new())),
+    };
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         MountOption::FSName("kv-bench-floor".into()),

@@ -96,6 +96,9 @@ enum Cmd {
         /// Bytes in each file (the `fs` loops write 100).
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// Answer opens with FUSE passthrough, as kvfs -o passthrough does.
+        #[arg(long)]
+        passthrough: bool,
     },
     /// Write through ENDPOINT, wait until DIR/KEY (a mount of the keyspace
     /// root on another member) shows it.
@@ -667,8 +670,8 @@ async fn main() -> Result<(), Error> {
         Cmd::Fs { dir, count, read_only, keep, put_endpoint, reference, floor } => {
             fs_test(dir, count, read_only, keep, put_endpoint, reference, floor).await?
         }
-        Cmd::Fusefloor { dir, size } => {
-            fusefloor::serve(&dir, size)?;
+        Cmd::Fusefloor { dir, size, passthrough } => {
+            fusefloor::serve(&dir, size, passthrough)?;
             return Ok(());
         }
         Cmd::Propagate { endpoint, dir, count } => propagate(endpoint, dir, count).await?,

@@ -355,8 +355,9 @@ fn every_read_through_either_mount_is_a_value_the_key_held() {
         held.insert((key.to_owned(), Some(digest(&v))));
         after = rt.block_on(client.put(&format!("app/{key}"), v, &Default::default())).expect("put").revision;
     }
+    // (B reads through the kernel's passthrough, A through kvfs)
     let a = Mount::start(&format!("{}/app", k.url), &[]);
-    let b = Mount::start(&format!("{}/app", k.url), &[]);
+    let b = Mount::start(&format!("{}/app", k.url), &["passthrough"]);
     for m in [&a, &b] {
         crate::mount::eventually("both mounts show the keys", || KEYS.iter().all(|key| m.dir.join(key).exists()));
     }
@@ -563,9 +564,15 @@ fn every_read_through_either_mount_is_a_value_the_key_held() {
 
 #[test]
 fn a_descriptor_opened_before_a_change_on_another_mount_reads_the_old_or_the_new_value_whole() {
+    for opts in [&[][..], &["passthrough"]] {
+        a_descriptor_opened_before_a_change_reads_a_value_whole(opts);
+    }
+}
+
+fn a_descriptor_opened_before_a_change_reads_a_value_whole(b_opts: &[&str]) {
     let k = Kvd::bootstrap(&[]);
     let a = Mount::start(&format!("{}/app", k.url), &[]);
-    let b = Mount::start(&format!("{}/app", k.url), &[]);
+    let b = Mount::start(&format!("{}/app", k.url), b_opts);
     a.sh_ok("printf 1234567 > f");
     crate::mount::eventually("B shows 1234567", || b.sh("cat f").stdout == b"1234567");
     let mut old = File::open(b.dir.join("f")).expect("open on B");
@@ -601,6 +608,79 @@ fn the_writers_own_mount_reads_the_old_value_during_an_o_trunc_rewrite_and_the_n
          (and {after:?} after the close)"
     );
     assert_eq!(after, "99", "a read on the writer's mount after its close() returned 0");
+}
+
+/// Whether a read through `f` is answered while kvfs is stopped (only the
+/// kernel can answer it then: passthrough); kvfs is let go on either way.
+fn read_while_kvfs_stopped(m: &Mount, f: &File) -> bool {
+    let pid = m.pid().expect("kvfs runs").to_string();
+    let signal = |s: &str| assert!(Command::new("kill").args([s, &pid]).status().expect("kill").success());
+    signal("-STOP");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let f = f.try_clone().expect("dup");
+    std::thread::spawn(move || {
+        let mut buf = [0; 64];
+        let _ = tx.send(f.read_at(&mut buf, 0).is_ok());
+    });
+    let answered = rx.recv_timeout(Duration::from_secs(2)).unwrap_or(false);
+    signal("-CONT");
+    answered
+}
+
+#[test]
+fn with_passthrough_the_kernel_reads_each_descriptors_version_and_writers_still_publish() {
+    let k = Kvd::bootstrap(&[]);
+    let a = Mount::start(&format!("{}/app", k.url), &["passthrough"]);
+    a.sh_ok("printf 1234567 > f");
+    let path = a.dir.join("f");
+    let reader = File::open(&path).expect("open for reading");
+    let pread = |f: &File| {
+        let mut buf = vec![0; 64];
+        let n = f.read_at(&mut buf, 0).expect("pread");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(pread(&reader), "1234567");
+    assert!(read_while_kvfs_stopped(&a, &reader), "a read waited for kvfs: it did not pass through");
+    // A writer of the same inode while the reader holds it: the kernel
+    // requires it to pass through too; its writes still come to kvfs.
+    let mut w = std::fs::OpenOptions::new().write(true).truncate(true).open(&path).expect("open O_TRUNC");
+    w.write_all(b"9").expect("write");
+    let during = std::fs::read(&path).expect("read during");
+    w.write_all(b"9").expect("write");
+    kv_tests::close_checked(w).expect("close");
+    assert_eq!(rt_get(&k, "app/f"), "99", "the cluster after the close");
+    assert_eq!(String::from_utf8_lossy(&during), "1234567", "a new reader while the rewrite was open");
+    assert_eq!(std::fs::read(&path).expect("read after"), b"99", "a new reader after the close");
+    assert_eq!(pread(&reader), "1234567", "the descriptor opened before the rewrite");
+    // And in place, without O_TRUNC, while another reader holds the new version.
+    let reader2 = File::open(&path).expect("open for reading");
+    let w = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open O_RDWR");
+    w.write_at(b"X", 0).expect("pwrite");
+    assert_eq!(pread(&w), "X9", "the writer reads its own bytes");
+    kv_tests::close_checked(w).expect("close");
+    assert_eq!(rt_get(&k, "app/f"), "X9");
+    assert_eq!(pread(&reader2), "99", "the descriptor opened before the write");
+    assert_eq!(pread(&reader), "1234567");
+    assert_eq!(std::fs::read(&path).expect("read after"), b"X9");
+}
+
+#[test]
+fn a_file_created_and_read_while_open_reads_the_same_with_passthrough_as_without() {
+    // A created file is committed into its own inode at each close of a
+    // descriptor, and a scratch file (`*~`, kept local) takes every write
+    // in place, a file renamed to one too: readers in between must see
+    // what they see without passthrough, and no open may fail.
+    let k = Kvd::bootstrap(&[]);
+    let plain = Mount::start(&format!("{}/plain", k.url), &[]);
+    let through = Mount::start(&format!("{}/through", k.url), &["passthrough"]);
+    let script = "exec 3>log; echo a >&3; cat log; echo b >&3; cat log; exec 4<log; echo c >&3; cat log;                   exec 3>&-; cat log; cat <&4; exec 4<&-;                   python3 -c 'import mmap,sys; f=open(\"log\",\"rb\"); m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ);                   g=open(\"log\",\"r+b\"); g.write(b\"Z\"); g.close(); print(m[:].decode(), end=\"\"); print(open(\"log\").read(), end=\"\")';                   cat log; \
+                  printf 1 > x~; exec 5<x~; printf 22 > x~; cat x~; cat <&5; exec 5<&-; cat x~; \
+                  printf 333 > f; exec 6<f; mv f f~; echo x >> f~; cat f~; cat <&6; exec 6<&-; cat f~";
+    let want = plain.sh_ok(script);
+    let got = through.sh_ok(script);
+    assert!(!want.is_empty(), "the script printed nothing");
+    assert_eq!(got, want, "with passthrough (left) against without (right)");
+    assert_eq!(rt_get(&k, "through/log"), rt_get(&k, "plain/log"));
 }
 
 /// The key's value through the API, as text.
