@@ -214,6 +214,8 @@ impl Core {
         dst_local: bool,
     ) -> Result<(), Errno> {
         let mut n = node;
+        // The file's inode, which the kernel moves to the new name.
+        let ino = self.state()?.inodes.attached(src);
         if src_local && !dst_local {
             self.writable()?;
             let op = put_op(self.key(dst), &n);
@@ -242,6 +244,12 @@ impl Core {
         s.tree.insert(dst.to_owned(), n);
         s.inodes.detach(dst, old_dst, true);
         s.inodes.rename(src, dst);
+        // IMPORTANT: the watch may have brought the delete of the old key
+        // first, and taken the inode for a deleted file's: writes through
+        // it would go nowhere.
+        if let Some(ino) = ino {
+            s.inodes.reattach(ino, dst);
+        }
         drop(s);
         self.changed();
         Ok(())

@@ -307,6 +307,25 @@ fn renames_are_atomic_and_honour_noreplace_and_exchange() {
 }
 
 #[test]
+fn a_file_renamed_to_a_scratch_name_keeps_what_is_written_there() {
+    // The rename deletes the key; the watch may bring that delete before the
+    // rename is done here: the moved file must not become a deleted one.
+    let k = Kvd::bootstrap(&[]);
+    let m = Mount::start(&format!("{}/app", k.url), &[]);
+    let out = m.sh_ok(
+        "for i in $(seq 20); do printf 55 > q$i; mv q$i q$i~; printf 66 > q$i~; printf '%s ' \"$(cat q$i~)\"; done",
+    );
+    assert_eq!(
+        out.trim(),
+        ["66"; 20].join(" "),
+        "what cat showed after each write to a file renamed to a scratch name"
+    );
+    for i in 1..=20 {
+        assert!(get(&k, &format!("app/q{i}")).is_none(), "app/q{i} was renamed away");
+    }
+}
+
+#[test]
 fn a_tree_written_and_removed_at_once_stays_removed() {
     // Rust's remove_dir_all unlinks while it reads the directory (unlike
     // rm -r, which reads it whole first): offsets must not skip entries.
