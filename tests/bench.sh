@@ -197,6 +197,9 @@ bench_layout() {
         if [ "$w" = "put 1 $puts" ] && [ "$layout" = "1 node" ]; then
             kv_put_p50=$(median "$T/kv.jsonl" p50_ms)
         fi
+        if [ "$w" = "put 1 $puts" ] && [ "$layout" = "3 nodes" ]; then
+            kv_put3_p50=$(median "$T/kv.jsonl" p50_ms)
+        fi
     done
 }
 
@@ -235,6 +238,11 @@ if section api; then
     record "bare durable TCP server p50 / fdatasync p50" kv x "$(field "$floor" ratio)"
     record "put p50, 1 client, 1 node / bare server p50" kv x \
         "$(awk -v a="$kv_put_p50" -v b="$(field "$floor" server_p50_ms)" 'BEGIN { print a / b }')"
+    # The floor of a 3-node write: the bare server, plus one round trip to a
+    # follower (the empty request's) and the follower's fdatasync.
+    floor3=$(awk -v s="$(field "$floor" server_p50_ms)" -v r="$kv_rtt_p50" -v f="$fsync_p50" 'BEGIN { print s + r + f }')
+    record "floor of a 3-node put: bare server + round trip + fdatasync" reference ms "$floor3"
+    record "put p50, 1 client, 3 nodes / that floor" kv x "$(awk -v a="$kv_put3_p50" -v b="$floor3" 'BEGIN { print a / b }')"
 fi
 
 # The mount against tmpfs (1 node, like the API put it is compared with).
