@@ -128,6 +128,8 @@ const SYSTEM_PAGES: &[&str] = &[
     "close(2)",
     "fsync(2)",
     "open(2)",
+    "read(2)",
+    "write(2)",
     "fstab(5)",
     "systemd.mount(5)",
     "systemd.service(5)",
