@@ -36,6 +36,9 @@ struct Cli {
 enum Target {
     Kv,
     Etcd,
+    /// kv through a bare HTTP/1.1 writer on one kept-alive connection per
+    /// client (no kv-client): what the client's own CPU costs the rows.
+    KvRaw,
 }
 
 #[derive(clap::Args, Clone)]
@@ -192,6 +195,54 @@ fn summary(mut lat: Vec<Duration>, secs: f64, errors: usize) -> serde_json::Valu
 enum Conn {
     Kv(Arc<kv_client::Client>),
     Etcd(etcd_client::KvClient),
+    Raw(Arc<tokio::sync::Mutex<Raw>>),
+}
+
+/// A bare HTTP/1.1 client of one kv endpoint (plain http only).
+struct Raw {
+    io: tokio::io::BufReader<tokio::net::TcpStream>,
+    host: String,
+    /// Request ids: this process's and a counter.
+    id: (u32, u64),
+}
+
+impl Raw {
+    /// One request; whether the answer was 200.
+    async fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Result<bool, Error> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        self.id.1 += 1;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nx-kv-request-id: raw-{}-{}\r\ncontent-length: {}\r\n\r\n",
+            self.host,
+            self.id.0,
+            self.id.1,
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        self.io.get_mut().write_all(&req).await?;
+        let (mut line, mut len, mut status) = (String::new(), 0usize, 0u16);
+        loop {
+            line.clear();
+            if self.io.read_line(&mut line).await? == 0 {
+                return Err("the connection closed".into());
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(code) = l.strip_prefix("HTTP/1.1 ") {
+                status = code.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            } else if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse()?;
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        self.io.read_exact(&mut body).await?;
+        Ok(status == 200)
+    }
 }
 
 impl Conn {
@@ -205,6 +256,16 @@ impl Conn {
                 let hosts: Vec<String> = eps.iter().map(|e| e.trim_start_matches("http://").to_owned()).collect();
                 Conn::Etcd(etcd_client::Client::connect(hosts, None).await?.kv_client())
             }
+            Target::KvRaw => {
+                let host = eps[0].strip_prefix("http://").ok_or("kv-raw speaks plain http only")?.to_owned();
+                let s = tokio::net::TcpStream::connect(&host).await?;
+                s.set_nodelay(true)?;
+                Conn::Raw(Arc::new(tokio::sync::Mutex::new(Raw {
+                    io: tokio::io::BufReader::new(s),
+                    host,
+                    id: (std::process::id(), 0),
+                })))
+            }
         })
     }
 
@@ -212,6 +273,10 @@ impl Conn {
         match self {
             Conn::Kv(c) => c.put(&k, v, &kv_client::PutOptions::default()).await.map(drop).map_err(Into::into),
             Conn::Etcd(c) => c.put(k, v, None).await.map(drop).map_err(Into::into),
+            Conn::Raw(r) => match r.lock().await.call("PUT", &format!("/v1/kv/{k}"), &v).await? {
+                true => Ok(()),
+                false => Err("the put was not answered 200".into()),
+            },
         }
     }
 
@@ -220,6 +285,7 @@ impl Conn {
             Conn::Kv(c) => Ok(c.get(&k).await?.is_some()),
             // NOTE: etcd's range is linearizable unless serializable is asked for.
             Conn::Etcd(c) => Ok(!c.get(k, None).await?.kvs().is_empty()),
+            Conn::Raw(r) => r.lock().await.call("GET", &format!("/v1/kv/{k}"), &[]).await,
         }
     }
 }
