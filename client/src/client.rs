@@ -10,6 +10,7 @@ use reqwest::{Method, RequestBuilder, Response};
 use crate::auth::{NewToken, TokenInfo, TokenSpec, WhoAmI};
 use crate::error::{body_error, check, error_chain, Error, ErrorCode};
 use crate::key::{normalize_prefix, validate_key};
+use crate::lean::{self, Fail};
 use crate::pages::Cursor;
 use crate::path::encode_key;
 use crate::types::{
@@ -121,6 +122,10 @@ pub struct Client {
     id_counter: AtomicU64,
     opts: ClientOptions,
     timeout: Duration,
+    /// Kept-alive connections of `http://` requests read whole.
+    lean: lean::Pool,
+    /// Headers every request carries (the token).
+    defaults: reqwest::header::HeaderMap,
 }
 
 /// Whether the request timeout bounds an answer's body too.
@@ -139,7 +144,7 @@ enum Sent {
     /// The member took the request but gave no answer in time.
     NoAnswer,
     /// Not reached, or the connection broke.
-    Failed(reqwest::Error),
+    Failed(Fail),
 }
 
 impl Client {
@@ -170,11 +175,13 @@ impl Client {
             .connect_timeout(CONNECT_TIMEOUT.min(timeout))
             .pool_idle_timeout(POOL_IDLE)
             .use_rustls_tls();
+        let mut defaults = reqwest::header::HeaderMap::new();
         if let Some(token) = &opts.token {
             let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
                 .map_err(|_| Error::Config("the token holds characters a header cannot carry".into()))?;
             v.set_sensitive(true);
-            b = b.default_headers(reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, v)]));
+            defaults.insert(reqwest::header::AUTHORIZATION, v);
+            b = b.default_headers(defaults.clone());
         }
         if eps.iter().any(|e| e.starts_with("https://")) {
             let pem = match &opts.ca_pem {
@@ -201,6 +208,8 @@ impl Client {
             id_counter: AtomicU64::new(0),
             opts: opts.clone(),
             timeout,
+            lean: lean::Pool::default(),
+            defaults,
         })
     }
 
@@ -308,7 +317,7 @@ impl Client {
             // kept-alive one as it was reused, or restarted) is tried once
             // more, on a new connection, if the request may be sent twice.
             let (mut sent, repeatable) = self.send_once(&method, &url, &build, deadline, body).await;
-            if repeatable && matches!(&sent, Sent::Failed(e) if broke_after_connect(e)) {
+            if repeatable && matches!(&sent, Sent::Failed(f) if f.broke) {
                 maybe_written |= method != Method::GET;
                 sent = self.send_once(&method, &url, &build, deadline, body).await.0;
             }
@@ -347,14 +356,14 @@ impl Client {
                 }
                 // IMPORTANT: the same for one whose connection broke after it
                 // went out: the member may have taken it.
-                Sent::Failed(e) if !repeatable && broke_after_connect(&e) => {
+                Sent::Failed(f) if !repeatable && f.broke => {
                     return Err(Error::UnknownOutcome(format!(
                         "{endpoint}: {}; the change may still take effect: list the members before trying it again",
-                        error_chain(&e)
+                        f.text
                     )));
                 }
-                Sent::Failed(e) => {
-                    let why = error_chain(&e);
+                Sent::Failed(f) => {
+                    let why = f.text;
                     failures.push(format!("{endpoint}: {why}{}", tls_hint(&why)));
                 }
             }
@@ -378,9 +387,19 @@ impl Client {
     {
         let mut r = match build(self.http.request(method.clone(), url)).build() {
             Ok(r) => r,
-            Err(e) => return (Sent::Failed(e), false),
+            Err(e) => return (Sent::Failed(e.into()), false),
         };
         let repeatable = r.method() == Method::GET || r.headers().contains_key(header::REQUEST_ID);
+        if body == Body::Bounded && lean::eligible(&r) {
+            let connect = CONNECT_TIMEOUT.min(self.timeout);
+            let sent =
+                match tokio::time::timeout_at(deadline, self.lean.send(&r, &self.defaults, connect, POOL_IDLE)).await {
+                    Err(_) => Sent::NoAnswer,
+                    Ok(Ok(resp)) => Sent::Answer(resp),
+                    Ok(Err(f)) => Sent::Failed(f),
+                };
+            return (sent, repeatable);
+        }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if body == Body::Bounded {
             // reqwest's own timeout runs on through the body.
@@ -391,7 +410,7 @@ impl Client {
             Ok(Ok(resp)) => Sent::Answer(resp),
             // A connect timeout is a member not reached: nothing was sent.
             Ok(Err(e)) if e.is_timeout() && !e.is_connect() => Sent::NoAnswer,
-            Ok(Err(e)) => Sent::Failed(e),
+            Ok(Err(e)) => Sent::Failed(e.into()),
         };
         (sent, repeatable)
     }
@@ -590,8 +609,8 @@ impl Client {
             let deadline = tokio::time::Instant::now() + bound;
             let resp = match self.send_once(&Method::GET, &url, &|r| r, deadline, Body::Streamed).await.0 {
                 Sent::Answer(resp) => resp,
-                Sent::Failed(e) => {
-                    let why = error_chain(&e);
+                Sent::Failed(f) => {
+                    let why = f.text;
                     last_err = format!("{}: {why}{}", self.endpoints[idx], tls_hint(&why));
                     continue;
                 }
@@ -776,12 +795,6 @@ fn tls_hint(text: &str) -> &'static str {
     } else {
         ""
     }
-}
-
-/// Whether a request failed on a connection that was made, rather than
-/// by not reaching the member, timing out or being malformed.
-fn broke_after_connect(e: &reqwest::Error) -> bool {
-    !e.is_connect() && !e.is_timeout() && !e.is_builder()
 }
 
 async fn json<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T, Error> {

@@ -225,3 +225,92 @@ async fn a_refusal_after_a_member_took_the_write_unanswered_is_no_proof_nothing_
     s2.abort();
     assert!(err.is(&ErrorCode::Unavailable), "{err:?}");
 }
+
+/// Answers `body` to one request on `s`, with `extra` header lines.
+async fn answer(s: &mut TcpStream, extra: &str, body: &str) {
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-kv-revision: 3\r\n{extra}content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(resp.as_bytes()).await.expect("answer");
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_is_reused_and_one_the_member_closed_is_replaced() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let body = r#"{"revision":3,"entries":[],"more":false}"#;
+    let server = tokio::spawn(async move {
+        // Two requests on the first connection, then it is closed, as a
+        // member closes an idle one; the third comes on a new connection.
+        let (mut s, _) = listener.accept().await.expect("accept");
+        for _ in 0..2 {
+            read_request(&mut s).await;
+            answer(&mut s, "", body).await;
+        }
+        drop(s);
+        let (mut s, _) = listener.accept().await.expect("accept the third");
+        read_request(&mut s).await;
+        answer(&mut s, "", body).await;
+    });
+    let c = Client::new(&[format!("http://{addr}")]).expect("client");
+    for i in 0..2 {
+        c.list("a", &ListOptions::default()).await.unwrap_or_else(|e| panic!("list {i}: {e}"));
+    }
+    // (the member's close reaches the client's side first)
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.list("a", &ListOptions::default()).await.expect("the third list, on a new connection");
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("the member saw all three").expect("server");
+}
+
+#[tokio::test]
+async fn chunked_answers_are_read_whole_and_connection_close_is_honoured() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        read_request(&mut s).await;
+        let (a, b) = r#"{"revision":3,"entries":[],"more":false}"#.split_at(17);
+        let chunked = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
+             {:x}\r\n{a}\r\n{:x};ext=1\r\n{b}\r\n0\r\n\r\n",
+            a.len(),
+            b.len()
+        );
+        s.write_all(chunked.as_bytes()).await.expect("answer");
+        read_request(&mut s).await;
+        answer(&mut s, "connection: close\r\n", r#"{"revision":4,"entries":[],"more":false}"#).await;
+        // After `connection: close`, the next request needs a new connection.
+        let (mut s2, _) = listener.accept().await.expect("accept a new connection");
+        read_request(&mut s2).await;
+        answer(&mut s2, "", r#"{"revision":5,"entries":[],"more":false}"#).await;
+        drop(s);
+    });
+    let c = Client::new(&[format!("http://{addr}")]).expect("client");
+    let revs: Vec<u64> = [
+        c.list("a", &ListOptions::default()).await.expect("chunked").revision,
+        c.list("a", &ListOptions::default()).await.expect("close").revision,
+        c.list("a", &ListOptions::default()).await.expect("new connection").revision,
+    ]
+    .into();
+    assert_eq!(revs, [3, 4, 5]);
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("server done").expect("server");
+}
+
+#[tokio::test]
+async fn an_answer_that_is_not_http_is_an_error_not_a_hang() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            read_request(&mut s).await;
+            s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await.expect("answer");
+        }
+    });
+    let c = Client::new(&[format!("http://{addr}")]).expect("client");
+    let err = tokio::time::timeout(Duration::from_secs(5), c.get("a/b")).await.expect("no hang").expect_err("not HTTP");
+    server.abort();
+    assert!(matches!(err, Error::Unreachable(_)), "{err:?}");
+    assert!(err.to_string().contains("not an HTTP/1.1 answer"), "{err}");
+}

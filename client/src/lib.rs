@@ -12,6 +12,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzz;
 mod key;
+mod lean;
 pub mod mounts;
 mod pages;
 mod path;
