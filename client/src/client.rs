@@ -122,8 +122,9 @@ pub struct Client {
     id_counter: AtomicU64,
     opts: ClientOptions,
     timeout: Duration,
-    /// Kept-alive connections of `http://` requests read whole.
-    lean: lean::Pool,
+    /// Kept-alive connections of `http://` requests read whole (`None`:
+    /// behind an HTTP proxy, everything goes through reqwest).
+    lean: Option<lean::Pool>,
     /// Headers every request carries (the token).
     defaults: reqwest::header::HeaderMap,
 }
@@ -208,7 +209,7 @@ impl Client {
             id_counter: AtomicU64::new(0),
             opts: opts.clone(),
             timeout,
-            lean: lean::Pool::default(),
+            lean: (!lean::proxied()).then(lean::Pool::default),
             defaults,
         })
     }
@@ -390,14 +391,14 @@ impl Client {
             Err(e) => return (Sent::Failed(e.into()), false),
         };
         let repeatable = r.method() == Method::GET || r.headers().contains_key(header::REQUEST_ID);
-        if body == Body::Bounded && lean::eligible(&r) {
+        if let (Body::Bounded, Some(pool), true) = (body, &self.lean, lean::eligible(&r)) {
             let connect = CONNECT_TIMEOUT.min(self.timeout);
-            let sent =
-                match tokio::time::timeout_at(deadline, self.lean.send(&r, &self.defaults, connect, POOL_IDLE)).await {
-                    Err(_) => Sent::NoAnswer,
-                    Ok(Ok(resp)) => Sent::Answer(resp),
-                    Ok(Err(f)) => Sent::Failed(f),
-                };
+            let exchange = pool.send(&r, &self.defaults, repeatable, connect, POOL_IDLE);
+            let sent = match tokio::time::timeout_at(deadline, exchange).await {
+                Err(_) => Sent::NoAnswer,
+                Ok(Ok(resp)) => Sent::Answer(resp),
+                Ok(Err(f)) => Sent::Failed(f),
+            };
             return (sent, repeatable);
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -314,3 +314,51 @@ async fn an_answer_that_is_not_http_is_an_error_not_a_hang() {
     assert!(matches!(err, Error::Unreachable(_)), "{err:?}");
     assert!(err.to_string().contains("not an HTTP/1.1 answer"), "{err}");
 }
+
+#[tokio::test]
+async fn a_hostile_answer_head_or_length_is_an_error_without_a_crash() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = tokio::spawn(async move {
+        // A length far beyond what comes, then an endless header line.
+        let (mut s, _) = listener.accept().await.expect("accept");
+        read_request(&mut s).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999\r\n\r\n{}").await.expect("answer");
+        drop(s);
+        let (mut s, _) = listener.accept().await.expect("accept the repeat");
+        read_request(&mut s).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\nx-long: ").await.expect("answer");
+        let junk = vec![b'a'; 64 << 10];
+        let _ = s.write_all(&junk).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let c = Client::new(&[format!("http://{addr}")]).expect("client");
+    let err = tokio::time::timeout(Duration::from_secs(5), c.get("a/b")).await.expect("no hang").expect_err("bad");
+    server.abort();
+    assert!(matches!(err, Error::Unreachable(_)), "{err:?}");
+    assert!(err.to_string().contains("answer line too long"), "{err}");
+}
+
+#[tokio::test]
+async fn a_request_that_may_not_be_sent_twice_never_rides_a_kept_alive_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = tokio::spawn(async move {
+        // A read answered on a kept-alive connection that the member then
+        // closes; the membership change after it comes on a new one, with
+        // an interim answer before its own.
+        let (mut s, _) = listener.accept().await.expect("accept");
+        read_request(&mut s).await;
+        answer(&mut s, "", r#"{"revision":3,"entries":[],"more":false}"#).await;
+        let (mut s2, _) = listener.accept().await.expect("accept a new connection");
+        drop(s);
+        read_request(&mut s2).await;
+        s2.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.expect("interim");
+        answer(&mut s2, "", "{}").await;
+    });
+    let c = Client::new(&[format!("http://{addr}")]).expect("client");
+    c.list("a", &ListOptions::default()).await.expect("list");
+    let resp = c.send(Method::POST, "/v1/cluster/members", |r| r.body("{}")).await.expect("the POST is answered");
+    assert_eq!(resp.status().as_u16(), 200);
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("server done").expect("server");
+}
