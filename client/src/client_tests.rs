@@ -226,6 +226,23 @@ async fn a_refusal_after_a_member_took_the_write_unanswered_is_no_proof_nothing_
     assert!(err.is(&ErrorCode::Unavailable), "{err:?}");
 }
 
+/// A fake member on loopback that `serve` runs, and a client of it.
+async fn member<F, Fut>(serve: F) -> (Client, tokio::task::JoinHandle<()>)
+where
+    F: FnOnce(TcpListener) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = tokio::spawn(serve(listener));
+    (Client::new(&[format!("http://{addr}")]).expect("client"), server)
+}
+
+/// Waits (5 s at most) for a fake member to have done all it was to do.
+async fn done(server: tokio::task::JoinHandle<()>) {
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("the member did all").expect("server");
+}
+
 /// Answers `body` to one request on `s`, with `extra` header lines.
 async fn answer(s: &mut TcpStream, extra: &str, body: &str) {
     let resp = format!(
@@ -237,10 +254,8 @@ async fn answer(s: &mut TcpStream, extra: &str, body: &str) {
 
 #[tokio::test]
 async fn a_kept_alive_connection_is_reused_and_one_the_member_closed_is_replaced() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
     let body = r#"{"revision":3,"entries":[],"more":false}"#;
-    let server = tokio::spawn(async move {
+    let (c, server) = member(|listener| async move {
         // Two requests on the first connection, then it is closed, as a
         // member closes an idle one; the third comes on a new connection.
         let (mut s, _) = listener.accept().await.expect("accept");
@@ -252,22 +267,18 @@ async fn a_kept_alive_connection_is_reused_and_one_the_member_closed_is_replaced
         let (mut s, _) = listener.accept().await.expect("accept the third");
         read_request(&mut s).await;
         answer(&mut s, "", body).await;
-    });
-    let c = Client::new(&[format!("http://{addr}")]).expect("client");
+    })
+    .await;
     for i in 0..2 {
         c.list("a", &ListOptions::default()).await.unwrap_or_else(|e| panic!("list {i}: {e}"));
     }
-    // (the member's close reaches the client's side first)
-    tokio::time::sleep(Duration::from_millis(50)).await;
     c.list("a", &ListOptions::default()).await.expect("the third list, on a new connection");
-    tokio::time::timeout(Duration::from_secs(5), server).await.expect("the member saw all three").expect("server");
+    done(server).await;
 }
 
 #[tokio::test]
 async fn chunked_answers_are_read_whole_and_connection_close_is_honoured() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let server = tokio::spawn(async move {
+    let (c, server) = member(|listener| async move {
         let (mut s, _) = listener.accept().await.expect("accept");
         read_request(&mut s).await;
         let (a, b) = r#"{"revision":3,"entries":[],"more":false}"#.split_at(17);
@@ -285,8 +296,8 @@ async fn chunked_answers_are_read_whole_and_connection_close_is_honoured() {
         read_request(&mut s2).await;
         answer(&mut s2, "", r#"{"revision":5,"entries":[],"more":false}"#).await;
         drop(s);
-    });
-    let c = Client::new(&[format!("http://{addr}")]).expect("client");
+    })
+    .await;
     let revs: Vec<u64> = [
         c.list("a", &ListOptions::default()).await.expect("chunked").revision,
         c.list("a", &ListOptions::default()).await.expect("close").revision,
@@ -294,21 +305,19 @@ async fn chunked_answers_are_read_whole_and_connection_close_is_honoured() {
     ]
     .into();
     assert_eq!(revs, [3, 4, 5]);
-    tokio::time::timeout(Duration::from_secs(5), server).await.expect("server done").expect("server");
+    done(server).await;
 }
 
 #[tokio::test]
 async fn an_answer_that_is_not_http_is_an_error_not_a_hang() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let server = tokio::spawn(async move {
+    let (c, server) = member(|listener| async move {
         loop {
             let (mut s, _) = listener.accept().await.expect("accept");
             read_request(&mut s).await;
             s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await.expect("answer");
         }
-    });
-    let c = Client::new(&[format!("http://{addr}")]).expect("client");
+    })
+    .await;
     let err = tokio::time::timeout(Duration::from_secs(5), c.get("a/b")).await.expect("no hang").expect_err("not HTTP");
     server.abort();
     assert!(matches!(err, Error::Unreachable(_)), "{err:?}");
@@ -317,9 +326,7 @@ async fn an_answer_that_is_not_http_is_an_error_not_a_hang() {
 
 #[tokio::test]
 async fn a_hostile_answer_head_or_length_is_an_error_without_a_crash() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let server = tokio::spawn(async move {
+    let (c, server) = member(|listener| async move {
         // A length far beyond what comes, then an endless header line.
         let (mut s, _) = listener.accept().await.expect("accept");
         read_request(&mut s).await;
@@ -331,8 +338,8 @@ async fn a_hostile_answer_head_or_length_is_an_error_without_a_crash() {
         let junk = vec![b'a'; 64 << 10];
         let _ = s.write_all(&junk).await;
         tokio::time::sleep(Duration::from_secs(30)).await;
-    });
-    let c = Client::new(&[format!("http://{addr}")]).expect("client");
+    })
+    .await;
     let err = tokio::time::timeout(Duration::from_secs(5), c.get("a/b")).await.expect("no hang").expect_err("bad");
     server.abort();
     assert!(matches!(err, Error::Unreachable(_)), "{err:?}");
@@ -341,9 +348,7 @@ async fn a_hostile_answer_head_or_length_is_an_error_without_a_crash() {
 
 #[tokio::test]
 async fn a_request_that_may_not_be_sent_twice_never_rides_a_kept_alive_connection() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let server = tokio::spawn(async move {
+    let (c, server) = member(|listener| async move {
         // A read answered on a kept-alive connection that the member then
         // closes; the membership change after it comes on a new one, with
         // an interim answer before its own.
@@ -355,10 +360,10 @@ async fn a_request_that_may_not_be_sent_twice_never_rides_a_kept_alive_connectio
         read_request(&mut s2).await;
         s2.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.expect("interim");
         answer(&mut s2, "", "{}").await;
-    });
-    let c = Client::new(&[format!("http://{addr}")]).expect("client");
+    })
+    .await;
     c.list("a", &ListOptions::default()).await.expect("list");
     let resp = c.send(Method::POST, "/v1/cluster/members", |r| r.body("{}")).await.expect("the POST is answered");
     assert_eq!(resp.status().as_u16(), 200);
-    tokio::time::timeout(Duration::from_secs(5), server).await.expect("server done").expect("server");
+    done(server).await;
 }

@@ -10,20 +10,79 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    BsdFileFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BsdFileFlags, Errno, FileAttr, FileHandle, Filesystem, Generation, INodeNo, KernelConfig, LockOwner, Notifier,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use kv_client::{clock, Kind};
 
 use crate::core::{Core, Inval, Invalidate, RenameMode, SetAttr};
 use crate::handles::{Caller, CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER};
-use crate::passthrough::{Answer, Backings, Use};
+use crate::passthrough::Answer;
 use crate::tree::join;
 
-/// How long the kernel may keep attributes and names: long, because every
-/// change is pushed to it as an invalidation.
-const TTL: Duration = Duration::from_secs(3600);
+/// What kvfs asks of the kernel; the bench's FUSE floor asks the same
+/// (tests/bench/src/fusefloor.rs), so that it times nothing but kvfs.
+pub mod kernel {
+    use std::time::Duration;
+
+    use fuser::{FopenFlags, InitFlags, KernelConfig};
+
+    /// How long the kernel may keep attributes and names: long, because
+    /// every change is pushed to it as an invalidation.
+    pub const TTL: Duration = Duration::from_secs(3600);
+
+    /// Threads of the FUSE session.
+    pub const SESSION_THREADS: usize = 4;
+
+    /// The capabilities asked for at INIT.
+    ///
+    /// open(O_TRUNC) arrives as one OPEN with O_TRUNC: the truncation stays
+    /// in the new handle's buffer. (Without this capability it comes as a
+    /// SETATTR with no handle, which would have to publish an empty value at
+    /// once.) Listings carry attributes (READDIRPLUS); mappings work on
+    /// files opened with direct I/O.
+    pub const CAPABILITIES: InitFlags = InitFlags::FUSE_ATOMIC_O_TRUNC
+        .union(InitFlags::FUSE_DO_READDIRPLUS)
+        .union(InitFlags::FUSE_READDIRPLUS_AUTO)
+        .union(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+
+    /// A file's open flags (`reads`: opened for reading only).
+    ///
+    /// NOTE: direct I/O: each read(2) is answered from the handle's own
+    /// version (a reader never sees two, whatever a writer of the same
+    /// inode does to the kernel's idea of its size), writes never touch
+    /// the page cache other readers use; KEEP_CACHE keeps the pages of
+    /// mappings, which are filled from the inode's version. A reader's
+    /// close has nothing to commit: no FLUSH.
+    pub fn file_open(reads: bool) -> FopenFlags {
+        let o = FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_KEEP_CACHE;
+        if reads {
+            o | FopenFlags::FOPEN_NOFLUSH
+        } else {
+            o
+        }
+    }
+
+    /// A file's open flags with passthrough (`reads`: opened for reading
+    /// only): the kernel refuses any other with it, KEEP_CACHE too; a
+    /// writer keeps direct I/O, so its reads and writes still come here.
+    pub fn file_through(reads: bool) -> FopenFlags {
+        file_open(reads)
+            & (FopenFlags::FOPEN_NOFLUSH | if reads { FopenFlags::empty() } else { FopenFlags::FOPEN_DIRECT_IO })
+    }
+
+    /// A directory's open flags: the kernel keeps the listing in its page
+    /// cache until this mount or an invalidation says otherwise.
+    pub const DIR_OPEN: FopenFlags = FopenFlags::FOPEN_CACHE_DIR.union(FopenFlags::FOPEN_KEEP_CACHE);
+
+    /// Asks for FUSE passthrough (Linux 6.9+); whether the kernel offers it.
+    pub fn ask_passthrough(config: &mut KernelConfig) -> bool {
+        config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok()
+    }
+}
+
+use kernel::TTL;
 
 /// Threads that carry invalidations to the kernel.
 const INVAL_THREADS: usize = 4;
@@ -218,27 +277,13 @@ impl Invalidate for Invalidator {
 
 impl Filesystem for KvFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // open(O_TRUNC) arrives as one OPEN with O_TRUNC: the truncation
-        // stays in the new handle's buffer. (Without this capability it
-        // comes as a SETATTR with no handle, which would have to publish an
-        // empty value at once.)
-        // Listings carry attributes (READDIRPLUS); mappings work on files
-        // opened with direct I/O.
-        let _ = config.add_capabilities(
-            InitFlags::FUSE_ATOMIC_O_TRUNC
-                | InitFlags::FUSE_DO_READDIRPLUS
-                | InitFlags::FUSE_READDIRPLUS_AUTO
-                | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
-        );
+        let _ = config.add_capabilities(kernel::CAPABILITIES);
         // NOTE: passthrough (asked for): reads of a file opened here are
         // served by the kernel from a copy of its inode's version
         // (passthrough.rs). Only root may register backing files; without
         // it, or without the kernel's support, reads come here as before.
         if self.passthrough {
-            if is_root()
-                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-                && config.set_max_stack_depth(1).is_ok()
-            {
+            if is_root() && kernel::ask_passthrough(config) {
                 self.core.enable_passthrough();
                 tracing::info!("passthrough reads on");
             } else {
@@ -375,35 +420,17 @@ impl Filesystem for KvFs {
             // changes, so the kernel's page cache of it stays right.
             return reply.error(Errno::ENOSYS);
         }
-        // NOTE: direct I/O: each read(2) is answered from the handle's own
-        // version (a reader never sees two, whatever a writer of the same
-        // inode does to the kernel's idea of its size), writes never touch
-        // the page cache other readers use; KEEP_CACHE keeps the pages of
-        // mappings, which are filled from the inode's version. A reader's
-        // close has nothing to commit: no FLUSH.
-        let mut o = FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_KEEP_CACHE;
-        if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
-            o |= FopenFlags::FOPEN_NOFLUSH;
-        }
         let reads = flags.0 & libc::O_ACCMODE == libc::O_RDONLY;
+        let o = kernel::file_open(reads);
         let who = if reads { Caller::default() } else { caller(req, self.checks_modes, &self.own_userns) };
         let fh = match self.core.open_as(ino.0, flags.0, who) {
             Ok(fh) => fh,
             Err(e) => return reply.error(e),
         };
-        let how = if reads { Use::Read } else { Use::Write };
-        if !self.core.passthrough_on() {
-            return reply.opened(FileHandle(fh), o);
-        }
-        let answer = self.core.passthrough_answer(ino.0, fh, |f| reply.open_backing(f));
-        match answer {
-            Answer::Through(id) => reply.opened_passthrough(FileHandle(fh), Backings::flags(how, o), &id),
+        match self.core.passthrough_answer(ino.0, fh, |f| reply.open_backing(f)) {
+            Answer::Through(id) => reply.opened_passthrough(FileHandle(fh), kernel::file_through(reads), &id),
             Answer::Plain => reply.opened(FileHandle(fh), o),
-            Answer::Refuse => {
-                self.core.passthrough_release(fh);
-                self.core.abandon(fh);
-                reply.error(Errno::EIO);
-            }
+            Answer::Refuse => reply.error(Errno::EIO),
         }
     }
 
@@ -480,7 +507,7 @@ impl Filesystem for KvFs {
         // mount: it refuses their OPENDIR, not their READDIR.)
         // The kernel keeps the listing in its page cache until this mount
         // or an invalidation (a change seen in the cluster) says otherwise.
-        reply.opened(FileHandle(self.core.opendir()), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);
+        reply.opened(FileHandle(self.core.opendir()), kernel::DIR_OPEN);
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
@@ -586,30 +613,21 @@ impl Filesystem for KvFs {
             caller(req, self.checks_modes, &self.own_userns),
         ) {
             Ok((a, fh)) => {
-                let o = FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_KEEP_CACHE;
-                if !self.core.passthrough_on() {
-                    return reply.created(&TTL, &a, Generation(0), FileHandle(fh), o);
-                }
+                let o = kernel::file_open(false);
                 // (by the same rules as OPEN: passthrough.rs)
-                let answer = self.core.passthrough_answer(a.ino.0, fh, |f| reply.open_backing(f));
-                match answer {
+                match self.core.passthrough_answer(a.ino.0, fh, |f| reply.open_backing(f)) {
                     Answer::Through(id) => reply.created_passthrough(
                         &TTL,
                         &a,
                         Generation(0),
                         FileHandle(fh),
-                        Backings::flags(Use::Write, o),
+                        kernel::file_through(false),
                         &id,
                     ),
                     Answer::Plain => reply.created(&TTL, &a, Generation(0), FileHandle(fh), o),
-                    Answer::Refuse => {
-                        // NOTE: cannot happen (a new inode has no handles
-                        // to disagree with); the kernel's lookup stays
-                        // counted.
-                        self.core.passthrough_release(fh);
-                        self.core.abandon(fh);
-                        reply.error(Errno::EIO);
-                    }
+                    // NOTE: cannot happen (a new inode has no handles to
+                    // disagree with); the kernel's lookup stays counted.
+                    Answer::Refuse => reply.error(Errno::EIO),
                 }
             }
             Err(e) => reply.error(e),

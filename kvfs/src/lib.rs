@@ -26,7 +26,7 @@ pub use crate::core::{
     loaded, node_of, path_in, AttrMap, Core, Inval, InvalSink, Invalidate, Options, RenameMode, SetAttr, State,
 };
 pub use crate::fake::FakeCluster;
-pub use crate::fs::{invalidator, is_root, Invalidator, KvFs};
+pub use crate::fs::{invalidator, is_root, kernel, Invalidator, KvFs};
 pub use crate::handles::Caller;
 pub use crate::remote::Remote;
 pub use crate::sync::{load, load_lkg, MountWatch, Status};

@@ -283,7 +283,7 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     // NOTE: the kernel knows only allow_other; "root and the owner" is
     // fuser's check (and auto_unmount needs one of the two).
     config.acl = if access.others { SessionACL::All } else { SessionACL::RootAndOwner };
-    config.n_threads = Some(4);
+    config.n_threads = Some(kvfs::kernel::SESSION_THREADS);
     let session = Session::new(fs, &inv.mountpoint, &config)
         .with_context(|| format!("cannot mount at {} (is fuse3 installed?)", inv.mountpoint.display()))?;
     let mountpoint = inv.mountpoint.clone();

@@ -436,10 +436,17 @@ mod tests {
         }
     }
 
+    /// `-o o` with a source and a mount point, in kvfs's form or (`helper`)
+    /// mount's.
+    fn with_opts(o: &str, helper: bool) -> Result<Invocation, String> {
+        let a = if helper { format!("http://h:1/a /m -o {o}") } else { format!("-o {o} http://h:1/a /m") };
+        parse(&args(&a), helper).map(run)
+    }
+
     #[test]
     fn log_format_is_text_or_json_in_both_forms() {
         for helper in [false, true] {
-            let json = |o: &str| parse(&args(&format!("-o {o} http://h:1/app /mnt")), helper).map(|p| run(p).log_json);
+            let json = |o: &str| with_opts(o, helper).map(|i| i.log_json);
             assert_eq!(json("log_format=json"), Ok(true));
             assert_eq!(json("log_format=text"), Ok(false));
             for bad in ["log_format=yaml", "log_format=", "log_format"] {
@@ -452,7 +459,7 @@ mod tests {
     #[test]
     fn passthrough_is_a_flag_in_both_forms() {
         for helper in [false, true] {
-            let pt = |o: &str| parse(&args(&format!("-o {o} http://h:1/app /mnt")), helper).map(|p| run(p).passthrough);
+            let pt = |o: &str| with_opts(o, helper).map(|i| i.passthrough);
             assert_eq!(pt("passthrough"), Ok(true));
             assert_eq!(pt("ro"), Ok(false));
             let e = pt("passthrough=1").expect_err("passthrough=1");
@@ -463,10 +470,7 @@ mod tests {
     #[test]
     fn metrics_addr_takes_host_and_port_in_both_forms() {
         for helper in [false, true] {
-            let addr = |o: &str| {
-                let a = if helper { format!("http://h:1/a /m -o {o}") } else { format!("-o {o} http://h:1/a /m") };
-                parse(&args(&a), helper).map(|p| run(p).metrics_addr)
-            };
+            let addr = |o: &str| with_opts(o, helper).map(|i| i.metrics_addr);
             assert_eq!(addr("metrics_addr=127.0.0.1:0"), Ok(Some("127.0.0.1:0".into())));
             assert_eq!(addr("metrics_addr=localhost:9101"), Ok(Some("localhost:9101".into())));
             assert_eq!(addr("metrics_addr=[::1]:9101"), Ok(Some("[::1]:9101".into())));

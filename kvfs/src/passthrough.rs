@@ -29,7 +29,7 @@ use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use fuser::{BackingId, FopenFlags};
+use fuser::BackingId;
 
 /// Backing files kept for inodes with no open handle, the least recently
 /// used dropped first: a file opened again soon needs no new one.
@@ -83,15 +83,6 @@ pub enum Answer {
     Plain,
     /// With EIO, publishing nothing.
     Refuse,
-}
-
-/// What an open is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Use {
-    /// Reads: the kernel serves them.
-    Read,
-    /// Writes: direct I/O on top.
-    Write,
 }
 
 impl Backings {
@@ -166,23 +157,19 @@ impl Backings {
     /// Whether `ino` has open handles answered with its backing file: its
     /// content must not change (core detaches it instead).
     pub fn pinned(&self, ino: u64) -> bool {
-        self.inner
-            .lock()
-            .map(|i| i.by_ino.get(&ino).is_some_and(|e| e.mode == Mode::Through && e.open > 0))
-            .unwrap_or(true)
-    }
-
-    /// The open flags of a passthrough answer, from the plain answer's
-    /// (the kernel refuses any other with passthrough, KEEP_CACHE too).
-    pub fn flags(how: Use, plain: FopenFlags) -> FopenFlags {
-        match how {
-            Use::Read => plain & FopenFlags::FOPEN_NOFLUSH,
-            Use::Write => plain & (FopenFlags::FOPEN_NOFLUSH | FopenFlags::FOPEN_DIRECT_IO),
-        }
+        self.on()
+            && self
+                .inner
+                .lock()
+                .map(|i| i.by_ino.get(&ino).is_some_and(|e| e.mode == Mode::Through && e.open > 0))
+                .unwrap_or(true)
     }
 
     /// RELEASE of `fh` (or an open answered with an error).
     pub fn release(&self, fh: u64) {
+        if !self.on() {
+            return;
+        }
         let Ok(mut inner) = self.inner.lock() else { return };
         let Some(ino) = inner.by_fh.remove(&fh) else { return };
         let Some(e) = inner.by_ino.get_mut(&ino) else { return };
@@ -190,10 +177,13 @@ impl Backings {
         if e.open == 0 && e.mode == Mode::Plain {
             inner.by_ino.remove(&ino);
         }
-        let idle: Vec<(u64, u64)> =
+        // (the idle ones are counted only when there may be too many)
+        if inner.by_ino.len() <= IDLE {
+            return;
+        }
+        let mut idle: Vec<(u64, u64)> =
             inner.by_ino.iter().filter(|(_, e)| e.open == 0).map(|(i, e)| (e.used, *i)).collect();
         if idle.len() > IDLE {
-            let mut idle = idle;
             idle.sort_unstable();
             for (_, i) in &idle[..idle.len() - IDLE] {
                 inner.by_ino.remove(i);

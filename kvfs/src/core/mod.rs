@@ -538,19 +538,15 @@ impl Core {
         Ok(node.ok_or(Errno::EISDIR)?.value)
     }
 
-    /// Passthrough is asked for and granted.
-    pub fn passthrough_on(&self) -> bool {
-        self.backings.on()
-    }
-
     /// Turns passthrough on (the kernel granted it).
     pub fn enable_passthrough(&self) {
         self.backings.enable();
     }
 
-    /// How to answer OPEN (or CREATE) of `fh` on `ino` with passthrough on
-    /// (passthrough.rs); `open_backing` registers a memory file with the
-    /// kernel.
+    /// How to answer OPEN (or CREATE) of `fh` on `ino` (passthrough.rs):
+    /// plainly unless passthrough is on; `open_backing` registers a memory
+    /// file with the kernel. A refused open's handle is closed here,
+    /// publishing nothing.
     ///
     /// IMPORTANT: decided under the state lock, against the version the
     /// inode has: a commit that would give it new content in place checks
@@ -561,12 +557,26 @@ impl Core {
         fh: u64,
         open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<fuser::BackingId>,
     ) -> crate::passthrough::Answer {
-        let Ok(s) = self.state() else { return crate::passthrough::Answer::Refuse };
-        let Ok((_, Some(node), _)) = Self::node_of_ino(&s, ino) else { return crate::passthrough::Answer::Refuse };
-        // A file created here and not yet committed, and a scratch file,
-        // take new content in place: answered plainly.
-        let settled = !node.provisional && !node.local;
-        self.backings.answer(ino, fh, &node.value, settled, open_backing)
+        use crate::passthrough::Answer;
+        if !self.backings.on() {
+            return Answer::Plain;
+        }
+        let answer = match self.state() {
+            Ok(s) => match Self::node_of_ino(&s, ino) {
+                // A file created here and not yet committed, and a scratch
+                // file, take new content in place: answered plainly.
+                Ok((_, Some(node), _)) => {
+                    let settled = !node.provisional && !node.local;
+                    self.backings.answer(ino, fh, &node.value, settled, open_backing)
+                }
+                _ => Answer::Refuse,
+            },
+            Err(_) => Answer::Refuse,
+        };
+        if matches!(answer, Answer::Refuse) {
+            self.abandon(fh);
+        }
+        answer
     }
 
     /// RELEASE of `fh` for passthrough's counts.
@@ -575,7 +585,7 @@ impl Core {
     }
 
     /// Closes a handle whose open the kernel never got, publishing nothing.
-    pub fn abandon(&self, fh: u64) {
+    fn abandon(&self, fh: u64) {
         if let Ok(mut hs) = self.handles() {
             if let Ok(w) = hs.writer(fh) {
                 w.dirty = false;

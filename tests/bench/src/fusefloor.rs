@@ -13,16 +13,16 @@ use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request, Session, SessionACL,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, KernelConfig, LockOwner,
+    MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyXattr, Request, Session, SessionACL,
 };
 
-/// kvfs's TTL for names and attributes.
-const TTL: Duration = Duration::from_secs(3600);
+use kvfs::kernel::{self, TTL};
+
 /// Files in `many`.
 const MANY: u64 = 1000;
 const ROOT: u64 = 1;
@@ -102,15 +102,9 @@ impl Floor {
 
 impl Filesystem for Floor {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.add_capabilities(
-            InitFlags::FUSE_ATOMIC_O_TRUNC
-                | InitFlags::FUSE_DO_READDIRPLUS
-                | InitFlags::FUSE_READDIRPLUS_AUTO
-                | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
-        );
-        if self.passthrough.is_some() {
-            config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).map_err(|_| no_passthrough())?;
-            config.set_max_stack_depth(1).map_err(|_| no_passthrough())?;
+        let _ = config.add_capabilities(kernel::CAPABILITIES);
+        if self.passthrough.is_some() && !kernel::ask_passthrough(config) {
+            return Err(no_passthrough());
         }
         Ok(())
     }
@@ -145,12 +139,11 @@ impl Filesystem for Floor {
                         }
                     }
                 };
-                reply.opened_passthrough(FileHandle(ino.0), FopenFlags::FOPEN_NOFLUSH, id);
+                reply.opened_passthrough(FileHandle(ino.0), kernel::file_through(true), id);
             }
-            (Some(a), None) if a.kind == FileType::RegularFile => reply.opened(
-                FileHandle(ino.0),
-                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-            ),
+            (Some(a), None) if a.kind == FileType::RegularFile => {
+                reply.opened(FileHandle(ino.0), kernel::file_open(true))
+            }
             (Some(_), _) => reply.error(Errno::EISDIR),
             (None, _) => reply.error(Errno::ENOENT),
         }
@@ -186,7 +179,7 @@ impl Filesystem for Floor {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);
+        reply.opened(FileHandle(0), kernel::DIR_OPEN);
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
@@ -255,6 +248,6 @@ pub fn serve(dir: &Path, size: usize, passthrough: bool) -> std::io::Result<()> 
         MountOption::DefaultPermissions,
     ];
     config.acl = SessionACL::All;
-    config.n_threads = Some(4);
+    config.n_threads = Some(kernel::SESSION_THREADS);
     Session::new(fs, dir, &config)?.run()
 }

@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
 
 mod fusefloor;
-use serde_json::json;
 
 #[derive(Parser)]
 struct Cli {
