@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    BsdFileFlags, Errno, FileAttr, FileHandle, Filesystem, Generation, INodeNo, KernelConfig, LockOwner, Notifier,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BsdFileFlags, Errno, FileHandle, Filesystem, Generation, INodeNo, KernelConfig, LockOwner, Notifier, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use kv_client::{clock, Kind};
 
-use crate::core::{Core, Inval, Invalidate, RenameMode, SetAttr};
+use crate::core::{Core, Inval, Invalidate, RenameMode, SetAttr, Told};
 use crate::handles::{Caller, CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER};
 use crate::passthrough::Answer;
 use crate::tree::join;
@@ -166,9 +166,18 @@ fn ns_of(t: TimeOrNow) -> i64 {
     }
 }
 
-fn reply_entry(r: Result<FileAttr, Errno>, reply: ReplyEntry) {
+/// How long the kernel may keep what it is told.
+fn ttl(t: &Told) -> Duration {
+    if t.keep {
+        TTL
+    } else {
+        Duration::ZERO
+    }
+}
+
+fn reply_entry(r: Result<Told, Errno>, reply: ReplyEntry) {
     match r {
-        Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+        Ok(t) => reply.entry(&ttl(&t), &t.attr, Generation(0)),
         Err(e) => reply.error(e),
     }
 }
@@ -261,7 +270,7 @@ impl Invalidate for Invalidator {
         self.queued.load(Ordering::Relaxed)
     }
 
-    fn send_and_wait(&self, list: Vec<Inval>, bound: Duration) {
+    fn send_and_wait(&self, list: Vec<Inval>, bound: Duration) -> bool {
         let (tx, rx) = channel();
         let n = self.queue(list, Some(&tx));
         let deadline = std::time::Instant::now() + bound;
@@ -269,9 +278,10 @@ impl Invalidate for Invalidator {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if rx.recv_timeout(left).is_err() {
                 tracing::debug!(bound_ms = bound.as_millis() as u64, "the kernel took long to forget a name");
-                return;
+                return false;
             }
         }
+        true
     }
 }
 
@@ -306,10 +316,10 @@ impl Filesystem for KvFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let attr = match fh {
             Some(fh) => self.core.getattr_fh(ino.0, fh.0),
-            None => self.core.getattr(ino.0),
+            None => self.core.getattr_told(ino.0),
         };
         match attr {
-            Ok(a) => reply.attr(&TTL, &a),
+            Ok(t) => reply.attr(&ttl(&t), &t.attr),
             Err(e) => reply.error(e),
         }
     }
@@ -365,12 +375,18 @@ impl Filesystem for KvFs {
             return reply.error(Errno::EPERM);
         }
         let owner = (req.uid(), req.gid());
-        reply_entry(self.core.new_child(parent.0, name, Kind::File, mode & !umask, Vec::new(), owner), reply);
+        reply_entry(
+            self.core.new_child(parent.0, name, Kind::File, mode & !umask, Vec::new(), owner).map(Told::kept),
+            reply,
+        );
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let owner = (req.uid(), req.gid());
-        reply_entry(self.core.new_child(parent.0, name, Kind::Dir, mode & !umask, Vec::new(), owner), reply);
+        reply_entry(
+            self.core.new_child(parent.0, name, Kind::Dir, mode & !umask, Vec::new(), owner).map(Told::kept),
+            reply,
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -388,7 +404,7 @@ impl Filesystem for KvFs {
             Some("") => Err(Errno::ENOENT),
             Some(t) => self.core.new_child(parent.0, link_name, Kind::Symlink, 0o777, t.as_bytes().to_vec(), owner),
         };
-        reply_entry(r, reply);
+        reply_entry(r.map(Told::kept), reply);
     }
 
     fn rename(
@@ -499,7 +515,7 @@ impl Filesystem for KvFs {
         reply_empty(self.core.fsync(fh.0), reply);
     }
 
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // NOTE: FUSE's no-opendir mode would save two round trips per `ls`,
         // but fusermount3 then cannot tell a crashed kvfs (it opens the
         // mountpoint and unmounts only on ENOTCONN), and leaves a dead mount.
@@ -507,7 +523,10 @@ impl Filesystem for KvFs {
         // mount: it refuses their OPENDIR, not their READDIR.)
         // The kernel keeps the listing in its page cache until this mount
         // or an invalidation (a change seen in the cluster) says otherwise.
-        reply.opened(FileHandle(self.core.opendir()), kernel::DIR_OPEN);
+        // While a change to the listing is under way, the kernel drops the
+        // one it has and keeps none.
+        let (fh, keep) = self.core.opendir(ino.0);
+        reply.opened(FileHandle(fh), if keep { kernel::DIR_OPEN } else { fuser::FopenFlags::empty() });
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
@@ -539,13 +558,14 @@ impl Filesystem for KvFs {
         for (i, (_, _, name)) in list.iter().enumerate().skip(offset as usize) {
             // NOTE: the kernel counts a lookup for every entry but `.` and `..`.
             let attr = match name.as_str() {
-                "." => self.core.getattr(ino.0),
-                ".." => self.core.getattr(list[1].0),
-                _ => self.core.entry(&join(&dir, name)),
+                "." => self.core.getattr_told(ino.0),
+                ".." => self.core.getattr_told(list[1].0),
+                _ => self.core.entry_told(&join(&dir, name)),
             };
             // An entry removed since the listing was taken is left out.
-            let Ok(attr) = attr else { continue };
-            if reply.add(attr.ino, (i + 1) as u64, name, &TTL, &attr, Generation(0)) {
+            let Ok(t) = attr else { continue };
+            let attr = t.attr;
+            if reply.add(attr.ino, (i + 1) as u64, name, &ttl(&t), &attr, Generation(0)) {
                 if !matches!(name.as_str(), "." | "..") {
                     self.core.forget(attr.ino.0, 1);
                 }

@@ -13,7 +13,7 @@ mod rename;
 mod tests;
 mod watch;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -33,7 +33,7 @@ pub use rename::RenameMode;
 pub use watch::{loaded, node_of};
 
 /// A kernel cache entry to drop.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Inval {
     /// Attributes and pages of an inode (a directory's listing).
     Inode(u64),
@@ -50,8 +50,9 @@ pub trait Invalidate: Send + Sync {
     /// Hands invalidations over and returns at once.
     fn send(&self, list: Vec<Inval>);
     /// Hands them over and waits until the kernel took them, at most
-    /// `bound` (a directory another request holds locked waits for it).
-    fn send_and_wait(&self, list: Vec<Inval>, bound: Duration);
+    /// `bound` (a directory another request holds locked waits for it);
+    /// whether it took them all.
+    fn send_and_wait(&self, list: Vec<Inval>, bound: Duration) -> bool;
     /// How many were handed over and are not done yet.
     fn queued(&self) -> u64 {
         0
@@ -80,6 +81,28 @@ pub struct State {
     pub tree: Tree,
     /// Inodes by path and number.
     pub inodes: Inodes,
+    /// Paths a change from elsewhere is about to replace (names, their
+    /// directories, attributes): the kernel is being told to forget them,
+    /// and may not keep what it is shown of them until the change is
+    /// applied (watch.rs).
+    pub settling: HashSet<String>,
+}
+
+/// What the kernel is shown of an entry or inode, and whether it may keep
+/// it (`false`: a change is under way; it must ask again each time).
+#[derive(Debug, Clone)]
+pub struct Told {
+    /// The attributes.
+    pub attr: FileAttr,
+    /// The kernel may keep them (and the name) for its usual time.
+    pub keep: bool,
+}
+
+impl Told {
+    /// `attr`, to keep: what this mount just made.
+    pub fn kept(attr: FileAttr) -> Told {
+        Told { attr, keep: true }
+    }
 }
 
 /// How a mount behaves.
@@ -145,6 +168,8 @@ pub struct Core {
     handles: Mutex<Handles>,
     listings: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_dir: AtomicU64,
+    /// Held while a change from elsewhere is made (watch.rs).
+    applying: Mutex<()>,
     inval: InvalSink,
     /// What the mount's token may read (`None`: not known, assume all).
     pub grants: RwLock<Option<kv_client::Grants>>,
@@ -221,6 +246,7 @@ impl Core {
             handles: Mutex::default(),
             listings: Mutex::default(),
             next_dir: AtomicU64::new(1),
+            applying: Mutex::default(),
             inval,
             grants: RwLock::new(None),
             connected: AtomicBool::new(true),
@@ -391,6 +417,11 @@ impl Core {
     /// LOOKUP and every reply that hands the kernel an inode: the path's
     /// attached inode, counted as one more lookup.
     pub fn entry(&self, path: &str) -> Result<FileAttr, Errno> {
+        self.entry_told(path).map(|e| e.attr)
+    }
+
+    /// [`Core::entry`], and whether the kernel may keep it.
+    pub fn entry_told(&self, path: &str) -> Result<Told, Errno> {
         let mut s = self.state_mut()?;
         if s.tree.kind(path).is_none() {
             return Err(Errno::ENOENT);
@@ -398,14 +429,14 @@ impl Core {
         let ino = s.inodes.attach(path);
         let attr = self.path_attr(&s, path, ino)?;
         s.inodes.looked_up(ino);
-        Ok(attr)
+        Ok(Told { attr, keep: s.settling.is_empty() || !s.settling.contains(path) })
     }
 
     /// LOOKUP of `name` in `parent`; a name the token may not see is
     /// `EACCES`, not `ENOENT`.
-    pub fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> Result<FileAttr, Errno> {
+    pub fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> Result<Told, Errno> {
         let path = self.child(parent, name)?;
-        match self.entry(&path) {
+        match self.entry_told(&path) {
             Err(Errno::ENOENT) if !self.granted(|g, k| g.can_see(k), &path) => Err(Errno::EACCES),
             other => other,
         }
@@ -421,27 +452,33 @@ impl Core {
     /// GETATTR. The size is the stored value's: a writer's buffer is not a
     /// value anyone else may see (see [`Core::getattr_fh`]).
     pub fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        self.getattr_told(ino).map(|a| a.attr)
+    }
+
+    /// [`Core::getattr`], and whether the kernel may keep it.
+    pub fn getattr_told(&self, ino: u64) -> Result<Told, Errno> {
         let s = self.state()?;
         let (path, node, attached) = Self::node_of_ino(&s, ino)?;
-        match (attached, node) {
-            (true, _) => self.path_attr(&s, &path, ino),
-            (false, Some(n)) => Ok(self.attr_of(ino, &n.meta, n.value.len() as u64)),
-            (false, None) => Ok(self.attr_of(ino, &new_meta(Kind::Dir, 0o755, 0, 0), 4096)),
-        }
+        let attr = match (attached, node) {
+            (true, _) => self.path_attr(&s, &path, ino)?,
+            (false, Some(n)) => self.attr_of(ino, &n.meta, n.value.len() as u64),
+            (false, None) => self.attr_of(ino, &new_meta(Kind::Dir, 0o755, 0, 0), 4096),
+        };
+        Ok(Told { attr, keep: !(attached && s.settling.contains(&path)) })
     }
 
     /// GETATTR through a handle (the kernel asks so before a seek to the end
     /// or a read past its idea of the end): a writer sees the size of what
     /// it has written.
-    pub fn getattr_fh(&self, ino: u64, fh: u64) -> Result<FileAttr, Errno> {
-        let mut attr = self.getattr(ino)?;
+    pub fn getattr_fh(&self, ino: u64, fh: u64) -> Result<Told, Errno> {
+        let mut a = self.getattr_told(ino)?;
         if let Ok(w) = self.handles()?.writer(fh) {
             if w.dirty {
-                attr.size = w.buf.len() as u64;
-                attr.blocks = attr.size.div_ceil(512);
+                a.attr.size = w.buf.len() as u64;
+                a.attr.blocks = a.attr.size.div_ceil(512);
             }
         }
-        Ok(attr)
+        Ok(a)
     }
 
     /// READLINK.
@@ -917,9 +954,12 @@ impl Core {
         }
     }
 
-    /// OPENDIR: a handle whose listing is taken at the first READDIR.
-    pub fn opendir(&self) -> u64 {
-        self.next_dir.fetch_add(1, Ordering::Relaxed)
+    /// OPENDIR of `ino`: a handle whose listing is taken at the first
+    /// READDIR, and whether the kernel may keep the listing (not while a
+    /// change to it is under way).
+    pub fn opendir(&self, ino: u64) -> (u64, bool) {
+        let keep = self.dir_path(ino).ok().is_none_or(|p| self.state().is_ok_and(|s| !s.settling.contains(&p)));
+        (self.next_dir.fetch_add(1, Ordering::Relaxed), keep)
     }
 
     /// RELEASEDIR.

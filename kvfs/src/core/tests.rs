@@ -37,8 +37,9 @@ impl Invalidate for Sent {
     fn send(&self, list: Vec<Inval>) {
         self.0.lock().expect("sent").extend(list.into_iter().map(|i| (false, i)));
     }
-    fn send_and_wait(&self, list: Vec<Inval>, _bound: Duration) {
+    fn send_and_wait(&self, list: Vec<Inval>, _bound: Duration) -> bool {
         self.0.lock().expect("sent").extend(list.into_iter().map(|i| (true, i)));
+        true
     }
 }
 
@@ -116,7 +117,7 @@ fn until(what: &str, mut f: impl FnMut() -> bool) {
 
 impl Mount {
     fn ino(&self, name: &str) -> Result<u64, Errno> {
-        self.core.lookup(ROOT, OsStr::new(name)).map(|a| a.ino.0)
+        self.core.lookup(ROOT, OsStr::new(name)).map(|a| a.attr.ino.0)
     }
 
     /// LOOKUP then OPEN: (inode, handle).
@@ -620,7 +621,7 @@ fn the_attribute_map_changes_what_is_shown_and_not_what_is_stored() {
         let core = mount_mapped(fake.clone(), map).core;
         ["f", "d", "l"].map(|n| {
             let a = core.lookup(ROOT, OsStr::new(n)).expect(n);
-            (a.uid, a.gid, a.perm)
+            (a.attr.uid, a.attr.gid, a.attr.perm)
         })
     };
     assert_eq!(shown(AttrMap::default()), [(0, 0, 0o664), (0, 0, 0o755), (0, 0, 0o777)]);
@@ -691,8 +692,8 @@ fn the_root_takes_no_chmod_and_a_mapped_owner_or_mode_is_not_stored() {
         (m.mode & 0o7777, m.uid, m.gid)
     };
     let core = with(AttrMap { uid: Some(998), gid: Some(997), fmode: Some(0o640), ..AttrMap::default() });
-    let f = core.lookup(ROOT, OsStr::new("f")).expect("f").ino.0;
-    let d = core.lookup(ROOT, OsStr::new("d")).expect("d").ino.0;
+    let f = core.lookup(ROOT, OsStr::new("f")).expect("f").attr.ino.0;
+    let d = core.lookup(ROOT, OsStr::new("d")).expect("d").attr.ino.0;
     // `cp -p` by the shown owner: chown to what is shown, chmod of a file
     // whose mode is fixed: accepted, nothing stored.
     let cp = SetAttr {
@@ -728,8 +729,8 @@ fn the_root_takes_no_chmod_and_a_mapped_owner_or_mode_is_not_stored() {
 
     // umask= hides bits this host may not clear: `chmod u+x` keeps g+r.
     let core = with(AttrMap { umask: 0o077, ..AttrMap::default() });
-    let d = core.lookup(ROOT, OsStr::new("d")).expect("d").ino.0;
-    let g = core.lookup(d, OsStr::new("g")).expect("g").ino.0;
+    let d = core.lookup(ROOT, OsStr::new("d")).expect("d").attr.ino.0;
+    let g = core.lookup(d, OsStr::new("g")).expect("g").attr.ino.0;
     assert_eq!(core.getattr(g).map(|a| a.perm), Ok(0o600));
     assert_eq!(core.setattr(g, None, chmod(0o700)).map(|a| a.perm), Ok(0o700));
     assert_eq!(meta("d/g"), (0o744, 0, 0));

@@ -466,44 +466,68 @@ fn a_reader_on_a_mount_sees_a_release_of_1000_files_whole_never_half() {
     };
     crate::mount::eventually("release 1 on the mount", || release_of(&mnt.join(&files[999])) == 1);
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (stop, files, mnt) = (stop.clone(), files.clone(), mnt.clone());
-        std::thread::spawn(move || {
-            // Each pass: the last file, every file, the last file again. When
-            // both ends agree no release landed in between, so every file
-            // must hold it; a pass whose ends differ proves nothing.
-            let mut passes: Vec<(u32, u32, std::collections::BTreeSet<u32>)> = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                let first = release_of(&mnt.join(&files[999]));
-                let seen = files.iter().map(|f| release_of(&mnt.join(f))).collect();
-                passes.push((first, release_of(&mnt.join(&files[999])), seen));
+    type Pass = (u32, u32, std::collections::BTreeSet<u32>);
+    // Two readers, walking the files in opposite orders.
+    let readers: Vec<_> = [false, true]
+        .into_iter()
+        .map(|backwards| {
+            let mut order = files.clone();
+            if backwards {
+                order.reverse();
             }
-            passes
+            let passes: Arc<std::sync::Mutex<Vec<Pass>>> = Arc::default();
+            let (stop, mnt, out) = (stop.clone(), mnt.clone(), passes.clone());
+            let reader = std::thread::spawn(move || {
+                // Each pass: the last file, every file, the last file again.
+                // When both ends agree no release landed in between, so
+                // every file must hold it; a pass whose ends differ proves
+                // nothing.
+                let end = &order[order.len() - 1];
+                while !stop.load(Ordering::SeqCst) {
+                    let first = release_of(&mnt.join(end));
+                    let seen = order.iter().map(|f| release_of(&mnt.join(f))).collect();
+                    let pass = (first, release_of(&mnt.join(end)), seen);
+                    out.lock().expect("passes").push(pass);
+                }
+            });
+            (reader, passes)
         })
-    };
-    for n in 2..=4 {
-        std::thread::sleep(std::time::Duration::from_millis(150));
+        .collect();
+    const LAST: u32 = 8;
+    for n in 2..=LAST {
+        std::thread::sleep(std::time::Duration::from_millis(100));
         make(n);
         kvctl_ok(&k, &["apply", p(dir.path()), "app"]);
     }
-    crate::mount::eventually("release 4 on the mount", || release_of(&mnt.join(&files[0])) == 4);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    stop.store(true, Ordering::SeqCst);
-    let passes = reader.join().expect("reader");
-    let mut last = 0;
-    for (i, (a, b, seen)) in passes.iter().enumerate() {
-        assert!(*a >= last && b >= a, "pass {i}: the mount went back ({last}, {a}, {b})");
-        last = *b;
-        if a == b {
-            assert_eq!(seen.iter().collect::<Vec<_>>(), [a], "pass {i}: half a release: {seen:?}");
-        }
+    for (reader, passes) in &readers {
+        // (A reader that failed ends early, and says why at the join.)
+        crate::mount::eventually("a whole pass over the last release", || {
+            reader.is_finished() || passes.lock().expect("passes").last().is_some_and(|p| p.0 == LAST && p.1 == LAST)
+        });
     }
-    let conclusive = passes.iter().filter(|(a, b, _)| a == b).count();
-    assert!(
-        conclusive >= 3 && passes.last().is_some_and(|p| p.0 == 4),
-        "{} passes, {conclusive} conclusive",
-        passes.len()
-    );
+    stop.store(true, Ordering::SeqCst);
+    let mut during = 0;
+    for (r, (reader, passes)) in readers.into_iter().enumerate() {
+        reader.join().expect("reader");
+        let passes = std::mem::take(&mut *passes.lock().expect("passes"));
+        let mut last = 0;
+        for (i, (a, b, seen)) in passes.iter().enumerate() {
+            assert!(*a >= last && b >= a, "reader {r}, pass {i}: the mount went back ({last}, {a}, {b})");
+            last = *b;
+            if a == b {
+                assert_eq!(seen.iter().collect::<Vec<_>>(), [a], "reader {r}, pass {i}: half a release: {seen:?}");
+            }
+        }
+        let conclusive = passes.iter().filter(|(a, b, _)| a == b).count();
+        during += passes.iter().filter(|(a, b, _)| a == b && (2..LAST).contains(a)).count();
+        assert!(
+            conclusive >= 3 && passes.iter().any(|p| p.0 == LAST),
+            "reader {r}: {} passes, {conclusive} conclusive",
+            passes.len()
+        );
+    }
+    // (Passes over release 1 and the last alone prove nothing of a change.)
+    assert!(during >= 1, "no whole pass while releases came");
     drop(m);
 }
 

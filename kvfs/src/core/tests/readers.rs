@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use super::*;
+use kv_client::TxnOp;
+
 use crate::cluster::Batch;
 use crate::sync::MountWatch as Watch;
 
@@ -138,6 +140,28 @@ fn a_rename_elsewhere_applied_as_one_batch_never_hides_the_target() {
 }
 
 #[test]
+fn a_revision_that_writes_a_key_twice_leaves_what_its_last_write_left() {
+    let fake = fake();
+    put(&fake, "f", "1");
+    let a = mount(fake.clone());
+    let put_then_delete = TxnRequest {
+        success: vec![TxnOp::put(key("f"), "2"), TxnOp::Delete { key: key("f"), recursive: false }],
+        ..TxnRequest::default()
+    };
+    assert!(fake.txn(&put_then_delete).expect("txn").succeeded);
+    assert_eq!(stored(&fake, "f"), None);
+    catch_up(&a.core, &fake);
+    assert_eq!(a.ino("f"), Err(Errno::ENOENT), "the mount shows what the cluster holds");
+    let delete_then_put = TxnRequest {
+        success: vec![TxnOp::Delete { key: key("g"), recursive: false }, TxnOp::put(key("g"), "3")],
+        ..TxnRequest::default()
+    };
+    assert!(fake.txn(&delete_then_put).expect("txn").succeeded);
+    catch_up(&a.core, &fake);
+    assert_eq!(a.cat("g"), Ok(b"3".to_vec()));
+}
+
+#[test]
 fn readers_of_a_name_never_miss_it_while_renames_elsewhere_replace_it() {
     const N: usize = 40;
     let fake = fake();
@@ -189,7 +213,7 @@ fn a_rename_over_a_file_on_this_mount_keeps_the_target_s_reader_on_its_version()
 // ---- Invalidations ----
 
 #[test]
-fn a_change_elsewhere_makes_the_kernel_forget_the_name() {
+fn a_change_elsewhere_makes_the_kernel_forget_the_name_before_it_is_shown() {
     let fake = fake();
     put(&fake, "f", "1");
     let a = mount(fake.clone());
@@ -199,10 +223,169 @@ fn a_change_elsewhere_makes_the_kernel_forget_the_name() {
     put(&fake, "new", "x");
     catch_up(&a.core, &fake);
     let sent = a.sent.take();
-    for name in ["f", "new"] {
-        assert!(sent.contains(&(false, Inval::Entry(ROOT, name.into()))), "{name}: {sent:?}");
+    let f = sent.iter().position(|i| *i == (true, Inval::Entry(ROOT, "f".into())));
+    assert!(f.is_some(), "the watch waits for the kernel to forget `f`: {sent:?}");
+    assert!(sent.contains(&(false, Inval::Entry(ROOT, "new".into()))), "{sent:?}");
+    assert_eq!(a.cat("f"), Ok(b"2".to_vec()));
+    assert!(a.core.lookup(ROOT, OsStr::new("f")).expect("f").keep, "once shown, the kernel keeps it");
+}
+
+/// What a reader found at a path: content and mode.
+type Found = Result<(Vec<u8>, u16), Errno>;
+
+/// A cached name: its inode, and its mode if that is cached too.
+type Name = (u64, Option<u16>);
+
+/// The kernel's caches, as far as a reader can tell: names (to inodes) and
+/// attributes, each kept only when kvfs lets it. Told to forget, it takes
+/// the invalidations one at a time in the order `order` gives them, and
+/// after each a reader reads every path of `paths` once.
+struct Kernel {
+    core: std::sync::OnceLock<std::sync::Weak<Core>>,
+    paths: Vec<&'static str>,
+    reversed: bool,
+    /// (parent, name) -> (inode, its mode if kept).
+    names: Mutex<std::collections::HashMap<(u64, String), Name>>,
+    passes: Mutex<Vec<Vec<Found>>>,
+}
+
+impl Kernel {
+    fn core(&self) -> Arc<Core> {
+        self.core.get().and_then(|w| w.upgrade()).expect("the mount")
     }
-    assert!(sent.iter().all(|(waited, _)| !waited), "the watch never waits for the kernel: {sent:?}");
+
+    /// What `cat` and `stat` of `path` find: walks it name by name.
+    fn read(&self, path: &str) -> Found {
+        let core = self.core();
+        let mut names = self.names.lock().expect("names");
+        let (mut ino, mut perm) = (ROOT, None);
+        for name in path.split('/') {
+            let cached = names.get(&(ino, name.to_owned())).copied();
+            let (next, kept) = match cached {
+                Some(c) => c,
+                None => {
+                    let t = core.lookup(ino, OsStr::new(name))?;
+                    let kept = t.keep.then_some(t.attr.perm);
+                    if t.keep {
+                        names.insert((ino, name.to_owned()), (t.attr.ino.0, kept));
+                    }
+                    (t.attr.ino.0, Some(t.attr.perm))
+                }
+            };
+            (ino, perm) = (next, kept);
+        }
+        let perm = match perm {
+            Some(p) => p,
+            None => core.getattr_told(ino)?.attr.perm,
+        };
+        let fh = core.open(ino, libc::O_RDONLY)?;
+        let data = core.read(ino, fh, 0, 1 << 20, true);
+        core.release(fh);
+        Ok((data?, perm))
+    }
+
+    fn take(&self, list: Vec<Inval>) {
+        let mut list = list;
+        if self.reversed {
+            list.reverse();
+        }
+        for i in list {
+            {
+                let mut names = self.names.lock().expect("names");
+                match i {
+                    Inval::Entry(parent, name) => {
+                        names.remove(&(parent, name));
+                    }
+                    Inval::Attrs(ino) | Inval::Inode(ino) => {
+                        for v in names.values_mut().filter(|v| v.0 == ino) {
+                            v.1 = None;
+                        }
+                    }
+                }
+            }
+            let pass = self.paths.iter().map(|p| self.read(p)).collect();
+            self.passes.lock().expect("passes").push(pass);
+        }
+    }
+}
+
+impl Invalidate for Arc<Kernel> {
+    fn send(&self, list: Vec<Inval>) {
+        self.take(list);
+    }
+    fn send_and_wait(&self, list: Vec<Inval>, _bound: Duration) -> bool {
+        self.take(list);
+        true
+    }
+}
+
+#[test]
+fn a_reader_sees_a_revision_of_many_changes_whole_whatever_the_order_the_kernel_forgets_in() {
+    // (Brought by the watch, and by a re-list after compaction.)
+    for (reversed, relist) in [(false, false), (true, false), (false, true), (true, true)] {
+        let fake = fake();
+        for n in ["a", "b", "c", "d/x", "h/1", "h/2"] {
+            put(&fake, n, "1");
+        }
+        // (`h` is not looked up before the change: the kernel has no inode
+        // of it yet.)
+        let paths = vec!["a", "b", "c", "d/x", "e/y", "h/1", "h/2"];
+        let kernel = Arc::new(Kernel {
+            core: Default::default(),
+            paths: paths.clone(),
+            reversed,
+            names: Mutex::default(),
+            passes: Mutex::default(),
+        });
+        let (cursor, entries) = crate::sync::load(fake.as_ref(), PREFIX, path_of).expect("load");
+        let opts = Options { prefix: PREFIX.into(), ..Options::default() };
+        let core = Arc::new(Core::new(fake.clone(), opts, loaded(entries, cursor), Box::new(kernel.clone())));
+        kernel.core.set(Arc::downgrade(&core)).expect("once");
+        let mut first: Vec<_> = paths[..5].iter().map(|p| kernel.read(p)).collect();
+        first.extend([Ok((b"1".to_vec(), 0o644)), Ok((b"1".to_vec(), 0o644))]);
+        // One revision: a new version, a chmod, a delete, a file in a new
+        // directory and one in a directory that goes.
+        let mut chmod = TxnOp::put(key("b"), "1");
+        if let TxnOp::Put { mode, .. } = &mut chmod {
+            *mode = Some(0o600);
+        }
+        let txn = TxnRequest {
+            success: vec![
+                TxnOp::put(key("a"), "2"),
+                chmod,
+                TxnOp::Delete { key: key("c"), recursive: false },
+                TxnOp::Delete { key: key("d/x"), recursive: false },
+                TxnOp::put(key("e/y"), "2"),
+                TxnOp::put(key("h/1"), "2"),
+                TxnOp::put(key("h/2"), "2"),
+            ],
+            ..TxnRequest::default()
+        };
+        assert!(fake.txn(&txn).expect("txn").succeeded);
+        if relist {
+            let (cursor, fresh) = crate::sync::load(fake.as_ref(), PREFIX, path_of).expect("load");
+            core.relist(fresh, cursor);
+        } else {
+            let mut w = fake.watch(PREFIX, core.cursor()).expect("watch");
+            core.apply_and_show(&w.next().expect("next").expect("a batch"), WAIT);
+        }
+        let last: Vec<_> = paths.iter().map(|p| kernel.read(p)).collect();
+        let file = |v: &str, m: u16| Ok((v.as_bytes().to_vec(), m));
+        let gone = || Err(Errno::ENOENT);
+        let one = file("1", 0o644);
+        assert_eq!(first, [one.clone(), one.clone(), one.clone(), one.clone(), gone(), one.clone(), one]);
+        let two = file("2", 0o644);
+        assert_eq!(last, [two.clone(), file("1", 0o600), gone(), gone(), two.clone(), two.clone(), two]);
+        let passes = kernel.passes.lock().expect("passes").clone();
+        assert!(passes.len() >= 5, "{passes:?}");
+        for (i, pass) in passes.iter().enumerate() {
+            assert!(
+                *pass == first || *pass == last,
+                "reversed {reversed}, relist {relist}, pass {i} of {}: {pass:?}",
+                passes.len()
+            );
+        }
+    }
 }
 
 // ---- The watch never skips ----

@@ -166,7 +166,7 @@ fn a_commit_of_a_created_file_never_changes_another_version_s_inode_in_place() {
     let (core, f2, o) = (a.core.clone(), fake.clone(), other.clone());
     hook(&hooked.after_put, move || {
         apply_through(&core, &f2, theirs);
-        let ino = core.lookup(ROOT, OsStr::new("f")).expect("lookup").ino.0;
+        let ino = core.lookup(ROOT, OsStr::new("f")).expect("lookup").attr.ino.0;
         *o.lock().expect("other") = Some(ino);
     });
     assert_eq!(a.core.flush(fh, SHELL), Ok(()));
@@ -306,10 +306,10 @@ fn getattr_through_a_writer_s_handle_reports_its_buffer_s_size() {
     let a = mount(fake.clone());
     let (ino, fh) = a.open("f", libc::O_WRONLY);
     a.core.write(fh, 5, b"678", Some(SHELL)).expect("write");
-    assert_eq!(a.core.getattr_fh(ino, fh).map(|a| a.size), Ok(8), "the writer's own size");
+    assert_eq!(a.core.getattr_fh(ino, fh).map(|a| a.attr.size), Ok(8), "the writer's own size");
     assert_eq!(a.core.getattr(ino).map(|a| a.size), Ok(5), "others see the stored value's");
     let (_, rfh) = a.open("f", libc::O_RDONLY);
-    assert_eq!(a.core.getattr_fh(ino, rfh).map(|a| a.size), Ok(5), "a reader's handle");
+    assert_eq!(a.core.getattr_fh(ino, rfh).map(|a| a.attr.size), Ok(5), "a reader's handle");
     a.core.release(rfh);
     assert_eq!(a.core.flush(fh, SHELL), Ok(()));
     a.core.release(fh);
@@ -409,7 +409,7 @@ fn a_file_created_here_over_a_version_that_won_elsewhere_keeps_its_owner() {
     assert_eq!((e.value_bytes(), e.meta.mode & 0o7777, e.meta.uid), (Some(b"mine".to_vec()), 0o666, 1001));
     // And this mount shows it so.
     let shown = a.core.lookup(ROOT, OsStr::new("s")).expect("s");
-    assert_eq!((shown.perm, shown.uid), (0o666, 1001));
+    assert_eq!((shown.attr.perm, shown.attr.uid), (0o666, 1001));
 }
 
 #[test]
