@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::{Method, RequestBuilder, Response};
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
 use crate::auth::{NewToken, TokenInfo, TokenSpec, WhoAmI};
-use crate::error::{body_error, check, error_chain, Error, ErrorCode};
+use crate::error::{answered_ok, api_error, body_error, check, error_chain, Error, ErrorCode};
 use crate::key::{normalize_prefix, validate_key};
-use crate::lean::{self, Fail};
+use crate::lean::{self, Call, Fail, Whole};
 use crate::pages::Cursor;
 use crate::path::encode_key;
 use crate::types::{
@@ -138,14 +139,34 @@ enum Body {
     Streamed,
 }
 
+/// A request as the walk over the members sends it.
+enum Attempt<'a, F> {
+    /// Built by reqwest for each endpoint (`build` adds what the request
+    /// carries).
+    Built { path_and_query: &'a str, build: &'a F, body: Body },
+    /// Written by this client where the endpoint is `http://`, else built
+    /// by reqwest from it.
+    Call(&'a Call<'a>),
+}
+
 /// What one attempt on one member gave.
-enum Sent {
+enum Sent<R> {
     /// An HTTP answer (any status).
-    Answer(Response),
+    Answer(R),
     /// The member took the request but gave no answer in time.
     NoAnswer,
     /// Not reached, or the connection broke.
     Failed(Fail),
+}
+
+impl<R> Sent<R> {
+    fn map<T>(self, f: impl FnOnce(R) -> T) -> Sent<T> {
+        match self {
+            Sent::Answer(r) => Sent::Answer(f(r)),
+            Sent::NoAnswer => Sent::NoAnswer,
+            Sent::Failed(e) => Sent::Failed(e),
+        }
+    }
 }
 
 impl Client {
@@ -249,8 +270,8 @@ impl Client {
     /// After a write a follower forwarded (the server names the leader only
     /// then): go on with the leader, if it is one of this client's
     /// endpoints (a client never strays from its list).
-    fn follow_leader(&self, resp: &Response) {
-        let Some(url) = resp.headers().get(header::LEADER).and_then(|v| v.to_str().ok()) else { return };
+    fn follow_leader(&self, headers: &HeaderMap) {
+        let Some(url) = headers.get(header::LEADER).and_then(|v| v.to_str().ok()) else { return };
         let Ok(url) = reqwest::Url::parse(url) else { return };
         let url = format!("{}://{}", url.scheme(), url.authority());
         if let Some(i) = self.endpoints.iter().position(|e| *e == url) {
@@ -302,6 +323,26 @@ impl Client {
     where
         F: Fn(RequestBuilder) -> RequestBuilder,
     {
+        let built = Attempt::Built { path_and_query, build: &build, body };
+        match self.over_members(&method, turn, &built).await? {
+            Reply::Full(r) => Ok(r),
+            Reply::Whole(w) => Ok(w.into_response()),
+        }
+    }
+
+    /// [`Client::send`] of a request whose answer is read whole, without
+    /// reqwest's request (and URL) on the way where the endpoint is
+    /// `http://`: the calls the hot paths make (get, put, delete, txn).
+    async fn call(&self, call: &Call<'_>) -> Result<Reply, Error> {
+        let attempt: Attempt<'_, fn(RequestBuilder) -> RequestBuilder> = Attempt::Call(call);
+        self.over_members(call.method, self.timeout, &attempt).await
+    }
+
+    /// Tries each endpoint in turn with `attempt` (see [`Client::send`]).
+    async fn over_members<F>(&self, method: &Method, turn: Duration, attempt: &Attempt<'_, F>) -> Result<Reply, Error>
+    where
+        F: Fn(RequestBuilder) -> RequestBuilder,
+    {
         let start = self.current.load(Ordering::Relaxed);
         let mut failures = Vec::new();
         // Whether a member took this write and gave no answer: it may still
@@ -310,35 +351,34 @@ impl Client {
         for i in 0..self.endpoints.len() {
             let idx = (start + i) % self.endpoints.len();
             let endpoint = &self.endpoints[idx];
-            let url = format!("{endpoint}{path_and_query}");
             // IMPORTANT: one deadline per endpoint, the repeat below
             // included, so a call waits at most `turn` per endpoint.
             let deadline = tokio::time::Instant::now() + turn;
             // A connection that broke after it was made (the member closed a
             // kept-alive one as it was reused, or restarted) is tried once
             // more, on a new connection, if the request may be sent twice.
-            let (mut sent, repeatable) = self.send_once(&method, &url, &build, deadline, body).await;
+            let (mut sent, repeatable) = self.attempt(method, attempt, endpoint, deadline).await;
             if repeatable && matches!(&sent, Sent::Failed(f) if f.broke) {
-                maybe_written |= method != Method::GET;
-                sent = self.send_once(&method, &url, &build, deadline, body).await.0;
+                maybe_written |= *method != Method::GET;
+                sent = self.attempt(method, attempt, endpoint, deadline).await.0;
             }
             match sent {
                 // IMPORTANT: a 503 says nothing was written, but only by the
                 // member that sent it; one that took the write unanswered
                 // may still apply it, so the outcome is unknown.
-                Sent::Answer(resp) if refused(&resp) && maybe_written && i + 1 == self.endpoints.len() => {
+                Sent::Answer(resp) if resp.refused() && maybe_written && i + 1 == self.endpoints.len() => {
                     failures.push(format!("{endpoint}: HTTP 503"));
                     return Err(Error::Unreachable(failures.join("; ")));
                 }
                 // NOTE: writes carry a request id, so trying another member
                 // (or the same one again) is safe: a repeat is answered, not
                 // applied twice.
-                Sent::Answer(resp) if refused(&resp) && i + 1 < self.endpoints.len() => {
+                Sent::Answer(resp) if resp.refused() && i + 1 < self.endpoints.len() => {
                     failures.push(format!("{endpoint}: HTTP 503"));
                 }
                 Sent::Answer(resp) => {
                     self.current.store(idx, Ordering::Relaxed);
-                    self.follow_leader(&resp);
+                    self.follow_leader(resp.headers());
                     return Ok(resp);
                 }
                 // IMPORTANT: a request without a request id that a member
@@ -352,7 +392,7 @@ impl Client {
                     )));
                 }
                 Sent::NoAnswer => {
-                    maybe_written |= method != Method::GET;
+                    maybe_written |= *method != Method::GET;
                     failures.push(format!("{endpoint}: no answer within {} s", turn.as_secs_f64()));
                 }
                 // IMPORTANT: the same for one whose connection broke after it
@@ -372,6 +412,50 @@ impl Client {
         Err(Error::Unreachable(failures.join("; ")))
     }
 
+    /// One attempt on `endpoint`, waiting until `deadline` at most; also
+    /// whether it may be sent twice.
+    async fn attempt<F>(
+        &self,
+        method: &Method,
+        attempt: &Attempt<'_, F>,
+        endpoint: &str,
+        deadline: tokio::time::Instant,
+    ) -> (Sent<Reply>, bool)
+    where
+        F: Fn(RequestBuilder) -> RequestBuilder,
+    {
+        match attempt {
+            Attempt::Built { path_and_query, build, body } => {
+                let url = format!("{endpoint}{path_and_query}");
+                let (sent, repeatable) = self.send_once(method, &url, *build, deadline, *body).await;
+                (sent.map(Reply::Full), repeatable)
+            }
+            Attempt::Call(call) => self.call_once(endpoint, call, deadline).await,
+        }
+    }
+
+    /// Sends `call` to `endpoint`, waiting until `deadline` at most: on the
+    /// lean path for `http://`, else through reqwest (its body is read by
+    /// the caller, bounded by the same deadline); also whether it may be
+    /// sent twice.
+    async fn call_once(&self, endpoint: &str, call: &Call<'_>, deadline: tokio::time::Instant) -> (Sent<Reply>, bool) {
+        let repeatable = *call.method == Method::GET || call.headers.contains_key(header::REQUEST_ID);
+        if let (Some(pool), Some(authority)) = (&self.lean, endpoint.strip_prefix("http://")) {
+            let connect = CONNECT_TIMEOUT.min(self.timeout);
+            let exchange = pool.send(authority, call, &self.defaults, repeatable, connect, POOL_IDLE);
+            let sent = match tokio::time::timeout_at(deadline, exchange).await {
+                Err(_) => Sent::NoAnswer,
+                Ok(Ok(w)) => Sent::Answer(Reply::Whole(w)),
+                Ok(Err(f)) => Sent::Failed(f),
+            };
+            return (sent, repeatable);
+        }
+        let url = format!("{endpoint}{}", call.path);
+        let build = |r: RequestBuilder| r.headers(call.headers.clone()).body(Bytes::copy_from_slice(call.body));
+        let (sent, repeatable) = self.send_once(call.method, &url, &build, deadline, Body::Bounded).await;
+        (sent.map(Reply::Full), repeatable)
+    }
+
     /// Sends one request to `url`, waiting until `deadline` at most; also
     /// whether it may be sent twice: only a read, or a write with a request
     /// id.
@@ -382,7 +466,7 @@ impl Client {
         build: &F,
         deadline: tokio::time::Instant,
         body: Body,
-    ) -> (Sent, bool)
+    ) -> (Sent<Response>, bool)
     where
         F: Fn(RequestBuilder) -> RequestBuilder,
     {
@@ -393,7 +477,7 @@ impl Client {
         let repeatable = r.method() == Method::GET || r.headers().contains_key(header::REQUEST_ID);
         if let (Body::Bounded, Some(pool), true) = (body, &self.lean, lean::eligible(&r)) {
             let connect = CONNECT_TIMEOUT.min(self.timeout);
-            let exchange = pool.send(&r, &self.defaults, repeatable, connect, POOL_IDLE);
+            let exchange = pool.send_request(&r, &self.defaults, repeatable, connect, POOL_IDLE);
             let sent = match tokio::time::timeout_at(deadline, exchange).await {
                 Err(_) => Sent::NoAnswer,
                 Ok(Ok(resp)) => Sent::Answer(resp),
@@ -447,68 +531,66 @@ impl Client {
 
     async fn get_query(&self, key: &str, q: &str) -> Result<Option<Value>, Error> {
         validate_key(key)?;
-        let resp = self.send(Method::GET, &format!("/v1/kv/{}{q}", encode_key(key)), |r| r).await?;
-        let resp = match check(resp).await {
+        let path = format!("/v1/kv/{}{q}", encode_key(key));
+        let call = Call { method: &Method::GET, path: &path, headers: &HeaderMap::new(), body: &[] };
+        let w = match self.call(&call).await?.checked().await {
             Err(e) if e.is(&ErrorCode::NotFound) => return Ok(None),
             r => r?,
         };
-        let meta = meta_from_headers(resp.headers())?;
-        let revision = header_u64(resp.headers(), header::REVISION)?;
-        let value = resp.bytes().await.map_err(|e| body_error(&e))?;
-        Ok(Some(Value { meta, value, revision }))
+        let meta = meta_from_headers(&w.headers)?;
+        let revision = header_u64(&w.headers, header::REVISION)?;
+        Ok(Some(Value { meta, value: w.body, revision }))
     }
 
     /// Writes a key.
     pub async fn put(&self, key: &str, value: impl Into<Bytes>, opts: &PutOptions) -> Result<TxnResponse, Error> {
         validate_key(key)?;
         let value: Bytes = value.into();
-        let id = opts.request_id.clone().unwrap_or_else(|| self.new_request_id());
-        let resp = self
-            .send(Method::PUT, &format!("/v1/kv/{}", encode_key(key)), |mut r| {
-                r = r.header(header::REQUEST_ID, &id).body(value.clone());
-                if let Some(rev) = opts.if_match {
-                    r = r.header("if-match", format!("\"{rev}\""));
-                }
-                if opts.create_only {
-                    r = r.header("if-none-match", "*");
-                }
-                let a = &opts.attrs;
-                if let Some(k) = a.kind {
-                    r = r.header(header::KIND, k.as_str());
-                }
-                if let Some(m) = a.mode {
-                    r = r.header(header::MODE, format!("{m:o}"));
-                }
-                if let Some(u) = a.uid {
-                    r = r.header(header::UID, u.to_string());
-                }
-                if let Some(g) = a.gid {
-                    r = r.header(header::GID, g.to_string());
-                }
-                if let Some(t) = a.mtime_ns {
-                    r = r.header(header::MTIME, t.to_string());
-                }
-                r
-            })
-            .await?;
-        json(check(resp).await?).await
+        let mut h = HeaderMap::with_capacity(4);
+        h.insert(
+            header::REQUEST_ID,
+            match &opts.request_id {
+                Some(id) => id_header(id)?,
+                None => id_header(&self.new_request_id())?,
+            },
+        );
+        if let Some(rev) = opts.if_match {
+            h.insert(reqwest::header::IF_MATCH, number(format!("\"{rev}\"")));
+        }
+        if opts.create_only {
+            h.insert(reqwest::header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        }
+        let a = &opts.attrs;
+        if let Some(k) = a.kind {
+            h.insert(header::KIND, HeaderValue::from_static(k.as_str()));
+        }
+        if let Some(m) = a.mode {
+            h.insert(header::MODE, number(format!("{m:o}")));
+        }
+        if let Some(u) = a.uid {
+            h.insert(header::UID, HeaderValue::from(u));
+        }
+        if let Some(g) = a.gid {
+            h.insert(header::GID, HeaderValue::from(g));
+        }
+        if let Some(t) = a.mtime_ns {
+            h.insert(header::MTIME, HeaderValue::from(t));
+        }
+        let path = format!("/v1/kv/{}", encode_key(key));
+        self.call(&Call { method: &Method::PUT, path: &path, headers: &h, body: &value }).await?.json().await
     }
 
     /// Deletes a key, or with `recursive` the key and everything below it.
     pub async fn delete(&self, key: &str, recursive: bool, if_match: Option<u64>) -> Result<TxnResponse, Error> {
         let key = if recursive { normalize_prefix(key)? } else { validate_key(key).map(|_| key)? };
-        let id = self.new_request_id();
+        let mut h = HeaderMap::with_capacity(2);
+        h.insert(header::REQUEST_ID, id_header(&self.new_request_id())?);
+        if let Some(rev) = if_match {
+            h.insert(reqwest::header::IF_MATCH, number(format!("\"{rev}\"")));
+        }
         let q = if recursive { "?recursive=true" } else { "" };
-        let resp = self
-            .send(Method::DELETE, &format!("/v1/kv/{}{q}", encode_key(key)), |mut r| {
-                r = r.header(header::REQUEST_ID, &id);
-                if let Some(rev) = if_match {
-                    r = r.header("if-match", format!("\"{rev}\""));
-                }
-                r
-            })
-            .await?;
-        json(check(resp).await?).await
+        let path = format!("/v1/kv/{}{q}", encode_key(key));
+        self.call(&Call { method: &Method::DELETE, path: &path, headers: &h, body: &[] }).await?.json().await
     }
 
     /// Lists entries below a prefix (`""` for the whole keyspace).
@@ -566,13 +648,10 @@ impl Client {
     /// Runs a transaction.
     pub async fn txn(&self, txn: &TxnRequest) -> Result<TxnResponse, Error> {
         let body = serde_json::to_vec(txn).map_err(|e| Error::Protocol(e.to_string()))?;
-        let id = self.new_request_id();
-        let resp = self
-            .send(Method::POST, "/v1/txn", |r| {
-                r.header(header::REQUEST_ID, &id).header("content-type", "application/json").body(body.clone())
-            })
-            .await?;
-        json(check(resp).await?).await
+        let mut h = HeaderMap::with_capacity(2);
+        h.insert(header::REQUEST_ID, id_header(&self.new_request_id())?);
+        h.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.call(&Call { method: &Method::POST, path: "/v1/txn", headers: &h, body: &body }).await?.json().await
     }
 
     /// Watches a prefix for changes after revision `after` (from now when
@@ -620,7 +699,7 @@ impl Client {
                     continue;
                 }
             };
-            if refused(&resp) && i + 1 < self.endpoints.len() {
+            if refused(resp.status()) && i + 1 < self.endpoints.len() {
                 last_err = format!("{}: HTTP 503", self.endpoints[idx]);
                 continue;
             }
@@ -779,12 +858,77 @@ fn past_unsupported() -> Error {
     Error::Protocol("the member does not read past revisions (a kvd older than this client?)".into())
 }
 
-/// Whether a member refused to serve (`unavailable`: no leader, no quorum,
-/// removed), which says it wrote nothing and another member may serve.
-///
-/// NOTE: told from the status alone, so the body stays for the caller.
-fn refused(resp: &Response) -> bool {
-    resp.status().as_u16() == ErrorCode::Unavailable.status()
+/// An answer to a [`Call`]: read whole on the lean path, or coming through
+/// reqwest.
+enum Reply {
+    Whole(Whole),
+    Full(Response),
+}
+
+impl Reply {
+    fn headers(&self) -> &HeaderMap {
+        match self {
+            Reply::Whole(w) => &w.headers,
+            Reply::Full(r) => r.headers(),
+        }
+    }
+
+    /// Whether the member refused to serve (`unavailable`: no leader, no
+    /// quorum, removed), which says it wrote nothing and another member
+    /// may serve.
+    ///
+    /// NOTE: told from the status alone, so the body stays for the caller.
+    fn refused(&self) -> bool {
+        let status = match self {
+            Reply::Whole(w) => w.status,
+            Reply::Full(r) => r.status(),
+        };
+        refused(status)
+    }
+
+    /// The answer read whole; an error status as [`Error::Api`].
+    async fn checked(self) -> Result<Whole, Error> {
+        let w = match self {
+            Reply::Whole(w) => w,
+            Reply::Full(r) => {
+                let (status, headers) = (r.status(), r.headers().clone());
+                let body = r.bytes().await.map_err(|e| body_error(&e));
+                match body {
+                    Ok(body) => Whole { status, headers, body },
+                    // (an error answer whose body broke is still its error)
+                    Err(_) if !answered_ok(status) => Whole { status, headers, body: Bytes::new() },
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if answered_ok(w.status) {
+            Ok(w)
+        } else {
+            Err(api_error(w.status, &w.body))
+        }
+    }
+
+    /// The answer's JSON, or the error it is.
+    async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, Error> {
+        let w = self.checked().await?;
+        serde_json::from_slice(&w.body).map_err(|e| Error::Protocol(format!("bad JSON from server: {e}")))
+    }
+}
+
+/// Whether `status` is a refusal to serve (see [`Reply::refused`]).
+fn refused(status: StatusCode) -> bool {
+    status.as_u16() == ErrorCode::Unavailable.status()
+}
+
+/// A header value of ASCII this client formatted itself.
+fn number(s: String) -> HeaderValue {
+    HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A request id as a header value; one that cannot be is refused.
+fn id_header(id: &str) -> Result<HeaderValue, Error> {
+    HeaderValue::from_str(id)
+        .map_err(|_| Error::Config(format!("the request id {id:?} holds characters a header cannot carry")))
 }
 
 /// A hint for the usual TLS mistakes, from the error's text.

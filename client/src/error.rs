@@ -262,11 +262,21 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 /// Turns an error status into [`Error::Api`].
 pub(crate) async fn check(resp: Response) -> Result<Response, Error> {
     let status = resp.status();
-    if status.is_success() || status == StatusCode::NOT_MODIFIED {
+    if answered_ok(status) {
         return Ok(resp);
     }
     let body = resp.bytes().await.unwrap_or_default();
-    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+    Err(api_error(status, &body))
+}
+
+/// Whether `status` is an answer, not an error.
+pub(crate) fn answered_ok(status: StatusCode) -> bool {
+    status.is_success() || status == StatusCode::NOT_MODIFIED
+}
+
+/// The [`Error::Api`] an error answer with `status` and `body` is.
+pub(crate) fn api_error(status: StatusCode, body: &[u8]) -> Error {
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
         // NOTE: a code this client does not know (a newer server's) is read
         // by its status when that names one, as before codes were parsed.
         Ok(ErrorBody { error: ErrorCode::Other(name), message }) => match ErrorCode::from_status(status.as_u16()) {
@@ -276,10 +286,10 @@ pub(crate) async fn check(resp: Response) -> Result<Response, Error> {
         Ok(b) => (b.error, b.message),
         Err(_) => (
             ErrorCode::from_status(status.as_u16()).unwrap_or_else(|| ErrorCode::Other("http".to_owned())),
-            String::from_utf8_lossy(&body).trim().to_owned(),
+            String::from_utf8_lossy(body).trim().to_owned(),
         ),
     };
-    Err(Error::Api { status: status.as_u16(), code, message })
+    Error::Api { status: status.as_u16(), code, message }
 }
 
 /// An answer's body that could not be read: cut off by the request

@@ -87,10 +87,11 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (one [`eligible`]) and reads the whole answer.
-    /// `repeatable`: the request may be sent twice; one that may not goes
-    /// on a new connection, never on one the member may have closed.
-    pub(crate) async fn send(
+    /// Sends `req` (one [`eligible`]) and reads the whole answer, as
+    /// reqwest would give it. `repeatable`: the request may be sent twice;
+    /// one that may not goes on a new connection, never on one the member
+    /// may have closed.
+    pub(crate) async fn send_request(
         &self,
         req: &reqwest::Request,
         defaults: &HeaderMap,
@@ -101,38 +102,55 @@ impl Pool {
         let url = req.url();
         let body: &[u8] = req.body().and_then(|b| b.as_bytes()).unwrap_or_default();
         let host = url.host_str().ok_or_else(|| Fail { text: format!("no host in {url}"), broke: false })?;
-        let port = url.port_or_known_default().unwrap_or(80);
-        let authority = format!("{host}:{port}");
-        let mut out = Vec::with_capacity(256 + body.len());
-        out.extend_from_slice(req.method().as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(url.path().as_bytes());
-        if let Some(q) = url.query() {
-            out.push(b'?');
-            out.extend_from_slice(q.as_bytes());
-        }
-        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         // (the port only when the URL names one, as reqwest writes it)
-        out.extend_from_slice(host.as_bytes());
-        if let Some(p) = url.port() {
-            out.extend_from_slice(format!(":{p}").as_bytes());
-        }
+        let authority = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        };
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let call = Call { method: req.method(), path: &path, headers: req.headers(), body };
+        Ok(self.send(&authority, &call, defaults, repeatable, connect_timeout, idle_for).await?.into_response())
+    }
+
+    /// Sends `call` to `authority` (`host[:port]`, as the endpoint names
+    /// it) and reads the whole answer. `repeatable`: see
+    /// [`Pool::send_request`].
+    pub(crate) async fn send(
+        &self,
+        authority: &str,
+        call: &Call<'_>,
+        defaults: &HeaderMap,
+        repeatable: bool,
+        connect_timeout: Duration,
+        idle_for: Duration,
+    ) -> Result<Whole, Fail> {
+        let mut out = Vec::with_capacity(256 + call.body.len());
+        out.extend_from_slice(call.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(call.path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        out.extend_from_slice(authority.as_bytes());
         out.extend_from_slice(b"\r\n");
         let ours =
             |k: &HeaderName| matches!(k.as_str(), "host" | "content-length" | "transfer-encoding" | "connection");
-        let from_defaults = defaults.iter().filter(|(k, _)| !req.headers().contains_key(*k));
-        for (k, v) in req.headers().iter().chain(from_defaults).filter(|(k, _)| !ours(k)) {
+        let from_defaults = defaults.iter().filter(|(k, _)| !call.headers.contains_key(*k));
+        for (k, v) in call.headers.iter().chain(from_defaults).filter(|(k, _)| !ours(k)) {
             out.extend_from_slice(k.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(v.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
-        out.extend_from_slice(body);
-        let reuse = if repeatable { self.take(&authority, idle_for) } else { None };
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(call.body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(call.body);
+        let reuse = if repeatable { self.take(authority, idle_for) } else { None };
         let (mut conn, reused) = match reuse {
             Some(c) => (c, true),
-            None => match tokio::time::timeout(connect_timeout, TcpStream::connect(&authority)).await {
+            None => match tokio::time::timeout(connect_timeout, connect(authority)).await {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
                     (BufReader::new(s), false)
@@ -141,20 +159,62 @@ impl Pool {
                 Err(_) => return Err(Fail { text: "connect timed out".into(), broke: false }),
             },
         };
-        match exchange(&mut conn, &out, req.method() == Method::HEAD).await {
-            Ok((resp, keep)) => {
+        match exchange(&mut conn, &out, call.method == Method::HEAD).await {
+            Ok((whole, keep)) => {
                 if keep {
-                    self.put(&authority, conn);
+                    self.put(authority, conn);
                 }
-                Ok(resp)
+                Ok(whole)
             }
             Err(e) => {
                 if reused {
-                    self.clear(&authority);
+                    self.clear(authority);
                 }
                 Err(Fail { text: format!("connection broke: {e}"), broke: true })
             }
         }
+    }
+}
+
+/// Connects to `authority` (`host[:port]`; port 80 when it names none).
+async fn connect(authority: &str) -> std::io::Result<TcpStream> {
+    // (an IPv6 address is bracketed: a port comes after the bracket)
+    let named = authority.rsplit_once(']').map_or(authority, |(_, rest)| rest).contains(':');
+    if named {
+        TcpStream::connect(authority).await
+    } else {
+        TcpStream::connect(format!("{authority}:80")).await
+    }
+}
+
+/// A request read whole by its answer: what goes on the wire but the host,
+/// the length and the connection headers, which this path writes.
+pub(crate) struct Call<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// Path and query.
+    pub path: &'a str,
+    /// Headers (the client's defaults are added unless named here).
+    pub headers: &'a HeaderMap,
+    /// The body.
+    pub body: &'a [u8],
+}
+
+/// An answer read whole.
+#[derive(Debug)]
+pub(crate) struct Whole {
+    pub status: http::StatusCode,
+    pub headers: HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Whole {
+    /// The answer as reqwest gives one.
+    pub(crate) fn into_response(self) -> reqwest::Response {
+        let mut resp = http::Response::new(self.body);
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        reqwest::Response::from(resp)
     }
 }
 
@@ -207,11 +267,7 @@ async fn read_n(conn: &mut BufReader<TcpStream>, body: &mut Vec<u8>, n: u64) -> 
 
 /// Writes `out` and reads one answer (`head`: to a HEAD request): the
 /// answer, and whether the connection may carry another request.
-async fn exchange(
-    conn: &mut BufReader<TcpStream>,
-    out: &[u8],
-    head: bool,
-) -> std::io::Result<(reqwest::Response, bool)> {
+async fn exchange(conn: &mut BufReader<TcpStream>, out: &[u8], head: bool) -> std::io::Result<(Whole, bool)> {
     conn.get_mut().write_all(out).await?;
     let mut line = Vec::new();
     // Interim answers (100 Continue, 103 Early Hints) come before the one.
@@ -294,8 +350,6 @@ async fn exchange(
         }
         keep = false;
     }
-    let mut resp = http::Response::new(body);
-    *resp.status_mut() = http::StatusCode::from_u16(status).map_err(|_| bad("bad status"))?;
-    *resp.headers_mut() = headers;
-    Ok((reqwest::Response::from(resp), keep))
+    let status = http::StatusCode::from_u16(status).map_err(|_| bad("bad status"))?;
+    Ok((Whole { status, headers, body: body.into() }, keep))
 }
