@@ -184,6 +184,15 @@ impl Client {
             if url.scheme() != "http" && url.scheme() != "https" || url.host().is_none() {
                 return Err(Error::Endpoint(e.to_owned()));
             }
+            // (kvd takes a token, never a password; and a password in the
+            // URL would be in every error about the member)
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(Error::Config(format!(
+                    "the endpoint {}://{}:… names a user: give a token instead",
+                    url.scheme(),
+                    url.host_str().unwrap_or_default()
+                )));
+            }
             eps.push(format!("{}://{}", url.scheme(), url.authority()));
         }
         if eps.is_empty() {
@@ -546,7 +555,7 @@ impl Client {
     pub async fn put(&self, key: &str, value: impl Into<Bytes>, opts: &PutOptions) -> Result<TxnResponse, Error> {
         validate_key(key)?;
         let value: Bytes = value.into();
-        let mut h = HeaderMap::with_capacity(4);
+        let mut h = HeaderMap::with_capacity(8);
         h.insert(
             header::REQUEST_ID,
             match &opts.request_id {

@@ -367,3 +367,106 @@ async fn a_request_that_may_not_be_sent_twice_never_rides_a_kept_alive_connectio
     assert_eq!(resp.status().as_u16(), 200);
     done(server).await;
 }
+
+#[tokio::test]
+async fn a_put_s_options_go_out_as_headers_and_a_request_id_no_header_can_carry_sends_nothing() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = tokio::spawn(async move {
+        // One connection, one request: a refused put never reaches here.
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+        let end = loop {
+            let n = s.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed mid-request");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+        };
+        answer(&mut s, "", r#"{"succeeded":true,"revision":9,"results":[]}"#).await;
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    });
+    let mut c = Client::new(&[format!("http://{addr}")]).expect("client");
+    // (the lean path even where the environment names a proxy)
+    c.lean = Some(crate::lean::Pool::default());
+    let bad = PutOptions { request_id: Some("a\r\nx-evil: 1".into()), ..PutOptions::default() };
+    let err = c.put("a/b", "v", &bad).await.expect_err("a request id with a line break");
+    assert!(matches!(&err, Error::Config(m) if m.contains("request id")), "{err:?}");
+    let attrs =
+        Attrs { kind: Some(Kind::File), mode: Some(0o640), uid: Some(1001), gid: Some(1002), mtime_ns: Some(-5) };
+    let opts = PutOptions { attrs, if_match: Some(5), create_only: true, request_id: Some("order-17".into()) };
+    assert_eq!(c.put("a/b", "v", &opts).await.expect("put").revision, 9);
+    let head = tokio::time::timeout(Duration::from_secs(5), server).await.expect("in time").expect("server");
+    let mut lines: Vec<&str> = head.lines().skip(1).collect();
+    lines.sort_unstable();
+    assert_eq!(head.lines().next(), Some("PUT /v1/kv/a/b HTTP/1.1"));
+    assert_eq!(
+        lines,
+        [
+            "content-length: 1",
+            format!("host: {addr}").as_str(),
+            "if-match: \"5\"",
+            "if-none-match: *",
+            "x-kv-gid: 1002",
+            "x-kv-kind: file",
+            "x-kv-mode: 640",
+            "x-kv-mtime: -5",
+            "x-kv-request-id: order-17",
+            "x-kv-uid: 1001",
+        ]
+    );
+}
+
+#[test]
+fn an_endpoint_with_a_user_or_password_is_refused_without_echoing_it() {
+    for e in ["http://u:secret@127.0.0.1:7379", "http://u@127.0.0.1:7379", "https://:secret@kv.example"] {
+        let err = Client::new(&[e]).expect_err(e);
+        assert!(matches!(&err, Error::Config(m) if m.contains("token")), "{e}: {err:?}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn without_the_lean_path_the_hot_calls_send_the_same_request_through_reqwest() {
+    // (as behind an HTTP proxy, or on https://)
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = tokio::spawn(async move {
+        let mut heads = Vec::new();
+        for body in [r#"{"succeeded":true,"revision":4,"results":[]}"#, r#"{"error":"not_found","message":"no"}"#] {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+            let end = loop {
+                let n = s.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "closed mid-request");
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end;
+                }
+            };
+            heads.push(String::from_utf8_lossy(&buf[..end]).to_lowercase());
+            let status = if body.contains("not_found") { "404 Not Found" } else { "200 OK" };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(resp.as_bytes()).await.expect("answer");
+        }
+        heads
+    });
+    let opts = ClientOptions { token: Some("t0ken".into()), ..ClientOptions::default() };
+    let mut c = Client::with_options(&[format!("http://{addr}")], &opts).expect("client");
+    c.lean = None;
+    let put = PutOptions { if_match: Some(3), ..PutOptions::default() };
+    assert_eq!(c.put("a/b", "v", &put).await.expect("put").revision, 4);
+    assert_eq!(c.get("a/c").await.expect("a 404 is no value"), None);
+    let heads = tokio::time::timeout(Duration::from_secs(5), server).await.expect("in time").expect("server");
+    assert!(heads[0].starts_with("put /v1/kv/a/b http/1.1"), "{}", heads[0]);
+    assert!(heads[1].starts_with("get /v1/kv/a/c http/1.1"), "{}", heads[1]);
+    for h in &heads {
+        assert_eq!(h.matches("authorization: bearer t0ken").count(), 1, "{h}");
+    }
+    assert!(heads[0].contains("if-match: \"3\"") && heads[0].contains("x-kv-request-id: "), "{}", heads[0]);
+    assert!(!heads[1].contains("x-kv-request-id"), "a read carries no request id: {}", heads[1]);
+}

@@ -42,7 +42,8 @@ impl From<reqwest::Error> for Fail {
 /// A kept-alive connection and when it went idle.
 type Idle = (BufReader<TcpStream>, Instant);
 
-/// Idle connections by `host:port`.
+/// Idle connections by the member's address as its endpoint names it
+/// (`host[:port]`).
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
     idle: Mutex<HashMap<String, Vec<Idle>>>,
@@ -176,14 +177,19 @@ impl Pool {
     }
 }
 
-/// Connects to `authority` (`host[:port]`; port 80 when it names none).
+/// Connects to `authority` (`host[:port]`).
 async fn connect(authority: &str) -> std::io::Result<TcpStream> {
+    TcpStream::connect(&*address(authority)).await
+}
+
+/// The address to connect to for `authority`: port 80 when it names none.
+fn address(authority: &str) -> std::borrow::Cow<'_, str> {
     // (an IPv6 address is bracketed: a port comes after the bracket)
     let named = authority.rsplit_once(']').map_or(authority, |(_, rest)| rest).contains(':');
     if named {
-        TcpStream::connect(authority).await
+        authority.into()
     } else {
-        TcpStream::connect(format!("{authority}:80")).await
+        format!("{authority}:80").into()
     }
 }
 
@@ -352,4 +358,21 @@ async fn exchange(conn: &mut BufReader<TcpStream>, out: &[u8], head: bool) -> st
     }
     let status = http::StatusCode::from_u16(status).map_err(|_| bad("bad status"))?;
     Ok((Whole { status, headers, body: body.into() }, keep))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_endpoint_without_a_port_is_reached_on_port_80() {
+        for (authority, address) in [
+            ("127.0.0.1:7379", "127.0.0.1:7379"),
+            ("127.0.0.1", "127.0.0.1:80"),
+            ("localhost:7379", "localhost:7379"),
+            ("kv.example", "kv.example:80"),
+            ("[::1]:7379", "[::1]:7379"),
+            ("[::1]", "[::1]:80"),
+        ] {
+            assert_eq!(super::address(authority), address);
+        }
+    }
 }
