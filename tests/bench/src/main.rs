@@ -202,20 +202,23 @@ enum Conn {
 struct Raw {
     io: tokio::io::BufReader<tokio::net::TcpStream>,
     host: String,
-    /// Request ids: this process's and a counter.
-    id: (u32, u64),
+    /// Request ids: this process's, this connection's and a counter.
+    /// IMPORTANT: unique across connections: a repeated id is answered from
+    /// kvd's dedup record, not written again.
+    id: (u32, usize, u64),
 }
 
 impl Raw {
     /// One request; whether the answer was 200.
     async fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Result<bool, Error> {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-        self.id.1 += 1;
+        self.id.2 += 1;
         let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\nx-kv-request-id: raw-{}-{}\r\ncontent-length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nx-kv-request-id: raw-{}-{}-{}\r\ncontent-length: {}\r\n\r\n",
             self.host,
             self.id.0,
             self.id.1,
+            self.id.2,
             body.len()
         )
         .into_bytes();
@@ -263,7 +266,7 @@ impl Conn {
                 Conn::Raw(Arc::new(tokio::sync::Mutex::new(Raw {
                     io: tokio::io::BufReader::new(s),
                     host,
-                    id: (std::process::id(), 0),
+                    id: (std::process::id(), i, 0),
                 })))
             }
         })
