@@ -368,6 +368,19 @@ async fn a_request_that_may_not_be_sent_twice_never_rides_a_kept_alive_connectio
     done(server).await;
 }
 
+/// Reads one request's head (its body, if any, is left unread).
+async fn read_head(s: &mut TcpStream) -> String {
+    let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+    loop {
+        let n = s.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed mid-request");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return String::from_utf8_lossy(&buf[..end]).into_owned();
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_put_s_options_go_out_as_headers_and_a_request_id_no_header_can_carry_sends_nothing() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -375,17 +388,9 @@ async fn a_put_s_options_go_out_as_headers_and_a_request_id_no_header_can_carry_
     let server = tokio::spawn(async move {
         // One connection, one request: a refused put never reaches here.
         let (mut s, _) = listener.accept().await.expect("accept");
-        let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
-        let end = loop {
-            let n = s.read(&mut chunk).await.expect("read");
-            assert!(n > 0, "closed mid-request");
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end;
-            }
-        };
+        let head = read_head(&mut s).await;
         answer(&mut s, "", r#"{"succeeded":true,"revision":9,"results":[]}"#).await;
-        String::from_utf8_lossy(&buf[..end]).into_owned()
+        head
     });
     let mut c = Client::new(&[format!("http://{addr}")]).expect("client");
     // (the lean path even where the environment names a proxy)
@@ -436,16 +441,7 @@ async fn without_the_lean_path_the_hot_calls_send_the_same_request_through_reqwe
         let mut heads = Vec::new();
         for body in [r#"{"succeeded":true,"revision":4,"results":[]}"#, r#"{"error":"not_found","message":"no"}"#] {
             let (mut s, _) = listener.accept().await.expect("accept");
-            let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
-            let end = loop {
-                let n = s.read(&mut chunk).await.expect("read");
-                assert!(n > 0, "closed mid-request");
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break end;
-                }
-            };
-            heads.push(String::from_utf8_lossy(&buf[..end]).to_lowercase());
+            heads.push(read_head(&mut s).await.to_lowercase());
             let status = if body.contains("not_found") { "404 Not Found" } else { "200 OK" };
             let resp = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
