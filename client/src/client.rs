@@ -321,6 +321,11 @@ impl Client {
         self.timeout
     }
 
+    /// How long the lean path waits for a connection to a member.
+    fn connect_timeout(&self) -> Duration {
+        CONNECT_TIMEOUT.min(self.timeout)
+    }
+
     async fn send_within<F>(
         &self,
         method: Method,
@@ -448,16 +453,10 @@ impl Client {
     /// the caller, bounded by the same deadline); also whether it may be
     /// sent twice.
     async fn call_once(&self, endpoint: &str, call: &Call<'_>, deadline: tokio::time::Instant) -> (Sent<Reply>, bool) {
-        let repeatable = *call.method == Method::GET || call.headers.contains_key(header::REQUEST_ID);
+        let repeatable = repeatable(call.method, call.headers);
         if let (Some(pool), Some(authority)) = (&self.lean, endpoint.strip_prefix("http://")) {
-            let connect = CONNECT_TIMEOUT.min(self.timeout);
-            let exchange = pool.send(authority, call, &self.defaults, repeatable, connect, POOL_IDLE);
-            let sent = match tokio::time::timeout_at(deadline, exchange).await {
-                Err(_) => Sent::NoAnswer,
-                Ok(Ok(w)) => Sent::Answer(Reply::Whole(w)),
-                Ok(Err(f)) => Sent::Failed(f),
-            };
-            return (sent, repeatable);
+            let exchange = pool.send(authority, call, &self.defaults, repeatable, self.connect_timeout(), POOL_IDLE);
+            return (lean_within(deadline, exchange).await.map(Reply::Whole), repeatable);
         }
         let url = format!("{endpoint}{}", call.path);
         let build = |r: RequestBuilder| r.headers(call.headers.clone()).body(Bytes::copy_from_slice(call.body));
@@ -483,16 +482,10 @@ impl Client {
             Ok(r) => r,
             Err(e) => return (Sent::Failed(e.into()), false),
         };
-        let repeatable = r.method() == Method::GET || r.headers().contains_key(header::REQUEST_ID);
+        let repeatable = repeatable(r.method(), r.headers());
         if let (Body::Bounded, Some(pool), true) = (body, &self.lean, lean::eligible(&r)) {
-            let connect = CONNECT_TIMEOUT.min(self.timeout);
-            let exchange = pool.send_request(&r, &self.defaults, repeatable, connect, POOL_IDLE);
-            let sent = match tokio::time::timeout_at(deadline, exchange).await {
-                Err(_) => Sent::NoAnswer,
-                Ok(Ok(resp)) => Sent::Answer(resp),
-                Ok(Err(f)) => Sent::Failed(f),
-            };
-            return (sent, repeatable);
+            let exchange = pool.send_request(&r, &self.defaults, repeatable, self.connect_timeout(), POOL_IDLE);
+            return (lean_within(deadline, exchange).await, repeatable);
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if body == Body::Bounded {
@@ -921,6 +914,24 @@ impl Reply {
     async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, Error> {
         let w = self.checked().await?;
         serde_json::from_slice(&w.body).map_err(|e| Error::Protocol(format!("bad JSON from server: {e}")))
+    }
+}
+
+/// Whether a request may be sent twice: a read, or a write with a request
+/// id (a repeat is answered, not applied again).
+fn repeatable(method: &Method, headers: &HeaderMap) -> bool {
+    *method == Method::GET || headers.contains_key(header::REQUEST_ID)
+}
+
+/// A lean-path exchange, given until `deadline`.
+async fn lean_within<R>(
+    deadline: tokio::time::Instant,
+    exchange: impl std::future::Future<Output = Result<R, Fail>>,
+) -> Sent<R> {
+    match tokio::time::timeout_at(deadline, exchange).await {
+        Err(_) => Sent::NoAnswer,
+        Ok(Ok(r)) => Sent::Answer(r),
+        Ok(Err(f)) => Sent::Failed(f),
     }
 }
 

@@ -88,6 +88,14 @@ pub struct State {
     pub settling: HashSet<String>,
 }
 
+impl State {
+    /// Whether the kernel may keep what it is shown of `path`: no change
+    /// to it is under way ([`State::settling`]).
+    pub fn settled(&self, path: &str) -> bool {
+        self.settling.is_empty() || !self.settling.contains(path)
+    }
+}
+
 /// What the kernel is shown of an entry or inode, and whether it may keep
 /// it (`false`: a change is under way; it must ask again each time).
 #[derive(Debug, Clone)]
@@ -429,7 +437,7 @@ impl Core {
         let ino = s.inodes.attach(path);
         let attr = self.path_attr(&s, path, ino)?;
         s.inodes.looked_up(ino);
-        Ok(Told { attr, keep: s.settling.is_empty() || !s.settling.contains(path) })
+        Ok(Told { attr, keep: s.settled(path) })
     }
 
     /// LOOKUP of `name` in `parent`; a name the token may not see is
@@ -464,7 +472,7 @@ impl Core {
             (false, Some(n)) => self.attr_of(ino, &n.meta, n.value.len() as u64),
             (false, None) => self.attr_of(ino, &new_meta(Kind::Dir, 0o755, 0, 0), 4096),
         };
-        Ok(Told { attr, keep: !(attached && s.settling.contains(&path)) })
+        Ok(Told { attr, keep: !attached || s.settled(&path) })
     }
 
     /// GETATTR through a handle (the kernel asks so before a seek to the end
@@ -958,7 +966,9 @@ impl Core {
     /// READDIR, and whether the kernel may keep the listing (not while a
     /// change to it is under way).
     pub fn opendir(&self, ino: u64) -> (u64, bool) {
-        let keep = self.dir_path(ino).ok().is_none_or(|p| self.state().is_ok_and(|s| !s.settling.contains(&p)));
+        let keep = self.state().map_or(true, |s| {
+            s.inodes.get(ino).is_none_or(|i| !matches!(i.binding, Binding::Attached) || s.settled(&i.path))
+        });
         (self.next_dir.fetch_add(1, Ordering::Relaxed), keep)
     }
 

@@ -22,32 +22,17 @@ pub fn node_of(e: &EntryInfo) -> TreeNode {
     }
 }
 
-/// The names to forget after `path` appeared or vanished: its name in its
-/// parent, and the names of ancestors that appeared or vanished with it, as
-/// (path, inode of its parent).
-fn names_to_forget(s: &State, path: &str) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    let mut p = path;
-    loop {
-        let (parent, _) = split(p);
-        if let Some(pi) = s.inodes.attached(parent) {
-            out.push((p.to_owned(), pi));
-        }
-        if parent.is_empty() || s.tree.get(parent).is_some() {
-            break;
-        }
-        p = parent;
-    }
-    out
-}
-
-/// The kernel caches to drop after `path` appeared or vanished: each name
-/// [`names_to_forget`] and its directory's listing.
+/// The kernel caches to drop after `path` appeared or vanished: its name
+/// in its parent, the names of ancestors that may have appeared or vanished
+/// with it ([`changed_names`]), and the listings of their directories.
 pub(crate) fn entry_invals(s: &State, path: &str) -> Vec<Inval> {
     let mut out = Vec::new();
-    for (p, pi) in names_to_forget(s, path) {
-        out.push(Inval::Entry(pi, split(&p).1.to_owned()));
-        out.push(Inval::Inode(pi));
+    for p in changed_names(s, path, true) {
+        let (parent, name) = split(&p);
+        if let Some(pi) = s.inodes.attached(parent) {
+            out.push(Inval::Entry(pi, name.to_owned()));
+            out.push(Inval::Inode(pi));
+        }
     }
     out
 }
