@@ -13,6 +13,7 @@ mod parse;
 mod ui;
 mod watch;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -77,12 +78,28 @@ pub fn router(node: Arc<Node>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this path")
         })
-        .layer(axum::middleware::from_fn_with_state(node.clone(), request_id))
-        .layer(axum::middleware::from_fn_with_state(node.clone(), authenticate))
-        .layer(axum::middleware::from_fn(same_origin_writes))
-        .layer(axum::middleware::from_fn_with_state(node.clone(), leader_hint))
-        .layer(axum::middleware::from_fn(observe))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), front))
         .with_state(node)
+}
+
+/// What every request goes through before its handler, outside in:
+/// [`observe`], [`leader_hint`], [`same_origin_writes`], [`authenticate`],
+/// [`request_id`].
+///
+/// NOTE: one layer, not five: each middleware layer costs every request a
+/// clone of the service under it, a boxed service and a boxed future.
+pub(crate) async fn front(State(node): State<Arc<Node>>, req: HttpRequest, next: Next) -> HttpResponse {
+    observe(req, |req| leader_hint(&node, req, |req| inner_front(&node, req, next))).await
+}
+
+async fn inner_front(node: &Node, mut req: HttpRequest, next: Next) -> HttpResponse {
+    if let Some(refusal) = same_origin_writes(&req) {
+        return refusal;
+    }
+    if let Err(refusal) = authenticate(node, &mut req) {
+        return refusal;
+    }
+    request_id(node, req, |req| next.run(req)).await
 }
 
 /// Refuses a write a browser sends on behalf of another site (CSRF): a
@@ -91,18 +108,18 @@ pub fn router(node: Arc<Node>) -> Router {
 /// would be a write. Browsers say where a request comes from
 /// (`Sec-Fetch-Site`, `Origin`); programs (curl, kvctl, kvfs) send neither
 /// and are not affected; the web UI's own requests are same-origin.
-pub(crate) async fn same_origin_writes(req: HttpRequest, next: Next) -> HttpResponse {
+pub(crate) fn same_origin_writes(req: &HttpRequest) -> Option<HttpResponse> {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        return next.run(req).await;
+        return None;
     }
-    match cross_site(req.headers()) {
-        Some(from) => ApiError::new(
+    let from = cross_site(req.headers())?;
+    Some(
+        ApiError::new(
             ErrorCode::Forbidden,
             format!("a write sent by a browser from another site ({from}) is refused; kv takes writes from its own pages and from programs"),
         )
         .into_response(),
-        None => next.run(req).await,
-    }
+    )
 }
 
 /// Where a browser says a request comes from, when that is another site
@@ -124,26 +141,26 @@ pub(crate) fn cross_site(h: &HeaderMap) -> Option<String> {
 
 /// Works out who is calling (DESIGN.md §10) and hands it to the handler as
 /// an `Extension<Caller>`; a bad credential is refused here with 401.
-pub(crate) async fn authenticate(State(node): State<Arc<Node>>, mut req: HttpRequest, next: Next) -> HttpResponse {
+pub(crate) fn authenticate(node: &Node, req: &mut HttpRequest) -> Result<(), HttpResponse> {
     if req.uri().path().starts_with("/health/") || ui::is_ui(req.uri().path()) {
-        return next.run(req).await;
+        return Ok(());
     }
-    match node.caller(req.headers()) {
-        Ok(caller) => {
-            req.extensions_mut().insert(caller);
-            next.run(req).await
-        }
-        Err(d) => ApiError::from(d).into_response(),
-    }
+    let caller = node.caller(req.headers()).map_err(|d| ApiError::from(d).into_response())?;
+    req.extensions_mut().insert(caller);
+    Ok(())
 }
 
 /// A write that a follower forwarded to the leader is answered with the
 /// leader's client URL: a client that knows it sends its next writes there,
 /// which saves the follower a request and the leader a peer call per write.
-pub(crate) async fn leader_hint(State(node): State<Arc<Node>>, req: HttpRequest, next: Next) -> HttpResponse {
+pub(crate) async fn leader_hint<F: Future<Output = HttpResponse>>(
+    node: &Node,
+    req: HttpRequest,
+    next: impl FnOnce(HttpRequest) -> F,
+) -> HttpResponse {
     let write = matches!(*req.method(), Method::PUT | Method::DELETE | Method::POST)
         && (req.uri().path().starts_with("/v1/kv/") || req.uri().path() == "/v1/txn");
-    let mut resp = next.run(req).await;
+    let mut resp = next(req).await;
     if write && (resp.status().is_success() || resp.status() == StatusCode::PRECONDITION_FAILED) {
         let leader = node.known_leader().filter(|l| *l != node.id());
         if let Some(url) = leader.and_then(|l| node.member(l)).and_then(|m| HeaderValue::from_str(&m.client_url).ok()) {
@@ -168,9 +185,13 @@ pub(crate) fn proposes(method: &Method, path: &str) -> bool {
 /// with its time, see crate::dedup); the answer to every write, errors
 /// included, carries the id that was used, so a client told the outcome is
 /// unknown (504) can resend the write with it.
-pub(crate) async fn request_id(State(node): State<Arc<Node>>, mut req: HttpRequest, next: Next) -> HttpResponse {
+pub(crate) async fn request_id<F: Future<Output = HttpResponse>>(
+    node: &Node,
+    mut req: HttpRequest,
+    next: impl FnOnce(HttpRequest) -> F,
+) -> HttpResponse {
     if !proposes(req.method(), req.uri().path()) {
-        return next.run(req).await;
+        return next(req).await;
     }
     if !req.headers().contains_key(kvh::REQUEST_ID) {
         if let Ok(v) = HeaderValue::from_str(&node.new_request_id(now_ns())) {
@@ -178,7 +199,7 @@ pub(crate) async fn request_id(State(node): State<Arc<Node>>, mut req: HttpReque
         }
     }
     let id = req.headers().get(kvh::REQUEST_ID).filter(|v| v.to_str().is_ok_and(valid_request_id)).cloned();
-    let mut resp = next.run(req).await;
+    let mut resp = next(req).await;
     if let Some(id) = id {
         resp.headers_mut().insert(kvh::REQUEST_ID, id);
     }
@@ -191,12 +212,15 @@ pub(crate) async fn request_id(State(node): State<Arc<Node>>, mut req: HttpReque
 /// NOTE: the layer wraps each route, so the route matched is known here;
 /// labels hold the template (an `Arc`) and static strings, never a copy of
 /// the path.
-pub(crate) async fn observe(req: HttpRequest, next: Next) -> HttpResponse {
+pub(crate) async fn observe<F: Future<Output = HttpResponse>>(
+    req: HttpRequest,
+    next: impl FnOnce(HttpRequest) -> F,
+) -> HttpResponse {
     let start = Instant::now();
     let route = Route::new(req.extensions().get::<MatchedPath>());
     let method = method_label(req.method());
     let watch = req.uri().path().starts_with("/v1/watch");
-    let resp = next.run(req).await;
+    let resp = next(req).await;
     METRICS.observe_request(route, method, resp.status().as_u16(), start.elapsed(), !watch);
     resp
 }
