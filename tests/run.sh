@@ -6,7 +6,7 @@
 # promtool (prometheus) and the headless browser the web UI's tests drive
 # (chromium, chromium-driver; without them those tests skip); the package
 # test (tests/packages.sh) installs debootstrap, systemd-container, lintian and mandoc; tests/deny.sh builds
-# cargo-deny once into ~/.cache/kv-tools.
+# cargo-deny and tests/pjdfstest.sh pjdfstest once into ~/.cache/kv-tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +46,9 @@ fi
 
 # The integration tests run the binaries (and the fsync-fault library), so build them first.
 cargo build --workspace --locked
+# The POSIX suite the mount is measured with (tests/tests/it/posix.rs).
+KV_PJDFSTEST=$(tests/pjdfstest.sh)
+export KV_PJDFSTEST
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

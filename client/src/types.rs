@@ -10,7 +10,7 @@ use crate::error::ErrorCode;
 pub mod header {
     /// The revision a response reflects.
     pub const REVISION: &str = "x-kv-revision";
-    /// Entry kind: `file`, `dir` or `symlink`.
+    /// Entry kind: `file`, `dir`, `symlink`, `fifo`, `socket`, `char` or `block`.
     pub const KIND: &str = "x-kv-kind";
     /// Permission bits, in octal (`0644`).
     pub const MODE: &str = "x-kv-mode";
@@ -46,42 +46,109 @@ pub enum Kind {
     Dir,
     /// A symbolic link: the value is the link target.
     Symlink,
+    /// A named pipe (FIFO): the value is empty; a mount's kernel does its I/O.
+    Fifo,
+    /// A unix socket's name: the value is empty.
+    Socket,
+    /// A character device: the value is its number, `MAJOR:MINOR`.
+    Char,
+    /// A block device: the value is its number, `MAJOR:MINOR`.
+    Block,
 }
 
 impl Kind {
+    /// Every kind, in wire order.
+    pub const ALL: [Kind; 7] =
+        [Kind::File, Kind::Dir, Kind::Symlink, Kind::Fifo, Kind::Socket, Kind::Char, Kind::Block];
+
     /// The name used on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::File => "file",
             Kind::Dir => "dir",
             Kind::Symlink => "symlink",
+            Kind::Fifo => "fifo",
+            Kind::Socket => "socket",
+            Kind::Char => "char",
+            Kind::Block => "block",
         }
     }
 
     /// Parses the wire name.
     pub fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "file" => Some(Kind::File),
-            "dir" => Some(Kind::Dir),
-            "symlink" => Some(Kind::Symlink),
-            _ => None,
-        }
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
     /// Permission bits a new entry of this kind gets when none are given.
     pub fn default_mode(self) -> u32 {
         match self {
-            Kind::File => 0o644,
             Kind::Dir => 0o755,
             Kind::Symlink => 0o777,
+            _ => 0o644,
         }
     }
+
+    /// Whether the kind is a device (its value is its number).
+    pub fn is_device(self) -> bool {
+        matches!(self, Kind::Char | Kind::Block)
+    }
+
+    /// Whether an entry of this kind has content that reads give: a file's
+    /// bytes. A symlink's target, a device's number and the nothing of a
+    /// directory, FIFO or socket are not content.
+    pub fn has_content(self) -> bool {
+        self == Kind::File
+    }
+
+    /// Whether `value` is a value an entry of this kind may hold; the
+    /// reason when it is not.
+    pub fn check_value(self, value: &[u8]) -> Result<(), String> {
+        match self {
+            Kind::File => Ok(()),
+            Kind::Dir | Kind::Fifo | Kind::Socket if !value.is_empty() => {
+                Err(format!("a {} entry has no value", self.as_str()))
+            }
+            Kind::Dir | Kind::Fifo | Kind::Socket => Ok(()),
+            Kind::Symlink if value.is_empty() => Err("a symlink needs a target as its value".into()),
+            Kind::Symlink => Ok(()),
+            Kind::Char | Kind::Block => device_number(value).map(|_| ()).ok_or_else(|| {
+                format!(
+                    "a {} device needs its number as its value, MAJOR:MINOR in decimal without leading \
+                     zeros (major below 4096, minor below 1048576), not {:?}",
+                    self.as_str(),
+                    String::from_utf8_lossy(value)
+                )
+            }),
+        }
+    }
+}
+
+/// The largest device major number a mount can show (12 bits).
+pub const MAX_MAJOR: u32 = (1 << 12) - 1;
+/// The largest device minor number a mount can show (20 bits).
+pub const MAX_MINOR: u32 = (1 << 20) - 1;
+
+/// The device number a device entry's value holds: `MAJOR:MINOR`, in
+/// decimal, as `ls -l` and `stat` show them.
+pub fn device_number(value: &[u8]) -> Option<(u32, u32)> {
+    let (major, minor) = std::str::from_utf8(value).ok()?.split_once(':')?;
+    let num = |s: &str| s.bytes().all(|b| b.is_ascii_digit()).then(|| s.parse::<u32>().ok()).flatten();
+    let (major, minor) = (num(major)?, num(minor)?);
+    // NOTE: one spelling per number (no leading zeros), the one mounts and
+    // `kvctl export` read back, so equal numbers compare equal.
+    (major <= MAX_MAJOR && minor <= MAX_MINOR && value == device_value(major, minor).as_slice())
+        .then_some((major, minor))
+}
+
+/// The value of a device entry with number `major`:`minor`.
+pub fn device_value(major: u32, minor: u32) -> Vec<u8> {
+    format!("{major}:{minor}").into_bytes()
 }
 
 /// Metadata of an entry (DESIGN.md §2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
-    /// File, dir or symlink.
+    /// File, dir, symlink, FIFO, socket or device.
     pub kind: Kind,
     /// Permission bits.
     pub mode: u32,
@@ -564,5 +631,47 @@ mod tests {
         assert_eq!(bin.value_bytes(), Some(vec![0xff, 0x00]));
         assert!(decode_value(Some("a"), Some("YQ==")).is_err());
         assert!(decode_value(None, Some("***")).is_err());
+    }
+    #[test]
+    fn device_numbers_have_one_spelling_and_bounds() {
+        assert_eq!(device_number(b"1:3"), Some((1, 3)));
+        assert_eq!(device_number(b"4095:1048575"), Some((MAX_MAJOR, MAX_MINOR)));
+        assert_eq!(device_number(b"0:0"), Some((0, 0)));
+        for bad in [
+            "",
+            ":",
+            "1:",
+            ":3",
+            "01:3",
+            "1:03",
+            "+1:3",
+            " 1:3",
+            "1:3 ",
+            "1:3\n",
+            "1:3:4",
+            "4096:0",
+            "0:1048576",
+            "a:b",
+            "1\u{0663}:3",
+        ] {
+            assert_eq!(device_number(bad.as_bytes()), None, "{bad:?}");
+            assert!(Kind::Char.check_value(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        assert_eq!(device_value(259, 70000), b"259:70000");
+    }
+
+    #[test]
+    fn each_kind_holds_only_its_values_and_has_a_wire_name() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(Kind::parse("pipe"), None);
+        assert!(Kind::File.check_value(b"anything").is_ok());
+        for k in [Kind::Dir, Kind::Fifo, Kind::Socket] {
+            assert!(k.check_value(b"").is_ok() && k.check_value(b"x").is_err(), "{k:?}");
+        }
+        assert!(Kind::Symlink.check_value(b"").is_err() && Kind::Symlink.check_value(b"t").is_ok());
+        assert!(Kind::Block.check_value(b"8:1").is_ok() && Kind::Block.check_value(b"").is_err());
+        assert_eq!(Kind::ALL.iter().filter(|k| k.is_device()).count(), 2);
     }
 }

@@ -20,7 +20,8 @@ const SIZE_HELP: &str = size_help!();
 #[derive(Debug, clap::Args)]
 #[command(
     long_about = "Make PREFIX equal to DIR in one transaction: file contents, modes (owners with --owners), \
-                  directories and symlinks (the target is the value). A reader never sees half of it; \
+                  directories, symlinks (the target is the value), FIFOs, sockets and devices (the number, \
+                  MAJOR:MINOR, is the value). A reader never sees half of it; \
                   unchanged files are not rewritten. The transaction compares every key it read at the \
                   revision it read it, and that nothing under PREFIX changed since, so it never overwrites \
                   a change it did not show.",

@@ -9,22 +9,26 @@ use kv_client::Kind;
 /// One entry of a tree as kv stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
-    /// File, dir or symlink.
+    /// File, dir, symlink, FIFO, socket or device.
     pub kind: Kind,
     /// Permission bits (ignored for symlinks).
     pub mode: u32,
     /// Owner and group; `None` when they are not compared (no `--owners`).
     pub owner: Option<(u32, u32)>,
-    /// File content or link target; empty for a dir.
+    /// File content, link target or device number; empty for a dir,
+    /// FIFO or socket.
     pub value: Vec<u8>,
 }
 
 impl Node {
-    /// `file 0644`, `dir 0755`, `symlink -> target`.
+    /// `file 0644`, `dir 0755`, `symlink -> target`, `char 1:3 0644`.
     pub fn describe(&self) -> String {
         let owner = self.owner.map(|(u, g)| format!(" {u}:{g}")).unwrap_or_default();
         match self.kind {
             Kind::Symlink => format!("symlink -> {}{owner}", String::from_utf8_lossy(&self.value)),
+            k if k.is_device() => {
+                format!("{} {} {:04o}{owner}", k.as_str(), String::from_utf8_lossy(&self.value), self.mode)
+            }
             k => format!("{} {:04o}{owner}", k.as_str(), self.mode),
         }
     }

@@ -13,9 +13,10 @@ use crate::diff::{Local, Node, Tree};
 
 /// Reads the tree under `root` as the entries of `prefix` would hold it:
 /// files with their content, symlinks with their target (never followed),
-/// directories; modes always, owners only with `owners`. Refuses, naming
-/// the path, what cannot be published: a special file, a name that is not
-/// a valid key, a file over `max_value` bytes.
+/// devices with their number, directories, FIFOs and sockets; modes
+/// always, owners only with `owners`. Refuses, naming the path, what cannot
+/// be published: a name that is not a valid key, a file over `max_value`
+/// bytes.
 pub fn read_local(root: &Path, prefix: &str, owners: bool, max_value: u64) -> anyhow::Result<Local> {
     let meta = std::fs::metadata(root).map_err(|e| match e.raw_os_error() {
         Some(40) => anyhow!("{}: a symlink loop (too many levels of symbolic links)", root.display()),
@@ -75,20 +76,46 @@ fn walk(dir: &Path, rel: &str, prefix: &str, owners: bool, max_value: u64, out: 
             Node { kind: Kind::File, mode, owner, value }
         } else {
             use std::os::unix::fs::FileTypeExt;
-            let what = if ft.is_fifo() {
-                "a fifo"
+            let (kind, value) = if ft.is_fifo() {
+                (Kind::Fifo, Vec::new())
             } else if ft.is_socket() {
-                "a socket"
-            } else if ft.is_char_device() {
-                "a character device"
+                (Kind::Socket, Vec::new())
             } else {
-                "a block device"
+                let kind = if ft.is_char_device() { Kind::Char } else { Kind::Block };
+                let dev = m.rdev();
+                let (major, minor) = (libc::major(dev), libc::minor(dev));
+                if major > kv_client::MAX_MAJOR || minor > kv_client::MAX_MINOR {
+                    bail!("{}: device {major}:{minor} is beyond the numbers a mount can show", path.display());
+                }
+                (kind, kv_client::device_value(major, minor))
             };
-            bail!("{}: {what}; only files, directories and symlinks can be published", path.display());
+            Node { kind, mode, owner, value }
         };
         out.tree.insert(rel, node);
     }
     Ok(!names.is_empty())
+}
+
+/// Makes a FIFO, socket or device node at `path` with `node`'s mode.
+#[allow(unsafe_code)]
+fn make_node(path: &Path, node: &Node) -> std::io::Result<()> {
+    let (kind_bits, dev) = match node.kind {
+        Kind::Fifo => (libc::S_IFIFO, 0),
+        Kind::Socket => (libc::S_IFSOCK, 0),
+        Kind::Char | Kind::Block => {
+            let (major, minor) = kv_client::device_number(&node.value).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "the device number is not MAJOR:MINOR")
+            })?;
+            (if node.kind == Kind::Char { libc::S_IFCHR } else { libc::S_IFBLK }, libc::makedev(major, minor))
+        }
+        _ => return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a node kind")),
+    };
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    if unsafe { libc::mknod(c.as_ptr(), kind_bits | (node.mode & 0o7777), dev) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode & 0o7777))
 }
 
 /// Writes `tree` under `root` (which exists): directories, files with their
@@ -97,6 +124,19 @@ fn walk(dir: &Path, rel: &str, prefix: &str, owners: bool, max_value: u64, out: 
 /// mode 0755; a directory's own mode is set last, so a read-only one is
 /// filled first. With `replace`, whatever is in the way is removed first.
 pub fn write_tree(root: &Path, tree: &Tree, owners: bool, replace: bool) -> anyhow::Result<()> {
+    // NOTE: only root makes devices; refused before anything is written.
+    let devices: Vec<&String> = tree.iter().filter(|(_, n)| n.kind.is_device()).map(|(p, _)| p).collect();
+    if !devices.is_empty() && std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0) != 0 {
+        let shown: Vec<&str> = devices.iter().take(3).map(|p| p.as_str()).collect();
+        bail!(
+            "{} device{} ({}{}): only root makes devices; nothing was written to {}",
+            devices.len(),
+            if devices.len() == 1 { "" } else { "s" },
+            shown.join(", "),
+            if devices.len() > 3 { ", ..." } else { "" },
+            root.display()
+        );
+    }
     let mut dirs: Vec<(PathBuf, u32)> = Vec::new();
     let mut made = std::collections::BTreeSet::new();
     for (rel, node) in tree {
@@ -128,6 +168,7 @@ pub fn write_tree(root: &Path, tree: &Tree, owners: bool, replace: bool) -> anyh
                     .with_context(ctx)?;
             }
             Kind::Symlink => std::os::unix::fs::symlink(OsStr::from_bytes(&node.value), &path).with_context(ctx)?,
+            Kind::Fifo | Kind::Socket | Kind::Char | Kind::Block => make_node(&path, node).with_context(ctx)?,
         }
         if let (true, Some((uid, gid))) = (owners, node.owner) {
             std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).with_context(ctx)?;

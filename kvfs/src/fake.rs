@@ -121,10 +121,10 @@ fn invalid(e: KeyError) -> Failure {
 /// kvd's `check_put`: the attributes against the value.
 fn check_put(value: Option<&[u8]>, attrs: &Attrs) -> Result<(), Failure> {
     let bad = attrs.mode.is_some_and(|m| m > 0o7777)
-        || match attrs.kind {
-            Some(Kind::Dir) => value.is_some_and(|v| !v.is_empty()),
-            Some(Kind::Symlink) => value.is_some_and(<[u8]>::is_empty),
-            _ => false,
+        || match (attrs.kind, value) {
+            (Some(k), Some(v)) => k.check_value(v).is_err(),
+            (Some(k), None) => k.is_device(),
+            (None, _) => false,
         };
     if bad {
         return Err(Failure::Invalid { too_long: false });
@@ -204,11 +204,18 @@ impl State {
             match op {
                 Op::Put { key, value, attrs } => {
                     let prev = self.data.get(&key);
-                    let kind = attrs.kind.or(prev.map(|p| p.meta.kind)).unwrap_or(Kind::File);
+                    // kvd's txn: content a FIFO, socket or device cannot
+                    // hold, put without a kind, makes the entry a file.
+                    let kept = prev.map(|p| p.meta.kind).filter(|k| {
+                        k.has_content()
+                            || matches!(k, Kind::Dir | Kind::Symlink)
+                            || value.as_ref().is_none_or(|v| k.check_value(v).is_ok())
+                    });
+                    let kind = attrs.kind.or(kept).unwrap_or(Kind::File);
                     let value = match value {
                         Some(v) => v,
-                        // NOTE: a directory never has a value.
-                        None if kind == Kind::Dir => Vec::new(),
+                        // NOTE: a directory, FIFO or socket never has a value.
+                        None if matches!(kind, Kind::Dir | Kind::Fifo | Kind::Socket) => Vec::new(),
                         None => prev.map(|p| p.value.clone()).unwrap_or_default(),
                     };
                     let meta = Meta {

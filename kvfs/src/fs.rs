@@ -361,24 +361,17 @@ impl Filesystem for KvFs {
         }
     }
 
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        if mode & libc::S_IFMT != libc::S_IFREG {
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        // NOTE: FIFOs, sockets (a unix socket's bind) and devices are stored
+        // as entries of their kind; the kernel does their I/O and never asks
+        // kvfs to open them. It checked the right to make a device
+        // (CAP_MKNOD) before asking.
+        let Some(kind) = crate::core::kind_of_mode(mode) else {
             return reply.error(Errno::EPERM);
-        }
+        };
+        let value = if kind.is_device() { crate::core::device_value_of(rdev) } else { Vec::new() };
         let owner = (req.uid(), req.gid());
-        reply_entry(
-            self.core.new_child(parent.0, name, Kind::File, mode & !umask, Vec::new(), owner).map(Told::kept),
-            reply,
-        );
+        reply_entry(self.core.new_child(parent.0, name, kind, mode & !umask, value, owner).map(Told::kept), reply);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {

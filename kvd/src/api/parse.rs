@@ -204,7 +204,7 @@ pub(crate) fn attrs_from_headers(h: &HeaderMap) -> ApiResult<PutAttrs> {
     let bad = |name: &str, want: &str| ApiError::new(ErrorCode::BadRequest, format!("header {name}: expected {want}"));
     let attrs = PutAttrs {
         kind: get(h, kvh::KIND)?
-            .map(|v| Kind::parse(v).ok_or_else(|| bad(kvh::KIND, "file, dir or symlink")))
+            .map(|v| Kind::parse(v).ok_or_else(|| bad(kvh::KIND, "file, dir, symlink, fifo, socket, char or block")))
             .transpose()?,
         mode: get(h, kvh::MODE)?
             .map(|v| u32::from_str_radix(v, 8).map_err(|_| bad(kvh::MODE, "octal permission bits")))
@@ -223,15 +223,20 @@ pub(crate) fn check_put(key: &str, value: Option<&[u8]>, attrs: &PutAttrs) -> Ap
     if attrs.mode.is_some_and(|m| m > 0o7777) {
         return Err(ApiError::new(ErrorCode::BadRequest, "mode must be at most 07777"));
     }
-    match attrs.kind {
-        Some(Kind::Dir) if value.is_some_and(|v| !v.is_empty()) => {
-            Err(ApiError::new(ErrorCode::BadRequest, format!("{key:?}: a dir entry has no value")))
+    let Some(kind) = attrs.kind else {
+        return Ok(());
+    };
+    match value {
+        Some(v) => kind.check_value(v),
+        // NOTE: without a value the entry keeps its own (a directory, FIFO
+        // or socket none); only a device's number cannot be kept from
+        // whatever the key held before.
+        None if kind.is_device() => {
+            Err(format!("a {} device needs its number as its value, MAJOR:MINOR in decimal", kind.as_str()))
         }
-        Some(Kind::Symlink) if value.is_some_and(<[u8]>::is_empty) => {
-            Err(ApiError::new(ErrorCode::BadRequest, format!("{key:?}: a symlink needs a target as its value")))
-        }
-        _ => Ok(()),
+        None => Ok(()),
     }
+    .map_err(|m| ApiError::new(ErrorCode::BadRequest, format!("{key:?}: {m}")))
 }
 
 /// The key, attributes and conditions of a put (the value is checked with

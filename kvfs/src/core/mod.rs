@@ -198,6 +198,47 @@ pub fn file_type(k: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::Char => FileType::CharDevice,
+        Kind::Block => FileType::BlockDevice,
+    }
+}
+
+/// The entry kind of a node the kernel asks for (MKNOD's mode); `None` for
+/// none kvfs stores.
+pub fn kind_of_mode(mode: u32) -> Option<Kind> {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => Some(Kind::File),
+        libc::S_IFIFO => Some(Kind::Fifo),
+        libc::S_IFSOCK => Some(Kind::Socket),
+        libc::S_IFCHR => Some(Kind::Char),
+        libc::S_IFBLK => Some(Kind::Block),
+        _ => None,
+    }
+}
+
+/// The kernel's 32-bit device number (`new_encode_dev`) of a device
+/// entry's value; 0 for anything else.
+pub fn rdev_of(kind: Kind, value: &[u8]) -> u32 {
+    match kv_client::device_number(value).filter(|_| kind.is_device()) {
+        Some((major, minor)) => (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12),
+        None => 0,
+    }
+}
+
+/// The value of a device entry from the kernel's 32-bit device number.
+pub fn device_value_of(rdev: u32) -> Vec<u8> {
+    kv_client::device_value((rdev & 0xfff00) >> 8, (rdev & 0xff) | ((rdev >> 12) & 0xfff00))
+}
+
+/// The size an entry shows: a file's content, a symlink's target; a
+/// directory shows 4096, FIFOs, sockets and devices nothing.
+pub fn shown_size(kind: Kind, value: &[u8]) -> u64 {
+    match kind {
+        Kind::Dir => 4096,
+        Kind::File | Kind::Symlink => value.len() as u64,
+        Kind::Fifo | Kind::Socket | Kind::Char | Kind::Block => 0,
     }
 }
 
@@ -206,8 +247,8 @@ pub fn new_meta(kind: Kind, mode: u32, uid: u32, gid: u32) -> Meta {
     Meta { kind, mode, uid, gid, mtime_ns: now_ns(), create_revision: 0, mod_revision: 0, version: 0, size: 0 }
 }
 
-/// The attributes of an entry as stored.
-fn stored_attr(ino: u64, meta: &Meta, size: u64) -> FileAttr {
+/// The attributes of an entry as stored (`rdev` for a device).
+fn stored_attr(ino: u64, meta: &Meta, size: u64, rdev: u32) -> FileAttr {
     let t = clock::system_time(meta.mtime_ns);
     FileAttr {
         ino: INodeNo(ino),
@@ -222,7 +263,7 @@ fn stored_attr(ino: u64, meta: &Meta, size: u64) -> FileAttr {
         nlink: if meta.kind == Kind::Dir { 2 } else { 1 },
         uid: meta.uid,
         gid: meta.gid,
-        rdev: 0,
+        rdev,
         blksize: 4096,
         flags: 0,
     }
@@ -388,7 +429,14 @@ impl Core {
 
     /// The attributes of an entry as this host shows them.
     fn attr_of(&self, ino: u64, meta: &Meta, size: u64) -> FileAttr {
-        let mut a = stored_attr(ino, meta, size);
+        let mut a = stored_attr(ino, meta, size, 0);
+        self.opts.attr_map.apply(&mut a);
+        a
+    }
+
+    /// The attributes of a stored node as this host shows them.
+    fn node_attr(&self, ino: u64, n: &TreeNode) -> FileAttr {
+        let mut a = stored_attr(ino, &n.meta, shown_size(n.meta.kind, &n.value), rdev_of(n.meta.kind, &n.value));
         self.opts.attr_map.apply(&mut a);
         a
     }
@@ -396,9 +444,7 @@ impl Core {
     /// Attributes of an attached path.
     fn path_attr(&self, s: &State, path: &str, ino: u64) -> Result<FileAttr, Errno> {
         match s.tree.get(path) {
-            Some(n) => {
-                Ok(self.attr_of(ino, &n.meta, if n.meta.kind == Kind::Dir { 4096 } else { n.value.len() as u64 }))
-            }
+            Some(n) => Ok(self.node_attr(ino, n)),
             None if s.tree.kind(path) == Some(Kind::Dir) => {
                 let mut m = new_meta(Kind::Dir, 0o755, 0, 0);
                 m.mtime_ns = self.started_ns;
@@ -469,9 +515,14 @@ impl Core {
         let (path, node, attached) = Self::node_of_ino(&s, ino)?;
         let attr = match (attached, node) {
             (true, _) => self.path_attr(&s, &path, ino)?,
-            (false, Some(n)) => self.attr_of(ino, &n.meta, n.value.len() as u64),
+            (false, Some(n)) => self.node_attr(ino, &n),
             (false, None) => self.attr_of(ino, &new_meta(Kind::Dir, 0o755, 0, 0), 4096),
         };
+        // NOTE: a file whose name is gone (unlinked, or replaced by a
+        // rename) has no links, as fstat on a descriptor still open on it
+        // shows.
+        let gone = matches!(s.inodes.get(ino).map(|i| &i.binding), Some(Binding::Detached { gone: true, .. }));
+        let attr = if gone { FileAttr { nlink: 0, ..attr } } else { attr };
         Ok(Told { attr, keep: !attached || s.settled(&path) })
     }
 

@@ -343,6 +343,18 @@ impl Core {
 
     /// chmod, chown, utimens: stored in the entry.
     fn set_attrs(&self, ino: u64, a: SetAttr) -> Result<(), Errno> {
+        // IMPORTANT: no commit of the file runs meanwhile. One would put
+        // over the revision this change replaces, and fail; and a created
+        // file's first commit, which carries the attributes it was made
+        // with, would put them over these if it is under way (a RELEASE
+        // comes after close(2) has returned, while the program goes on to
+        // chmod or chown the file).
+        let versions = {
+            let (path, _, _) = self.attached(ino)?;
+            self.state()?.inodes.versions_of(&path)
+        };
+        let locks = self.writer_locks(versions.iter().copied())?;
+        let _held = locks.iter().map(|l| l.lock().map_err(|_| Errno::EIO)).collect::<Result<Vec<_>, _>>()?;
         let (path, node, kind) = self.attached(ino)?;
         // NOTE: the bits `-o umask=` hides are this host's to keep, not to
         // clear: `chmod u+x` here leaves g+r where other hosts see it.
@@ -399,11 +411,6 @@ impl Core {
             }],
             failure: vec![],
         };
-        // IMPORTANT: no commit of the file runs meanwhile: it would put over
-        // the revision this change replaces, and fail.
-        let versions = self.state()?.inodes.versions_of(&path);
-        let locks = self.writer_locks(versions.iter().copied())?;
-        let _held = locks.iter().map(|l| l.lock().map_err(|_| Errno::EIO)).collect::<Result<Vec<_>, _>>()?;
         let resp = self.commits.count(self.cluster.txn(&txn).map_err(|f| f.errno(Errno::EIO)).and_then(|r| {
             if r.succeeded {
                 Ok(r)

@@ -735,3 +735,21 @@ fn the_root_takes_no_chmod_and_a_mapped_owner_or_mode_is_not_stored() {
     assert_eq!(core.setattr(g, None, chmod(0o700)).map(|a| a.perm), Ok(0o700));
     assert_eq!(meta("d/g"), (0o744, 0, 0));
 }
+
+#[test]
+fn a_device_number_goes_to_the_kernel_and_back_unchanged() {
+    use super::{device_value_of, kind_of_mode, rdev_of};
+    use kv_client::Kind;
+    // The kernel's new_encode_dev of 1:3 and of 259:70000.
+    assert_eq!(rdev_of(Kind::Char, b"1:3"), 0x103);
+    assert_eq!(rdev_of(Kind::Block, b"259:70000"), (70000 & 0xff) | (259 << 8) | ((70000 & !0xff) << 12));
+    assert_eq!(rdev_of(Kind::File, b"1:3"), 0, "only devices have numbers");
+    for (major, minor) in [(0, 0), (1, 3), (8, 255), (8, 256), (4095, 1_048_575), (259, 70000), (4095, 0)] {
+        let value = kv_client::device_value(major, minor);
+        assert_eq!(device_value_of(rdev_of(Kind::Char, &value)), value, "{major}:{minor}");
+    }
+    for mode in [libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK, libc::S_IFREG] {
+        assert!(kind_of_mode(mode | 0o644).is_some(), "{mode:o}");
+    }
+    assert_eq!(kind_of_mode(libc::S_IFDIR | 0o755), None);
+}

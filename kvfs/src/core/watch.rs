@@ -105,7 +105,12 @@ impl Core {
             }
             (None, None) => return,
             _ => {
+                // NOTE: a file deleted elsewhere has no links for the
+                // descriptors still open on it here; the kernel forgets
+                // the count it had.
+                let held = if new.is_none() { s.inodes.versions_of(path) } else { Vec::new() };
                 s.inodes.detach(path, old.clone(), new.is_none());
+                out.extend(held.into_iter().map(Inval::Attrs));
             }
         }
         let appeared_or_changed = match new {

@@ -322,34 +322,6 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
         1,
     );
     case(
-        "fifo",
-        &|d| assert!(std::process::Command::new("mkfifo").arg(d.join("pipe")).status().expect("mkfifo").success()),
-        "app",
-        "a fifo",
-        1,
-    );
-    case(
-        "socket",
-        &|d| drop(std::os::unix::net::UnixListener::bind(d.join("sock")).expect("bind")),
-        "app",
-        "a socket",
-        1,
-    );
-    case(
-        "device",
-        &|d| {
-            assert!(std::process::Command::new("mknod")
-                .arg(d.join("null"))
-                .args(["c", "1", "3"])
-                .status()
-                .expect("mknod")
-                .success())
-        },
-        "app",
-        "a character device",
-        1,
-    );
-    case(
         "name",
         &|d| write(&d.join(std::ffi::OsStr::from_bytes(b"caf\xe9.conf")), b"x", 0o644),
         "app",
@@ -364,6 +336,74 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
         1,
     );
     case("prefix", &|_| {}, "app//x", "empty segment", 2);
+}
+
+#[test]
+fn fifos_sockets_and_devices_are_applied_as_entries_of_their_kind_and_exported_again() {
+    let k = Kvd::bootstrap(&[]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).expect("mkdir");
+    write(&dir.join("app.conf"), b"x", 0o644);
+    let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+        assert!(std::process::Command::new(cmd).args(args).status().expect(cmd).success(), "{cmd} {args:?}");
+    };
+    run("mkfifo", &["-m".as_ref(), "0620".as_ref(), dir.join("pipe").as_os_str()]);
+    drop(std::os::unix::net::UnixListener::bind(dir.join("sock")).expect("bind"));
+    run(
+        "mknod",
+        &["-m".as_ref(), "0644".as_ref(), dir.join("null").as_os_str(), "c".as_ref(), "1".as_ref(), "3".as_ref()],
+    );
+    run(
+        "mknod",
+        &["-m".as_ref(), "0644".as_ref(), dir.join("disk").as_os_str(), "b".as_ref(), "259".as_ref(), "70000".as_ref()],
+    );
+    kvctl_ok(&k, &["apply", p(&dir), "app"]);
+    let got: BTreeMap<String, (Kind, u32, String)> = entries(&k, "app")
+        .into_iter()
+        .map(|(key, (m, v))| (key, (m.kind, m.mode, String::from_utf8_lossy(&v).into_owned())))
+        .collect();
+    assert_eq!(got["app/pipe"], (Kind::Fifo, 0o620, String::new()));
+    assert_eq!((got["app/sock"].0, got["app/sock"].2.as_str()), (Kind::Socket, ""));
+    assert_eq!((got["app/null"].0, got["app/null"].2.as_str()), (Kind::Char, "1:3"));
+    assert_eq!((got["app/disk"].0, got["app/disk"].2.as_str()), (Kind::Block, "259:70000"));
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).expect("mkdir");
+    kvctl_ok(&k, &["export", "app", p(&out)]);
+    let stat = std::process::Command::new("stat")
+        .args(["-c", "%n %F %a %t:%T"])
+        .args(["pipe", "sock", "null", "disk"].map(|n| out.join(n)))
+        .output()
+        .expect("stat");
+    let text = String::from_utf8_lossy(&stat.stdout).replace(&format!("{}/", out.display()), "");
+    let sock = got["app/sock"].1;
+    assert_eq!(
+        text,
+        format!(
+            "pipe fifo 620 0:0\nsock socket {sock:o} 0:0\nnull character special file 644 1:3\n\
+             disk block special file 644 103:11170\n"
+        )
+    );
+    // Applied again, the exported tree is what the prefix holds.
+    let rev = revision(&k);
+    assert!(kvctl_ok(&k, &["apply", "--prune", p(&out), "app"]).contains("nothing to apply"));
+    assert_eq!(revision(&k), rev);
+    // Only root makes devices: another user's export is refused whole.
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir(&theirs).expect("mkdir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let refused = {
+        use std::os::unix::process::CommandExt;
+        command(&k, &["export", "app", p(&theirs)]).uid(65534).gid(65534).output().expect("kvctl")
+    };
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("2 devices (disk, null): only root makes devices; nothing was written"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(std::fs::read_dir(&theirs).expect("ls").count(), 0, "something was written");
 }
 
 #[test]

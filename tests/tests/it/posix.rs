@@ -1,0 +1,247 @@
+//! POSIX fidelity measured by pjdfstest (the Rust rewrite, 0.2.2) against a
+//! real mount: every test outside kvfs's named deviations and the open
+//! work below must pass.
+//!
+//! tests/run.sh installs the suite's binary (tests/pjdfstest.sh); without it
+//! this test fails and says how to install it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use kv_tests::{Kvd, Mount};
+
+/// Hard links: `link(2)` is `EPERM` on a mount (kvfs's chosen deviation,
+/// kvfs(8)); these tests need it to succeed.
+const HARD_LINKS: &[&str] = &[
+    "link::changed_ctime_success::block",
+    "link::changed_ctime_success::char",
+    "link::changed_ctime_success::fifo",
+    "link::changed_ctime_success::regular",
+    "link::changed_ctime_success::socket",
+    "link::remove_link::block",
+    "link::remove_link::char",
+    "link::remove_link::fifo",
+    "link::remove_link::regular",
+    "link::remove_link::socket",
+    "link::share_metadata::block",
+    "link::share_metadata::char",
+    "link::share_metadata::fifo",
+    "link::share_metadata::regular",
+    "link::share_metadata::socket",
+    "rename::preserve_metadata::block",
+    "rename::preserve_metadata::char",
+    "rename::preserve_metadata::fifo",
+    "rename::preserve_metadata::regular",
+    "rename::preserve_metadata::socket",
+    "rename::to_multiply_linked::block",
+    "rename::to_multiply_linked::char",
+    "rename::to_multiply_linked::fifo",
+    "rename::to_multiply_linked::regular",
+    "rename::to_multiply_linked::socket",
+    "unlink::unchanged_ctime_failed::block",
+    "unlink::unchanged_ctime_failed::char",
+    "unlink::unchanged_ctime_failed::fifo",
+    "unlink::unchanged_ctime_failed::regular",
+    "unlink::unchanged_ctime_failed::socket",
+    "unlink::update_ctime_success::block",
+    "unlink::update_ctime_success::char",
+    "unlink::update_ctime_success::fifo",
+    "unlink::update_ctime_success::regular",
+    "unlink::update_ctime_success::socket",
+];
+
+/// The value limit (1 MiB by default, kvd --max-value-size): a file
+/// cannot grow past it (`EFBIG`, the right error), and these tests need it
+/// to.
+const VALUE_LIMIT: &[&str] = &["open::interact_2gb", "truncate::extend_file_shrink_sparse"];
+
+/// A write through a descriptor is published when it is closed or
+/// fsync'd (DESIGN.md §6): until then `stat` by path shows the value as
+/// published, not the writer's. These tests `ftruncate` or `fallocate` a
+/// descriptor and `lstat` the path while it is still open.
+const PUBLISHED_AT_CLOSE: &[&str] = &[
+    "ftruncate::extend_file_shrink_sparse",
+    "ftruncate::shrink_not_empty",
+    "posix_fallocate::increase_empty",
+    "posix_fallocate::increase_not_empty",
+];
+
+/// Open work (issue 28, times as POSIX has them): ctime is not kept apart
+/// from mtime, a directory's times do not move with its entries, atime is
+/// shown as mtime, and a directory's link count is always 2. Some of these
+/// pass when the clock moves between two steps of a test, so they may
+/// pass; none may fail once it is done.
+const NOT_YET: &[&str] = &[
+    "chmod::failed_chmod_unchanged_ctime::regular",
+    "chmod::update_ctime::block",
+    "chmod::update_ctime::char",
+    "chmod::update_ctime::dir",
+    "chmod::update_ctime::fifo",
+    "chmod::update_ctime::socket",
+    "ftruncate::update_ctime_success",
+    "link::unchanged_ctime_fails::regular",
+    "mkdir::changed_time_fields_success",
+    "mkfifo::changed_time_fields_success",
+    "mknod::changed_time_fields_success",
+    "mknod::changed_times_success::block",
+    "mknod::changed_times_success::char",
+    "open::changed_time_fields_success",
+    "open::open_trunc",
+    "posix_fallocate::update_ctime_success",
+    "rename::changed_ctime_success::block",
+    "rename::changed_ctime_success::char",
+    "rename::changed_ctime_success::dir",
+    "rename::changed_ctime_success::fifo",
+    "rename::changed_ctime_success::socket",
+    "rename::changed_ctime_success::symlink",
+    "rename::preserve_metadata_symlink",
+    "rename::unchanged_ctime_failed::regular",
+    "rmdir::changed_time_parent_success",
+    "symlink::changed_parent_time_success",
+    "truncate::unchanged_ctime_failed",
+    "unlink::update_mtime_ctime_success_folder::block",
+    "unlink::update_mtime_ctime_success_folder::char",
+    "unlink::update_mtime_ctime_success_folder::fifo",
+    "unlink::update_mtime_ctime_success_folder::regular",
+    "unlink::update_mtime_ctime_success_folder::socket",
+    "unlink::update_mtime_ctime_success_folder::symlink",
+    "utimensat::changes_timestamps::block",
+    "utimensat::changes_timestamps::char",
+    "utimensat::changes_timestamps::dir",
+    "utimensat::changes_timestamps::fifo",
+    "utimensat::changes_timestamps::regular",
+    "utimensat::changes_timestamps::socket",
+    "utimensat::follow_symlink",
+    "utimensat::subsecond",
+    "utimensat::utime_omit",
+    "utimensat::y2038",
+    "chmod::update_ctime::regular",
+    "rename::updates_link_parent",
+    "rename::write_access_required_subdir",
+    "truncate::shrink_not_empty",
+    "truncate::update_ctime_success",
+];
+
+/// The suite's outcomes by test name, from its output (`NAME  ok`,
+/// `NAME  FAILED`, `NAME  skipped`).
+fn outcomes(out: &str) -> BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let (name, outcome) = (words.next()?, words.next()?);
+            (name.contains("::") && words.next().is_none() && matches!(outcome, "ok" | "FAILED" | "skipped"))
+                .then(|| (name.to_owned(), outcome.to_owned()))
+        })
+        .collect()
+}
+
+fn pjdfstest() -> PathBuf {
+    let path = std::env::var_os("KV_PJDFSTEST").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+        cache.join("kv-tools/bin/pjdfstest")
+    });
+    assert!(path.exists(), "{} is missing: run tests/pjdfstest.sh to install pjdfstest", path.display());
+    path
+}
+
+#[test]
+fn pjdfstest_fails_only_where_kvfs_says_it_differs() {
+    let k = Kvd::bootstrap(&[]);
+    let m = Mount::start(&format!("{}/pjd", k.url), &["allow_other,default_permissions"]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("pjdfstest.toml");
+    // Every opt-in feature Linux has; two users Debian has for the tests
+    // that act as another user.
+    std::fs::write(
+        &config,
+        "[features]\nposix_fallocate = {}\nrename_ctime = {}\nutime_now = {}\nutimensat = {}\n\
+         [settings]\nnaptime = 0.01\nallow_remount = false\n\
+         [dummy_auth]\nentries = [[\"nobody\", \"nogroup\"], [\"daemon\", \"daemon\"]]\n",
+    )
+    .expect("config");
+    let out = std::process::Command::new(pjdfstest())
+        .arg("-c")
+        .arg(&config)
+        .arg("-p")
+        .arg(&m.dir)
+        .current_dir(&m.dir)
+        .output()
+        .expect("run pjdfstest");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let got = outcomes(&text);
+    let summary = text.lines().find(|l| l.starts_with("Summary:")).unwrap_or_default();
+    assert!(got.len() >= 398 && summary.contains("398 total"), "the suite did not run whole: {summary}\n{text}");
+    let failed: Vec<&str> = got.iter().filter(|(_, o)| *o == "FAILED").map(|(n, _)| n.as_str()).collect();
+    let named = |n: &str| [HARD_LINKS, VALUE_LIMIT, PUBLISHED_AT_CLOSE, NOT_YET].iter().any(|l| l.contains(&n));
+    let unexpected: Vec<&&str> = failed.iter().filter(|n| !named(n)).collect();
+    let detail = |n: &str| {
+        let at = text.find(&format!("{n} ")).unwrap_or(0);
+        text[at..].lines().take(5).collect::<Vec<_>>().join("\n")
+    };
+    assert!(
+        unexpected.is_empty(),
+        "{} failures outside kvfs's deviations:\n{}\n\nkvfs log:\n{}",
+        unexpected.len(),
+        unexpected.iter().map(|n| detail(n)).collect::<Vec<_>>().join("\n\n"),
+        m.log_text()
+    );
+    // A deviation that passes is a list gone stale.
+    for n in HARD_LINKS.iter().chain(VALUE_LIMIT).chain(PUBLISHED_AT_CLOSE) {
+        assert_eq!(got.get(*n).map(String::as_str), Some("FAILED"), "{n} is named a deviation: {summary}");
+    }
+    let passed = got.values().filter(|o| *o == "ok").count();
+    eprintln!("pjdfstest on kvfs: {summary} ({passed} passed; hard links {}, value limit {}, published at close {}, not yet {} of {} failed)",
+        HARD_LINKS.len(), VALUE_LIMIT.len(), PUBLISHED_AT_CLOSE.len(),
+        NOT_YET.iter().filter(|n| got.get(**n).map(String::as_str) == Some("FAILED")).count(), NOT_YET.len());
+}
+
+#[test]
+fn the_suite_output_is_read_line_by_line() {
+    let got = outcomes("chmod::x   ok\nlink::y::fifo    FAILED\n\tassertion `left == right` failed\nopen::z  skipped\nSummary: 1 failed\n");
+    assert_eq!(got.len(), 3);
+    assert_eq!(got["link::y::fifo"], "FAILED");
+    assert_eq!(got["open::z"], "skipped");
+}
+
+/// A file created and closed is published at RELEASE, which the kernel
+/// sends after close(2) has returned; a chmod or chown the program makes
+/// next must not be undone by that publication.
+#[test]
+fn a_chmod_and_chown_right_after_creating_a_file_are_kept() {
+    let k = Kvd::bootstrap(&[]);
+    let m = Mount::start(&format!("{}/app", k.url), &[]);
+    let out = m.sh_ok(
+        "python3 -c '
+import os
+bad = []
+for i in range(200):
+    p = \"f%d\" % i
+    os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
+    os.chmod(p, 0o755)
+    os.chown(p, 1000 + i, 2000 + i)
+    os.chmod(p, 0o2750)
+    st = os.stat(p)
+    if (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (0o2750, 1000 + i, 2000 + i):
+        bad.append((p, oct(st.st_mode & 0o7777), st.st_uid, st.st_gid))
+print(len(bad), bad[:3])
+'",
+    );
+    assert_eq!(out.trim(), "0 []");
+    // And the cluster holds them too, once the last RELEASE is in.
+    let c = k.client();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for i in [0, 99, 199] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let held = loop {
+            let v = rt.block_on(c.get(&format!("app/f{i}"))).expect("get");
+            let held = v.map(|v| (v.meta.mode, v.meta.uid, v.meta.gid));
+            if held == Some((0o2750, 1000 + i, 2000 + i)) || std::time::Instant::now() > deadline {
+                break held;
+            }
+            rt.block_on(tokio::time::sleep(std::time::Duration::from_millis(20)));
+        };
+        assert_eq!(held, Some((0o2750, 1000 + i, 2000 + i)), "app/f{i}");
+    }
+}
