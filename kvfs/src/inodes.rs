@@ -193,7 +193,11 @@ impl Inodes {
     /// The inodes that stand for the file at `path`: its attached one and
     /// older versions held open.
     pub fn versions_of(&self, path: &str) -> Vec<u64> {
-        self.versions_under(path).into_iter().filter(|(p, _)| p == path).map(|(_, i)| i).collect()
+        // NOTE: a lookup, not a scan of every attached path: the watch asks
+        // for each path a change deletes.
+        let mut v: Vec<u64> = self.attached.get(path).copied().into_iter().collect();
+        v.extend(self.live.iter().copied().filter(|i| self.by_ino.get(i).is_some_and(|n| n.path == path)));
+        v
     }
 
     /// Moves the inodes of `from` and everything below it to `to` (a rename

@@ -349,6 +349,9 @@ impl Core {
         // with, would put them over these if it is under way (a RELEASE
         // comes after close(2) has returned, while the program goes on to
         // chmod or chown the file).
+        // NOTE: a writer opened while this waits is not held: its commit
+        // and this change then meet at the cluster's compare, and one of
+        // them fails (EIO) rather than undoing the other.
         let versions = {
             let (path, _, _) = self.attached(ino)?;
             self.state()?.inodes.versions_of(&path)

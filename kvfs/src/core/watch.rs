@@ -108,8 +108,9 @@ impl Core {
                 // NOTE: a file deleted elsewhere has no links for the
                 // descriptors still open on it here; the kernel forgets
                 // the count it had.
-                let held = if new.is_none() { s.inodes.versions_of(path) } else { Vec::new() };
+                let mut held = if new.is_none() { s.inodes.versions_of(path) } else { Vec::new() };
                 s.inodes.detach(path, old.clone(), new.is_none());
+                held.retain(|i| s.inodes.get(*i).is_some());
                 out.extend(held.into_iter().map(Inval::Attrs));
             }
         }

@@ -393,9 +393,17 @@ fn fifos_sockets_and_devices_are_applied_as_entries_of_their_kind_and_exported_a
     std::fs::create_dir(&theirs).expect("mkdir");
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    // (kvctl from a copy that user may run: the build's may be under /root.)
+    let theirs_kvctl = tmp.path().join("kvctl");
+    std::fs::copy(bin("kvctl"), &theirs_kvctl).expect("copy kvctl");
     let refused = {
         use std::os::unix::process::CommandExt;
-        command(&k, &["export", "app", p(&theirs)]).uid(65534).gid(65534).output().expect("kvctl")
+        std::process::Command::new(&theirs_kvctl)
+            .args(["--endpoints", &k.url, "export", "app", p(&theirs)])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("kvctl")
     };
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
     assert!(

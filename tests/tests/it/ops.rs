@@ -120,13 +120,19 @@ fn man_dir() -> std::path::PathBuf {
 
 /// Pages of the system the kv pages may name: each comes with a package
 /// kv's packages depend on or every Debian system has (manpages-dev,
-/// coreutils, util-linux, mount, systemd).
+/// coreutils, tar, util-linux, mount, systemd).
 const SYSTEM_PAGES: &[&str] = &[
     "chgrp(1)",
     "chmod(1)",
     "chown(1)",
+    "mkfifo(1)",
+    "mknod(1)",
+    "tar(1)",
+    "bind(2)",
     "close(2)",
+    "fstat(2)",
     "fsync(2)",
+    "link(2)",
     "open(2)",
     "read(2)",
     "write(2)",
