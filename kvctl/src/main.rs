@@ -42,7 +42,9 @@ use crate::output::Format;
         "Exit status: 0 success, 1 failure, 2 usage error, 3 conflict (kvctl apply: what it read changed ",
         "before it wrote; nothing was written).\n\n",
         "Config delivery: kvctl apply DIR PREFIX makes PREFIX equal to DIR in one transaction ",
-        "(--prune, --dry-run, --if-rev REV, --check CMD, --owners); kvctl export PREFIX DIR writes it out.\n",
+        "(--prune, --dry-run, --if-rev REV, --check CMD, --owners); kvctl export PREFIX DIR writes it out. ",
+        "FIFOs, sockets and devices in DIR are published as entries of their kind (a device with its number, ",
+        "MAJOR:MINOR, as its value), and export makes them again (devices as root).\n",
         size_help!()
     )
 )]
