@@ -540,6 +540,24 @@ impl Core {
         Ok(a)
     }
 
+    /// FALLOCATE through a writer's descriptor: mode 0 (`posix_fallocate`)
+    /// makes the buffer at least `offset + length` long, with zeros, as
+    /// ftruncate would; kvfs has no blocks to reserve, so the other modes
+    /// (keep size, punch hole, zero range...) are not supported, and tools
+    /// fall back to writing.
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<(), Errno> {
+        if mode != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
+        let mut hs = self.handles()?;
+        let w = hs.writer(fh).map_err(|_| Errno::EBADF)?;
+        if end > w.buf.len() as u64 {
+            w.truncate(end)?;
+        }
+        Ok(())
+    }
+
     /// READLINK.
     pub fn readlink(&self, ino: u64) -> Result<Arc<Vec<u8>>, Errno> {
         let s = self.state()?;
