@@ -315,13 +315,12 @@ impl Core {
         if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || a.mtime.is_some() {
             self.set_attrs(ino, a)?;
         }
-        // NOTE: through a writer's descriptor (ftruncate), the size is what
-        // it holds now, as GETATTR through it says: `ftruncate(fd, n)` then
-        // `fstat(fd)` or `mmap(fd, n)` find n, not the size published last.
-        match fh {
-            Some(fh) => self.getattr_fh(ino, fh).map(|t| t.attr),
-            None => self.getattr(ino),
-        }
+        // IMPORTANT: the size the inode's version has, even through a
+        // writer's descriptor (ftruncate): the kernel takes this reply's size
+        // for the inode, which every reader of it shares (its page cache and
+        // mappings are cut to it), so a writer's size here would show readers
+        // a prefix of the published value, or a size it never had.
+        self.getattr(ino)
     }
 
     /// The attached path of `ino` (the name a change by inode goes to), its
