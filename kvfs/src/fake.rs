@@ -123,7 +123,7 @@ fn check_put(value: Option<&[u8]>, attrs: &Attrs) -> Result<(), Failure> {
     let bad = attrs.mode.is_some_and(|m| m > 0o7777)
         || match (attrs.kind, value) {
             (Some(k), Some(v)) => k.check_value(v).is_err(),
-            (Some(k), None) => k.is_device(),
+            (Some(k), None) => k.is_device() || k == Kind::Symlink,
             (None, _) => false,
         };
     if bad {

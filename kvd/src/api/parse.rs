@@ -229,11 +229,12 @@ pub(crate) fn check_put(key: &str, value: Option<&[u8]>, attrs: &PutAttrs) -> Ap
     match value {
         Some(v) => kind.check_value(v),
         // NOTE: without a value the entry keeps its own (a directory, FIFO
-        // or socket none); only a device's number cannot be kept from
-        // whatever the key held before.
+        // or socket none); a device's number and a symlink's target cannot
+        // be kept from whatever the key held before.
         None if kind.is_device() => {
             Err(format!("a {} device needs its number as its value, MAJOR:MINOR in decimal", kind.as_str()))
         }
+        None if kind == Kind::Symlink => Err("a symlink needs a target as its value".into()),
         None => Ok(()),
     }
     .map_err(|m| ApiError::new(ErrorCode::BadRequest, format!("{key:?}: {m}")))

@@ -94,10 +94,20 @@ fn a_bad_kind_or_device_number_through_the_api_is_refused_and_writes_nothing() {
         assert_eq!(status, 400, "{kind} {body:?}: {text}");
         assert!(text.contains(want), "{kind} {body:?}: {text:?} lacks {want:?}");
     }
-    let txn = serde_json::json!({"success": [{"op": "put", "key": "bad/y", "kind": "block", "value": "8"}]});
-    let r = rt.block_on(http().post(format!("{}/v1/txn", k.url)).json(&txn).send()).expect("txn");
-    assert_eq!(r.status().as_u16(), 400);
-    assert!(rt.block_on(r.text()).expect("body").contains("a block device needs its number"));
+    for (op, want) in [
+        (
+            serde_json::json!({"op": "put", "key": "bad/y", "kind": "block", "value": "8"}),
+            "a block device needs its number",
+        ),
+        (serde_json::json!({"op": "put", "key": "bad/y", "kind": "char"}), "a char device needs its number"),
+        (serde_json::json!({"op": "put", "key": "bad/y", "kind": "symlink"}), "a symlink needs a target"),
+    ] {
+        let txn = serde_json::json!({ "success": [op] });
+        let r = rt.block_on(http().post(format!("{}/v1/txn", k.url)).json(&txn).send()).expect("txn");
+        assert_eq!(r.status().as_u16(), 400);
+        let text = rt.block_on(r.text()).expect("body");
+        assert!(text.contains(want), "{text:?} lacks {want:?}");
+    }
     let list = rt.block_on(http().get(format!("{}/v1/list/bad/?recursive=true", k.url)).send()).expect("list");
     let list: serde_json::Value = rt.block_on(list.json()).expect("json");
     assert_eq!(list["entries"].as_array().map(Vec::len), Some(0), "something was written: {list}");
