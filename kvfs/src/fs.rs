@@ -349,7 +349,9 @@ impl Filesystem for KvFs {
         };
         let a = SetAttr { who, mode, uid, gid, size, mtime: mtime.map(ns_of) };
         match self.core.setattr(ino.0, fh.map(|f| f.0), a) {
-            Ok(a) => reply.attr(&TTL, &a),
+            // (Not kept while a descriptor holds unpublished changes: see
+            // Core::getattr_told.)
+            Ok(a) => reply.attr(if self.core.writing(ino.0) { &Duration::ZERO } else { &TTL }, &a),
             Err(e) => reply.error(e),
         }
     }

@@ -509,8 +509,20 @@ impl Core {
         self.getattr_told(ino).map(|a| a.attr)
     }
 
+    /// Whether a descriptor holds unpublished changes to inode `ino`: its
+    /// size and content change when that descriptor publishes them.
+    pub fn writing(&self, ino: u64) -> bool {
+        self.handles.lock().map(|mut hs| hs.writers_on(ino).any(|(_, w)| w.dirty)).unwrap_or(false)
+    }
+
     /// [`Core::getattr`], and whether the kernel may keep it.
+    ///
+    /// NOTE: not while a descriptor holds unpublished changes to the file:
+    /// the size kept would outlast the publication, which changes the
+    /// content under the same inode (a file created here), and a `stat`
+    /// after `close(2)` would show the size before it.
     pub fn getattr_told(&self, ino: u64) -> Result<Told, Errno> {
+        let writing = self.writing(ino);
         let s = self.state()?;
         let (path, node, attached) = Self::node_of_ino(&s, ino)?;
         let attr = match (attached, node) {
@@ -523,7 +535,7 @@ impl Core {
         // shows.
         let gone = matches!(s.inodes.get(ino).map(|i| &i.binding), Some(Binding::Detached { gone: true, .. }));
         let attr = if gone { FileAttr { nlink: 0, ..attr } } else { attr };
-        Ok(Told { attr, keep: !attached || s.settled(&path) })
+        Ok(Told { attr, keep: (!attached || s.settled(&path)) && !writing })
     }
 
     /// GETATTR through a handle (the kernel asks so before a seek to the end
