@@ -93,11 +93,10 @@ impl Kind {
         matches!(self, Kind::Char | Kind::Block)
     }
 
-    /// Whether an entry of this kind has content that reads give: a file's
-    /// bytes. A symlink's target, a device's number and the nothing of a
-    /// directory, FIFO or socket are not content.
-    pub fn has_content(self) -> bool {
-        self == Kind::File
+    /// Whether an entry of this kind holds a value: a directory, FIFO or
+    /// socket never does.
+    pub fn holds_value(self) -> bool {
+        !matches!(self, Kind::Dir | Kind::Fifo | Kind::Socket)
     }
 
     /// Whether `value` is a value an entry of this kind may hold; the
@@ -105,9 +104,7 @@ impl Kind {
     pub fn check_value(self, value: &[u8]) -> Result<(), String> {
         match self {
             Kind::File => Ok(()),
-            Kind::Dir | Kind::Fifo | Kind::Socket if !value.is_empty() => {
-                Err(format!("a {} entry has no value", self.as_str()))
-            }
+            _ if !self.holds_value() && !value.is_empty() => Err(format!("a {} entry has no value", self.as_str())),
             Kind::Dir | Kind::Fifo | Kind::Socket => Ok(()),
             Kind::Symlink if value.is_empty() => Err("a symlink needs a target as its value".into()),
             Kind::Symlink => Ok(()),
@@ -119,6 +116,33 @@ impl Kind {
                     String::from_utf8_lossy(value)
                 )
             }),
+        }
+    }
+
+    /// Whether a put of this kind with `value` (`None`: the key's own
+    /// value is kept) may be taken; the reason when not. Without a value,
+    /// a device's number and a symlink's target cannot be kept from
+    /// whatever the key held before.
+    pub fn check_put(self, value: Option<&[u8]>) -> Result<(), String> {
+        match value {
+            Some(v) => self.check_value(v),
+            None if self.is_device() => {
+                Err(format!("a {} device needs its number as its value, MAJOR:MINOR in decimal", self.as_str()))
+            }
+            None if self == Kind::Symlink => Err("a symlink needs a target as its value".into()),
+            None => Ok(()),
+        }
+    }
+
+    /// The kind an entry of this kind keeps when a put gives no kind and
+    /// `value` (`None`: none): a FIFO, socket or device that cannot hold
+    /// the value (content, not a device number) is replaced by a file.
+    pub fn kept_by(self, value: Option<&[u8]>) -> Kind {
+        let special = matches!(self, Kind::Fifo | Kind::Socket | Kind::Char | Kind::Block);
+        if special && value.is_some_and(|v| self.check_value(v).is_err()) {
+            Kind::File
+        } else {
+            self
         }
     }
 }

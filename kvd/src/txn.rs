@@ -104,14 +104,7 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
             Op::Put { key, value, attrs } => {
                 let prev = changes.entry(view, key)?;
                 let prev = prev.as_ref();
-                // NOTE: a value written without a kind to a FIFO, socket or
-                // device that cannot hold it (content, not a device number)
-                // makes the entry a file: the write replaces it.
-                let kept = prev.map(|p| p.kind).filter(|k| {
-                    k.has_content()
-                        || matches!(k, Kind::Dir | Kind::Symlink)
-                        || value.as_ref().is_none_or(|v| k.check_value(v).is_ok())
-                });
+                let kept = prev.map(|p| p.kind.kept_by(value.as_ref().map(|v| v.as_slice())));
                 let kind = attrs.kind.or(kept).unwrap_or(Kind::File);
                 let e = StoredEntry {
                     kind,
@@ -124,8 +117,7 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
                     version: prev.map(|p| p.version + 1).unwrap_or(1),
                     value: match value {
                         Some(v) => v.clone(),
-                        // NOTE: a directory, FIFO or socket never has a value.
-                        None if matches!(kind, Kind::Dir | Kind::Fifo | Kind::Socket) => ByteBuf::new(),
+                        None if !kind.holds_value() => ByteBuf::new(),
                         None => prev.map(|p| p.value.clone()).unwrap_or_default(),
                     },
                 };

@@ -120,12 +120,7 @@ fn invalid(e: KeyError) -> Failure {
 
 /// kvd's `check_put`: the attributes against the value.
 fn check_put(value: Option<&[u8]>, attrs: &Attrs) -> Result<(), Failure> {
-    let bad = attrs.mode.is_some_and(|m| m > 0o7777)
-        || match (attrs.kind, value) {
-            (Some(k), Some(v)) => k.check_value(v).is_err(),
-            (Some(k), None) => k.is_device() || k == Kind::Symlink,
-            (None, _) => false,
-        };
+    let bad = attrs.mode.is_some_and(|m| m > 0o7777) || attrs.kind.is_some_and(|k| k.check_put(value).is_err());
     if bad {
         return Err(Failure::Invalid { too_long: false });
     }
@@ -204,18 +199,11 @@ impl State {
             match op {
                 Op::Put { key, value, attrs } => {
                     let prev = self.data.get(&key);
-                    // kvd's txn: content a FIFO, socket or device cannot
-                    // hold, put without a kind, makes the entry a file.
-                    let kept = prev.map(|p| p.meta.kind).filter(|k| {
-                        k.has_content()
-                            || matches!(k, Kind::Dir | Kind::Symlink)
-                            || value.as_ref().is_none_or(|v| k.check_value(v).is_ok())
-                    });
+                    let kept = prev.map(|p| p.meta.kind.kept_by(value.as_deref()));
                     let kind = attrs.kind.or(kept).unwrap_or(Kind::File);
                     let value = match value {
                         Some(v) => v,
-                        // NOTE: a directory, FIFO or socket never has a value.
-                        None if matches!(kind, Kind::Dir | Kind::Fifo | Kind::Socket) => Vec::new(),
+                        None if !kind.holds_value() => Vec::new(),
                         None => prev.map(|p| p.value.clone()).unwrap_or_default(),
                     };
                     let meta = Meta {

@@ -223,21 +223,10 @@ pub(crate) fn check_put(key: &str, value: Option<&[u8]>, attrs: &PutAttrs) -> Ap
     if attrs.mode.is_some_and(|m| m > 0o7777) {
         return Err(ApiError::new(ErrorCode::BadRequest, "mode must be at most 07777"));
     }
-    let Some(kind) = attrs.kind else {
-        return Ok(());
-    };
-    match value {
-        Some(v) => kind.check_value(v),
-        // NOTE: without a value the entry keeps its own (a directory, FIFO
-        // or socket none); a device's number and a symlink's target cannot
-        // be kept from whatever the key held before.
-        None if kind.is_device() => {
-            Err(format!("a {} device needs its number as its value, MAJOR:MINOR in decimal", kind.as_str()))
-        }
-        None if kind == Kind::Symlink => Err("a symlink needs a target as its value".into()),
+    match attrs.kind {
+        Some(kind) => kind.check_put(value).map_err(|m| ApiError::new(ErrorCode::BadRequest, format!("{key:?}: {m}"))),
         None => Ok(()),
     }
-    .map_err(|m| ApiError::new(ErrorCode::BadRequest, format!("{key:?}: {m}")))
 }
 
 /// The key, attributes and conditions of a put (the value is checked with

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use kv_tests::{Kvd, Mount};
 
+use crate::mount::eventually;
+
 /// Hard links: `link(2)` is `EPERM` on a mount (kvfs's chosen deviation,
 /// kvfs(8)); these tests need it to succeed.
 const HARD_LINKS: &[&str] = &[
@@ -233,16 +235,10 @@ print(len(bad), bad[:3])
     let c = k.client();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     for i in [0, 99, 199] {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let held = loop {
+        eventually(&format!("app/f{i} holds the last chmod and chown"), || {
             let v = rt.block_on(c.get(&format!("app/f{i}"))).expect("get");
-            let held = v.map(|v| (v.meta.mode, v.meta.uid, v.meta.gid));
-            if held == Some((0o2750, 1000 + i, 2000 + i)) || std::time::Instant::now() > deadline {
-                break held;
-            }
-            rt.block_on(tokio::time::sleep(std::time::Duration::from_millis(20)));
-        };
-        assert_eq!(held, Some((0o2750, 1000 + i, 2000 + i)), "app/f{i}");
+            v.map(|v| (v.meta.mode, v.meta.uid, v.meta.gid)) == Some((0o2750, 1000 + i, 2000 + i))
+        });
     }
 }
 
