@@ -578,6 +578,9 @@ impl Client {
         if let Some(t) = a.mtime_ns {
             h.insert(header::MTIME, HeaderValue::from(t));
         }
+        if let Some(t) = a.atime_ns {
+            h.insert(header::ATIME, HeaderValue::from(t));
+        }
         let path = format!("/v1/kv/{}", encode_key(key));
         self.call(&Call { method: &Method::PUT, path: &path, headers: &h, body: &value }).await?.json().await
     }
@@ -987,7 +990,18 @@ fn meta_from_headers(h: &reqwest::header::HeaderMap) -> Result<Meta, Error> {
         mod_revision: header_u64(h, header::MOD_REVISION)?,
         version: header_u64(h, header::VERSION)?,
         size: header_u64(h, "content-length")?,
+        atime_ns: time_header(h, header::ATIME)?,
+        ctime_ns: time_header(h, header::CTIME)?,
     })
+}
+
+/// A time header an older server does not send.
+fn time_header(h: &reqwest::header::HeaderMap, name: &str) -> Result<Option<i64>, Error> {
+    h.get(name)
+        .map(|v| {
+            v.to_str().ok().and_then(|t| t.parse().ok()).ok_or_else(|| Error::Protocol(format!("bad header {name}")))
+        })
+        .transpose()
 }
 
 #[cfg(test)]

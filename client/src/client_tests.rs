@@ -398,8 +398,14 @@ async fn a_put_s_options_go_out_as_headers_and_a_request_id_no_header_can_carry_
     let bad = PutOptions { request_id: Some("a\r\nx-evil: 1".into()), ..PutOptions::default() };
     let err = c.put("a/b", "v", &bad).await.expect_err("a request id with a line break");
     assert!(matches!(&err, Error::Config(m) if m.contains("request id")), "{err:?}");
-    let attrs =
-        Attrs { kind: Some(Kind::File), mode: Some(0o640), uid: Some(1001), gid: Some(1002), mtime_ns: Some(-5) };
+    let attrs = Attrs {
+        kind: Some(Kind::File),
+        mode: Some(0o640),
+        uid: Some(1001),
+        gid: Some(1002),
+        mtime_ns: Some(-5),
+        atime_ns: Some(-6),
+    };
     let opts = PutOptions { attrs, if_match: Some(5), create_only: true, request_id: Some("order-17".into()) };
     assert_eq!(c.put("a/b", "v", &opts).await.expect("put").revision, 9);
     let head = tokio::time::timeout(Duration::from_secs(5), server).await.expect("in time").expect("server");
@@ -413,6 +419,7 @@ async fn a_put_s_options_go_out_as_headers_and_a_request_id_no_header_can_carry_
             format!("host: {addr}").as_str(),
             "if-match: \"5\"",
             "if-none-match: *",
+            "x-kv-atime: -6",
             "x-kv-gid: 1002",
             "x-kv-kind: file",
             "x-kv-mode: 640",

@@ -111,6 +111,8 @@ mod tests {
             mod_revision: 1,
             version: 1,
             size: 0,
+            atime_ns: None,
+            ctime_ns: None,
         };
         ListResponse {
             revision: 10 + asked.len() as u64,

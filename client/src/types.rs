@@ -20,6 +20,12 @@ pub mod header {
     pub const GID: &str = "x-kv-gid";
     /// Modification time in nanoseconds since the Unix epoch.
     pub const MTIME: &str = "x-kv-mtime";
+    /// Access time in nanoseconds since the Unix epoch (set by writes that
+    /// give it, never by reads).
+    pub const ATIME: &str = "x-kv-atime";
+    /// Change time in nanoseconds since the Unix epoch: the time of the last
+    /// write to the entry (answers only).
+    pub const CTIME: &str = "x-kv-ctime";
     /// Revision of the write that created the entry.
     pub const CREATE_REVISION: &str = "x-kv-create-revision";
     /// Revision of the last write to the entry.
@@ -190,6 +196,27 @@ pub struct Meta {
     pub version: u64,
     /// Length of the value in bytes.
     pub size: u64,
+    /// Access time, ns since the epoch: set when the entry is created and by
+    /// writes that give one, never by reads. `None` from a server that
+    /// keeps none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime_ns: Option<i64>,
+    /// Change time, ns since the epoch: when the entry was last written
+    /// (value or attributes). `None` from a server that keeps none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime_ns: Option<i64>,
+}
+
+impl Meta {
+    /// The access time, the mtime when the server keeps none.
+    pub fn atime(&self) -> i64 {
+        self.atime_ns.unwrap_or(self.mtime_ns)
+    }
+
+    /// The change time, the mtime when the server keeps none.
+    pub fn ctime(&self) -> i64 {
+        self.ctime_ns.unwrap_or(self.mtime_ns)
+    }
 }
 
 /// One entry in a list or watch event, with its value when asked for.
@@ -354,9 +381,14 @@ pub struct Attrs {
     /// Owner group id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
-    /// Modification time, ns since the epoch (default: the time of the write).
+    /// Modification time, ns since the epoch (default: the time of a write
+    /// that gives a value, else kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime_ns: Option<i64>,
+    /// Access time, ns since the epoch (default: kept; the time of the write
+    /// for a new entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime_ns: Option<i64>,
 }
 
 /// One operation of a transaction.
@@ -388,6 +420,9 @@ pub enum TxnOp {
         /// Modification time, ns since the epoch.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mtime_ns: Option<i64>,
+        /// Access time, ns since the epoch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        atime_ns: Option<i64>,
     },
     /// Delete a key, or with `recursive` the key and everything below it.
     Delete {
@@ -411,6 +446,7 @@ impl TxnOp {
             uid: None,
             gid: None,
             mtime_ns: None,
+            atime_ns: None,
         }
     }
 }
@@ -454,6 +490,13 @@ pub struct TxnResponse {
     pub revision: u64,
     /// One result per operation that ran.
     pub results: Vec<OpResult>,
+    /// The time the transaction wrote with (ns since the epoch: the mtime
+    /// of entries it put without one, the ctime of all it put, and the
+    /// times of the directories it made or removed entries in); absent when
+    /// it wrote nothing, or the answer is the record of an earlier attempt
+    /// with the same request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ns: Option<i64>,
 }
 
 /// Kind of a watch event.
@@ -647,7 +690,15 @@ mod tests {
             mod_revision: 1,
             version: 1,
             size: 2,
+            atime_ns: None,
+            ctime_ns: Some(3),
         };
+        // (a time an older server does not send is left out, and read as none)
+        let json = serde_json::to_value(&meta).expect("json");
+        assert_eq!((json.get("atime_ns"), json["ctime_ns"].as_i64()), (None, Some(3)));
+        let older = r#"{"kind":"file","mode":420,"uid":0,"gid":0,"mtime_ns":1,"create_revision":1,"mod_revision":1,"version":1,"size":2}"#;
+        let read: Meta = serde_json::from_str(older).expect("an older server's entry");
+        assert_eq!((read.atime(), read.ctime()), (1, 1), "no times kept: the mtime stands for them");
         let text = EntryInfo::new("k".into(), meta.clone(), Some(b"hi"));
         assert_eq!(text.value.as_deref(), Some("hi"));
         let bin = EntryInfo::new("k".into(), meta, Some(&[0xff, 0x00]));

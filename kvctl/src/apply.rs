@@ -171,6 +171,7 @@ pub fn transaction(prefix: &str, held: &BTreeMap<String, Held>, plan: &Plan, sin
             uid: n.owner.filter(|_| owners).map(|o| o.0),
             gid: n.owner.filter(|_| owners).map(|o| o.1),
             mtime_ns: None,
+            atime_ns: None,
         }
     };
     let mut success: Vec<TxnOp> = plan.added.iter().map(|(p, n)| put(p, n)).collect();

@@ -221,7 +221,7 @@ mod tests {
         let store = Store::open(dir.path()).expect("store");
         let t0 = 1_718_000_000_000 * 1_000_000;
         let w = 10 * 60 * 1000;
-        let resp = |rev| Response { succeeded: true, revision: rev, outcomes: vec![] };
+        let resp = |rev| Response { succeeded: true, revision: rev, ..Response::default() };
         let mut b = store.db.batch();
         record(&store, &mut b, t0, "a", resp(1));
         record(&store, &mut b, t0 + 5 * MIN, "b", resp(2));
@@ -249,7 +249,7 @@ mod tests {
     fn legacy_records_are_still_read_and_pruned_by_count() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
-        let resp = Response { succeeded: true, revision: 7, outcomes: vec![] };
+        let resp = Response { succeeded: true, revision: 7, ..Response::default() };
         let mut b = store.db.batch();
         b.insert(&store.dedup, [b"x".as_slice(), &5u64.to_be_bytes(), b"old"].concat(), []);
         b.insert(&store.dedup, legacy_id_key("old"), encode(&LegacyRecord { index: 5, response: resp.clone() }));

@@ -3,19 +3,21 @@
 //! The same file is what `GET /v1/snapshot` streams for backups.
 //!
 //! ```text
-//! "KVSNAP02" | u32 header length | header (postcard)
+//! "KVSNAP03" | u32 header length | header (postcard)
 //! { u8 tag (1 = data, 2 = dedup, 3 = sys) | u32 key length | key | u32 value length | value }*
 //! u8 0 | u64 record count | u32 CRC-32
 //! ```
 //!
 //! Integers of the framing are little-endian. A record is a key and value of
 //! the data dir's keyspace its tag names, as the data dir holds them (format
-//! 2, crate::format). The magic is the file's version: `KVSNAP01` files,
+//! 3, crate::format). The magic is the file's version: `KVSNAP01` files,
 //! written by kvd 0.1 (`GET /v1/snapshot` backups, snapshots in its data
 //! dirs and sent by its members), have the same framing with the header and
-//! values in the bincode 1 layout; they are still read, each value upgraded
-//! as it is read, so every caller sees format 2 values. A `KVSNAP` of a later
-//! version is refused with an error that says so.
+//! values in the bincode 1 layout, and `KVSNAP02` files the values of data
+//! dir format 2 (entries without access and change times); both are still
+//! read, each value upgraded as it is read, so every caller sees format 3
+//! values. A `KVSNAP` of a later version is refused with an error that says
+//! so.
 //!
 //! The keys of dedup records say their layout (crate::dedup): the records
 //! kept by log time (`r`, `t`, `w`) are newer than the ones kept by count
@@ -32,7 +34,9 @@ use crate::format::{bincode1, upgrade_value, Space};
 use crate::types::{decode, encode, SnapshotMeta};
 
 /// What files of the current version start with.
-const MAGIC: &[u8; 8] = b"KVSNAP02";
+const MAGIC: &[u8; 8] = b"KVSNAP03";
+/// What the files of data dir format 2 start with.
+const MAGIC_V2: &[u8; 8] = b"KVSNAP02";
 /// What kvd 0.1's files start with.
 const MAGIC_V1: &[u8; 8] = b"KVSNAP01";
 /// Record tag of a state machine entry.
@@ -56,15 +60,17 @@ fn corrupt(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("snapshot is corrupt or truncated: {what}"))
 }
 
-/// The version of a snapshot file by its magic: 1 or 2.
-fn version(magic: &[u8; 8]) -> io::Result<u8> {
+/// The version of a snapshot file by its magic: 1, 2 or 3, the data dir
+/// format of its values.
+fn version(magic: &[u8; 8]) -> io::Result<u32> {
     match magic {
         MAGIC_V1 => Ok(1),
-        MAGIC => Ok(2),
+        MAGIC_V2 => Ok(2),
+        MAGIC => Ok(3),
         m if m.starts_with(b"KVSNAP") && m[6..].iter().all(u8::is_ascii_digit) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "snapshot file format {:?} is not one this kvd reads (KVSNAP01, KVSNAP02): it was written by a \
+                "snapshot file format {:?} is not one this kvd reads (KVSNAP01 to KVSNAP03): it was written by a \
                  newer kvd; restore it with that version or a later one",
                 String::from_utf8_lossy(m)
             ),
@@ -74,7 +80,7 @@ fn version(magic: &[u8; 8]) -> io::Result<u8> {
 }
 
 /// The header of a file of `version`.
-fn decode_header(version: u8, b: &[u8]) -> io::Result<Header> {
+fn decode_header(version: u32, b: &[u8]) -> io::Result<Header> {
     let h = match version {
         1 => bincode1::from_slice(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
         _ => decode(b),
@@ -185,7 +191,7 @@ pub fn read<R: Read>(r: R, mut f: impl FnMut(u8, Vec<u8>, Vec<u8>) -> io::Result
     r.exact(&mut magic)?;
     let version = version(&magic)?;
     let header = decode_header(version, &r.bytes(1 << 24)?)?;
-    // NOTE: a record of a version 1 file that does not upgrade is reported
+    // NOTE: a record of an older file that does not upgrade is reported
     // once the CRC held (a damaged file is reported as such).
     let mut not_upgraded = None;
     let mut count = 0u64;
@@ -198,8 +204,8 @@ pub fn read<R: Read>(r: R, mut f: impl FnMut(u8, Vec<u8>, Vec<u8>) -> io::Result
                 let k = r.bytes(1 << 16)?;
                 let v = r.bytes(u32::MAX)?;
                 count += 1;
-                if version == 1 {
-                    match upgrade_value(space(tag[0]), &k, &v) {
+                if version < 3 {
+                    match upgrade_value(version, space(tag[0]), &k, &v) {
                         Ok(Some(new)) => f(tag[0], k, new)?,
                         Ok(None) => f(tag[0], k, v)?,
                         Err(e) => {
@@ -309,14 +315,54 @@ mod tests {
     }
 
     #[test]
+    fn reads_a_format_2_snapshot_with_its_entries_upgraded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("s");
+        let e = crate::types::StoredEntry {
+            kind: kv_client::Kind::File,
+            mode: 0o600,
+            uid: 1,
+            gid: 2,
+            mtime_ns: 77,
+            create_revision: 3,
+            mod_revision: 4,
+            version: 2,
+            value: serde_bytes::ByteBuf::from(b"v".to_vec()),
+            atime_ns: 5,
+            ctime_ns: 6,
+        };
+        let header = Header { meta: SnapshotMeta::default(), revision: 7 };
+        let mut w = Writer::new(File::create(&p).expect("create"), &header).expect("writer");
+        w.record(TAG_DATA, b"a", &crate::format::in_layout_2(|| encode(&e))).expect("record");
+        w.record(TAG_DEDUP, b"w", &9u64.to_be_bytes()).expect("record");
+        w.finish().expect("finish");
+        let mut bytes = std::fs::read(&p).expect("read");
+        bytes[..8].copy_from_slice(MAGIC_V2);
+        let end = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..end]);
+        bytes[end..].copy_from_slice(&crc.to_le_bytes());
+        let mut seen = vec![];
+        read(bytes.as_slice(), |t, k, v| {
+            seen.push((t, k, v));
+            Ok(())
+        })
+        .expect("read");
+        let want = crate::types::StoredEntry { atime_ns: 77, ctime_ns: 77, ..e };
+        assert_eq!(seen.len(), 2);
+        assert_eq!((seen[0].0, seen[0].1.as_slice()), (TAG_DATA, b"a".as_slice()));
+        assert_eq!(decode::<crate::types::StoredEntry>(&seen[0].2).expect("current format"), want);
+        assert_eq!(seen[1], (TAG_DEDUP, b"w".to_vec(), 9u64.to_be_bytes().to_vec()));
+    }
+
+    #[test]
     fn a_later_version_is_refused_as_such() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("s");
         sample(&p);
         let mut bytes = std::fs::read(&p).expect("read");
-        bytes[..8].copy_from_slice(b"KVSNAP03");
+        bytes[..8].copy_from_slice(b"KVSNAP04");
         let e = read(bytes.as_slice(), |_, _, _| Ok(())).expect_err("a later version");
-        assert!(e.to_string().contains("\"KVSNAP03\" is not one this kvd reads (KVSNAP01, KVSNAP02)"), "{e}");
+        assert!(e.to_string().contains("\"KVSNAP04\" is not one this kvd reads (KVSNAP01 to KVSNAP03)"), "{e}");
         bytes[..8].copy_from_slice(b"NOTASNAP");
         let e = read(bytes.as_slice(), |_, _, _| Ok(())).expect_err("not a snapshot");
         assert!(e.to_string().contains("bad magic"), "{e}");

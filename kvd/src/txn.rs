@@ -111,7 +111,14 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
                     mode: attrs.mode.or(prev.map(|p| p.mode)).unwrap_or(kind.default_mode()),
                     uid: attrs.uid.or(prev.map(|p| p.uid)).unwrap_or(0),
                     gid: attrs.gid.or(prev.map(|p| p.gid)).unwrap_or(0),
-                    mtime_ns: attrs.mtime_ns.unwrap_or(req.now_ns),
+                    // NOTE: an attributes-only put (no value) changes no
+                    // content: the mtime stays unless given.
+                    mtime_ns: attrs
+                        .mtime_ns
+                        .or(prev.filter(|_| value.is_none()).map(|p| p.mtime_ns))
+                        .unwrap_or(req.now_ns),
+                    atime_ns: attrs.atime_ns.or(prev.map(|p| p.atime_ns)).unwrap_or(req.now_ns),
+                    ctime_ns: req.now_ns,
                     create_revision: prev.map(|p| p.create_revision).unwrap_or(new_rev),
                     mod_revision: new_rev,
                     version: prev.map(|p| p.version + 1).unwrap_or(1),
@@ -182,6 +189,7 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
             Op::Writer(w) => writer = Some(w.clone()),
         }
     }
+    touch_parents(view, changes, &mut written, new_rev, req.now_ns)?;
     if !written.is_empty() {
         st.revision = new_rev;
         changes.events.extend(
@@ -192,7 +200,47 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
         );
         changes.revisions.push((new_rev, RevisionRecord { time_ns: req.now_ns, writer }));
     }
-    Ok(Response { succeeded: ok, revision: st.revision, outcomes })
+    let time_ns = (st.revision == new_rev).then_some(req.now_ns);
+    Ok(Response { succeeded: ok, revision: st.revision, outcomes, time_ns })
+}
+
+/// Gives every directory entry a key was created in or removed from by a
+/// request the request's time as its mtime and ctime, as a file system
+/// does: a write of the directory in the same revision, after the writes
+/// of its entries. Not for a directory the request wrote itself (one made
+/// or moved with its entries), nor for one that is only implied by the keys
+/// below it (it has no entry to hold times).
+fn touch_parents(
+    view: &impl ReadView,
+    changes: &mut Changes,
+    written: &mut Vec<(String, Option<StoredEntry>, Prev)>,
+    rev: u64,
+    now_ns: i64,
+) -> io::Result<()> {
+    let mut parents = std::collections::BTreeSet::new();
+    for (key, entry, prev) in written.iter() {
+        let created_or_removed = entry.is_none() || matches!(prev, Prev::Absent);
+        if let Some((parent, _)) = key.rsplit_once('/').filter(|_| created_or_removed) {
+            parents.insert(parent.to_owned());
+        }
+    }
+    if parents.is_empty() {
+        return Ok(());
+    }
+    let own: std::collections::HashSet<String> = written.iter().map(|(k, _, _)| k.clone()).collect();
+    for parent in parents.into_iter().filter(|p| !own.contains(p)) {
+        let Some(before) = changes.entry(view, &parent)?.filter(|e| e.kind == Kind::Dir) else { continue };
+        let after = StoredEntry {
+            mtime_ns: now_ns,
+            ctime_ns: now_ns,
+            mod_revision: rev,
+            version: before.version + 1,
+            ..before.clone()
+        };
+        changes.entries.insert(parent.clone(), Some(after.clone()));
+        written.push((parent, Some(after), Prev::Entry(before)));
+    }
+    Ok(())
 }
 
 /// Every prefix a key is under: "", each of its ancestors, and the key.
@@ -369,7 +417,15 @@ mod tests {
             &mut st,
             &[req(vec![exists("k", true), mod_rev("k", 9)], vec![put("yes", "1")], vec![put("no", "1")])],
         );
-        assert_eq!(out[0], Response { succeeded: false, revision: 2, outcomes: vec![Outcome::Put("no".into(), 2)] });
+        assert_eq!(
+            out[0],
+            Response {
+                succeeded: false,
+                revision: 2,
+                outcomes: vec![Outcome::Put("no".into(), 2)],
+                time_ns: Some(NOW)
+            }
+        );
         assert_eq!(keys(&view), ["k", "no"]);
     }
 
@@ -387,6 +443,8 @@ mod tests {
             mod_revision: 2,
             version: 1,
             value: ByteBuf::from(b"v".to_vec()),
+            atime_ns: NOW,
+            ctime_ns: NOW,
         };
         assert_eq!(get(&view, "f"), Some(f));
         let d = get(&view, "d").expect("d");
@@ -401,8 +459,14 @@ mod tests {
     fn a_put_keeps_what_it_does_not_give() {
         let mut view = MemView::default();
         let mut st = State { revision: 0, dedup_window_ms: dedup::DEFAULT_WINDOW_MS };
-        let first =
-            PutAttrs { kind: Some(Kind::Symlink), mode: Some(0o600), uid: Some(7), gid: Some(8), mtime_ns: Some(5) };
+        let first = PutAttrs {
+            kind: Some(Kind::Symlink),
+            mode: Some(0o600),
+            uid: Some(7),
+            gid: Some(8),
+            mtime_ns: Some(5),
+            atime_ns: Some(3),
+        };
         entry(&mut view, &mut st, &[only(vec![put_attrs("k", Some("target"), first)])]);
         let mut later = req(vec![], vec![put_attrs("k", None, PutAttrs::default())], vec![]);
         later.now_ns = NOW + 1;
@@ -411,12 +475,18 @@ mod tests {
         assert_eq!((k.kind, k.mode, k.uid, k.gid), (Kind::Symlink, 0o600, 7, 8));
         assert_eq!(k.value.as_slice(), b"target", "no value given: the value is kept");
         assert_eq!((k.create_revision, k.mod_revision, k.version), (1, 2, 2));
-        assert_eq!(k.mtime_ns, NOW + 1, "no mtime given: the request's time");
+        assert_eq!((k.mtime_ns, k.atime_ns), (5, 3), "no value nor times given: the times are kept");
+        assert_eq!(k.ctime_ns, NOW + 1, "the ctime is the request's time");
+        let mut rewrite = req(vec![], vec![put_attrs("k", Some("other"), PutAttrs::default())], vec![]);
+        rewrite.now_ns = NOW + 2;
+        entry(&mut view, &mut st, &[rewrite]);
+        let k = get(&view, "k").expect("k");
+        assert_eq!((k.mtime_ns, k.atime_ns, k.ctime_ns), (NOW + 2, 3, NOW + 2), "a value without an mtime: now");
         let mode_only = PutAttrs { mode: Some(0o640), mtime_ns: Some(42), ..PutAttrs::default() };
         entry(&mut view, &mut st, &[only(vec![put_attrs("k", None, mode_only)])]);
         let k = get(&view, "k").expect("k");
         assert_eq!((k.kind, k.mode, k.uid, k.gid, k.mtime_ns), (Kind::Symlink, 0o640, 7, 8, 42));
-        assert_eq!((k.version, k.value.as_slice()), (3, b"target".as_slice()));
+        assert_eq!((k.version, k.value.as_slice()), (4, b"other".as_slice()));
     }
 
     #[test]
@@ -484,7 +554,8 @@ mod tests {
             Response {
                 succeeded: true,
                 revision: 3,
-                outcomes: vec![Outcome::Put("dst".into(), 3), Outcome::Delete("src".into(), 1)]
+                outcomes: vec![Outcome::Put("dst".into(), 3), Outcome::Delete("src".into(), 1)],
+                time_ns: Some(NOW),
             }
         );
         assert_eq!(st.revision, 3);

@@ -95,7 +95,10 @@ pub enum Cmp {
 }
 
 /// Attributes given with a put; `None` keeps the current (or default) value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Encoded by hand: data dir format 2 and peer formats 1 and 2 have no
+/// `atime_ns` ([`in_layout_2`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutAttrs {
     /// Kind.
     pub kind: Option<Kind>,
@@ -107,6 +110,54 @@ pub struct PutAttrs {
     pub gid: Option<u32>,
     /// Modification time, ns.
     pub mtime_ns: Option<i64>,
+    /// Access time, ns.
+    pub atime_ns: Option<i64>,
+}
+
+impl Serialize for PutAttrs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let old = layout_2();
+        let mut st = s.serialize_struct("PutAttrs", if old { 5 } else { 6 })?;
+        st.serialize_field("kind", &self.kind)?;
+        st.serialize_field("mode", &self.mode)?;
+        st.serialize_field("uid", &self.uid)?;
+        st.serialize_field("gid", &self.gid)?;
+        st.serialize_field("mtime_ns", &self.mtime_ns)?;
+        if !old {
+            st.serialize_field("atime_ns", &self.atime_ns)?;
+        }
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for PutAttrs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PutAttrs, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PutAttrs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("put attributes")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<PutAttrs, A::Error> {
+                Ok(PutAttrs {
+                    kind: field(&mut a, 0)?,
+                    mode: field(&mut a, 1)?,
+                    uid: field(&mut a, 2)?,
+                    gid: field(&mut a, 3)?,
+                    mtime_ns: field(&mut a, 4)?,
+                    atime_ns: if layout_2() { None } else { field(&mut a, 5)? },
+                })
+            }
+        }
+        const FIELDS: &[&str] = &["kind", "mode", "uid", "gid", "mtime_ns", "atime_ns"];
+        d.deserialize_struct("PutAttrs", &FIELDS[..if layout_2() { 5 } else { 6 }], V)
+    }
+}
+
+/// The next field of a struct encoded by hand, the `i`th.
+fn field<'de, T: Deserialize<'de>, A: serde::de::SeqAccess<'de>>(a: &mut A, i: usize) -> Result<T, A::Error> {
+    a.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(i, &"all the fields"))
 }
 
 /// One write operation.
@@ -173,10 +224,18 @@ pub struct Response {
     pub revision: u64,
     /// One outcome per operation run.
     pub outcomes: Vec<Outcome>,
+    /// The request's time, when applying it wrote something; never kept
+    /// (a dedup record answers without it) nor sent to peers.
+    #[serde(skip)]
+    pub time_ns: Option<i64>,
 }
 
 /// An entry as stored in the state machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Encoded by hand: data dir format 2, snapshot files `KVSNAP02` and peer
+/// formats 1 and 2 have no `atime_ns` and `ctime_ns`; read there, both are
+/// the mtime ([`in_layout_2`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEntry {
     /// Kind.
     pub kind: Kind,
@@ -196,6 +255,82 @@ pub struct StoredEntry {
     pub version: u64,
     /// The value.
     pub value: ByteBuf,
+    /// Access time, ns: set at creation and by a put that gives one, never
+    /// by reads.
+    pub atime_ns: i64,
+    /// Change time, ns: the log time of the last write to the entry.
+    pub ctime_ns: i64,
+}
+
+impl Serialize for StoredEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let old = layout_2();
+        let mut st = s.serialize_struct("StoredEntry", if old { 9 } else { 11 })?;
+        st.serialize_field("kind", &self.kind)?;
+        st.serialize_field("mode", &self.mode)?;
+        st.serialize_field("uid", &self.uid)?;
+        st.serialize_field("gid", &self.gid)?;
+        st.serialize_field("mtime_ns", &self.mtime_ns)?;
+        st.serialize_field("create_revision", &self.create_revision)?;
+        st.serialize_field("mod_revision", &self.mod_revision)?;
+        st.serialize_field("version", &self.version)?;
+        st.serialize_field("value", &self.value)?;
+        if !old {
+            st.serialize_field("atime_ns", &self.atime_ns)?;
+            st.serialize_field("ctime_ns", &self.ctime_ns)?;
+        }
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for StoredEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StoredEntry, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StoredEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an entry")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<StoredEntry, A::Error> {
+                // NOTE: the fields in the order they are encoded.
+                let mut e = StoredEntry {
+                    kind: field(&mut a, 0)?,
+                    mode: field(&mut a, 1)?,
+                    uid: field(&mut a, 2)?,
+                    gid: field(&mut a, 3)?,
+                    mtime_ns: field(&mut a, 4)?,
+                    create_revision: field(&mut a, 5)?,
+                    mod_revision: field(&mut a, 6)?,
+                    version: field(&mut a, 7)?,
+                    value: field(&mut a, 8)?,
+                    atime_ns: 0,
+                    ctime_ns: 0,
+                };
+                if layout_2() {
+                    (e.atime_ns, e.ctime_ns) = (e.mtime_ns, e.mtime_ns);
+                } else {
+                    e.atime_ns = field(&mut a, 9)?;
+                    e.ctime_ns = field(&mut a, 10)?;
+                }
+                Ok(e)
+            }
+        }
+        const FIELDS: &[&str] = &[
+            "kind",
+            "mode",
+            "uid",
+            "gid",
+            "mtime_ns",
+            "create_revision",
+            "mod_revision",
+            "version",
+            "value",
+            "atime_ns",
+            "ctime_ns",
+        ];
+        d.deserialize_struct("StoredEntry", &FIELDS[..if layout_2() { 9 } else { 11 }], V)
+    }
 }
 
 impl StoredEntry {
@@ -211,6 +346,8 @@ impl StoredEntry {
             mod_revision: self.mod_revision,
             version: self.version,
             size: self.value.len() as u64,
+            atime_ns: Some(self.atime_ns),
+            ctime_ns: Some(self.ctime_ns),
         }
     }
 }
@@ -298,4 +435,32 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> std::io::Resul
 /// Encoded size of `v`, for batching limits.
 pub(crate) fn encoded_size<T: Serialize + ?Sized>(v: &T) -> usize {
     postcard::serialize_with_flavor(v, postcard::ser_flavors::Size::default()).unwrap_or(0)
+}
+
+thread_local! {
+    /// Whether entries and puts are read and written in the layout of
+    /// data dir format 2 ([`in_layout_2`], crate::format).
+    static LAYOUT_2: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the thread reads and writes in format 2's layout: entries
+/// ([`StoredEntry`]) without `atime_ns` and `ctime_ns`, puts ([`PutAttrs`])
+/// without `atime_ns`. Format 1 (bincode 1) has
+/// the same fields.
+pub(crate) fn layout_2() -> bool {
+    LAYOUT_2.with(std::cell::Cell::get)
+}
+
+/// Runs `f` with entries and puts read and written in format 2's layout
+/// ([`layout_2`]): what data dirs of formats 1 and 2, `KVSNAP01` and
+/// `KVSNAP02` files and peer formats 1 and 2 hold.
+pub(crate) fn in_layout_2<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LAYOUT_2.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(LAYOUT_2.with(|c| c.replace(true)));
+    f()
 }

@@ -109,14 +109,40 @@ pub trait Events: Send {
     }
 }
 
+/// What a write made: its revision, and the time the cluster wrote with
+/// when it says (kv_client::TxnResponse::time_ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The revision of the write.
+    pub revision: u64,
+    /// Its time, ns since the epoch.
+    pub time_ns: Option<i64>,
+}
+
+impl Written {
+    /// What a transaction's answer says of its write.
+    pub fn of(r: &TxnResponse) -> Written {
+        Written { revision: r.revision, time_ns: r.time_ns }
+    }
+}
+
 /// The cluster operations a mount uses, on full keys.
 pub trait Cluster: Send + Sync + 'static {
     /// Writes one key; the revision of the write.
     fn put(&self, key: &str, value: Vec<u8>, opts: &PutOptions) -> Result<u64, Failure>;
+    /// [`Cluster::put`], with the time of the write when the cluster says.
+    fn put_at(&self, key: &str, value: Vec<u8>, opts: &PutOptions) -> Result<Written, Failure> {
+        self.put(key, value, opts).map(|revision| Written { revision, time_ns: None })
+    }
     /// Runs a transaction.
     fn txn(&self, txn: &TxnRequest) -> Result<TxnResponse, Failure>;
     /// Deletes one key; the revision of the delete.
     fn delete(&self, key: &str) -> Result<u64, Failure>;
+    /// [`Cluster::delete`], with the time of the delete when the cluster
+    /// says.
+    fn delete_at(&self, key: &str) -> Result<Written, Failure> {
+        self.delete(key).map(|revision| Written { revision, time_ns: None })
+    }
     /// Whether the cluster answers (and has a quorum) right now.
     fn probe(&self) -> Result<(), Failure>;
     /// One page of the entries below `prefix`, with values, after `after`.

@@ -29,6 +29,7 @@ pub fn run(c: &dyn Cluster, prefix: &str) {
     s.txn_compares();
     s.rename_is_one_revision();
     s.recursive_delete();
+    s.dir_times();
     s.delete();
     s.paging();
     s.events();
@@ -183,6 +184,18 @@ impl<'a> Suite<'a> {
         rev
     }
 
+    /// A put of a new key right in directory entry `dir`: a change of the
+    /// directory too (see [`Suite::dir_times`]).
+    fn put_new_in(&mut self, key: &str, value: &[u8], dir: &str) -> u64 {
+        let rev = ok(self.c.put(key, value.to_vec(), &PutOptions::default()), &format!("put {key}"));
+        self.wrote(
+            rev,
+            vec![(EventType::Put, key.to_owned()), (EventType::Put, dir.to_owned())],
+            &format!("put {key}"),
+        );
+        rev
+    }
+
     fn txn(&mut self, t: &TxnRequest, what: &str) -> kv_client::TxnResponse {
         ok(self.c.txn(t), what)
     }
@@ -209,7 +222,8 @@ impl<'a> Suite<'a> {
         let e = self.entry(&a).unwrap_or_else(|| panic!("{a} is missing after its put"));
         assert_eq!(e.value_bytes(), Some(b"hello".to_vec()));
         assert!(e.meta.mtime_ns > 0, "a put without mtime takes the write's time");
-        let want = |mode, uid, mtime_ns, mod_revision, version, size| Meta {
+        // (the times apart, checked below)
+        let want = |mode, uid, mtime_ns, mod_revision, version, size, m: &Meta| Meta {
             kind: Kind::File,
             mode,
             uid,
@@ -219,15 +233,41 @@ impl<'a> Suite<'a> {
             mod_revision,
             version,
             size,
+            atime_ns: m.atime_ns,
+            ctime_ns: m.ctime_ns,
         };
-        assert_eq!(e.meta, want(0o644, 0, e.meta.mtime_ns, r1, 1, 5), "a new file's defaults");
+        let m = e.meta;
+        assert_eq!(m, want(0o644, 0, m.mtime_ns, r1, 1, 5, &m), "a new file's defaults");
+        assert_eq!((m.atime_ns, m.ctime_ns), (Some(m.mtime_ns), Some(m.mtime_ns)), "a new file's times are one");
         let attrs = Attrs { mode: Some(0o600), uid: Some(1000), mtime_ns: Some(42), ..Attrs::default() };
         let r2 = self.put(&a, b"hi", &opts(attrs));
-        assert_eq!(self.meta(&a), want(0o600, 1000, 42, r2, 2, 2), "given attributes are set, others kept");
+        let m2 = self.meta(&a);
+        assert_eq!(m2, want(0o600, 1000, 42, r2, 2, 2, &m2), "given attributes are set, others kept");
+        assert_eq!(m2.atime_ns, m.atime_ns, "the atime is kept");
+        assert!(m2.ctime() > m.ctime(), "a write changes the ctime");
         let r3 = self.put(&a, b"", &PutOptions::default());
         let m = self.meta(&a);
-        assert_eq!(m, want(0o600, 1000, m.mtime_ns, r3, 3, 0), "attributes left out are kept");
-        assert!(m.mtime_ns > 42, "mtime left out is the write's time, not kept");
+        assert_eq!(m, want(0o600, 1000, m.mtime_ns, r3, 3, 0, &m), "attributes left out are kept");
+        assert!(m.mtime_ns > 42, "mtime left out of a write of a value is the write's time, not kept");
+        // A put of attributes alone: the content did not change, so the
+        // mtime stays; the ctime is the write's time.
+        let attrs_only = TxnOp::Put {
+            key: a.clone(),
+            value: None,
+            value_base64: None,
+            kind: None,
+            mode: Some(0o640),
+            uid: None,
+            gid: None,
+            mtime_ns: None,
+            atime_ns: Some(-7),
+        };
+        let t = TxnRequest { success: vec![attrs_only], ..TxnRequest::default() };
+        let r = self.txn(&t, "a put of attributes alone");
+        self.wrote(r.revision, vec![(EventType::Put, a.clone())], "a put of attributes alone");
+        let m4 = self.meta(&a);
+        assert_eq!((m4.mode, m4.size, m4.mtime_ns, m4.atime_ns), (0o640, 0, m.mtime_ns, Some(-7)), "attributes alone");
+        assert!(m4.ctime() > m.ctime(), "a put of attributes alone changes the ctime");
 
         let d = self.key("put/d");
         self.put(&d, b"", &opts(Attrs { kind: Some(Kind::Dir), ..Attrs::default() }));
@@ -353,12 +393,47 @@ impl<'a> Suite<'a> {
         assert_eq!((e.meta.create_revision, e.meta.version), (rev, 1), "deleted then put: a new entry");
     }
 
+    /// A directory entry's mtime and ctime move when a key is made in it
+    /// or removed from it, in the same revision, after its entries' events;
+    /// not when one in it is overwritten, nor for a directory only implied
+    /// by keys below it.
+    fn dir_times(&mut self) {
+        let d = self.key("dt/d");
+        self.put(&d, b"", &opts(Attrs { kind: Some(Kind::Dir), mtime_ns: Some(5), ..Attrs::default() }));
+        let before = self.meta(&d);
+        assert_eq!(before.mtime_ns, 5);
+        let f = self.key("dt/d/f");
+        let r = self.put_new_in(&f, b"1", &d);
+        let made = self.meta(&d);
+        assert_eq!((made.mod_revision, made.version), (r, before.version + 1), "the directory's write");
+        assert!(made.mtime_ns > 5 && made.ctime() > before.ctime(), "the directory's times: {made:?}");
+        assert_eq!(made.ctime_ns, Some(made.mtime_ns), "mtime and ctime are the write's time");
+        assert_eq!((made.mode, made.kind, made.atime_ns), (before.mode, Kind::Dir, before.atime_ns), "the rest stays");
+        self.put(&f, b"2", &PutOptions::default());
+        assert_eq!(self.meta(&d), made, "an overwrite changes no directory");
+        let t = TxnRequest { success: vec![del(&f, false)], ..TxnRequest::default() };
+        let r = self.txn(&t, "a delete in a directory");
+        self.wrote(r.revision, vec![(EventType::Delete, f.clone()), (EventType::Put, d.clone())], "a delete");
+        let removed = self.meta(&d);
+        assert!(removed.mod_revision == r.revision && removed.ctime() > made.ctime(), "a removal: {removed:?}");
+        // A directory made with its entries in one write is written once.
+        let (d2, g) = (self.key("dt/d2"), self.key("dt/d2/g"));
+        let t = TxnRequest { success: vec![dir_put(&d2), TxnOp::put(&g, "x")], ..TxnRequest::default() };
+        let r = self.txn(&t, "a directory made with an entry");
+        self.wrote(r.revision, vec![(EventType::Put, d2.clone()), (EventType::Put, g.clone())], "mkdir and create");
+        // An implied directory has no entry to write (the watches check
+        // that the put is its only event).
+        let i = self.key("dt/implied/x");
+        self.put(&i, b"x", &PutOptions::default());
+    }
+
     fn recursive_delete(&mut self) {
         let d = self.key("rm/d");
         self.put(&d, b"", &opts(Attrs { kind: Some(Kind::Dir), ..Attrs::default() }));
         let below = [self.key("rm/d/1"), self.key("rm/d/2/3")];
         let beside = [self.key("rm/d.x"), self.key("rm/d0")];
-        for k in below.iter().chain(&beside) {
+        self.put_new_in(&below[0], b"v", &d);
+        for k in below[1..].iter().chain(&beside) {
             self.put(k, b"v", &PutOptions::default());
         }
         let t = TxnRequest { success: vec![del(&d, true)], ..TxnRequest::default() };
@@ -391,7 +466,7 @@ impl<'a> Suite<'a> {
         self.put(&self.key("page0"), b"beside", &PutOptions::default());
         let keys: Vec<String> = (0..7).map(|i| self.key(&format!("page/{i}"))).collect();
         for k in &keys {
-            self.put(k, k.as_bytes(), &PutOptions::default());
+            self.put_new_in(k, k.as_bytes(), &dir);
         }
         for limit in [1, 2, 3, 7, 8] {
             let (mut seen, mut after, mut pages) = (Vec::new(), None::<String>, 0);
@@ -441,6 +516,15 @@ impl<'a> Suite<'a> {
         let ev = ok(self.c.watch(&sub, self.start), "a watch of a narrower prefix");
         check(collect(ev, narrow.len(), "a narrower watch"), &narrow, "a narrower watch");
     }
+}
+
+/// A put of a new directory.
+fn dir_put(key: &str) -> TxnOp {
+    let mut op = TxnOp::put(key, "");
+    if let TxnOp::Put { kind, .. } = &mut op {
+        *kind = Some(Kind::Dir);
+    }
+    op
 }
 
 fn invalid(too_long: bool) -> Failure {

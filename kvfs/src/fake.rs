@@ -24,7 +24,7 @@ use kv_client::{
     OpResult, PutOptions, TxnOp, TxnRequest, TxnResponse, WatchEvent,
 };
 
-use crate::cluster::{Batch, Cluster, Events, Failure, Page};
+use crate::cluster::{Batch, Cluster, Events, Failure, Page, Written};
 
 /// kvd's default largest value, bytes (`max_value_size`).
 const DEFAULT_MAX_VALUE: u64 = 1 << 20;
@@ -162,14 +162,21 @@ fn check_txn(t: &TxnRequest, max_value: u64) -> Result<Txn, Failure> {
     let ops = |list: &[TxnOp]| -> Result<Vec<Op>, Failure> {
         list.iter()
             .map(|op| match op {
-                TxnOp::Put { key, value, value_base64, kind, mode, uid, gid, mtime_ns } => {
+                TxnOp::Put { key, value, value_base64, kind, mode, uid, gid, mtime_ns, atime_ns } => {
                     validate_key(key).map_err(invalid)?;
                     let value = decode_value(value.as_deref(), value_base64.as_deref())
                         .map_err(|_| Failure::Invalid { too_long: false })?;
                     if value.as_ref().is_some_and(|v| v.len() as u64 > max_value) {
                         return Err(Failure::TooLarge);
                     }
-                    let attrs = Attrs { kind: *kind, mode: *mode, uid: *uid, gid: *gid, mtime_ns: *mtime_ns };
+                    let attrs = Attrs {
+                        kind: *kind,
+                        mode: *mode,
+                        uid: *uid,
+                        gid: *gid,
+                        mtime_ns: *mtime_ns,
+                        atime_ns: *atime_ns,
+                    };
                     check_put(value.as_deref(), &attrs)?;
                     Ok(Op::Put { key: key.clone(), value, attrs })
                 }
@@ -201,6 +208,7 @@ impl State {
                     let prev = self.data.get(&key);
                     let kept = prev.map(|p| p.meta.kind.kept_by(value.as_deref()));
                     let kind = attrs.kind.or(kept).unwrap_or(Kind::File);
+                    let attrs_only = value.is_none();
                     let value = match value {
                         Some(v) => v,
                         None if !kind.holds_value() => Vec::new(),
@@ -211,11 +219,16 @@ impl State {
                         mode: attrs.mode.or(prev.map(|p| p.meta.mode)).unwrap_or(kind.default_mode()),
                         uid: attrs.uid.or(prev.map(|p| p.meta.uid)).unwrap_or(0),
                         gid: attrs.gid.or(prev.map(|p| p.meta.gid)).unwrap_or(0),
-                        mtime_ns: attrs.mtime_ns.unwrap_or(now),
+                        mtime_ns: attrs
+                            .mtime_ns
+                            .or(prev.filter(|_| attrs_only).map(|p| p.meta.mtime_ns))
+                            .unwrap_or(now),
                         create_revision: prev.map_or(rev, |p| p.meta.create_revision),
                         mod_revision: rev,
                         version: prev.map_or(1, |p| p.meta.version + 1),
                         size: value.len() as u64,
+                        atime_ns: Some(attrs.atime_ns.or(prev.map(|p| p.meta.atime())).unwrap_or(now)),
+                        ctime_ns: Some(now),
                     };
                     let e = Stored { meta, value };
                     events.push(WatchEvent {
@@ -253,11 +266,37 @@ impl State {
                 }
             }
         }
+        self.touch_parents(&mut events, rev, now);
         if !events.is_empty() {
             self.revision = rev;
             self.history.push_back(Batch { revision: rev, events });
         }
-        TxnResponse { succeeded: ok, revision: self.revision, results }
+        let time_ns = (self.revision == rev).then_some(now);
+        TxnResponse { succeeded: ok, revision: self.revision, results, time_ns }
+    }
+
+    /// kvd's touch of the directory entries a transaction created or
+    /// removed keys in: their mtime and ctime are its time, in the same
+    /// revision (not for a directory it wrote itself).
+    fn touch_parents(&mut self, events: &mut Vec<WatchEvent>, rev: u64, now: i64) {
+        let created_or_removed = |e: &WatchEvent| {
+            e.kind == EventType::Delete || e.entry.as_ref().is_some_and(|i| i.meta.create_revision == rev)
+        };
+        let parents: std::collections::BTreeSet<String> = events
+            .iter()
+            .filter(|e| created_or_removed(e))
+            .filter_map(|e| e.key.rsplit_once('/').map(|(p, _)| p.to_owned()))
+            .filter(|p| !events.iter().any(|e| e.key == *p))
+            .collect();
+        for p in parents {
+            let Some(e) = self.data.get_mut(&p).filter(|e| e.meta.kind == Kind::Dir) else { continue };
+            e.meta.mtime_ns = now;
+            e.meta.ctime_ns = Some(now);
+            e.meta.mod_revision = rev;
+            e.meta.version += 1;
+            let info = e.info(&p);
+            events.push(WatchEvent { kind: EventType::Put, key: p, revision: rev, entry: Some(info), prev: None });
+        }
     }
 }
 
@@ -385,6 +424,10 @@ impl FakeCluster {
 
 impl Cluster for FakeCluster {
     fn put(&self, key: &str, value: Vec<u8>, opts: &PutOptions) -> Result<u64, Failure> {
+        self.put_at(key, value, opts).map(|w| w.revision)
+    }
+
+    fn put_at(&self, key: &str, value: Vec<u8>, opts: &PutOptions) -> Result<Written, Failure> {
         validate_key(key).map_err(invalid)?;
         let max = self.inner.lock().max_value;
         if value.len() as u64 > max {
@@ -403,7 +446,7 @@ impl Cluster for FakeCluster {
         if !r.succeeded {
             return Err(Failure::Conflict);
         }
-        Ok(r.revision)
+        Ok(Written::of(&r))
     }
 
     fn txn(&self, txn: &TxnRequest) -> Result<TxnResponse, Failure> {
@@ -412,6 +455,10 @@ impl Cluster for FakeCluster {
     }
 
     fn delete(&self, key: &str) -> Result<u64, Failure> {
+        self.delete_at(key).map(|w| w.revision)
+    }
+
+    fn delete_at(&self, key: &str) -> Result<Written, Failure> {
         validate_key(key).map_err(invalid)?;
         let op = Op::Delete { key: key.to_owned(), recursive: false };
         let r = self.apply(Txn { compare: Vec::new(), success: vec![op], failure: Vec::new() }, None)?;
@@ -420,7 +467,7 @@ impl Cluster for FakeCluster {
         if r.results.first().and_then(|o| o.deleted) == Some(0) {
             return Err(Failure::NotFound);
         }
-        Ok(r.revision)
+        Ok(Written::of(&r))
     }
 
     fn probe(&self) -> Result<(), Failure> {

@@ -171,6 +171,7 @@ fn an_attributes_only_txn_put_keeps_the_value_and_a_dir_has_none() {
         uid: None,
         gid: None,
         mtime_ns: None,
+        atime_ns: None,
     };
     c.txn(&TxnRequest { success: vec![chmod], ..TxnRequest::default() }).expect("txn");
     let e = c.get("f").expect("f");
@@ -184,6 +185,7 @@ fn an_attributes_only_txn_put_keeps_the_value_and_a_dir_has_none() {
         uid: None,
         gid: None,
         mtime_ns: None,
+        atime_ns: None,
     };
     c.txn(&TxnRequest { success: vec![mkdir], ..TxnRequest::default() }).expect("txn");
     let e = c.get("f").expect("f");

@@ -332,7 +332,7 @@ impl Filesystem for KvFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
@@ -347,7 +347,7 @@ impl Filesystem for KvFs {
         } else {
             Caller { uid: req.uid(), ..Caller::default() }
         };
-        let a = SetAttr { who, mode, uid, gid, size, mtime: mtime.map(ns_of) };
+        let a = SetAttr { who, mode, uid, gid, size, mtime: mtime.map(ns_of), atime: atime.map(ns_of) };
         match self.core.setattr(ino.0, fh.map(|f| f.0), a) {
             // (Not kept while a descriptor holds unpublished changes: see
             // Core::getattr_told.)

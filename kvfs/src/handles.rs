@@ -197,6 +197,8 @@ impl Writer {
         let size = usize::try_from(size).ok().filter(|s| *s <= MAX_BUFFER).ok_or(Errno::EFBIG)?;
         self.buf.resize(size, 0);
         self.replace |= size == 0;
+        // (a change of size is a change of content: the commit's time)
+        self.attrs.mtime_ns = None;
         self.dirty = true;
         self.gen += 1;
         Ok(())

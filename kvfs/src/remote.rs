@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use kv_client::{Client, ErrorCode, ListOptions, Paged, PutOptions, TxnRequest, TxnResponse, WatchMessage};
 
-use crate::cluster::{Batch, Cluster, Events, Failure, Page};
+use crate::cluster::{Batch, Cluster, Events, Failure, Page, Written};
 
 thread_local! {
     /// The runtime and client of a thread's cluster calls.
@@ -88,7 +88,11 @@ impl Remote {
 
 impl Cluster for Remote {
     fn put(&self, key: &str, value: Vec<u8>, opts: &PutOptions) -> Result<u64, Failure> {
-        self.call("write", async |c| c.put(key, value.clone(), opts).await).map(|r| r.revision)
+        self.put_at(key, value, opts).map(|w| w.revision)
+    }
+
+    fn put_at(&self, key: &str, value: Vec<u8>, opts: &PutOptions) -> Result<Written, Failure> {
+        self.call("write", async |c| c.put(key, value.clone(), opts).await).map(|r| Written::of(&r))
     }
 
     fn txn(&self, txn: &TxnRequest) -> Result<TxnResponse, Failure> {
@@ -96,7 +100,11 @@ impl Cluster for Remote {
     }
 
     fn delete(&self, key: &str) -> Result<u64, Failure> {
-        self.call("delete", async |c| c.delete(key, false, None).await).map(|r| r.revision)
+        self.delete_at(key).map(|w| w.revision)
+    }
+
+    fn delete_at(&self, key: &str) -> Result<Written, Failure> {
+        self.call("delete", async |c| c.delete(key, false, None).await).map(|r| Written::of(&r))
     }
 
     fn probe(&self) -> Result<(), Failure> {

@@ -39,6 +39,11 @@ pub struct Tree {
     /// event at or before it, still on its way through the watch, must not
     /// bring the entry back.
     gone: HashMap<String, u64>,
+    /// How many entries lie below each directory path that has any.
+    below: HashMap<String, usize>,
+    /// How many directories each directory path holds (its link count is
+    /// two more), where it holds any.
+    subdirs: HashMap<String, u32>,
 }
 
 /// Joins a directory path and a name.
@@ -48,6 +53,13 @@ pub fn join(dir: &str, name: &str) -> String {
     } else {
         format!("{dir}/{name}")
     }
+}
+
+/// The directories a path lies in, from the root (`""`) down to its
+/// parent.
+fn ancestors(path: &str) -> impl DoubleEndedIterator<Item = &str> {
+    let inner = path.match_indices('/').map(|(i, _)| &path[..i]);
+    std::iter::once("").filter(move |_| !path.is_empty()).chain(inner)
 }
 
 /// The parent directory and the name of a path.
@@ -66,26 +78,89 @@ impl Tree {
         self.entries.get(path)
     }
 
-    /// Mutable access to the entry at a path.
+    /// Mutable access to the entry at a path (not to its kind, which the
+    /// count of directories follows: change that by [`Tree::insert`]).
     pub fn get_mut(&mut self, path: &str) -> Option<&mut TreeNode> {
         self.entries.get_mut(path)
     }
 
     /// Stores an entry.
     pub fn insert(&mut self, path: String, node: TreeNode) {
-        self.entries.insert(path, node);
+        let before = self.dirs_at(&path);
+        let counted = path.clone();
+        if self.entries.insert(path, node).is_none() {
+            for a in ancestors(&counted) {
+                *self.below.entry(a.to_owned()).or_insert(0) += 1;
+            }
+        }
+        self.count_dirs(&counted, before);
     }
 
     /// Removes an entry.
     pub fn remove(&mut self, path: &str) -> Option<TreeNode> {
-        self.entries.remove(path)
+        let before = self.dirs_at(path);
+        let old = self.entries.remove(path);
+        if old.is_some() {
+            for a in ancestors(path) {
+                if let Some(n) = self.below.get_mut(a) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.below.remove(a);
+                    }
+                }
+            }
+        }
+        self.count_dirs(path, before);
+        old
     }
 
     /// Removes an entry this mount deleted in the cluster at `revision`.
     pub fn remove_at(&mut self, path: &str, revision: u64) -> Option<TreeNode> {
         let r = self.gone.entry(path.to_owned()).or_insert(0);
         *r = (*r).max(revision);
-        self.entries.remove(path)
+        self.remove(path)
+    }
+
+    /// Whether `path` is a directory: an entry of that kind, or a path
+    /// with no entry and keys below it (the root always).
+    fn is_dir(&self, path: &str) -> bool {
+        match self.entries.get(path) {
+            Some(n) => n.meta.kind == Kind::Dir,
+            None => path.is_empty() || self.below.contains_key(path),
+        }
+    }
+
+    /// Which of `path` and its ancestors are directories, nearest first.
+    fn dirs_at(&self, path: &str) -> Vec<bool> {
+        std::iter::once(path).chain(ancestors(path).rev()).map(|p| self.is_dir(p)).collect()
+    }
+
+    /// Counts the directories that appeared or vanished at `path` or above
+    /// it in their parents, `before` being [`Tree::dirs_at`] before the
+    /// change.
+    fn count_dirs(&mut self, path: &str, before: Vec<bool>) {
+        let paths: Vec<&str> = std::iter::once(path).chain(ancestors(path).rev()).collect();
+        for (p, was) in paths.into_iter().zip(before) {
+            let is = self.is_dir(p);
+            if is == was || p.is_empty() {
+                continue;
+            }
+            let parent = split(p).0.to_owned();
+            if is {
+                *self.subdirs.entry(parent).or_insert(0) += 1;
+            } else if let Some(n) = self.subdirs.get_mut(&parent) {
+                *n -= 1;
+                if *n == 0 {
+                    self.subdirs.remove(&parent);
+                }
+            }
+        }
+    }
+
+    /// The link count of a directory: its `.`, its name in its parent and
+    /// each directory's `..` in it.
+    pub fn dir_links(&self, dir: &str) -> u32 {
+        2 + self.subdirs.get(dir).copied().unwrap_or(0)
     }
 
     /// Whether a change of `path` at `revision` is old news: the watch has
@@ -173,7 +248,7 @@ impl Tree {
         let old: Vec<String> = self.remote_entries().map(|(k, _)| k.clone()).collect();
         for k in old {
             if !fresh.contains_key(&k) {
-                self.entries.remove(&k);
+                self.remove(&k);
                 changed.push(k);
             }
         }
@@ -183,7 +258,7 @@ impl Tree {
             }
             if self.entries.get(&k) != Some(&n) {
                 changed.push(k.clone());
-                self.entries.insert(k, n);
+                self.insert(k, n);
             }
         }
         changed
@@ -220,6 +295,8 @@ mod tests {
                 mod_revision: 1,
                 version: 1,
                 size: v.len() as u64,
+                atime_ns: None,
+                ctime_ns: None,
             },
             value: Arc::new(v.as_bytes().to_vec()),
             local: false,
@@ -243,6 +320,34 @@ mod tests {
         );
         assert!(t.has_children("a") && !t.has_children("e") && !t.has_children("a.txt"));
         assert_eq!(t.subtree("a").len(), 1);
+    }
+
+    #[test]
+    fn a_directory_counts_the_directories_in_it() {
+        let mut t = Tree::new();
+        assert_eq!(t.dir_links(""), 2);
+        t.insert("a/b/c".into(), node(Kind::File, "x"));
+        assert_eq!((t.dir_links(""), t.dir_links("a"), t.dir_links("a/b")), (3, 3, 2), "implied a and a/b");
+        t.insert("a/d".into(), node(Kind::Dir, ""));
+        t.insert("a/e".into(), node(Kind::File, ""));
+        assert_eq!(t.dir_links("a"), 4, "b (implied) and d (explicit), not the file e");
+        t.insert("a/d/x".into(), node(Kind::File, ""));
+        t.remove("a/d/x");
+        assert_eq!(t.dir_links("a"), 4, "an explicit directory stays when its last entry goes");
+        t.insert("a/b".into(), node(Kind::Dir, ""));
+        assert_eq!(t.dir_links("a"), 4, "an implied directory made explicit is still one");
+        t.remove("a/b/c");
+        t.remove("a/b");
+        assert_eq!((t.dir_links("a"), t.dir_links("")), (3, 3));
+        t.insert("a/d".into(), node(Kind::File, ""));
+        assert_eq!(t.dir_links("a"), 2, "a directory replaced by a file");
+        t.remove("a/d");
+        t.remove("a/e");
+        assert_eq!(t.dir_links(""), 2, "a went with its last key");
+        let mut fresh = BTreeMap::new();
+        fresh.insert("p/q/r".to_owned(), node(Kind::File, "1"));
+        t.replace_remote(fresh);
+        assert_eq!((t.dir_links(""), t.dir_links("p")), (3, 3));
     }
 
     #[test]

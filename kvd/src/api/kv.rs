@@ -66,6 +66,8 @@ pub(crate) fn entry_headers(h: &mut HeaderMap, e: &StoredEntry) {
     h.insert(kvh::UID, e.uid.into());
     h.insert(kvh::GID, e.gid.into());
     h.insert(kvh::MTIME, e.mtime_ns.into());
+    h.insert(kvh::ATIME, e.atime_ns.into());
+    h.insert(kvh::CTIME, e.ctime_ns.into());
     h.insert(kvh::CREATE_REVISION, e.create_revision.into());
     h.insert(kvh::MOD_REVISION, e.mod_revision.into());
     h.insert(kvh::VERSION, e.version.into());

@@ -291,6 +291,7 @@ pub(crate) fn wire_response(r: &Response) -> TxnResponse {
                 }
             })
             .collect(),
+        time_ns: r.time_ns,
     }
 }
 

@@ -214,6 +214,9 @@ pub(crate) fn attrs_from_headers(h: &HeaderMap) -> ApiResult<PutAttrs> {
         mtime_ns: get(h, kvh::MTIME)?
             .map(|v| v.parse().map_err(|_| bad(kvh::MTIME, "nanoseconds since the epoch")))
             .transpose()?,
+        atime_ns: get(h, kvh::ATIME)?
+            .map(|v| v.parse().map_err(|_| bad(kvh::ATIME, "nanoseconds since the epoch")))
+            .transpose()?,
     };
     Ok(attrs)
 }
@@ -335,7 +338,7 @@ pub(crate) fn convert_txn(t: TxnRequest, max_value: u64) -> ApiResult<Txn> {
     let ops = |list: Vec<TxnOp>| -> ApiResult<Vec<Op>> {
         list.into_iter()
             .map(|op| match op {
-                TxnOp::Put { key, value, value_base64, kind, mode, uid, gid, mtime_ns } => {
+                TxnOp::Put { key, value, value_base64, kind, mode, uid, gid, mtime_ns, atime_ns } => {
                     check_key(&key)?;
                     let value = decode_value(value.as_deref(), value_base64.as_deref())
                         .map_err(|m| ApiError::new(ErrorCode::BadRequest, format!("{key:?}: {m}")))?;
@@ -344,7 +347,7 @@ pub(crate) fn convert_txn(t: TxnRequest, max_value: u64) -> ApiResult<Txn> {
                             "value of {key:?} is larger than the limit of {max_value} bytes"
                         )));
                     }
-                    let attrs = PutAttrs { kind, mode, uid, gid, mtime_ns };
+                    let attrs = PutAttrs { kind, mode, uid, gid, mtime_ns, atime_ns };
                     check_put(&key, value.as_deref(), &attrs)?;
                     Ok(Op::Put { key, value: value.map(ByteBuf::from), attrs })
                 }

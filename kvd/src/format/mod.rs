@@ -6,23 +6,29 @@
 //! below.
 //! Three layouts carry a version:
 //!
-//! - **The data dir**, format [`DATA_FORMAT`] (2), recorded as a u32
+//! - **The data dir**, format [`DATA_FORMAT`] (3), recorded as a u32
 //!   big-endian under [`FORMAT_KEY`] in the `raft` keyspace. A data dir
 //!   without it is format 1: kvd 0.1's, every value in the bincode 1 layout
-//!   ([`bincode1`]). Opening one upgrades it ([`open`]): every value is
-//!   decoded in the old layout and encoded in the new one, in ONE fjall batch
-//!   with the format record, made durable before anything else is written,
-//!   so a crash part-way leaves the old data dir as it was. A data dir of a
-//!   newer format is refused, and nothing is written to it.
-//! - **Snapshot files** (crate::snapfile): `KVSNAP02` holds postcard header
-//!   and values; `KVSNAP01` files (backups and snapshots of kvd 0.1) are
-//!   still read, their values upgraded as they are read ([`upgrade_value`]).
+//!   ([`bincode1`]). Format 2 is postcard with entries that have no access
+//!   and change times and puts that give no access time ([`in_layout_2`]).
+//!   Opening an older one upgrades it ([`open`]): every value that differs
+//!   is decoded in the old layout and encoded in the new one (an entry's
+//!   access and change times are its mtime), in ONE fjall batch with the
+//!   format record, made durable before anything else is written, so a
+//!   crash part-way leaves the old data dir as it was. A data dir of a newer
+//!   format is refused, and nothing is written to it.
+//! - **Snapshot files** (crate::snapfile): `KVSNAP03` holds postcard header
+//!   and values; `KVSNAP02` (format 2's values) and `KVSNAP01` files
+//!   (backups and snapshots of kvd 0.1) are still read, their values
+//!   upgraded as they are read ([`upgrade_value`]).
 //! - **Peer messages** ([`PeerFormat`]): the `x-kv-peer-format` header of a
 //!   request says how its body is encoded (no header: 1, bincode 1, what kvd
-//!   0.1 sends); the answer comes in the same format, and says in
-//!   `x-kv-peer-formats` every format the answering node reads. A sender
-//!   uses format 1 with a peer until an answer says the peer reads 2, so
-//!   members of both versions talk during a rolling upgrade.
+//!   0.1 sends; 2: postcard in format 2's layout; 3: postcard); the answer
+//!   comes in the same format, and says in `x-kv-peer-formats` every format
+//!   the answering node reads. A sender uses format 1 with a peer until an
+//!   answer says the peer reads a newer one, so members of several versions
+//!   talk during a rolling upgrade. A put's access time does not travel in
+//!   formats 1 and 2 (the older member keeps none).
 //!
 //! What each keyspace holds (values in the data dir's format):
 //!
@@ -51,6 +57,7 @@ use std::io;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use crate::types::in_layout_2;
 use crate::types::{
     decode, encode, Entry, LogId, Response, RevisionRecord, StoredEntry, StoredEvent, StoredMembership, TokenRecord,
     Vote,
@@ -58,8 +65,10 @@ use crate::types::{
 
 pub mod bincode1;
 
-/// The data dir format this kvd writes. 1: kvd 0.1 (bincode 1, no record).
-pub const DATA_FORMAT: u32 = 2;
+/// The data dir format this kvd writes. 1: kvd 0.1 (bincode 1, no record);
+/// 2: postcard, entries without access and change times.
+pub const DATA_FORMAT: u32 = 3;
+
 /// Where the data dir's format is recorded, in the `raft` keyspace.
 pub const FORMAT_KEY: &[u8] = b"format";
 
@@ -86,7 +95,7 @@ fn invalid(what: String) -> io::Error {
 
 /// A format 1 value of type `T`, encoded in the current format.
 fn reencode<T: Serialize + DeserializeOwned>(v: &[u8]) -> Result<Vec<u8>, bincode1::Error> {
-    Ok(encode(&bincode1::from_slice::<T>(v)?))
+    Ok(encode(&in_layout_2(|| bincode1::from_slice::<T>(v))?))
 }
 
 /// A keyspace of the data dir, or the matching records of a snapshot file.
@@ -110,9 +119,32 @@ pub enum Space {
     Sys,
 }
 
-/// A record of format 1 (kvd 0.1) with its value in the current format:
-/// `None` when the value is the same in both (fixed-layout records).
-pub fn upgrade_value(space: Space, key: &[u8], v: &[u8]) -> io::Result<Option<Vec<u8>>> {
+/// A record of data dir format `from` (1: kvd 0.1, bincode 1; 2) with its
+/// value in the current format: `None` when the value is the same in both.
+pub fn upgrade_value(from: u32, space: Space, key: &[u8], v: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    match from {
+        1 => upgrade_from_1(space, key, v),
+        _ => upgrade_from_2(space, key, v),
+    }
+}
+
+/// A record of format 2 in the current format: only log entries (puts),
+/// entries and events (which hold entries) differ.
+fn upgrade_from_2(space: Space, key: &[u8], v: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    fn again<T: Serialize + DeserializeOwned>(v: &[u8]) -> io::Result<Vec<u8>> {
+        Ok(encode(&in_layout_2(|| decode::<T>(v))?))
+    }
+    let new = match space {
+        Space::Log => again::<Entry>(v),
+        Space::Data => again::<StoredEntry>(v),
+        Space::Events => again::<StoredEvent>(v),
+        _ => return Ok(None),
+    };
+    new.map(Some).map_err(|e| invalid(format!("{space:?} record {:?} does not decode: {e}", show(key))))
+}
+
+/// A record of format 1 with its value in the current format.
+fn upgrade_from_1(space: Space, key: &[u8], v: &[u8]) -> io::Result<Option<Vec<u8>>> {
     let new = match space {
         Space::Log => reencode::<Entry>(v),
         Space::Raft => match key {
@@ -129,7 +161,7 @@ pub fn upgrade_value(space: Space, key: &[u8], v: &[u8]) -> io::Result<Option<Ve
             _ => return Err(unknown(space, key)),
         },
         Space::Data => reencode::<StoredEntry>(v),
-        Space::Events => legacy_event(v).map(|e| encode(&e)),
+        Space::Events => in_layout_2(|| legacy_event(v)).map(|e| encode(&e)),
         Space::Revisions => reencode::<RevisionRecord>(v),
         Space::Dedup => match key.first() {
             Some(b'r') => reencode::<(i64, Response)>(v),
@@ -192,12 +224,17 @@ pub enum FormatError {
     /// The format record is not a u32.
     #[error("the data dir's format record is unreadable ({0:?}); nothing was written to it")]
     Unreadable(Vec<u8>),
-    /// A format 1 data dir could not be upgraded.
+    /// A data dir of an older format could not be upgraded.
     #[error(
-        "cannot upgrade the data dir from format 1 (kvd 0.1) to {DATA_FORMAT}: {0}. Nothing was written to it: \
-         run kvd 0.1 on it, or restore a snapshot"
+        "cannot upgrade the data dir from format {from} to {DATA_FORMAT}: {source}. Nothing was written to it: \
+         run the kvd that wrote it, or restore a snapshot"
     )]
-    Upgrade(io::Error),
+    Upgrade {
+        /// The format it is in.
+        from: u32,
+        /// What failed.
+        source: io::Error,
+    },
     /// The database failed.
     #[error("{0}")]
     Db(#[from] fjall::Error),
@@ -207,23 +244,33 @@ pub enum FormatError {
 /// one (see the module doc). Returns the format it was in.
 pub fn open(db: &fjall::Database, spaces: &Spaces<'_>) -> Result<u32, FormatError> {
     let raft = spaces.iter().find(|(s, _)| *s == Space::Raft).map(|(_, k)| *k);
-    let Some(raft) = raft else { return Err(FormatError::Upgrade(invalid("no raft keyspace".into()))) };
+    let Some(raft) = raft else {
+        return Err(FormatError::Upgrade { from: DATA_FORMAT, source: invalid("no raft keyspace".into()) });
+    };
     if let Some(v) = raft.get(FORMAT_KEY)? {
         let found = <[u8; 4]>::try_from(v.as_ref()).map_err(|_| FormatError::Unreadable(v.to_vec()))?;
         let found = u32::from_be_bytes(found);
-        return match found {
-            DATA_FORMAT => Ok(found),
-            f if f > DATA_FORMAT => Err(FormatError::Newer { found }),
-            _ => Err(FormatError::Unreadable(v.to_vec())),
-        };
+        match found {
+            DATA_FORMAT => return Ok(found),
+            2 => return upgrade(db, spaces, raft, 2),
+            f if f > DATA_FORMAT => return Err(FormatError::Newer { found }),
+            _ => return Err(FormatError::Unreadable(v.to_vec())),
+        }
     }
+    upgrade(db, spaces, raft, 1)
+}
+
+/// Upgrades a data dir of format `from` (see the module doc); returns
+/// `from`, or the current format for a new (empty) data dir.
+fn upgrade(db: &fjall::Database, spaces: &Spaces<'_>, raft: &fjall::Keyspace, from: u32) -> Result<u32, FormatError> {
     let t = std::time::Instant::now();
     let mut batch = db.batch();
     let mut records = 0u64;
     for (space, ks) in spaces {
         for item in ks.iter() {
             let (k, v) = item.into_inner()?;
-            if let Some(new) = upgrade_value(*space, &k, &v).map_err(FormatError::Upgrade)? {
+            let new = upgrade_value(from, *space, &k, &v).map_err(|source| FormatError::Upgrade { from, source })?;
+            if let Some(new) = new {
                 batch.insert(ks, k, new);
             }
             records += 1;
@@ -238,10 +285,10 @@ pub fn open(db: &fjall::Database, spaces: &Spaces<'_>) -> Result<u32, FormatErro
         tracing::info!(
             records,
             ms = t.elapsed().as_millis() as u64,
-            "upgraded the data dir from format 1 (kvd 0.1) to {DATA_FORMAT}"
+            "upgraded the data dir from format {from} to {DATA_FORMAT}"
         );
     }
-    Ok(if records > 0 { 1 } else { DATA_FORMAT })
+    Ok(if records > 0 || from > 1 { from } else { DATA_FORMAT })
 }
 
 /// How a peer message's body is encoded (the `x-kv-peer-format` header).
@@ -249,8 +296,10 @@ pub fn open(db: &fjall::Database, spaces: &Spaces<'_>) -> Result<u32, FormatErro
 pub enum PeerFormat {
     /// bincode 1's layout: kvd 0.1, which sends no header.
     Bincode1 = 1,
+    /// postcard, in data dir format 2's layout ([`in_layout_2`]).
+    Postcard2 = 2,
     /// postcard.
-    Postcard = 2,
+    Postcard = 3,
 }
 
 /// The header naming a peer message's format.
@@ -258,7 +307,7 @@ pub const PEER_FORMAT_HEADER: &str = "x-kv-peer-format";
 /// The header of an answer naming every format its sender reads.
 pub const PEER_FORMATS_HEADER: &str = "x-kv-peer-formats";
 /// What this kvd puts in [`PEER_FORMATS_HEADER`].
-pub const PEER_FORMATS: &str = "1 2";
+pub const PEER_FORMATS: &str = "1 2 3";
 
 impl PeerFormat {
     /// The format a message's [`PEER_FORMAT_HEADER`] names (none: 1); an
@@ -267,7 +316,8 @@ impl PeerFormat {
         let Some(h) = header else { return Ok(PeerFormat::Bincode1) };
         match h.to_str().map(str::trim) {
             Ok("1") => Ok(PeerFormat::Bincode1),
-            Ok("2") => Ok(PeerFormat::Postcard),
+            Ok("2") => Ok(PeerFormat::Postcard2),
+            Ok("3") => Ok(PeerFormat::Postcard),
             _ => Err(format!(
                 "peer message format {:?} is unknown to this kvd, which reads formats {PEER_FORMATS}; \
                  upgrade this member to the sender's version",
@@ -280,8 +330,11 @@ impl PeerFormat {
     /// [`PEER_FORMATS_HEADER`] of the peer's answer (none: kvd 0.1).
     pub fn best_with(header: Option<&axum::http::HeaderValue>) -> PeerFormat {
         let theirs = header.and_then(|h| h.to_str().ok()).unwrap_or_default();
-        if theirs.split([' ', ',']).any(|f| f == "2") {
+        let reads = |f: &str| theirs.split([' ', ',']).any(|t| t == f);
+        if reads("3") {
             PeerFormat::Postcard
+        } else if reads("2") {
+            PeerFormat::Postcard2
         } else {
             PeerFormat::Bincode1
         }
@@ -291,14 +344,16 @@ impl PeerFormat {
     pub fn header(self) -> axum::http::HeaderValue {
         axum::http::HeaderValue::from_static(match self {
             PeerFormat::Bincode1 => "1",
-            PeerFormat::Postcard => "2",
+            PeerFormat::Postcard2 => "2",
+            PeerFormat::Postcard => "3",
         })
     }
 
     /// Encodes a message in this format.
     pub fn encode<T: Serialize + ?Sized>(self, v: &T) -> Vec<u8> {
         match self {
-            PeerFormat::Bincode1 => bincode1::to_vec(v).unwrap_or_default(),
+            PeerFormat::Bincode1 => in_layout_2(|| bincode1::to_vec(v).unwrap_or_default()),
+            PeerFormat::Postcard2 => in_layout_2(|| encode(v)),
             PeerFormat::Postcard => encode(v),
         }
     }
@@ -306,7 +361,8 @@ impl PeerFormat {
     /// Decodes a message in this format.
     pub fn decode<T: DeserializeOwned>(self, b: &[u8]) -> io::Result<T> {
         match self {
-            PeerFormat::Bincode1 => bincode1::from_slice(b).map_err(|e| invalid(e.to_string())),
+            PeerFormat::Bincode1 => in_layout_2(|| bincode1::from_slice(b).map_err(|e| invalid(e.to_string()))),
+            PeerFormat::Postcard2 => in_layout_2(|| decode(b)),
             PeerFormat::Postcard => decode(b),
         }
     }
@@ -336,11 +392,14 @@ mod tests {
             mod_revision: 4,
             version: 2,
             value: ByteBuf::from(b"v".to_vec()),
+            // (what an entry of an older format is read with)
+            atime_ns: 1_700_000_000_123_456_789,
+            ctime_ns: 1_700_000_000_123_456_789,
         }
     }
 
     fn old<T: Serialize>(v: &T) -> Vec<u8> {
-        bincode1::to_vec(v).expect("encode")
+        in_layout_2(|| bincode1::to_vec(v)).expect("encode")
     }
 
     /// Writes one record of every kind into `store` as kvd 0.1 did, and
@@ -352,7 +411,7 @@ mod tests {
         let e = Entry { log_id: log_id(7), payload: EntryPayload::Normal(Batch(vec![req])) };
         let membership = StoredMembership::new(Some(log_id(1)), Membership::new(vec![[1u64].into()], None));
         let token = TokenRecord { name: "t".into(), hash: "h".into(), grants: Default::default(), created_ns: 9 };
-        let resp = Response { succeeded: true, revision: 4, outcomes: vec![] };
+        let resp = Response { succeeded: true, revision: 4, ..Response::default() };
         let s = store;
         let mut b = s.db.batch();
         b.insert(&s.raft, VOTE, old(&vote));
@@ -426,6 +485,52 @@ mod tests {
     }
 
     #[test]
+    fn a_data_dir_of_format_2_is_upgraded_when_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        let two = |v: &dyn erased::Encode| in_layout_2(|| v.encode());
+        let attrs = crate::types::PutAttrs { mode: Some(0o600), mtime_ns: Some(9), ..Default::default() };
+        let put = crate::types::Op::Put { key: "a".into(), value: None, attrs };
+        let txn = crate::types::Txn { success: vec![put], ..Default::default() };
+        let req = Request { id: "r".into(), now_ns: 5, txn };
+        let e = Entry { log_id: log_id(7), payload: EntryPayload::Normal(Batch(vec![req])) };
+        let ev = StoredEvent { key: "a".into(), entry: Some(entry()), prev: Prev::Entry(entry()) };
+        let resp = Response { succeeded: true, revision: 4, ..Response::default() };
+        let mut b = s.db.batch();
+        b.insert(&s.log, 7u64.to_be_bytes(), two(&e));
+        b.insert(&s.data, "a", two(&entry()));
+        b.insert(&s.events, [0u8; 12], two(&ev));
+        b.insert(&s.dedup, "rr", two(&(5i64, resp.clone())));
+        b.insert(&s.raft, FORMAT_KEY, 2u32.to_be_bytes());
+        b.commit().expect("commit");
+        s.db.persist(fjall::PersistMode::SyncData).expect("persist");
+        drop(s);
+        let s = Store::open(dir.path()).expect("open and upgrade");
+        assert_eq!(s.raft.get(FORMAT_KEY).expect("get").as_deref(), Some(DATA_FORMAT.to_be_bytes().as_slice()));
+        assert_eq!(get::<Entry>(&s.log, 7u64.to_be_bytes()), e, "a put's access time is none");
+        assert_eq!(get::<StoredEntry>(&s.data, "a"), entry(), "an entry's access and change times are its mtime");
+        assert_eq!(StoredEvent::decode(&s.events.get([0u8; 12]).expect("get").expect("event")).expect("event"), ev);
+        assert_eq!(get::<(i64, Response)>(&s.dedup, "rr"), (5, resp));
+        drop(s);
+        let before = raw(dir.path());
+        drop(Store::open(dir.path()).expect("open again"));
+        assert_eq!(raw(dir.path()), before);
+    }
+
+    /// Encoding through a trait object (the records of one batch differ in
+    /// type).
+    mod erased {
+        pub trait Encode {
+            fn encode(&self) -> Vec<u8>;
+        }
+        impl<T: serde::Serialize> Encode for T {
+            fn encode(&self) -> Vec<u8> {
+                crate::types::encode(self)
+            }
+        }
+    }
+
+    #[test]
     fn an_upgrade_that_fails_writes_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Store::open(dir.path()).expect("open");
@@ -435,7 +540,7 @@ mod tests {
         drop(s);
         let before = raw(dir.path());
         let e = Store::open(dir.path()).map(drop).expect_err("an undecodable record");
-        assert!(matches!(e, OpenError::Format { source: FormatError::Upgrade(_), .. }), "{e}");
+        assert!(matches!(e, OpenError::Format { source: FormatError::Upgrade { from: 1, .. }, .. }), "{e}");
         let text = e.to_string();
         assert!(text.contains("cannot upgrade the data dir from format 1") && text.contains("\"bad\""), "{text}");
         assert_eq!(raw(dir.path()), before, "the data dir changed");
@@ -451,8 +556,8 @@ mod tests {
         drop(s);
         let before = raw(dir.path());
         let e = Store::open(dir.path()).map(drop).expect_err("a newer format");
-        assert!(matches!(e, OpenError::Format { source: FormatError::Newer { found: 3 }, .. }), "{e}");
-        assert!(e.to_string().contains("format 3, newer than this kvd reads (formats 1 to 2)"), "{e}");
+        assert!(matches!(e, OpenError::Format { source: FormatError::Newer { found: 4 }, .. }), "{e}");
+        assert!(e.to_string().contains("format 4, newer than this kvd reads (formats 1 to 3)"), "{e}");
         assert_eq!(raw(dir.path()), before, "the data dir changed");
     }
 
@@ -467,18 +572,27 @@ mod tests {
     fn peer_formats_are_named_by_headers_and_unknown_ones_refused() {
         use axum::http::HeaderValue;
         assert_eq!(PeerFormat::of_message(None), Ok(PeerFormat::Bincode1), "kvd 0.1 sends no header");
-        assert_eq!(PeerFormat::of_message(Some(&HeaderValue::from_static("2"))), Ok(PeerFormat::Postcard));
-        let e = PeerFormat::of_message(Some(&HeaderValue::from_static("3"))).expect_err("unknown");
-        assert!(e.contains("format \"3\"") && e.contains("reads formats 1 2"), "{e}");
+        assert_eq!(PeerFormat::of_message(Some(&HeaderValue::from_static("2"))), Ok(PeerFormat::Postcard2));
+        assert_eq!(PeerFormat::of_message(Some(&HeaderValue::from_static("3"))), Ok(PeerFormat::Postcard));
+        let e = PeerFormat::of_message(Some(&HeaderValue::from_static("4"))).expect_err("unknown");
+        assert!(e.contains("format \"4\"") && e.contains("reads formats 1 2 3"), "{e}");
         assert_eq!(PeerFormat::best_with(None), PeerFormat::Bincode1, "kvd 0.1 answers without the header");
+        assert_eq!(PeerFormat::best_with(Some(&HeaderValue::from_static("1 2"))), PeerFormat::Postcard2);
         assert_eq!(PeerFormat::best_with(Some(&HeaderValue::from_static(PEER_FORMATS))), PeerFormat::Postcard);
-        assert_eq!(PeerFormat::best_with(Some(&HeaderValue::from_static("1 2 3"))), PeerFormat::Postcard);
-        for f in [PeerFormat::Bincode1, PeerFormat::Postcard] {
+        assert_eq!(PeerFormat::best_with(Some(&HeaderValue::from_static("1 2 3 4"))), PeerFormat::Postcard);
+        let mut e = entry();
+        (e.atime_ns, e.ctime_ns) = (11, 12);
+        for f in [PeerFormat::Bincode1, PeerFormat::Postcard2, PeerFormat::Postcard] {
             assert_eq!(PeerFormat::of_message(Some(&f.header())), Ok(f));
-            let v = (7u64, "x".to_owned(), Some(entry()));
-            assert_eq!(f.decode::<(u64, String, Option<StoredEntry>)>(&f.encode(&v)).expect("decode"), v);
+            let v = (7u64, "x".to_owned(), Some(e.clone()));
+            let back = f.decode::<(u64, String, Option<StoredEntry>)>(&f.encode(&v)).expect("decode");
+            // Formats 1 and 2 carry no access and change times: the mtime
+            // stands for them.
+            let want = if f == PeerFormat::Postcard { v } else { (7, "x".to_owned(), Some(entry())) };
+            assert_eq!(back, want, "{f:?}");
         }
         assert_eq!(PeerFormat::Bincode1.encode(&7u32), [7, 0, 0, 0]);
+        assert_eq!(PeerFormat::Postcard2.encode(&7u32), [7]);
         assert_eq!(PeerFormat::Postcard.encode(&7u32), [7]);
     }
 }

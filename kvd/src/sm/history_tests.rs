@@ -133,7 +133,7 @@ fn events_of_kvd_0_1_in_either_of_its_layouts_still_read() {
         entry: Option<StoredEntry>,
     }
     let upgraded = |b: &[u8]| {
-        let v = upgrade_value(Space::Events, &[0; 12], b).expect("upgrade").expect("re-encoded");
+        let v = upgrade_value(1, Space::Events, &[0; 12], b).expect("upgrade").expect("re-encoded");
         StoredEvent::decode(&v).expect("decode")
     };
     // Written before events kept previous entries.

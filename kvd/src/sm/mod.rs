@@ -362,6 +362,7 @@ impl SmReader {
                                 succeeded: false,
                                 revision: st.txn.revision,
                                 outcomes: vec![Outcome::RequestIdExpired(first_ns)],
+                                time_ns: None,
                             },
                             None => {
                                 let resp = txn::exec(&self.store, &mut changes, &mut st.txn, req)?;

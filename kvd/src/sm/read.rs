@@ -350,6 +350,8 @@ fn implied_dir(key: String) -> EntryInfo {
             mod_revision: 0,
             version: 0,
             size: 0,
+            atime_ns: None,
+            ctime_ns: None,
         },
         None,
     )

@@ -244,23 +244,37 @@ pub fn shown_size(kind: Kind, value: &[u8]) -> u64 {
 
 /// Metadata of an entry made here, before the cluster numbers it.
 pub fn new_meta(kind: Kind, mode: u32, uid: u32, gid: u32) -> Meta {
-    Meta { kind, mode, uid, gid, mtime_ns: now_ns(), create_revision: 0, mod_revision: 0, version: 0, size: 0 }
+    let now = now_ns();
+    Meta {
+        kind,
+        mode,
+        uid,
+        gid,
+        mtime_ns: now,
+        create_revision: 0,
+        mod_revision: 0,
+        version: 0,
+        size: 0,
+        atime_ns: Some(now),
+        ctime_ns: Some(now),
+    }
 }
 
-/// The attributes of an entry as stored (`rdev` for a device).
-fn stored_attr(ino: u64, meta: &Meta, size: u64, rdev: u32) -> FileAttr {
-    let t = clock::system_time(meta.mtime_ns);
+/// The attributes of an entry as stored (`rdev` for a device; `links` for
+/// a directory, [`Tree::dir_links`]).
+fn stored_attr(ino: u64, meta: &Meta, size: u64, rdev: u32, links: u32) -> FileAttr {
+    let mtime = clock::system_time(meta.mtime_ns);
     FileAttr {
         ino: INodeNo(ino),
         size,
         blocks: size.div_ceil(512),
-        atime: t,
-        mtime: t,
-        ctime: t,
-        crtime: t,
+        atime: clock::system_time(meta.atime()),
+        mtime,
+        ctime: clock::system_time(meta.ctime()),
+        crtime: mtime,
         kind: file_type(meta.kind),
         perm: (meta.mode & 0o7777) as u16,
-        nlink: if meta.kind == Kind::Dir { 2 } else { 1 },
+        nlink: if meta.kind == Kind::Dir { links } else { 1 },
         uid: meta.uid,
         gid: meta.gid,
         rdev,
@@ -428,28 +442,35 @@ impl Core {
     }
 
     /// The attributes of an entry as this host shows them.
-    fn attr_of(&self, ino: u64, meta: &Meta, size: u64) -> FileAttr {
-        let mut a = stored_attr(ino, meta, size, 0);
+    fn attr_of(&self, ino: u64, meta: &Meta, size: u64, links: u32) -> FileAttr {
+        let mut a = stored_attr(ino, meta, size, 0, links);
         self.opts.attr_map.apply(&mut a);
         a
     }
 
-    /// The attributes of a stored node as this host shows them.
-    fn node_attr(&self, ino: u64, n: &TreeNode) -> FileAttr {
-        let mut a = stored_attr(ino, &n.meta, shown_size(n.meta.kind, &n.value), rdev_of(n.meta.kind, &n.value));
+    /// The attributes of a stored node as this host shows them (`links`
+    /// for a directory).
+    fn node_attr(&self, ino: u64, n: &TreeNode, links: u32) -> FileAttr {
+        let (size, rdev) = (shown_size(n.meta.kind, &n.value), rdev_of(n.meta.kind, &n.value));
+        let mut a = stored_attr(ino, &n.meta, size, rdev, links);
         self.opts.attr_map.apply(&mut a);
         a
+    }
+
+    /// The attributes of a directory that no entry holds (one implied by
+    /// the keys below it): its times are the mount's start.
+    fn implied_dir_attr(&self, ino: u64, links: u32) -> FileAttr {
+        let mut m = new_meta(Kind::Dir, 0o755, 0, 0);
+        m.mtime_ns = self.started_ns;
+        (m.atime_ns, m.ctime_ns) = (Some(self.started_ns), Some(self.started_ns));
+        self.attr_of(ino, &m, 4096, links)
     }
 
     /// Attributes of an attached path.
     fn path_attr(&self, s: &State, path: &str, ino: u64) -> Result<FileAttr, Errno> {
         match s.tree.get(path) {
-            Some(n) => Ok(self.node_attr(ino, n)),
-            None if s.tree.kind(path) == Some(Kind::Dir) => {
-                let mut m = new_meta(Kind::Dir, 0o755, 0, 0);
-                m.mtime_ns = self.started_ns;
-                Ok(self.attr_of(ino, &m, 4096))
-            }
+            Some(n) => Ok(self.node_attr(ino, n, s.tree.dir_links(path))),
+            None if s.tree.kind(path) == Some(Kind::Dir) => Ok(self.implied_dir_attr(ino, s.tree.dir_links(path))),
             None => Err(Errno::ENOENT),
         }
     }
@@ -527,8 +548,8 @@ impl Core {
         let (path, node, attached) = Self::node_of_ino(&s, ino)?;
         let attr = match (attached, node) {
             (true, _) => self.path_attr(&s, &path, ino)?,
-            (false, Some(n)) => self.node_attr(ino, &n),
-            (false, None) => self.attr_of(ino, &new_meta(Kind::Dir, 0o755, 0, 0), 4096),
+            (false, Some(n)) => self.node_attr(ino, &n, 2),
+            (false, None) => self.implied_dir_attr(ino, 2),
         };
         // NOTE: a file whose name is gone (unlinked, or replaced by a
         // rename) has no links, as fstat on a descriptor still open on it
@@ -842,7 +863,7 @@ impl Core {
         // once the watch brings it, and the put is tried again over it.
         let guarded = opener.is_held() && opts.if_match.is_none();
         let deadline = std::time::Instant::now() + CATCH_UP_WAIT;
-        let (path, node, rev, sent) = loop {
+        let (path, node, written, sent) = loop {
             let (path, node) = {
                 let s = self.state()?;
                 let Some(i) = s.inodes.get(ino) else { return Ok(vec![]) };
@@ -870,7 +891,7 @@ impl Core {
             };
             let Some(node) = node else { return Ok(vec![]) };
             if node.local {
-                break (path, node, 0, opts.clone());
+                break (path, node, crate::cluster::Written { revision: 0, time_ns: None }, opts.clone());
             }
             let mut o = opts.clone();
             if guarded {
@@ -884,10 +905,10 @@ impl Core {
                     (o.attrs.mode, o.attrs.uid, o.attrs.gid) = (None, None, None);
                 }
             }
-            let failure = match self.cluster.put(&self.key(&path), data.clone(), &o) {
-                Ok(rev) => {
+            let failure = match self.cluster.put_at(&self.key(&path), data.clone(), &o) {
+                Ok(w) => {
                     self.commits.count(Ok(()))?;
-                    break (path, node, rev, o);
+                    break (path, node, w, o);
                 }
                 Err(Failure::Conflict)
                     if guarded
@@ -906,10 +927,12 @@ impl Core {
             return self.commits.count(Err(e));
         };
         let size = data.len() as u64;
+        let rev = written.revision;
         let (rev, fresh) = if node.local {
             let mut n = node.clone();
             n.meta.size = size;
             n.meta.mtime_ns = now_ns();
+            n.meta.ctime_ns = Some(n.meta.mtime_ns);
             n.value = Arc::new(data);
             (0, n)
         } else {
@@ -922,7 +945,9 @@ impl Core {
             meta.version += 1;
             meta.size = size;
             // What was put: the version put over keeps what it left out.
-            meta.mtime_ns = sent.attrs.mtime_ns.unwrap_or_else(now_ns);
+            names::written_at(&mut meta, written.time_ns, true);
+            meta.mtime_ns = sent.attrs.mtime_ns.unwrap_or(meta.mtime_ns);
+            meta.atime_ns = sent.attrs.atime_ns.or(meta.atime_ns);
             meta.mode = sent.attrs.mode.unwrap_or(meta.mode);
             meta.uid = sent.attrs.uid.unwrap_or(meta.uid);
             meta.gid = sent.attrs.gid.unwrap_or(meta.gid);
@@ -953,6 +978,10 @@ impl Core {
                 if !in_place {
                     // The name's inode keeps the version it showed.
                     s.inodes.detach(&path, old, false);
+                }
+                if node.provisional {
+                    // (its first version made it in its directory)
+                    names::touch_dir(&mut s, crate::tree::split(&path).0, Some(written));
                 }
             } else if node.provisional {
                 // The watch brought this very write first, and detached the

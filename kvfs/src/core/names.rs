@@ -8,8 +8,38 @@ use kv_client::clock::now_ns;
 use kv_client::{Attrs, Compare, EntryInfo, Kind, Meta, PutOptions, TxnOp, TxnRequest};
 
 use super::{new_meta, Core};
+use crate::cluster::Written;
 use crate::handles::{Caller, Handle, Io, Writer, CAP_CHOWN, CAP_FOWNER};
 use crate::tree::{split, TreeNode};
+
+/// Shows a change of directory `dir`'s entries made here at once, as the
+/// cluster's write makes it (kvd's txn::touch_parents): its mtime and ctime
+/// become the write's time (without one, now), and with the write's
+/// revision, the directory's revision is that one: a compare on it (a
+/// rename of the directory) holds before the watch brings it. The kernel
+/// asks for the directory's attributes again after a change of its entries.
+pub(super) fn touch_dir(s: &mut super::State, dir: &str, written: Option<Written>) {
+    if let Some(n) = s.tree.get_mut(dir).filter(|n| n.meta.kind == Kind::Dir && !n.local && !n.provisional) {
+        let t = written.and_then(|w| w.time_ns).unwrap_or_else(now_ns);
+        n.meta.mtime_ns = t;
+        n.meta.ctime_ns = Some(t);
+        if let Some(w) = written.filter(|w| w.revision > n.meta.mod_revision) {
+            n.meta.mod_revision = w.revision;
+            n.meta.version += 1;
+        }
+    }
+}
+
+/// Gives metadata of an entry this mount wrote the times the cluster wrote
+/// it with (`mtime`: whether the write set the mtime too); without them,
+/// now.
+pub(super) fn written_at(m: &mut Meta, time_ns: Option<i64>, mtime: bool) {
+    let t = time_ns.unwrap_or_else(now_ns);
+    m.ctime_ns = Some(t);
+    if mtime {
+        m.mtime_ns = t;
+    }
+}
 
 /// A put operation carrying a node's value and attributes.
 pub(super) fn put_op(key: String, n: &TreeNode) -> TxnOp {
@@ -23,6 +53,7 @@ pub(super) fn put_op(key: String, n: &TreeNode) -> TxnOp {
         uid: Some(n.meta.uid),
         gid: Some(n.meta.gid),
         mtime_ns: Some(n.meta.mtime_ns),
+        atime_ns: n.meta.atime_ns,
     }
 }
 
@@ -41,6 +72,8 @@ pub struct SetAttr {
     pub size: Option<u64>,
     /// New modification time (ns).
     pub mtime: Option<i64>,
+    /// New access time (ns).
+    pub atime: Option<i64>,
 }
 
 /// What CREATE answers for a name that exists (the kernel looked it up and
@@ -99,21 +132,21 @@ impl Core {
         // (what the caller is checked against: the file it makes, whatever
         // the watch brings in its place meanwhile)
         let checked = self.shown(&meta);
-        let attrs =
-            Attrs { kind: None, mode: Some(meta.mode), uid: Some(meta.uid), gid: Some(meta.gid), mtime_ns: None };
+        let made = (meta.mtime_ns, meta.atime_ns);
+        let attrs = Attrs { mode: Some(meta.mode), uid: Some(meta.uid), gid: Some(meta.gid), ..Attrs::default() };
         // IMPORTANT: O_EXCL is exclusive across mounts at open(), where a
         // lock file's creator checks it: the empty file is created in the
         // cluster now, and open() fails with EEXIST if it already exists
         // there. (The one case where a new file's first revision is empty.)
-        let created = if flags & libc::O_EXCL != 0 && !local {
-            let opts = PutOptions { attrs: attrs.clone(), create_only: true, ..Default::default() };
-            Some(
-                self.commits
-                    .count(self.cluster.put(&self.key(&path), Vec::new(), &opts).map_err(|f| f.errno(Errno::EEXIST)))?,
-            )
-        } else {
-            None
-        };
+        let created =
+            if flags & libc::O_EXCL != 0 && !local {
+                let opts = PutOptions { attrs: attrs.clone(), create_only: true, ..Default::default() };
+                Some(self.commits.count(
+                    self.cluster.put_at(&self.key(&path), Vec::new(), &opts).map_err(|f| f.errno(Errno::EEXIST)),
+                )?)
+            } else {
+                None
+            };
         let attr = {
             let mut s = self.state_mut()?;
             if created.is_none() && s.tree.kind(&path).is_some() {
@@ -122,10 +155,12 @@ impl Core {
                 return Err(CREATED_ELSEWHERE);
             }
             let mut meta = meta;
-            if let Some(rev) = created {
-                (meta.create_revision, meta.mod_revision, meta.version) = (rev, rev, 1);
+            if let Some(w) = created {
+                (meta.create_revision, meta.mod_revision, meta.version) = (w.revision, w.revision, 1);
+                written_at(&mut meta, w.time_ns, true);
+                meta.atime_ns = meta.ctime_ns;
             }
-            match created {
+            match created.map(|w| w.revision) {
                 Some(rev) if s.tree.knows_newer(&path, rev) => {
                     // The watch brought the empty file first (then it is
                     // attached as it came), or someone else's version
@@ -137,6 +172,9 @@ impl Core {
                 _ => {
                     let provisional = created.is_none() && !local;
                     s.tree.insert(path.clone(), TreeNode { meta, value: Arc::default(), local, provisional });
+                    if !local {
+                        touch_dir(&mut s, split(&path).0, created);
+                    }
                 }
             }
             // IMPORTANT: the inode the reply hands the kernel is this file's,
@@ -146,14 +184,17 @@ impl Core {
             s.inodes.looked_up(ino);
             attr
         };
-        let mut w = Writer::new(Vec::new(), created.is_none(), created.unwrap_or(0));
+        let mut w = Writer::new(Vec::new(), created.is_none(), created.map_or(0, |w| w.revision));
         // Created: replaces whatever the name holds, for the handle's life.
         w.replace = true;
         w.append = flags & libc::O_APPEND != 0;
         w.checked = Some(checked);
         w.opener = caller;
         if created.is_none() {
-            w.attrs = attrs;
+            // A file made and closed without a write keeps the times it was
+            // made with, which stat showed meanwhile (its first version is
+            // published at its last close).
+            w.attrs = Attrs { mtime_ns: Some(made.0), atime_ns: made.1, ..attrs };
         }
         let fh = self.handles()?.open(Handle { ino: attr.ino.0, io: Io::Write(w) });
         Ok((attr, fh))
@@ -209,20 +250,23 @@ impl Core {
                 mode: Some(meta.mode),
                 uid: Some(meta.uid),
                 gid: Some(meta.gid),
-                mtime_ns: None,
+                ..Attrs::default()
             },
             if_match: None,
             create_only: true,
             request_id: None,
         };
-        let rev = self
+        let w = self
             .commits
-            .count(self.cluster.put(&self.key(&path), value.clone(), &opts).map_err(|f| f.errno(Errno::EEXIST)))?;
+            .count(self.cluster.put_at(&self.key(&path), value.clone(), &opts).map_err(|f| f.errno(Errno::EEXIST)))?;
+        let rev = w.revision;
         let mut m = meta;
         m.size = value.len() as u64;
         m.create_revision = rev;
         m.mod_revision = rev;
         m.version = 1;
+        written_at(&mut m, w.time_ns, true);
+        m.atime_ns = m.ctime_ns;
         {
             let mut s = self.state_mut()?;
             if !s.tree.knows_newer(&path, rev) {
@@ -230,6 +274,7 @@ impl Core {
                     path.clone(),
                     TreeNode { meta: m, value: Arc::new(value), local: false, provisional: false },
                 );
+                touch_dir(&mut s, split(&path).0, Some(w));
             }
         }
         self.changed();
@@ -312,7 +357,7 @@ impl Core {
                 self.truncate_now(ino, size)?;
             }
         }
-        if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || a.mtime.is_some() {
+        if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || a.mtime.is_some() || a.atime.is_some() {
             self.set_attrs(ino, a)?;
         }
         // IMPORTANT: the size the inode's version has, even through a
@@ -374,12 +419,14 @@ impl Core {
             m.uid = a.uid.unwrap_or(m.uid);
             m.gid = a.gid.unwrap_or(m.gid);
             m.mtime_ns = a.mtime.unwrap_or(m.mtime_ns);
+            m.atime_ns = a.atime.or(m.atime_ns);
         };
         if node.as_ref().is_some_and(|n| n.local || n.provisional) || path.is_empty() {
             // Local files and files not committed yet keep the attributes
             // here; a created file's first commit carries them.
             if let Some(n) = self.state_mut()?.tree.get_mut(&path) {
                 apply(&mut n.meta);
+                written_at(&mut n.meta, None, false);
             }
             let after = node.as_ref().map(|n| {
                 let mut m = n.meta.clone();
@@ -393,6 +440,7 @@ impl Core {
                 w.attrs.uid = a.uid.or(w.attrs.uid);
                 w.attrs.gid = a.gid.or(w.attrs.gid);
                 w.attrs.mtime_ns = a.mtime.or(w.attrs.mtime_ns);
+                w.attrs.atime_ns = a.atime.or(w.attrs.atime_ns);
             }
             drop(hs);
             if let (Some(before), Some(after)) = (&node, &after) {
@@ -402,8 +450,16 @@ impl Core {
         }
         self.writable()?;
         let key = self.key(&path);
-        let compare =
-            node.as_ref().map(|n| vec![Compare::key_at(key.clone(), n.meta.mod_revision)]).unwrap_or_default();
+        // NOTE: a put of attributes alone keeps what it does not give. A
+        // directory has no content and no writers, and the cluster changes
+        // its revision with its entries (kvd's txn::touch_parents): it only
+        // has to still exist. A file's revision guards the writers rebased
+        // below.
+        let compare = match &node {
+            Some(n) if n.meta.kind == Kind::Dir => vec![Compare::key_exists(key.clone(), true)],
+            Some(n) => vec![Compare::key_at(key.clone(), n.meta.mod_revision)],
+            None => vec![],
+        };
         let txn = TxnRequest {
             compare,
             success: vec![TxnOp::Put {
@@ -415,7 +471,8 @@ impl Core {
                 mode,
                 uid: a.uid,
                 gid: a.gid,
-                mtime_ns: a.mtime.or(node.as_ref().map(|n| n.meta.mtime_ns)),
+                mtime_ns: a.mtime,
+                atime_ns: a.atime,
             }],
             failure: vec![],
         };
@@ -435,6 +492,7 @@ impl Core {
             provisional: false,
         });
         apply(&mut n.meta);
+        written_at(&mut n.meta, resp.time_ns, false);
         n.meta.mod_revision = resp.revision;
         n.meta.version += 1;
         let after = n.meta.clone();
@@ -450,11 +508,12 @@ impl Core {
         for v in &versions {
             self.rebase(*v, old_rev, resp.revision);
         }
-        if let Some(t) = a.mtime {
+        if a.mtime.is_some() || a.atime.is_some() {
             let mut hs = self.handles()?;
             for v in &versions {
                 for (_, w) in hs.writers_on(*v).filter(|(_, w)| w.dirty) {
-                    w.attrs.mtime_ns = Some(t);
+                    w.attrs.mtime_ns = a.mtime.or(w.attrs.mtime_ns);
+                    w.attrs.atime_ns = a.atime.or(w.attrs.atime_ns);
                     w.gen += 1;
                 }
             }
@@ -509,14 +568,15 @@ impl Core {
         }
         self.writable()?;
         let opts = PutOptions { if_match: Some(node.meta.mod_revision), ..Default::default() };
-        let rev = self
+        let w = self
             .commits
-            .count(self.cluster.put(&self.key(&path), v.clone(), &opts).map_err(|f| f.errno(Errno::EIO)))?;
+            .count(self.cluster.put_at(&self.key(&path), v.clone(), &opts).map_err(|f| f.errno(Errno::EIO)))?;
+        let rev = w.revision;
         let mut n = node;
         n.meta.size = size as u64;
         n.meta.mod_revision = rev;
         n.meta.version += 1;
-        n.meta.mtime_ns = now_ns();
+        written_at(&mut n.meta, w.time_ns, true);
         n.value = Arc::new(v);
         let inval = {
             let mut s = self.state_mut()?;
@@ -554,7 +614,7 @@ impl Core {
         // name created again elsewhere), nor over a file the cluster's
         // version replaced while this one was only here.
         let removed = match deleted {
-            Some(Some(rev)) if !s.tree.knows_newer(&path, rev) => s.tree.remove_at(&path, rev).is_some(),
+            Some(Some(w)) if !s.tree.knows_newer(&path, w.revision) => s.tree.remove_at(&path, w.revision).is_some(),
             Some(Some(_)) => false,
             Some(None) => s.tree.remove(&path).is_some(),
             None if s.tree.get(&path).is_some_and(|n| n.local || n.provisional) => s.tree.remove(&path).is_some(),
@@ -562,6 +622,9 @@ impl Core {
         };
         if removed {
             s.inodes.detach(&path, Some(node), true);
+            if let Some(Some(w)) = deleted {
+                touch_dir(&mut s, split(&path).0, Some(w));
+            }
         }
         drop(s);
         self.changed();
@@ -571,10 +634,10 @@ impl Core {
     /// Deletes the key of `path` in the cluster; the revision of the delete
     /// (`None` when the key was gone already), for the tree's record of this
     /// mount's deletes.
-    pub(super) fn delete_key(&self, path: &str) -> Result<Option<u64>, Errno> {
+    pub(super) fn delete_key(&self, path: &str) -> Result<Option<Written>, Errno> {
         self.writable()?;
-        self.commits.count(match self.cluster.delete(&self.key(path)) {
-            Ok(rev) => Ok(Some(rev)),
+        self.commits.count(match self.cluster.delete_at(&self.key(path)) {
+            Ok(w) => Ok(Some(w)),
             Err(crate::cluster::Failure::NotFound) => Ok(None),
             Err(f) => Err(f.errno(Errno::EIO)),
         })

@@ -3,7 +3,7 @@
 use fuser::Errno;
 use kv_client::{Compare, Kind, TxnOp, TxnRequest};
 
-use super::names::put_op;
+use super::names::{put_op, touch_dir, written_at};
 use super::Core;
 use crate::tree::{split, TreeNode};
 
@@ -167,9 +167,13 @@ impl Core {
                 n.meta.create_revision = rev;
                 n.meta.mod_revision = rev;
                 n.meta.version = 1;
+                written_at(&mut n.meta, resp.time_ns, false);
                 if !known {
                     s.tree.insert(p, n);
                 }
+            }
+            for dir in [split(&src).0, split(&dst).0] {
+                touch_dir(&mut s, dir, Some(crate::cluster::Written::of(&resp)));
             }
             // IMPORTANT: the replaced target's inodes are detached, not
             // forgotten: a reader holding the old file goes on reading it (a
@@ -216,6 +220,7 @@ impl Core {
         let mut n = node;
         // The file's inode, which the kernel moves to the new name.
         let ino = self.state()?.inodes.attached(src);
+        let mut put = None;
         if src_local && !dst_local {
             self.writable()?;
             let op = put_op(self.key(dst), &n);
@@ -228,6 +233,8 @@ impl Core {
             n.meta.mod_revision = resp.revision;
             n.meta.create_revision = resp.revision;
             n.meta.version = 1;
+            written_at(&mut n.meta, resp.time_ns, false);
+            put = Some(crate::cluster::Written::of(&resp));
         }
         let deleted = if !src_local {
             n.local = true;
@@ -237,10 +244,21 @@ impl Core {
         };
         let mut s = self.state_mut()?;
         match deleted {
-            Some(Some(rev)) => s.tree.remove_at(src, rev),
+            Some(Some(w)) => s.tree.remove_at(src, w.revision),
             _ => s.tree.remove(src),
         };
         let old_dst = s.tree.get(dst).cloned();
+        if let Some(Some(w)) = deleted {
+            if dst_local {
+                // (a file moved to a scratch name: only its old name's
+                // directory changed in the cluster)
+                touch_dir(&mut s, split(src).0, Some(w));
+            }
+        }
+        if put.is_some() && old_dst.as_ref().is_none_or(|o| o.local || o.provisional) {
+            // (a scratch file's content published under a new name)
+            touch_dir(&mut s, split(dst).0, put);
+        }
         s.tree.insert(dst.to_owned(), n);
         s.inodes.detach(dst, old_dst, true);
         s.inodes.rename(src, dst);

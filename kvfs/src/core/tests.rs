@@ -574,11 +574,16 @@ fn the_attrs_a_put_leaves_out_stay_as_they_were() {
 #[test]
 fn a_setgid_directory_hands_its_group_down() {
     let fake = fake();
-    let dir =
-        Attrs { kind: Some(kv_client::Kind::Dir), mode: Some(0o2775), uid: Some(0), gid: Some(4711), mtime_ns: None };
+    let dir = Attrs {
+        kind: Some(kv_client::Kind::Dir),
+        mode: Some(0o2775),
+        uid: Some(0),
+        gid: Some(4711),
+        ..Attrs::default()
+    };
     fake.put(&key("shared"), Vec::new(), &PutOptions { attrs: dir, ..PutOptions::default() }).expect("put");
     let plain =
-        Attrs { kind: Some(kv_client::Kind::Dir), mode: Some(0o777), uid: Some(0), gid: Some(0), mtime_ns: None };
+        Attrs { kind: Some(kv_client::Kind::Dir), mode: Some(0o777), uid: Some(0), gid: Some(0), ..Attrs::default() };
     fake.put(&key("plain"), Vec::new(), &PutOptions { attrs: plain, ..PutOptions::default() }).expect("put");
     let m = mount(fake.clone());
     let shared = m.ino("shared").expect("shared");

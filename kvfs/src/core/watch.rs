@@ -41,8 +41,16 @@ pub(crate) fn entry_invals(s: &State, path: &str) -> Vec<Inval> {
 /// `None` if it does not apply there: the mount holds a newer version, its
 /// own uncommitted write, or a file created here that the delete is not of.
 fn incoming(s: &State, path: &str, ev: &WatchEvent) -> Option<Option<TreeNode>> {
-    if s.tree.has_newer(path, ev.revision) || s.tree.get(path).is_some_and(|n| n.local) {
+    if s.tree.get(path).is_some_and(|n| n.local) {
         return None;
+    }
+    if s.tree.has_newer(path, ev.revision) {
+        // The cluster's own record of a write made here, as this mount
+        // wrote it down: it brings the times the cluster gave it.
+        let here = s.tree.get(path).filter(|n| !n.provisional && n.meta.mod_revision == ev.revision)?;
+        let e = ev.entry.as_ref().filter(|_| ev.kind == EventType::Put)?;
+        let n = node_of(e);
+        return here.same_content(&n).then_some(Some(n));
     }
     match (ev.kind, &ev.entry) {
         (EventType::Put, Some(e)) => Some(Some(node_of(e))),
