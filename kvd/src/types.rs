@@ -216,7 +216,10 @@ pub enum Outcome {
 }
 
 /// What applying a request answered.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Encoded by hand: data dir format 2 and peer formats 1 and 2 have no
+/// `time_ns` ([`in_layout_2`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Response {
     /// Whether every compare held.
     pub succeeded: bool,
@@ -224,10 +227,47 @@ pub struct Response {
     pub revision: u64,
     /// One outcome per operation run.
     pub outcomes: Vec<Outcome>,
-    /// The request's time, when applying it wrote something; never kept
-    /// (a dedup record answers without it) nor sent to peers.
-    #[serde(skip)]
+    /// The request's time, when applying it wrote something: the ctime of
+    /// what it put (kept with the dedup record, so a retry is answered the
+    /// same).
     pub time_ns: Option<i64>,
+}
+
+impl Serialize for Response {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let old = layout_2();
+        let mut st = s.serialize_struct("Response", if old { 3 } else { 4 })?;
+        st.serialize_field("succeeded", &self.succeeded)?;
+        st.serialize_field("revision", &self.revision)?;
+        st.serialize_field("outcomes", &self.outcomes)?;
+        if !old {
+            st.serialize_field("time_ns", &self.time_ns)?;
+        }
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Response {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Response, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Response;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a response")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Response, A::Error> {
+                Ok(Response {
+                    succeeded: field(&mut a, 0)?,
+                    revision: field(&mut a, 1)?,
+                    outcomes: field(&mut a, 2)?,
+                    time_ns: if layout_2() { None } else { field(&mut a, 3)? },
+                })
+            }
+        }
+        const FIELDS: &[&str] = &["succeeded", "revision", "outcomes", "time_ns"];
+        d.deserialize_struct("Response", &FIELDS[..if layout_2() { 3 } else { 4 }], V)
+    }
 }
 
 /// An entry as stored in the state machine.
@@ -445,7 +485,7 @@ thread_local! {
 
 /// Whether the thread reads and writes in format 2's layout: entries
 /// ([`StoredEntry`]) without `atime_ns` and `ctime_ns`, puts ([`PutAttrs`])
-/// without `atime_ns`. Format 1 (bincode 1) has
+/// without `atime_ns`, responses ([`Response`]) without `time_ns`. Format 1 (bincode 1) has
 /// the same fields.
 pub(crate) fn layout_2() -> bool {
     LAYOUT_2.with(std::cell::Cell::get)

@@ -10,7 +10,8 @@
 //!   big-endian under [`FORMAT_KEY`] in the `raft` keyspace. A data dir
 //!   without it is format 1: kvd 0.1's, every value in the bincode 1 layout
 //!   ([`bincode1`]). Format 2 is postcard with entries that have no access
-//!   and change times and puts that give no access time ([`in_layout_2`]).
+//!   and change times, puts that give no access time and responses without
+//!   their time ([`in_layout_2`]).
 //!   Opening an older one upgrades it ([`open`]): every value that differs
 //!   is decoded in the old layout and encoded in the new one (an entry's
 //!   access and change times are its mtime), in ONE fjall batch with the
@@ -129,7 +130,8 @@ pub fn upgrade_value(from: u32, space: Space, key: &[u8], v: &[u8]) -> io::Resul
 }
 
 /// A record of format 2 in the current format: only log entries (puts),
-/// entries and events (which hold entries) differ.
+/// entries, events (which hold entries) and dedup records (responses)
+/// differ.
 fn upgrade_from_2(space: Space, key: &[u8], v: &[u8]) -> io::Result<Option<Vec<u8>>> {
     fn again<T: Serialize + DeserializeOwned>(v: &[u8]) -> io::Result<Vec<u8>> {
         Ok(encode(&in_layout_2(|| decode::<T>(v))?))
@@ -138,6 +140,11 @@ fn upgrade_from_2(space: Space, key: &[u8], v: &[u8]) -> io::Result<Option<Vec<u
         Space::Log => again::<Entry>(v),
         Space::Data => again::<StoredEntry>(v),
         Space::Events => again::<StoredEvent>(v),
+        Space::Dedup => match key.first() {
+            Some(b'r') => again::<(i64, Response)>(v),
+            Some(b'i') => again::<(u64, Response)>(v),
+            _ => return Ok(None),
+        },
         _ => return Ok(None),
     };
     new.map(Some).map_err(|e| invalid(format!("{space:?} record {:?} does not decode: {e}", show(key))))

@@ -52,18 +52,40 @@ fn without_revision(mut v: Value) -> Value {
     v
 }
 
+/// What kvd 0.1 answered as this kvd answers it: every entry with access
+/// and change times, which a data dir of before kept none of, the mtime's.
+fn with_times(v: &Value) -> Value {
+    match v {
+        Value::Array(a) => Value::Array(a.iter().map(with_times).collect()),
+        Value::Object(o) => {
+            let mut o: serde_json::Map<String, Value> = o.iter().map(|(k, v)| (k.clone(), with_times(v))).collect();
+            if let (Some(m), true) = (o.get("mtime_ns").cloned(), o.contains_key("kind")) {
+                o.entry("atime_ns").or_insert(m.clone());
+                o.entry("ctime_ns").or_insert(m);
+            }
+            Value::Object(o)
+        }
+        other => other.clone(),
+    }
+}
+
 /// Checks that `k` serves what kvd 0.1 served, plus `added` entries (by key).
 async fn serves_what_kvd_0_1_served(k: &Kvd, token: &str, added: &[&str], revision: u64) {
     let (entries, rev) = listing(k).await;
     assert_eq!(rev, revision);
     let old = json_fixture("list.json");
     let old_entries = old["entries"].as_array().expect("entries");
-    let kept: Vec<&Value> = entries.iter().filter(|e| !added.contains(&e["key"].as_str().unwrap_or(""))).collect();
-    assert_eq!(kept, old_entries.iter().collect::<Vec<_>>(), "the entries of kvd 0.1's data dir");
+    let kept: Vec<Value> =
+        entries.iter().filter(|e| !added.contains(&e["key"].as_str().unwrap_or(""))).cloned().collect();
+    assert_eq!(
+        kept,
+        with_times(&Value::Array(old_entries.clone())).as_array().expect("entries").clone(),
+        "the entries of kvd 0.1's data dir"
+    );
     assert_eq!(entries.len(), old_entries.len() + added.len());
     assert!(old_entries.iter().any(|e| e["kind"] == "symlink") && old_entries.iter().any(|e| e["kind"] == "dir"));
-    assert_eq!(history(k, "notes/a").await, without_revision(json_fixture("history-a.json")));
-    assert_eq!(history(k, "notes/gone").await, without_revision(json_fixture("history-gone.json")));
+    assert_eq!(history(k, "notes/a").await, with_times(&without_revision(json_fixture("history-a.json"))));
+    assert_eq!(history(k, "notes/gone").await, with_times(&without_revision(json_fixture("history-gone.json"))));
     assert_eq!(get_json(&format!("{}/v1/auth/tokens", k.url), Some(token)).await, json_fixture("tokens.json"));
 }
 
@@ -102,7 +124,7 @@ async fn a_snapshot_of_kvd_0_1_restores() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let k = Kvd::on_dir(1, data, &[]);
     let (entries, rev) = listing(&k).await;
-    assert_eq!(entries, *json_fixture("list.json")["entries"].as_array().expect("entries"));
+    assert_eq!(Value::Array(entries), with_times(&json_fixture("list.json")["entries"]));
     assert!(rev >= 8, "continues from the snapshot's revision: {rev}");
     let tokens = get_json(&format!("{}/v1/auth/tokens", k.url), None).await;
     let names: Vec<&str> = tokens.as_array().expect("tokens").iter().filter_map(|t| t["name"].as_str()).collect();
@@ -154,8 +176,8 @@ fn a_data_dir_of_a_newer_format_is_refused_and_left_alone() {
     {
         let db = fjall::Database::builder(data.join("db")).open().expect("open the database");
         let raft = db.keyspace("raft", fjall::KeyspaceCreateOptions::default).expect("keyspace");
-        assert_eq!(raft.get("format").expect("get").as_deref(), Some(2u32.to_be_bytes().as_slice()));
-        raft.insert("format", 3u32.to_be_bytes()).expect("mark");
+        assert_eq!(raft.get("format").expect("get").as_deref(), Some(3u32.to_be_bytes().as_slice()));
+        raft.insert("format", 4u32.to_be_bytes()).expect("mark");
         db.persist(fjall::PersistMode::SyncData).expect("persist");
     }
     let before = records(&data);
@@ -168,7 +190,7 @@ fn a_data_dir_of_a_newer_format_is_refused_and_left_alone() {
         .collect();
     let (code, stderr) = run_kvd(&args);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("the data dir is in format 3, newer than this kvd reads (formats 1 to 2)"), "{stderr}");
+    assert!(stderr.contains("the data dir is in format 4, newer than this kvd reads (formats 1 to 3)"), "{stderr}");
     assert_eq!(records(&data), before, "the refused data dir changed");
 }
 
@@ -178,11 +200,11 @@ async fn a_peer_message_of_an_unknown_format_is_refused_naming_the_known_ones() 
     let url = format!("{}/peer/v1/hold-elections", k.peer_url);
     let r = crate::http().post(&url).header("x-kv-peer-format", "9").body(vec![0u8; 8]).send().await.expect("post");
     assert_eq!(r.status(), 415);
-    assert_eq!(r.headers().get("x-kv-peer-formats").and_then(|v| v.to_str().ok()), Some("1 2"));
+    assert_eq!(r.headers().get("x-kv-peer-formats").and_then(|v| v.to_str().ok()), Some("1 2 3"));
     let text = r.text().await.expect("text");
-    assert!(text.contains("peer message format \"9\" is unknown") && text.contains("reads formats 1 2"), "{text}");
-    // Format 1 (kvd 0.1's, no header) and 2 are answered, each in its own.
-    for (format, body) in [(None, 0u64.to_le_bytes().to_vec()), (Some("2"), vec![0u8])] {
+    assert!(text.contains("peer message format \"9\" is unknown") && text.contains("reads formats 1 2 3"), "{text}");
+    // Formats 1 (kvd 0.1's, no header), 2 and 3 are answered, each in its own.
+    for (format, body) in [(None, 0u64.to_le_bytes().to_vec()), (Some("2"), vec![0u8]), (Some("3"), vec![0u8])] {
         let mut req = crate::http().post(&url).body(body);
         if let Some(f) = format {
             req = req.header("x-kv-peer-format", f);

@@ -30,6 +30,7 @@ mod reload;
 mod security;
 mod stale;
 mod stalemount;
+mod times;
 mod transfer;
 mod ui;
 mod validation;
