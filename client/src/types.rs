@@ -492,11 +492,15 @@ pub struct TxnResponse {
     pub results: Vec<OpResult>,
     /// The time the transaction wrote with (ns since the epoch: the mtime
     /// of entries it put without one, the ctime of all it put, and the
-    /// times of the directories it made or removed entries in); absent when
-    /// it wrote nothing, or the answer is the record of an earlier attempt
-    /// with the same request id.
+    /// times of the directories in `touched`); absent when it wrote
+    /// nothing (or from a server that does not say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_ns: Option<i64>,
+    /// The directory entries it wrote besides the keys it named: those a
+    /// key was made in or removed from, given its time as their mtime and
+    /// ctime, in its revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub touched: Vec<String>,
 }
 
 /// Kind of a watch event.

@@ -225,6 +225,8 @@ impl Caller {
                 // NOTE: only a leader's proposer writes it; a client's API
                 // request cannot carry it (crate::api refuses it).
                 Op::SetDedupWindow(_) => self.need_admin("set the request-id window of")?,
+                // NOTE: likewise only a leader's proposer.
+                Op::SetRules(_) => self.need_admin("set the rules of writes of")?,
                 // NOTE: only the leader records who wrote; nobody may claim it.
                 Op::Writer(_) => {
                     return Err(Denied::forbidden("the writer of a request is recorded by the leader only"))

@@ -87,6 +87,7 @@ impl Proposer {
                 Op::CreateToken(t) => t.name.len() + t.hash.len() + 64,
                 Op::RevokeToken(name) => name.len(),
                 Op::SetDedupWindow(_) => 8,
+                Op::SetRules(_) => 4,
                 Op::Writer(w) => w.len(),
             })
             .sum();
@@ -135,11 +136,20 @@ async fn worker(raft: Raft, mut rx: mpsc::Receiver<Pending>, gate: Arc<RwLock<()
             let txn = Txn { compare: vec![], success: vec![Op::SetDedupWindow(window_ms)], failure: vec![] };
             reqs.insert(0, Request { id: String::new(), now_ns, txn });
         }
+        // NOTE: the rules go first too: every write of the entry, and of
+        // the log after it, is applied by them on every member.
+        let set_rules = sm.rules() < crate::txn::RULES;
+        if set_rules {
+            tracing::info!(rules = crate::txn::RULES, "writing this node's rules of writes into the log");
+            let txn = Txn { compare: vec![], success: vec![Op::SetRules(crate::txn::RULES)], failure: vec![] };
+            reqs.insert(0, Request { id: String::new(), now_ns, txn });
+        }
         let result = raft.client_write(Batch(reqs)).await;
         drop(open);
         match result {
             Ok(r) => {
-                for (reply, resp) in replies.into_iter().zip(r.data.into_iter().skip(usize::from(set_window))) {
+                let ours = usize::from(set_window) + usize::from(set_rules);
+                for (reply, resp) in replies.into_iter().zip(r.data.into_iter().skip(ours)) {
                     let _ = reply.send(Ok(resp));
                 }
             }

@@ -152,7 +152,8 @@ pub struct NodeIdentity {
 /// error, never a panic or an allocation beyond the input's size.
 pub fn decode_all(data: &[u8]) {
     fn both<R: Rpc>(data: &[u8]) {
-        for f in [crate::format::PeerFormat::Bincode1, crate::format::PeerFormat::Postcard] {
+        use crate::format::PeerFormat;
+        for f in [PeerFormat::Bincode1, PeerFormat::Postcard2, PeerFormat::Postcard] {
             let _ = f.decode::<R::Request>(data);
             let _ = f.decode::<R::Response>(data);
         }

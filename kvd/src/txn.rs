@@ -80,7 +80,18 @@ pub(crate) struct State {
     pub(crate) revision: u64,
     /// The dedup window in effect, ms (crate::dedup).
     pub(crate) dedup_window_ms: u64,
+    /// The rules writes are applied by ([`RULES`]), as the log set them.
+    pub(crate) rules: u32,
 }
+
+/// The rules this kvd applies writes by, and proposes when it leads
+/// (`Op::SetRules`). 0: kvd before times. 1: a put of attributes alone
+/// keeps the mtime, and a directory entry's mtime and ctime move when a key
+/// is made in it or removed from it ([`touch_parents`]).
+///
+/// IMPORTANT: a member applies an entry by the rules the log has set, not
+/// by its release: members of two releases apply the same log alike.
+pub(crate) const RULES: u32 = 1;
 
 /// Runs one request against the committed state in `view` as `changes` sees
 /// it; records what it changes in `changes` and `st`.
@@ -115,7 +126,7 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
                     // content: the mtime stays unless given.
                     mtime_ns: attrs
                         .mtime_ns
-                        .or(prev.filter(|_| value.is_none()).map(|p| p.mtime_ns))
+                        .or(prev.filter(|_| value.is_none() && st.rules >= 1).map(|p| p.mtime_ns))
                         .unwrap_or(req.now_ns),
                     atime_ns: attrs.atime_ns.or(prev.map(|p| p.atime_ns)).unwrap_or(req.now_ns),
                     ctime_ns: req.now_ns,
@@ -186,10 +197,11 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
                 outcomes.push(Outcome::Token(name.clone(), exists));
             }
             Op::SetDedupWindow(ms) => st.dedup_window_ms = (*ms).clamp(dedup::MIN_WINDOW_MS, dedup::MAX_WINDOW_MS),
+            Op::SetRules(r) => st.rules = st.rules.max(*r),
             Op::Writer(w) => writer = Some(w.clone()),
         }
     }
-    touch_parents(view, changes, &mut written, new_rev, req.now_ns)?;
+    let touched = if st.rules >= 1 { touch_parents(view, changes, &mut written, new_rev, req.now_ns)? } else { vec![] };
     if !written.is_empty() {
         st.revision = new_rev;
         changes.events.extend(
@@ -201,34 +213,41 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
         changes.revisions.push((new_rev, RevisionRecord { time_ns: req.now_ns, writer }));
     }
     let time_ns = (st.revision == new_rev).then_some(req.now_ns);
-    Ok(Response { succeeded: ok, revision: st.revision, outcomes, time_ns })
+    Ok(Response { succeeded: ok, revision: st.revision, outcomes, time_ns, touched })
 }
 
-/// Gives every directory entry a key was created in or removed from by a
-/// request the request's time as its mtime and ctime, as a file system
-/// does: a write of the directory in the same revision, after the writes
-/// of its entries. Not for a directory the request wrote itself (one made
-/// or moved with its entries), nor for one that is only implied by the keys
-/// below it (it has no entry to hold times).
+/// Gives every directory entry a key was made in or removed from by a
+/// request (that existed before it and not after, or the other way round,
+/// or was deleted and put again: a rename over it) the request's time as its mtime and ctime, as a file system does: a
+/// write of the directory in the same revision, after the writes of its
+/// entries. Not for a directory the request wrote itself (one made or moved
+/// with its entries), nor for one that is only implied by the keys below it
+/// (it has no entry to hold times). Returns the directories written.
 fn touch_parents(
     view: &impl ReadView,
     changes: &mut Changes,
     written: &mut Vec<(String, Option<StoredEntry>, Prev)>,
     rev: u64,
     now_ns: i64,
-) -> io::Result<()> {
-    let mut parents = std::collections::BTreeSet::new();
+) -> io::Result<Vec<String>> {
+    // Whether each key written existed before the request, and whether it
+    // is a new entry after it (absent: none).
+    let mut net: BTreeMap<String, (bool, Option<bool>)> = BTreeMap::new();
     for (key, entry, prev) in written.iter() {
-        let created_or_removed = entry.is_none() || matches!(prev, Prev::Absent);
-        if let Some((parent, _)) = key.rsplit_once('/').filter(|_| created_or_removed) {
-            parents.insert(parent.to_owned());
-        }
+        let e = net.entry(key.clone()).or_insert((matches!(prev, Prev::Entry(_)), None));
+        e.1 = entry.as_ref().map(|e| e.create_revision == rev);
     }
-    if parents.is_empty() {
-        return Ok(());
-    }
-    let own: std::collections::HashSet<String> = written.iter().map(|(k, _, _)| k.clone()).collect();
-    for parent in parents.into_iter().filter(|p| !own.contains(p)) {
+    let parents: std::collections::BTreeSet<String> = net
+        .iter()
+        .filter(|(_, (before, after))| match after {
+            None => *before,
+            Some(new) => !*before || *new,
+        })
+        .filter_map(|(k, _)| k.rsplit_once('/').map(|(p, _)| p.to_owned()))
+        .filter(|p| !net.contains_key(p))
+        .collect();
+    let mut touched = Vec::new();
+    for parent in parents {
         let Some(before) = changes.entry(view, &parent)?.filter(|e| e.kind == Kind::Dir) else { continue };
         let after = StoredEntry {
             mtime_ns: now_ns,
@@ -238,9 +257,10 @@ fn touch_parents(
             ..before.clone()
         };
         changes.entries.insert(parent.clone(), Some(after.clone()));
-        written.push((parent, Some(after), Prev::Entry(before)));
+        written.push((parent.clone(), Some(after), Prev::Entry(before)));
+        touched.push(parent);
     }
-    Ok(())
+    Ok(touched)
 }
 
 /// Every prefix a key is under: "", each of its ancestors, and the key.
@@ -353,7 +373,7 @@ mod tests {
     /// A view and state after one entry putting `keys`, each in a revision of its own.
     fn with_keys(keys: &[&str]) -> (MemView, State) {
         let mut view = MemView::default();
-        let mut st = State { revision: 0, dedup_window_ms: dedup::DEFAULT_WINDOW_MS };
+        let mut st = State { revision: 0, dedup_window_ms: dedup::DEFAULT_WINDOW_MS, rules: RULES };
         let reqs: Vec<Request> = keys.iter().map(|k| only(vec![put(k, k)])).collect();
         entry(&mut view, &mut st, &reqs);
         (view, st)
@@ -423,10 +443,70 @@ mod tests {
                 succeeded: false,
                 revision: 2,
                 outcomes: vec![Outcome::Put("no".into(), 2)],
-                time_ns: Some(NOW)
+                time_ns: Some(NOW),
+                touched: vec![],
             }
         );
         assert_eq!(keys(&view), ["k", "no"]);
+    }
+
+    #[test]
+    fn a_directory_is_written_when_an_entry_is_made_in_it_or_removed_from_it() {
+        let mut view = MemView::default();
+        let mut st = State { revision: 0, dedup_window_ms: dedup::DEFAULT_WINDOW_MS, rules: RULES };
+        let at = |now: i64, ops: Vec<Op>| Request { now_ns: now, ..only(ops) };
+        entry(&mut view, &mut st, &[at(NOW, vec![put_attrs("d", None, dir()), put_attrs("e", None, dir())])]);
+        let d = |view: &MemView| get(view, "d").expect("d");
+        assert_eq!((d(&view).mod_revision, d(&view).mtime_ns), (1, NOW));
+        // Made in it: d is written in the same revision, after its entry.
+        let (out, changes) = run(&view, &mut st, &[at(NOW + 1, vec![put("d/f", "1")])]);
+        assert_eq!(out[0].touched, ["d"]);
+        let events: Vec<&str> = changes.events.iter().map(|(_, _, e)| e.key.as_str()).collect();
+        assert_eq!(events, ["d/f", "d"]);
+        view.commit(changes);
+        let made = d(&view);
+        assert_eq!((made.mod_revision, made.version, made.mtime_ns, made.ctime_ns), (2, 2, NOW + 1, NOW + 1));
+        // Overwritten, or made and removed in one request: no change of d.
+        let out = entry(&mut view, &mut st, &[at(NOW + 2, vec![put("d/f", "2"), put("d/g", "x"), del("d/g", false)])]);
+        assert_eq!((out[0].touched.len(), d(&view)), (0, made.clone()));
+        // Renamed over a name in e, and out of d: both are written.
+        entry(&mut view, &mut st, &[at(NOW + 3, vec![put("e/x", "old")])]);
+        let out =
+            entry(&mut view, &mut st, &[at(NOW + 4, vec![del("d/f", false), del("e/x", false), put("e/x", "2")])]);
+        assert_eq!(out[0].touched, ["d", "e"]);
+        assert_eq!((d(&view).mtime_ns, get(&view, "e").expect("e").ctime_ns), (NOW + 4, NOW + 4));
+        // A directory made with its entries, or implied: not written again.
+        let out = entry(&mut view, &mut st, &[at(NOW + 5, vec![put_attrs("n", None, dir()), put("n/a", "1")])]);
+        assert!(out[0].touched.is_empty());
+        let out = entry(&mut view, &mut st, &[at(NOW + 6, vec![put("implied/a", "1")])]);
+        assert!(out[0].touched.is_empty());
+        // A recursive delete writes the directory above it, not those it removes.
+        let out = entry(&mut view, &mut st, &[at(NOW + 7, vec![put_attrs("d/s", None, dir()), put("d/s/t", "1")])]);
+        assert_eq!(out[0].touched, ["d"]);
+        let out = entry(&mut view, &mut st, &[at(NOW + 8, vec![del("d/s", true)])]);
+        assert_eq!((out[0].touched.clone(), d(&view).mtime_ns), (vec!["d".to_owned()], NOW + 8));
+    }
+
+    #[test]
+    fn the_rules_of_writes_come_from_the_log_and_never_go_down() {
+        // Before the log sets rules 1, writes are applied as before them.
+        let mut view = MemView::default();
+        let mut st = State { revision: 0, dedup_window_ms: dedup::DEFAULT_WINDOW_MS, rules: 0 };
+        let at = |now: i64, ops: Vec<Op>| Request { now_ns: now, ..only(ops) };
+        let mode = PutAttrs { mode: Some(0o600), ..PutAttrs::default() };
+        entry(&mut view, &mut st, &[at(NOW, vec![put_attrs("d", None, dir()), put("d/f", "1")])]);
+        let out =
+            entry(&mut view, &mut st, &[at(NOW + 1, vec![put("d/g", "1"), put_attrs("d/f", None, mode.clone())])]);
+        assert!(out[0].touched.is_empty());
+        assert_eq!(get(&view, "d").expect("d").mod_revision, 1, "no directory write");
+        assert_eq!(get(&view, "d/f").expect("f").mtime_ns, NOW + 1, "an attributes-only put takes the time");
+        entry(&mut view, &mut st, &[only(vec![Op::SetRules(1)])]);
+        assert_eq!(st.rules, 1);
+        entry(&mut view, &mut st, &[only(vec![Op::SetRules(0)])]);
+        assert_eq!(st.rules, 1, "never lowered");
+        let out = entry(&mut view, &mut st, &[at(NOW + 2, vec![put("d/h", "1"), put_attrs("d/f", None, mode)])]);
+        assert_eq!(out[0].touched, ["d"]);
+        assert_eq!(get(&view, "d/f").expect("f").mtime_ns, NOW + 1, "an attributes-only put keeps the mtime");
     }
 
     #[test]
@@ -458,7 +538,7 @@ mod tests {
     #[test]
     fn a_put_keeps_what_it_does_not_give() {
         let mut view = MemView::default();
-        let mut st = State { revision: 0, dedup_window_ms: dedup::DEFAULT_WINDOW_MS };
+        let mut st = State { revision: 0, dedup_window_ms: dedup::DEFAULT_WINDOW_MS, rules: RULES };
         let first = PutAttrs {
             kind: Some(Kind::Symlink),
             mode: Some(0o600),
@@ -556,6 +636,7 @@ mod tests {
                 revision: 3,
                 outcomes: vec![Outcome::Put("dst".into(), 3), Outcome::Delete("src".into(), 1)],
                 time_ns: Some(NOW),
+                touched: vec![],
             }
         );
         assert_eq!(st.revision, 3);
@@ -583,7 +664,7 @@ mod tests {
     #[test]
     fn tokens_are_created_once_and_revoked_once() {
         let mut view = MemView::default();
-        let mut st = State { revision: 0, dedup_window_ms: dedup::DEFAULT_WINDOW_MS };
+        let mut st = State { revision: 0, dedup_window_ms: dedup::DEFAULT_WINDOW_MS, rules: RULES };
         let out = entry(&mut view, &mut st, &[only(vec![Op::CreateToken(token("a")), Op::CreateToken(token("a"))])]);
         assert_eq!(
             out[0].outcomes,
@@ -617,7 +698,7 @@ mod tests {
 
     #[test]
     fn the_dedup_window_is_held_to_its_bounds() {
-        let mut st = State { revision: 5, dedup_window_ms: dedup::DEFAULT_WINDOW_MS };
+        let mut st = State { revision: 5, dedup_window_ms: dedup::DEFAULT_WINDOW_MS, rules: RULES };
         for (ms, want) in [(0, dedup::MIN_WINDOW_MS), (u64::MAX, dedup::MAX_WINDOW_MS), (60_000, 60_000)] {
             let (out, _) = run(&MemView::default(), &mut st, &[only(vec![Op::SetDedupWindow(ms)])]);
             assert_eq!((st.dedup_window_ms, st.revision, out[0].outcomes.len()), (want, 5, 0), "{ms}");

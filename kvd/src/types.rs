@@ -193,6 +193,11 @@ pub enum Op {
     /// revision it makes (see [`RevisionRecord`]). Put there by the leader
     /// only, first in each branch; produces no outcome.
     Writer(String),
+    /// Raise the rules later writes are applied by to this level (see
+    /// crate::txn::RULES; never lowered): a leader proposes its own before
+    /// its first write when the log holds a lower one, so every member
+    /// applies every entry by the same rules, whichever release it runs.
+    SetRules(u32),
 }
 
 /// Result of one operation.
@@ -231,18 +236,22 @@ pub struct Response {
     /// what it put (kept with the dedup record, so a retry is answered the
     /// same).
     pub time_ns: Option<i64>,
+    /// The directory entries the request wrote besides the keys it named:
+    /// those a key was made in or removed from (crate::txn).
+    pub touched: Vec<String>,
 }
 
 impl Serialize for Response {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let old = layout_2();
-        let mut st = s.serialize_struct("Response", if old { 3 } else { 4 })?;
+        let mut st = s.serialize_struct("Response", if old { 3 } else { 5 })?;
         st.serialize_field("succeeded", &self.succeeded)?;
         st.serialize_field("revision", &self.revision)?;
         st.serialize_field("outcomes", &self.outcomes)?;
         if !old {
             st.serialize_field("time_ns", &self.time_ns)?;
+            st.serialize_field("touched", &self.touched)?;
         }
         st.end()
     }
@@ -257,16 +266,21 @@ impl<'de> Deserialize<'de> for Response {
                 f.write_str("a response")
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Response, A::Error> {
-                Ok(Response {
+                let mut r = Response {
                     succeeded: field(&mut a, 0)?,
                     revision: field(&mut a, 1)?,
                     outcomes: field(&mut a, 2)?,
-                    time_ns: if layout_2() { None } else { field(&mut a, 3)? },
-                })
+                    ..Response::default()
+                };
+                if !layout_2() {
+                    r.time_ns = field(&mut a, 3)?;
+                    r.touched = field(&mut a, 4)?;
+                }
+                Ok(r)
             }
         }
-        const FIELDS: &[&str] = &["succeeded", "revision", "outcomes", "time_ns"];
-        d.deserialize_struct("Response", &FIELDS[..if layout_2() { 3 } else { 4 }], V)
+        const FIELDS: &[&str] = &["succeeded", "revision", "outcomes", "time_ns", "touched"];
+        d.deserialize_struct("Response", &FIELDS[..if layout_2() { 3 } else { 5 }], V)
     }
 }
 
@@ -485,7 +499,8 @@ thread_local! {
 
 /// Whether the thread reads and writes in format 2's layout: entries
 /// ([`StoredEntry`]) without `atime_ns` and `ctime_ns`, puts ([`PutAttrs`])
-/// without `atime_ns`, responses ([`Response`]) without `time_ns`. Format 1 (bincode 1) has
+/// without `atime_ns`, responses ([`Response`]) without `time_ns` and
+/// `touched`. Format 1 (bincode 1) has
 /// the same fields.
 pub(crate) fn layout_2() -> bool {
     LAYOUT_2.with(std::cell::Cell::get)

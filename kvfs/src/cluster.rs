@@ -109,20 +109,23 @@ pub trait Events: Send {
     }
 }
 
-/// What a write made: its revision, and the time the cluster wrote with
-/// when it says (kv_client::TxnResponse::time_ns).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a write made: its revision, the time the cluster wrote with when
+/// it says, and the directory entries it changed besides the keys it named
+/// (kv_client::TxnResponse).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
     /// The revision of the write.
     pub revision: u64,
     /// Its time, ns since the epoch.
     pub time_ns: Option<i64>,
+    /// Full keys of the directories it gave its time (and revision).
+    pub touched: Vec<String>,
 }
 
 impl Written {
     /// What a transaction's answer says of its write.
     pub fn of(r: &TxnResponse) -> Written {
-        Written { revision: r.revision, time_ns: r.time_ns }
+        Written { revision: r.revision, time_ns: r.time_ns, touched: r.touched.clone() }
     }
 }
 
@@ -132,7 +135,7 @@ pub trait Cluster: Send + Sync + 'static {
     fn put(&self, key: &str, value: Vec<u8>, opts: &PutOptions) -> Result<u64, Failure>;
     /// [`Cluster::put`], with the time of the write when the cluster says.
     fn put_at(&self, key: &str, value: Vec<u8>, opts: &PutOptions) -> Result<Written, Failure> {
-        self.put(key, value, opts).map(|revision| Written { revision, time_ns: None })
+        self.put(key, value, opts).map(|revision| Written { revision, ..Written::default() })
     }
     /// Runs a transaction.
     fn txn(&self, txn: &TxnRequest) -> Result<TxnResponse, Failure>;
@@ -141,7 +144,7 @@ pub trait Cluster: Send + Sync + 'static {
     /// [`Cluster::delete`], with the time of the delete when the cluster
     /// says.
     fn delete_at(&self, key: &str) -> Result<Written, Failure> {
-        self.delete(key).map(|revision| Written { revision, time_ns: None })
+        self.delete(key).map(|revision| Written { revision, ..Written::default() })
     }
     /// Whether the cluster answers (and has a quorum) right now.
     fn probe(&self) -> Result<(), Failure>;

@@ -266,28 +266,39 @@ impl State {
                 }
             }
         }
-        self.touch_parents(&mut events, rev, now);
+        let touched = self.touch_parents(&mut events, rev, now);
         if !events.is_empty() {
             self.revision = rev;
             self.history.push_back(Batch { revision: rev, events });
         }
         let time_ns = (self.revision == rev).then_some(now);
-        TxnResponse { succeeded: ok, revision: self.revision, results, time_ns }
+        TxnResponse { succeeded: ok, revision: self.revision, results, time_ns, touched }
     }
 
-    /// kvd's touch of the directory entries a transaction created or
-    /// removed keys in: their mtime and ctime are its time, in the same
-    /// revision (not for a directory it wrote itself).
-    fn touch_parents(&mut self, events: &mut Vec<WatchEvent>, rev: u64, now: i64) {
-        let created_or_removed = |e: &WatchEvent| {
-            e.kind == EventType::Delete || e.entry.as_ref().is_some_and(|i| i.meta.create_revision == rev)
-        };
-        let parents: std::collections::BTreeSet<String> = events
+    /// kvd's touch of the directory entries a transaction made or removed
+    /// keys in (txn::touch_parents): their mtime and ctime are its time, in
+    /// the same revision (not for a directory it wrote itself). Returns
+    /// them.
+    fn touch_parents(&mut self, events: &mut Vec<WatchEvent>, rev: u64, now: i64) -> Vec<String> {
+        // Whether each key written existed before the transaction, and
+        // whether it is a new entry after it (absent: none).
+        let mut net: BTreeMap<String, (bool, Option<bool>)> = BTreeMap::new();
+        for e in events.iter() {
+            let made_here = e.entry.as_ref().is_some_and(|i| i.meta.create_revision == rev);
+            let before = e.kind == EventType::Delete || !made_here;
+            let n = net.entry(e.key.clone()).or_insert((before, None));
+            n.1 = (e.kind == EventType::Put).then_some(made_here);
+        }
+        let parents: std::collections::BTreeSet<String> = net
             .iter()
-            .filter(|e| created_or_removed(e))
-            .filter_map(|e| e.key.rsplit_once('/').map(|(p, _)| p.to_owned()))
-            .filter(|p| !events.iter().any(|e| e.key == *p))
+            .filter(|(_, (before, after))| match after {
+                None => *before,
+                Some(new) => !*before || *new,
+            })
+            .filter_map(|(k, _)| k.rsplit_once('/').map(|(p, _)| p.to_owned()))
+            .filter(|p| !net.contains_key(p))
             .collect();
+        let mut touched = Vec::new();
         for p in parents {
             let Some(e) = self.data.get_mut(&p).filter(|e| e.meta.kind == Kind::Dir) else { continue };
             e.meta.mtime_ns = now;
@@ -295,8 +306,16 @@ impl State {
             e.meta.mod_revision = rev;
             e.meta.version += 1;
             let info = e.info(&p);
-            events.push(WatchEvent { kind: EventType::Put, key: p, revision: rev, entry: Some(info), prev: None });
+            events.push(WatchEvent {
+                kind: EventType::Put,
+                key: p.clone(),
+                revision: rev,
+                entry: Some(info),
+                prev: None,
+            });
+            touched.push(p);
         }
+        touched
     }
 }
 

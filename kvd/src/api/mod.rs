@@ -292,6 +292,7 @@ pub(crate) fn wire_response(r: &Response) -> TxnResponse {
             })
             .collect(),
         time_ns: r.time_ns,
+        touched: r.touched.clone(),
     }
 }
 

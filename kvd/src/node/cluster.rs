@@ -248,6 +248,9 @@ impl Node {
         if ops().any(|op| matches!(op, crate::types::Op::SetDedupWindow(_))) && !matches!(authority, Authority::Node) {
             return Err(ForwardError::Denied(Denied::forbidden("the request-id window is set by the leader only")));
         }
+        if ops().any(|op| matches!(op, crate::types::Op::SetRules(_))) && !matches!(authority, Authority::Node) {
+            return Err(ForwardError::Denied(Denied::forbidden("the rules of writes are set by the leader only")));
+        }
         if ops().any(|op| matches!(op, crate::types::Op::Writer(_))) {
             return Err(ForwardError::Denied(Denied::forbidden(
                 "the writer of a request is recorded by the leader only",

@@ -106,6 +106,16 @@ fn deleted_key(prefix: &str) -> Vec<u8> {
 /// Prefix of [`deleted_key`]s in the system area.
 pub(crate) const DELETED: &str = "deleted/";
 
+/// The system area's record of the rules writes are applied by
+/// (crate::txn::RULES), u32 BE; none: 0.
+pub(crate) const RULES_KEY: &[u8] = b"rules";
+
+/// The rules the store's writes are applied by, as last set by the log.
+pub(crate) fn rules(store: &Store) -> io::Result<u32> {
+    let v = store.sys.get(RULES_KEY).map_err(io_err)?;
+    Ok(v.and_then(|b| b.as_ref().try_into().ok()).map(u32::from_be_bytes).unwrap_or(0))
+}
+
 fn token_key(name: &str) -> Vec<u8> {
     [b"token/".as_slice(), name.as_bytes()].concat()
 }
@@ -175,6 +185,8 @@ pub struct SmReader {
     hook: std::sync::Mutex<Option<Hook>>,
     /// The dedup window as last applied, ms; for the proposer.
     dedup_window_ms: std::sync::atomic::AtomicU64,
+    /// The rules as last applied (crate::txn::RULES); for the proposer.
+    rules: std::sync::atomic::AtomicU32,
 }
 
 /// Points where a test may stop a snapshot build or load.
@@ -289,6 +301,11 @@ impl SmReader {
         self.dedup_window_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The rules this member last applied from the log (crate::txn::RULES).
+    pub fn rules(&self) -> u32 {
+        self.rules.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Every token, by the hash of its secret (as applied on this member).
     pub fn tokens(&self) -> Arc<TokenTable> {
         self.tokens.read().map(|t| t.clone()).unwrap_or_default()
@@ -322,6 +339,7 @@ impl SmReader {
             txn: txn::State {
                 revision: u64_of(m.get(REVISION).map_err(io_err)?),
                 dedup_window_ms: dedup::window_ms(&self.store)?,
+                rules: rules(&self.store)?,
             },
         })
     }
@@ -344,6 +362,7 @@ impl SmReader {
                 // every member keeps and prunes the same records.
                 let now_ns = reqs.iter().map(|r| r.now_ns).max().unwrap_or(0);
                 let window_before = st.txn.dedup_window_ms;
+                let rules_before = st.txn.rules;
                 // Responses to the entry's requests with an id, recorded with it.
                 let mut answered: HashMap<String, Response> = HashMap::new();
                 for req in reqs {
@@ -362,7 +381,7 @@ impl SmReader {
                                 succeeded: false,
                                 revision: st.txn.revision,
                                 outcomes: vec![Outcome::RequestIdExpired(first_ns)],
-                                time_ns: None,
+                                ..Response::default()
                             },
                             None => {
                                 let resp = txn::exec(&self.store, &mut changes, &mut st.txn, req)?;
@@ -377,6 +396,11 @@ impl SmReader {
                 }
                 for (id, response) in answered {
                     dedup::record(&self.store, &mut batch, now_ns, &id, response);
+                }
+                if st.txn.rules != rules_before {
+                    batch.insert(&self.store.sys, RULES_KEY, st.txn.rules.to_be_bytes());
+                    self.rules.store(st.txn.rules, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(rules = st.txn.rules, "the rules of writes changed");
                 }
                 if st.txn.dedup_window_ms != window_before {
                     dedup::set_window(&self.store, &mut batch, st.txn.dedup_window_ms);
@@ -461,6 +485,7 @@ impl StateMachine {
             #[cfg(test)]
             hook: Default::default(),
             dedup_window_ms: Default::default(),
+            rules: Default::default(),
         });
         let mut st = shared.apply_state()?;
         match std::fs::File::open(shared.current_snapshot_path()) {
@@ -478,6 +503,7 @@ impl StateMachine {
         shared.reload_tokens()?;
         shared.rev_tx.send_replace(st.txn.revision);
         shared.dedup_window_ms.store(st.txn.dedup_window_ms, std::sync::atomic::Ordering::Relaxed);
+        shared.rules.store(st.txn.rules, std::sync::atomic::Ordering::Relaxed);
         Ok(StateMachine { shared, st, receiving: None })
     }
 

@@ -93,7 +93,7 @@ impl SmReader {
             applied: header.meta.last_log_id,
             membership: header.meta.last_membership.clone(),
             compact: header.revision,
-            txn: txn::State { revision: header.revision, dedup_window_ms: dedup::DEFAULT_WINDOW_MS },
+            txn: txn::State { revision: header.revision, dedup_window_ms: dedup::DEFAULT_WINDOW_MS, rules: 0 },
         };
         // IMPORTANT: the applied id is written last, so a crash part-way leaves
         // `current.snap` ahead of it and the next start loads it again.
@@ -107,6 +107,8 @@ impl SmReader {
         // is in.
         st.txn.dedup_window_ms = dedup::window_ms(s)?;
         self.dedup_window_ms.store(st.txn.dedup_window_ms, std::sync::atomic::Ordering::Relaxed);
+        st.txn.rules = super::rules(s)?;
+        self.rules.store(st.txn.rules, std::sync::atomic::Ordering::Relaxed);
         self.reload_tokens()?;
         Ok(st)
     }
@@ -138,6 +140,11 @@ pub(crate) fn check_record(tag: u8, k: &[u8], v: &[u8]) -> io::Result<()> {
             let key = std::str::from_utf8(k).map_err(|_| bad("key is not UTF-8"))?;
             kv_client::validate_key(key).map_err(|e| bad(&format!("bad key {key:?}: {e}")))?;
             decode::<StoredEntry>(v).map_err(|_| bad(&format!("entry of {key:?} does not decode")))?;
+        }
+        TAG_SYS if k == super::RULES_KEY => {
+            if v.len() != 4 {
+                return Err(bad("the rules record is not a u32"));
+            }
         }
         TAG_SYS if k.starts_with(DELETED.as_bytes()) => {
             if v.len() != 8 {

@@ -891,7 +891,7 @@ impl Core {
             };
             let Some(node) = node else { return Ok(vec![]) };
             if node.local {
-                break (path, node, crate::cluster::Written { revision: 0, time_ns: None }, opts.clone());
+                break (path, node, crate::cluster::Written::default(), opts.clone());
             }
             let mut o = opts.clone();
             if guarded {
@@ -955,6 +955,8 @@ impl Core {
         };
         let wait = {
             let mut s = self.state_mut()?;
+            // (a first version makes its name in its directory)
+            self.show_touched(&mut s, &written);
             let here = s
                 .inodes
                 .get(ino)
@@ -978,10 +980,6 @@ impl Core {
                 if !in_place {
                     // The name's inode keeps the version it showed.
                     s.inodes.detach(&path, old, false);
-                }
-                if node.provisional {
-                    // (its first version made it in its directory)
-                    names::touch_dir(&mut s, crate::tree::split(&path).0, Some(written));
                 }
             } else if node.provisional {
                 // The watch brought this very write first, and detached the

@@ -12,20 +12,36 @@ use crate::cluster::Written;
 use crate::handles::{Caller, Handle, Io, Writer, CAP_CHOWN, CAP_FOWNER};
 use crate::tree::{split, TreeNode};
 
-/// Shows a change of directory `dir`'s entries made here at once, as the
-/// cluster's write makes it (kvd's txn::touch_parents): its mtime and ctime
-/// become the write's time (without one, now), and with the write's
-/// revision, the directory's revision is that one: a compare on it (a
-/// rename of the directory) holds before the watch brings it. The kernel
-/// asks for the directory's attributes again after a change of its entries.
-pub(super) fn touch_dir(s: &mut super::State, dir: &str, written: Option<Written>) {
+/// Shows at once a change of directory `dir`'s entries made here that the
+/// cluster has not written yet (a file created here, published at its
+/// close): its mtime and ctime become now. Its revision stays: the
+/// cluster's write of it brings its own ([`Core::show_touched`]).
+pub(super) fn touch_dir_now(s: &mut super::State, dir: &str) {
     if let Some(n) = s.tree.get_mut(dir).filter(|n| n.meta.kind == Kind::Dir && !n.local && !n.provisional) {
-        let t = written.and_then(|w| w.time_ns).unwrap_or_else(now_ns);
+        let t = now_ns();
         n.meta.mtime_ns = t;
         n.meta.ctime_ns = Some(t);
-        if let Some(w) = written.filter(|w| w.revision > n.meta.mod_revision) {
-            n.meta.mod_revision = w.revision;
-            n.meta.version += 1;
+    }
+}
+
+impl Core {
+    /// Shows at once what a write made here did to the directories it
+    /// changed besides its keys (`w.touched`, kvd's txn::touch_parents):
+    /// each takes the write's time as its mtime and ctime, and its
+    /// revision, unless the mount already holds a newer version of it. A
+    /// compare on the directory (a rename of it) then holds before the
+    /// watch brings that version, which it then finds already here.
+    pub(super) fn show_touched(&self, s: &mut super::State, w: &Written) {
+        let Some(t) = w.time_ns else { return };
+        for key in &w.touched {
+            let Some(path) = self.path_of(key) else { continue };
+            let Some(n) = s.tree.get_mut(&path) else { continue };
+            if n.meta.kind == Kind::Dir && !n.local && !n.provisional && n.meta.mod_revision < w.revision {
+                n.meta.mtime_ns = t;
+                n.meta.ctime_ns = Some(t);
+                n.meta.mod_revision = w.revision;
+                n.meta.version += 1;
+            }
         }
     }
 }
@@ -155,12 +171,12 @@ impl Core {
                 return Err(CREATED_ELSEWHERE);
             }
             let mut meta = meta;
-            if let Some(w) = created {
+            if let Some(w) = &created {
                 (meta.create_revision, meta.mod_revision, meta.version) = (w.revision, w.revision, 1);
                 written_at(&mut meta, w.time_ns, true);
                 meta.atime_ns = meta.ctime_ns;
             }
-            match created.map(|w| w.revision) {
+            match created.as_ref().map(|w| w.revision) {
                 Some(rev) if s.tree.knows_newer(&path, rev) => {
                     // The watch brought the empty file first (then it is
                     // attached as it came), or someone else's version
@@ -172,8 +188,10 @@ impl Core {
                 _ => {
                     let provisional = created.is_none() && !local;
                     s.tree.insert(path.clone(), TreeNode { meta, value: Arc::default(), local, provisional });
-                    if !local {
-                        touch_dir(&mut s, split(&path).0, created);
+                    match &created {
+                        Some(w) => self.show_touched(&mut s, w),
+                        None if !local => touch_dir_now(&mut s, split(&path).0),
+                        None => {}
                     }
                 }
             }
@@ -184,7 +202,7 @@ impl Core {
             s.inodes.looked_up(ino);
             attr
         };
-        let mut w = Writer::new(Vec::new(), created.is_none(), created.map_or(0, |w| w.revision));
+        let mut w = Writer::new(Vec::new(), created.is_none(), created.as_ref().map_or(0, |w| w.revision));
         // Created: replaces whatever the name holds, for the handle's life.
         w.replace = true;
         w.append = flags & libc::O_APPEND != 0;
@@ -274,8 +292,8 @@ impl Core {
                     path.clone(),
                     TreeNode { meta: m, value: Arc::new(value), local: false, provisional: false },
                 );
-                touch_dir(&mut s, split(&path).0, Some(w));
             }
+            self.show_touched(&mut s, &w);
         }
         self.changed();
         self.entry(&path)
@@ -450,39 +468,49 @@ impl Core {
         }
         self.writable()?;
         let key = self.key(&path);
-        // NOTE: a put of attributes alone keeps what it does not give. A
-        // directory has no content and no writers, and the cluster changes
-        // its revision with its entries (kvd's txn::touch_parents): it only
-        // has to still exist. A file's revision guards the writers rebased
-        // below.
-        let compare = match &node {
-            Some(n) if n.meta.kind == Kind::Dir => vec![Compare::key_exists(key.clone(), true)],
-            Some(n) => vec![Compare::key_at(key.clone(), n.meta.mod_revision)],
-            None => vec![],
-        };
-        let txn = TxnRequest {
-            compare,
-            success: vec![TxnOp::Put {
-                key,
-                value: None,
-                value_base64: None,
-                // An implied directory becomes an explicit one to hold them.
-                kind: node.is_none().then_some(kind),
-                mode,
-                uid: a.uid,
-                gid: a.gid,
-                mtime_ns: a.mtime,
-                atime_ns: a.atime,
-            }],
-            failure: vec![],
-        };
-        let resp = self.commits.count(self.cluster.txn(&txn).map_err(|f| f.errno(Errno::EIO)).and_then(|r| {
-            if r.succeeded {
-                Ok(r)
-            } else {
-                Err(Errno::EIO)
+        let deadline = std::time::Instant::now() + super::CATCH_UP_WAIT;
+        let mut node = node;
+        let resp = loop {
+            let compare =
+                node.as_ref().map(|n| vec![Compare::key_at(key.clone(), n.meta.mod_revision)]).unwrap_or_default();
+            let txn = TxnRequest {
+                compare,
+                success: vec![TxnOp::Put {
+                    key: key.clone(),
+                    value: None,
+                    value_base64: None,
+                    // An implied directory becomes an explicit one to hold them.
+                    kind: node.is_none().then_some(kind),
+                    mode,
+                    uid: a.uid,
+                    gid: a.gid,
+                    mtime_ns: a.mtime,
+                    atime_ns: a.atime,
+                }],
+                failure: vec![],
+            };
+            let seen = match self.cluster.txn(&txn) {
+                Ok(r) if r.succeeded => break self.commits.count(Ok(r))?,
+                Ok(_) => node.clone(),
+                Err(f) => return self.commits.count(Err(f.errno(Errno::EIO))),
+            };
+            // NOTE: a directory's revision moves with its entries (kvd's
+            // txn::touch_parents), made elsewhere too: the same directory
+            // at a newer revision is changed once the watch brought it. A
+            // file's revision guards its writers (rebased below), and
+            // another entry under the name was not the one checked.
+            let again = match &seen {
+                Some(n) if n.meta.kind == Kind::Dir && self.wait_for_newer(&path, n, deadline) => self
+                    .attached(ino)?
+                    .1
+                    .filter(|f| f.meta.kind == Kind::Dir && f.meta.create_revision == n.meta.create_revision),
+                _ => None,
+            };
+            match again {
+                Some(fresh) => node = Some(fresh),
+                None => return self.commits.count(Err(Errno::EIO)),
             }
-        }))?;
+        };
         let old_rev = node.as_ref().map(|n| n.meta.mod_revision).unwrap_or(0);
         let before = node.as_ref().map(|n| n.meta.clone());
         let mut n = node.unwrap_or_else(|| TreeNode {
@@ -501,6 +529,9 @@ impl Core {
             if !s.tree.knows_newer(&path, resp.revision) {
                 s.tree.insert(path.clone(), n);
             }
+            // (an implied directory made explicit is a new entry in its
+            // parent)
+            self.show_touched(&mut s, &Written::of(&resp));
         }
         // The content did not change: writers of it go on editing it, and
         // a time set after their last write stays (`cp -p` sets it through
@@ -597,6 +628,13 @@ impl Core {
     /// unlink, rmdir.
     pub fn unlink(&self, parent: u64, name: &std::ffi::OsStr, dir: bool) -> Result<(), Errno> {
         let path = self.child(parent, name)?;
+        // IMPORTANT: not while a commit of the file is under way: a created
+        // file's first commit (at RELEASE, after close(2) has returned)
+        // would publish it after this removed it here only, and the name
+        // would come back.
+        let versions = self.state()?.inodes.versions_of(&path);
+        let locks = self.writer_locks(versions.iter().copied())?;
+        let _held = locks.iter().map(|l| l.lock().map_err(|_| Errno::EIO)).collect::<Result<Vec<_>, _>>()?;
         let (node, kind, children) = {
             let s = self.state()?;
             (s.tree.get(&path).cloned(), s.tree.kind(&path).ok_or(Errno::ENOENT)?, s.tree.has_children(&path))
@@ -613,7 +651,7 @@ impl Core {
         // IMPORTANT: never over what the watch brought after the delete (the
         // name created again elsewhere), nor over a file the cluster's
         // version replaced while this one was only here.
-        let removed = match deleted {
+        let removed = match &deleted {
             Some(Some(w)) if !s.tree.knows_newer(&path, w.revision) => s.tree.remove_at(&path, w.revision).is_some(),
             Some(Some(_)) => false,
             Some(None) => s.tree.remove(&path).is_some(),
@@ -622,9 +660,9 @@ impl Core {
         };
         if removed {
             s.inodes.detach(&path, Some(node), true);
-            if let Some(Some(w)) = deleted {
-                touch_dir(&mut s, split(&path).0, Some(w));
-            }
+        }
+        if let Some(Some(w)) = &deleted {
+            self.show_touched(&mut s, w);
         }
         drop(s);
         self.changed();

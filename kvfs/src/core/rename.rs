@@ -3,7 +3,7 @@
 use fuser::Errno;
 use kv_client::{Compare, Kind, TxnOp, TxnRequest};
 
-use super::names::{put_op, touch_dir, written_at};
+use super::names::{put_op, written_at};
 use super::Core;
 use crate::tree::{split, TreeNode};
 
@@ -172,9 +172,7 @@ impl Core {
                     s.tree.insert(p, n);
                 }
             }
-            for dir in [split(&src).0, split(&dst).0] {
-                touch_dir(&mut s, dir, Some(crate::cluster::Written::of(&resp)));
-            }
+            self.show_touched(&mut s, &crate::cluster::Written::of(&resp));
             // IMPORTANT: the replaced target's inodes are detached, not
             // forgotten: a reader holding the old file goes on reading it (a
             // file created here and not committed yet included).
@@ -243,21 +241,13 @@ impl Core {
             None
         };
         let mut s = self.state_mut()?;
-        match deleted {
+        match &deleted {
             Some(Some(w)) => s.tree.remove_at(src, w.revision),
             _ => s.tree.remove(src),
         };
         let old_dst = s.tree.get(dst).cloned();
-        if let Some(Some(w)) = deleted {
-            if dst_local {
-                // (a file moved to a scratch name: only its old name's
-                // directory changed in the cluster)
-                touch_dir(&mut s, split(src).0, Some(w));
-            }
-        }
-        if put.is_some() && old_dst.as_ref().is_none_or(|o| o.local || o.provisional) {
-            // (a scratch file's content published under a new name)
-            touch_dir(&mut s, split(dst).0, put);
+        for w in put.iter().chain(deleted.iter().flatten()) {
+            self.show_touched(&mut s, w);
         }
         s.tree.insert(dst.to_owned(), n);
         s.inodes.detach(dst, old_dst, true);

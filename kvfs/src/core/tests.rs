@@ -758,3 +758,34 @@ fn a_device_number_goes_to_the_kernel_and_back_unchanged() {
     }
     assert_eq!(kind_of_mode(libc::S_IFDIR | 0o755), None);
 }
+
+#[test]
+fn an_unlink_while_a_created_file_s_first_version_is_published_removes_it_in_the_cluster() {
+    // `touch f; rm f` where the kernel's RELEASE of the touch (after
+    // close(2) returned) publishes the empty file while rm runs.
+    let fake = fake();
+    let hooked = Hooked::new(fake.clone());
+    let a = mount(hooked.clone());
+    let (_, fh) = a.create("f", 0).expect("create");
+    // Right after the put of the first version, before the mount took it
+    // in: the unlink, given up to a second to finish first.
+    let core = a.core.clone();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let unlinker = Arc::new(Mutex::new(None));
+    let slot = unlinker.clone();
+    *hooked.after_put.lock().expect("hook") = Some(Box::new(move || {
+        let t = std::thread::spawn(move || {
+            let r = core.unlink(ROOT, OsStr::new("f"), false);
+            let _ = done_tx.send(());
+            r
+        });
+        let _ = done_rx.recv_timeout(Duration::from_secs(1));
+        *slot.lock().expect("slot") = Some(t);
+    }));
+    a.core.release(fh);
+    let t = unlinker.lock().expect("slot").take().expect("the hook ran");
+    assert_eq!(t.join().expect("unlink"), Ok(()));
+    assert_eq!(stored(&fake, "f"), None, "the name came back in the cluster");
+    catch_up(&a.core, &fake);
+    assert_eq!(a.ino("f"), Err(Errno::ENOENT));
+}

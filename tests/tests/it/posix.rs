@@ -84,6 +84,7 @@ const PUBLISHED_AT_RELEASE: &[&str] = &[
     "open::open_trunc",
     "rename::preserve_metadata_symlink",
     "rename::unchanged_ctime_failed::regular",
+    "truncate::shrink_not_empty",
     "truncate::unchanged_ctime_failed",
 ];
 
