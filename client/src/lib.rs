@@ -34,6 +34,6 @@ pub use reqwest::Method;
 pub use types::{
     decode_value, device_number, device_value, header, AddMember, Attrs, ClusterInfo, Compare, EntryInfo, ErrorBody,
     EventType, HistoryResponse, KeyVersion, Kind, Limits, ListResponse, MemberInfo, Meta, NodeStatus, OpResult,
-    TransferLeader, TxnOp, TxnRequest, TxnResponse, WatchEvent, MAX_MAJOR, MAX_MINOR,
+    Touched, TransferLeader, TxnOp, TxnRequest, TxnResponse, WatchEvent, MAX_MAJOR, MAX_MINOR,
 };
 pub use watch::{Resuming, Watch, WatchMessage};

@@ -500,7 +500,18 @@ pub struct TxnResponse {
     /// key was made in or removed from, given its time as their mtime and
     /// ctime, in its revision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub touched: Vec<String>,
+    pub touched: Vec<Touched>,
+}
+
+/// A directory entry a transaction wrote besides the keys it named
+/// ([`TxnResponse::touched`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Touched {
+    /// Its full key.
+    pub key: String,
+    /// The revision it had before: a copy of it at that revision became
+    /// the transaction's.
+    pub mod_revision_before: u64,
 }
 
 /// Kind of a watch event.

@@ -197,6 +197,17 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
                 outcomes.push(Outcome::Token(name.clone(), exists));
             }
             Op::SetDedupWindow(ms) => st.dedup_window_ms = (*ms).clamp(dedup::MIN_WINDOW_MS, dedup::MAX_WINDOW_MS),
+            // IMPORTANT: rules this kvd does not know are not applied by the
+            // ones it knows: a log written by a newer kvd stops it.
+            Op::SetRules(r) if *r > RULES => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the log sets rules of writes {r}, newer than this kvd applies ({RULES}): it was written by \
+                         a newer kvd; upgrade this member"
+                    ),
+                ))
+            }
             Op::SetRules(r) => st.rules = st.rules.max(*r),
             Op::Writer(w) => writer = Some(w.clone()),
         }
@@ -222,14 +233,15 @@ pub(crate) fn exec(view: &impl ReadView, changes: &mut Changes, st: &mut State, 
 /// write of the directory in the same revision, after the writes of its
 /// entries. Not for a directory the request wrote itself (one made or moved
 /// with its entries), nor for one that is only implied by the keys below it
-/// (it has no entry to hold times). Returns the directories written.
+/// (it has no entry to hold times). Returns the directories written, each
+/// with the revision it had before.
 fn touch_parents(
     view: &impl ReadView,
     changes: &mut Changes,
     written: &mut Vec<(String, Option<StoredEntry>, Prev)>,
     rev: u64,
     now_ns: i64,
-) -> io::Result<Vec<String>> {
+) -> io::Result<Vec<(String, u64)>> {
     // Whether each key written existed before the request, and whether it
     // is a new entry after it (absent: none).
     let mut net: BTreeMap<String, (bool, Option<bool>)> = BTreeMap::new();
@@ -257,8 +269,8 @@ fn touch_parents(
             ..before.clone()
         };
         changes.entries.insert(parent.clone(), Some(after.clone()));
-        written.push((parent.clone(), Some(after), Prev::Entry(before)));
-        touched.push(parent);
+        touched.push((parent.clone(), before.mod_revision));
+        written.push((parent, Some(after), Prev::Entry(before)));
     }
     Ok(touched)
 }
@@ -460,7 +472,7 @@ mod tests {
         assert_eq!((d(&view).mod_revision, d(&view).mtime_ns), (1, NOW));
         // Made in it: d is written in the same revision, after its entry.
         let (out, changes) = run(&view, &mut st, &[at(NOW + 1, vec![put("d/f", "1")])]);
-        assert_eq!(out[0].touched, ["d"]);
+        assert_eq!(out[0].touched, [("d".to_owned(), 1)], "d, and the revision it had");
         let events: Vec<&str> = changes.events.iter().map(|(_, _, e)| e.key.as_str()).collect();
         assert_eq!(events, ["d/f", "d"]);
         view.commit(changes);
@@ -473,7 +485,7 @@ mod tests {
         entry(&mut view, &mut st, &[at(NOW + 3, vec![put("e/x", "old")])]);
         let out =
             entry(&mut view, &mut st, &[at(NOW + 4, vec![del("d/f", false), del("e/x", false), put("e/x", "2")])]);
-        assert_eq!(out[0].touched, ["d", "e"]);
+        assert_eq!(names(&out[0]), ["d", "e"]);
         assert_eq!((d(&view).mtime_ns, get(&view, "e").expect("e").ctime_ns), (NOW + 4, NOW + 4));
         // A directory made with its entries, or implied: not written again.
         let out = entry(&mut view, &mut st, &[at(NOW + 5, vec![put_attrs("n", None, dir()), put("n/a", "1")])]);
@@ -482,13 +494,19 @@ mod tests {
         assert!(out[0].touched.is_empty());
         // A recursive delete writes the directory above it, not those it removes.
         let out = entry(&mut view, &mut st, &[at(NOW + 7, vec![put_attrs("d/s", None, dir()), put("d/s/t", "1")])]);
-        assert_eq!(out[0].touched, ["d"]);
+        assert_eq!(names(&out[0]), ["d"]);
         let out = entry(&mut view, &mut st, &[at(NOW + 8, vec![del("d/s", true)])]);
-        assert_eq!((out[0].touched.clone(), d(&view).mtime_ns), (vec!["d".to_owned()], NOW + 8));
+        assert_eq!((names(&out[0]), d(&view).mtime_ns), (vec!["d"], NOW + 8));
     }
 
     #[test]
     fn the_rules_of_writes_come_from_the_log_and_never_go_down() {
+        // Rules this kvd does not know stop it.
+        let mut st = State { revision: 0, dedup_window_ms: dedup::DEFAULT_WINDOW_MS, rules: 0 };
+        let e = exec(&MemView::default(), &mut Changes::default(), &mut st, &only(vec![Op::SetRules(RULES + 1)]))
+            .expect_err("newer rules");
+        assert!(e.to_string().contains("newer than this kvd applies"), "{e}");
+        assert_eq!(st.rules, 0);
         // Before the log sets rules 1, writes are applied as before them.
         let mut view = MemView::default();
         let mut st = State { revision: 0, dedup_window_ms: dedup::DEFAULT_WINDOW_MS, rules: 0 };
@@ -505,8 +523,12 @@ mod tests {
         entry(&mut view, &mut st, &[only(vec![Op::SetRules(0)])]);
         assert_eq!(st.rules, 1, "never lowered");
         let out = entry(&mut view, &mut st, &[at(NOW + 2, vec![put("d/h", "1"), put_attrs("d/f", None, mode)])]);
-        assert_eq!(out[0].touched, ["d"]);
+        assert_eq!(names(&out[0]), ["d"]);
         assert_eq!(get(&view, "d/f").expect("f").mtime_ns, NOW + 1, "an attributes-only put keeps the mtime");
+    }
+
+    fn names(r: &Response) -> Vec<&str> {
+        r.touched.iter().map(|(k, _)| k.as_str()).collect()
     }
 
     #[test]

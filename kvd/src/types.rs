@@ -236,9 +236,10 @@ pub struct Response {
     /// what it put (kept with the dedup record, so a retry is answered the
     /// same).
     pub time_ns: Option<i64>,
-    /// The directory entries the request wrote besides the keys it named:
-    /// those a key was made in or removed from (crate::txn).
-    pub touched: Vec<String>,
+    /// The directory entries the request wrote besides the keys it named
+    /// (those a key was made in or removed from, crate::txn), each with the
+    /// revision it had before.
+    pub touched: Vec<(String, u64)>,
 }
 
 impl Serialize for Response {

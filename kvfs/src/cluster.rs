@@ -118,8 +118,9 @@ pub struct Written {
     pub revision: u64,
     /// Its time, ns since the epoch.
     pub time_ns: Option<i64>,
-    /// Full keys of the directories it gave its time (and revision).
-    pub touched: Vec<String>,
+    /// The directories it gave its time and revision, by full key, with the
+    /// revision each had before.
+    pub touched: Vec<kv_client::Touched>,
 }
 
 impl Written {

@@ -278,8 +278,8 @@ impl State {
     /// kvd's touch of the directory entries a transaction made or removed
     /// keys in (txn::touch_parents): their mtime and ctime are its time, in
     /// the same revision (not for a directory it wrote itself). Returns
-    /// them.
-    fn touch_parents(&mut self, events: &mut Vec<WatchEvent>, rev: u64, now: i64) -> Vec<String> {
+    /// them, with the revision each had before.
+    fn touch_parents(&mut self, events: &mut Vec<WatchEvent>, rev: u64, now: i64) -> Vec<kv_client::Touched> {
         // Whether each key written existed before the transaction, and
         // whether it is a new entry after it (absent: none).
         let mut net: BTreeMap<String, (bool, Option<bool>)> = BTreeMap::new();
@@ -301,6 +301,7 @@ impl State {
         let mut touched = Vec::new();
         for p in parents {
             let Some(e) = self.data.get_mut(&p).filter(|e| e.meta.kind == Kind::Dir) else { continue };
+            let before = e.meta.mod_revision;
             e.meta.mtime_ns = now;
             e.meta.ctime_ns = Some(now);
             e.meta.mod_revision = rev;
@@ -313,7 +314,7 @@ impl State {
                 entry: Some(info),
                 prev: None,
             });
-            touched.push(p);
+            touched.push(kv_client::Touched { key: p, mod_revision_before: before });
         }
         touched
     }

@@ -292,7 +292,11 @@ pub(crate) fn wire_response(r: &Response) -> TxnResponse {
             })
             .collect(),
         time_ns: r.time_ns,
-        touched: r.touched.clone(),
+        touched: r
+            .touched
+            .iter()
+            .map(|(key, before)| kv_client::Touched { key: key.clone(), mod_revision_before: *before })
+            .collect(),
     }
 }
 

@@ -27,16 +27,22 @@ pub(super) fn touch_dir_now(s: &mut super::State, dir: &str) {
 impl Core {
     /// Shows at once what a write made here did to the directories it
     /// changed besides its keys (`w.touched`, kvd's txn::touch_parents):
-    /// each takes the write's time as its mtime and ctime, and its
-    /// revision, unless the mount already holds a newer version of it. A
+    /// each that the mount holds at exactly the revision the write changed
+    /// takes the write's time as its mtime and ctime, and its revision. A
     /// compare on the directory (a rename of it) then holds before the
     /// watch brings that version, which it then finds already here.
+    ///
+    /// IMPORTANT: only at exactly that revision: a version in between,
+    /// which the watch has not brought, may hold an entry made elsewhere
+    /// that a rename of the directory, compared on the later revision,
+    /// would delete unseen.
     pub(super) fn show_touched(&self, s: &mut super::State, w: &Written) {
         let Some(t) = w.time_ns else { return };
-        for key in &w.touched {
-            let Some(path) = self.path_of(key) else { continue };
+        for touched in &w.touched {
+            let Some(path) = self.path_of(&touched.key) else { continue };
             let Some(n) = s.tree.get_mut(&path) else { continue };
-            if n.meta.kind == Kind::Dir && !n.local && !n.provisional && n.meta.mod_revision < w.revision {
+            let at = n.meta.mod_revision == touched.mod_revision_before;
+            if n.meta.kind == Kind::Dir && !n.local && !n.provisional && at {
                 n.meta.mtime_ns = t;
                 n.meta.ctime_ns = Some(t);
                 n.meta.mod_revision = w.revision;
@@ -499,11 +505,15 @@ impl Core {
             // at a newer revision is changed once the watch brought it. A
             // file's revision guards its writers (rebased below), and
             // another entry under the name was not the one checked.
+            let in_time = std::time::Instant::now() < deadline;
             let again = match &seen {
-                Some(n) if n.meta.kind == Kind::Dir && self.wait_for_newer(&path, n, deadline) => self
-                    .attached(ino)?
-                    .1
-                    .filter(|f| f.meta.kind == Kind::Dir && f.meta.create_revision == n.meta.create_revision),
+                Some(n) if n.meta.kind == Kind::Dir && in_time && self.wait_for_newer(&path, n, deadline) => {
+                    match self.attached(ino) {
+                        Ok((_, fresh, _)) => fresh
+                            .filter(|f| f.meta.kind == Kind::Dir && f.meta.create_revision == n.meta.create_revision),
+                        Err(e) => return self.commits.count(Err(e)),
+                    }
+                }
                 _ => None,
             };
             match again {
@@ -523,6 +533,10 @@ impl Core {
         written_at(&mut n.meta, resp.time_ns, false);
         n.meta.mod_revision = resp.revision;
         n.meta.version += 1;
+        if n.meta.create_revision == 0 {
+            // (an implied directory's first entry)
+            n.meta.create_revision = resp.revision;
+        }
         let after = n.meta.clone();
         {
             let mut s = self.state_mut()?;

@@ -789,3 +789,29 @@ fn an_unlink_while_a_created_file_s_first_version_is_published_removes_it_in_the
     catch_up(&a.core, &fake);
     assert_eq!(a.ino("f"), Err(Errno::ENOENT));
 }
+
+#[test]
+fn a_directory_takes_the_revision_of_this_mount_s_write_only_from_the_version_it_holds() {
+    let fake = fake();
+    let a = mount(fake.clone());
+    let d = a.core.new_child(ROOT, OsStr::new("d"), kv_client::Kind::Dir, 0o755, Vec::new(), (0, 0)).expect("mkdir");
+    let d = d.ino.0;
+    // A name made in d here: d takes this write's time and revision at once.
+    let f = a.core.new_child(d, OsStr::new("f"), kv_client::Kind::Dir, 0o755, Vec::new(), (0, 0)).expect("mkdir f");
+    let stored = |k: &str| fake.get(&key(k)).expect("stored").meta;
+    let shown = a.core.getattr(d).expect("getattr");
+    assert_eq!(shown.mtime, kv_client::clock::system_time(stored("d").mtime_ns), "the cluster's time, at once");
+    assert_eq!(stored("d").mod_revision, stored("d/f").mod_revision);
+    assert!(f.ino.0 != d);
+    // A name made in d elsewhere, which this mount has not seen yet: the
+    // next write here must not take d past it, or a rename of d, compared
+    // on d's revision, would delete d/g unseen.
+    put(&fake, "d/g", "theirs");
+    a.core.new_child(d, OsStr::new("h"), kv_client::Kind::Dir, 0o755, Vec::new(), (0, 0)).expect("mkdir h");
+    let moved = a.core.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new("e"), RenameMode::default());
+    assert_eq!(moved, Err(Errno::EIO), "a rename over an unseen version of d");
+    assert!(fake.get(&key("d/g")).is_some(), "d/g was deleted unseen");
+    catch_up(&a.core, &fake);
+    a.core.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new("e"), RenameMode::default()).expect("rename once seen");
+    assert_eq!(stored("e/g").size, 6, "moved with the rest");
+}

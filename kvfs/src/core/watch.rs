@@ -301,11 +301,15 @@ impl Core {
                 .remote_entries()
                 .filter(|(p, n)| !fresh.contains_key(*p) && (all || n.meta.mod_revision <= cursor))
                 .map(|(p, _)| (p.clone(), None));
+            // (the listing's copy of a version this mount wrote, with the
+            // cluster's own attributes, is taken: see `incoming`)
             let put = fresh
                 .iter()
                 .filter(|(p, n)| {
-                    !(s.tree.get(p).is_some_and(|o| o.local || o.provisional || o == *n)
-                        || s.tree.has_newer(p, n.meta.mod_revision))
+                    let here = s.tree.get(p);
+                    let own = here.is_some_and(|o| o.meta.mod_revision == n.meta.mod_revision && o.same_content(n));
+                    !(here.is_some_and(|o| o.local || o.provisional || o == *n)
+                        || (s.tree.has_newer(p, n.meta.mod_revision) && !own))
                 })
                 .map(|(p, n)| (p.clone(), Some(n.clone())));
             gone.chain(put).collect()
