@@ -1037,9 +1037,15 @@ impl Core {
     fn commit_all(&self, ino: u64) -> Result<(), Errno> {
         let fhs: Vec<u64> = self.handles()?.writers_on(ino).filter(|(_, w)| w.dirty).map(|(f, _)| f).collect();
         for fh in fhs {
-            // NOTE: not waited for: the rename that asks holds the directory.
-            let inval = self.commit(fh)?;
-            self.invalidate(inval);
+            match self.commit(fh) {
+                // NOTE: not waited for: the rename that asks holds the
+                // directory.
+                Ok(inval) => self.invalidate(inval),
+                // Its RELEASE came meanwhile (the commit lock serializes
+                // the two), and published it or let it go.
+                Err(Errno::EBADF) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

@@ -815,3 +815,32 @@ fn a_directory_takes_the_revision_of_this_mount_s_write_only_from_the_version_it
     a.core.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new("e"), RenameMode::default()).expect("rename once seen");
     assert_eq!(stored("e/g").size, 6, "moved with the rest");
 }
+
+#[test]
+fn a_rename_while_a_created_file_s_first_version_is_published_moves_it() {
+    // `touch f; mv f g` where the kernel's RELEASE of the touch (after
+    // close(2) returned) publishes the empty file while mv runs.
+    let fake = fake();
+    let hooked = Hooked::new(fake.clone());
+    let a = mount(hooked.clone());
+    let (_, fh) = a.create("f", 0).expect("create");
+    // Right after the put of the first version, before the handle is gone:
+    // the rename, given up to a second to finish first.
+    let core = a.core.clone();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let renamer = Arc::new(Mutex::new(None));
+    let slot = renamer.clone();
+    *hooked.after_put.lock().expect("hook") = Some(Box::new(move || {
+        let t = std::thread::spawn(move || {
+            let r = core.rename(ROOT, OsStr::new("f"), ROOT, OsStr::new("g"), RenameMode::default());
+            let _ = done_tx.send(());
+            r
+        });
+        let _ = done_rx.recv_timeout(Duration::from_secs(1));
+        *slot.lock().expect("slot") = Some(t);
+    }));
+    a.core.release(fh);
+    let t = renamer.lock().expect("slot").take().expect("the hook ran");
+    assert_eq!(t.join().expect("rename"), Ok(()));
+    assert_eq!((stored(&fake, "f"), stored(&fake, "g")), (None, Some(Vec::new())));
+}

@@ -88,11 +88,10 @@ const PUBLISHED_AT_RELEASE: &[&str] = &[
     "truncate::unchanged_ctime_failed",
 ];
 
-/// Open work, not understood yet (may pass or fail): renaming a file out of
-/// a directory by a user who may write it (it fails every run), and a
-/// user's `O_CREAT` in a directory root just made mode 0777, which failed
-/// with `EACCES` about once in 20 runs and never in 200 by hand.
-const NOT_YET: &[&str] = &["ftruncate::affected_create_flags_only", "rename::write_access_required_subdir"];
+/// Open work, not understood yet (may pass or fail): a user's `O_CREAT` in
+/// a directory root just made mode 0777, which failed with `EACCES` about
+/// once in 20 runs and never in 200 by hand.
+const NOT_YET: &[&str] = &["ftruncate::affected_create_flags_only"];
 
 /// The suite's outcomes by test name, from its output (`NAME  ok`,
 /// `NAME  FAILED`, `NAME  skipped`).
