@@ -1,6 +1,5 @@
 //! POSIX fidelity measured by pjdfstest (the Rust rewrite, 0.2.2) against a
-//! real mount: every test outside kvfs's named deviations and the open
-//! work below must pass.
+//! real mount: every test outside kvfs's named deviations below must pass.
 //!
 //! tests/run.sh installs the suite's binary (tests/pjdfstest.sh); without it
 //! this test fails and says how to install it.
@@ -88,11 +87,6 @@ const PUBLISHED_AT_RELEASE: &[&str] = &[
     "truncate::unchanged_ctime_failed",
 ];
 
-/// Open work, not understood yet (may pass or fail): a user's `O_CREAT` in
-/// a directory root just made mode 0777, which failed with `EACCES` about
-/// once in 20 runs and never in 200 by hand.
-const NOT_YET: &[&str] = &["ftruncate::affected_create_flags_only"];
-
 /// The suite's outcomes by test name, from its output (`NAME  ok`,
 /// `NAME  FAILED`, `NAME  skipped`).
 fn outcomes(out: &str) -> BTreeMap<String, String> {
@@ -145,9 +139,8 @@ fn pjdfstest_fails_only_where_kvfs_says_it_differs() {
     let summary = text.lines().find(|l| l.starts_with("Summary:")).unwrap_or_default();
     assert!(got.len() >= 398 && summary.contains("398 total"), "the suite did not run whole: {summary}\n{text}");
     let failed: Vec<&str> = got.iter().filter(|(_, o)| *o == "FAILED").map(|(n, _)| n.as_str()).collect();
-    let named = |n: &str| {
-        [HARD_LINKS, VALUE_LIMIT, PUBLISHED_AT_CLOSE, PUBLISHED_AT_RELEASE, NOT_YET].iter().any(|l| l.contains(&n))
-    };
+    let named =
+        |n: &str| [HARD_LINKS, VALUE_LIMIT, PUBLISHED_AT_CLOSE, PUBLISHED_AT_RELEASE].iter().any(|l| l.contains(&n));
     let unexpected: Vec<&&str> = failed.iter().filter(|n| !named(n)).collect();
     let detail = |n: &str| {
         let at = text.find(&format!("{n} ")).unwrap_or(0);
@@ -168,14 +161,12 @@ fn pjdfstest_fails_only_where_kvfs_says_it_differs() {
     let failed_of = |l: &[&str]| l.iter().filter(|n| got.get(**n).map(String::as_str) == Some("FAILED")).count();
     eprintln!(
         "pjdfstest on kvfs: {summary} ({passed} passed; hard links {}, value limit {}, published at close {}, \
-         published at release {} of {}, not yet {} of {} failed)",
+         published at release {} of {} failed)",
         HARD_LINKS.len(),
         VALUE_LIMIT.len(),
         PUBLISHED_AT_CLOSE.len(),
         failed_of(PUBLISHED_AT_RELEASE),
-        PUBLISHED_AT_RELEASE.len(),
-        failed_of(NOT_YET),
-        NOT_YET.len()
+        PUBLISHED_AT_RELEASE.len()
     );
 }
 
