@@ -78,6 +78,35 @@ pub fn key_in_prefix(key: &str, prefix: &str) -> bool {
         || (key.starts_with(prefix) && (key.len() == prefix.len() || key.as_bytes()[prefix.len()] == b'/'))
 }
 
+/// One key's change within a write, for [`dirs_changed`]: the key, whether
+/// it existed before this change, and after it `None` (deleted) or whether
+/// it is a new entry (made by this write).
+pub type KeyChange<'a> = (&'a str, bool, Option<bool>);
+
+/// The directories a write changes the entries of, as a file system's
+/// directory mtime sees them, from its changes in order: the parents of
+/// the keys that existed before the write and not after it, or the other
+/// way round, or were deleted and put again (a rename over them); not a
+/// directory the write changed itself, nor one that is a key's only as its
+/// parent prefix (the caller keeps those with an entry of kind `dir`).
+pub fn dirs_changed<'a>(changes: impl IntoIterator<Item = KeyChange<'a>>) -> std::collections::BTreeSet<String> {
+    // Each key's state before the write (its first change) and after it
+    // (its last).
+    let mut net: std::collections::BTreeMap<&str, (bool, Option<bool>)> = std::collections::BTreeMap::new();
+    for (key, before, after) in changes {
+        net.entry(key).or_insert((before, None)).1 = after;
+    }
+    net.iter()
+        .filter(|(_, (before, after))| match after {
+            None => *before,
+            Some(new) => !*before || *new,
+        })
+        .filter_map(|(k, _)| k.rsplit_once('/').map(|(p, _)| p))
+        .filter(|p| !net.contains_key(p))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

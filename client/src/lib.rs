@@ -26,7 +26,9 @@ pub use auth::{
 pub use client::{Client, ClientOptions, ListOptions, PutOptions, Value, DEFAULT_REQUEST_TIMEOUT, MEMBER_IDLE_CLOSE};
 pub use clock::Utc;
 pub use error::{Error, ErrorCode};
-pub use key::{key_in_prefix, normalize_prefix, validate_key, KeyError, MAX_KEY_BYTES, MAX_SEGMENT_BYTES};
+pub use key::{
+    dirs_changed, key_in_prefix, normalize_prefix, validate_key, KeyChange, KeyError, MAX_KEY_BYTES, MAX_SEGMENT_BYTES,
+};
 pub use pages::{pages, Cursor, Paged, Pages};
 pub use path::{decode_key, encode_key};
 /// HTTP methods, for [`Client::send`].

@@ -242,22 +242,18 @@ fn touch_parents(
     rev: u64,
     now_ns: i64,
 ) -> io::Result<Vec<(String, u64)>> {
-    // Whether each key written existed before the request, and whether it
-    // is a new entry after it (absent: none).
-    let mut net: BTreeMap<String, (bool, Option<bool>)> = BTreeMap::new();
-    for (key, entry, prev) in written.iter() {
-        let e = net.entry(key.clone()).or_insert((matches!(prev, Prev::Entry(_)), None));
-        e.1 = entry.as_ref().map(|e| e.create_revision == rev);
+    // NOTE: on the apply loop's path: a request that only overwrites keys
+    // (most of them) changes no directory.
+    let overwrite = |(_, entry, prev): &(String, Option<StoredEntry>, Prev)| {
+        matches!(prev, Prev::Entry(_)) && entry.as_ref().is_some_and(|e| e.create_revision != rev)
+    };
+    if written.iter().all(overwrite) {
+        return Ok(vec![]);
     }
-    let parents: std::collections::BTreeSet<String> = net
-        .iter()
-        .filter(|(_, (before, after))| match after {
-            None => *before,
-            Some(new) => !*before || *new,
-        })
-        .filter_map(|(k, _)| k.rsplit_once('/').map(|(p, _)| p.to_owned()))
-        .filter(|p| !net.contains_key(p))
-        .collect();
+    let changes_of = written.iter().map(|(key, entry, prev)| {
+        (key.as_str(), matches!(prev, Prev::Entry(_)), entry.as_ref().map(|e| e.create_revision == rev))
+    });
+    let parents = kv_client::dirs_changed(changes_of);
     let mut touched = Vec::new();
     for parent in parents {
         let Some(before) = changes.entry(view, &parent)?.filter(|e| e.kind == Kind::Dir) else { continue };

@@ -94,9 +94,65 @@ pub enum Cmp {
     PrefixUnchangedSince(String, u64),
 }
 
+/// Serialize and Deserialize for a struct whose `new` fields (after its
+/// `old` ones, in that order) are not in data dir format 2's layout: there
+/// ([`layout_2`]) they are neither written nor read, and `fill` gives them
+/// their values from the rest (else they are their defaults).
+macro_rules! with_layout_2 {
+    ($ty:ident, [$($old:ident),+], [$($new:ident),+], $fill:expr) => {
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeStruct;
+                let old = layout_2();
+                const OLD: usize = [$(stringify!($old)),+].len();
+                const ALL: usize = OLD + [$(stringify!($new)),+].len();
+                let mut st = s.serialize_struct(stringify!($ty), if old { OLD } else { ALL })?;
+                $(st.serialize_field(stringify!($old), &self.$old)?;)+
+                if !old {
+                    $(st.serialize_field(stringify!($new), &self.$new)?;)+
+                }
+                st.end()
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str(stringify!($ty))
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<$ty, A::Error> {
+                        let mut at = 0..;
+                        // NOTE: the fields in the order they are encoded.
+                        $(let $old = field(&mut a, at.next().unwrap_or_default())?;)+
+                        let mut v = $ty { $($old,)+ $($new: Default::default(),)+ };
+                        if layout_2() {
+                            let fill: fn(&mut $ty) = $fill;
+                            fill(&mut v);
+                        } else {
+                            $(v.$new = field(&mut a, at.next().unwrap_or_default())?;)+
+                        }
+                        Ok(v)
+                    }
+                }
+                const FIELDS: &[&str] = &[$(stringify!($old),)+ $(stringify!($new),)+];
+                let old = [$(stringify!($old)),+].len();
+                d.deserialize_struct(stringify!($ty), &FIELDS[..if layout_2() { old } else { FIELDS.len() }], V)
+            }
+        }
+    };
+}
+
+/// The next field of a struct encoded by hand, the `i`th.
+fn field<'de, T: Deserialize<'de>, A: serde::de::SeqAccess<'de>>(a: &mut A, i: usize) -> Result<T, A::Error> {
+    a.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(i, &"all the fields"))
+}
+
 /// Attributes given with a put; `None` keeps the current (or default) value.
 ///
-/// Encoded by hand: data dir format 2 and peer formats 1 and 2 have no
+/// Encoded by `with_layout_2!`: data dir format 2 and peer formats 1 and 2 have no
 /// `atime_ns` ([`in_layout_2`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutAttrs {
@@ -114,51 +170,7 @@ pub struct PutAttrs {
     pub atime_ns: Option<i64>,
 }
 
-impl Serialize for PutAttrs {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let old = layout_2();
-        let mut st = s.serialize_struct("PutAttrs", if old { 5 } else { 6 })?;
-        st.serialize_field("kind", &self.kind)?;
-        st.serialize_field("mode", &self.mode)?;
-        st.serialize_field("uid", &self.uid)?;
-        st.serialize_field("gid", &self.gid)?;
-        st.serialize_field("mtime_ns", &self.mtime_ns)?;
-        if !old {
-            st.serialize_field("atime_ns", &self.atime_ns)?;
-        }
-        st.end()
-    }
-}
-
-impl<'de> Deserialize<'de> for PutAttrs {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PutAttrs, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = PutAttrs;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("put attributes")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<PutAttrs, A::Error> {
-                Ok(PutAttrs {
-                    kind: field(&mut a, 0)?,
-                    mode: field(&mut a, 1)?,
-                    uid: field(&mut a, 2)?,
-                    gid: field(&mut a, 3)?,
-                    mtime_ns: field(&mut a, 4)?,
-                    atime_ns: if layout_2() { None } else { field(&mut a, 5)? },
-                })
-            }
-        }
-        const FIELDS: &[&str] = &["kind", "mode", "uid", "gid", "mtime_ns", "atime_ns"];
-        d.deserialize_struct("PutAttrs", &FIELDS[..if layout_2() { 5 } else { 6 }], V)
-    }
-}
-
-/// The next field of a struct encoded by hand, the `i`th.
-fn field<'de, T: Deserialize<'de>, A: serde::de::SeqAccess<'de>>(a: &mut A, i: usize) -> Result<T, A::Error> {
-    a.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(i, &"all the fields"))
-}
+with_layout_2!(PutAttrs, [kind, mode, uid, gid, mtime_ns], [atime_ns], |_| {});
 
 /// One write operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,7 +234,7 @@ pub enum Outcome {
 
 /// What applying a request answered.
 ///
-/// Encoded by hand: data dir format 2 and peer formats 1 and 2 have no
+/// Encoded by `with_layout_2!`: data dir format 2 and peer formats 1 and 2 have no
 /// `time_ns` ([`in_layout_2`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Response {
@@ -242,52 +254,11 @@ pub struct Response {
     pub touched: Vec<(String, u64)>,
 }
 
-impl Serialize for Response {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let old = layout_2();
-        let mut st = s.serialize_struct("Response", if old { 3 } else { 5 })?;
-        st.serialize_field("succeeded", &self.succeeded)?;
-        st.serialize_field("revision", &self.revision)?;
-        st.serialize_field("outcomes", &self.outcomes)?;
-        if !old {
-            st.serialize_field("time_ns", &self.time_ns)?;
-            st.serialize_field("touched", &self.touched)?;
-        }
-        st.end()
-    }
-}
-
-impl<'de> Deserialize<'de> for Response {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Response, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Response;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a response")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Response, A::Error> {
-                let mut r = Response {
-                    succeeded: field(&mut a, 0)?,
-                    revision: field(&mut a, 1)?,
-                    outcomes: field(&mut a, 2)?,
-                    ..Response::default()
-                };
-                if !layout_2() {
-                    r.time_ns = field(&mut a, 3)?;
-                    r.touched = field(&mut a, 4)?;
-                }
-                Ok(r)
-            }
-        }
-        const FIELDS: &[&str] = &["succeeded", "revision", "outcomes", "time_ns", "touched"];
-        d.deserialize_struct("Response", &FIELDS[..if layout_2() { 3 } else { 5 }], V)
-    }
-}
+with_layout_2!(Response, [succeeded, revision, outcomes], [time_ns, touched], |_| {});
 
 /// An entry as stored in the state machine.
 ///
-/// Encoded by hand: data dir format 2, snapshot files `KVSNAP02` and peer
+/// Encoded by `with_layout_2!`: data dir format 2, snapshot files `KVSNAP02` and peer
 /// formats 1 and 2 have no `atime_ns` and `ctime_ns`; read there, both are
 /// the mtime ([`in_layout_2`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,76 +288,13 @@ pub struct StoredEntry {
     pub ctime_ns: i64,
 }
 
-impl Serialize for StoredEntry {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let old = layout_2();
-        let mut st = s.serialize_struct("StoredEntry", if old { 9 } else { 11 })?;
-        st.serialize_field("kind", &self.kind)?;
-        st.serialize_field("mode", &self.mode)?;
-        st.serialize_field("uid", &self.uid)?;
-        st.serialize_field("gid", &self.gid)?;
-        st.serialize_field("mtime_ns", &self.mtime_ns)?;
-        st.serialize_field("create_revision", &self.create_revision)?;
-        st.serialize_field("mod_revision", &self.mod_revision)?;
-        st.serialize_field("version", &self.version)?;
-        st.serialize_field("value", &self.value)?;
-        if !old {
-            st.serialize_field("atime_ns", &self.atime_ns)?;
-            st.serialize_field("ctime_ns", &self.ctime_ns)?;
-        }
-        st.end()
-    }
-}
-
-impl<'de> Deserialize<'de> for StoredEntry {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StoredEntry, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = StoredEntry;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an entry")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<StoredEntry, A::Error> {
-                // NOTE: the fields in the order they are encoded.
-                let mut e = StoredEntry {
-                    kind: field(&mut a, 0)?,
-                    mode: field(&mut a, 1)?,
-                    uid: field(&mut a, 2)?,
-                    gid: field(&mut a, 3)?,
-                    mtime_ns: field(&mut a, 4)?,
-                    create_revision: field(&mut a, 5)?,
-                    mod_revision: field(&mut a, 6)?,
-                    version: field(&mut a, 7)?,
-                    value: field(&mut a, 8)?,
-                    atime_ns: 0,
-                    ctime_ns: 0,
-                };
-                if layout_2() {
-                    (e.atime_ns, e.ctime_ns) = (e.mtime_ns, e.mtime_ns);
-                } else {
-                    e.atime_ns = field(&mut a, 9)?;
-                    e.ctime_ns = field(&mut a, 10)?;
-                }
-                Ok(e)
-            }
-        }
-        const FIELDS: &[&str] = &[
-            "kind",
-            "mode",
-            "uid",
-            "gid",
-            "mtime_ns",
-            "create_revision",
-            "mod_revision",
-            "version",
-            "value",
-            "atime_ns",
-            "ctime_ns",
-        ];
-        d.deserialize_struct("StoredEntry", &FIELDS[..if layout_2() { 9 } else { 11 }], V)
-    }
-}
+with_layout_2!(
+    StoredEntry,
+    [kind, mode, uid, gid, mtime_ns, create_revision, mod_revision, version, value],
+    [atime_ns, ctime_ns],
+    // (format 2 kept no access and change times: the mtime stands for them)
+    |e: &mut StoredEntry| (e.atime_ns, e.ctime_ns) = (e.mtime_ns, e.mtime_ns)
+);
 
 impl StoredEntry {
     /// The wire metadata.

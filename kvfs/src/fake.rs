@@ -280,24 +280,10 @@ impl State {
     /// the same revision (not for a directory it wrote itself). Returns
     /// them, with the revision each had before.
     fn touch_parents(&mut self, events: &mut Vec<WatchEvent>, rev: u64, now: i64) -> Vec<kv_client::Touched> {
-        // Whether each key written existed before the transaction, and
-        // whether it is a new entry after it (absent: none).
-        let mut net: BTreeMap<String, (bool, Option<bool>)> = BTreeMap::new();
-        for e in events.iter() {
+        let parents = kv_client::dirs_changed(events.iter().map(|e| {
             let made_here = e.entry.as_ref().is_some_and(|i| i.meta.create_revision == rev);
-            let before = e.kind == EventType::Delete || !made_here;
-            let n = net.entry(e.key.clone()).or_insert((before, None));
-            n.1 = (e.kind == EventType::Put).then_some(made_here);
-        }
-        let parents: std::collections::BTreeSet<String> = net
-            .iter()
-            .filter(|(_, (before, after))| match after {
-                None => *before,
-                Some(new) => !*before || *new,
-            })
-            .filter_map(|(k, _)| k.rsplit_once('/').map(|(p, _)| p.to_owned()))
-            .filter(|p| !net.contains_key(p))
-            .collect();
+            (e.key.as_str(), e.kind == EventType::Delete || !made_here, (e.kind == EventType::Put).then_some(made_here))
+        }));
         let mut touched = Vec::new();
         for p in parents {
             let Some(e) = self.data.get_mut(&p).filter(|e| e.meta.kind == Kind::Dir) else { continue };

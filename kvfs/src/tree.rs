@@ -86,6 +86,12 @@ impl Tree {
 
     /// Stores an entry.
     pub fn insert(&mut self, path: String, node: TreeNode) {
+        // NOTE: a new version of an entry of the same kind (most inserts)
+        // changes no directory.
+        if self.entries.get(&path).is_some_and(|o| o.meta.kind == node.meta.kind) {
+            self.entries.insert(path, node);
+            return;
+        }
         let before = self.dirs_at(&path);
         let counted = path.clone();
         if self.entries.insert(path, node).is_none() {

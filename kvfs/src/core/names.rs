@@ -18,9 +18,7 @@ use crate::tree::{split, TreeNode};
 /// cluster's write of it brings its own ([`Core::show_touched`]).
 pub(super) fn touch_dir_now(s: &mut super::State, dir: &str) {
     if let Some(n) = s.tree.get_mut(dir).filter(|n| n.meta.kind == Kind::Dir && !n.local && !n.provisional) {
-        let t = now_ns();
-        n.meta.mtime_ns = t;
-        n.meta.ctime_ns = Some(t);
+        written_at(&mut n.meta, None, true);
     }
 }
 
@@ -43,8 +41,7 @@ impl Core {
             let Some(n) = s.tree.get_mut(&path) else { continue };
             let at = n.meta.mod_revision == touched.mod_revision_before;
             if n.meta.kind == Kind::Dir && !n.local && !n.provisional && at {
-                n.meta.mtime_ns = t;
-                n.meta.ctime_ns = Some(t);
+                written_at(&mut n.meta, Some(t), true);
                 n.meta.mod_revision = w.revision;
                 n.meta.version += 1;
             }

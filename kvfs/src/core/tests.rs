@@ -759,23 +759,25 @@ fn a_device_number_goes_to_the_kernel_and_back_unchanged() {
     assert_eq!(kind_of_mode(libc::S_IFDIR | 0o755), None);
 }
 
-#[test]
-fn an_unlink_while_a_created_file_s_first_version_is_published_removes_it_in_the_cluster() {
-    // `touch f; rm f` where the kernel's RELEASE of the touch (after
-    // close(2) returned) publishes the empty file while rm runs.
-    let fake = fake();
+/// Creates `f` on a mount of `fake` and releases it (the kernel's RELEASE
+/// after close(2) has returned, which publishes its first version); `op`
+/// runs in another thread right after the put of that version, before the
+/// mount took it in, and is given up to a second to finish first. Returns
+/// the mount and what `op` answered.
+fn during_first_publication(
+    fake: &Arc<FakeCluster>,
+    op: impl FnOnce(&Core) -> Result<(), Errno> + Send + 'static,
+) -> (Mount, Result<(), Errno>) {
     let hooked = Hooked::new(fake.clone());
     let a = mount(hooked.clone());
     let (_, fh) = a.create("f", 0).expect("create");
-    // Right after the put of the first version, before the mount took it
-    // in: the unlink, given up to a second to finish first.
     let core = a.core.clone();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let unlinker = Arc::new(Mutex::new(None));
-    let slot = unlinker.clone();
+    let running = Arc::new(Mutex::new(None));
+    let slot = running.clone();
     *hooked.after_put.lock().expect("hook") = Some(Box::new(move || {
         let t = std::thread::spawn(move || {
-            let r = core.unlink(ROOT, OsStr::new("f"), false);
+            let r = op(&core);
             let _ = done_tx.send(());
             r
         });
@@ -783,8 +785,17 @@ fn an_unlink_while_a_created_file_s_first_version_is_published_removes_it_in_the
         *slot.lock().expect("slot") = Some(t);
     }));
     a.core.release(fh);
-    let t = unlinker.lock().expect("slot").take().expect("the hook ran");
-    assert_eq!(t.join().expect("unlink"), Ok(()));
+    let t = running.lock().expect("slot").take().expect("the hook ran");
+    let r = t.join().expect("op");
+    (a, r)
+}
+
+#[test]
+fn an_unlink_while_a_created_file_s_first_version_is_published_removes_it_in_the_cluster() {
+    // `touch f; rm f`, rm while the RELEASE of the touch publishes.
+    let fake = fake();
+    let (a, r) = during_first_publication(&fake, |core| core.unlink(ROOT, OsStr::new("f"), false));
+    assert_eq!(r, Ok(()));
     assert_eq!(stored(&fake, "f"), None, "the name came back in the cluster");
     catch_up(&a.core, &fake);
     assert_eq!(a.ino("f"), Err(Errno::ENOENT));
@@ -818,29 +829,30 @@ fn a_directory_takes_the_revision_of_this_mount_s_write_only_from_the_version_it
 
 #[test]
 fn a_rename_while_a_created_file_s_first_version_is_published_moves_it() {
-    // `touch f; mv f g` where the kernel's RELEASE of the touch (after
-    // close(2) returned) publishes the empty file while mv runs.
+    // `touch f; mv f g`, mv while the RELEASE of the touch publishes.
     let fake = fake();
-    let hooked = Hooked::new(fake.clone());
-    let a = mount(hooked.clone());
-    let (_, fh) = a.create("f", 0).expect("create");
-    // Right after the put of the first version, before the handle is gone:
-    // the rename, given up to a second to finish first.
-    let core = a.core.clone();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let renamer = Arc::new(Mutex::new(None));
-    let slot = renamer.clone();
-    *hooked.after_put.lock().expect("hook") = Some(Box::new(move || {
-        let t = std::thread::spawn(move || {
-            let r = core.rename(ROOT, OsStr::new("f"), ROOT, OsStr::new("g"), RenameMode::default());
-            let _ = done_tx.send(());
-            r
-        });
-        let _ = done_rx.recv_timeout(Duration::from_secs(1));
-        *slot.lock().expect("slot") = Some(t);
-    }));
-    a.core.release(fh);
-    let t = renamer.lock().expect("slot").take().expect("the hook ran");
-    assert_eq!(t.join().expect("rename"), Ok(()));
+    let (_a, r) = during_first_publication(&fake, |core| {
+        core.rename(ROOT, OsStr::new("f"), ROOT, OsStr::new("g"), RenameMode::default())
+    });
+    assert_eq!(r, Ok(()));
     assert_eq!((stored(&fake, "f"), stored(&fake, "g")), (None, Some(Vec::new())));
+}
+
+#[test]
+fn a_mount_takes_the_cluster_s_own_attributes_of_a_write_it_made_once_the_watch_brings_it() {
+    // A cluster whose answers say no time (an older kvd: `Hooked` answers
+    // puts by revision alone): the mount shows its own clock's time until
+    // the watch brings the cluster's record of the same revision.
+    let fake = fake();
+    let a = mount(Hooked::new(fake.clone()));
+    let f = a.core.new_child(ROOT, OsStr::new("p"), kv_client::Kind::Fifo, 0o644, Vec::new(), (0, 0)).expect("mkfifo");
+    catch_up(&a.core, &fake);
+    let stored = fake.get(&key("p")).expect("stored").meta;
+    let shown = a.core.getattr(f.ino.0).expect("getattr");
+    let t = |ns: Option<i64>| kv_client::clock::system_time(ns.expect("a time"));
+    assert_eq!(
+        (shown.mtime, shown.ctime, shown.atime),
+        (t(Some(stored.mtime_ns)), t(stored.ctime_ns), t(stored.atime_ns)),
+        "the cluster's times"
+    );
 }

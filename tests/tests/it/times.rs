@@ -70,6 +70,10 @@ fn times_move_as_posix_has_them_and_every_mount_shows_the_cluster_s() {
     let [f5] = times(&a, "d/f")[..] else { panic!("one") };
     assert_eq!((f5.0, f5.1), (f4.0, 4_102_444_800_250_000_000), "touch -m, past 2038, to the ns");
     assert_eq!((f5.0, f5.1, f5.2), api_times(&rt, &k.url, "app/d/f"));
+    // cp -a keeps the atime and the mtime.
+    a.sh_ok("cp -a d/f d/copy");
+    let [c] = times(&a, "d/copy")[..] else { panic!("one") };
+    assert_eq!((c.0, c.1), (f5.0, f5.1), "cp -a");
 
     // Subdirectories count in the link count; rename and unlink move the
     // times of the directories they change.
