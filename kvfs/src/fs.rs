@@ -137,6 +137,8 @@ pub struct KvFs {
     own_userns: Option<std::path::PathBuf>,
     /// Passthrough was asked for.
     passthrough: bool,
+    /// Where the mount is, as /proc shows the paths of open files.
+    mountpoint: Option<std::path::PathBuf>,
 }
 
 impl KvFs {
@@ -149,7 +151,14 @@ impl KvFs {
         // away by their OPENs, and lets READs that come without one through.
         let no_open = core.read_only() && everyone;
         let own_userns = std::fs::read_link("/proc/self/ns/user").ok();
-        KvFs { core, no_open, checks_modes, own_userns, passthrough: false }
+        KvFs { core, no_open, checks_modes, own_userns, passthrough: false, mountpoint: None }
+    }
+
+    /// The mount point (its real path): a close by a process that still
+    /// holds another descriptor of the file is told by it ([`holds`]).
+    pub fn at(mut self, mountpoint: std::path::PathBuf) -> KvFs {
+        self.mountpoint = Some(mountpoint);
+        self
     }
 
     /// Asks the kernel for passthrough reads (`-o passthrough`).
@@ -157,6 +166,22 @@ impl KvFs {
         self.passthrough = on;
         self
     }
+}
+
+/// Whether process `pid` still has a descriptor open on `file` (by
+/// /proc/PID/fd, whose links name what each descriptor has open): its
+/// close of one of them (a shell's `dup2` then `close`) is not the last.
+fn holds(pid: u32, file: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    let want = file.as_os_str().as_bytes();
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|t| {
+            let t = t.as_os_str().as_bytes();
+            // (a name the kernel was told to forget shows as deleted)
+            t == want || t.strip_suffix(b" (deleted)") == Some(want)
+        })
+    })
 }
 
 fn ns_of(t: TimeOrNow) -> i64 {
@@ -316,7 +341,7 @@ impl Filesystem for KvFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let attr = match fh {
             Some(fh) => self.core.getattr_fh(ino.0, fh.0),
-            None => self.core.getattr_told(ino.0),
+            None => self.core.getattr_asked(ino.0),
         };
         match attr {
             Ok(t) => reply.attr(&ttl(&t), &t.attr),
@@ -482,13 +507,15 @@ impl Filesystem for KvFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         // NOTE: close() reports what this returns. A read-only mount has
         // nothing to commit: ENOSYS tells the kernel to stop sending FLUSH.
         if self.core.read_only() {
             return reply.error(Errno::ENOSYS);
         }
-        reply_empty(self.core.flush(fh.0, lock_owner.0), reply);
+        let pid = req.pid();
+        let held = |path: &str| self.mountpoint.as_ref().is_some_and(|m| holds(pid, &m.join(path)));
+        reply_empty(self.core.flush_by(fh.0, lock_owner.0, &held), reply);
     }
 
     fn release(

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use fuser::Errno;
 use kv_client::Attrs;
@@ -70,6 +71,12 @@ pub struct Writer {
     pub opener: Caller,
     /// The attributes (as shown) the kernel let the opener in by.
     pub checked: Option<Shown>,
+    /// Until when its RELEASE is waited for: a close left it holding what
+    /// only its last close publishes (the RELEASE may be on its way).
+    /// Cleared by a write through it.
+    pub release_expected: Option<Instant>,
+    /// Its RELEASE is publishing it.
+    pub releasing: bool,
 }
 
 /// What of an entry's attributes decides who may use it, as this host
@@ -161,6 +168,8 @@ impl Writer {
             commit_lock: Arc::default(),
             opener: Caller::default(),
             checked: None,
+            release_expected: None,
+            releasing: false,
         }
     }
 
@@ -184,6 +193,7 @@ impl Writer {
         self.attrs.mtime_ns = None;
         self.dirty = true;
         self.wrote = true;
+        self.release_expected = None;
         self.last_writer = owner;
         self.gen += 1;
         Ok(data.len() as u32)
@@ -231,6 +241,11 @@ impl Writer {
 pub struct Handles {
     map: HashMap<u64, Handle>,
     next: u64,
+    /// The latest [`Writer::release_expected`] set, and how many writers'
+    /// RELEASEs are publishing them: while neither holds, no writer's is
+    /// waited for (getattr asks, on every call).
+    waits_until: Option<Instant>,
+    releasing: usize,
 }
 
 impl Handles {
@@ -257,7 +272,51 @@ impl Handles {
 
     /// Forgets a handle.
     pub fn close(&mut self, fh: u64) -> Option<Handle> {
-        self.map.remove(&fh)
+        let h = self.map.remove(&fh);
+        if let Some(Handle { io: Io::Write(w), .. }) = &h {
+            self.releasing -= usize::from(w.releasing);
+        }
+        h
+    }
+
+    /// A close left writer `fh` holding what only its last close publishes:
+    /// its RELEASE is waited for until `until`.
+    pub fn expect_release(&mut self, fh: u64, until: Instant) {
+        if let Ok(w) = self.writer(fh) {
+            w.release_expected = Some(until);
+            self.waits_until = self.waits_until.max(Some(until));
+        }
+    }
+
+    /// Writer `fh`'s RELEASE came; whether it publishes the buffer.
+    pub fn start_release(&mut self, fh: u64) -> bool {
+        let Ok(w) = self.writer(fh) else { return false };
+        let counted = !std::mem::replace(&mut w.releasing, true);
+        let publishes = w.publishes_at_release();
+        self.releasing += usize::from(counted);
+        publishes
+    }
+
+    /// The inodes of the writers that their last close is publishing, or
+    /// may be about to ([`Writer::release_expected`]); waits that have
+    /// lapsed by `now` are dropped.
+    pub fn publishing_at_release(&mut self, now: Instant) -> Vec<u64> {
+        let mut out = Vec::new();
+        if self.releasing == 0 && self.waits_until.is_none_or(|t| t <= now) {
+            self.waits_until = None;
+            return out;
+        }
+        for h in self.map.values_mut() {
+            if let Io::Write(w) = &mut h.io {
+                if w.release_expected.is_some_and(|t| t <= now) {
+                    w.release_expected = None;
+                }
+                if w.releasing || (w.release_expected.is_some() && w.publishes_at_release()) {
+                    out.push(h.ino);
+                }
+            }
+        }
+        out
     }
 
     /// The writers open on inode `ino`.
@@ -280,6 +339,26 @@ mod tests {
         assert!(w.publishes_at_release(), "`: > f` still empties the file at the last close");
         w.write(0, b"2\n", Some(7)).expect("write");
         assert!(w.publishes_at_flush(7));
+    }
+
+    #[test]
+    fn a_release_is_waited_for_until_it_comes_a_write_comes_or_the_wait_lapses() {
+        let mut hs = Handles::default();
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_millis(200);
+        let fh = hs.open(Handle { ino: 5, io: Io::Write(Writer::new(Vec::new(), true, 3)) });
+        let other = hs.open(Handle { ino: 6, io: Io::Read(Arc::default()) });
+        assert!(hs.publishing_at_release(now).is_empty());
+        hs.expect_release(fh, later);
+        assert_eq!(hs.publishing_at_release(now), vec![5]);
+        hs.writer(fh).expect("writer").write(0, b"x", Some(1)).expect("write");
+        assert!(hs.publishing_at_release(now).is_empty(), "a write: the descriptor is in use");
+        hs.expect_release(fh, later);
+        assert!(hs.publishing_at_release(later).is_empty(), "lapsed");
+        assert!(hs.start_release(fh), "the truncation is published at the last close");
+        assert_eq!(hs.publishing_at_release(later), vec![5], "a RELEASE under way has no lapse");
+        assert!(hs.close(other).is_some() && hs.close(fh).is_some());
+        assert!(hs.publishing_at_release(later).is_empty());
     }
 
     #[test]

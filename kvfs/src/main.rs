@@ -259,7 +259,9 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     sync.save_lkg();
 
     let access = inv.access(kvfs::is_root());
-    let fs = KvFs::new(core.clone(), access.others, access.default_permissions).with_passthrough(inv.passthrough);
+    let fs = KvFs::new(core.clone(), access.others, access.default_permissions)
+        .with_passthrough(inv.passthrough)
+        .at(real_mountpoint.clone());
     let mut config = fuser::Config::default();
     let mut mo = vec![
         MountOption::FSName(inv.source.clone()),

@@ -16,7 +16,7 @@ mod watch;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 use kv_client::clock::{self, now_ns};
@@ -69,6 +69,13 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 /// How long a close waits for the kernel to forget the name of the file it
 /// just wrote, so that the next open on this mount finds the new version.
 const OWN_INVAL_WAIT: Duration = Duration::from_millis(500);
+
+/// How long a request on a file, or on its directory, waits for the
+/// RELEASE of a descriptor whose close left it holding what only its last
+/// close publishes ([`Core::after_releases`]). Past this the descriptor is
+/// taken to be open still, in another process (a forked child's exit
+/// closed its copy, and its parent holds the file).
+const RELEASE_WAIT: Duration = Duration::from_millis(200);
 
 /// One entry of a directory listing: inode, type, name.
 pub type DirEntry = (u64, FileType, String);
@@ -190,6 +197,9 @@ pub struct Core {
     /// Files the kernel reads from backing files (`-o passthrough`).
     backings: crate::passthrough::Backings,
     started_ns: i64,
+    /// Counts the RELEASEs of writers (and their writes after a close) that
+    /// [`Core::after_releases`] may be waiting for.
+    released: (Mutex<u64>, std::sync::Condvar),
 }
 
 /// The FUSE file type of an entry kind.
@@ -317,6 +327,7 @@ impl Core {
             commits: Commits::default(),
             backings: Default::default(),
             started_ns: now_ns(),
+            released: Default::default(),
         }
     }
 
@@ -511,6 +522,11 @@ impl Core {
     /// `EACCES`, not `ENOENT`.
     pub fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> Result<Told, Errno> {
         let path = self.child(parent, name)?;
+        // (no lock held while it waits)
+        let ino = self.state()?.inodes.attached(&path);
+        if let Some(ino) = ino {
+            self.after_releases(ino, true);
+        }
         match self.entry_told(&path) {
             Err(Errno::ENOENT) if !self.granted(|g, k| g.can_see(k), &path) => Err(Errno::EACCES),
             other => other,
@@ -559,10 +575,24 @@ impl Core {
         Ok(Told { attr, keep: (!attached || s.settled(&path)) && !writing })
     }
 
+    /// GETATTR as the kernel asks it: a directory's once the first versions
+    /// its files' last closes are publishing are in.
+    /// (Not for a file's own RELEASE: a GETATTR that no LOOKUP came before is
+    /// a holder's, see `expect_release`.)
+    pub fn getattr_asked(&self, ino: u64) -> Result<Told, Errno> {
+        self.after_releases(ino, false);
+        self.getattr_told(ino)
+    }
+
     /// GETATTR through a handle (the kernel asks so before a seek to the end
     /// or a read past its idea of the end): a writer sees the size of what
     /// it has written.
     pub fn getattr_fh(&self, ino: u64, fh: u64) -> Result<Told, Errno> {
+        // (the descriptor is in use: its RELEASE is not what is coming)
+        let cleared = self.handles()?.writer(fh).is_ok_and(|w| w.release_expected.take().is_some());
+        if cleared {
+            self.notify_released();
+        }
         let mut a = self.getattr_told(ino)?;
         if let Ok(w) = self.handles()?.writer(fh) {
             if w.dirty {
@@ -612,6 +642,7 @@ impl Core {
     /// mode and owner): a reader gets the version the inode shows now,
     /// whole; a writer a buffer over the path's current value.
     pub fn open_as(&self, ino: u64, flags: i32, opener: Caller) -> Result<u64, Errno> {
+        self.after_releases(ino, true);
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let (path, node) = {
             let s = self.state()?;
@@ -745,12 +776,29 @@ impl Core {
     /// WRITE into a writer's buffer; `owner` is the writing process's lock
     /// owner when the kernel says.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], owner: Option<u64>) -> Result<u32, Errno> {
-        self.handles()?.writer(fh)?.write(offset, data, owner)
+        let (n, waited_for) = {
+            let mut hs = self.handles()?;
+            let w = hs.writer(fh)?;
+            let waited_for = w.release_expected.is_some();
+            (w.write(offset, data, owner)?, waited_for)
+        };
+        if waited_for {
+            // (the descriptor is in use: no RELEASE is coming now)
+            self.notify_released();
+        }
+        Ok(n)
     }
 
     /// FLUSH (a close of one descriptor by `owner`): publishes the buffer if
     /// that process wrote last; reports a failure of this handle's writes.
     pub fn flush(&self, fh: u64, owner: u64) -> Result<(), Errno> {
+        self.flush_by(fh, owner, &|_| false)
+    }
+
+    /// [`Core::flush`] by a process that `held(path)` says still has
+    /// another descriptor open on the file at `path` (then its RELEASE is
+    /// not on its way).
+    pub fn flush_by(&self, fh: u64, owner: u64, held: &dyn Fn(&str) -> bool) -> Result<(), Errno> {
         tracing::debug!(fh, owner, "flush");
         let publish = {
             let mut hs = self.handles()?;
@@ -767,8 +815,94 @@ impl Core {
         if publish {
             self.commit_and_show(fh)
         } else {
+            self.expect_release(fh, held);
             Ok(())
         }
+    }
+
+    /// After a close that left writer `fh` holding what only its last
+    /// close publishes (a file truncated, or made, and not written since),
+    /// by a process that holds no other descriptor of it: its RELEASE may
+    /// be on its way. The program's next step on the file is held until it
+    /// comes ([`Core::after_releases`]): the kernel forgets the file's name
+    /// (and attributes, and for a file made here its directory's, which the
+    /// first version changes), so that the step comes to kvfs as a LOOKUP.
+    /// (A step through a descriptor is a holder's: no RELEASE is coming.)
+    fn expect_release(&self, fh: u64, held: &dyn Fn(&str) -> bool) {
+        let ino = match self.handles().map(|mut hs| {
+            let ino = hs.get(fh).map(|h| h.ino).ok()?;
+            hs.writer(fh).ok().filter(|w| w.publishes_at_release() && !w.wrote).map(|_| ino)
+        }) {
+            Ok(Some(ino)) => ino,
+            _ => return,
+        };
+        let (path, inval) = match self.state() {
+            Ok(s) => match s.inodes.get(ino).filter(|i| i.binding == Binding::Attached) {
+                Some(i) => {
+                    let (dir, name) = split(&i.path);
+                    let made_here = s.tree.get(&i.path).is_some_and(|n| n.provisional);
+                    let mut inval = vec![Inval::Attrs(ino)];
+                    if let Some(d) = s.inodes.attached(dir) {
+                        inval.push(Inval::Entry(d, name.to_owned()));
+                        if made_here {
+                            inval.push(Inval::Attrs(d));
+                        }
+                    }
+                    (i.path.clone(), inval)
+                }
+                None => return,
+            },
+            Err(_) => return,
+        };
+        if held(&path) {
+            return;
+        }
+        // NOTE: marked first, so that a LOOKUP the kernel sends once it has
+        // forgotten the name waits too.
+        if let Ok(mut hs) = self.handles() {
+            hs.expect_release(fh, Instant::now() + RELEASE_WAIT);
+        }
+        // NOTE: FLUSH holds no lock of the file's or its directory's.
+        self.inval.send_and_wait(inval, OWN_INVAL_WAIT);
+    }
+
+    /// Waits until no last close is publishing, or about to publish, into
+    /// what inode `ino` shows: a directory's times (a file's first version
+    /// changes them) and, if `own`, a file's content and attributes.
+    ///
+    /// IMPORTANT: the kernel sends RELEASE after close(2) has returned, and
+    /// kvfs may take the program's next request first: `: > f; cat f` read
+    /// the old content, and `: > f; echo x >> f` lost the append.
+    pub(crate) fn after_releases(&self, ino: u64, own: bool) {
+        let deadline = Instant::now() + CATCH_UP_WAIT;
+        loop {
+            let seen = *self.released.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            let Ok(pending) = self.handles().map(|mut hs| hs.publishing_at_release(now)) else { return };
+            if pending.is_empty() || now >= deadline {
+                return;
+            }
+            let relevant = (own && pending.contains(&ino))
+                || self.state().is_ok_and(|s| {
+                    pending
+                        .iter()
+                        .any(|p| s.inodes.get(*p).is_some_and(|i| s.inodes.attached(split(&i.path).0) == Some(ino)))
+                });
+            if !relevant {
+                return;
+            }
+            let (m, cv) = &self.released;
+            let g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // (a mark lapses within RELEASE_WAIT; a RELEASE ends with a notice)
+            let _ = cv.wait_timeout_while(g, RELEASE_WAIT.min(deadline - now), |g| *g == seen);
+        }
+    }
+
+    /// Wakes [`Core::after_releases`]'s waiters.
+    fn notify_released(&self) {
+        let (m, cv) = &self.released;
+        *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        cv.notify_all();
     }
 
     /// Commits, then makes the kernel forget the name's old version before
@@ -794,7 +928,10 @@ impl Core {
             }
         };
         if publish {
-            self.commit_and_show(fh)
+            let done = self.commit_and_show(fh);
+            // (a RELEASE waited for has nothing left to publish)
+            self.notify_released();
+            done
         } else {
             Ok(())
         }
@@ -804,20 +941,17 @@ impl Core {
     /// truncated), then forgets the handle. A created file never committed
     /// disappears again.
     pub fn release(&self, fh: u64) {
-        let publish = matches!(
-            self.handles().map(|h| h.get(fh).map(|h| match &h.io {
-                Io::Write(w) => w.publishes_at_release(),
-                Io::Read(_) => false,
-            })),
-            Ok(Ok(true))
-        );
+        let publish = self.handles().is_ok_and(|mut hs| hs.start_release(fh));
         if publish {
             match self.commit(fh) {
                 Ok(inval) => self.invalidate(inval),
                 Err(e) => tracing::warn!(errno = ?e, "write lost at release (close() already returned)"),
             }
         }
-        let Some(h) = self.handles.lock().ok().and_then(|mut hs| hs.close(fh)) else { return };
+        let Some(h) = self.handles.lock().ok().and_then(|mut hs| hs.close(fh)) else {
+            self.notify_released();
+            return;
+        };
         let mut inval = Vec::new();
         if let Ok(mut s) = self.state.write() {
             let path = s.inodes.get(h.ino).filter(|i| i.binding == Binding::Attached).map(|i| i.path.clone());
@@ -831,6 +965,7 @@ impl Core {
                 }
             }
         }
+        self.notify_released();
         self.invalidate(inval);
     }
 
@@ -1080,6 +1215,7 @@ impl Core {
     /// READDIR, and whether the kernel may keep the listing (not while a
     /// change to it is under way).
     pub fn opendir(&self, ino: u64) -> (u64, bool) {
+        self.after_releases(ino, false);
         let keep = self.state().map_or(true, |s| {
             s.inodes.get(ino).is_none_or(|i| !matches!(i.binding, Binding::Attached) || s.settled(&i.path))
         });

@@ -630,9 +630,13 @@ impl Core {
             super::watch::entry_invals(&s, &path)
         };
         self.changed();
-        // NOTE: not waited for: truncate(2) holds the file, and the kernel
-        // takes its directory first.
-        self.invalidate(inval);
+        // IMPORTANT: waited for, as a close's commit is: the new size is a
+        // new version, under a new inode, and the kernel still has the name
+        // on the old one (whose size this SETATTR's answer gives it): a
+        // `stat` right after truncate(2) showed the old size. (truncate(2)
+        // holds the file, not its directory, which forgetting the name
+        // takes.)
+        self.inval.send_and_wait(inval, super::OWN_INVAL_WAIT);
         Ok(())
     }
 

@@ -325,3 +325,78 @@ fn rename_over_is_atomic_for_readers_on_both_mounts() {
         rust.1
     );
 }
+
+/// What `stat` shows of `path`: size, mtime and ctime in ns.
+fn stat_of(path: &Path) -> (u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let s = std::fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+    (s.size(), s.mtime() * 1_000_000_000 + s.mtime_nsec(), s.ctime() * 1_000_000_000 + s.ctime_nsec())
+}
+
+/// A file truncated or created and closed without a write is published by
+/// the RELEASE of its last close, which the kernel sends after close(2) has
+/// returned. The program's next step (or the next command of a shell) must
+/// still see what that close left: the empty file, not the old content, and
+/// not an append lost to the late truncation; and a file made without a
+/// write shows from the start the times the cluster gives it. The same for
+/// truncate(2) by path, which gives the file a new inode while the kernel
+/// still has the name on the old one.
+#[test]
+fn the_step_after_a_last_close_or_a_truncate_sees_what_it_left() {
+    let k = Kvd::bootstrap(&[]);
+    let m = mount(&k);
+    let mut wrong = Vec::new();
+    for i in 0..60 {
+        let f = m.dir.join(format!("t{i}"));
+        std::fs::write(&f, "data").expect("write");
+        // `: > f`, as a program does it.
+        drop(std::fs::OpenOptions::new().write(true).truncate(true).open(&f).expect("open O_TRUNC"));
+        let size = stat_of(&f).0;
+        let read = std::fs::read(&f).expect("read");
+        let mut a = std::fs::OpenOptions::new().append(true).open(&f).expect("open O_APPEND");
+        a.write_all(b"x").expect("append");
+        let closed = close_checked(a);
+        let after = std::fs::read(&f).expect("read");
+        if size != 0 || !read.is_empty() || closed.is_err() || after != b"x" {
+            wrong.push(format!("t{i}: size {size}, read {read:?}, append's close {closed:?}, then {after:?}"));
+        }
+    }
+    // truncate(2) by path, then stat(2), in one process (perl, which every
+    // Debian has): a new version, under a new inode.
+    let truncated = m.sh_ok(
+        "perl -e 'for $i (1..100) { open(F, \">u$i\") or die $!; print F \"data\"; close(F) or die $!; \
+         truncate(\"u$i\", 123) or die $!; @s = stat(\"u$i\"); print \"$s[7];\" }'",
+    );
+    let want: String = (0..100).map(|_| "123;").collect();
+    if truncated != want {
+        wrong.push(format!("truncated to 123, then stat said: {truncated}"));
+    }
+    // The same through a shell.
+    let shell = m.sh_ok(
+        "for i in $(seq 40); do echo data > s$i; : > s$i; printf '%s,' \"$(cat s$i)\"; \
+         echo x >> s$i; printf '%s;' \"$(cat s$i)\"; done",
+    );
+    let want: String = (0..40).map(|_| ",x;").collect();
+    if shell != want {
+        wrong.push(format!("through sh: {shell}"));
+    }
+    // (in a directory with an entry of its own, whose times the file's
+    // first version changes)
+    std::fs::create_dir(m.dir.join("d")).expect("mkdir");
+    for i in 0..40 {
+        let f = m.dir.join(format!("d/c{i}"));
+        drop(std::fs::File::create(&f).expect("create"));
+        let (first, dir_first) = (stat_of(&f), stat_of(&m.dir.join("d")));
+        eventually("the cluster has the file", || get(&k, &format!("app/d/c{i}")).is_some());
+        let meta = get(&k, &format!("app/d/c{i}")).expect("published").meta;
+        let _ = published(&k, &[&m], || {});
+        let (then, dir_then) = (stat_of(&f), stat_of(&m.dir.join("d")));
+        if first != then || dir_first != dir_then || first.2 != meta.ctime() {
+            wrong.push(format!(
+                "c{i}: {first:?} then {then:?} (the cluster's ctime {}), its directory {dir_first:?} then {dir_then:?}",
+                meta.ctime()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of 240 steps saw something else:\n{}", wrong.len(), wrong.join("\n"));
+}
