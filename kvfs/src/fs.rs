@@ -91,7 +91,7 @@ const INVAL_THREADS: usize = 4;
 /// capabilities over modes (from /proc). `held`: the kernel holds them to
 /// the modes.
 fn caller(req: &Request, held: bool, own_userns: &Option<std::path::PathBuf>) -> Caller {
-    let mut c = Caller { uid: req.uid(), gids: vec![req.gid()], held, all_groups: true, caps: 0 };
+    let mut c = Caller { uid: req.uid(), gids: vec![req.gid()], held, all_groups: true, caps: 0, pid: req.pid() };
     if req.uid() == 0 || !held {
         // (their groups decide nothing)
         return c;
@@ -515,7 +515,7 @@ impl Filesystem for KvFs {
         }
         let pid = req.pid();
         let held = |path: &str| self.mountpoint.as_ref().is_some_and(|m| holds(pid, &m.join(path)));
-        reply_empty(self.core.flush_by(fh.0, lock_owner.0, &held), reply);
+        reply_empty(self.core.flush_by(fh.0, lock_owner.0, pid, &held), reply);
     }
 
     fn release(

@@ -21,6 +21,9 @@ pub struct Handle {
 }
 
 /// What a handle does.
+// (one per open file, in one map: a reader's unused room costs nothing
+// worth a box on every writer's access)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Io {
     /// Reads one version, the one the file had at open, to its end.
@@ -115,6 +118,8 @@ pub struct Caller {
     /// Its effective [`CAP_CHOWN`], [`CAP_DAC_OVERRIDE`] and [`CAP_FOWNER`]
     /// in this mount's user namespace.
     pub caps: u64,
+    /// The process (thread) that asked; 0 if not known.
+    pub pid: u32,
 }
 
 /// capability(7)'s CAP_CHOWN, as a bit of a capability set.
@@ -128,7 +133,7 @@ impl Caller {
     /// A user with no capabilities over modes, held to them, all of whose
     /// groups are `gids` (the primary first).
     pub fn held(uid: u32, gids: Vec<u32>) -> Caller {
-        Caller { uid, gids, held: true, all_groups: true, caps: 0 }
+        Caller { uid, gids, held: true, all_groups: true, caps: 0, pid: 0 }
     }
 
     /// Whether kvfs holds this user to the modes.
@@ -297,22 +302,22 @@ impl Handles {
         publishes
     }
 
-    /// The inodes of the writers that their last close is publishing, or
+    /// The writers (handle, inode) that their last close is publishing, or
     /// may be about to ([`Writer::release_expected`]); waits that have
     /// lapsed by `now` are dropped.
-    pub fn publishing_at_release(&mut self, now: Instant) -> Vec<u64> {
+    pub fn publishing_at_release(&mut self, now: Instant) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         if self.releasing == 0 && self.waits_until.is_none_or(|t| t <= now) {
             self.waits_until = None;
             return out;
         }
-        for h in self.map.values_mut() {
+        for (fh, h) in self.map.iter_mut() {
             if let Io::Write(w) = &mut h.io {
                 if w.release_expected.is_some_and(|t| t <= now) {
                     w.release_expected = None;
                 }
                 if w.releasing || (w.release_expected.is_some() && w.publishes_at_release()) {
-                    out.push(h.ino);
+                    out.push((*fh, h.ino));
                 }
             }
         }
@@ -350,13 +355,13 @@ mod tests {
         let other = hs.open(Handle { ino: 6, io: Io::Read(Arc::default()) });
         assert!(hs.publishing_at_release(now).is_empty());
         hs.expect_release(fh, later);
-        assert_eq!(hs.publishing_at_release(now), vec![5]);
+        assert_eq!(hs.publishing_at_release(now), vec![(fh, 5)]);
         hs.writer(fh).expect("writer").write(0, b"x", Some(1)).expect("write");
         assert!(hs.publishing_at_release(now).is_empty(), "a write: the descriptor is in use");
         hs.expect_release(fh, later);
         assert!(hs.publishing_at_release(later).is_empty(), "lapsed");
         assert!(hs.start_release(fh), "the truncation is published at the last close");
-        assert_eq!(hs.publishing_at_release(later), vec![5], "a RELEASE under way has no lapse");
+        assert_eq!(hs.publishing_at_release(later), vec![(fh, 5)], "a RELEASE under way has no lapse");
         assert!(hs.close(other).is_some() && hs.close(fh).is_some());
         assert!(hs.publishing_at_release(later).is_empty());
     }

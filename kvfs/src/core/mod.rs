@@ -77,6 +77,10 @@ const OWN_INVAL_WAIT: Duration = Duration::from_millis(500);
 /// closed its copy, and its parent holds the file).
 const RELEASE_WAIT: Duration = Duration::from_millis(200);
 
+/// How often [`Core::after_releases`] looks again whether a wait it waits
+/// for has lapsed.
+const LAPSE_CHECK: Duration = Duration::from_millis(20);
+
 /// One entry of a directory listing: inode, type, name.
 pub type DirEntry = (u64, FileType, String);
 
@@ -792,13 +796,13 @@ impl Core {
     /// FLUSH (a close of one descriptor by `owner`): publishes the buffer if
     /// that process wrote last; reports a failure of this handle's writes.
     pub fn flush(&self, fh: u64, owner: u64) -> Result<(), Errno> {
-        self.flush_by(fh, owner, &|_| false)
+        self.flush_by(fh, owner, 0, &|_| false)
     }
 
-    /// [`Core::flush`] by a process that `held(path)` says still has
+    /// [`Core::flush`] by process `pid`, which `held(path)` says still has
     /// another descriptor open on the file at `path` (then its RELEASE is
     /// not on its way).
-    pub fn flush_by(&self, fh: u64, owner: u64, held: &dyn Fn(&str) -> bool) -> Result<(), Errno> {
+    pub fn flush_by(&self, fh: u64, owner: u64, pid: u32, held: &dyn Fn(&str) -> bool) -> Result<(), Errno> {
         tracing::debug!(fh, owner, "flush");
         let publish = {
             let mut hs = self.handles()?;
@@ -815,7 +819,7 @@ impl Core {
         if publish {
             self.commit_and_show(fh)
         } else {
-            self.expect_release(fh, held);
+            self.expect_release(fh, pid, held);
             Ok(())
         }
     }
@@ -828,10 +832,13 @@ impl Core {
     /// (and attributes, and for a file made here its directory's, which the
     /// first version changes), so that the step comes to kvfs as a LOOKUP.
     /// (A step through a descriptor is a holder's: no RELEASE is coming.)
-    fn expect_release(&self, fh: u64, held: &dyn Fn(&str) -> bool) {
+    fn expect_release(&self, fh: u64, pid: u32, held: &dyn Fn(&str) -> bool) {
+        // NOTE: only the opener's close: a copy a process inherited (a
+        // child's exit, which /proc shows holding nothing) leaves its
+        // parent holding the file.
         let ino = match self.handles().map(|mut hs| {
             let ino = hs.get(fh).map(|h| h.ino).ok()?;
-            hs.writer(fh).ok().filter(|w| w.publishes_at_release() && !w.wrote).map(|_| ino)
+            hs.writer(fh).ok().filter(|w| w.publishes_at_release() && !w.wrote && w.opener.pid == pid).map(|_| ino)
         }) {
             Ok(Some(ino)) => ino,
             _ => return,
@@ -857,13 +864,14 @@ impl Core {
         if held(&path) {
             return;
         }
-        // NOTE: marked first, so that a LOOKUP the kernel sends once it has
-        // forgotten the name waits too.
+        // NOTE: FLUSH holds no lock of the file's or its directory's. Marked
+        // after (the program's next step comes after this FLUSH's answer):
+        // a LOOKUP that waited on the mark would hold the directory the
+        // kernel must lock to forget the name.
+        self.inval.send_and_wait(inval, OWN_INVAL_WAIT);
         if let Ok(mut hs) = self.handles() {
             hs.expect_release(fh, Instant::now() + RELEASE_WAIT);
         }
-        // NOTE: FLUSH holds no lock of the file's or its directory's.
-        self.inval.send_and_wait(inval, OWN_INVAL_WAIT);
     }
 
     /// Waits until no last close is publishing, or about to publish, into
@@ -875,26 +883,39 @@ impl Core {
     /// the old content, and `: > f; echo x >> f` lost the append.
     pub(crate) fn after_releases(&self, ino: u64, own: bool) {
         let deadline = Instant::now() + CATCH_UP_WAIT;
+        // (only the writers pending when it began: files made one after
+        // another in a directory do not hold a `stat` of it for long)
+        let mut waited: Option<Vec<u64>> = None;
         loop {
             let seen = *self.released.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let now = Instant::now();
-            let Ok(pending) = self.handles().map(|mut hs| hs.publishing_at_release(now)) else { return };
+            let Ok(mut pending) = self.handles().map(|mut hs| hs.publishing_at_release(now)) else { return };
+            if let Some(w) = &waited {
+                pending.retain(|(fh, _)| w.contains(fh));
+            }
             if pending.is_empty() || now >= deadline {
                 return;
             }
-            let relevant = (own && pending.contains(&ino))
-                || self.state().is_ok_and(|s| {
-                    pending
-                        .iter()
-                        .any(|p| s.inodes.get(*p).is_some_and(|i| s.inodes.attached(split(&i.path).0) == Some(ino)))
-                });
-            if !relevant {
+            let relevant: Vec<u64> = match self.state() {
+                Ok(s) => pending
+                    .iter()
+                    .filter(|(_, p)| {
+                        (own && *p == ino)
+                            || s.inodes.get(*p).is_some_and(|i| s.inodes.attached(split(&i.path).0) == Some(ino))
+                    })
+                    .map(|(fh, _)| *fh)
+                    .collect(),
+                Err(_) => return,
+            };
+            if relevant.is_empty() {
                 return;
             }
+            waited = Some(relevant);
             let (m, cv) = &self.released;
             let g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            // (a mark lapses within RELEASE_WAIT; a RELEASE ends with a notice)
-            let _ = cv.wait_timeout_while(g, RELEASE_WAIT.min(deadline - now), |g| *g == seen);
+            // (a RELEASE ends with a notice; a mark lapses unannounced, so
+            // it is looked at again at least this often)
+            let _ = cv.wait_timeout_while(g, LAPSE_CHECK.min(deadline - now), |g| *g == seen);
         }
     }
 

@@ -633,9 +633,10 @@ impl Core {
         // IMPORTANT: waited for, as a close's commit is: the new size is a
         // new version, under a new inode, and the kernel still has the name
         // on the old one (whose size this SETATTR's answer gives it): a
-        // `stat` right after truncate(2) showed the old size. (truncate(2)
-        // holds the file, not its directory, which forgetting the name
-        // takes.)
+        // `stat` right after truncate(2) showed the old size. (Forgetting
+        // the name takes the directory; an unlink or rename of this file
+        // that holds it waits for the file, which truncate(2) holds: then
+        // this waits out its bound.)
         self.inval.send_and_wait(inval, super::OWN_INVAL_WAIT);
         Ok(())
     }

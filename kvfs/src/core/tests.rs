@@ -259,6 +259,36 @@ fn a_truncating_open_then_flush_before_any_write_publishes_nothing() {
     assert_eq!(fake.revision(), rev + 1, "release publishes nothing more");
 }
 
+/// Whose close makes the mount wait for a RELEASE: the opener's last
+/// descriptor, not a copy another process inherited, and not one of
+/// several the closer still holds; and what waits: the file's next LOOKUP
+/// and OPEN, not a GETATTR, which no LOOKUP came before (a holder's).
+#[test]
+fn only_the_opener_s_last_descriptor_makes_the_next_step_wait_for_the_release() {
+    let fake = fake();
+    put(&fake, "f", "1");
+    let a = mount(fake.clone());
+    let ino = a.ino("f").expect("lookup");
+    let opener = Caller { pid: 41, ..Caller::default() };
+    let fh = a.core.open_as(ino, libc::O_WRONLY | libc::O_TRUNC, opener).expect("open O_TRUNC");
+    let waited = |a: &Mount| a.core.handles().expect("handles").publishing_at_release(Instant::now());
+    a.core.flush_by(fh, SHELL, 42, &|_| false).expect("a child's exit");
+    assert!(waited(&a).is_empty(), "a copy inherited by another process");
+    a.core.flush_by(fh, SHELL, 41, &|p| p == "f").expect("the shell's close after dup2");
+    assert!(waited(&a).is_empty(), "the closer holds another descriptor");
+    a.core.flush_by(fh, SHELL, 41, &|_| false).expect("the last close");
+    assert_eq!(waited(&a), vec![(fh, ino)]);
+    // A GETATTR does not wait (it is answered at once); the RELEASE, on
+    // another thread, ends the wait of the next OPEN, which reads what it
+    // published.
+    assert_eq!(a.core.getattr(ino).expect("getattr").size, 1);
+    let core = a.core.clone();
+    let release = std::thread::spawn(move || core.release(fh));
+    assert_eq!(a.cat("f").expect("cat"), b"", "the next step read what the close left");
+    release.join().expect("release");
+    assert!(waited(&a).is_empty());
+}
+
 #[test]
 fn a_flush_from_another_owner_publishes_nothing() {
     let fake = fake();
