@@ -168,20 +168,33 @@ impl KvFs {
     }
 }
 
-/// Whether process `pid` still has a descriptor open on `file` (by
-/// /proc/PID/fd, whose links name what each descriptor has open): its
-/// close of one of them (a shell's `dup2` then `close`) is not the last.
+/// Whether process `pid` still has a descriptor open for writing on
+/// `file` (by /proc/PID/fd, whose links name what each descriptor has open,
+/// and fdinfo, which gives its flags): its close of one of them, a shell's
+/// `dup2` then `close`, is not its last. (A descriptor open only for
+/// reading is another open of the file, not a copy of the writer's.)
 fn holds(pid: u32, file: &std::path::Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
     let want = file.as_os_str().as_bytes();
     fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path()).is_ok_and(|t| {
+        let named = std::fs::read_link(fd.path()).is_ok_and(|t| {
             let t = t.as_os_str().as_bytes();
             // (a name the kernel was told to forget shows as deleted)
             t == want || t.strip_suffix(b" (deleted)") == Some(want)
-        })
+        });
+        named && !read_only(pid, &fd.file_name())
     })
+}
+
+/// Whether descriptor `fd` of process `pid` is open only for reading
+/// (/proc/PID/fdinfo/FD's `flags:`, in octal); false if not known.
+fn read_only(pid: u32, fd: &std::ffi::OsStr) -> bool {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy())).unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| i32::from_str_radix(f.trim(), 8).ok())
+        .is_some_and(|f| f & libc::O_ACCMODE == libc::O_RDONLY)
 }
 
 fn ns_of(t: TimeOrNow) -> i64 {
