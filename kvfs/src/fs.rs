@@ -91,13 +91,16 @@ const INVAL_THREADS: usize = 4;
 /// capabilities over modes (from /proc). `held`: the kernel holds them to
 /// the modes.
 fn caller(req: &Request, held: bool, own_userns: &Option<std::path::PathBuf>) -> Caller {
-    let mut c = Caller { uid: req.uid(), gids: vec![req.gid()], held, all_groups: true, caps: 0, pid: req.pid() };
+    let proc = format!("/proc/{}", req.pid());
+    // (the process, not the thread the kernel names: see `flush`)
+    let status = std::fs::read_to_string(format!("{proc}/status")).ok();
+    let pid = status.as_deref().and_then(tgid_in).unwrap_or(req.pid());
+    let mut c = Caller { uid: req.uid(), gids: vec![req.gid()], held, all_groups: true, caps: 0, pid };
     if req.uid() == 0 || !held {
         // (their groups decide nothing)
         return c;
     }
-    let proc = format!("/proc/{}", req.pid());
-    let Ok(status) = std::fs::read_to_string(format!("{proc}/status")) else {
+    let Some(status) = status else {
         // (another pid namespace's process, or hidepid)
         c.all_groups = false;
         return c;
@@ -185,6 +188,20 @@ fn holds(pid: u32, file: &std::path::Path) -> bool {
         });
         named && !read_only(pid, &fd.file_name())
     })
+}
+
+/// The process (thread group) thread `tid` belongs to, by
+/// /proc/TID/status; `None` if not known.
+fn process_of(tid: u32) -> Option<u32> {
+    if tid == 0 {
+        return None;
+    }
+    tgid_in(&std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?)
+}
+
+/// The `Tgid:` of a /proc status file.
+fn tgid_in(status: &str) -> Option<u32> {
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|t| t.trim().parse().ok())
 }
 
 /// Whether descriptor `fd` of process `pid` is open only for reading
@@ -527,8 +544,11 @@ impl Filesystem for KvFs {
             return reply.error(Errno::ENOSYS);
         }
         let pid = req.pid();
+        // (the kernel gives a thread's id; the opener's is its process's:
+        // a program may open on one thread and close on another, since gone)
+        let opened = |opener: u32| opener == pid || Some(opener) == process_of(pid);
         let held = |path: &str| self.mountpoint.as_ref().is_some_and(|m| holds(pid, &m.join(path)));
-        reply_empty(self.core.flush_by(fh.0, lock_owner.0, pid, &held), reply);
+        reply_empty(self.core.flush_by(fh.0, lock_owner.0, &opened, &held), reply);
     }
 
     fn release(

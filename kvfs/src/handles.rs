@@ -118,7 +118,8 @@ pub struct Caller {
     /// Its effective [`CAP_CHOWN`], [`CAP_DAC_OVERRIDE`] and [`CAP_FOWNER`]
     /// in this mount's user namespace.
     pub caps: u64,
-    /// The process (thread) that asked; 0 if not known.
+    /// The process that asked (its thread group id, else the thread's id);
+    /// 0 if not known.
     pub pid: u32,
 }
 

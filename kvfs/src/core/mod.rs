@@ -796,13 +796,20 @@ impl Core {
     /// FLUSH (a close of one descriptor by `owner`): publishes the buffer if
     /// that process wrote last; reports a failure of this handle's writes.
     pub fn flush(&self, fh: u64, owner: u64) -> Result<(), Errno> {
-        self.flush_by(fh, owner, 0, &|_| false)
+        self.flush_by(fh, owner, &|opener| opener == 0, &|_| false)
     }
 
-    /// [`Core::flush`] by process `pid`, which `held(path)` says still has
-    /// another descriptor open on the file at `path` (then its RELEASE is
-    /// not on its way).
-    pub fn flush_by(&self, fh: u64, owner: u64, pid: u32, held: &dyn Fn(&str) -> bool) -> Result<(), Errno> {
+    /// [`Core::flush`] by a process of which `opened(pid)` says whether it
+    /// is the one whose thread `pid` opened the file, and `held(path)`
+    /// whether it still has another descriptor open on the file at `path`
+    /// (then its RELEASE is not on its way).
+    pub fn flush_by(
+        &self,
+        fh: u64,
+        owner: u64,
+        opened: &dyn Fn(u32) -> bool,
+        held: &dyn Fn(&str) -> bool,
+    ) -> Result<(), Errno> {
         tracing::debug!(fh, owner, "flush");
         let publish = {
             let mut hs = self.handles()?;
@@ -819,7 +826,7 @@ impl Core {
         if publish {
             self.commit_and_show(fh)
         } else {
-            self.expect_release(fh, pid, held);
+            self.expect_release(fh, opened, held);
             Ok(())
         }
     }
@@ -832,17 +839,20 @@ impl Core {
     /// (and attributes, and for a file made here its directory's, which the
     /// first version changes), so that the step comes to kvfs as a LOOKUP.
     /// (A step through a descriptor is a holder's: no RELEASE is coming.)
-    fn expect_release(&self, fh: u64, pid: u32, held: &dyn Fn(&str) -> bool) {
+    fn expect_release(&self, fh: u64, opened: &dyn Fn(u32) -> bool, held: &dyn Fn(&str) -> bool) {
+        let (ino, opener) = match self.handles().map(|mut hs| {
+            let ino = hs.get(fh).map(|h| h.ino).ok()?;
+            hs.writer(fh).ok().filter(|w| w.publishes_at_release() && !w.wrote).map(|w| (ino, w.opener.pid))
+        }) {
+            Ok(Some(found)) => found,
+            _ => return,
+        };
         // NOTE: only the opener's close: a copy a process inherited (a
         // child's exit, which /proc shows holding nothing) leaves its
         // parent holding the file.
-        let ino = match self.handles().map(|mut hs| {
-            let ino = hs.get(fh).map(|h| h.ino).ok()?;
-            hs.writer(fh).ok().filter(|w| w.publishes_at_release() && !w.wrote && w.opener.pid == pid).map(|_| ino)
-        }) {
-            Ok(Some(ino)) => ino,
-            _ => return,
-        };
+        if !opened(opener) {
+            return;
+        }
         let (path, inval) = match self.state() {
             Ok(s) => match s.inodes.get(ino).filter(|i| i.binding == Binding::Attached) {
                 Some(i) => {

@@ -272,11 +272,11 @@ fn only_the_opener_s_last_descriptor_makes_the_next_step_wait_for_the_release() 
     let opener = Caller { pid: 41, ..Caller::default() };
     let fh = a.core.open_as(ino, libc::O_WRONLY | libc::O_TRUNC, opener).expect("open O_TRUNC");
     let waited = |a: &Mount| a.core.handles().expect("handles").publishing_at_release(Instant::now());
-    a.core.flush_by(fh, SHELL, 42, &|_| false).expect("a child's exit");
+    a.core.flush_by(fh, SHELL, &|o| o == 42, &|_| false).expect("a child's exit");
     assert!(waited(&a).is_empty(), "a copy inherited by another process");
-    a.core.flush_by(fh, SHELL, 41, &|p| p == "f").expect("the shell's close after dup2");
+    a.core.flush_by(fh, SHELL, &|o| o == 41, &|p| p == "f").expect("the shell's close after dup2");
     assert!(waited(&a).is_empty(), "the closer holds another descriptor");
-    a.core.flush_by(fh, SHELL, 41, &|_| false).expect("the last close");
+    a.core.flush_by(fh, SHELL, &|o| o == 41, &|_| false).expect("the last close");
     assert_eq!(waited(&a), vec![(fh, ino)]);
     // A GETATTR does not wait (it is answered at once); the RELEASE, on
     // another thread, ends the wait of the next OPEN, which reads what it

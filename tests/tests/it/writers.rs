@@ -371,6 +371,21 @@ fn the_step_after_a_last_close_or_a_truncate_sees_what_it_left() {
     if truncated != want {
         wrong.push(format!("truncated to 123, then stat said: {truncated}"));
     }
+    // Opened on one thread, closed on another (the kernel names a close by
+    // the thread that makes it).
+    for i in 0..60 {
+        let f = m.dir.join(format!("th{i}"));
+        std::fs::write(&f, "data").expect("write");
+        let g = f.clone();
+        let opened = std::thread::spawn(move || {
+            std::fs::OpenOptions::new().write(true).truncate(true).open(g).expect("open O_TRUNC")
+        });
+        drop(opened.join().expect("the opening thread"));
+        let read = std::fs::read(&f).expect("read");
+        if !read.is_empty() {
+            wrong.push(format!("th{i}: opened on another thread, closed, then read {read:?}"));
+        }
+    }
     // The same through a shell.
     let shell = m.sh_ok(
         "for i in $(seq 40); do echo data > s$i; : > s$i; printf '%s,' \"$(cat s$i)\"; \
@@ -406,5 +421,5 @@ fn the_step_after_a_last_close_or_a_truncate_sees_what_it_left() {
             ));
         }
     }
-    assert!(wrong.is_empty(), "{} of 280 steps saw something else:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(wrong.is_empty(), "{} of 340 steps saw something else:\n{}", wrong.len(), wrong.join("\n"));
 }
