@@ -52,19 +52,21 @@ const HARD_LINKS: &[&str] = &[
 ];
 
 /// The value limit (1 MiB by default, kvd --max-value-size): a file
-/// cannot grow past it (`EFBIG`, the right error), and these tests need it
-/// to.
-const VALUE_LIMIT: &[&str] = &["open::interact_2gb", "truncate::extend_file_shrink_sparse"];
+/// cannot grow past it (`EFBIG`, the right error, from write(2), truncate(2)
+/// or close(2); a descriptor only `ftruncate`d past it is refused when its
+/// last close publishes it, after close(2) has returned), and these tests
+/// need it to.
+const VALUE_LIMIT: &[&str] =
+    &["ftruncate::extend_file_shrink_sparse", "open::interact_2gb", "truncate::extend_file_shrink_sparse"];
 
 /// A write through a descriptor is published when it is closed or
 /// fsync'd (DESIGN.md §6): until then `stat` by path shows the value as
-/// published, not the writer's, with its times. Four of these tests
-/// `ftruncate` or `fallocate` a descriptor and `lstat` the path while it is
-/// still open; `ftruncate::unchanged_ctime_failed` `stat`s a file it made
-/// while its descriptor is open, then closes it: the first version, which
-/// that close publishes, takes the cluster's ctime.
+/// published, not the writer's, with its times. The `posix_fallocate` tests
+/// `fallocate` a descriptor and `lstat` the path while it is still open;
+/// `ftruncate::unchanged_ctime_failed` `stat`s a file it made while its
+/// descriptor is open, then closes it: the first version, which that close
+/// publishes, takes the cluster's ctime.
 const PUBLISHED_AT_CLOSE: &[&str] = &[
-    "ftruncate::extend_file_shrink_sparse",
     "ftruncate::unchanged_ctime_failed",
     "posix_fallocate::increase_empty",
     "posix_fallocate::increase_not_empty",
