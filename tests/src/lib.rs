@@ -313,6 +313,12 @@ impl Kvd {
         self.signal(rustix::process::Signal::CONT);
     }
 
+    /// Asks the process to stop (SIGTERM), without waiting for it (see
+    /// [`Kvd::wait_exit`]).
+    pub fn terminate(&self) {
+        self.signal(rustix::process::Signal::TERM);
+    }
+
     /// Asks the process to read its certificates and JWKS again (SIGHUP).
     pub fn hangup(&self) {
         self.signal(rustix::process::Signal::HUP);

@@ -33,6 +33,9 @@ pub use cluster::ClusterError;
 pub(crate) use cluster::JOIN_TIMEOUT;
 pub use transfer::Holds;
 
+/// How long a stop waits for the memtables to be written out.
+const SHUTDOWN_FLUSH_WAIT: Duration = Duration::from_secs(10);
+
 /// What [`Node::new`] is built from (see crate::boot).
 pub(crate) struct Parts {
     pub raft: Raft,
@@ -270,7 +273,22 @@ impl Node {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
         self.store.sync();
-        self.store.flush_memtables();
+        // IMPORTANT: bounded: a flush that cannot write its tables (the data
+        // directory removed, a full or failing disk) waits for ever inside
+        // fjall, and the stop with it. The journal has everything: the next
+        // start replays it.
+        let store = self.store.clone();
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            store.flush_memtables();
+            let _ = done.send(());
+        });
+        if tokio::time::timeout(SHUTDOWN_FLUSH_WAIT, flushed).await.is_err() {
+            tracing::warn!(
+                waited_ms = SHUTDOWN_FLUSH_WAIT.as_millis() as u64,
+                "flushing the memtables at shutdown did not end; stopping without it (the next start replays the journal)"
+            );
+        }
     }
 
     /// How long a request waits for the cluster.
