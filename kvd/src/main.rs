@@ -151,7 +151,8 @@ role, term and revision (shown by \fBsystemctl status\fR), WATCHDOG=1 keepalives
 healthy when the unit sets WatchdogSec=, and STOPPING=1 when it shuts down."#,
         signals: r#".TP
 .BR SIGTERM ", " SIGINT
-Stop: finish the requests in flight, close the store, exit 0.
+Stop: finish the requests in flight, close the store, exit 0. Writing the store's memtables out
+waits 10 s at most (a removed data dir, a full or failing disk); the next start replays the journal.
 .TP
 .B SIGHUP
 Reload the TLS certificate and key, the cluster CA and the JWKS file from the paths configured,
