@@ -90,13 +90,15 @@ const INVAL_THREADS: usize = 4;
 /// Who sends `req`: its uid and gid, the thread's other groups and its
 /// capabilities over modes (from /proc). `held`: the kernel holds them to
 /// the modes.
-fn caller(req: &Request, held: bool, own_userns: &Option<std::path::PathBuf>) -> Caller {
+/// `opens`: it opens a file for writing, whose close needs its process (not
+/// the thread the kernel names: see `flush`).
+fn caller(req: &Request, held: bool, own_userns: &Option<std::path::PathBuf>, opens: bool) -> Caller {
     let proc = format!("/proc/{}", req.pid());
-    // (the process, not the thread the kernel names: see `flush`)
-    let status = std::fs::read_to_string(format!("{proc}/status")).ok();
+    let checked = req.uid() != 0 && held;
+    let status = (checked || opens).then(|| std::fs::read_to_string(format!("{proc}/status")).ok()).flatten();
     let pid = status.as_deref().and_then(tgid_in).unwrap_or(req.pid());
     let mut c = Caller { uid: req.uid(), gids: vec![req.gid()], held, all_groups: true, caps: 0, pid };
-    if req.uid() == 0 || !held {
+    if !checked {
         // (their groups decide nothing)
         return c;
     }
@@ -398,7 +400,7 @@ impl Filesystem for KvFs {
         reply: ReplyAttr,
     ) {
         let who = if mode.is_some() || uid.is_some() || gid.is_some() {
-            caller(req, self.checks_modes, &self.own_userns)
+            caller(req, self.checks_modes, &self.own_userns, false)
         } else {
             Caller { uid: req.uid(), ..Caller::default() }
         };
@@ -488,7 +490,7 @@ impl Filesystem for KvFs {
         }
         let reads = flags.0 & libc::O_ACCMODE == libc::O_RDONLY;
         let o = kernel::file_open(reads);
-        let who = if reads { Caller::default() } else { caller(req, self.checks_modes, &self.own_userns) };
+        let who = if reads { Caller::default() } else { caller(req, self.checks_modes, &self.own_userns, true) };
         let fh = match self.core.open_as(ino.0, flags.0, who) {
             Ok(fh) => fh,
             Err(e) => return reply.error(e),
@@ -698,7 +700,7 @@ impl Filesystem for KvFs {
             name,
             mode & !umask,
             flags,
-            caller(req, self.checks_modes, &self.own_userns),
+            caller(req, self.checks_modes, &self.own_userns, true),
         ) {
             Ok((a, fh)) => {
                 let o = kernel::file_open(false);

@@ -76,9 +76,10 @@ pub struct Writer {
     pub checked: Option<Shown>,
     /// Until when its RELEASE is waited for: a close left it holding what
     /// only its last close publishes (the RELEASE may be on its way).
-    /// Cleared by a write through it.
+    /// Cleared by a write or a GETATTR through it (it is in use), or once
+    /// it lapses.
     pub release_expected: Option<Instant>,
-    /// Its RELEASE is publishing it.
+    /// Its RELEASE has begun (publishing it, if it holds something).
     pub releasing: bool,
 }
 

@@ -88,8 +88,8 @@ impl Tree {
     pub fn insert(&mut self, path: String, node: TreeNode) {
         // NOTE: a new version of an entry of the same kind (most inserts)
         // changes no directory.
-        if self.entries.get(&path).is_some_and(|o| o.meta.kind == node.meta.kind) {
-            self.entries.insert(path, node);
+        if let Some(o) = self.entries.get_mut(&path).filter(|o| o.meta.kind == node.meta.kind) {
+            *o = node;
             return;
         }
         let before = self.dirs_at(&path);

@@ -51,6 +51,7 @@
 //!            t.., x.., w         -> empty or u64 BE
 //! sys        token/{name}        -> TokenRecord
 //!            deleted/{prefix}    -> u64 BE
+//!            rules               -> u32 BE  (crate::sm::RULES_KEY)
 //! ```
 
 use std::io;

@@ -242,8 +242,9 @@ impl Node {
         // decides it, against this leader's token table, whatever the member
         // that took it from the client checked: that member may not have
         // applied a revocation yet.
-        // IMPORTANT: only a leader's own proposer writes the dedup window;
-        // no client may, in any auth mode, not even through the peer port.
+        // IMPORTANT: only a leader's own proposer writes the dedup window and
+        // the rules of writes; no client may, in any auth mode, not even
+        // through the peer port.
         let ops = || req.txn.success.iter().chain(&req.txn.failure);
         if ops().any(|op| matches!(op, crate::types::Op::SetDedupWindow(_))) && !matches!(authority, Authority::Node) {
             return Err(ForwardError::Denied(Denied::forbidden("the request-id window is set by the leader only")));

@@ -267,7 +267,8 @@ impl Node {
         self.disk.watch();
     }
 
-    /// Stops Raft, then makes everything durable.
+    /// Stops Raft, then makes everything durable: the journal synced, and
+    /// the memtables written out if that ends within SHUTDOWN_FLUSH_WAIT.
     pub(crate) async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
