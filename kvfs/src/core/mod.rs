@@ -1183,16 +1183,20 @@ impl Core {
     /// Waits (until `deadline`) for the watch to bring a version of `path`
     /// other than `seen`; whether it did.
     fn wait_for_newer(&self, path: &str, seen: &TreeNode, deadline: std::time::Instant) -> bool {
+        self.wait_until(deadline, |s| match s.tree.get(path) {
+            None => true,
+            Some(n) => n.meta.mod_revision != seen.meta.mod_revision || n.provisional != seen.provisional,
+        })
+    }
+
+    /// Waits (until `deadline`) for the mount's state (the watch, mostly)
+    /// to come to hold `cond`; whether it did.
+    fn wait_until(&self, deadline: std::time::Instant, cond: impl Fn(&State) -> bool) -> bool {
         loop {
-            let newer = match self.state() {
-                Ok(s) => match s.tree.get(path) {
-                    None => true,
-                    Some(n) => n.meta.mod_revision != seen.meta.mod_revision || n.provisional != seen.provisional,
-                },
+            match self.state() {
+                Ok(s) if cond(&s) => return true,
+                Ok(_) => {}
                 Err(_) => return false,
-            };
-            if newer {
-                return true;
             }
             if std::time::Instant::now() >= deadline {
                 return false;

@@ -153,19 +153,31 @@ impl Core {
         let checked = self.shown(&meta);
         let made = (meta.mtime_ns, meta.atime_ns);
         let attrs = Attrs { mode: Some(meta.mode), uid: Some(meta.uid), gid: Some(meta.gid), ..Attrs::default() };
-        // IMPORTANT: O_EXCL is exclusive across mounts at open(), where a
-        // lock file's creator checks it: the empty file is created in the
-        // cluster now, and open() fails with EEXIST if it already exists
-        // there. (The one case where a new file's first revision is empty.)
-        let created =
-            if flags & libc::O_EXCL != 0 && !local {
-                let opts = PutOptions { attrs: attrs.clone(), create_only: true, ..Default::default() };
-                Some(self.commits.count(
-                    self.cluster.put_at(&self.key(&path), Vec::new(), &opts).map_err(|f| f.errno(Errno::EEXIST)),
-                )?)
-            } else {
-                None
-            };
+        // IMPORTANT: the empty file is created in the cluster now (the only
+        // cases where a new file's first revision is empty):
+        // - O_EXCL is exclusive across mounts at open(), where a lock
+        //   file's creator checks it: open() fails with EEXIST if the file
+        //   already exists there;
+        // - a read-only descriptor can write nothing: the empty file is all
+        //   this open makes, and every mount sees it from the open on, with
+        //   the cluster's times. A name made elsewhere meanwhile is that
+        //   file, opened once the watch brings it.
+        let excl = flags & libc::O_EXCL != 0;
+        let created = if (excl || flags & libc::O_ACCMODE == libc::O_RDONLY) && !local {
+            let opts = PutOptions { attrs: attrs.clone(), create_only: true, ..Default::default() };
+            let put = self.cluster.put_at(&self.key(&path), Vec::new(), &opts);
+            match self.commits.count(put.map_err(|f| f.errno(if excl { Errno::EEXIST } else { CREATED_ELSEWHERE }))) {
+                Ok(w) => Some(w),
+                Err(CREATED_ELSEWHERE) => {
+                    let deadline = std::time::Instant::now() + super::CATCH_UP_WAIT;
+                    let seen = self.wait_until(deadline, |s| s.tree.kind(&path).is_some());
+                    return Err(if seen { CREATED_ELSEWHERE } else { Errno::EIO });
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
         let attr = {
             let mut s = self.state_mut()?;
             if created.is_none() && s.tree.kind(&path).is_some() {

@@ -62,12 +62,8 @@ const VALUE_LIMIT: &[&str] =
 /// A write through a descriptor is published when it is closed or
 /// fsync'd (DESIGN.md §6): until then `stat` by path shows the value as
 /// published, not the writer's, with its times. The `posix_fallocate` tests
-/// `fallocate` a descriptor and `lstat` the path while it is still open;
-/// `ftruncate::unchanged_ctime_failed` `stat`s a file it made while its
-/// descriptor is open, then closes it: the first version, which that close
-/// publishes, takes the cluster's ctime.
+/// `fallocate` a descriptor and `lstat` the path while it is still open.
 const PUBLISHED_AT_CLOSE: &[&str] = &[
-    "ftruncate::unchanged_ctime_failed",
     "posix_fallocate::increase_empty",
     "posix_fallocate::increase_not_empty",
     "posix_fallocate::update_ctime_success",

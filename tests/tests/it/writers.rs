@@ -161,6 +161,54 @@ fn o_excl_creates_of_one_name_on_two_mounts_let_one_open_succeed() {
     }
 }
 
+/// open(2) of `name` on `m` with `O_RDONLY | O_CREAT`, mode 0640 (std's
+/// `create` asks for write access: the flag is passed as is).
+fn create_read_only(m: &Mount, name: &str) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_CREAT).mode(0o640).open(m.dir.join(name))
+}
+
+#[test]
+fn a_file_made_by_a_read_only_open_is_in_the_cluster_when_the_open_returns() {
+    // The descriptor can write nothing, so the empty file is all this open
+    // makes: every mount sees it from the open on (lock files are made so),
+    // and stat shows the cluster's times from the first call, not times
+    // that change at the close.
+    let k = Kvd::bootstrap(&[]);
+    let (a, b) = (mount(&k), mount(&k));
+    let mut wrong = vec![];
+    for i in 0..20 {
+        let name = format!("ro{i}");
+        let f = create_read_only(&a, &name).expect("open(O_RDONLY | O_CREAT) of a new name");
+        let stored = get(&k, &format!("app/{name}"));
+        let shown = stat_of(&a.dir.join(&name));
+        close_checked(f).expect("close");
+        let then = stat_of(&a.dir.join(&name));
+        match stored {
+            None => wrong.push(format!("{name}: not in the cluster while open")),
+            Some(v) if !v.value.is_empty() || v.meta.ctime() != shown.2 || shown != then => wrong.push(format!(
+                "{name}: {} bytes stored, ctime {}; stat {shown:?} while open, {then:?} after",
+                v.value.len(),
+                v.meta.ctime()
+            )),
+            Some(_) => {}
+        }
+    }
+    assert!(wrong.is_empty(), "{} of 20 read-only creates:\n{}", wrong.len(), wrong.join("\n"));
+    eventually("B shows a file A made by a read-only open", || b.dir.join("ro19").exists());
+    // A name another client made that the mount may not have seen yet: the
+    // open opens that file (O_CREAT without O_EXCL), it does not fail.
+    for i in 0..20 {
+        let name = format!("theirs{i}");
+        crate::put_sync(&k, &format!("app/{name}"), "theirs");
+        let mut f = create_read_only(&b, &name).unwrap_or_else(|e| panic!("open(O_RDONLY | O_CREAT) of {name}: {e}"));
+        let mut got = String::new();
+        f.read_to_string(&mut got).expect("read");
+        assert_eq!(got, "theirs", "{name} as the read-only create opened it");
+        assert_eq!(text(&k, &format!("app/{name}")), "theirs", "{name} in the cluster");
+    }
+}
+
 #[test]
 fn a_file_renamed_while_open_for_writing_keeps_the_writers_data() {
     // Log rotation: the writer keeps its descriptor while the file is
