@@ -59,6 +59,8 @@ pub struct Writer {
     /// The revision this buffer edits in place: a commit of a handle that
     /// does not replace succeeds only if the key still has it.
     pub base_rev: u64,
+    /// The content the file had at the open (empty for a created one).
+    pub opened_value: Arc<Vec<u8>>,
     /// Attributes the next commit sets (a created file's, or a chmod of a
     /// file not yet in the cluster).
     pub attrs: Attrs,
@@ -169,6 +171,7 @@ impl Writer {
             replace: truncated,
             append: false,
             base_rev,
+            opened_value: Arc::default(),
             attrs: Attrs::default(),
             gen: 0,
             failed: None,
@@ -224,6 +227,13 @@ impl Writer {
     /// Whether the close of a descriptor by `owner` publishes the buffer.
     pub fn publishes_at_flush(&self, owner: u64) -> bool {
         self.failed.is_none() && self.dirty && self.wrote && self.last_writer.is_none_or(|w| w == owner)
+    }
+
+    /// Whether the handle's only change is its open's: the truncation of
+    /// `O_TRUNC`, or the creation of the file (no write, no `ftruncate`
+    /// since, nothing published yet).
+    pub fn only_opened(&self) -> bool {
+        self.dirty && self.replace && !self.wrote && self.gen == 0
     }
 
     /// Whether the last close (or an fsync) publishes the buffer.

@@ -651,6 +651,9 @@ impl Core {
     pub fn open_as(&self, ino: u64, flags: i32, opener: Caller) -> Result<u64, Errno> {
         self.after_releases(ino, true);
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if writable && flags & libc::O_TRUNC == 0 {
+            self.publish_open_truncations(ino)?;
+        }
         let (path, node) = {
             let s = self.state()?;
             let (path, node, _) = Self::node_of_ino(&s, ino)?;
@@ -689,6 +692,7 @@ impl Core {
             let trunc = flags & libc::O_TRUNC != 0;
             let mut w = Writer::new(if trunc { Vec::new() } else { node.value.as_ref().clone() }, trunc, 0);
             w.base_rev = node.meta.mod_revision;
+            w.opened_value = node.value.clone();
             w.replace |= node.provisional;
             w.append = flags & libc::O_APPEND != 0;
             w.checked = Some(shown);
@@ -962,6 +966,27 @@ impl Core {
         Ok(())
     }
 
+    /// Before an in-place edit of `ino` is opened: publishes the truncation
+    /// that another descriptor of it made at its open and holds unpublished
+    /// (`exec 3>f; echo x >> f`). The edit comes after that truncation, as
+    /// on any filesystem, so it edits the empty file, not the old content.
+    /// (A file created here and not yet published is the empty file
+    /// already.)
+    fn publish_open_truncations(&self, ino: u64) -> Result<(), Errno> {
+        let pending: Vec<u64> = self
+            .handles()?
+            .writers_on(ino)
+            .filter(|(_, w)| w.only_opened() && w.base_rev > 0)
+            .map(|(fh, _)| fh)
+            .collect();
+        for fh in pending {
+            let done = self.commit_and_show(fh);
+            self.notify_released();
+            done?;
+        }
+        Ok(())
+    }
+
     /// FSYNC: publishes whatever the handle holds, and reports a failure.
     pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
         let publish = match &self.handles()?.get(fh)?.io {
@@ -1020,7 +1045,7 @@ impl Core {
     fn commit(&self, fh: u64) -> Result<Vec<Inval>, Errno> {
         let lock = self.handles()?.writer(fh)?.commit_lock.clone();
         let _serial = lock.lock().map_err(|_| Errno::EIO)?;
-        let (ino, data, opts, gen, opener, checked) = {
+        let (ino, data, opts, gen, opener, checked, only_opened) = {
             let mut hs = self.handles()?;
             let ino = hs.get(fh)?.ino;
             let w = hs.writer(fh)?;
@@ -1036,7 +1061,8 @@ impl Core {
                 create_only: false,
                 request_id: None,
             };
-            (ino, w.buf.clone(), opts, w.gen, w.opener.clone(), w.checked)
+            let only_opened = w.only_opened().then(|| (w.base_rev, w.opened_value.clone()));
+            (ino, w.buf.clone(), opts, w.gen, w.opener.clone(), w.checked, only_opened)
         };
         // IMPORTANT: a writer other than root puts only over the version it
         // was checked against here: one that won in the cluster meanwhile
@@ -1071,10 +1097,30 @@ impl Core {
                 (i.path.clone(), now)
             };
             let Some(node) = node else { return Ok(vec![]) };
+            // IMPORTANT: a descriptor whose only change is its open's
+            // truncation or creation made it then, not at its close: content
+            // written since (through another descriptor, here or on another
+            // mount, while this one stayed open) came after it, and is not
+            // replaced by an empty file. (A chmod since is not content.)
+            if let Some((base, opened)) = &only_opened {
+                if !node.local && !node.provisional && node.meta.mod_revision > *base && node.value != *opened {
+                    self.handles()?.writer(fh)?.committed(node.meta.mod_revision, gen);
+                    return Ok(vec![]);
+                }
+            }
             if node.local {
                 break (path, node, crate::cluster::Written::default(), opts.clone());
             }
             let mut o = opts.clone();
+            if node.provisional {
+                // IMPORTANT: a file made here and not yet published is made
+                // by this commit, with the mode and owner it was made with
+                // and has shown, whichever of its descriptors publishes it
+                // (`exec 3>>log; echo x >> log` under umask 077: 0600).
+                o.attrs.mode = o.attrs.mode.or(Some(node.meta.mode));
+                o.attrs.uid = o.attrs.uid.or(Some(node.meta.uid));
+                o.attrs.gid = o.attrs.gid.or(Some(node.meta.gid));
+            }
             if guarded {
                 if node.provisional {
                     o.create_only = true;

@@ -8,7 +8,7 @@ use kv_client::clock::now_ns;
 use kv_client::{Attrs, Compare, EntryInfo, Kind, Meta, PutOptions, TxnOp, TxnRequest};
 
 use super::{new_meta, Core};
-use crate::cluster::Written;
+use crate::cluster::{Failure, Written};
 use crate::handles::{Caller, Handle, Io, Writer, CAP_CHOWN, CAP_FOWNER};
 use crate::tree::{split, TreeNode};
 
@@ -165,15 +165,18 @@ impl Core {
         let excl = flags & libc::O_EXCL != 0;
         let created = if (excl || flags & libc::O_ACCMODE == libc::O_RDONLY) && !local {
             let opts = PutOptions { attrs: attrs.clone(), create_only: true, ..Default::default() };
-            let put = self.cluster.put_at(&self.key(&path), Vec::new(), &opts);
-            match self.commits.count(put.map_err(|f| f.errno(if excl { Errno::EEXIST } else { CREATED_ELSEWHERE }))) {
-                Ok(w) => Some(w),
-                Err(CREATED_ELSEWHERE) => {
+            match self.cluster.put_at(&self.key(&path), Vec::new(), &opts) {
+                Err(Failure::Conflict) if !excl => {
+                    // (not a failure anyone sees: the open opens that file)
+                    self.commits.count(Ok(()))?;
                     let deadline = std::time::Instant::now() + super::CATCH_UP_WAIT;
-                    let seen = self.wait_until(deadline, |s| s.tree.kind(&path).is_some());
-                    return Err(if seen { CREATED_ELSEWHERE } else { Errno::EIO });
+                    // NOTE: if the name never comes (deleted again at once),
+                    // the kernel's second lookup finds nothing, and its
+                    // second CREATE makes the file.
+                    self.wait_until(deadline, |s| s.tree.kind(&path).is_some());
+                    return Err(CREATED_ELSEWHERE);
                 }
-                Err(e) => return Err(e),
+                put => Some(self.commits.count(put.map_err(|f| f.errno(Errno::EEXIST)))?),
             }
         } else {
             None

@@ -210,6 +210,59 @@ fn a_file_made_by_a_read_only_open_is_in_the_cluster_when_the_open_returns() {
 }
 
 #[test]
+fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_it_was_open() {
+    // A shell holds fd 3 from `exec 3>f` (or `3>>f` on a new file) and
+    // writes the file through another descriptor before it closes fd 3:
+    // the truncation or creation was made at the open, and the write came
+    // after it, as on any filesystem. (The whole output was lost before:
+    // fd 3's last close published the empty file over it; and an append
+    // after `exec 3>f` appended to the old content.)
+    let k = Kvd::bootstrap(&[]);
+    let (a, b) = (mount(&k), mount(&k));
+    let mut wrong = vec![];
+    for i in 0..10 {
+        let steps = [
+            (format!("umask 077; exec 3>>new{i}; echo out >> new{i}; exec 3>&-"), format!("new{i}"), "out\n"),
+            (format!("exec 3>made{i}; echo out > made{i}; exec 3>&-"), format!("made{i}"), "out\n"),
+            (format!("echo old > old{i}; exec 3>old{i}; echo new > old{i}; exec 3>&-"), format!("old{i}"), "new\n"),
+            (format!("echo old > app{i}; exec 3>app{i}; echo x >> app{i}; exec 3>&-"), format!("app{i}"), "x\n"),
+        ];
+        for (script, name, want) in steps {
+            a.sh_ok(&script);
+            let key = format!("app/{name}");
+            let stored = get(&k, &key);
+            let seen = (
+                a.sh_ok(&format!("cat {name}")),
+                stored.as_ref().map(|v| String::from_utf8_lossy(&v.value).into_owned()),
+                stored.map(|v| v.meta.mode & 0o777),
+            );
+            // (made under umask 077 by `3>>`, whichever descriptor publishes it)
+            let mode = if name.starts_with("new") { 0o600 } else { 0o644 };
+            if seen != (want.to_owned(), Some(want.to_owned()), Some(mode)) {
+                wrong.push(format!("{script:?}: the mount, the cluster and its mode have {seen:?}"));
+            }
+        }
+        // Another mount writes the file while a descriptor that truncated
+        // it here is open.
+        let name = format!("theirs{i}");
+        crate::put_sync(&k, &format!("app/{name}"), "old");
+        eventually("A shows the file", || a.sh(&format!("cat {name}")).stdout == b"old");
+        let held = std::fs::File::create(a.dir.join(&name)).expect("O_TRUNC open on A");
+        b.sh_ok(&format!("echo from-b > {name}"));
+        eventually("A shows B's version", || a.sh(&format!("cat {name}")).stdout == b"from-b\n");
+        let events = published(&k, &[&a, &b], || close_checked(held).expect("close on A"));
+        if history(&events, &format!("app/{name}")) != vec![] || text(&k, &format!("app/{name}")) != "from-b\n" {
+            wrong.push(format!(
+                "{name}: {:?}, then {:?}",
+                history(&events, &format!("app/{name}")),
+                text(&k, &format!("app/{name}"))
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of 50 steps lost a write or its mode:\n{}", wrong.len(), wrong.join("\n"));
+}
+
+#[test]
 fn a_file_renamed_while_open_for_writing_keeps_the_writers_data() {
     // Log rotation: the writer keeps its descriptor while the file is
     // renamed away; its writes belong to the renamed file.
