@@ -48,6 +48,8 @@ pub struct Writer {
     pub dirty: bool,
     /// A WRITE (not only a truncation) came since the last commit.
     pub wrote: bool,
+    /// An `ftruncate` came since the last commit.
+    pub resized: bool,
     /// Lock owner (the process's file table) of the last WRITE; `None`
     /// when unknown (writeback of a shared mapping).
     pub last_writer: Option<u64>,
@@ -61,6 +63,8 @@ pub struct Writer {
     pub base_rev: u64,
     /// The content the file had at the open (empty for a created one).
     pub opened_value: Arc<Vec<u8>>,
+    /// When it was opened, ns since the epoch by this host's clock.
+    pub opened_ns: i64,
     /// Attributes the next commit sets (a created file's, or a chmod of a
     /// file not yet in the cluster).
     pub attrs: Attrs,
@@ -167,11 +171,13 @@ impl Writer {
             buf: content,
             dirty: truncated,
             wrote: false,
+            resized: false,
             last_writer: None,
             replace: truncated,
             append: false,
             base_rev,
             opened_value: Arc::default(),
+            opened_ns: kv_client::clock::now_ns(),
             attrs: Attrs::default(),
             gen: 0,
             failed: None,
@@ -220,6 +226,7 @@ impl Writer {
         // (a change of size is a change of content: the commit's time)
         self.attrs.mtime_ns = None;
         self.dirty = true;
+        self.resized = true;
         self.gen += 1;
         Ok(())
     }
@@ -229,11 +236,12 @@ impl Writer {
         self.failed.is_none() && self.dirty && self.wrote && self.last_writer.is_none_or(|w| w == owner)
     }
 
-    /// Whether the handle's only change is its open's: the truncation of
-    /// `O_TRUNC`, or the creation of the file (no write, no `ftruncate`
-    /// since, nothing published yet).
+    /// Whether the handle's only change to the content is its open's: the
+    /// truncation of `O_TRUNC`, or the creation of the file (no write, no
+    /// `ftruncate` since, nothing published yet; a chmod or a time set
+    /// through it is no change of content).
     pub fn only_opened(&self) -> bool {
-        self.dirty && self.replace && !self.wrote && self.gen == 0
+        self.dirty && self.replace && !self.wrote && !self.resized
     }
 
     /// Whether the last close (or an fsync) publishes the buffer.
@@ -248,6 +256,7 @@ impl Writer {
         if self.gen == gen {
             self.dirty = false;
             self.wrote = false;
+            self.resized = false;
             self.attrs = Attrs::default();
         }
     }

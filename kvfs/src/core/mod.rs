@@ -77,6 +77,11 @@ const OWN_INVAL_WAIT: Duration = Duration::from_millis(500);
 /// closed its copy, and its parent holds the file).
 const RELEASE_WAIT: Duration = Duration::from_millis(200);
 
+/// How much earlier than a descriptor's open (by this host's clock) the
+/// cluster may have taken a version that still counts as written after it
+/// (see [`Core::commit`]): the clocks of hosts may disagree by this much.
+const SUPERSEDE_SKEW_NS: i64 = 1_000_000_000;
+
 /// How often [`Core::after_releases`] looks again whether a wait it waits
 /// for has lapsed.
 const LAPSE_CHECK: Duration = Duration::from_millis(20);
@@ -651,9 +656,6 @@ impl Core {
     pub fn open_as(&self, ino: u64, flags: i32, opener: Caller) -> Result<u64, Errno> {
         self.after_releases(ino, true);
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        if writable && flags & libc::O_TRUNC == 0 {
-            self.publish_open_truncations(ino)?;
-        }
         let (path, node) = {
             let s = self.state()?;
             let (path, node, _) = Self::node_of_ino(&s, ino)?;
@@ -690,7 +692,20 @@ impl Core {
                 return Err(Errno::EACCES);
             }
             let trunc = flags & libc::O_TRUNC != 0;
-            let mut w = Writer::new(if trunc { Vec::new() } else { node.value.as_ref().clone() }, trunc, 0);
+            // IMPORTANT: an in-place edit opened while another descriptor
+            // holds a truncation of this version made at its open, not yet
+            // published (`exec 3>f; echo x >> f`), edits the empty file, as
+            // on any filesystem. Nothing is published here: the edit's
+            // commit makes the truncation's at its close moot, and without
+            // one that close publishes the empty file.
+            let truncated = !trunc
+                && node.meta.mod_revision > 0
+                && self
+                    .handles()?
+                    .writers_on(ino)
+                    .any(|(_, w)| w.only_opened() && w.base_rev == node.meta.mod_revision);
+            let content = if trunc || truncated { Vec::new() } else { node.value.as_ref().clone() };
+            let mut w = Writer::new(content, trunc, 0);
             w.base_rev = node.meta.mod_revision;
             w.opened_value = node.value.clone();
             w.replace |= node.provisional;
@@ -966,27 +981,6 @@ impl Core {
         Ok(())
     }
 
-    /// Before an in-place edit of `ino` is opened: publishes the truncation
-    /// that another descriptor of it made at its open and holds unpublished
-    /// (`exec 3>f; echo x >> f`). The edit comes after that truncation, as
-    /// on any filesystem, so it edits the empty file, not the old content.
-    /// (A file created here and not yet published is the empty file
-    /// already.)
-    fn publish_open_truncations(&self, ino: u64) -> Result<(), Errno> {
-        let pending: Vec<u64> = self
-            .handles()?
-            .writers_on(ino)
-            .filter(|(_, w)| w.only_opened() && w.base_rev > 0)
-            .map(|(fh, _)| fh)
-            .collect();
-        for fh in pending {
-            let done = self.commit_and_show(fh);
-            self.notify_released();
-            done?;
-        }
-        Ok(())
-    }
-
     /// FSYNC: publishes whatever the handle holds, and reports a failure.
     pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
         let publish = match &self.handles()?.get(fh)?.io {
@@ -1061,7 +1055,7 @@ impl Core {
                 create_only: false,
                 request_id: None,
             };
-            let only_opened = w.only_opened().then(|| (w.base_rev, w.opened_value.clone()));
+            let only_opened = w.only_opened().then(|| (w.base_rev, w.opened_value.clone(), w.opened_ns));
             (ino, w.buf.clone(), opts, w.gen, w.opener.clone(), w.checked, only_opened)
         };
         // IMPORTANT: a writer other than root puts only over the version it
@@ -1101,9 +1095,13 @@ impl Core {
             // truncation or creation made it then, not at its close: content
             // written since (through another descriptor, here or on another
             // mount, while this one stayed open) came after it, and is not
-            // replaced by an empty file. (A chmod since is not content.)
-            if let Some((base, opened)) = &only_opened {
-                if !node.local && !node.provisional && node.meta.mod_revision > *base && node.value != *opened {
+            // replaced by an empty file. (A chmod since is not content.
+            // Nor is a version the watch brings late that the cluster took
+            // well before the open: after a reconnect, say.)
+            if let Some((base, opened, opened_ns)) = &only_opened {
+                let since = node.meta.ctime() >= opened_ns.saturating_sub(SUPERSEDE_SKEW_NS);
+                if !node.local && !node.provisional && node.meta.mod_revision > *base && node.value != *opened && since
+                {
                     self.handles()?.writer(fh)?.committed(node.meta.mod_revision, gen);
                     return Ok(vec![]);
                 }

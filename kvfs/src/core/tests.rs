@@ -886,3 +886,27 @@ fn a_mount_takes_the_cluster_s_own_attributes_of_a_write_it_made_once_the_watch_
         "the cluster's times"
     );
 }
+
+#[test]
+fn a_truncation_made_at_an_open_gives_way_only_to_content_written_after_the_open() {
+    let fake = fake();
+    let (a, b) = (mount(fake.clone()), mount(fake.clone()));
+    a.echo("f", "old").expect("echo on a");
+    catch_up(&b.core, &fake);
+    // Written on a while b's descriptor that truncated f is open: kept.
+    let (_, fh) = b.open("f", libc::O_WRONLY | libc::O_TRUNC);
+    a.echo("f", "after").expect("echo on a");
+    catch_up(&b.core, &fake);
+    assert_eq!(b.core.flush(fh, SHELL), Ok(()));
+    b.core.release(fh);
+    assert_eq!(stored(&fake, "f").as_deref(), Some(b"after".as_slice()), "a write after the truncating open");
+    // Written on a well before b's open, which b's watch brings late (a
+    // reconnect): the truncation came after it.
+    a.echo("f", "before").expect("echo on a");
+    std::thread::sleep(Duration::from_nanos(super::SUPERSEDE_SKEW_NS as u64) + Duration::from_millis(100));
+    let (_, fh) = b.open("f", libc::O_WRONLY | libc::O_TRUNC);
+    catch_up(&b.core, &fake);
+    assert_eq!(b.core.flush(fh, SHELL), Ok(()));
+    b.core.release(fh);
+    assert_eq!(stored(&fake, "f"), Some(Vec::new()), "a truncation after a write its mount saw late");
+}

@@ -226,6 +226,13 @@ fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_
             (format!("exec 3>made{i}; echo out > made{i}; exec 3>&-"), format!("made{i}"), "out\n"),
             (format!("echo old > old{i}; exec 3>old{i}; echo new > old{i}; exec 3>&-"), format!("old{i}"), "new\n"),
             (format!("echo old > app{i}; exec 3>app{i}; echo x >> app{i}; exec 3>&-"), format!("app{i}"), "x\n"),
+            // (a chmod or a touch in between is no write through fd 3)
+            (
+                format!("umask 077; exec 3>>mod{i}; chmod 600 mod{i}; echo x >> mod{i}; exec 3>&-"),
+                format!("mod{i}"),
+                "x\n",
+            ),
+            (format!("exec 3>>touch{i}; touch touch{i}; echo x >> touch{i}; exec 3>&-"), format!("touch{i}"), "x\n"),
         ];
         for (script, name, want) in steps {
             a.sh_ok(&script);
@@ -237,7 +244,7 @@ fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_
                 stored.map(|v| v.meta.mode & 0o777),
             );
             // (made under umask 077 by `3>>`, whichever descriptor publishes it)
-            let mode = if name.starts_with("new") { 0o600 } else { 0o644 };
+            let mode = if name.starts_with("new") || name.starts_with("mod") { 0o600 } else { 0o644 };
             if seen != (want.to_owned(), Some(want.to_owned()), Some(mode)) {
                 wrong.push(format!("{script:?}: the mount, the cluster and its mode have {seen:?}"));
             }
@@ -259,7 +266,7 @@ fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_
             ));
         }
     }
-    assert!(wrong.is_empty(), "{} of 50 steps lost a write or its mode:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(wrong.is_empty(), "{} of 70 steps lost a write or its mode:\n{}", wrong.len(), wrong.join("\n"));
 }
 
 #[test]
