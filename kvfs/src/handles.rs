@@ -63,7 +63,10 @@ pub struct Writer {
     pub base_rev: u64,
     /// The content the file had at the open (empty for a created one).
     pub opened_value: Arc<Vec<u8>>,
-    /// When it was opened, ns since the epoch by this host's clock.
+    /// The mtime of the version it opened.
+    pub opened_mtime: i64,
+    /// When it was opened, ns since the epoch by this host's clock (for a
+    /// descriptor that took another's truncation: when that one was).
     pub opened_ns: i64,
     /// Attributes the next commit sets (a created file's, or a chmod of a
     /// file not yet in the cluster).
@@ -177,6 +180,7 @@ impl Writer {
             append: false,
             base_rev,
             opened_value: Arc::default(),
+            opened_mtime: 0,
             opened_ns: kv_client::clock::now_ns(),
             attrs: Attrs::default(),
             gen: 0,
@@ -241,7 +245,7 @@ impl Writer {
     /// `ftruncate` since, nothing published yet; a chmod or a time set
     /// through it is no change of content).
     pub fn only_opened(&self) -> bool {
-        self.dirty && self.replace && !self.wrote && !self.resized
+        self.failed.is_none() && self.dirty && self.replace && !self.wrote && !self.resized
     }
 
     /// Whether the last close (or an fsync) publishes the buffer.

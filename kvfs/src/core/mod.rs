@@ -210,7 +210,13 @@ pub struct Core {
     /// RELEASE done, a descriptor used after a close (a write, a GETATTR
     /// through it), an fsync that published.
     released: (Mutex<u64>, std::sync::Condvar),
+    /// The revisions of this mount's latest commits of file content (the
+    /// last [`OWN_REVS`]): written after every descriptor open then.
+    own_revs: Mutex<std::collections::BTreeSet<u64>>,
 }
+
+/// How many of its own commits' revisions a mount remembers.
+const OWN_REVS: usize = 1024;
 
 /// The FUSE file type of an entry kind.
 pub fn file_type(k: Kind) -> FileType {
@@ -338,6 +344,7 @@ impl Core {
             backings: Default::default(),
             started_ns: now_ns(),
             released: Default::default(),
+            own_revs: Default::default(),
         }
     }
 
@@ -692,22 +699,21 @@ impl Core {
                 return Err(Errno::EACCES);
             }
             let trunc = flags & libc::O_TRUNC != 0;
-            // IMPORTANT: an in-place edit opened while another descriptor
-            // holds a truncation of this version made at its open, not yet
-            // published (`exec 3>f; echo x >> f`), edits the empty file, as
-            // on any filesystem. Nothing is published here: the edit's
-            // commit makes the truncation's at its close moot, and without
-            // one that close publishes the empty file.
-            let truncated = !trunc
-                && node.meta.mod_revision > 0
-                && self
-                    .handles()?
-                    .writers_on(ino)
-                    .any(|(_, w)| w.only_opened() && w.base_rev == node.meta.mod_revision);
-            let content = if trunc || truncated { Vec::new() } else { node.value.as_ref().clone() };
-            let mut w = Writer::new(content, trunc, 0);
+            // IMPORTANT: an edit opened while another descriptor holds a
+            // truncation of this version made at its open, not yet published
+            // (`exec 3>f; echo x >> f`), edits the empty file, as on any
+            // filesystem: it holds that truncation too, made when the other
+            // was opened. Nothing is published here.
+            let joined = if trunc { None } else { self.open_truncation(ino, node.meta.mod_revision)? };
+            let mut w = Writer::new(
+                if trunc || joined.is_some() { Vec::new() } else { node.value.as_ref().clone() },
+                trunc || joined.is_some(),
+                0,
+            );
             w.base_rev = node.meta.mod_revision;
             w.opened_value = node.value.clone();
+            w.opened_mtime = node.meta.mtime_ns;
+            w.opened_ns = joined.unwrap_or(w.opened_ns);
             w.replace |= node.provisional;
             w.append = flags & libc::O_APPEND != 0;
             w.checked = Some(shown);
@@ -981,6 +987,30 @@ impl Core {
         Ok(())
     }
 
+    /// When a descriptor of `ino` that truncated its version `rev` at its
+    /// open, and holds nothing else, was opened (ns): that truncation is
+    /// not published yet.
+    fn open_truncation(&self, ino: u64, rev: u64) -> Result<Option<i64>, Errno> {
+        if rev == 0 {
+            return Ok(None);
+        }
+        Ok(self
+            .handles()?
+            .writers_on(ino)
+            .find(|(_, w)| w.only_opened() && w.base_rev == rev)
+            .map(|(_, w)| w.opened_ns))
+    }
+
+    /// Remembers `rev` as a commit of file content by this mount.
+    fn wrote_own(&self, rev: u64) {
+        if let Ok(mut revs) = self.own_revs.lock() {
+            revs.insert(rev);
+            while revs.len() > OWN_REVS {
+                revs.pop_first();
+            }
+        }
+    }
+
     /// FSYNC: publishes whatever the handle holds, and reports a failure.
     pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
         let publish = match &self.handles()?.get(fh)?.io {
@@ -1055,7 +1085,8 @@ impl Core {
                 create_only: false,
                 request_id: None,
             };
-            let only_opened = w.only_opened().then(|| (w.base_rev, w.opened_value.clone(), w.opened_ns));
+            let only_opened =
+                w.only_opened().then(|| (w.base_rev, w.opened_value.clone(), w.opened_mtime, w.opened_ns));
             (ino, w.buf.clone(), opts, w.gen, w.opener.clone(), w.checked, only_opened)
         };
         // IMPORTANT: a writer other than root puts only over the version it
@@ -1095,13 +1126,15 @@ impl Core {
             // truncation or creation made it then, not at its close: content
             // written since (through another descriptor, here or on another
             // mount, while this one stayed open) came after it, and is not
-            // replaced by an empty file. (A chmod since is not content.
-            // Nor is a version the watch brings late that the cluster took
-            // well before the open: after a reconnect, say.)
-            if let Some((base, opened, opened_ns)) = &only_opened {
-                let since = node.meta.ctime() >= opened_ns.saturating_sub(SUPERSEDE_SKEW_NS);
-                if !node.local && !node.provisional && node.meta.mod_revision > *base && node.value != *opened && since
-                {
+            // replaced by an empty file. A chmod since is no write (same
+            // content and mtime); nor is a version the watch brings late
+            // that the cluster took well before the open (a reconnect),
+            // unless this mount wrote it.
+            if let Some((base, value, mtime, opened_ns)) = &only_opened {
+                let written = node.value != *value || node.meta.mtime_ns != *mtime;
+                let since = node.meta.ctime() >= opened_ns.saturating_sub(SUPERSEDE_SKEW_NS)
+                    || self.own_revs.lock().is_ok_and(|r| r.contains(&node.meta.mod_revision));
+                if !node.local && !node.provisional && node.meta.mod_revision > *base && written && since {
                     self.handles()?.writer(fh)?.committed(node.meta.mod_revision, gen);
                     return Ok(vec![]);
                 }
@@ -1119,24 +1152,30 @@ impl Core {
                 o.attrs.uid = o.attrs.uid.or(Some(node.meta.uid));
                 o.attrs.gid = o.attrs.gid.or(Some(node.meta.gid));
             }
-            if guarded {
+            // (a truncation made at the open, too, is put only over the
+            // version looked at above: one written meanwhile, through
+            // another descriptor, is looked at again, and wins)
+            let conditional = guarded || only_opened.is_some();
+            if conditional {
                 if node.provisional {
                     o.create_only = true;
                 } else {
                     o.if_match = Some(node.meta.mod_revision);
-                    // A created file's owner and mode are not put over
-                    // someone else's version: O_CREAT of an existing file
-                    // keeps its owner.
-                    (o.attrs.mode, o.attrs.uid, o.attrs.gid) = (None, None, None);
                 }
+            }
+            if guarded && !node.provisional {
+                // A created file's owner and mode are not put over someone
+                // else's version: O_CREAT of an existing file keeps its owner.
+                (o.attrs.mode, o.attrs.uid, o.attrs.gid) = (None, None, None);
             }
             let failure = match self.cluster.put_at(&self.key(&path), data.clone(), &o) {
                 Ok(w) => {
+                    self.wrote_own(w.revision);
                     self.commits.count(Ok(()))?;
                     break (path, node, w, o);
                 }
                 Err(Failure::Conflict)
-                    if guarded
+                    if conditional
                         && std::time::Instant::now() < deadline
                         && self.wait_for_newer(&path, &node, deadline) =>
                 {

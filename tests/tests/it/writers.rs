@@ -233,6 +233,15 @@ fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_
                 "x\n",
             ),
             (format!("exec 3>>touch{i}; touch touch{i}; echo x >> touch{i}; exec 3>&-"), format!("touch{i}"), "x\n"),
+            // (fd 4 takes fd 3's truncation, whichever closes first)
+            (
+                format!("echo old > two{i}; exec 3>two{i}; exec 4>>two{i}; exec 3>&-; echo x >&4; exec 4>&-"),
+                format!("two{i}"),
+                "x\n",
+            ),
+            // (the same content written again is a write all the same)
+            (format!("echo ok > same{i}; exec 3>same{i}; echo ok > same{i}; exec 3>&-"), format!("same{i}"), "ok\n"),
+            (format!("echo old > cut{i}; exec 3>cut{i}; truncate -s 2 cut{i}; exec 3>&-"), format!("cut{i}"), "\0\0"),
         ];
         for (script, name, want) in steps {
             a.sh_ok(&script);
@@ -266,7 +275,7 @@ fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_
             ));
         }
     }
-    assert!(wrong.is_empty(), "{} of 70 steps lost a write or its mode:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(wrong.is_empty(), "{} of 100 steps lost a write or its mode:\n{}", wrong.len(), wrong.join("\n"));
 }
 
 #[test]
