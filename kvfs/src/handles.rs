@@ -63,8 +63,12 @@ pub struct Writer {
     pub base_rev: u64,
     /// The content the file had at the open (empty for a created one).
     pub opened_value: Arc<Vec<u8>>,
-    /// The mtime of the version it opened.
+    /// The mtime of the version it opened (kept when this mount changes
+    /// only its attributes: [`crate::core::Core`]'s rebase).
     pub opened_mtime: i64,
+    /// An edit opened while another descriptor held an unpublished
+    /// truncation of its version: its buffer began as the empty file.
+    pub holds_truncation: bool,
     /// When it was opened, ns since the epoch by this host's clock (for a
     /// descriptor that took another's truncation: when that one was).
     pub opened_ns: i64,
@@ -181,6 +185,7 @@ impl Writer {
             base_rev,
             opened_value: Arc::default(),
             opened_mtime: 0,
+            holds_truncation: false,
             opened_ns: kv_client::clock::now_ns(),
             attrs: Attrs::default(),
             gen: 0,

@@ -614,7 +614,7 @@ impl Core {
         }
         let mut a = self.getattr_told(ino)?;
         if let Ok(w) = self.handles()?.writer(fh) {
-            if w.dirty {
+            if w.dirty || w.holds_truncation {
                 a.attr.size = w.buf.len() as u64;
                 a.attr.blocks = a.attr.size.div_ceil(512);
             }
@@ -702,18 +702,20 @@ impl Core {
             // IMPORTANT: an edit opened while another descriptor holds a
             // truncation of this version made at its open, not yet published
             // (`exec 3>f; echo x >> f`), edits the empty file, as on any
-            // filesystem: it holds that truncation too, made when the other
-            // was opened. Nothing is published here.
+            // filesystem; in place, over that version (or over the empty one
+            // once that truncation is published). Nothing is published here.
+            // (Its commits wait for that truncation's, which moves it onto
+            // the empty version when it publishes it.)
             let joined = if trunc { None } else { self.open_truncation(ino, node.meta.mod_revision)? };
-            let mut w = Writer::new(
-                if trunc || joined.is_some() { Vec::new() } else { node.value.as_ref().clone() },
-                trunc || joined.is_some(),
-                0,
-            );
+            let mut w =
+                Writer::new(if trunc || joined.is_some() { Vec::new() } else { node.value.as_ref().clone() }, trunc, 0);
             w.base_rev = node.meta.mod_revision;
             w.opened_value = node.value.clone();
             w.opened_mtime = node.meta.mtime_ns;
-            w.opened_ns = joined.unwrap_or(w.opened_ns);
+            w.holds_truncation = joined.is_some();
+            if let Some(lock) = joined {
+                w.commit_lock = lock;
+            }
             w.replace |= node.provisional;
             w.append = flags & libc::O_APPEND != 0;
             w.checked = Some(shown);
@@ -987,18 +989,15 @@ impl Core {
         Ok(())
     }
 
-    /// When a descriptor of `ino` that truncated its version `rev` at its
-    /// open, and holds nothing else, was opened (ns): that truncation is
-    /// not published yet.
-    fn open_truncation(&self, ino: u64, rev: u64) -> Result<Option<i64>, Errno> {
+    /// If a descriptor of `ino` truncated its version `rev` at its open,
+    /// holds nothing else, and has not published it: its commit lock.
+    fn open_truncation(&self, ino: u64, rev: u64) -> Result<Option<Arc<Mutex<()>>>, Errno> {
         if rev == 0 {
             return Ok(None);
         }
-        Ok(self
-            .handles()?
-            .writers_on(ino)
-            .find(|(_, w)| w.only_opened() && w.base_rev == rev)
-            .map(|(_, w)| w.opened_ns))
+        let mut hs = self.handles()?;
+        let mut truncating = hs.writers_on(ino).filter(|(_, w)| w.only_opened() && w.base_rev == rev);
+        Ok(truncating.next().map(|(_, w)| w.commit_lock.clone()))
     }
 
     /// Remembers `rev` as a commit of file content by this mount.
@@ -1259,7 +1258,15 @@ impl Core {
             }
         };
         self.changed();
-        self.handles()?.writer(fh)?.committed(rev, gen);
+        let mut hs = self.handles()?;
+        if only_opened.is_some() {
+            // (the edits that began from this truncation edit it now)
+            let from = node.meta.mod_revision;
+            for (_, w) in hs.writers_on(ino).filter(|(_, w)| w.holds_truncation && w.base_rev == from) {
+                w.base_rev = rev;
+            }
+        }
+        hs.writer(fh)?.committed(rev, gen);
         Ok(wait)
     }
 
@@ -1332,13 +1339,15 @@ impl Core {
     }
 
     /// After this mount changed only the attributes or the name of the file
-    /// at `ino` (now at revision `to`): writers that edit revision `from`
-    /// edit `to` instead, so their close does not fail over it.
-    fn rebase(&self, ino: u64, from: u64, to: u64) {
+    /// at `ino` (now at revision `to`, with mtime `mtime` if that changed):
+    /// writers that edit revision `from` edit `to` instead, so their close
+    /// does not fail over it (nor count it as a write since their open).
+    fn rebase(&self, ino: u64, from: u64, to: u64, mtime: Option<i64>) {
         if let Ok(mut hs) = self.handles.lock() {
             for (_, w) in hs.writers_on(ino) {
                 if w.base_rev == from {
                     w.base_rev = to;
+                    w.opened_mtime = mtime.unwrap_or(w.opened_mtime);
                 }
             }
         }

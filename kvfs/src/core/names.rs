@@ -563,7 +563,7 @@ impl Core {
         // a time set after their last write stays (`cp -p` sets it through
         // the descriptor it wrote, before its close commits).
         for v in &versions {
-            self.rebase(*v, old_rev, resp.revision);
+            self.rebase(*v, old_rev, resp.revision, Some(after.mtime_ns));
         }
         if a.mtime.is_some() || a.atime.is_some() {
             let mut hs = self.handles()?;

@@ -197,7 +197,7 @@ impl Core {
         // Files with pending writes keep them: their content moved unchanged.
         for (p, ino) in &moving {
             if let Some(from) = old_rev.get(p.as_str()) {
-                self.rebase(*ino, *from, rev);
+                self.rebase(*ino, *from, rev, None);
             }
         }
         self.changed();

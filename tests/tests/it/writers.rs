@@ -274,8 +274,28 @@ fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_
                 text(&k, &format!("app/{name}"))
             ));
         }
+        // While a descriptor here holds a truncation: an open that writes
+        // nothing (`: >> f`, `touch f`) publishes nothing, and neither that
+        // touch nor a chmod on the other mount is a write that undoes the
+        // truncation at its close.
+        let name = format!("held{i}");
+        a.sh_ok(&format!("echo old > {name}"));
+        let held = std::fs::File::create(a.dir.join(&name)).expect("O_TRUNC open on A");
+        a.sh_ok(&format!(": >> {name}; touch {name}"));
+        let meanwhile = text(&k, &format!("app/{name}"));
+        eventually("B has the file", || b.dir.join(&name).exists());
+        b.sh_ok(&format!("chmod 600 {name}"));
+        eventually("A shows B's chmod", || {
+            a.dir.join(&name).metadata().is_ok_and(|m| m.permissions().mode() & 0o777 == 0o600)
+        });
+        close_checked(held).expect("close on A");
+        let _ = published(&k, &[&a, &b], || {});
+        let end = text(&k, &format!("app/{name}"));
+        if (meanwhile.as_str(), end.as_str()) != ("old\n", "") {
+            wrong.push(format!("{name}: {meanwhile:?} while held, {end:?} after"));
+        }
     }
-    assert!(wrong.is_empty(), "{} of 100 steps lost a write or its mode:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(wrong.is_empty(), "{} of 110 steps lost a write or its mode:\n{}", wrong.len(), wrong.join("\n"));
 }
 
 #[test]
