@@ -130,8 +130,32 @@ pub fn lookup(store: &Store, id: &str) -> io::Result<Option<Response>> {
     }
 }
 
+/// What the state machine knows of the dedup keyspace between applies, so
+/// that an apply with nothing to prune reads nothing. In memory only: a
+/// member that starts, or loads a snapshot, knows nothing and looks.
+///
+/// NOTE: it only spares scans that would find nothing, so what is pruned
+/// stays a function of the log alone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Floor {
+    /// No record is of an earlier log time than this (ns), when known.
+    oldest: Option<u64>,
+    /// No legacy record is left.
+    no_legacy: bool,
+}
+
 /// Records the response to `id`, applied at log time `at_ns`.
-pub fn record(store: &Store, batch: &mut fjall::OwnedWriteBatch, at_ns: i64, id: &str, response: Response) {
+pub fn record(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    floor: &mut Floor,
+    at_ns: i64,
+    id: &str,
+    response: Response,
+) {
+    if let Some(oldest) = &mut floor.oldest {
+        *oldest = (*oldest).min(ns_u64(at_ns));
+    }
     batch.insert(&store.dedup, time_key(at_ns, id), []);
     batch.insert(&store.dedup, record_key(id), encode(&Record { at_ns, response }));
 }
@@ -153,29 +177,47 @@ pub fn window_ms(store: &Store) -> io::Result<u64> {
 pub fn prune(
     store: &Store,
     batch: &mut fjall::OwnedWriteBatch,
+    floor: &mut Floor,
     now_ns: i64,
     window_ms: u64,
     index: u64,
 ) -> io::Result<()> {
-    let cutoff = now_ns.saturating_sub(window_ns(window_ms));
     // NOTE: a record applied at `cutoff` or later stays: a retry applied at
     // most one window after its record is always answered from it.
-    let end = [b"t".as_slice(), &ns_u64(cutoff).to_be_bytes()].concat();
-    for item in store.dedup.range(b"t".to_vec()..end) {
-        let k = item.key().map_err(io_err)?;
-        batch.remove(&store.dedup, k.clone());
-        batch.remove(&store.dedup, record_key(&String::from_utf8_lossy(&k[9..])));
+    let cutoff = ns_u64(now_ns.saturating_sub(window_ns(window_ms)));
+    if floor.oldest.is_none_or(|oldest| oldest < cutoff) {
+        let left = drop_before(store, batch, b't', cutoff, record_key)?;
+        // (this apply's own records, in the batch, are of its log time)
+        floor.oldest = Some(left.unwrap_or(u64::MAX).min(ns_u64(now_ns)));
     }
     let Some(cutoff) = index.checked_sub(DEDUP_LEGACY_ENTRIES) else {
         return Ok(());
     };
-    let end = [b"x".as_slice(), &cutoff.to_be_bytes()].concat();
-    for item in store.dedup.range(b"x".to_vec()..end) {
-        let k = item.key().map_err(io_err)?;
-        batch.remove(&store.dedup, k.clone());
-        batch.remove(&store.dedup, legacy_id_key(&String::from_utf8_lossy(&k[9..])));
+    if !floor.no_legacy {
+        floor.no_legacy = drop_before(store, batch, b'x', cutoff, legacy_id_key)?.is_none();
     }
     Ok(())
+}
+
+/// Removes the index entries `{kind}{n u64 BE}{id}` with `n` below `limit`,
+/// and the records `record(id)` they index; the least `n` left, if any.
+fn drop_before(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    kind: u8,
+    limit: u64,
+    record: fn(&str) -> Vec<u8>,
+) -> io::Result<Option<u64>> {
+    for item in store.dedup.range(vec![kind]..vec![kind + 1]) {
+        let k = item.key().map_err(io_err)?;
+        let n = k.get(1..9).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+        if n >= limit {
+            return Ok(Some(n));
+        }
+        batch.remove(&store.dedup, k.clone());
+        batch.remove(&store.dedup, record(&String::from_utf8_lossy(k.get(9..).unwrap_or_default())));
+    }
+    Ok(None)
 }
 
 /// Checks one dedup record of a snapshot the way the state machine reads it.
@@ -222,25 +264,26 @@ mod tests {
         let t0 = 1_718_000_000_000 * 1_000_000;
         let w = 10 * 60 * 1000;
         let resp = |rev| Response { succeeded: true, revision: rev, ..Response::default() };
+        let floor = &mut Floor::default();
         let mut b = store.db.batch();
-        record(&store, &mut b, t0, "a", resp(1));
-        record(&store, &mut b, t0 + 5 * MIN, "b", resp(2));
+        record(&store, &mut b, floor, t0, "a", resp(1));
+        record(&store, &mut b, floor, t0 + 5 * MIN, "b", resp(2));
         b.commit().expect("commit");
         // A million entries later, but within the window: both stay.
         let mut b = store.db.batch();
-        prune(&store, &mut b, t0 + 10 * MIN, w, 1_000_000).expect("prune");
+        prune(&store, &mut b, floor, t0 + 10 * MIN, w, 1_000_000).expect("prune");
         b.commit().expect("commit");
         assert_eq!(lookup(&store, "a").expect("lookup"), Some(resp(1)));
         // One ns past a's window: a goes, b stays.
         let mut b = store.db.batch();
-        prune(&store, &mut b, t0 + 10 * MIN + 1, w, 1_000_001).expect("prune");
+        prune(&store, &mut b, floor, t0 + 10 * MIN + 1, w, 1_000_001).expect("prune");
         b.commit().expect("commit");
         assert_eq!(lookup(&store, "a").expect("lookup"), None);
         assert_eq!(lookup(&store, "b").expect("lookup"), Some(resp(2)));
         assert_eq!(store.dedup.iter().count(), 2, "b's record and its time index only");
         // A log time behind (a member with a slow clock) prunes nothing more.
         let mut b = store.db.batch();
-        prune(&store, &mut b, t0, w, 1_000_002).expect("prune");
+        prune(&store, &mut b, floor, t0, w, 1_000_002).expect("prune");
         b.commit().expect("commit");
         assert_eq!(lookup(&store, "b").expect("lookup"), Some(resp(2)));
     }
@@ -256,8 +299,50 @@ mod tests {
         b.commit().expect("commit");
         assert_eq!(lookup(&store, "old").expect("lookup"), Some(resp));
         let mut b = store.db.batch();
-        prune(&store, &mut b, 0, DEFAULT_WINDOW_MS, 5 + DEDUP_LEGACY_ENTRIES + 1).expect("prune");
+        prune(&store, &mut b, &mut Floor::default(), 0, DEFAULT_WINDOW_MS, 5 + DEDUP_LEGACY_ENTRIES + 1)
+            .expect("prune");
         b.commit().expect("commit");
         assert_eq!(lookup(&store, "old").expect("lookup"), None);
+    }
+
+    #[test]
+    fn what_the_floor_spares_is_only_scans_that_would_prune_nothing() {
+        // Two stores fed the same records and prunes, one with a floor kept
+        // across applies and one that always looks: the same records stay,
+        // whatever the order of log times (a member's clock may go back).
+        let dirs = [tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir")];
+        let stores = dirs.each_ref().map(|d| Store::open(d.path()).expect("store"));
+        let t0 = 1_718_000_000_000 * 1_000_000;
+        let w = 1000;
+        let mut kept = Floor::default();
+        let mut seed = 7u64;
+        let mut next = |m: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % m
+        };
+        let mut now = t0;
+        let mut scans_spared = 0;
+        for step in 0..3000u64 {
+            // mostly forward by up to 50 ms, sometimes back by up to 2 s
+            now += if next(20) == 0 { -(next(2000) as i64) } else { next(50) as i64 } * 1_000_000;
+            let resp = Response { succeeded: true, revision: step, ..Response::default() };
+            let records = next(3);
+            let before = kept;
+            for (store, floor) in stores.iter().zip([&mut kept, &mut Floor::default()]) {
+                let mut b = store.db.batch();
+                for r in 0..records {
+                    record(store, &mut b, floor, now, &format!("id-{step}-{r}"), resp.clone());
+                }
+                prune(store, &mut b, floor, now, w, step).expect("prune");
+                b.commit().expect("commit");
+            }
+            if before.oldest.is_some() && before.oldest == kept.oldest {
+                scans_spared += 1;
+            }
+            let contents =
+                stores.each_ref().map(|s| s.dedup.iter().map(|kv| kv.key().expect("key").to_vec()).collect::<Vec<_>>());
+            assert_eq!(contents[0], contents[1], "step {step}: the records left");
+        }
+        assert!(scans_spared > 1000, "the floor spared {scans_spared} scans of 3000");
     }
 }

@@ -48,6 +48,8 @@ struct ApplyState {
     compact: u64,
     /// The revision and the dedup window.
     txn: txn::State,
+    /// What is known of the dedup records' times.
+    dedup: dedup::Floor,
 }
 
 /// Why the state machine cannot answer a read.
@@ -341,6 +343,7 @@ impl SmReader {
                 dedup_window_ms: dedup::window_ms(&self.store)?,
                 rules: rules(&self.store)?,
             },
+            dedup: dedup::Floor::default(),
         })
     }
 
@@ -395,7 +398,7 @@ impl SmReader {
                     out.push(resp);
                 }
                 for (id, response) in answered {
-                    dedup::record(&self.store, &mut batch, now_ns, &id, response);
+                    dedup::record(&self.store, &mut batch, &mut st.dedup, now_ns, &id, response);
                 }
                 if st.txn.rules != rules_before {
                     batch.insert(&self.store.sys, RULES_KEY, st.txn.rules.to_be_bytes());
@@ -407,7 +410,7 @@ impl SmReader {
                     self.dedup_window_ms.store(st.txn.dedup_window_ms, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(window_ms = st.txn.dedup_window_ms, "dedup window changed");
                 }
-                dedup::prune(&self.store, &mut batch, now_ns, st.txn.dedup_window_ms, log_id.index)?;
+                dedup::prune(&self.store, &mut batch, &mut st.dedup, now_ns, st.txn.dedup_window_ms, log_id.index)?;
             }
         }
         let tokens_changed = !changes.tokens.is_empty();

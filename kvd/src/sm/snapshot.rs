@@ -94,6 +94,7 @@ impl SmReader {
             membership: header.meta.last_membership.clone(),
             compact: header.revision,
             txn: txn::State { revision: header.revision, dedup_window_ms: dedup::DEFAULT_WINDOW_MS, rules: 0 },
+            dedup: dedup::Floor::default(),
         };
         // IMPORTANT: the applied id is written last, so a crash part-way leaves
         // `current.snap` ahead of it and the next start loads it again.
