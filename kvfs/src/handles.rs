@@ -266,6 +266,7 @@ impl Writer {
             self.dirty = false;
             self.wrote = false;
             self.resized = false;
+            self.holds_truncation = false;
             self.attrs = Attrs::default();
         }
     }
@@ -352,6 +353,15 @@ impl Handles {
             }
         }
         out
+    }
+
+    /// The writers whose only change is a truncation made at their open
+    /// after `ns` (see [`Writer::only_opened`]): (handle, inode).
+    pub fn truncations_since(&self, ns: i64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.map.iter().filter_map(move |(fh, h)| match &h.io {
+            Io::Write(w) if w.only_opened() && w.opened_ns > ns => Some((*fh, h.ino)),
+            _ => None,
+        })
     }
 
     /// The writers open on inode `ino`.

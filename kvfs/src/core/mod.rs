@@ -210,9 +210,11 @@ pub struct Core {
     /// RELEASE done, a descriptor used after a close (a write, a GETATTR
     /// through it), an fsync that published.
     released: (Mutex<u64>, std::sync::Condvar),
-    /// The revisions of this mount's latest commits of file content (the
-    /// last [`OWN_REVS`]): written after every descriptor open then.
-    own_revs: Mutex<std::collections::BTreeSet<u64>>,
+    /// This mount's latest commits of file content (the last
+    /// [`OWN_REVS`]), by revision: when their content was made (ns, this
+    /// host's clock): the commit's time, or for a truncation made at an
+    /// open and published later, that open's.
+    own_revs: Mutex<std::collections::BTreeMap<u64, i64>>,
 }
 
 /// How many of its own commits' revisions a mount remembers.
@@ -699,28 +701,30 @@ impl Core {
                 return Err(Errno::EACCES);
             }
             let trunc = flags & libc::O_TRUNC != 0;
-            // IMPORTANT: an edit opened while another descriptor holds a
-            // truncation of this version made at its open, not yet published
-            // (`exec 3>f; echo x >> f`), edits the empty file, as on any
-            // filesystem; in place, over that version (or over the empty one
-            // once that truncation is published). Nothing is published here.
-            // (Its commits wait for that truncation's, which moves it onto
-            // the empty version when it publishes it.)
-            let joined = if trunc { None } else { self.open_truncation(ino, node.meta.mod_revision)? };
-            let mut w =
-                Writer::new(if trunc || joined.is_some() { Vec::new() } else { node.value.as_ref().clone() }, trunc, 0);
+            let mut w = Writer::new(if trunc { Vec::new() } else { node.value.as_ref().clone() }, trunc, 0);
             w.base_rev = node.meta.mod_revision;
             w.opened_value = node.value.clone();
             w.opened_mtime = node.meta.mtime_ns;
-            w.holds_truncation = joined.is_some();
-            if let Some(lock) = joined {
-                w.commit_lock = lock;
-            }
             w.replace |= node.provisional;
             w.append = flags & libc::O_APPEND != 0;
             w.checked = Some(shown);
             w.opener = opener;
-            Io::Write(w)
+            // IMPORTANT: an edit opened while another descriptor holds a
+            // truncation of this file made at its open, not yet published
+            // (`exec 3>f; echo x >> f`), edits the empty file, as on any
+            // filesystem; in place, over this version (or over the empty
+            // one once that truncation is published, which moves it there).
+            // Nothing is published here. Its commits wait for that
+            // truncation's. (Under one lock with the truncation's move.)
+            let mut hs = self.handles()?;
+            if !trunc {
+                if let Some(lock) = Self::open_truncation(&mut hs, ino, &node) {
+                    w.buf = Vec::new();
+                    w.holds_truncation = true;
+                    w.commit_lock = lock;
+                }
+            }
+            return Ok(hs.open(Handle { ino, io: Io::Write(w) }));
         } else {
             Io::Read(node.value.clone())
         };
@@ -989,21 +993,29 @@ impl Core {
         Ok(())
     }
 
-    /// If a descriptor of `ino` truncated its version `rev` at its open,
-    /// holds nothing else, and has not published it: its commit lock.
-    fn open_truncation(&self, ino: u64, rev: u64) -> Result<Option<Arc<Mutex<()>>>, Errno> {
-        if rev == 0 {
-            return Ok(None);
+    /// If a descriptor of `ino` truncated the file at its open, holds
+    /// nothing else, and has not published it, and `node` (the name's
+    /// version now) has not been written since (a chmod may have come): that
+    /// descriptor's commit lock.
+    fn open_truncation(hs: &mut Handles, ino: u64, node: &TreeNode) -> Option<Arc<Mutex<()>>> {
+        if node.local || node.provisional {
+            return None;
         }
-        let mut hs = self.handles()?;
-        let mut truncating = hs.writers_on(ino).filter(|(_, w)| w.only_opened() && w.base_rev == rev);
-        Ok(truncating.next().map(|(_, w)| w.commit_lock.clone()))
+        let mut truncating = hs.writers_on(ino).filter(|(_, w)| {
+            w.only_opened()
+                && w.base_rev > 0
+                && w.base_rev <= node.meta.mod_revision
+                && w.opened_mtime == node.meta.mtime_ns
+                && w.opened_value == node.value
+        });
+        truncating.next().map(|(_, w)| w.commit_lock.clone())
     }
 
-    /// Remembers `rev` as a commit of file content by this mount.
-    fn wrote_own(&self, rev: u64) {
+    /// Remembers `rev` as a commit of file content by this mount, made at
+    /// `made_ns`.
+    fn wrote_own(&self, rev: u64, made_ns: i64) {
         if let Ok(mut revs) = self.own_revs.lock() {
-            revs.insert(rev);
+            revs.insert(rev, made_ns);
             while revs.len() > OWN_REVS {
                 revs.pop_first();
             }
@@ -1078,6 +1090,33 @@ impl Core {
             if !w.dirty {
                 return Ok(vec![]);
             }
+            let (began, in_place) = (w.opened_ns, !w.replace);
+            // (of the same name, whose inode changes with its content)
+            let later: Vec<u64> = if in_place {
+                hs.truncations_since(began).filter(|(f, _)| *f != fh).map(|(_, i)| i).collect()
+            } else {
+                vec![]
+            };
+            if !later.is_empty() {
+                drop(hs);
+                // IMPORTANT: an in-place edit of a file another descriptor
+                // truncated at its open after the edit began (not yet
+                // published: `exec 4>>f; : > f; echo y >&4`) is not put over
+                // it: the edit holds content from before that truncation.
+                // Its close fails, as over any version written since it
+                // began.
+                let truncated = {
+                    let s = self.state()?;
+                    let path = s.inodes.get(ino).map(|i| i.path.clone());
+                    later.iter().any(|i| s.inodes.get(*i).map(|i| &i.path) == path.as_ref())
+                };
+                if truncated {
+                    self.handles()?.writer(fh)?.failed = Some(Errno::EIO);
+                    return self.commits.count(Err(Errno::EIO));
+                }
+                hs = self.handles()?;
+            }
+            let w = hs.writer(fh)?;
             let opts = PutOptions {
                 attrs: w.attrs.clone(),
                 if_match: (!w.replace && w.base_rev > 0).then_some(w.base_rev),
@@ -1131,8 +1170,11 @@ impl Core {
             // unless this mount wrote it.
             if let Some((base, value, mtime, opened_ns)) = &only_opened {
                 let written = node.value != *value || node.meta.mtime_ns != *mtime;
-                let since = node.meta.ctime() >= opened_ns.saturating_sub(SUPERSEDE_SKEW_NS)
-                    || self.own_revs.lock().is_ok_and(|r| r.contains(&node.meta.mod_revision));
+                let own = self.own_revs.lock().ok().and_then(|r| r.get(&node.meta.mod_revision).copied());
+                let since = match own {
+                    Some(made) => made > *opened_ns,
+                    None => node.meta.ctime() >= opened_ns.saturating_sub(SUPERSEDE_SKEW_NS),
+                };
                 if !node.local && !node.provisional && node.meta.mod_revision > *base && written && since {
                     self.handles()?.writer(fh)?.committed(node.meta.mod_revision, gen);
                     return Ok(vec![]);
@@ -1169,7 +1211,7 @@ impl Core {
             }
             let failure = match self.cluster.put_at(&self.key(&path), data.clone(), &o) {
                 Ok(w) => {
-                    self.wrote_own(w.revision);
+                    self.wrote_own(w.revision, only_opened.as_ref().map_or_else(now_ns, |o| o.3));
                     self.commits.count(Ok(()))?;
                     break (path, node, w, o);
                 }
@@ -1260,10 +1302,11 @@ impl Core {
         self.changed();
         let mut hs = self.handles()?;
         if only_opened.is_some() {
-            // (the edits that began from this truncation edit it now)
-            let from = node.meta.mod_revision;
-            for (_, w) in hs.writers_on(ino).filter(|(_, w)| w.holds_truncation && w.base_rev == from) {
+            // (the edits that began from this truncation edit the empty
+            // version now, as any in-place edit of it)
+            for (_, w) in hs.writers_on(ino).filter(|(_, w)| w.holds_truncation) {
                 w.base_rev = rev;
+                w.holds_truncation = false;
             }
         }
         hs.writer(fh)?.committed(rev, gen);

@@ -610,7 +610,7 @@ impl Core {
         }
         let size = usize::try_from(size).ok().filter(|s| *s <= crate::handles::MAX_BUFFER).ok_or(Errno::EFBIG)?;
         // (of the empty file, if a descriptor truncated it at its open)
-        let truncated = self.open_truncation(ino, node.meta.mod_revision)?.is_some();
+        let truncated = Self::open_truncation(&mut *self.handles()?, ino, &node).is_some();
         let mut v = if truncated { Vec::new() } else { node.value.as_ref().clone() };
         v.resize(size, 0);
         if node.local {
@@ -631,7 +631,7 @@ impl Core {
             .commits
             .count(self.cluster.put_at(&self.key(&path), v.clone(), &opts).map_err(|f| f.errno(Errno::EIO)))?;
         let rev = w.revision;
-        self.wrote_own(rev);
+        self.wrote_own(rev, now_ns());
         let mut n = node;
         n.meta.size = size as u64;
         n.meta.mod_revision = rev;
