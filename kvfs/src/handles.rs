@@ -69,9 +69,11 @@ pub struct Writer {
     /// An edit opened while another descriptor held an unpublished
     /// truncation of its version: its buffer began as the empty file.
     pub holds_truncation: bool,
-    /// When it was opened, ns since the epoch by this host's clock (for a
-    /// descriptor that took another's truncation: when that one was).
+    /// When it was opened, ns since the epoch by this host's clock.
     pub opened_ns: i64,
+    /// When its content last changed (its open's truncation, a write, an
+    /// ftruncate), by the same clock.
+    pub changed_ns: i64,
     /// Attributes the next commit sets (a created file's, or a chmod of a
     /// file not yet in the cluster).
     pub attrs: Attrs,
@@ -174,6 +176,7 @@ impl Caller {
 impl Writer {
     /// A writer over `content` (empty for `O_TRUNC` and created files).
     pub fn new(content: Vec<u8>, truncated: bool, base_rev: u64) -> Writer {
+        let now = kv_client::clock::now_ns();
         Writer {
             buf: content,
             dirty: truncated,
@@ -186,7 +189,8 @@ impl Writer {
             opened_value: Arc::default(),
             opened_mtime: 0,
             holds_truncation: false,
-            opened_ns: kv_client::clock::now_ns(),
+            opened_ns: now,
+            changed_ns: now,
             attrs: Attrs::default(),
             gen: 0,
             failed: None,
@@ -218,6 +222,7 @@ impl Writer {
         self.attrs.mtime_ns = None;
         self.dirty = true;
         self.wrote = true;
+        self.changed_ns = kv_client::clock::now_ns();
         self.release_expected = None;
         self.last_writer = owner;
         self.gen += 1;
@@ -236,6 +241,7 @@ impl Writer {
         self.attrs.mtime_ns = None;
         self.dirty = true;
         self.resized = true;
+        self.changed_ns = kv_client::clock::now_ns();
         self.gen += 1;
         Ok(())
     }
@@ -266,9 +272,10 @@ impl Writer {
             self.dirty = false;
             self.wrote = false;
             self.resized = false;
-            self.holds_truncation = false;
             self.attrs = Attrs::default();
         }
+        // (it is an edit of `rev` now, whatever came since)
+        self.holds_truncation = false;
     }
 }
 

@@ -1080,6 +1080,8 @@ impl Core {
     fn commit(&self, fh: u64) -> Result<Vec<Inval>, Errno> {
         let lock = self.handles()?.writer(fh)?.commit_lock.clone();
         let _serial = lock.lock().map_err(|_| Errno::EIO)?;
+        // (when the content put was made: the last write or truncation)
+        let made_ns;
         let (ino, data, opts, gen, opener, checked, only_opened) = {
             let mut hs = self.handles()?;
             let ino = hs.get(fh)?.ino;
@@ -1107,8 +1109,13 @@ impl Core {
                 // began.
                 let truncated = {
                     let s = self.state()?;
-                    let path = s.inodes.get(ino).map(|i| i.path.clone());
-                    later.iter().any(|i| s.inodes.get(*i).map(|i| &i.path) == path.as_ref())
+                    let path = s
+                        .inodes
+                        .get(ino)
+                        .filter(|i| !matches!(i.binding, Binding::Detached { gone: true, .. }))
+                        .map(|i| i.path.clone())
+                        .filter(|p| s.tree.get(p).is_some_and(|n| !n.local));
+                    path.is_some_and(|p| later.iter().any(|i| s.inodes.get(*i).is_some_and(|i| i.path == p)))
                 };
                 if truncated {
                     self.handles()?.writer(fh)?.failed = Some(Errno::EIO);
@@ -1125,6 +1132,7 @@ impl Core {
             };
             let only_opened =
                 w.only_opened().then(|| (w.base_rev, w.opened_value.clone(), w.opened_mtime, w.opened_ns));
+            made_ns = w.changed_ns;
             (ino, w.buf.clone(), opts, w.gen, w.opener.clone(), w.checked, only_opened)
         };
         // IMPORTANT: a writer other than root puts only over the version it
@@ -1211,7 +1219,7 @@ impl Core {
             }
             let failure = match self.cluster.put_at(&self.key(&path), data.clone(), &o) {
                 Ok(w) => {
-                    self.wrote_own(w.revision, only_opened.as_ref().map_or_else(now_ns, |o| o.3));
+                    self.wrote_own(w.revision, made_ns);
                     self.commits.count(Ok(()))?;
                     break (path, node, w, o);
                 }
@@ -1302,9 +1310,9 @@ impl Core {
         self.changed();
         let mut hs = self.handles()?;
         if only_opened.is_some() {
-            // (the edits that began from this truncation edit the empty
-            // version now, as any in-place edit of it)
-            for (_, w) in hs.writers_on(ino).filter(|(_, w)| w.holds_truncation) {
+            // (the edits that joined this truncation, sharing its lock, edit
+            // the empty version now, as any in-place edit of it)
+            for (_, w) in hs.writers_on(ino).filter(|(_, w)| w.holds_truncation && Arc::ptr_eq(&w.commit_lock, &lock)) {
                 w.base_rev = rev;
                 w.holds_truncation = false;
             }
@@ -1390,6 +1398,10 @@ impl Core {
             for (_, w) in hs.writers_on(ino) {
                 if w.base_rev == from {
                     w.base_rev = to;
+                    w.opened_mtime = mtime.unwrap_or(w.opened_mtime);
+                } else if w.only_opened() && w.base_rev < from {
+                    // (a truncation of a version before a chmod from
+                    // elsewhere: this mount's touch is no write either)
                     w.opened_mtime = mtime.unwrap_or(w.opened_mtime);
                 }
             }

@@ -241,6 +241,14 @@ fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_
             ),
             // (the same content written again is a write all the same)
             (format!("echo ok > same{i}; exec 3>same{i}; echo ok > same{i}; exec 3>&-"), format!("same{i}"), "ok\n"),
+            // (fd 3's write came before fd 4's truncation)
+            (format!("echo old > late{i}; exec 3>late{i}; echo a >&3; exec 4>late{i}; exec 3>&-; exec 4>&-"), format!("late{i}"), ""),
+            // (`: > f` after fd 4's write truncates it, whoever closes first)
+            (
+                format!("echo old > mv{i}; exec 3>mv{i}; exec 4>>mv{i}; echo x >&4; : > mv{i}; exec 4>&-; exec 3>&-"),
+                format!("mv{i}"),
+                "",
+            ),
             // (fd 4 edits the empty file fd 3 left; a later `: > f` is not
             // undone by fd 4's next write: its close fails instead)
             (
@@ -300,8 +308,8 @@ fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_
         }
         // While a descriptor here holds a truncation: an open that writes
         // nothing (`: >> f`, `touch f`) publishes nothing, and neither that
-        // touch nor a chmod on the other mount is a write that undoes the
-        // truncation at its close.
+        // touch nor a chmod on the other mount (nor a touch after it) is a
+        // write that undoes the truncation at its close.
         let name = format!("held{i}");
         a.sh_ok(&format!("echo old > {name}"));
         let held = std::fs::File::create(a.dir.join(&name)).expect("O_TRUNC open on A");
@@ -312,6 +320,7 @@ fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_
         eventually("A shows B's chmod", || {
             a.dir.join(&name).metadata().is_ok_and(|m| m.permissions().mode() & 0o777 == 0o600)
         });
+        a.sh_ok(&format!("touch {name}"));
         close_checked(held).expect("close on A");
         let _ = published(&k, &[&a, &b], || {});
         let end = text(&k, &format!("app/{name}"));
@@ -335,7 +344,7 @@ fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_
             wrong.push(format!("{name}: {end:?} after"));
         }
     }
-    assert!(wrong.is_empty(), "{} of 130 steps lost a write or its mode:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(wrong.is_empty(), "{} of 150 steps lost a write or its mode:\n{}", wrong.len(), wrong.join("\n"));
 }
 
 #[test]
