@@ -177,6 +177,59 @@ impl Pool {
     }
 }
 
+/// Whole-answer `http://` exchanges on kept-alive connections of their own,
+/// for another program's requests built with reqwest: kvd's calls to its
+/// peers. (What kv-client's own calls go through.)
+#[derive(Debug, Default)]
+pub struct LeanHttp {
+    pool: Pool,
+}
+
+/// Why a [`LeanHttp`] exchange failed.
+#[derive(Debug)]
+pub struct LeanError {
+    /// What happened.
+    pub text: String,
+    /// A connection was made and the request went out on it: the other end
+    /// may have taken it.
+    pub sent: bool,
+}
+
+impl LeanHttp {
+    /// `None` when the environment names an HTTP proxy (which reqwest
+    /// honours and this path does not).
+    pub fn new() -> Option<LeanHttp> {
+        (!proxied()).then(LeanHttp::default)
+    }
+
+    /// Whether `req` can go this way: `http://`, with a body of bytes or
+    /// none.
+    pub fn takes(req: &reqwest::Request) -> bool {
+        eligible(req)
+    }
+
+    /// Sends `req` (one [`LeanHttp::takes`]) and reads the whole answer.
+    /// `repeatable`: the request may be sent twice. It then goes on a
+    /// kept-alive connection, and again on a new one if that one turns out
+    /// to be closed (the other end closes idle ones); one that may not goes
+    /// on a new connection. Connections idle for `idle_for` are not reused.
+    /// No overall deadline: the caller bounds it.
+    pub async fn send(
+        &self,
+        req: &reqwest::Request,
+        repeatable: bool,
+        connect_timeout: Duration,
+        idle_for: Duration,
+    ) -> Result<reqwest::Response, LeanError> {
+        let none = HeaderMap::new();
+        let mut sent = self.pool.send_request(req, &none, repeatable, connect_timeout, idle_for).await;
+        if repeatable && sent.as_ref().is_err_and(|f| f.broke) {
+            sent = self.pool.send_request(req, &none, false, connect_timeout, idle_for).await;
+        }
+        sent.map_err(|f| LeanError { text: f.text, sent: f.broke })
+    }
+}
+
 /// Connects to `authority` (`host[:port]`).
 async fn connect(authority: &str) -> std::io::Result<TcpStream> {
     TcpStream::connect(&*address(authority)).await
@@ -362,6 +415,59 @@ async fn exchange(conn: &mut BufReader<TcpStream>, out: &[u8], head: bool) -> st
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Reads one request's head and body (by its content-length).
+    async fn read_request(s: &mut BufReader<TcpStream>) -> String {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            s.read_line(&mut line).await.expect("read");
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        s.read_exact(&mut body).await.expect("body");
+        head + &String::from_utf8_lossy(&body)
+    }
+
+    #[tokio::test]
+    async fn a_repeatable_request_on_a_kept_connection_the_other_end_closes_is_sent_again_on_a_new_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            // The first connection answers one request, then takes the next
+            // and closes without an answer (an idle close at that moment).
+            let (s, _) = listener.accept().await.expect("accept");
+            let mut s = BufReader::new(s);
+            assert!(read_request(&mut s).await.contains("one"));
+            s.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n1").await.expect("answer");
+            assert!(read_request(&mut s).await.contains("two"));
+            drop(s);
+            let (s, _) = listener.accept().await.expect("accept again");
+            let mut s = BufReader::new(s);
+            assert!(read_request(&mut s).await.contains("two"));
+            s.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2").await.expect("answer");
+        });
+        let lean = LeanHttp::default();
+        let http = reqwest::Client::new();
+        let (t, idle) = (Duration::from_secs(5), Duration::from_secs(5));
+        for (body, want) in [("one", "1"), ("two", "2")] {
+            let req = http.post(format!("http://{addr}/p")).body(body).build().expect("request");
+            assert!(LeanHttp::takes(&req));
+            let resp = lean.send(&req, true, t, idle).await.unwrap_or_else(|e| panic!("{body}: {e:?}"));
+            assert_eq!(resp.bytes().await.expect("body").as_ref(), want.as_bytes());
+        }
+        tokio::time::timeout(t, server).await.expect("in time").expect("server");
+    }
+
     #[test]
     fn an_endpoint_without_a_port_is_reached_on_port_80() {
         for (authority, address) in [

@@ -29,6 +29,7 @@ pub use error::{Error, ErrorCode};
 pub use key::{
     dirs_changed, key_in_prefix, normalize_prefix, validate_key, KeyChange, KeyError, MAX_KEY_BYTES, MAX_SEGMENT_BYTES,
 };
+pub use lean::{LeanError, LeanHttp};
 pub use pages::{pages, Cursor, Paged, Pages};
 pub use path::{decode_key, encode_key};
 /// HTTP methods, for [`Client::send`].

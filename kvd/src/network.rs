@@ -39,6 +39,13 @@ pub const MAX_APPEND_ENTRIES: usize = 64;
 /// member than that, and openraft sent the same 64 again, forever.
 const APPEND_MAX_BYTES: u64 = 1 << 20;
 
+/// How long a connection to a peer may take to be made.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a connection to a peer is kept idle for reuse: a member closes
+/// one idle for [`kv_client::MEMBER_IDLE_CLOSE`], and one reused at that
+/// moment would fail.
+const POOL_IDLE: Duration = Duration::from_secs(kv_client::MEMBER_IDLE_CLOSE.as_secs() / 2);
+
 /// Why a peer call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -66,6 +73,9 @@ fn send_error(base: &str, e: reqwest::Error) -> CallError {
 #[derive(Debug, Clone)]
 pub struct Network {
     http: reqwest::Client,
+    /// The same requests to `http://` peers, on kept-alive connections of
+    /// their own: no connection task to hand each exchange to and back.
+    lean: Option<Arc<kv_client::LeanHttp>>,
     /// How much of this node's log is on disk (see `append_entries`).
     durable: Arc<Durability>,
     /// This node's cluster id, sent with every message.
@@ -85,10 +95,10 @@ impl Network {
         identity: Arc<Identity>,
     ) -> crate::error::Result<Network> {
         let mut b = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
+            .connect_timeout(CONNECT_TIMEOUT)
             // NOTE: a member closes a connection idle this long; one reused
             // at that moment would fail.
-            .pool_idle_timeout(kv_client::MEMBER_IDLE_CLOSE / 2)
+            .pool_idle_timeout(POOL_IDLE)
             .tcp_nodelay(true);
         if let Some(cfg) = tls {
             b = b.use_preconfigured_tls(cfg);
@@ -97,7 +107,8 @@ impl Network {
             what: "cannot set up the peer client".into(),
             source: Box::new(e),
         })?;
-        Ok(Network { http, durable, identity, formats: Default::default() })
+        let lean = kv_client::LeanHttp::new().map(Arc::new);
+        Ok(Network { http, lean, durable, identity, formats: Default::default() })
     }
 
     /// Sends `req` as RPC `R` to member `peer` at `base` and decodes its
@@ -152,20 +163,32 @@ impl Network {
     ) -> Result<R::Response, CallError> {
         let url = url.map_err(|e| CallError::Failed(base.to_owned(), e))?;
         let format = self.format_for(base);
-        let resp = self
+        let req = self
             .with_id(self.http.post(url))
             .timeout(timeout)
             .header("content-type", "application/octet-stream")
             .header(PEER_FORMAT_HEADER, format.header())
             .body(format.encode(req))
-            .send()
-            .await
-            .map_err(|e| {
-                // The member may come back as another kvd (reinstalled at
-                // the same address): ask again, starting from format 1.
-                self.forget_format(base);
-                send_error(base, e)
-            })?;
+            .build()
+            .map_err(|e| send_error(base, e))?;
+        let sent = match &self.lean {
+            // NOTE: every peer message may be sent twice (Raft's are
+            // idempotent), so a kept-alive connection is used.
+            Some(lean) if kv_client::LeanHttp::takes(&req) => {
+                match tokio::time::timeout(timeout, lean.send(&req, true, CONNECT_TIMEOUT, POOL_IDLE)).await {
+                    Ok(Ok(resp)) => Ok(resp),
+                    Ok(Err(e)) if e.sent => Err(CallError::Failed(base.to_owned(), e.text)),
+                    Ok(Err(e)) => Err(CallError::Unreachable(base.to_owned(), e.text)),
+                    Err(_) => Err(CallError::Failed(base.to_owned(), format!("no answer within {timeout:?}"))),
+                }
+            }
+            _ => self.http.execute(req).await.map_err(|e| send_error(base, e)),
+        };
+        let resp = sent.inspect_err(|_| {
+            // The member may come back as another kvd (reinstalled at the
+            // same address): ask again, starting from format 1.
+            self.forget_format(base);
+        })?;
         let status = resp.status();
         let theirs = from_headers(resp.headers());
         self.learn_format(base, resp.headers());
