@@ -327,7 +327,21 @@ async fn read_n(conn: &mut BufReader<TcpStream>, body: &mut Vec<u8>, n: u64) -> 
 /// Writes `out` and reads one answer (`head`: to a HEAD request): the
 /// answer, and whether the connection may carry another request.
 async fn exchange(conn: &mut BufReader<TcpStream>, out: &[u8], head: bool) -> std::io::Result<(Whole, bool)> {
-    conn.get_mut().write_all(out).await?;
+    if let Err(e) = conn.get_mut().write_all(out).await {
+        // The other end may have answered before it read the whole request
+        // (a refusal: too large, another cluster's member) and closed: that
+        // answer, if it can still be read, is the one.
+        return match read_answer(conn, head).await {
+            Ok((whole, _)) => Ok((whole, false)),
+            Err(_) => Err(e),
+        };
+    }
+    read_answer(conn, head).await
+}
+
+/// Reads one answer (after any interim ones) from `conn`: it, and whether
+/// the connection can carry another request.
+async fn read_answer(conn: &mut BufReader<TcpStream>, head: bool) -> std::io::Result<(Whole, bool)> {
     let mut line = Vec::new();
     // Interim answers (100 Continue, 103 Early Hints) come before the one.
     let (status, headers, len, chunked, mut keep) = loop {
@@ -436,6 +450,35 @@ mod tests {
         let mut body = vec![0; len];
         s.read_exact(&mut body).await.expect("body");
         head + &String::from_utf8_lossy(&body)
+    }
+
+    #[tokio::test]
+    async fn an_answer_sent_before_the_request_was_read_whole_is_the_answer() {
+        // A member refuses a large request at its head (another cluster's,
+        // or over a limit) and closes without reading the body.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            let mut s = BufReader::new(s);
+            let mut line = String::new();
+            while line != "\r\n" {
+                line.clear();
+                s.read_line(&mut line).await.expect("head");
+            }
+            let no = b"HTTP/1.1 409 Conflict\r\nconnection: close\r\ncontent-length: 2\r\n\r\nno";
+            s.get_mut().write_all(no).await.expect("answer");
+        });
+        let req = reqwest::Client::new()
+            .post(format!("http://{addr}/p"))
+            .body(vec![b'x'; 16 << 20])
+            .build()
+            .expect("request");
+        let t = Duration::from_secs(5);
+        let resp = LeanHttp::default().send(&req, false, t, t).await.expect("the refusal");
+        assert_eq!(resp.status(), http::StatusCode::CONFLICT);
+        assert_eq!(resp.bytes().await.expect("body").as_ref(), b"no");
+        tokio::time::timeout(t, server).await.expect("in time").expect("server");
     }
 
     #[tokio::test]

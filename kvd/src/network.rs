@@ -172,8 +172,10 @@ impl Network {
             .build()
             .map_err(|e| send_error(base, e))?;
         let sent = match &self.lean {
-            // NOTE: every peer message may be sent twice (Raft's are
-            // idempotent), so a kept-alive connection is used.
+            // NOTE: every peer message may be sent twice, so a kept-alive
+            // connection is used: Raft's are idempotent, a forwarded write
+            // carries a request id the leader deduplicates, and the others
+            // set a state or start what a leader ignores.
             Some(lean) if kv_client::LeanHttp::takes(&req) => {
                 match tokio::time::timeout(timeout, lean.send(&req, true, CONNECT_TIMEOUT, POOL_IDLE)).await {
                     Ok(Ok(resp)) => Ok(resp),
