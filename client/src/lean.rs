@@ -431,17 +431,27 @@ async fn read_answer(conn: &mut BufReader<TcpStream>, head: bool) -> std::io::Re
 mod tests {
     use super::*;
 
-    /// Reads one request's head and body (by its content-length).
-    async fn read_request(s: &mut BufReader<TcpStream>) -> String {
+    /// The next connection to `listener`, read through a buffer.
+    async fn accept(listener: &tokio::net::TcpListener) -> BufReader<TcpStream> {
+        BufReader::new(listener.accept().await.expect("accept").0)
+    }
+
+    /// Reads one request's head.
+    async fn read_head(s: &mut BufReader<TcpStream>) -> String {
         let mut head = String::new();
         loop {
             let mut line = String::new();
             s.read_line(&mut line).await.expect("read");
             if line == "\r\n" || line.is_empty() {
-                break;
+                return head;
             }
             head.push_str(&line);
         }
+    }
+
+    /// Reads one request's head and body (by its content-length).
+    async fn read_request(s: &mut BufReader<TcpStream>) -> String {
+        let head = read_head(s).await;
         let len = head
             .lines()
             .find_map(|l| l.strip_prefix("content-length: "))
@@ -459,13 +469,8 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let server = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.expect("accept");
-            let mut s = BufReader::new(s);
-            let mut line = String::new();
-            while line != "\r\n" {
-                line.clear();
-                s.read_line(&mut line).await.expect("head");
-            }
+            let mut s = accept(&listener).await;
+            read_head(&mut s).await;
             let no = b"HTTP/1.1 409 Conflict\r\nconnection: close\r\ncontent-length: 2\r\n\r\nno";
             s.get_mut().write_all(no).await.expect("answer");
         });
@@ -488,14 +493,12 @@ mod tests {
         let server = tokio::spawn(async move {
             // The first connection answers one request, then takes the next
             // and closes without an answer (an idle close at that moment).
-            let (s, _) = listener.accept().await.expect("accept");
-            let mut s = BufReader::new(s);
+            let mut s = accept(&listener).await;
             assert!(read_request(&mut s).await.contains("one"));
             s.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n1").await.expect("answer");
             assert!(read_request(&mut s).await.contains("two"));
             drop(s);
-            let (s, _) = listener.accept().await.expect("accept again");
-            let mut s = BufReader::new(s);
+            let mut s = accept(&listener).await;
             assert!(read_request(&mut s).await.contains("two"));
             s.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2").await.expect("answer");
         });

@@ -61,18 +61,13 @@ pub struct Writer {
     /// The revision this buffer edits in place: a commit of a handle that
     /// does not replace succeeds only if the key still has it.
     pub base_rev: u64,
-    /// The content the file had at the open (empty for a created one).
-    pub opened_value: Arc<Vec<u8>>,
-    /// The mtime of the version it opened (kept when this mount changes
-    /// only its attributes: [`crate::core::Core`]'s rebase).
-    pub opened_mtime: i64,
+    /// What the open found, and when.
+    pub opened: Opened,
     /// An edit opened while another descriptor held an unpublished
     /// truncation of its version: its buffer began as the empty file.
     pub holds_truncation: bool,
-    /// When it was opened, ns since the epoch by this host's clock.
-    pub opened_ns: i64,
     /// When its content last changed (its open's truncation, a write, an
-    /// ftruncate), by the same clock.
+    /// ftruncate), by the clock of [`Opened::ns`].
     pub changed_ns: i64,
     /// Attributes the next commit sets (a created file's, or a chmod of a
     /// file not yet in the cluster).
@@ -173,6 +168,29 @@ impl Caller {
     }
 }
 
+/// What a writer's open found: the content and mtime of the version it
+/// opened (none for a file it made), and when (ns since the epoch, this
+/// host's clock).
+#[derive(Debug, Clone, Default)]
+pub struct Opened {
+    /// The content.
+    pub value: Arc<Vec<u8>>,
+    /// The mtime (kept when this mount changes only the file's attributes:
+    /// `Core::rebase`).
+    pub mtime: i64,
+    /// When.
+    pub ns: i64,
+}
+
+impl Opened {
+    /// Whether a version with `value` and `mtime` was written since the
+    /// open: other content, or the same content written again (its mtime);
+    /// a chmod is no write.
+    pub fn written_in(&self, value: &Arc<Vec<u8>>, mtime: i64) -> bool {
+        *value != self.value || mtime != self.mtime
+    }
+}
+
 impl Writer {
     /// A writer over `content` (empty for `O_TRUNC` and created files).
     pub fn new(content: Vec<u8>, truncated: bool, base_rev: u64) -> Writer {
@@ -186,10 +204,8 @@ impl Writer {
             replace: truncated,
             append: false,
             base_rev,
-            opened_value: Arc::default(),
-            opened_mtime: 0,
+            opened: Opened { ns: now, ..Opened::default() },
             holds_truncation: false,
-            opened_ns: now,
             changed_ns: now,
             attrs: Attrs::default(),
             gen: 0,
@@ -366,7 +382,7 @@ impl Handles {
     /// after `ns` (see [`Writer::only_opened`]): (handle, inode).
     pub fn truncations_since(&self, ns: i64) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.map.iter().filter_map(move |(fh, h)| match &h.io {
-            Io::Write(w) if w.only_opened() && w.opened_ns > ns => Some((*fh, h.ino)),
+            Io::Write(w) if w.only_opened() && w.opened.ns > ns => Some((*fh, h.ino)),
             _ => None,
         })
     }

@@ -23,7 +23,7 @@ use kv_client::clock::{self, now_ns};
 use kv_client::{Kind, Meta, PutOptions};
 
 use crate::cluster::{Cluster, Failure};
-use crate::handles::{Caller, Handle, Handles, Io, Shown, Writer};
+use crate::handles::{Caller, Handle, Handles, Io, Opened, Shown, Writer};
 use crate::inodes::{Binding, Inodes, ROOT};
 use crate::metrics::Commits;
 use crate::tree::{glob_match, join, split, Tree, TreeNode};
@@ -703,8 +703,7 @@ impl Core {
             let trunc = flags & libc::O_TRUNC != 0;
             let mut w = Writer::new(if trunc { Vec::new() } else { node.value.as_ref().clone() }, trunc, 0);
             w.base_rev = node.meta.mod_revision;
-            w.opened_value = node.value.clone();
-            w.opened_mtime = node.meta.mtime_ns;
+            (w.opened.value, w.opened.mtime) = (node.value.clone(), node.meta.mtime_ns);
             w.replace |= node.provisional;
             w.append = flags & libc::O_APPEND != 0;
             w.checked = Some(shown);
@@ -1005,10 +1004,41 @@ impl Core {
             w.only_opened()
                 && w.base_rev > 0
                 && w.base_rev <= node.meta.mod_revision
-                && w.opened_mtime == node.meta.mtime_ns
-                && w.opened_value == node.value
+                && !w.opened.written_in(&node.value, node.meta.mtime_ns)
         });
         truncating.next().map(|(_, w)| w.commit_lock.clone())
+    }
+
+    /// Whether `node`, the name's version now, holds content written after
+    /// `opened`, the open of a descriptor of version `base`. A chmod since
+    /// is no write; nor is a version the watch brings late that the cluster
+    /// took well before the open (a reconnect), unless this mount wrote it.
+    fn written_after(&self, node: &TreeNode, base: u64, opened: &Opened) -> bool {
+        if node.local
+            || node.provisional
+            || node.meta.mod_revision <= base
+            || !opened.written_in(&node.value, node.meta.mtime_ns)
+        {
+            return false;
+        }
+        match self.own_revs.lock().ok().and_then(|r| r.get(&node.meta.mod_revision).copied()) {
+            Some(made) => made > opened.ns,
+            None => node.meta.ctime() >= opened.ns.saturating_sub(SUPERSEDE_SKEW_NS),
+        }
+    }
+
+    /// Whether one of the inodes `others` is the file of `ino`'s name now
+    /// (its inode changes with its content), one in the cluster that is
+    /// still there.
+    fn same_file(&self, ino: u64, others: &[u64]) -> Result<bool, Errno> {
+        let s = self.state()?;
+        let path = s
+            .inodes
+            .get(ino)
+            .filter(|i| !matches!(i.binding, Binding::Detached { gone: true, .. }))
+            .map(|i| &i.path)
+            .filter(|p| s.tree.get(p).is_some_and(|n| !n.local));
+        Ok(path.is_some_and(|p| others.iter().any(|o| s.inodes.get(*o).is_some_and(|i| i.path == *p))))
     }
 
     /// Remembers `rev` as a commit of file content by this mount, made at
@@ -1092,32 +1122,20 @@ impl Core {
             if !w.dirty {
                 return Ok(vec![]);
             }
-            let (began, in_place) = (w.opened_ns, !w.replace);
-            // (of the same name, whose inode changes with its content)
+            let (began, in_place) = (w.opened.ns, !w.replace);
             let later: Vec<u64> = if in_place {
                 hs.truncations_since(began).filter(|(f, _)| *f != fh).map(|(_, i)| i).collect()
             } else {
                 vec![]
             };
+            // IMPORTANT: an in-place edit of a file another descriptor
+            // truncated at its open after the edit began (not yet published:
+            // `exec 4>>f; : > f; echo y >&4`) is not put over it: the edit
+            // holds content from before that truncation. Its close fails, as
+            // over any version written since it began.
             if !later.is_empty() {
                 drop(hs);
-                // IMPORTANT: an in-place edit of a file another descriptor
-                // truncated at its open after the edit began (not yet
-                // published: `exec 4>>f; : > f; echo y >&4`) is not put over
-                // it: the edit holds content from before that truncation.
-                // Its close fails, as over any version written since it
-                // began.
-                let truncated = {
-                    let s = self.state()?;
-                    let path = s
-                        .inodes
-                        .get(ino)
-                        .filter(|i| !matches!(i.binding, Binding::Detached { gone: true, .. }))
-                        .map(|i| i.path.clone())
-                        .filter(|p| s.tree.get(p).is_some_and(|n| !n.local));
-                    path.is_some_and(|p| later.iter().any(|i| s.inodes.get(*i).is_some_and(|i| i.path == p)))
-                };
-                if truncated {
+                if self.same_file(ino, &later)? {
                     self.handles()?.writer(fh)?.failed = Some(Errno::EIO);
                     return self.commits.count(Err(Errno::EIO));
                 }
@@ -1130,8 +1148,7 @@ impl Core {
                 create_only: false,
                 request_id: None,
             };
-            let only_opened =
-                w.only_opened().then(|| (w.base_rev, w.opened_value.clone(), w.opened_mtime, w.opened_ns));
+            let only_opened = w.only_opened().then(|| (w.base_rev, w.opened.clone()));
             made_ns = w.changed_ns;
             (ino, w.buf.clone(), opts, w.gen, w.opener.clone(), w.checked, only_opened)
         };
@@ -1172,21 +1189,10 @@ impl Core {
             // truncation or creation made it then, not at its close: content
             // written since (through another descriptor, here or on another
             // mount, while this one stayed open) came after it, and is not
-            // replaced by an empty file. A chmod since is no write (same
-            // content and mtime); nor is a version the watch brings late
-            // that the cluster took well before the open (a reconnect),
-            // unless this mount wrote it.
-            if let Some((base, value, mtime, opened_ns)) = &only_opened {
-                let written = node.value != *value || node.meta.mtime_ns != *mtime;
-                let own = self.own_revs.lock().ok().and_then(|r| r.get(&node.meta.mod_revision).copied());
-                let since = match own {
-                    Some(made) => made > *opened_ns,
-                    None => node.meta.ctime() >= opened_ns.saturating_sub(SUPERSEDE_SKEW_NS),
-                };
-                if !node.local && !node.provisional && node.meta.mod_revision > *base && written && since {
-                    self.handles()?.writer(fh)?.committed(node.meta.mod_revision, gen);
-                    return Ok(vec![]);
-                }
+            // replaced by an empty file.
+            if only_opened.as_ref().is_some_and(|(base, opened)| self.written_after(&node, *base, opened)) {
+                self.handles()?.writer(fh)?.committed(node.meta.mod_revision, gen);
+                return Ok(vec![]);
             }
             if node.local {
                 break (path, node, crate::cluster::Written::default(), opts.clone());
@@ -1396,13 +1402,14 @@ impl Core {
     fn rebase(&self, ino: u64, from: u64, to: u64, mtime: Option<i64>) {
         if let Ok(mut hs) = self.handles.lock() {
             for (_, w) in hs.writers_on(ino) {
-                if w.base_rev == from {
+                let edits = w.base_rev == from;
+                // (a truncation of a version before a chmod from elsewhere:
+                // this mount's touch is no write either)
+                if edits || (w.only_opened() && w.base_rev < from) {
+                    w.opened.mtime = mtime.unwrap_or(w.opened.mtime);
+                }
+                if edits {
                     w.base_rev = to;
-                    w.opened_mtime = mtime.unwrap_or(w.opened_mtime);
-                } else if w.only_opened() && w.base_rev < from {
-                    // (a truncation of a version before a chmod from
-                    // elsewhere: this mount's touch is no write either)
-                    w.opened_mtime = mtime.unwrap_or(w.opened_mtime);
                 }
             }
         }
