@@ -246,8 +246,9 @@ fn reply_empty(r: Result<(), Errno>, reply: ReplyEmpty) {
     }
 }
 
-/// One invalidation for a notifier thread, and whom to tell once done.
-type Job = (Inval, Option<Sender<()>>);
+/// Invalidations for one notifier thread, made in order, and whom to tell
+/// once all are done.
+type Job = (Vec<Inval>, Option<Sender<()>>);
 
 /// The invalidation sink of a mount: invalidations run on threads of their
 /// own (never inside a FUSE callback), sharded by inode, so that a name
@@ -269,22 +270,24 @@ pub fn invalidator(notifier: impl Fn() -> Option<Notifier> + Send + Sync + 'stat
         let notifier = notifier.clone();
         let queued = queued.clone();
         let _ = std::thread::Builder::new().name(format!("kvfs-inval-{n}")).spawn(move || {
-            for (i, done) in rx {
-                if let Some(n) = notifier() {
-                    let r = match &i {
-                        Inval::Inode(ino) => n.inval_inode(INodeNo(*ino), 0, 0),
-                        // A negative offset: attributes only, pages stay.
-                        Inval::Attrs(ino) => n.inval_inode(INodeNo(*ino), -1, 0),
-                        Inval::Entry(parent, name) => n.inval_entry(INodeNo(*parent), OsStr::new(name)),
-                    };
-                    // ENOENT: the kernel had nothing cached.
-                    if let Err(e) = r {
-                        if e.raw_os_error() != Some(libc::ENOENT) {
-                            tracing::debug!(error = %e, "invalidation failed");
+            for (list, done) in rx {
+                for i in &list {
+                    if let Some(n) = notifier() {
+                        let r = match i {
+                            Inval::Inode(ino) => n.inval_inode(INodeNo(*ino), 0, 0),
+                            // A negative offset: attributes only, pages stay.
+                            Inval::Attrs(ino) => n.inval_inode(INodeNo(*ino), -1, 0),
+                            Inval::Entry(parent, name) => n.inval_entry(INodeNo(*parent), OsStr::new(name)),
+                        };
+                        // ENOENT: the kernel had nothing cached.
+                        if let Err(e) = r {
+                            if e.raw_os_error() != Some(libc::ENOENT) {
+                                tracing::debug!(error = %e, "invalidation failed");
+                            }
                         }
                     }
+                    queued.fetch_sub(1, Ordering::Relaxed);
                 }
-                queued.fetch_sub(1, Ordering::Relaxed);
                 if let Some(d) = done {
                     let _ = d.send(());
                 }
@@ -296,22 +299,29 @@ pub fn invalidator(notifier: impl Fn() -> Option<Notifier> + Send + Sync + 'stat
 }
 
 impl Invalidator {
+    /// Hands `list` to the notifier threads, one job per thread (in the
+    /// list's order within it); the number of jobs `done` hears of.
     fn queue(&self, list: Vec<Inval>, done: Option<&Sender<()>>) -> usize {
-        let mut n = 0;
+        let mut jobs: Vec<Vec<Inval>> = vec![Vec::new(); self.shards.len()];
         for i in list {
             let shard = match &i {
                 Inval::Inode(ino) | Inval::Attrs(ino) => *ino as usize,
                 Inval::Entry(parent, _) => *parent as usize,
             } % self.shards.len().max(1);
-            if let Some(s) = self.shards.get(shard) {
-                // NOTE: counted before the send, so the thread's decrement
-                // never comes first.
-                self.queued.fetch_add(1, Ordering::Relaxed);
-                if s.send((i, done.cloned())).is_ok() {
-                    n += 1;
-                } else {
-                    self.queued.fetch_sub(1, Ordering::Relaxed);
-                }
+            if let Some(job) = jobs.get_mut(shard) {
+                job.push(i);
+            }
+        }
+        let mut n = 0;
+        for (s, job) in self.shards.iter().zip(jobs).filter(|(_, j)| !j.is_empty()) {
+            let len = job.len() as u64;
+            // NOTE: counted before the send, so the thread's decrement
+            // never comes first.
+            self.queued.fetch_add(len, Ordering::Relaxed);
+            if s.send((job, done.cloned())).is_ok() {
+                n += 1;
+            } else {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
             }
         }
         n

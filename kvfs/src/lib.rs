@@ -29,4 +29,4 @@ pub use crate::fake::FakeCluster;
 pub use crate::fs::{invalidator, is_root, kernel, Invalidator, KvFs};
 pub use crate::handles::Caller;
 pub use crate::remote::Remote;
-pub use crate::sync::{load, load_lkg, MountWatch, Status};
+pub use crate::sync::{lkg_gap, load, load_lkg, MountWatch, Status};

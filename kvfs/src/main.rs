@@ -255,6 +255,7 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         status_file: Some(status_file),
         lkg_file: Some(lkg_file),
         liveness: Default::default(),
+        revision_due: Default::default(),
     });
     sync.save_lkg();
 
@@ -320,16 +321,24 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         kvfs::metrics::serve(listener, move || kvfs::metrics::render(&source.current(), &label))?;
         tracing::info!(%addr, "serving metrics at /metrics");
     }
+    let shower = sync.clone();
+    std::thread::Builder::new().name("kvfs-status".into()).spawn(move || shower.show_revisions())?;
     let saver = sync.clone();
     rt.spawn(async move {
+        let mut next_save = std::time::Instant::now();
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let s = saver.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                s.save_lkg();
+            let due = std::time::Instant::now() >= next_save;
+            let took = tokio::task::spawn_blocking(move || {
+                let took = if due { s.save_lkg() } else { None };
                 s.tick();
+                took
             })
             .await;
+            if let Ok(Some(t)) = took {
+                next_save = std::time::Instant::now() + kvfs::lkg_gap(t);
+            }
         }
     });
     rt.spawn(async move {

@@ -184,6 +184,12 @@ pub fn load_lkg(
     Ok((lkg.revision, entries))
 }
 
+/// How long to wait before the next save of the last-known-good copy,
+/// after one that took `took`.
+pub fn lkg_gap(took: Duration) -> Duration {
+    (took * LKG_COST_FACTOR).max(Duration::from_secs(1))
+}
+
 /// Writes `path` whole by a rename; `durable` syncs the data first (the
 /// last-known-good copy; the status file lives in a runtime directory and
 /// is written on every revision, so it is not).
@@ -216,7 +222,27 @@ pub struct MountWatch {
     pub lkg_file: Option<PathBuf>,
     /// What the watch last heard.
     pub liveness: Mutex<Liveness>,
+    /// A revision the status file is still to show ([`MountWatch::show_revisions`]).
+    pub revision_due: RevisionDue,
 }
+
+/// A newer revision than the status file shows, and the wake-up of the
+/// thread that writes it.
+#[derive(Default)]
+pub struct RevisionDue {
+    due: Mutex<bool>,
+    wake: std::sync::Condvar,
+}
+
+/// The least time between two writes of the status file for a new
+/// revision: a burst of writes (one revision each) rewrites it at most this
+/// often, the last revision of the burst at the end of the gap.
+const STATUS_GAP: Duration = Duration::from_millis(10);
+
+/// The last-known-good copy is saved no more often than this many times
+/// its last save took: a large keyspace under steady writes does not spend
+/// its time writing it (at least once a second when it is small).
+const LKG_COST_FACTOR: u32 = 100;
 
 impl MountWatch {
     /// Writes the status file.
@@ -262,11 +288,39 @@ impl MountWatch {
 
     /// The status file says the mount serves `revision` (if it is newer):
     /// on every watch batch, so without the copy `update_status` compares.
+    /// Written by [`MountWatch::show_revisions`]'s thread, at most once per
+    /// [`STATUS_GAP`] (on a host whose runtime directory is on disk, each
+    /// rewrite is a disk write beside the cluster's own).
     fn show_revision(&self, revision: u64) {
         let Ok(mut s) = self.status.lock() else { return };
         if revision > s.revision {
             s.revision = revision;
-            self.write_locked(&s);
+            if let Ok(mut due) = self.revision_due.due.lock() {
+                *due = true;
+                self.revision_due.wake.notify_one();
+            }
+        }
+    }
+
+    /// Writes the status file whenever [`MountWatch::show_revision`] moved
+    /// the revision, then waits [`STATUS_GAP`]; runs on a thread of its own
+    /// for the life of the process.
+    pub fn show_revisions(&self) {
+        loop {
+            {
+                let Ok(mut due) = self.revision_due.due.lock() else { return };
+                while !*due {
+                    let Ok(d) = self.revision_due.wake.wait(due) else { return };
+                    due = d;
+                }
+                *due = false;
+            }
+            // (under the status lock, as every write: never an older status
+            // over a newer one)
+            if let Ok(s) = self.status.lock() {
+                self.write_locked(&s);
+            }
+            std::thread::sleep(STATUS_GAP);
         }
     }
 
@@ -342,13 +396,15 @@ impl MountWatch {
         }
     }
 
-    /// Saves the last-known-good copy if the cache changed.
-    pub fn save_lkg(&self) {
+    /// Saves the last-known-good copy if the cache changed; how long that
+    /// took (`None`: nothing was saved).
+    pub fn save_lkg(&self) -> Option<Duration> {
         if !self.core.dirty.swap(false, Ordering::Relaxed) {
-            return;
+            return None;
         }
-        let Some(path) = &self.lkg_file else { return };
-        let Ok((revision, entries)) = self.core.remote_entries() else { return };
+        let began = Instant::now();
+        let path = self.lkg_file.as_ref()?;
+        let (revision, entries) = self.core.remote_entries().ok()?;
         let lkg = Lkg { revision, entries };
         match serde_json::to_vec(&lkg) {
             Ok(b) => {
@@ -358,6 +414,7 @@ impl MountWatch {
             }
             Err(e) => tracing::warn!(error = %e, "cannot encode the last-known-good copy"),
         }
+        Some(began.elapsed())
     }
 
     /// Keeps the cache current, on the calling thread, until `stop` says:

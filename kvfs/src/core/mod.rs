@@ -582,18 +582,21 @@ impl Core {
     pub fn getattr_told(&self, ino: u64) -> Result<Told, Errno> {
         let writing = self.writing(ino);
         let s = self.state()?;
-        let (path, node, attached) = Self::node_of_ino(&s, ino)?;
-        let attr = match (attached, node) {
-            (true, _) => self.path_attr(&s, &path, ino)?,
-            (false, Some(n)) => self.node_attr(ino, &n, 2),
-            (false, None) => self.implied_dir_attr(ino, 2),
+        let i = s.inodes.get(ino).ok_or(Errno::ENOENT)?;
+        let (attr, settled) = match &i.binding {
+            Binding::Attached => (self.path_attr(&s, &i.path, ino)?, s.settled(&i.path)),
+            // NOTE: a file whose name is gone (unlinked, or replaced by a
+            // rename) has no links, as fstat on a descriptor still open on
+            // it shows.
+            Binding::Detached { node, gone } => {
+                let attr = match node {
+                    Some(n) => self.node_attr(ino, n, 2),
+                    None => self.implied_dir_attr(ino, 2),
+                };
+                (if *gone { FileAttr { nlink: 0, ..attr } } else { attr }, true)
+            }
         };
-        // NOTE: a file whose name is gone (unlinked, or replaced by a
-        // rename) has no links, as fstat on a descriptor still open on it
-        // shows.
-        let gone = matches!(s.inodes.get(ino).map(|i| &i.binding), Some(Binding::Detached { gone: true, .. }));
-        let attr = if gone { FileAttr { nlink: 0, ..attr } } else { attr };
-        Ok(Told { attr, keep: (!attached || s.settled(&path)) && !writing })
+        Ok(Told { attr, keep: settled && !writing })
     }
 
     /// GETATTR as the kernel asks it: a directory's once what its files'
@@ -1088,6 +1091,11 @@ impl Core {
             self.notify_released();
             return;
         };
+        // (a reader's close changes nothing that a waiter or the tree looks
+        // at: the common RELEASE takes no state lock and wakes nobody)
+        if matches!(h.io, Io::Read(_)) {
+            return;
+        }
         let mut inval = Vec::new();
         if let Ok(mut s) = self.state.write() {
             let path = s.inodes.get(h.ino).filter(|i| i.binding == Binding::Attached).map(|i| i.path.clone());

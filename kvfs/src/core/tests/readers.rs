@@ -19,14 +19,23 @@ struct Running {
 }
 
 fn start(m: &Mount) -> Running {
-    let w = Watch {
+    start_watch(watch(m, None))
+}
+
+/// The watch side of mount `m`, writing `status_file` if given.
+fn watch(m: &Mount, status_file: Option<std::path::PathBuf>) -> Watch {
+    Watch {
         core: m.core.clone(),
         prefix: PREFIX.into(),
         status: Mutex::default(),
-        status_file: None,
+        status_file,
         lkg_file: None,
         liveness: Mutex::default(),
-    };
+        revision_due: Default::default(),
+    }
+}
+
+fn start_watch(w: Watch) -> Running {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let thread = std::thread::spawn(move || w.run(&|| s.load(Ordering::SeqCst)));
@@ -59,6 +68,39 @@ fn batches(fake: &FakeCluster, after: u64) -> Vec<Batch> {
 
 fn rename(m: &Mount, from: &str, to: &str) -> Result<(), Errno> {
     m.core.rename(ROOT, OsStr::new(from), ROOT, OsStr::new(to), RenameMode::default())
+}
+
+// ---- The status file ----
+
+#[test]
+fn the_status_file_shows_the_last_revision_of_a_burst_of_writes() {
+    // (it is rewritten at most once per gap: the burst's last revision is
+    // written at the end of the gap, not dropped)
+    let fake = fake();
+    let m = mount(fake.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("m.status");
+    let w = Arc::new(watch(&m, Some(file.clone())));
+    let shower = w.clone();
+    std::thread::spawn(move || shower.show_revisions());
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let runner = w.clone();
+    let thread = std::thread::spawn(move || runner.run(&|| s.load(Ordering::SeqCst)));
+    let shown = || -> u64 {
+        let json: serde_json::Value =
+            std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        json["revision"].as_u64().unwrap_or(0)
+    };
+    for round in 0..3 {
+        for i in 0..40 {
+            put(&fake, &format!("f{i}"), &format!("{round}"));
+        }
+        let last = fake.revision();
+        until("the status file shows the burst's last revision", || shown() == last);
+        assert_eq!(m.cat("f39"), Ok(format!("{round}").into_bytes()), "shown before it was applied");
+    }
+    Running { stop, thread }.stop(&fake);
 }
 
 // ---- Readers keep one version ----
