@@ -119,10 +119,14 @@ pub fn expired(id: &str, now_ns: i64, window_ms: u64) -> Option<i64> {
     (now_ns.saturating_sub(first) > limit).then_some(first)
 }
 
-/// The recorded response to `id`, if any.
-pub fn lookup(store: &Store, id: &str) -> io::Result<Option<Response>> {
+/// The recorded response to `id`, if any. (A legacy record is looked for
+/// only while `floor` does not know that none is left.)
+pub fn lookup(store: &Store, floor: &Floor, id: &str) -> io::Result<Option<Response>> {
     if let Some(b) = store.dedup.get(record_key(id)).map_err(io_err)? {
         return Ok(Some(decode::<Record>(&b)?.response));
+    }
+    if floor.no_legacy {
+        return Ok(None);
     }
     match store.dedup.get(legacy_id_key(id)).map_err(io_err)? {
         Some(b) => Ok(Some(decode::<LegacyRecord>(&b)?.response)),
@@ -142,6 +146,16 @@ pub struct Floor {
     oldest: Option<u64>,
     /// No legacy record is left.
     no_legacy: bool,
+}
+
+impl Floor {
+    /// What a member knows as it starts, or once it has loaded a snapshot:
+    /// whether a legacy record (kvd 0.1's, by log index) is left, looked
+    /// up once; the times of the others it learns at its first prune.
+    pub fn load(store: &Store) -> Floor {
+        let none = |kind: u8| store.dedup.range(vec![kind]..vec![kind + 1]).next().is_none();
+        Floor { oldest: None, no_legacy: none(b'i') && none(b'x') }
+    }
 }
 
 /// Records the response to `id`, applied at log time `at_ns`.
@@ -273,19 +287,19 @@ mod tests {
         let mut b = store.db.batch();
         prune(&store, &mut b, floor, t0 + 10 * MIN, w, 1_000_000).expect("prune");
         b.commit().expect("commit");
-        assert_eq!(lookup(&store, "a").expect("lookup"), Some(resp(1)));
+        assert_eq!(lookup(&store, floor, "a").expect("lookup"), Some(resp(1)));
         // One ns past a's window: a goes, b stays.
         let mut b = store.db.batch();
         prune(&store, &mut b, floor, t0 + 10 * MIN + 1, w, 1_000_001).expect("prune");
         b.commit().expect("commit");
-        assert_eq!(lookup(&store, "a").expect("lookup"), None);
-        assert_eq!(lookup(&store, "b").expect("lookup"), Some(resp(2)));
+        assert_eq!(lookup(&store, floor, "a").expect("lookup"), None);
+        assert_eq!(lookup(&store, floor, "b").expect("lookup"), Some(resp(2)));
         assert_eq!(store.dedup.iter().count(), 2, "b's record and its time index only");
         // A log time behind (a member with a slow clock) prunes nothing more.
         let mut b = store.db.batch();
         prune(&store, &mut b, floor, t0, w, 1_000_002).expect("prune");
         b.commit().expect("commit");
-        assert_eq!(lookup(&store, "b").expect("lookup"), Some(resp(2)));
+        assert_eq!(lookup(&store, floor, "b").expect("lookup"), Some(resp(2)));
     }
 
     #[test]
@@ -297,12 +311,39 @@ mod tests {
         b.insert(&store.dedup, [b"x".as_slice(), &5u64.to_be_bytes(), b"old"].concat(), []);
         b.insert(&store.dedup, legacy_id_key("old"), encode(&LegacyRecord { index: 5, response: resp.clone() }));
         b.commit().expect("commit");
-        assert_eq!(lookup(&store, "old").expect("lookup"), Some(resp));
+        let floor = &mut Floor::load(&store);
+        assert!(!floor.no_legacy, "a store with a legacy record knows it has one");
+        assert_eq!(lookup(&store, floor, "old").expect("lookup"), Some(resp));
         let mut b = store.db.batch();
-        prune(&store, &mut b, &mut Floor::default(), 0, DEFAULT_WINDOW_MS, 5 + DEDUP_LEGACY_ENTRIES + 1)
-            .expect("prune");
+        prune(&store, &mut b, floor, 0, DEFAULT_WINDOW_MS, 5 + DEDUP_LEGACY_ENTRIES + 1).expect("prune");
         b.commit().expect("commit");
-        assert_eq!(lookup(&store, "old").expect("lookup"), None);
+        assert_eq!(lookup(&store, floor, "old").expect("lookup"), None);
+        assert!(Floor::load(&store).no_legacy, "none is left");
+    }
+
+    #[test]
+    fn a_legacy_record_is_found_whatever_the_floor_loaded_with_it_says() {
+        // Only a legacy record (its index entry gone), or only an index
+        // entry: either way the store is not taken for one without them.
+        for keys in [vec![legacy_id_key("old")], vec![[b"x".as_slice(), &5u64.to_be_bytes(), b"old"].concat()]] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Store::open(dir.path()).expect("store");
+            let resp = Response { succeeded: true, revision: 7, ..Response::default() };
+            let mut b = store.db.batch();
+            for k in keys {
+                b.insert(&store.dedup, k, encode(&LegacyRecord { index: 5, response: resp.clone() }));
+            }
+            b.commit().expect("commit");
+            assert!(!Floor::load(&store).no_legacy);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let mut b = store.db.batch();
+        record(&store, &mut b, &mut Floor::default(), 1, "new", Response::default());
+        b.commit().expect("commit");
+        let floor = Floor::load(&store);
+        assert!(floor.no_legacy, "records of this version are not legacy ones");
+        assert_eq!(lookup(&store, &floor, "new").expect("lookup"), Some(Response::default()));
     }
 
     #[test]

@@ -51,7 +51,7 @@ fn retries_are_answered_for_the_window_of_log_time_then_refused() {
     assert_eq!(sm.st.txn.revision, 2);
     // An entry past the window prunes both records...
     apply(&mut sm, entry(200_002, vec![put("", "other", "x", T0 + 61 * SEC)]));
-    assert_eq!(dedup::lookup(&sm.shared.store, &timed).expect("lookup"), None);
+    assert_eq!(dedup::lookup(&sm.shared.store, &dedup::Floor::default(), &timed).expect("lookup"), None);
     // ...so an id with a time is refused and writes nothing, and an id
     // without one applies again (it is remembered for the window only).
     let late = apply(&mut sm, entry(200_003, vec![put(&timed, "k", "3", T0 + 62 * SEC)]));
@@ -89,7 +89,7 @@ fn snapshots_carry_request_ids_with_their_times() {
     // came along.
     let out = apply(&mut sm2, entry(3, vec![put("new", "b", "2", T0 + 61 * SEC)]));
     assert_eq!(out[0], first[0]);
-    assert_eq!(dedup::lookup(&sm2.shared.store, "old").expect("lookup"), None);
+    assert_eq!(dedup::lookup(&sm2.shared.store, &dedup::Floor::default(), "old").expect("lookup"), None);
 }
 
 #[tokio::test]

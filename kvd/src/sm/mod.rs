@@ -343,7 +343,7 @@ impl SmReader {
                 dedup_window_ms: dedup::window_ms(&self.store)?,
                 rules: rules(&self.store)?,
             },
-            dedup: dedup::Floor::default(),
+            dedup: dedup::Floor::load(&self.store),
         })
     }
 
@@ -372,7 +372,7 @@ impl SmReader {
                     let seen = match answered.get(&req.id) {
                         _ if req.id.is_empty() => None,
                         Some(r) => Some(r.clone()),
-                        None => dedup::lookup(&self.store, &req.id)?,
+                        None => dedup::lookup(&self.store, &st.dedup, &req.id)?,
                     };
                     // NOTE: a retried write is answered, not applied again;
                     // one that may be the retry of a write whose record was

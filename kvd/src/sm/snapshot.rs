@@ -111,6 +111,7 @@ impl SmReader {
         st.txn.rules = super::rules(s)?;
         self.rules.store(st.txn.rules, std::sync::atomic::Ordering::Relaxed);
         self.reload_tokens()?;
+        st.dedup = dedup::Floor::load(s);
         Ok(st)
     }
 }
