@@ -257,7 +257,7 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
         liveness: Default::default(),
         revision_due: Default::default(),
     });
-    sync.save_lkg();
+    let first_save = sync.save_lkg();
 
     let access = inv.access(kvfs::is_root());
     let fs = KvFs::new(core.clone(), access.others, access.default_permissions)
@@ -325,7 +325,7 @@ fn mount_and_serve(inv: &Invocation, ready: &mut Option<std::fs::File>) -> anyho
     std::thread::Builder::new().name("kvfs-status".into()).spawn(move || shower.show_revisions())?;
     let saver = sync.clone();
     rt.spawn(async move {
-        let mut next_save = std::time::Instant::now();
+        let mut next_save = std::time::Instant::now() + first_save.map_or(Duration::ZERO, kvfs::lkg_gap);
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let s = saver.clone();

@@ -70,8 +70,8 @@ pub struct Status {
     /// The member the watch stream comes from, while it is up.
     pub endpoint: Option<String>,
     /// Cluster revision the mount reflects: every open from now on reads
-    /// what the prefix held at this revision or later (written as each
-    /// revision is applied, once the kernel has dropped what it replaced).
+    /// what the prefix held at this revision or later (written once the
+    /// kernel has dropped what it replaced, at most every 10 ms).
     pub revision: u64,
     /// Since when the mount may be missing changes (seconds since the
     /// epoch): when it lost the cluster, or last heard from a stream that
@@ -185,14 +185,15 @@ pub fn load_lkg(
 }
 
 /// How long to wait before the next save of the last-known-good copy,
-/// after one that took `took`.
+/// after one that took `took` (a minute at most: one slow fsync does not
+/// put off the next save for long).
 pub fn lkg_gap(took: Duration) -> Duration {
-    (took * LKG_COST_FACTOR).max(Duration::from_secs(1))
+    (took * LKG_COST_FACTOR).clamp(Duration::from_secs(1), LKG_GAP_MAX)
 }
 
 /// Writes `path` whole by a rename; `durable` syncs the data first (the
 /// last-known-good copy; the status file lives in a runtime directory and
-/// is written on every revision, so it is not).
+/// is rewritten up to a hundred times a second, so it is not).
 fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -243,6 +244,9 @@ const STATUS_GAP: Duration = Duration::from_millis(10);
 /// its last save took: a large keyspace under steady writes does not spend
 /// its time writing it (at least once a second when it is small).
 const LKG_COST_FACTOR: u32 = 100;
+
+/// The longest wait between two saves of a changed last-known-good copy.
+const LKG_GAP_MAX: Duration = Duration::from_secs(60);
 
 impl MountWatch {
     /// Writes the status file.
@@ -404,15 +408,22 @@ impl MountWatch {
         }
         let began = Instant::now();
         let path = self.lkg_file.as_ref()?;
-        let (revision, entries) = self.core.remote_entries().ok()?;
-        let lkg = Lkg { revision, entries };
-        match serde_json::to_vec(&lkg) {
-            Ok(b) => {
-                if let Err(e) = write_atomic(path, &b, true) {
-                    tracing::warn!(error = %e, "cannot save the last-known-good copy");
+        let saved = match self.core.remote_entries() {
+            Ok((revision, entries)) => match serde_json::to_vec(&Lkg { revision, entries }) {
+                Ok(b) => write_atomic(path, &b, true)
+                    .map_err(|e| tracing::warn!(error = %e, "cannot save the last-known-good copy"))
+                    .is_ok(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot encode the last-known-good copy");
+                    false
                 }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot encode the last-known-good copy"),
+            },
+            Err(_) => false,
+        };
+        // (what could not be saved is tried again, at the next save or at
+        // unmount)
+        if !saved {
+            self.core.dirty.store(true, Ordering::Relaxed);
         }
         Some(began.elapsed())
     }

@@ -103,6 +103,36 @@ fn the_status_file_shows_the_last_revision_of_a_burst_of_writes() {
     Running { stop, thread }.stop(&fake);
 }
 
+#[test]
+fn a_last_known_good_copy_that_could_not_be_saved_is_saved_later() {
+    let fake = fake();
+    put(&fake, "f", "1");
+    let m = mount(fake.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    // (a directory where a file is: the save fails)
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "").expect("write");
+    let mut w = watch(&m, None);
+    w.lkg_file = Some(blocker.join("m.json"));
+    m.core.dirty.store(true, Ordering::SeqCst);
+    assert!(w.save_lkg().is_some(), "a save was tried");
+    assert!(m.core.dirty.load(Ordering::SeqCst), "the change is still to be saved");
+    std::fs::remove_file(&blocker).expect("remove");
+    assert!(w.save_lkg().is_some());
+    assert!(!m.core.dirty.load(Ordering::SeqCst));
+    let (_, saved) = crate::sync::load_lkg(&blocker.join("m.json"), path_of).expect("the copy");
+    assert_eq!(saved.get("f").map(|n| n.value.as_slice()), Some(b"1".as_slice()));
+    assert!(w.save_lkg().is_none(), "nothing changed since");
+}
+
+#[test]
+fn the_last_known_good_copy_waits_a_hundred_times_its_save_between_a_second_and_a_minute() {
+    use crate::sync::lkg_gap;
+    assert_eq!(lkg_gap(Duration::from_millis(2)), Duration::from_secs(1));
+    assert_eq!(lkg_gap(Duration::from_millis(25)), Duration::from_millis(2500));
+    assert_eq!(lkg_gap(Duration::from_secs(30)), Duration::from_secs(60));
+}
+
 // ---- Readers keep one version ----
 
 #[test]
