@@ -47,7 +47,12 @@ type Idle = (BufReader<TcpStream>, Instant);
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
     idle: Mutex<HashMap<String, Vec<Idle>>>,
+    /// When `put` last looked at every member's idle connections.
+    swept: Mutex<Option<Instant>>,
 }
+
+/// How often `put` closes the idle connections of members no longer asked.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Whether an idle connection can carry a request: the member has not
 /// closed it (nor sent anything unasked).
@@ -72,7 +77,24 @@ impl Pool {
     }
 
     fn put(&self, authority: &str, c: BufReader<TcpStream>) {
+        let now = Instant::now();
+        let sweep = self.swept.lock().is_ok_and(|mut t| {
+            let due = t.is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY);
+            if due {
+                *t = Some(now);
+            }
+            due
+        });
         if let Ok(mut idle) = self.idle.lock() {
+            // (connections to a member no longer asked, one removed from
+            // the cluster, are closed once it would have closed them: only
+            // a `take` for the same member looked at them before)
+            if sweep {
+                idle.retain(|_, conns| {
+                    conns.retain(|(_, since)| now.saturating_duration_since(*since) < crate::MEMBER_IDLE_CLOSE);
+                    !conns.is_empty()
+                });
+            }
             let conns = idle.entry(authority.to_owned()).or_default();
             if conns.len() < MAX_IDLE {
                 conns.push((c, Instant::now()));
@@ -434,6 +456,32 @@ mod tests {
     /// The next connection to `listener`, read through a buffer.
     async fn accept(listener: &tokio::net::TcpListener) -> BufReader<TcpStream> {
         BufReader::new(listener.accept().await.expect("accept").0)
+    }
+
+    #[tokio::test]
+    async fn connections_to_a_member_no_longer_asked_are_closed_once_it_would_have_closed_them() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let pool = Pool::default();
+        let old = Instant::now().checked_sub(crate::MEMBER_IDLE_CLOSE + Duration::from_secs(1));
+        let Some(old) = old else { return };
+        let mut kept = Vec::new();
+        for _ in 0..2 {
+            let c = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
+            kept.push(accept(&listener).await);
+            pool.idle.lock().expect("pool").entry("removed:1".into()).or_default().push((c, old));
+        }
+        let recent = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
+        let _member_end = accept(&listener).await;
+        pool.put("recent:2", recent);
+        let held: Vec<(String, usize)> =
+            pool.idle.lock().expect("pool").iter().map(|(k, v)| (k.clone(), v.len())).collect();
+        assert_eq!(held, vec![("recent:2".to_owned(), 1)], "the removed member's connections are still held");
+        // (closed on this side: the member reads the end of the stream)
+        for mut k in kept {
+            let mut b = [0u8; 1];
+            assert_eq!(k.read(&mut b).await.expect("read"), 0);
+        }
     }
 
     /// Reads one request's head.
