@@ -46,9 +46,16 @@ type Idle = (BufReader<TcpStream>, Instant);
 /// (`host[:port]`).
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
-    /// When `put` last looked at every member's idle connections.
-    swept: Mutex<Option<Instant>>,
+    idle: Mutex<Idles>,
+}
+
+/// A pool's idle connections.
+#[derive(Debug, Default)]
+struct Idles {
+    /// By member.
+    by: HashMap<String, Vec<Idle>>,
+    /// When `put` last looked at every member's.
+    swept: Option<Instant>,
 }
 
 /// How often `put` closes the idle connections of members no longer asked.
@@ -65,7 +72,7 @@ fn alive(c: &BufReader<TcpStream>) -> bool {
 impl Pool {
     fn take(&self, authority: &str, idle_for: Duration) -> Option<BufReader<TcpStream>> {
         let mut idle = self.idle.lock().ok()?;
-        let conns = idle.get_mut(authority)?;
+        let conns = idle.by.get_mut(authority)?;
         // (expired ones are closed here, not only skipped)
         conns.retain(|(_, since)| since.elapsed() < idle_for);
         while let Some((c, _)) = conns.pop() {
@@ -78,26 +85,20 @@ impl Pool {
 
     fn put(&self, authority: &str, c: BufReader<TcpStream>) {
         let now = Instant::now();
-        let sweep = self.swept.lock().is_ok_and(|mut t| {
-            let due = t.is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY);
-            if due {
-                *t = Some(now);
-            }
-            due
-        });
         if let Ok(mut idle) = self.idle.lock() {
             // (connections to a member no longer asked, one removed from
             // the cluster, are closed once it would have closed them: only
             // a `take` for the same member looked at them before)
-            if sweep {
-                idle.retain(|_, conns| {
+            if idle.swept.is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY) {
+                idle.swept = Some(now);
+                idle.by.retain(|_, conns| {
                     conns.retain(|(_, since)| now.saturating_duration_since(*since) < crate::MEMBER_IDLE_CLOSE);
                     !conns.is_empty()
                 });
             }
-            let conns = idle.entry(authority.to_owned()).or_default();
+            let conns = idle.by.entry(authority.to_owned()).or_default();
             if conns.len() < MAX_IDLE {
-                conns.push((c, Instant::now()));
+                conns.push((c, now));
             }
         }
     }
@@ -106,7 +107,7 @@ impl Pool {
     /// them, or restarted).
     fn clear(&self, authority: &str) {
         if let Ok(mut idle) = self.idle.lock() {
-            idle.remove(authority);
+            idle.by.remove(authority);
         }
     }
 
@@ -453,6 +454,13 @@ async fn read_answer(conn: &mut BufReader<TcpStream>, head: bool) -> std::io::Re
 mod tests {
     use super::*;
 
+    /// A listener on a free loopback port, and its address.
+    async fn listen() -> (tokio::net::TcpListener, std::net::SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        (listener, addr)
+    }
+
     /// The next connection to `listener`, read through a buffer.
     async fn accept(listener: &tokio::net::TcpListener) -> BufReader<TcpStream> {
         BufReader::new(listener.accept().await.expect("accept").0)
@@ -460,8 +468,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_to_a_member_no_longer_asked_are_closed_once_it_would_have_closed_them() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let (listener, addr) = listen().await;
         let pool = Pool::default();
         let old = Instant::now().checked_sub(crate::MEMBER_IDLE_CLOSE + Duration::from_secs(1));
         let Some(old) = old else { return };
@@ -469,13 +476,13 @@ mod tests {
         for _ in 0..2 {
             let c = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
             kept.push(accept(&listener).await);
-            pool.idle.lock().expect("pool").entry("removed:1".into()).or_default().push((c, old));
+            pool.idle.lock().expect("pool").by.entry("removed:1".into()).or_default().push((c, old));
         }
         let recent = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
         let _member_end = accept(&listener).await;
         pool.put("recent:2", recent);
         let held: Vec<(String, usize)> =
-            pool.idle.lock().expect("pool").iter().map(|(k, v)| (k.clone(), v.len())).collect();
+            pool.idle.lock().expect("pool").by.iter().map(|(k, v)| (k.clone(), v.len())).collect();
         assert_eq!(held, vec![("recent:2".to_owned(), 1)], "the removed member's connections are still held");
         // (closed on this side: the member reads the end of the stream)
         for mut k in kept {
@@ -514,8 +521,7 @@ mod tests {
     async fn an_answer_sent_before_the_request_was_read_whole_is_the_answer() {
         // A member refuses a large request at its head (another cluster's,
         // or over a limit) and closes without reading the body.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
+        let (listener, addr) = listen().await;
         let server = tokio::spawn(async move {
             let mut s = accept(&listener).await;
             read_head(&mut s).await;
@@ -536,8 +542,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_repeatable_request_on_a_kept_connection_the_other_end_closes_is_sent_again_on_a_new_one() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
+        let (listener, addr) = listen().await;
         let server = tokio::spawn(async move {
             // The first connection answers one request, then takes the next
             // and closes without an answer (an idle close at that moment).

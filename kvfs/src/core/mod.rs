@@ -688,49 +688,47 @@ impl Core {
         if node.meta.kind == Kind::Dir {
             return Err(Errno::EISDIR);
         }
-        let io = if writable {
-            if !node.local {
-                self.writable()?;
-                if !self.granted(|g, k| g.can_write(k), &path) {
-                    return Err(Errno::EACCES);
-                }
-                self.check_reachable()?;
-            }
-            let shown = self.shown(&node.meta);
-            // (The kernel checked an attribute it had cached: a version that
-            // came since is checked here, where all the opener's groups are
-            // known.)
-            if opener.all_groups && !opener.may_write(&shown) {
+        if !writable {
+            return Ok(self.handles()?.open(Handle { ino, io: Io::Read(node.value.clone()) }));
+        }
+        if !node.local {
+            self.writable()?;
+            if !self.granted(|g, k| g.can_write(k), &path) {
                 return Err(Errno::EACCES);
             }
-            let trunc = flags & libc::O_TRUNC != 0;
-            let mut w = Writer::new(if trunc { Vec::new() } else { node.value.as_ref().clone() }, trunc, 0);
-            w.base_rev = node.meta.mod_revision;
-            (w.opened.value, w.opened.mtime) = (node.value.clone(), node.meta.mtime_ns);
-            w.replace |= node.provisional;
-            w.append = flags & libc::O_APPEND != 0;
-            w.checked = Some(shown);
-            w.opener = opener;
-            // IMPORTANT: an edit opened while another descriptor holds a
-            // truncation of this file made at its open, not yet published
-            // (`exec 3>f; echo x >> f`), edits the empty file, as on any
-            // filesystem; in place, over this version (or over the empty
-            // one once that truncation is published, which moves it there).
-            // Nothing is published here. Its commits wait for that
-            // truncation's. (Under one lock with the truncation's move.)
-            let mut hs = self.handles()?;
-            if !trunc {
-                if let Some(lock) = Self::open_truncation(&mut hs, ino, &node) {
-                    w.buf = Vec::new();
-                    w.holds_truncation = true;
-                    w.commit_lock = lock;
-                }
+            self.check_reachable()?;
+        }
+        let shown = self.shown(&node.meta);
+        // (The kernel checked an attribute it had cached: a version that
+        // came since is checked here, where all the opener's groups are
+        // known.)
+        if opener.all_groups && !opener.may_write(&shown) {
+            return Err(Errno::EACCES);
+        }
+        let trunc = flags & libc::O_TRUNC != 0;
+        let content = if trunc { Vec::new() } else { node.value.as_ref().clone() };
+        let mut w = Writer::new(content, trunc, node.meta.mod_revision);
+        (w.opened.value, w.opened.mtime) = (node.value.clone(), node.meta.mtime_ns);
+        w.replace |= node.provisional;
+        w.append = flags & libc::O_APPEND != 0;
+        w.checked = Some(shown);
+        w.opener = opener;
+        // IMPORTANT: an edit opened while another descriptor holds a
+        // truncation of this file made at its open, not yet published
+        // (`exec 3>f; echo x >> f`), edits the empty file, as on any
+        // filesystem; in place, over this version (or over the empty
+        // one once that truncation is published, which moves it there).
+        // Nothing is published here. Its commits wait for that
+        // truncation's. (Under one lock with the truncation's move.)
+        let mut hs = self.handles()?;
+        if !trunc {
+            if let Some(lock) = Self::open_truncation(&mut hs, ino, &node) {
+                w.buf = Vec::new();
+                w.holds_truncation = true;
+                w.commit_lock = lock;
             }
-            return Ok(hs.open(Handle { ino, io: Io::Write(w) }));
-        } else {
-            Io::Read(node.value.clone())
-        };
-        Ok(self.handles()?.open(Handle { ino, io }))
+        }
+        Ok(hs.open(Handle { ino, io: Io::Write(w) }))
     }
 
     /// READ. `direct`: a read(2) through the handle (answered from the

@@ -161,6 +161,18 @@ fn o_excl_creates_of_one_name_on_two_mounts_let_one_open_succeed() {
     }
 }
 
+/// What the cluster holds at `app/{name}` once everything `mounts` had
+/// sent is in.
+fn settled_text(k: &Kvd, mounts: &[&Mount], name: &str) -> String {
+    let _ = published(k, mounts, || {});
+    text(k, &format!("app/{name}"))
+}
+
+/// The permission bits `m` shows for `name`.
+fn mode_of(m: &Mount, name: &str) -> Option<u32> {
+    m.dir.join(name).metadata().ok().map(|md| md.permissions().mode() & 0o777)
+}
+
 /// open(2) of `name` on `m` with `O_RDONLY | O_CREAT`, mode 0640 (std's
 /// `create` asks for write access: the flag is passed as is).
 fn create_read_only(m: &Mount, name: &str) -> std::io::Result<std::fs::File> {
@@ -309,13 +321,10 @@ fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_
         let meanwhile = text(&k, &format!("app/{name}"));
         eventually("B has the file", || b.dir.join(&name).exists());
         b.sh_ok(&format!("chmod 600 {name}"));
-        eventually("A shows B's chmod", || {
-            a.dir.join(&name).metadata().is_ok_and(|m| m.permissions().mode() & 0o777 == 0o600)
-        });
+        eventually("A shows B's chmod", || mode_of(&a, &name) == Some(0o600));
         a.sh_ok(&format!("touch {name}"));
         close_checked(held).expect("close on A");
-        let _ = published(&k, &[&a, &b], || {});
-        let end = text(&k, &format!("app/{name}"));
+        let end = settled_text(&k, &[&a, &b], &name);
         if (meanwhile.as_str(), end.as_str()) != ("old\n", "") {
             wrong.push(format!("{name}: {meanwhile:?} while held, {end:?} after"));
         }
@@ -330,8 +339,7 @@ fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_
         let second = std::fs::File::create(a.dir.join(&name)).expect("second O_TRUNC open");
         close_checked(first).expect("close the first");
         close_checked(second).expect("close the second");
-        let _ = published(&k, &[&a], || {});
-        let end = text(&k, &format!("app/{name}"));
+        let end = settled_text(&k, &[&a], &name);
         if !end.is_empty() {
             wrong.push(format!("{name}: {end:?} after"));
         }
@@ -347,8 +355,7 @@ fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_
         eventually("the second truncation is published", || text(&k, &format!("app/{name}")).is_empty());
         let edited = close_checked(edit).map_err(|e| e.raw_os_error());
         close_checked(truncating).expect("close the first truncation");
-        let _ = published(&k, &[&a], || {});
-        let end = text(&k, &format!("app/{name}"));
+        let end = settled_text(&k, &[&a], &name);
         if (edited, end.as_str()) != (Err(Some(libc::EIO)), "") {
             wrong.push(format!("{name}: the edit's close {edited:?}, {end:?} after"));
         }
@@ -361,8 +368,7 @@ fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_
         edit.write_all(b"y").expect("write");
         let edited = close_checked(edit).map_err(|e| e.raw_os_error());
         close_checked(truncating).expect("close the truncation");
-        let _ = published(&k, &[&a], || {});
-        let end = text(&k, &format!("app/{name}"));
+        let end = settled_text(&k, &[&a], &name);
         if (edited, end.as_str()) != (Err(Some(libc::EIO)), "") {
             wrong.push(format!("{name}: the append's close {edited:?}, {end:?} after"));
         }
@@ -372,13 +378,10 @@ fn a_descriptor_that_only_truncated_or_made_a_file_keeps_what_was_written_while_
         let held = std::fs::File::create(a.dir.join(&name)).expect("O_TRUNC open on A");
         eventually("B has the file", || b.sh(&format!("cat {name}")).stdout == b"old\n");
         b.sh_ok(&format!("chmod 600 {name}"));
-        eventually("A shows B's chmod", || {
-            a.dir.join(&name).metadata().is_ok_and(|m| m.permissions().mode() & 0o777 == 0o600)
-        });
+        eventually("A shows B's chmod", || mode_of(&a, &name) == Some(0o600));
         a.sh_ok(&format!("echo x >> {name}"));
         close_checked(held).expect("close on A");
-        let _ = published(&k, &[&a, &b], || {});
-        let end = text(&k, &format!("app/{name}"));
+        let end = settled_text(&k, &[&a, &b], &name);
         if end != "x\n" {
             wrong.push(format!("{name}: {end:?} after"));
         }
